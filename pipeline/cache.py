@@ -1,0 +1,399 @@
+"""The HDF5 feature cache: the format every stage writes and the trainer reads.
+
+Layout of ``cache/<dataset>/<config-hash>/features.h5`` (schema 1)::
+
+    /                      attrs: schema_version=1, dataset, created_utc, config (JSON), m2f_version
+    /<split>/utt_id        (N,)  utf-8 str   rows sorted by dialogue, then position
+    /<split>/dialogue_id   (N,)  utf-8 str
+    /<split>/position      (N,)  int32
+    /<split>/speaker       (N,)  utf-8 str
+    /<split>/label         (N,)  utf-8 str   raw corpus label ("" where the corpus has none)
+    /<split>/text          (N,)  utf-8 str
+    /<split>/text_emb      (N, D_T) float32  zeros where has_text is False
+    /<split>/audio_emb     (N, D_A) float32  zeros where has_audio is False
+    /<split>/visual_emb    (N, D_V) float32  [face | scene]; face part zeros where has_face is False
+    /<split>/has_text, has_audio, has_visual, has_face   (N,) bool
+
+Crash safety. One process (the driver) owns the writer. Rows arrive in batches; each batch becomes a
+small *shard* file, written under a temporary name and renamed into ``features.h5.shards/`` only
+when complete, so a ``kill -9`` at any moment leaves only whole shards behind (and perhaps a
+``*.tmp`` that is ignored and removed). :meth:`ShardedWriter.done_ids` lists what the shards hold, so
+a rerun skips finished work. :meth:`ShardedWriter.finalize` merges the shards into the final file,
+again through a temporary name and an atomic rename, then removes the shards.
+
+:class:`ShardedWriter` is generic (any named row arrays, including ragged ones given as lists of
+arrays); :class:`FeatureWriter` adds the feature schema above. Read a finished file with plain h5py
+or with :func:`read_split`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipeline import __version__
+
+SCHEMA_VERSION = 1
+STR_FIELDS = ("utt_id", "dialogue_id", "speaker", "label", "text")
+INT_FIELDS = ("position",)
+EMB_FIELDS = ("text_emb", "audio_emb", "visual_emb")
+FLAG_FIELDS = ("has_text", "has_audio", "has_visual", "has_face")
+FEATURE_FIELDS = STR_FIELDS + INT_FIELDS + EMB_FIELDS + FLAG_FIELDS
+
+_STR = h5py.string_dtype("utf-8")
+_OFFSETS = "__offsets"  # suffix of the offsets dataset of a ragged field
+_SHARD_RE = re.compile(r"^(?P<split>\w+)-(?P<n>\d{6})\.h5$")
+
+
+def config_hash(config: Mapping) -> str:
+    """12 hex digits identifying a configuration (JSON with sorted keys, sha256)."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def features_path(cache_dir: str | Path, dataset: str, config: Mapping) -> Path:
+    """``<cache_dir>/<dataset>/<config_hash>/features.h5``."""
+    return Path(cache_dir) / dataset / config_hash(config) / "features.h5"
+
+
+def _is_ragged(value) -> bool:
+    return isinstance(value, list | tuple) and len(value) > 0 and isinstance(value[0], np.ndarray)
+
+
+def _write_rows(group: h5py.Group, rows: Mapping[str, object]) -> None:
+    """Write row arrays into ``group``: str lists as utf-8, ragged lists as data + offsets."""
+    for name, value in rows.items():
+        if _is_ragged(value):
+            lengths = np.array([len(v) for v in value], dtype=np.int64)
+            data = np.concatenate(value, axis=0) if lengths.sum() else np.zeros(
+                (0,) + value[0].shape[1:], dtype=value[0].dtype)
+            group.create_dataset(name + _OFFSETS, data=np.concatenate([[0], np.cumsum(lengths)]))
+            _create(group, name, data)
+        else:
+            arr = np.asarray(value)
+            if arr.dtype.kind in ("U", "O"):
+                group.create_dataset(name, data=[str(x) for x in arr], dtype=_STR)
+            else:
+                _create(group, name, arr)
+
+
+def _create(group: h5py.Group, name: str, arr: np.ndarray) -> None:
+    if arr.size == 0:
+        group.create_dataset(name, data=arr)
+    else:
+        group.create_dataset(name, data=arr, chunks=True, compression="lzf")
+
+
+def _read_group(group: h5py.Group, index: np.ndarray | None = None) -> dict[str, object]:
+    """Read every field of ``group`` (optionally only rows ``index``); ragged fields as lists."""
+    out: dict[str, object] = {}
+    for name, ds in group.items():
+        if name.endswith(_OFFSETS):
+            continue
+        if name + _OFFSETS in group:
+            off = group[name + _OFFSETS][()]
+            rows = range(len(off) - 1) if index is None else index
+            data = ds
+            out[name] = [data[off[i]:off[i + 1]] for i in rows]
+        elif h5py.check_string_dtype(ds.dtype):
+            vals = ds.asstr()[()]
+            out[name] = np.asarray(vals if index is None else vals[index], dtype=object)
+        else:
+            out[name] = ds[()] if index is None else ds[()][index]
+    return out
+
+
+def _concat(a, b):
+    if isinstance(a, list):
+        return a + b
+    return np.concatenate([a, b], axis=0)
+
+
+class ShardedWriter:
+    """Append-only, crash-safe writer of row batches that one process owns.
+
+    Parameters
+    ----------
+    path : path-like
+        The final file, e.g. ``cache/meld/ab12cd34ef56/features.h5``. Shards live beside it in
+        ``<path>.shards/``.
+    attrs : mapping
+        File attributes of the final file (JSON-encoded when not a str/number).
+
+    Notes
+    -----
+    Every row carries ``utt_id``. A shard is one split's batch; appending the same id twice keeps
+    the later row.
+    """
+
+    def __init__(self, path: str | Path, attrs: Mapping[str, object] | None = None):
+        self.path = Path(path)
+        self.shard_dir = self.path.with_name(self.path.name + ".shards")
+        self.attrs = dict(attrs or {})
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        for tmp in self.shard_dir.glob("*.tmp"):  # half-written shard of a killed run
+            tmp.unlink()
+
+    # -- state -------------------------------------------------------------------------------
+    def shards(self, split: str | None = None) -> list[Path]:
+        """Complete shard files, in write order."""
+        found = []
+        for p in self.shard_dir.glob("*.h5"):
+            m = _SHARD_RE.match(p.name)
+            if m and (split is None or m["split"] == split):
+                found.append((int(m["n"]), p))
+        return [p for _, p in sorted(found)]
+
+    def done_ids(self, split: str | None = None) -> set[str]:
+        """Ids already written, in shards and (if it exists) in the finished file."""
+        done: set[str] = set()
+        for p in self.shards(split):
+            with h5py.File(p, "r") as f:
+                done.update(f["utt_id"].asstr()[()])
+        if self.path.exists():
+            with h5py.File(self.path, "r") as f:
+                for s in f:
+                    if split is None or s == split:
+                        done.update(f[s]["utt_id"].asstr()[()])
+        return done
+
+    def is_complete(self) -> bool:
+        """True when the final file exists and no shard is waiting to be merged."""
+        return self.path.exists() and not self.shards()
+
+    # -- writing -----------------------------------------------------------------------------
+    def append(self, split: str, rows: Mapping[str, object]) -> Path | None:
+        """Write one batch of rows of ``split`` as a new shard (atomically). Returns its path."""
+        if "utt_id" not in rows:
+            raise ValueError("rows need an 'utt_id' field")
+        n = len(rows["utt_id"])
+        if n == 0:
+            return None
+        for name, value in rows.items():
+            if len(value) != n:
+                raise ValueError(f"field {name!r} has {len(value)} rows, utt_id has {n}")
+        existing = self.shards()
+        last = max((int(_SHARD_RE.match(p.name)["n"]) for p in existing), default=-1)
+        final = self.shard_dir / f"{split}-{last + 1:06d}.h5"
+        tmp = final.with_name(final.name + ".tmp")
+        with h5py.File(tmp, "w") as f:
+            _write_rows(f, rows)
+        _fsync(tmp)
+        os.replace(tmp, final)
+        return final
+
+    def finalize(self, order: Mapping[str, Sequence[str]] | None = None) -> Path:
+        """Merge shards (and an existing final file) into the final file, atomically.
+
+        Parameters
+        ----------
+        order : mapping split -> sequence of utt_id, optional
+            Row order of each split in the final file (e.g. by dialogue then position). Rows not
+            named in it are dropped; ids named but never written are an error. Without it, rows
+            keep write order.
+        """
+        splits = {_SHARD_RE.match(p.name)["split"] for p in self.shards()}
+        if self.path.exists():
+            with h5py.File(self.path, "r") as f:
+                splits |= set(f)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with h5py.File(tmp, "w") as out:
+            for k, v in {**self.attrs, "created_utc": datetime.now(UTC).isoformat()}.items():
+                out.attrs[k] = v if isinstance(v, str | int | float | np.number) else json.dumps(v)
+            for split in sorted(splits):
+                rows = self._collect(split)
+                ids = list(rows["utt_id"])
+                if order is not None and split in order:
+                    where = {u: i for i, u in enumerate(ids)}
+                    missing = [u for u in order[split] if u not in where]
+                    if missing:
+                        raise ValueError(f"{len(missing)} ids of split {split!r} were never written, "
+                                         f"e.g. {missing[:3]}")
+                    idx = np.array([where[u] for u in order[split]], dtype=np.int64)
+                    rows = {k: ([v[i] for i in idx] if isinstance(v, list) else v[idx])
+                            for k, v in rows.items()}
+                _write_rows(out.create_group(split), rows)
+        _fsync(tmp)
+        os.replace(tmp, self.path)
+        for p in self.shards():
+            p.unlink()
+        return self.path
+
+    def _collect(self, split: str) -> dict[str, object]:
+        parts: list[dict[str, object]] = []
+        if self.path.exists():
+            with h5py.File(self.path, "r") as f:
+                if split in f:
+                    parts.append(_read_group(f[split]))
+        for p in self.shards(split):
+            with h5py.File(p, "r") as f:
+                parts.append(_read_group(f))
+        rows = parts[0]
+        for p in parts[1:]:
+            rows = {k: _concat(rows[k], p[k]) for k in rows}
+        # keep the last row written for each id
+        last = {u: i for i, u in enumerate(rows["utt_id"])}
+        if len(last) < len(rows["utt_id"]):
+            keep = np.array(sorted(last.values()), dtype=np.int64)
+            rows = {k: ([v[i] for i in keep] if isinstance(v, list) else v[keep]) for k, v in rows.items()}
+        return rows
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FeatureWriter(ShardedWriter):
+    """:class:`ShardedWriter` for ``features.h5``: checks the schema of every batch.
+
+    Parameters
+    ----------
+    path : path-like
+        Final ``features.h5``.
+    dataset : str
+        Corpus name, stored as a file attribute.
+    config : mapping
+        Every option that changes the numbers; stored as JSON.
+    """
+
+    def __init__(self, path: str | Path, dataset: str, config: Mapping):
+        super().__init__(path, {
+            "schema_version": SCHEMA_VERSION, "dataset": dataset,
+            "config": json.dumps(config, sort_keys=True, default=str), "m2f_version": __version__,
+        })
+
+    def append(self, split: str, rows: Mapping[str, object]) -> Path | None:
+        missing = [k for k in FEATURE_FIELDS if k not in rows]
+        extra = [k for k in rows if k not in FEATURE_FIELDS]
+        if missing or extra:
+            raise ValueError(f"feature rows: missing fields {missing}, unknown fields {extra}")
+        typed = dict(rows)
+        for k in EMB_FIELDS:
+            typed[k] = np.asarray(rows[k], dtype=np.float32)
+            if typed[k].ndim != 2:
+                raise ValueError(f"{k} must be 2-D (N, D), got shape {typed[k].shape}")
+        for k in FLAG_FIELDS:
+            typed[k] = np.asarray(rows[k], dtype=bool)
+        typed["position"] = np.asarray(rows["position"], dtype=np.int32)
+        for k in STR_FIELDS:
+            typed[k] = np.asarray(["" if x is None else str(x) for x in rows[k]], dtype=object)
+        return super().append(split, typed)
+
+
+@dataclass
+class SplitArrays:
+    """One split of a features.h5 as in-memory arrays (row order as in the file)."""
+
+    utt_id: np.ndarray
+    dialogue_id: np.ndarray
+    position: np.ndarray
+    speaker: np.ndarray
+    label: np.ndarray
+    text: np.ndarray
+    text_emb: np.ndarray
+    audio_emb: np.ndarray
+    visual_emb: np.ndarray
+    has_text: np.ndarray
+    has_audio: np.ndarray
+    has_visual: np.ndarray
+    has_face: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.utt_id)
+
+
+def read_attrs(path: str | Path) -> dict[str, object]:
+    """File attributes of a features.h5, with ``config`` decoded from JSON."""
+    with h5py.File(path, "r") as f:
+        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+    if isinstance(attrs.get("config"), str):
+        attrs["config"] = json.loads(attrs["config"])
+    return attrs
+
+
+def list_splits(path: str | Path) -> list[str]:
+    """Splits present in a features.h5."""
+    with h5py.File(path, "r") as f:
+        return list(f)
+
+
+def read_split(path: str | Path, split: str) -> SplitArrays:
+    """Load one split of a features.h5 as arrays.
+
+    Raises
+    ------
+    KeyError
+        If the file has no such split (the message lists the ones it has).
+    """
+    with h5py.File(path, "r") as f:
+        if split not in f:
+            raise KeyError(f"{path} has no split {split!r}; it has {sorted(f)}")
+        rows = _read_group(f[split])
+    return SplitArrays(**{k: rows[k] for k in FEATURE_FIELDS})
+
+
+def validate_features(path: str | Path) -> list[str]:
+    """Check a features.h5 against schema 1; return a list of problems (empty = valid)."""
+    problems: list[str] = []
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        return [f"{path}: not a readable HDF5 file ({e})"]
+    with f:
+        for key in ("schema_version", "dataset", "created_utc", "config", "m2f_version"):
+            if key not in f.attrs:
+                problems.append(f"{path}: missing file attribute {key!r}")
+        if f.attrs.get("schema_version") not in (SCHEMA_VERSION,):
+            problems.append(f"{path}: schema_version {f.attrs.get('schema_version')!r} != {SCHEMA_VERSION}")
+        dims: dict[str, int] = {}
+        for split in f:
+            g = f[split]
+            missing = [k for k in FEATURE_FIELDS if k not in g]
+            if missing:
+                problems.append(f"{path}/{split}: missing datasets {missing}")
+                continue
+            n = len(g["utt_id"])
+            for k in FEATURE_FIELDS:
+                if g[k].shape[0] != n:
+                    problems.append(f"{path}/{split}/{k}: {g[k].shape[0]} rows, utt_id has {n}")
+            for k in EMB_FIELDS:
+                if g[k].ndim != 2:
+                    problems.append(f"{path}/{split}/{k}: not 2-D")
+                elif dims.setdefault(k, g[k].shape[1]) != g[k].shape[1]:
+                    problems.append(f"{path}/{split}/{k}: width {g[k].shape[1]} != {dims[k]} in another split")
+            ids = g["utt_id"].asstr()[()]
+            if len(set(ids)) != n:
+                problems.append(f"{path}/{split}: duplicate utt_id")
+            dia = g["dialogue_id"].asstr()[()]
+            pos = g["position"][()]
+            # rows sorted by dialogue then position: each dialogue is one block with rising positions
+            seen: set[str] = set()
+            for i in range(n):
+                if i == 0 or dia[i] != dia[i - 1]:
+                    if dia[i] in seen:
+                        problems.append(f"{path}/{split}: dialogue {dia[i]!r} is not one contiguous block")
+                        break
+                    seen.add(dia[i])
+                elif pos[i] <= pos[i - 1]:
+                    problems.append(f"{path}/{split}: positions of dialogue {dia[i]!r} do not rise")
+                    break
+            for emb, flag in (("text_emb", "has_text"), ("audio_emb", "has_audio"), ("visual_emb", "has_visual")):
+                e, h = g[emb][()], g[flag][()]
+                if np.any(e[~h] != 0):
+                    problems.append(f"{path}/{split}/{emb}: non-zero rows where {flag} is False")
+                if not np.all(np.isfinite(e)):
+                    problems.append(f"{path}/{split}/{emb}: NaN or inf values")
+    return problems
