@@ -1,0 +1,206 @@
+"""The utterance-level extractor network and its input contract (M2FNET.md section 1).
+
+One architecture serves audio, face and scene: a ResNet18 trunk and one linear projector to
+``embed_dim`` (300), trained as a triplet network. What the network expects of its input (sample
+rate, mel settings, crop size, normalisation) is its :class:`InputContract`, which lives on the
+model and is saved in every checkpoint, so extraction and training cannot disagree about it.
+
+Inputs
+------
+audio : float32 waveforms ``(B, T)`` at ``contract.sample_rate`` (zero padded); the model computes
+    the log-mel "image" itself (n_fft 400, hop 160, 128 mels), standardised per utterance and
+    repeated to 3 channels.
+face, scene : uint8 or float images ``(B, 3, S, S)`` with S = ``contract.image_size`` (RGB, 0-255);
+    the model scales to [0, 1] and applies the contract's mean/std.
+
+Outputs are L2-normalised ``(B, embed_dim)`` vectors (the space the triplet loss works in).
+
+Checkpoints are plain ``torch.save`` dicts of tensors and JSON-able values, loaded with
+``torch.load(weights_only=True)``: a checkpoint from a stranger cannot run code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+import torchvision
+from torch import nn
+
+MODALITIES = ("audio", "face", "scene")
+
+
+@dataclass(frozen=True)
+class InputContract:
+    """What an encoder expects of its input. Saved with every checkpoint.
+
+    Parameters
+    ----------
+    modality : str
+        ``audio``, ``face`` or ``scene``.
+    sample_rate, n_fft, hop_length, n_mels, max_seconds : audio settings
+        16 kHz mono; mel frame 400 samples, hop 160, 128 bands; at most 10 s (centre cut).
+    image_size : int
+        Side of the square face crop / scene frame in pixels.
+    mean, std : tuple of float
+        Per-channel normalisation applied after scaling pixels to [0, 1].
+    """
+
+    modality: str
+    sample_rate: int = 16000
+    n_fft: int = 400
+    hop_length: int = 160
+    n_mels: int = 128
+    max_seconds: float = 10.0
+    image_size: int = 112
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InputContract:
+        d = dict(d)
+        for k in ("mean", "std"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture of one extractor: ResNet18 + linear projector to ``embed_dim``."""
+
+    contract: InputContract
+    embed_dim: int = 300
+    backbone: str = "resnet18"
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"contract": self.contract.to_dict(), "embed_dim": self.embed_dim,
+                "backbone": self.backbone, "extra": dict(self.extra)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EncoderConfig:
+        return cls(InputContract.from_dict(d["contract"]), d.get("embed_dim", 300),
+                   d.get("backbone", "resnet18"), dict(d.get("extra", {})))
+
+
+class LogMel(nn.Module):
+    """Waveform ``(B, T)`` -> standardised log-mel "RGB image" ``(B, 3, n_mels, frames)``."""
+
+    def __init__(self, contract: InputContract):
+        super().__init__()
+        with warnings.catch_warnings():
+            # 128 bands on a 400-point FFT (the paper's settings) leave a few low bands empty
+            warnings.filterwarnings("ignore", message="At least one mel filterbank")
+            self.mel = torchaudio.transforms.MelSpectrogram(
+                sample_rate=contract.sample_rate, n_fft=contract.n_fft, win_length=contract.n_fft,
+                hop_length=contract.hop_length, n_mels=contract.n_mels, power=2.0)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        spec = torch.log(self.mel(wave.float()) + 1e-6)
+        mu = spec.mean(dim=(1, 2), keepdim=True)
+        sd = spec.std(dim=(1, 2), keepdim=True).clamp_min(1e-5)
+        return ((spec - mu) / sd).unsqueeze(1).expand(-1, 3, -1, -1)
+
+
+class ImageNorm(nn.Module):
+    """uint8/float RGB ``(B, 3, S, S)`` in 0-255 -> normalised float."""
+
+    def __init__(self, contract: InputContract):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(contract.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(contract.std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        return (img.float() / 255.0 - self.mean) / self.std
+
+
+class Encoder(nn.Module):
+    """ResNet18 trunk + linear projector; output L2-normalised embeddings.
+
+    Examples
+    --------
+    >>> enc = Encoder(EncoderConfig(InputContract("face")))
+    >>> enc(torch.zeros(2, 3, 112, 112, dtype=torch.uint8)).shape
+    torch.Size([2, 300])
+    """
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.config = config
+        self.contract = config.contract
+        if config.backbone != "resnet18":
+            raise ValueError(f"unknown backbone {config.backbone!r}; only 'resnet18' is built in")
+        trunk = torchvision.models.resnet18(weights=None)
+        trunk.fc = nn.Identity()
+        self.front = LogMel(self.contract) if self.contract.modality == "audio" else ImageNorm(self.contract)
+        self.trunk = trunk
+        self.projector = nn.Linear(512, config.embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projector(self.trunk(self.front(x))), dim=-1)
+
+
+def build_encoder(modality: str, seed: int | None = None, **contract_overrides) -> Encoder:
+    """A fresh encoder for ``modality``; with ``seed`` its random weights are reproducible."""
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+    if seed is not None:
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+    enc = Encoder(EncoderConfig(InputContract(modality, **contract_overrides)))
+    if seed is not None:
+        torch.random.set_rng_state(gen_state)
+    return enc.eval()
+
+
+def save_encoder(encoder: Encoder, path: str | Path, **meta) -> Path:
+    """Save weights, config/contract and any JSON-able ``meta`` (history, quality, ...) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": "m2f-encoder-1", "config": encoder.config.to_dict(),
+                "state_dict": encoder.state_dict(), "meta": meta}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read an encoder checkpoint safely (``weights_only=True``); errors name the file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"encoder checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncation, foreign objects
+        raise ValueError(f"{path} is not a loadable m2f encoder checkpoint ({e}); "
+                         "re-run `m2f train-encoders` to rebuild it") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "m2f-encoder-1":
+        raise ValueError(f"{path} is not an m2f encoder checkpoint (format {ckpt.get('format')!r})")
+    return ckpt
+
+
+def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encoder:
+    """Load an encoder saved by :func:`save_encoder`, in eval mode on ``device``."""
+    ckpt = load_checkpoint(path)
+    enc = Encoder(EncoderConfig.from_dict(ckpt["config"]))
+    enc.load_state_dict(ckpt["state_dict"])
+    return enc.eval().to(device)
+
+
+def file_identity(path: str | Path) -> str:
+    """sha256 (16 hex) of a checkpoint file: part of the cache key of features made with it."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
