@@ -397,3 +397,59 @@ def validate_features(path: str | Path) -> list[str]:
                 if not np.all(np.isfinite(e)):
                     problems.append(f"{path}/{split}/{emb}: NaN or inf values")
     return problems
+
+
+class RowReader:
+    """Lazy, row-at-a-time access to one split of a finished sharded file (e.g. ``media.h5``).
+
+    Only the requested row is read from disk, so a many-GB file can feed a training loop.
+    Use as a context manager, or call :meth:`close`. Not shared across processes: open one per
+    worker.
+
+    Examples
+    --------
+    >>> with RowReader("cache/sample/x/media.h5", "train") as r:   # doctest: +SKIP
+    ...     first = r.row(0, ["utt_id", "waveform"])
+    """
+
+    def __init__(self, path: str | Path, split: str):
+        self.path = Path(path)
+        self._f = h5py.File(self.path, "r")
+        if split not in self._f:
+            self._f.close()
+            raise KeyError(f"{self.path} has no split {split!r}; it has {sorted(h5py.File(path, 'r'))}")
+        self._g = self._f[split]
+        self._offsets = {n[: -len(_OFFSETS)]: self._g[n][()] for n in self._g if n.endswith(_OFFSETS)}
+        self.utt_ids = self._g["utt_id"].asstr()[()]
+
+    def __len__(self) -> int:
+        return len(self.utt_ids)
+
+    def column(self, name: str) -> np.ndarray:
+        """A whole non-ragged column (e.g. ``label``)."""
+        ds = self._g[name]
+        return np.asarray(ds.asstr()[()], dtype=object) if h5py.check_string_dtype(ds.dtype) else ds[()]
+
+    def row(self, i: int, names: Sequence[str] | None = None) -> dict[str, object]:
+        """Fields of row ``i`` (all fields when ``names`` is None)."""
+        names = names or [n for n in self._g if not n.endswith(_OFFSETS)]
+        out: dict[str, object] = {}
+        for n in names:
+            ds = self._g[n]
+            if n in self._offsets:
+                off = self._offsets[n]
+                out[n] = ds[off[i]:off[i + 1]]
+            elif h5py.check_string_dtype(ds.dtype):
+                out[n] = ds.asstr()[i]
+            else:
+                out[n] = ds[i]
+        return out
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> RowReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
