@@ -204,3 +204,43 @@ def file_identity(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:16]
+
+
+@dataclass
+class EncoderSet:
+    """The three utterance-level extractors used by ``m2f extract``.
+
+    ``identity`` names the weights (``random-seed0`` or a hash of the checkpoint files) and is part of
+    the cache key, so embeddings from different encoders never mix.
+    """
+
+    audio: Encoder
+    face: Encoder
+    scene: Encoder
+    identity: str
+    random: bool = False
+
+    def to(self, device: str | torch.device) -> EncoderSet:
+        for m in MODALITIES:
+            getattr(self, m).to(device)
+        return self
+
+
+def load_encoder_set(spec: str | Path, device: str | torch.device = "cpu", seed: int = 0) -> EncoderSet:
+    """Load ``audio.pt``, ``face.pt``, ``scene.pt`` from folder ``spec``, or random weights for ``"random"``.
+
+    ``"random"`` draws each encoder from a fixed seed (``seed``, ``seed + 1``, ``seed + 2``), so two
+    runs agree. A folder missing a checkpoint raises FileNotFoundError saying what to run.
+    """
+    if str(spec) == "random":
+        encs = {m: build_encoder(m, seed=seed + i) for i, m in enumerate(MODALITIES)}
+        return EncoderSet(**encs, identity=f"random-seed{seed}", random=True).to(device)
+    folder = Path(spec)
+    missing = [m for m in MODALITIES if not (folder / f"{m}.pt").exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder} lacks encoder checkpoints {[m + '.pt' for m in missing]}; train them with "
+            f"`m2f train-encoders --modality all ...` or pass `--encoders random` for random weights")
+    encs = {m: load_encoder(folder / f"{m}.pt", device) for m in MODALITIES}
+    ident = hashlib.sha256("".join(file_identity(folder / f"{m}.pt") for m in MODALITIES).encode())
+    return EncoderSet(**encs, identity=ident.hexdigest()[:16])
