@@ -1,0 +1,1 @@
+"""Corpus readers (MELD, IEMOCAP, custom CSV, bundled sample) and synthetic corpora."""
