@@ -88,7 +88,8 @@ def test_media_rows_round_trip_through_sharded_writer(tmp_path):
     rng = np.random.default_rng(0)
 
     def row(uid, k, f, n):
-        return {"utt_id": uid, "label": None if k == 0 else "joy", "waveform": rng.normal(size=n).astype(np.float32),
+        return {"utt_id": uid, "label": None if k == 0 else "joy",
+                "waveform": rng.normal(size=n).astype(np.float32),
                 "has_audio": n > 0, "faces": rng.integers(0, 255, (k, 3, 8, 8), dtype=np.uint8),
                 "face_frame": np.arange(k, dtype=np.int16), "scenes": np.zeros((f, 3, 8, 8), np.uint8),
                 "has_face": k > 0, "problems": json.dumps(["no face"] if k == 0 else [])}
