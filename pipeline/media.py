@@ -1,0 +1,258 @@
+"""The media stage for ONE utterance: decode once, keep what the encoders need.
+
+:func:`process_utterance` turns an :class:`~pipeline.manifest.Utterance` into a row of arrays (the
+16 kHz mono waveform, the scene frames, the face crops with their frame index, area weight, MTCNN
+probability and box, and the ``has_*`` flags) plus a list of human-readable problems. The engine
+(``pipeline.run``) calls it inside dask workers, with one :class:`FaceDetector` per worker, and the
+driver writes the rows to ``media.h5`` (ragged fields: :data:`MEDIA_RAGGED`). The embed stage reads
+them back, so the encoders can be trained and rerun without decoding again.
+
+Where the media come from
+-------------------------
+* MELD (and any corpus whose clip is the utterance itself): the whole clip; the CSV times are
+  episode times and are ignored here.
+* IEMOCAP and custom corpora with ``start``/``end``: that span of the (longer) video. IEMOCAP frames are
+  cropped to the speaker's half (``utt.side``) before faces and scenes; its audio comes from
+  ``utt.audio`` (the utterance's own wav), when given, instead of the video.
+
+Faults never raise: each becomes a problem string naming the file and what happens, and the row is
+still returned with the matching flags (``has_audio``/``has_video``/``has_face`` False and empty
+arrays). The decisions:
+
+=====================================  ==========================================================
+missing / zero-byte / unreadable clip  has_audio = has_video = False; "missing clip: ..." etc.
+no audio stream / no video stream      that modality False, the other one kept
+truncated data mid-stream              what decoded before the break is kept (flag True if any)
+silent audio (peak < -60 dBFS)         has_audio = False, waveform empty ("silent audio: ...")
+audio longer than ``max_seconds``      centre ``max_seconds`` kept, audio_cut = True (+ a problem)
+fewer than ``n_frames`` frames         every distinct frame kept (f < n_frames) ("short clip: ...")
+zero-length span (start == end)        one frame at ``start``; audio from the span is empty
+no face in any frame                   has_face = False ("no face ...")
+=====================================  ==========================================================
+
+Examples
+--------
+>>> cfg = MediaConfig()
+>>> detector = FaceDetector(cfg)                  # once per process
+>>> row, problems = process_utterance(utt, cfg, detector)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.decode import MediaError, TruncatedMedia, decode_audio, decode_frames
+from pipeline.extractors.audio import SILENCE_PEAK, is_silent
+from pipeline.extractors.visual import (
+    FACE_MARGIN,
+    FaceDetector,
+    area_weights,
+    crop_faces,
+    crop_side,
+    resize_scenes,
+    select_faces,
+)
+from pipeline.manifest import Utterance
+
+__all__ = ["MEDIA_FLAGS", "MEDIA_RAGGED", "FaceDetector", "MediaConfig", "empty_row", "process_utterance"]
+
+#: Row fields with a per-utterance length (stored as data + offsets).
+MEDIA_RAGGED = ("waveform", "scenes", "faces", "face_frame", "face_weight", "face_prob", "face_box")
+#: Boolean row fields.
+MEDIA_FLAGS = ("has_audio", "audio_cut", "has_video", "has_face")
+
+#: Corpora whose clip is the utterance itself: their start/end are not positions inside the clip.
+WHOLE_CLIP_CORPORA = ("meld",)
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    """Settings of the media stage; all of them go into the cache config (and its hash).
+
+    Parameters
+    ----------
+    n_frames : int
+        Frames spread uniformly over the utterance (the paper's 15).
+    face_size, scene_size : int
+        Side in pixels of the stored face crops and scene frames (square, uint8 RGB).
+    max_faces : int
+        Faces kept per frame, best MTCNN probability first.
+    min_face_prob : float
+        Faces below this MTCNN probability are dropped.
+    sample_rate : int
+        Waveform rate (Hz).
+    max_seconds : float
+        Longest audio window; longer utterances keep their centre and set ``audio_cut``.
+    mtcnn_batch : int
+        Frames per MTCNN call.
+    detect_max_side : int
+        Frames are shrunk to at most this longer side for detection only (0 = never); crops are
+        cut from the full-resolution frame.
+    face_margin : float
+        Fraction of the square face box added on each side of the crop.
+    silence_peak : float
+        Audio whose peak amplitude is below this (full scale 1.0) is "silent" (has_audio False).
+    """
+
+    n_frames: int = 15
+    face_size: int = 112
+    scene_size: int = 112
+    max_faces: int = 4
+    min_face_prob: float = 0.90
+    sample_rate: int = 16000
+    max_seconds: float = 10.0
+    mtcnn_batch: int = 15
+    detect_max_side: int = 640
+    face_margin: float = FACE_MARGIN
+    silence_peak: float = SILENCE_PEAK
+
+    def to_dict(self) -> dict:
+        """Plain dict of every setting (JSON-able), for the cache config."""
+        return dataclasses.asdict(self)
+
+
+def empty_row(utt: Utterance, cfg: MediaConfig) -> dict:
+    """A row with every modality missing (flags False, empty arrays of the right shapes and dtypes)."""
+    s, f = cfg.scene_size, cfg.face_size
+    return {
+        "utt_id": utt.id,
+        "label": utt.label or "",
+        "waveform": np.zeros(0, np.float32),
+        "has_audio": False,
+        "audio_cut": False,
+        "scenes": np.zeros((0, 3, s, s), np.uint8),
+        "has_video": False,
+        "faces": np.zeros((0, 3, f, f), np.uint8),
+        "face_frame": np.zeros(0, np.int16),
+        "face_weight": np.zeros(0, np.float32),
+        "face_prob": np.zeros(0, np.float32),
+        "face_box": np.zeros((0, 4), np.float32),
+        "has_face": False,
+    }
+
+
+def _span(utt: Utterance) -> tuple[float | None, float | None]:
+    """The span inside ``utt.clip`` to decode: None, None (whole clip) for MELD-like corpora."""
+    if utt.corpus in WHOLE_CLIP_CORPORA:
+        return None, None
+    return utt.start, utt.end
+
+
+def process_utterance(utt: Utterance, cfg: MediaConfig,
+                      detector: FaceDetector | None) -> tuple[dict, list[str]]:
+    """Decode one utterance's media once and return ``(row, problems)``.
+
+    Parameters
+    ----------
+    utt : Utterance
+        Uses ``clip``, ``audio`` (separate audio file, IEMOCAP), ``start``/``end`` (not for MELD),
+        ``side`` (IEMOCAP half frame), ``id`` and ``label``.
+    cfg : MediaConfig
+    detector : FaceDetector or None
+        None skips face detection (``has_face`` False, no problem reported for it).
+
+    Returns
+    -------
+    row : dict
+        ``utt_id`` str, ``label`` str ("" if None), ``waveform`` float32 (n,), ``has_audio``,
+        ``audio_cut``, ``scenes`` uint8 (f, 3, S, S), ``has_video``, ``faces`` uint8 (k, 3, F, F),
+        ``face_frame`` int16 (k,), ``face_weight`` float32 (k,) (sums to 1 per frame),
+        ``face_prob`` float32 (k,), ``face_box`` float32 (k, 4) (full-frame pixels, after the IEMOCAP
+        half crop), ``has_face``.
+    problems : list of str
+        One line per fault, naming the file and what was done about it. Empty when all is well.
+
+    Notes
+    -----
+    Never raises for bad media (see the module table); raises for programming errors only.
+    """
+    row = empty_row(utt, cfg)
+    problems: list[str] = []
+    start, end = _span(utt)
+    if start is not None and end is not None and end == start:
+        problems.append(f"zero-length span [{start}, {end}] in {utt.clip}: one frame at {start} s, no audio "
+                        "from the clip (check the corpus times)")
+    _fill_audio(row, problems, utt, cfg, start, end)
+    frames = _fill_video(row, problems, utt, cfg, start, end)
+    if frames is not None and detector is not None:
+        _fill_faces(row, problems, utt, cfg, frames, detector)
+    return row, problems
+
+
+def _missing(kind: str, path: str | None, e: MediaError | None) -> str:
+    if path is None:
+        return f"no {kind} file for this utterance (utterance kept, {kind} marked missing)"
+    return f"{e} (utterance kept, {kind} marked missing)"
+
+
+def _fill_audio(row: dict, problems: list[str], utt: Utterance, cfg: MediaConfig,
+                start: float | None, end: float | None) -> None:
+    path = utt.audio or utt.clip
+    if utt.audio is not None:  # a separate per-utterance file (IEMOCAP wav): all of it
+        start = end = None
+    if path is None:
+        problems.append(_missing("audio", None, None))
+        return
+    try:
+        wave, cut = decode_audio(path, start, end, sr=cfg.sample_rate, max_seconds=cfg.max_seconds)
+    except TruncatedMedia as e:
+        wave, cut = e.partial
+        problems.append(f"{e} (kept the {len(wave) / cfg.sample_rate:.2f} s decoded before the break)")
+    except MediaError as e:
+        problems.append(_missing("audio", path, e))
+        return
+    if wave.size == 0:
+        if not (start is not None and start == end):
+            problems.append(f"empty audio in {path} (audio marked missing)")
+        return
+    if is_silent(wave, cfg.silence_peak):
+        problems.append(f"silent audio in {path}: peak below {cfg.silence_peak:g} (audio marked missing)")
+        return
+    if cut:
+        problems.append(f"long audio in {path}: kept the centre {cfg.max_seconds:g} s (audio_cut set)")
+    row.update(waveform=np.ascontiguousarray(wave, np.float32), has_audio=True, audio_cut=bool(cut))
+
+
+def _fill_video(row: dict, problems: list[str], utt: Utterance, cfg: MediaConfig,
+                start: float | None, end: float | None) -> np.ndarray | None:
+    if utt.clip is None:
+        problems.append(_missing("video", None, None))
+        return None
+    try:
+        frames = decode_frames(utt.clip, cfg.n_frames, start, end)
+    except TruncatedMedia as e:
+        frames = e.partial
+        problems.append(f"{e} (kept the {len(frames)} frames decoded before the break)")
+    except MediaError as e:
+        problems.append(_missing("video", utt.clip, e))
+        return None
+    if len(frames) < cfg.n_frames and not (start is not None and start == end):
+        problems.append(f"short clip {utt.clip}: only {len(frames)} distinct frames in the span "
+                        f"(< {cfg.n_frames}; all kept)")
+    frames = crop_side(frames, utt.side)
+    row.update(scenes=resize_scenes(frames, cfg.scene_size), has_video=True)
+    return frames
+
+
+def _fill_faces(row: dict, problems: list[str], utt: Utterance, cfg: MediaConfig,
+                frames: np.ndarray, detector: FaceDetector) -> None:
+    faces, frame_idx, weights, probs, boxes = [], [], [], [], []
+    for i, (b, p) in enumerate(detector.detect(frames)):
+        keep = select_faces(b, p, cfg.min_face_prob, cfg.max_faces)
+        if len(keep) == 0:
+            continue
+        faces.append(crop_faces(frames[i], b[keep], cfg.face_size, cfg.face_margin))
+        frame_idx.append(np.full(len(keep), i, np.int16))
+        weights.append(area_weights(b[keep]))
+        probs.append(p[keep])
+        boxes.append(b[keep])
+    if not faces:
+        problems.append(f"no face in any of the {len(frames)} frames of {utt.clip} (has_face False)")
+        return
+    row.update(faces=np.concatenate(faces), face_frame=np.concatenate(frame_idx),
+               face_weight=np.concatenate(weights).astype(np.float32),
+               face_prob=np.concatenate(probs).astype(np.float32),
+               face_box=np.concatenate(boxes).astype(np.float32), has_face=True)
