@@ -90,9 +90,70 @@ def _run_extract_command(**kw) -> None:
 # --- end train-encoders ---
 
 # --- train-dialog (trainer/fit.py) -----------------------------------------------------------
+@main.command("train-dialog")
+@click.option("--features", type=click.Path(path_type=Path), required=True,
+              help="A features.h5 (m2f extract).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Run folder; seeds go to OUT/seed<k>/. Rerunning the same command resumes a killed run.")
+@click.option("--modalities", default="tav", help="Any subset of t (text), a (audio), v (visual).")
+@click.option("--fusion", type=click.Choice(["attention", "concat"]), default="attention",
+              help="Multi-head attention fusion (M2FNet) or plain concatenation.")
+@click.option("--seeds", type=int, default=1, help="Number of seeds (repeats); report gives mean ± std.")
+@click.option("--first-seed", type=int, default=0, help="Seed of the first repeat.")
+@click.option("--epochs", type=int, default=100, help="Maximum epochs.")
+@click.option("--patience", type=int, default=15,
+              help="Stop after this many epochs without a better dev wF1.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--lr", type=float, default=5e-4, help="AdamW learning rate.")
+@click.option("--weight-decay", type=float, default=5e-4, help="AdamW weight decay.")
+@click.option("--dropout", type=float, default=0.4)
+@click.option("--batch-size", type=int, default=16, help="Dialogs per batch.")
+@click.option("--heads", type=int, default=4, help="Attention heads (must divide D_T, D_A, D_V).")
+@click.option("--layers", type=int, default=None,
+              help="Transformer layers per modality N_T = N_A = N_V [default: 5 for iemocap, else 1].")
+@click.option("--fusion-layers", type=int, default=5, help="Attention fusion layers m.")
+@click.option("--hidden", type=int, default=256, help="Width of the classifier's hidden layer.")
+@click.option("--ff-mult", type=int, default=2, help="Encoder feed-forward width as a multiple of D.")
+@click.option("--class-map", type=click.Choice(["meld", "iemocap", "sample", "custom"]), default=None,
+              help="Which labels count [default: from the file's dataset attribute].")
+@click.option("--compile/--no-compile", "compile_", default=False, help="torch.compile the model.")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch [default: torch's choice].")
+@click.option("--progress/--no-progress", default=True, help="Show a tqdm bar with loss and dev wF1.")
+def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, seeds: int, first_seed: int,
+                     epochs: int, patience: int, device: str, lr: float, weight_decay: float, dropout: float,
+                     batch_size: int, heads: int, layers: int | None, fusion_layers: int, hidden: int,
+                     ff_mult: int, class_map: str | None, compile_: bool, threads: int | None,
+                     progress: bool) -> None:
+    """Train the dialog-level M2FNet on a features.h5; the epoch is chosen on dev weighted F1."""
+    from trainer.fit import TrainConfig, train_dialog
+
+    config = TrainConfig(
+        features=str(features), out=str(out), modalities=modalities, fusion=fusion, seeds=seeds,
+        first_seed=first_seed, epochs=epochs, patience=patience, device=device, lr=lr,
+        weight_decay=weight_decay, dropout=dropout, batch_size=batch_size, heads=heads, layers=layers,
+        fusion_layers=fusion_layers, hidden=hidden, ff_mult=ff_mult, class_map=class_map, compile=compile_,
+        threads=threads, progress=progress)
+    try:
+        dirs = train_dialog(config)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"done: {len(dirs)} seed(s) in {out}; next: m2f report {out}")
 # --- end train-dialog ---
 
 # --- report (trainer/report.py) --------------------------------------------------------------
+@main.command("report")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
+@click.option("--compare-out", type=click.Path(path_type=Path), default=None,
+              help="Also write the comparison table of all RUN_DIRS to this Markdown file.")
+def report_cmd(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
+    """Write report.md, report.json, confusion.png, curves.png into each RUN_DIR; print a comparison."""
+    from trainer.report import report
+
+    try:
+        table = report(list(run_dirs), compare_out)
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(table)
 # --- end report ---
 
 
