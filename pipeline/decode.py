@@ -248,7 +248,7 @@ def frame_targets(t0: float, t1: float, n: int) -> np.ndarray:
 
 
 def decode_frames(path: str | Path, n: int = 15, start: float | None = None, end: float | None = None,
-                  seek_gap: float = SEEK_GAP) -> np.ndarray:
+                  seek_gap: float = SEEK_GAP, stats: dict | None = None) -> np.ndarray:
     """Decode ``n`` RGB frames spread uniformly over the span (the whole video by default).
 
     Parameters
@@ -262,6 +262,9 @@ def decode_frames(path: str | Path, n: int = 15, start: float | None = None, end
         Span in seconds inside the video (IEMOCAP / custom); ``None`` = the whole stream (MELD).
     seek_gap : float
         Seek rather than decode forward when the next target is more than this many seconds ahead.
+    stats : dict, optional
+        Filled with ``decoded`` (frames decoded) and ``seeks`` (seeks made): the work done, for
+        benchmarks and tests.
 
     Returns
     -------
@@ -293,7 +296,7 @@ def decode_frames(path: str | Path, n: int = 15, start: float | None = None, end
                              f"in {path} (fix the manifest times)")
         t1 = duration if end is None else min(end, duration)
         targets = frame_targets(min(t0, t1), t1, n)
-        frames, error = _pick_frames(c, stream, targets, seek_gap)
+        frames, error = _pick_frames(c, stream, targets, seek_gap, stats)
     if not frames:
         raise MediaError(f"no decodable video frame in {path}" + (f": {error}" if error else ""))
     out = np.stack(frames)
@@ -321,10 +324,12 @@ class _FrameCursor:
         self.prev = self.cur = None
         self.prev_t = self.cur_t = -math.inf
         self._it: Iterator | None = None
+        self.decoded = self.seeks = 0
 
     def seek(self, t: float) -> None:
         self.c.seek(max(0, int(t / self.stream.time_base)), stream=self.stream, backward=True)
         self._it = None
+        self.seeks += 1
         self.prev = self.cur = None
         self.prev_t = self.cur_t = -math.inf
 
@@ -335,15 +340,25 @@ class _FrameCursor:
         frame = next(self._it, None)
         if frame is None:
             return False
+        self.decoded += 1
         t = frame.time if frame.time is not None else self.cur_t + self.step
         self.prev, self.prev_t, self.cur, self.cur_t = self.cur, self.cur_t, frame, t
         return True
 
 
-def _pick_frames(c, stream, targets: np.ndarray,
-                 seek_gap: float) -> tuple[list[np.ndarray], Exception | None]:
+def _pick_frames(c, stream, targets: np.ndarray, seek_gap: float,
+                 stats: dict | None = None) -> tuple[list[np.ndarray], Exception | None]:
     """The decoded frame nearest to each target time, each frame at most once."""
     cursor = _FrameCursor(c, stream)
+    try:
+        return _pick_with(cursor, targets, seek_gap)
+    finally:
+        if stats is not None:
+            stats.update(decoded=cursor.decoded, seeks=cursor.seeks)
+
+
+def _pick_with(cursor: _FrameCursor, targets: np.ndarray,
+               seek_gap: float) -> tuple[list[np.ndarray], Exception | None]:
     picked: list[np.ndarray] = []
     last_t = None
     ended = False
