@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import resource
 import sys
@@ -405,7 +406,7 @@ class Engine:
             else:
                 n = 1 if self.opts.device == "cuda" else max(1, self.opts.workers)
                 cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                       dashboard_address=":0", silence_logs="error")
+                                       dashboard_address=":0", silence_logs=logging.ERROR)
                 self._client = Client(cluster)
                 self._own.append(cluster)
                 log(f"started a LocalCluster: {n} worker process(es), 1 thread each")
@@ -601,8 +602,8 @@ def stage_text_model(opts: ExtractOptions, manifest: Sequence[Utterance]) -> str
         log("text: fine-tuning is not available; using the shipped all-MiniLM-L6-v2 frozen "
             "(pass --text-model to choose)")
         return None
-    train = [u for u in manifest if u.split == "train"]
-    if not train:
+    train = [u for u in manifest if u.split in ("train", "dev")]  # dev selects the epoch, never test
+    if not any(u.split == "train" for u in train):
         log("text: no train split to fine-tune on; using the shipped all-MiniLM-L6-v2 frozen")
         return None
     out = Path(opts.cache) / opts.dataset / "text-model" / manifest_hash(train)
@@ -611,7 +612,8 @@ def stage_text_model(opts: ExtractOptions, manifest: Sequence[Utterance]) -> str
         path = json.loads(marker.read_text())["path"]
         log(f"text: using cached fine-tuned model {path}")
         return path
-    log(f"text: fine-tuning the shipped MiniLM on {len(train)} train utterances -> {out}")
+    log(f"text: fine-tuning the shipped MiniLM on {len(train)} train+dev utterances -> {out} "
+        "(pass --text-model to use a model frozen instead)")
     path = Path(finetune_text(train, out, device=opts.device))
     tmp = marker.with_name(marker.name + ".tmp")
     tmp.write_text(json.dumps({"path": str(path.resolve())}))
