@@ -91,6 +91,9 @@ class ExtractOptions:
         Encoder batch; default 32 on CPU, 256 on CUDA.
     retries : int
         Dask retries per partition task.
+    media_config : dict or None
+        Overrides of :class:`pipeline.media.MediaConfig` defaults (e.g. ``{"n_frames": 8}``); part of
+        every cache key below the manifest.
     """
 
     dataset: str
@@ -107,6 +110,7 @@ class ExtractOptions:
     partition_size: int = 16
     batch_size: int | None = None
     retries: int = 3
+    media_config: dict | None = None
 
     def __post_init__(self):
         bad = [m for m in self.modalities if m not in MODALITIES]
@@ -149,7 +153,7 @@ class ExtractResult:
     summary: dict[str, SplitSummary]
     seconds: dict[str, float] = field(default_factory=dict)      # wall time per driver stage
     work: dict[str, float] = field(default_factory=dict)         # summed worker time per sub-stage
-    workers: dict[str, dict] = field(default_factory=dict)       # pid -> {"loads", "peak_rss_mb", "tasks"}
+    workers: dict[str, dict] = field(default_factory=dict)  # pid -> {loads: {kind: n}, peak_rss_mb, tasks}
     text_model: str | None = None
     encoders: str | None = None
 
@@ -227,7 +231,7 @@ def order_by_split(utterances: Sequence[Utterance]) -> dict[str, list[str]]:
 # worker side: per-process state, the two partition tasks
 # ------------------------------------------------------------------------------------------------
 _MODELS: dict[tuple, object] = {}
-_LOADS = 0
+_LOADS: dict[str, int] = {}  # model kind -> times built in this process (the test of "once per worker")
 _THREADS_SET = False
 
 
@@ -243,16 +247,15 @@ def _worker_setup() -> None:
 
 
 def cached_model(key: tuple, build: Callable[[], object]) -> object:
-    """The model ``build()`` returns, built once per process and kept under ``key``."""
-    global _LOADS
+    """The object ``build()`` returns, built once per process and kept under ``key`` (``key[0]`` = kind)."""
     if key not in _MODELS:
         _MODELS[key] = build()
-        _LOADS += 1
+        _LOADS[key[0]] = _LOADS.get(key[0], 0) + 1
     return _MODELS[key]
 
 
 def _worker_stats() -> dict:
-    return {"pid": os.getpid(), "loads": _LOADS,
+    return {"pid": os.getpid(), "loads": dict(_LOADS),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -448,8 +451,8 @@ def _merge_seconds(into: dict[str, float], add: dict[str, float]) -> None:
 
 
 def _note_worker(workers: dict[str, dict], stats: dict) -> None:
-    w = workers.setdefault(str(stats["pid"]), {"loads": 0, "peak_rss_mb": 0.0, "tasks": 0})
-    w["loads"] = max(w["loads"], stats["loads"])
+    w = workers.setdefault(str(stats["pid"]), {"loads": {}, "peak_rss_mb": 0.0, "tasks": 0})
+    w["loads"] = {k: max(v, w["loads"].get(k, 0)) for k, v in stats["loads"].items()}
     w["peak_rss_mb"] = max(w["peak_rss_mb"], stats["peak_rss_mb"])
     w["tasks"] += 1
 
@@ -488,6 +491,8 @@ def stage_media(engine: Engine, opts: ExtractOptions, selected: list[Utterance],
     if not todo and writer.is_complete():
         log(f"media: complete, {path}")
         return path
+    log(f"media: {len(selected) - len(todo)} of {len(selected)} utterances already written, "
+        f"{len(todo)} to do")
     problems_log = folder / "problems.jsonl"
 
     def write(res: dict) -> None:
@@ -640,6 +645,8 @@ def stage_embed(engine: Engine, opts: ExtractOptions, selected: list[Utterance],
     if not todo and writer.is_complete():
         log(f"features: complete, {path}")
         return path
+    log(f"features: {len(selected) - len(todo)} of {len(selected)} utterances already written, "
+        f"{len(todo)} to do")
 
     def write(res: dict) -> None:
         t = time.perf_counter()
@@ -660,10 +667,10 @@ def stage_embed(engine: Engine, opts: ExtractOptions, selected: list[Utterance],
     return path
 
 
-def _media_config_dict() -> dict:
+def _media_config_dict(overrides: dict | None) -> dict:
     from pipeline.media import MediaConfig
 
-    return MediaConfig().to_dict()
+    return MediaConfig(**(overrides or {})).to_dict()
 
 
 def run_extract(opts: ExtractOptions, client=None,
@@ -697,7 +704,7 @@ def run_extract(opts: ExtractOptions, client=None,
         media_cfg = media_path = None
         media_key = key
         if opts.needs_media:
-            media_cfg = _media_config_dict()
+            media_cfg = _media_config_dict(opts.media_config)
             folder = media_dir(opts, media_cfg, key)
             media_key = folder.name.removeprefix("media-")
             media_path = stage_media(engine, opts, selected, media_cfg, folder, result, on_written)
