@@ -1,0 +1,221 @@
+"""trainer.fit: learning a cross-modal label, dev-only selection, determinism, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from trainer.data import IGNORE, MELD_CLASSES, load_split
+from trainer.fit import TrainConfig, load_model, predict_probs, read_metrics, train_dialog
+from trainer.synthetic import random_rows, write_features, xor_rows
+
+DIMS = {"t": 8, "a": 8, "v": 8}
+SMALL = {
+    "heads": 2,
+    "hidden": 32,
+    "batch_size": 8,
+    "dropout": 0.1,
+    "lr": 3e-3,
+    "threads": 1,
+    "progress": False,
+}
+
+
+def dialog_lengths(seed, counts=(("train", 60), ("dev", 20), ("test", 20))):
+    rng = np.random.default_rng(seed)
+    return {split: rng.integers(3, 10, n).tolist() for split, n in counts}
+
+
+@pytest.fixture(scope="module")
+def xor_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("xor") / "features.h5"
+    return write_features(path, "custom", dialog_lengths(0), xor_rows(DIMS, missing_rate=0.2))
+
+
+def accuracy_of(run_dir: Path, split: str = "test") -> float:
+    with open(run_dir / f"predictions_{split}.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return float(np.mean([r["gold"] == r["predicted"] for r in rows]))
+
+
+def test_fusion_learns_a_label_that_needs_two_modalities(xor_file, tmp_path):
+    """Acceptance: label = sign(audio) XOR sign(visual); text is noise. Only the fused model can learn it."""
+    acc = {}
+    for mods in ("tav", "t", "a", "v"):
+        config = TrainConfig(
+            features=str(xor_file), out=str(tmp_path / mods), modalities=mods, epochs=25, patience=25, **SMALL
+        )
+        (run,) = train_dialog(config)
+        acc[mods] = accuracy_of(run)
+    assert acc["tav"] >= 0.9, acc
+    for single in ("t", "a", "v"):
+        assert acc[single] <= 0.65, acc
+        assert acc["tav"] - acc[single] >= 0.3, acc
+
+
+def test_epoch_is_selected_on_dev_and_early_stopping_works(tmp_path):
+    path = write_features(
+        tmp_path / "noise.h5",
+        "sample",
+        dialog_lengths(1, (("train", 20), ("dev", 8), ("test", 8))),
+        random_rows(DIMS, ["joy", "anger", "neutral"]),
+    )
+    config = TrainConfig(
+        features=str(path), out=str(tmp_path / "run"), modalities="a", epochs=40, patience=3, **SMALL
+    )
+    (run,) = train_dialog(config)
+    metrics = read_metrics(run)
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "done" and status["stopped"] == "early_stopping"
+    assert len(metrics) < 40
+    dev = [m["dev_weighted_f1"] for m in metrics]
+    assert status["best_epoch"] == int(np.argmax(dev)) + 1  # first epoch with the highest dev wF1
+    assert len(metrics) == status["best_epoch"] + 3
+    # the saved best model reproduces the saved dev predictions
+    model, names = load_model(run / "best.pt")
+    assert names == list(MELD_CLASSES)  # sample uses MELD's class map
+    label_map = json.loads((run / "label_map.json").read_text())
+    assert label_map["classes"] == names
+    probs = predict_probs(model, load_split(path, "dev", names, "a"), 64, "cpu")
+    labels = load_split(path, "dev", names, "a").labels.reshape(-1).numpy()
+    with open(run / "predictions_dev.csv", newline="") as f:
+        saved = [r["predicted"] for r in csv.DictReader(f)]
+    assert len(saved) == (labels != IGNORE).sum()
+    assert [names[i] for i in probs.argmax(axis=1)] == saved
+
+
+def m2f_command() -> list[str]:
+    exe = Path(sys.executable).with_name("m2f")
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from cli import main; main()"]
+
+
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(xor_file, tmp_path):
+    epochs = 10
+    options = dict(modalities="tav", epochs=epochs, patience=epochs, **SMALL)
+    (reference,) = train_dialog(TrainConfig(features=str(xor_file), out=str(tmp_path / "ref"), **options))
+
+    out = tmp_path / "killed"
+    cmd = m2f_command() + [
+        "train-dialog",
+        "--features",
+        str(xor_file),
+        "--out",
+        str(out),
+        "--modalities",
+        "tav",
+        "--epochs",
+        str(epochs),
+        "--patience",
+        str(epochs),
+        "--heads",
+        "2",
+        "--hidden",
+        "32",
+        "--batch-size",
+        "8",
+        "--dropout",
+        "0.1",
+        "--lr",
+        "0.003",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    metrics = out / "seed0" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    status = json.loads((out / "seed0" / "status.json").read_text())
+    assert status["state"] == "training" and 3 <= status["epoch"] < epochs
+
+    (resumed,) = train_dialog(TrainConfig(features=str(xor_file), out=str(out), **options))
+    ref_rows, res_rows = read_metrics(reference), read_metrics(resumed)
+    assert [r["epoch"] for r in res_rows] == list(range(1, epochs + 1))
+    for a, b in zip(ref_rows, res_rows, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["dev_weighted_f1"] == pytest.approx(b["dev_weighted_f1"], abs=1e-9)
+    assert (reference / "predictions_test.csv").read_text() == (resumed / "predictions_test.csv").read_text()
+
+    # a finished seed is not trained again; other options are refused, not mixed in
+    before = (resumed / "metrics.jsonl").read_text()
+    train_dialog(TrainConfig(features=str(xor_file), out=str(out), **options))
+    assert (resumed / "metrics.jsonl").read_text() == before
+    with pytest.raises(ValueError, match=r"different options \(lr"):
+        train_dialog(TrainConfig(features=str(xor_file), out=str(out), **{**options, "lr": 1e-3}))
+
+
+def test_run_directory_holds_what_a_reader_needs(xor_file, tmp_path):
+    config = TrainConfig(
+        features=str(xor_file),
+        out=str(tmp_path / "run"),
+        modalities="av",
+        fusion="concat",
+        epochs=2,
+        seeds=2,
+        **SMALL,
+    )
+    runs = train_dialog(config)
+    assert [r.name for r in runs] == ["seed0", "seed1"]
+    for run in runs:
+        for name in (
+            "config.json",
+            "environment.json",
+            "label_map.json",
+            "status.json",
+            "metrics.jsonl",
+            "best.pt",
+            "last.pt",
+            "predictions_dev.csv",
+            "predictions_test.csv",
+        ):
+            assert (run / name).exists(), name
+        cfg = json.loads((run / "config.json").read_text())
+        assert cfg["class_names"] == ["neg", "pos"] and cfg["layers"] == 1 and cfg["dims"] == DIMS
+        env = json.loads((run / "environment.json").read_text())
+        assert env["device"] == "cpu" and env["torch"] == torch.__version__
+        ckpt = torch.load(run / "best.pt", weights_only=True)
+        assert ckpt["model_config"]["modalities"] == "av"
+        with open(run / "predictions_test.csv", newline="") as f:
+            header = next(csv.reader(f))
+        assert header == ["utt_id", "gold", "predicted", "p_neg", "p_pos"]
+    first, second = (read_metrics(r) for r in runs)
+    assert first[0]["train_loss"] != second[0]["train_loss"]  # seeds differ
+
+
+@pytest.mark.gpu
+def test_cuda_fast_path(xor_file, tmp_path):
+    options = dict(SMALL, threads=None)
+    config = TrainConfig(
+        features=str(xor_file),
+        out=str(tmp_path / "gpu"),
+        modalities="tav",
+        epochs=25,
+        patience=25,
+        device="cuda",
+        **options,
+    )
+    (run,) = train_dialog(config)
+    assert json.loads((run / "environment.json").read_text())["device"] == "cuda"
+    assert accuracy_of(run) >= 0.9
+    compiled = dataclasses.replace(config, out=str(tmp_path / "gpu_compiled"), epochs=3, compile=True)
+    (run,) = train_dialog(compiled)
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
