@@ -23,6 +23,7 @@ arrays). The decisions:
 missing / zero-byte / unreadable clip  has_audio = has_video = False; "missing clip: ..." etc.
 no audio stream / no video stream      that modality False, the other one kept
 truncated data mid-stream              what decoded before the break is kept (flag True if any)
+truncated file that still opens        the data that is there is used; "truncated clip ..."
 silent audio (peak < -60 dBFS)         has_audio = False, waveform empty ("silent audio: ...")
 audio longer than ``max_seconds``      centre ``max_seconds`` kept, audio_cut = True (+ a problem)
 fewer than ``n_frames`` frames         every distinct frame kept (f < n_frames) ("short clip: ...")
@@ -44,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.decode import MediaError, TruncatedMedia, decode_audio, decode_frames
+from pipeline.decode import MediaError, TruncatedMedia, decode_audio, decode_frames, probe
 from pipeline.extractors.audio import SILENCE_PEAK, is_silent
 from pipeline.extractors.visual import (
     FACE_MARGIN,
@@ -172,37 +173,48 @@ def process_utterance(utt: Utterance, cfg: MediaConfig,
     row = empty_row(utt, cfg)
     problems: list[str] = []
     start, end = _span(utt)
-    if start is not None and end is not None and end == start:
-        problems.append(f"zero-length span [{start}, {end}] in {utt.clip}: one frame at {start} s, no audio "
-                        "from the clip (check the corpus times)")
-    _fill_audio(row, problems, utt, cfg, start, end)
-    frames = _fill_video(row, problems, utt, cfg, start, end)
+    clip_ok = _check_clip(utt, problems)
+    if clip_ok and start is not None and start == end:
+        problems.append(f"zero-length span [{start}, {end}] in {utt.clip}: kept the one frame at {start} s"
+                        + ("" if utt.audio else ", no audio") + " (check the corpus times)")
+    if utt.audio is not None:  # a separate per-utterance file (IEMOCAP wav): all of it
+        _fill_audio(row, problems, utt.audio, None, None, cfg)
+    elif clip_ok:
+        _fill_audio(row, problems, utt.clip, start, end, cfg)
+    frames = _fill_video(row, problems, utt, cfg, start, end) if clip_ok else None
     if frames is not None and detector is not None:
         _fill_faces(row, problems, utt, cfg, frames, detector)
     return row, problems
 
 
-def _missing(kind: str, path: str | None, e: MediaError | None) -> str:
-    if path is None:
-        return f"no {kind} file for this utterance (utterance kept, {kind} marked missing)"
-    return f"{e} (utterance kept, {kind} marked missing)"
+def _check_clip(utt: Utterance, problems: list[str]) -> bool:
+    """True when ``utt.clip`` can be opened; otherwise one problem for the whole clip."""
+    lost = "visual" if utt.audio is not None else "audio/visual"
+    if utt.clip is None:
+        problems.append(f"no clip for this utterance (utterance kept, {lost} marked missing)")
+        return False
+    try:
+        info = probe(utt.clip)
+    except MediaError as e:
+        problems.append(f"{e}; utterance kept, {lost} marked missing")
+        return False
+    if info.fps and info.n_video_frames and info.video_duration is not None:
+        promised = info.n_video_frames / info.fps
+        if info.video_duration < 0.9 * promised - 0.1:
+            problems.append(f"truncated clip {utt.clip}: its header promises {promised:.2f} s of video but "
+                            f"the data ends at {info.video_duration:.2f} s (kept what decodes; re-extract)")
+    return True
 
 
-def _fill_audio(row: dict, problems: list[str], utt: Utterance, cfg: MediaConfig,
-                start: float | None, end: float | None) -> None:
-    path = utt.audio or utt.clip
-    if utt.audio is not None:  # a separate per-utterance file (IEMOCAP wav): all of it
-        start = end = None
-    if path is None:
-        problems.append(_missing("audio", None, None))
-        return
+def _fill_audio(row: dict, problems: list[str], path: str, start: float | None, end: float | None,
+                cfg: MediaConfig) -> None:
     try:
         wave, cut = decode_audio(path, start, end, sr=cfg.sample_rate, max_seconds=cfg.max_seconds)
     except TruncatedMedia as e:
         wave, cut = e.partial
         problems.append(f"{e} (kept the {len(wave) / cfg.sample_rate:.2f} s decoded before the break)")
     except MediaError as e:
-        problems.append(_missing("audio", path, e))
+        problems.append(f"{e}; audio marked missing")
         return
     if wave.size == 0:
         if not (start is not None and start == end):
@@ -218,16 +230,13 @@ def _fill_audio(row: dict, problems: list[str], utt: Utterance, cfg: MediaConfig
 
 def _fill_video(row: dict, problems: list[str], utt: Utterance, cfg: MediaConfig,
                 start: float | None, end: float | None) -> np.ndarray | None:
-    if utt.clip is None:
-        problems.append(_missing("video", None, None))
-        return None
     try:
         frames = decode_frames(utt.clip, cfg.n_frames, start, end)
     except TruncatedMedia as e:
         frames = e.partial
         problems.append(f"{e} (kept the {len(frames)} frames decoded before the break)")
     except MediaError as e:
-        problems.append(_missing("video", utt.clip, e))
+        problems.append(f"{e}; visual marked missing")
         return None
     if len(frames) < cfg.n_frames and not (start is not None and start == end):
         problems.append(f"short clip {utt.clip}: only {len(frames)} distinct frames in the span "
