@@ -87,6 +87,72 @@ def _run_extract_command(**kw) -> None:
 # --- end extract ---
 
 # --- train-encoders (pipeline/encoders/train.py) ---------------------------------------------
+@main.command("train-encoders")
+@click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Corpus format.")
+@click.option("--modality", type=click.Choice(["audio", "face", "scene", "text", "all"]), default="all",
+              help="Which extractor to train; `all` = audio, face and scene (text is fine-tuned separately).")
+@click.option("--media", type=click.Path(path_type=Path), default=None,
+              help="The media.h5 to train on. Default: the only cache/<dataset>/media-*/media.h5.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for audio.pt/face.pt/scene.pt. Default: cache/<dataset>/encoders/<media hash>/.")
+@click.option("--root", type=click.Path(path_type=Path), default=None,
+              help="Corpus folder; only for --modality text (the text model trains on the corpus text).")
+@click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"), help="Cache root folder.")
+@click.option("--epochs", type=int, default=None,
+              help="Epochs per extractor. Default: 60 audio / 100 visual on cuda (the paper), 5 on cpu.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu",
+              help="cuda: bf16 autocast and batch 128 by default.")
+@click.option("--batch-size", type=int, default=None, help="Batch size (default 32 on cpu, 128 on cuda).")
+@click.option("--steps-per-epoch", type=int, default=None,
+              help="Batches per epoch (default: one pass over the train samples).")
+@click.option("--seed", type=int, default=0, help="Initial weights and sampling.")
+@click.option("--overwrite", is_flag=True, help="Retrain even if a checkpoint exists.")
+def train_encoders_command(dataset: str, modality: str, media: Path | None, out: Path | None,
+                           root: Path | None, cache: Path, epochs: int | None, device: str,
+                           batch_size: int | None, steps_per_epoch: int | None, seed: int,
+                           overwrite: bool) -> None:
+    """Triplet-train the audio/face/scene extractors on a media cache; print the checkpoint paths."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if modality == "text":
+        _train_text_encoder(dataset, root, out or cache / dataset / "encoders" / "text", device, epochs)
+        return
+    from pipeline.encoders.model import MODALITIES
+    from pipeline.encoders.train import train_encoders
+
+    media = media or _find_media(cache, dataset)
+    out = out or cache / dataset / "encoders" / media.parent.name.removeprefix("media-")
+    mods = MODALITIES if modality == "all" else (modality,)
+    try:
+        paths = train_encoders(media, out, modalities=mods, epochs=epochs, device=device, seed=seed,
+                               batch_size=batch_size, steps_per_epoch=steps_per_epoch, overwrite=overwrite)
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    for p in paths.values():
+        click.echo(str(p))
+
+
+def _find_media(cache: Path, dataset: str) -> Path:
+    found = sorted((cache / dataset).glob("media-*/media.h5"))
+    if len(found) != 1:
+        raise click.UsageError(
+            f"found {len(found)} media caches under {cache / dataset} ({[str(p) for p in found]}); pass "
+            "--media PATH (run `m2f extract` first if there is none)")
+    return found[0]
+
+
+def _train_text_encoder(dataset: str, root: Path | None, out: Path, device: str, epochs: int | None) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("pipeline.encoders.text_finetune") is None:
+        raise click.ClickException("text fine-tuning (pipeline.encoders.text_finetune) is not available in "
+                                   "this install; use `m2f extract --text-model NAME` for a frozen model")
+    from pipeline.corpora import prepare_corpus
+    from pipeline.encoders.text_finetune import finetune_text
+
+    kw = {} if epochs is None else {"epochs": epochs}
+    click.echo(str(finetune_text(prepare_corpus(dataset, root), out, device=device, **kw)))
 # --- end train-encoders ---
 
 # --- train-dialog (trainer/fit.py) -----------------------------------------------------------

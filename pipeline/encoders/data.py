@@ -1,0 +1,180 @@
+"""Training samples of the extractors, read lazily from ``media.h5`` (written by the extraction engine).
+
+One sample is one utterance with a label and the modality present:
+
+* audio: ``waveform`` (16 kHz mono); training takes a random ``clip_seconds`` crop (augmented),
+  evaluation the centre crop; shorter clips are zero padded.
+* face: the utterance's stored crops ``faces``; training draws one crop at random, evaluation takes
+  the crop with the largest ``face_weight`` (the largest face of its frame).
+* scene: the stored frames ``scenes``; training draws one frame at random, evaluation the middle one.
+
+Labels are the raw corpus strings; the class list is fixed from the train split (labels with at least
+two samples) and shared by dev.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.cache import RowReader
+from pipeline.encoders.augment import AudioAugment, augment_waveform, image_augmenter
+from pipeline.encoders.model import InputContract
+
+FLAG_OF = {"audio": "has_audio", "face": "has_face", "scene": "has_video"}
+FIELD_OF = {"audio": "waveform", "face": "faces", "scene": "scenes"}
+DEFAULT_AUDIO_AUGMENT = AudioAugment()
+
+
+class MediaSamples:
+    """Labelled samples of one modality in one split of a media.h5, read row by row.
+
+    Parameters
+    ----------
+    path : path-like
+        The media.h5 file.
+    split : str
+        ``train``, ``dev`` or ``test``.
+    modality : {"audio", "face", "scene"}
+        Which stored field a sample is made of.
+    classes : sequence of str, optional
+        Keep only these labels (in this order = class ids). Default: every non-empty label of the
+        split, sorted.
+
+    Attributes
+    ----------
+    rows : np.ndarray
+        Row numbers of the samples in the split.
+    labels : np.ndarray
+        Integer class id of each sample.
+    classes : tuple of str
+        The class names.
+    """
+
+    def __init__(self, path: str | Path, split: str, modality: str, classes: Sequence[str] | None = None):
+        if modality not in FLAG_OF:
+            raise ValueError(f"unknown modality {modality!r}; expected one of {tuple(FLAG_OF)}")
+        self.path = Path(path)
+        self.modality = modality
+        self.reader = RowReader(self.path, split)
+        raw = np.asarray(self.reader.column("label"), dtype=object).astype(str)
+        flag = self.reader.column(FLAG_OF[modality]).astype(bool)
+        if classes is None:
+            classes = sorted({lab for lab in raw[flag] if lab})
+        self.classes = tuple(str(c) for c in classes)
+        cid = {c: i for i, c in enumerate(self.classes)}
+        keep = flag & np.array([lab in cid for lab in raw], dtype=bool)
+        self.rows = np.flatnonzero(keep)
+        self.labels = np.array([cid[lab] for lab in raw[keep]], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def label_counts(self) -> dict[str, int]:
+        """Number of samples per class name."""
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        return {c: int(n) for c, n in zip(self.classes, counts, strict=True)}
+
+    def raw(self, i: int, train: bool, rng: np.random.Generator) -> np.ndarray:
+        """The stored array of sample ``i``: a waveform ``(n,)`` or one uint8 image ``(3, S, S)``."""
+        row = int(self.rows[i])
+        if self.modality == "audio":
+            return np.asarray(self.reader.row(row, ["waveform"])["waveform"], dtype=np.float32)
+        if self.modality == "face":
+            r = self.reader.row(row, ["faces", "face_weight"])
+            faces, weights = r["faces"], np.asarray(r["face_weight"])
+            k = int(rng.integers(len(faces))) if train else int(np.argmax(weights))
+            return faces[k]
+        frames = self.reader.row(row, ["scenes"])["scenes"]
+        k = int(rng.integers(len(frames))) if train else len(frames) // 2
+        return frames[k]
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def centre_crop_or_pad(wave: np.ndarray, n: int) -> np.ndarray:
+    """The centre ``n`` samples of ``wave``, zero padded at the end when shorter."""
+    out = np.zeros(n, dtype=np.float32)
+    start = max((len(wave) - n) // 2, 0)
+    piece = wave[start:start + n]
+    out[: len(piece)] = piece
+    return out
+
+
+def load_batch(samples: MediaSamples, indices: Sequence[int], contract: InputContract, train: bool,
+               rng: np.random.Generator, clip_seconds: float = 3.0,
+               audio_augment: AudioAugment | None = DEFAULT_AUDIO_AUGMENT) -> torch.Tensor:
+    """A model-ready batch: waveforms ``(B, T)`` float32 or images ``(B, 3, S, S)`` uint8.
+
+    Parameters
+    ----------
+    samples : MediaSamples
+        Where the samples come from.
+    indices : sequence of int
+        Sample numbers.
+    contract : InputContract
+        The encoder's input contract (sample rate, image size).
+    train : bool
+        Random crop/frame/face and augmentation (True) or the fixed evaluation view (False).
+    rng : np.random.Generator
+        Source of the random choices (image transforms draw from torch's global generator).
+    clip_seconds : float
+        Audio window length.
+    audio_augment : AudioAugment or None
+        Waveform augmentation when ``train``; None disables it.
+    """
+    if samples.modality == "audio":
+        n = int(round(clip_seconds * contract.sample_rate))
+        waves = []
+        for i in indices:
+            w = samples.raw(i, train, rng)
+            if train and audio_augment is not None:
+                waves.append(augment_waveform(w, n, rng, audio_augment))
+            elif train:
+                start = int(rng.integers(0, max(len(w) - n, 0) + 1))
+                waves.append(centre_crop_or_pad(w[start:start + n], n))
+            else:
+                waves.append(centre_crop_or_pad(w, n))
+        return torch.from_numpy(np.stack(waves))
+    size = contract.image_size
+    imgs = [torch.from_numpy(np.ascontiguousarray(samples.raw(i, train, rng))) for i in indices]
+    if train:
+        aug = image_augmenter(size)
+        return torch.stack([aug(img) for img in imgs])
+    batch = torch.stack(imgs)
+    if batch.shape[-1] != size or batch.shape[-2] != size:
+        batch = F.interpolate(batch.float(), size=(size, size), mode="bilinear", antialias=True,
+                              align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    return batch
+
+
+def balanced_batches(labels: np.ndarray, batch_size: int, n_batches: int,
+                     rng: np.random.Generator) -> list[np.ndarray]:
+    """Class-balanced batches of sample indices (P classes x K samples, FaceNet style).
+
+    Only classes with at least two samples take part. P = all of them when ``batch_size`` allows
+    two per class, else a random ``batch_size // 2`` of them; K = ``batch_size // P`` distinct samples
+    per class (fewer when a class is smaller).
+
+    Returns
+    -------
+    list of np.ndarray
+        ``n_batches`` index arrays.
+    """
+    by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    by_class = [ix for ix in by_class if len(ix) >= 2]
+    if len(by_class) < 2:
+        raise ValueError("class-balanced batches need at least 2 labels with >= 2 samples each")
+    p = min(len(by_class), max(batch_size // 2, 2))
+    k = max(batch_size // p, 2)
+    batches = []
+    for _ in range(n_batches):
+        chosen = rng.choice(len(by_class), size=p, replace=False)
+        batches.append(np.concatenate([rng.choice(by_class[c], size=min(k, len(by_class[c])), replace=False)
+                                       for c in chosen]))
+    return batches
