@@ -464,9 +464,12 @@ def stage_prepare(opts: ExtractOptions) -> tuple[Path, list[Utterance]]:
     if path.exists():
         log(f"prepare: using {path}")
         return path, read_jsonl(path)
-    from pipeline.corpora import prepare_corpus
+    from pipeline.corpora import CorpusError, prepare_corpus
 
-    utterances = prepare_corpus(opts.dataset, opts.root)
+    try:
+        utterances = prepare_corpus(opts.dataset, opts.root)
+    except CorpusError as e:
+        raise ExtractError(str(e)) from e
     write_jsonl(utterances, path)
     log(f"prepare: {len(utterances)} utterances -> {path}")
     return path, utterances
@@ -698,6 +701,8 @@ def run_extract(opts: ExtractOptions, client=None,
         have = sorted({u.split for u in manifest})
         raise ExtractError(f"{manifest_file} has no utterances in splits {list(opts.splits)} (it has {have})")
     key = manifest_hash(selected)
+    if opts.needs_media and opts.encoders not in (None, "random"):
+        _check_encoder_dir(Path(opts.encoders), "--encoders")  # before hours of decoding, not after
     result = ExtractResult(features=Path(), manifest=manifest_file, media=None, summary={})
     engine = Engine(opts, client)
     try:
