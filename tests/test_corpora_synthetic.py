@@ -42,17 +42,20 @@ def test_write_clip_5_1_centre_channel_is_loudest(tmp_path):
     p = syn.write_clip(tmp_path / "a.mp4", duration=1.0, size=(64, 48), audio_channels=6)
     with av.open(str(p)) as c:
         audio = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)
-    rms = np.sqrt((audio ** 2).mean(axis=1))
+    rms = np.sqrt((audio**2).mean(axis=1))
     assert audio.shape[0] == 6
     assert int(np.argmax(rms)) == 2
 
 
 def test_write_clip_video_only_audio_only_and_avi(tmp_path):
     assert _streams(syn.write_clip(tmp_path / "v.mp4", duration=0.5, size=(64, 48), audio=False)) == {
-        "video": "h264"}
+        "video": "h264"
+    }
     assert _streams(syn.write_clip(tmp_path / "a.mp4", duration=0.5, video=False)) == {"audio": "aac"}
     assert _streams(syn.write_clip(tmp_path / "c.avi", duration=0.5, size=(64, 48))) == {
-        "video": "mpeg4", "audio": "pcm_s16le"}
+        "video": "mpeg4",
+        "audio": "pcm_s16le",
+    }
     with pytest.raises(ValueError):
         syn.write_clip(tmp_path / "x.mp4", video=False, audio=False)
 
@@ -78,10 +81,12 @@ def test_silent_clip_is_silent_and_tone_has_the_pitch(tmp_path):
 
 
 def test_face_position_moves_the_face(tmp_path):
-    left = _first_frame(syn.write_clip(tmp_path / "l.mp4", duration=0.2, size=(160, 120), audio=False,
-                                       face_pos=(0.25, 0.5)))
-    right = _first_frame(syn.write_clip(tmp_path / "r.mp4", duration=0.2, size=(160, 120), audio=False,
-                                        face_pos=(0.75, 0.5)))
+    left = _first_frame(
+        syn.write_clip(tmp_path / "l.mp4", duration=0.2, size=(160, 120), audio=False, face_pos=(0.25, 0.5))
+    )
+    right = _first_frame(
+        syn.write_clip(tmp_path / "r.mp4", duration=0.2, size=(160, 120), audio=False, face_pos=(0.75, 0.5))
+    )
     bg = np.array((40, 60, 90))
     # columns where the frame differs from the background
     cols_l = np.where((np.abs(left.astype(int) - bg).sum(axis=2) > 60).any(axis=0))[0]
@@ -119,19 +124,26 @@ def test_format_srt_time():
 
 
 def test_meld_tree_layout_and_traps(tmp_path):
-    root = syn.make_meld_tree(tmp_path, n_dialogues=2, utterances_per_dialogue=3, size=(64, 48),
-                              duration=0.5)
+    root = syn.make_meld_tree(tmp_path, n_dialogues=2, utterances_per_dialogue=3, size=(64, 48), duration=0.5)
     raw = root / "MELD.Raw"
     train = (raw / "train_sent_emo.csv").read_bytes()
-    assert train.startswith(b"Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,"
-                            b"Season,Episode,StartTime,EndTime\r\n")
+    assert train.startswith(
+        b"Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,"
+        b"Season,Episode,StartTime,EndTime\r\n"
+    )
     assert train.endswith(b"\r\n")
     assert "\u2019".encode() in train
     assert b'"0:01:03,28"' in train  # one-digit hour and 2-digit ms
     names = sorted(p.name for p in (raw / "train_splits").iterdir())
     # dialogue ids 0, 2 (1 missing); dia0 has utterances 0, 1, 3 (gap); last clip missing
-    assert names == ["._dia0_utt0.mp4", "dia0_utt0.mp4", "dia0_utt1.mp4", "dia0_utt3.mp4",
-                     "dia2_utt0.mp4", "dia2_utt1.mp4"]
+    assert names == [
+        "._dia0_utt0.mp4",
+        "dia0_utt0.mp4",
+        "dia0_utt1.mp4",
+        "dia0_utt3.mp4",
+        "dia2_utt0.mp4",
+        "dia2_utt1.mp4",
+    ]
     assert (raw / "train_splits" / "dia0_utt1.mp4").stat().st_size == 0
     assert (raw / "dev_splits_complete" / "dia0_utt2.mp4").exists()  # extra clip, no row
     assert _audio_channels(raw / "dev_splits_complete" / "dia0_utt0.mp4") == 6
@@ -140,16 +152,18 @@ def test_meld_tree_layout_and_traps(tmp_path):
 
 
 def test_meld_tree_old_encoding_uses_c1_and_lf(tmp_path):
-    syn.make_meld_tree(tmp_path, n_dialogues=1, splits=("train",), clips=False, layout="flat",
-                       old_encoding=True)
+    syn.make_meld_tree(
+        tmp_path, n_dialogues=1, splits=("train",), clips=False, layout="flat", old_encoding=True
+    )
     data = (tmp_path / "train_sent_emo.csv").read_bytes()
     assert b"\r\n" not in data
     assert "\x92".encode() in data and "\u2019".encode() not in data
 
 
 def test_iemocap_tree_files(tmp_path):
-    top = syn.make_iemocap_tree(tmp_path, sessions=(1,), dialogs_per_session=2, utterances_per_dialog=3,
-                                video_size=(96, 64), fps=10)
+    top = syn.make_iemocap_tree(
+        tmp_path, sessions=(1,), dialogs_per_session=2, utterances_per_dialog=3, video_size=(96, 64), fps=10
+    )
     s1 = top / "Session1"
     emo = (s1 / "dialog" / "EmoEvaluation" / "Ses01F_impro01.txt").read_text()
     assert emo.startswith("% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]\n\n[1.5000 - 2.5000]\t")

@@ -34,43 +34,87 @@ MELD_EMOTIONS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "an
 
 #: Sentiment that MELD pairs with each emotion (surprise alternates negative/positive in the corpus).
 MELD_SENTIMENT = {
-    "neutral": "neutral", "joy": "positive", "anger": "negative", "disgust": "negative",
-    "fear": "negative", "sadness": "negative", "surprise": "negative",
+    "neutral": "neutral",
+    "joy": "positive",
+    "anger": "negative",
+    "disgust": "negative",
+    "fear": "negative",
+    "sadness": "negative",
+    "surprise": "negative",
 }
 
 #: Audio pitch (Hz) per label when a tree is built with ``tone_for_label=True``: a learnable signal.
 LABEL_TONE_HZ = {
-    "neutral": 220.0, "surprise": 660.0, "fear": 494.0, "sadness": 165.0, "joy": 523.0,
-    "disgust": 294.0, "anger": 370.0,
+    "neutral": 220.0,
+    "surprise": 660.0,
+    "fear": 494.0,
+    "sadness": 165.0,
+    "joy": 523.0,
+    "disgust": 294.0,
+    "anger": 370.0,
     # IEMOCAP codes
-    "neu": 220.0, "sad": 165.0, "ang": 370.0, "hap": 523.0, "exc": 587.0, "fru": 294.0,
-    "sur": 660.0, "fea": 494.0, "dis": 330.0, "oth": 392.0, "xxx": 247.0,
+    "neu": 220.0,
+    "sad": 165.0,
+    "ang": 370.0,
+    "hap": 523.0,
+    "exc": 587.0,
+    "fru": 294.0,
+    "sur": 660.0,
+    "fea": 494.0,
+    "dis": 330.0,
+    "oth": 392.0,
+    "xxx": 247.0,
 }
 
 #: Face centre (fractions of width, height) per MELD label with ``tone_for_label=True``.
 LABEL_FACE_POS = {
-    "neutral": (0.50, 0.50), "surprise": (0.30, 0.35), "fear": (0.70, 0.35), "sadness": (0.30, 0.65),
-    "joy": (0.70, 0.65), "disgust": (0.40, 0.40), "anger": (0.60, 0.60),
+    "neutral": (0.50, 0.50),
+    "surprise": (0.30, 0.35),
+    "fear": (0.70, 0.35),
+    "sadness": (0.30, 0.65),
+    "joy": (0.70, 0.65),
+    "disgust": (0.40, 0.40),
+    "anger": (0.60, 0.60),
 }
 
-MELD_HEADER = ("Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
-               "Season", "Episode", "StartTime", "EndTime")
+MELD_HEADER = (
+    "Sr No.",
+    "Utterance",
+    "Speaker",
+    "Emotion",
+    "Sentiment",
+    "Dialogue_ID",
+    "Utterance_ID",
+    "Season",
+    "Episode",
+    "StartTime",
+    "EndTime",
+)
 
 #: Clip folder per MELD split, as in MELD.Raw.
 MELD_CLIP_DIRS = {
-    "train": "train_splits", "dev": "dev_splits_complete", "test": "output_repeated_splits_test",
+    "train": "train_splits",
+    "dev": "dev_splits_complete",
+    "test": "output_repeated_splits_test",
 }
 
 #: Unicode -> cp1252-read-as-latin-1 C1 code point, to write "old" (pre-2020) MELD CSVs.
-_TO_C1 = {"\u2019": "\x92", "\u2018": "\x91", "\u201c": "\x93", "\u201d": "\x94", "\u2026": "\x85",
-          "\u2014": "\x97", "\u2013": "\x96"}
+_TO_C1 = {
+    "\u2019": "\x92",
+    "\u2018": "\x91",
+    "\u201c": "\x93",
+    "\u201d": "\x94",
+    "\u2026": "\x85",
+    "\u2014": "\x97",
+    "\u2013": "\x96",
+}
 
 # Utterance texts cycled by the MELD generator: curly quotes, an ellipsis, a dash, a comma inside a
 # quoted field, doubled inner quotes, and a double space, as in the real CSVs (DATA-FORMATS 1.2).
 _MELD_TEXTS = (
     "Oh my God, he\u2019s lost it. He\u2019s totally lost it.",
     "What?",
-    "I\u2019m thinkin\u2019 she\u2019ll say, \"Hey, you\u2019re not Bob.\"",
+    'I\u2019m thinkin\u2019 she\u2019ll say, "Hey, you\u2019re not Bob."',
     "Well\u2026 no  way.",
     "Okay \u2014 fine, let\u2019s go.",
     "\u2018Yes\u2019 she said.",
@@ -80,6 +124,7 @@ _MELD_SPEAKERS = ("Joey", "Rachel", "Richard\u2019s Date", "Monica", "Chandler a
 
 
 # --- media writers ---------------------------------------------------------------------------------
+
 
 @lru_cache(maxsize=1)
 def astronaut_face() -> np.ndarray:
@@ -93,6 +138,11 @@ def _even(n: int) -> int:
     return max(2, int(n) // 2 * 2)
 
 
+def _frame_size(size: tuple[int, int]) -> tuple[int, int]:
+    """Width rounded down to even, height to a multiple of 4 (yuv420p planes)."""
+    return _even(size[0]), max(4, int(size[1]) // 4 * 4)
+
+
 def _paste(frame: np.ndarray, patch: np.ndarray, cx: float, cy: float) -> None:
     """Paste ``patch`` centred at pixel (cx, cy) into ``frame`` in place, clipped to the frame."""
     h, w = frame.shape[:2]
@@ -101,20 +151,30 @@ def _paste(frame: np.ndarray, patch: np.ndarray, cx: float, cy: float) -> None:
     fx0, fy0, fx1, fy1 = max(0, x0), max(0, y0), min(w, x0 + pw), min(h, y0 + ph)
     if fx1 <= fx0 or fy1 <= fy0:
         return
-    frame[fy0:fy1, fx0:fx1] = patch[fy0 - y0:fy1 - y0, fx0 - x0:fx1 - x0]
+    frame[fy0:fy1, fx0:fx1] = patch[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0]
 
 
+@lru_cache(maxsize=64)
 def _scaled_face(height_px: int) -> np.ndarray:
-    import cv2
+    """The face resized to ``height_px`` rows (skimage, single-threaded: byte-reproducible)."""
+    from skimage.transform import resize
 
     face = astronaut_face()
     h = max(8, int(height_px))
     w = max(8, int(round(face.shape[1] * h / face.shape[0])))
-    return cv2.resize(face, (w, h), interpolation=cv2.INTER_AREA)
+    out = resize(face, (h, w), order=1, anti_aliasing=True, preserve_range=True)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def render_face_frame(index: int, *, size: tuple[int, int], face: bool, face_scale: float,
-                      face_pos: tuple[float, float], background: tuple[int, int, int]) -> np.ndarray:
+def render_face_frame(
+    index: int,
+    *,
+    size: tuple[int, int],
+    face: bool,
+    face_scale: float,
+    face_pos: tuple[float, float],
+    background: tuple[int, int, int],
+) -> np.ndarray:
     """One RGB frame: a flat background with the astronaut face, drifting a few pixels per frame.
 
     Parameters
@@ -136,7 +196,7 @@ def render_face_frame(index: int, *, size: tuple[int, int], face: bool, face_sca
     frame = np.empty((h, w, 3), np.uint8)
     frame[:] = np.asarray(background, np.uint8)
     if face:
-        patch = _scaled_face(face_scale * h)
+        patch = _scaled_face(int(face_scale * h))
         angle = 2 * np.pi * index / 24.0
         cx = face_pos[0] * w + 0.02 * w * np.cos(angle)
         cy = face_pos[1] * h + 0.02 * w * np.sin(angle)
@@ -144,8 +204,15 @@ def render_face_frame(index: int, *, size: tuple[int, int], face: bool, face_sca
     return frame
 
 
-def tone(duration: float, sample_rate: int, tone_hz: float, *, amplitude: float = 0.3,
-         noise: float = 0.01, seed: int = 0) -> np.ndarray:
+def tone(
+    duration: float,
+    sample_rate: int,
+    tone_hz: float,
+    *,
+    amplitude: float = 0.3,
+    noise: float = 0.01,
+    seed: int = 0,
+) -> np.ndarray:
     """A float32 sine of ``duration`` seconds plus seeded Gaussian noise (``noise`` = its std)."""
     n = int(round(duration * sample_rate))
     t = np.arange(n, dtype=np.float64) / sample_rate
@@ -166,9 +233,36 @@ def _channel_signals(mono: np.ndarray, channels: int) -> np.ndarray:
 _LAYOUTS = {1: "mono", 2: "stereo", 6: "5.1"}
 
 
-def encode_media(path: str | Path, *, frames: Callable[[int], np.ndarray] | None, n_frames: int,
-                 fps: float, size: tuple[int, int], audio: np.ndarray | None,
-                 sample_rate: int) -> Path:
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H*3/2, W) uint8 planar yuv420p, BT.601 limited range.
+
+    Done in numpy rather than by FFmpeg's swscale so that encoded bytes never depend on how
+    swscale slices or threads the conversion (the sample corpus must rebuild bit-for-bit).
+    """
+    x = rgb.astype(np.float32) / 255.0
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    y = 16 + 65.481 * r + 128.553 * g + 24.966 * b
+    u = 128 - 37.797 * r - 74.203 * g + 112.0 * b
+    v = 128 + 112.0 * r - 93.786 * g - 18.214 * b
+    h, w = y.shape
+
+    def sub(c: np.ndarray) -> np.ndarray:
+        return c.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3)).reshape(h // 4, w)
+
+    planes = [y, sub(u), sub(v)]
+    return np.clip(np.rint(np.concatenate(planes, axis=0)), 0, 255).astype(np.uint8)
+
+
+def encode_media(
+    path: str | Path,
+    *,
+    frames: Callable[[int], np.ndarray] | None,
+    n_frames: int,
+    fps: float,
+    size: tuple[int, int],
+    audio: np.ndarray | None,
+    sample_rate: int,
+) -> Path:
     """Encode video frames and/or planar float audio into ``path`` with PyAV.
 
     ``.mp4``: H.264 (yuv420p, CRF 30) + AAC (64 kb/s). ``.avi``: MPEG-4 part 2 + 16-bit PCM.
@@ -215,7 +309,7 @@ def encode_media(path: str | Path, *, frames: Callable[[int], np.ndarray] | None
                 astream.bit_rate = 64_000
         if vstream is not None:
             for i in range(n_frames):
-                vf = av.VideoFrame.from_ndarray(frames(i), format="rgb24")
+                vf = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frames(i)), format="yuv420p")
                 vf.pts = i
                 container.mux(vstream.encode(vf))
             container.mux(vstream.encode())
@@ -230,7 +324,7 @@ def _encode_audio(container, astream, audio: np.ndarray, sample_rate: int, avi: 
     layout = _LAYOUTS[audio.shape[0]]
     step = 1024
     for s in range(0, audio.shape[1], step):
-        chunk = np.ascontiguousarray(audio[:, s:s + step])
+        chunk = np.ascontiguousarray(audio[:, s : s + step])
         if avi:
             pcm = (np.clip(chunk, -1, 1) * 32767).astype(np.int16).T.reshape(1, -1)
             af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm), format="s16", layout=layout)
@@ -242,12 +336,24 @@ def _encode_audio(container, astream, audio: np.ndarray, sample_rate: int, avi: 
     container.mux(astream.encode())
 
 
-def write_clip(path: str | Path, *, duration: float = 2.0, fps: float = 24.0,
-               size: tuple[int, int] = (320, 240), video: bool = True, audio: bool = True,
-               audio_channels: int = 2, sample_rate: int = 48000, tone_hz: float = 220.0,
-               silent: bool = False, face: bool = True, face_scale: float = 0.5,
-               face_pos: tuple[float, float] = (0.5, 0.5),
-               background: tuple[int, int, int] = (40, 60, 90), seed: int = 0) -> Path:
+def write_clip(
+    path: str | Path,
+    *,
+    duration: float = 2.0,
+    fps: float = 24.0,
+    size: tuple[int, int] = (320, 240),
+    video: bool = True,
+    audio: bool = True,
+    audio_channels: int = 2,
+    sample_rate: int = 48000,
+    tone_hz: float = 220.0,
+    silent: bool = False,
+    face: bool = True,
+    face_scale: float = 0.5,
+    face_pos: tuple[float, float] = (0.5, 0.5),
+    background: tuple[int, int, int] = (40, 60, 90),
+    seed: int = 0,
+) -> Path:
     """Write a small talking-head-like clip: H.264 + AAC ``.mp4`` (or MPEG-4 + PCM ``.avi``).
 
     Parameters
@@ -259,7 +365,7 @@ def write_clip(path: str | Path, *, duration: float = 2.0, fps: float = 24.0,
     fps : float
         Frame rate.
     size : (int, int)
-        ``(width, height)``; rounded down to even numbers.
+        ``(width, height)``; width rounded down to even, height to a multiple of 4.
     video, audio : bool
         Which streams to write (at least one).
     audio_channels : int
@@ -291,35 +397,55 @@ def write_clip(path: str | Path, *, duration: float = 2.0, fps: float = 24.0,
         raise ValueError("write_clip needs video=True or audio=True")
     if audio_channels not in _LAYOUTS:
         raise ValueError(f"audio_channels must be 1, 2 or 6, not {audio_channels}")
-    w, h = _even(size[0]), _even(size[1])
+    w, h = _frame_size(size)
     n_frames = max(1, int(round(duration * fps)))
     mono = None
     if audio:
-        mono = tone(duration, sample_rate, tone_hz, amplitude=0.0 if silent else 0.3,
-                    noise=0.0 if silent else 0.01, seed=seed)
+        mono = tone(
+            duration,
+            sample_rate,
+            tone_hz,
+            amplitude=0.0 if silent else 0.3,
+            noise=0.0 if silent else 0.01,
+            seed=seed,
+        )
 
     def frames(i: int) -> np.ndarray:
-        return render_face_frame(i, size=(w, h), face=face, face_scale=face_scale, face_pos=face_pos,
-                                 background=background)
+        return render_face_frame(
+            i, size=(w, h), face=face, face_scale=face_scale, face_pos=face_pos, background=background
+        )
 
-    return encode_media(path, frames=frames if video else None, n_frames=n_frames, fps=fps, size=(w, h),
-                        audio=None if mono is None else _channel_signals(mono, audio_channels),
-                        sample_rate=sample_rate)
+    return encode_media(
+        path,
+        frames=frames if video else None,
+        n_frames=n_frames,
+        fps=fps,
+        size=(w, h),
+        audio=None if mono is None else _channel_signals(mono, audio_channels),
+        sample_rate=sample_rate,
+    )
 
 
-def write_split_screen_video(path: str | Path, *, duration: float, fps: float = 30.0,
-                             size: tuple[int, int] = (720, 480),
-                             left_color: tuple[int, int, int] = (200, 40, 40),
-                             right_color: tuple[int, int, int] = (40, 40, 200), face: bool = True,
-                             audio: bool = False, sample_rate: int = 16000) -> Path:
+def write_split_screen_video(
+    path: str | Path,
+    *,
+    duration: float,
+    fps: float = 30.0,
+    size: tuple[int, int] = (720, 480),
+    left_color: tuple[int, int, int] = (200, 40, 40),
+    right_color: tuple[int, int, int] = (40, 40, 200),
+    face: bool = True,
+    audio: bool = False,
+    sample_rate: int = 16000,
+) -> Path:
     """An IEMOCAP-like dialog video: two halves of distinct colour, a face in each half.
 
     The left half is ``left_color`` and the right half ``right_color``, so a crop can be checked
     against the left/right rule of DATA-FORMATS 3.6.
     """
-    w, h = _even(size[0]), _even(size[1])
+    w, h = _frame_size(size)
     half = w // 2
-    patch = _scaled_face(0.45 * h) if face else None
+    patch = _scaled_face(int(0.45 * h)) if face else None
 
     def frames(i: int) -> np.ndarray:
         frame = np.empty((h, w, 3), np.uint8)
@@ -334,12 +460,25 @@ def write_split_screen_video(path: str | Path, *, duration: float, fps: float = 
     sound = None
     if audio:
         sound = _channel_signals(tone(duration, sample_rate, 220.0), 2)
-    return encode_media(path, frames=frames, n_frames=max(1, int(round(duration * fps))), fps=fps,
-                        size=(w, h), audio=sound, sample_rate=sample_rate)
+    return encode_media(
+        path,
+        frames=frames,
+        n_frames=max(1, int(round(duration * fps))),
+        fps=fps,
+        size=(w, h),
+        audio=sound,
+        sample_rate=sample_rate,
+    )
 
 
-def write_wav(path: str | Path, *, duration: float = 2.0, sample_rate: int = 16000,
-              tone_hz: float = 220.0, seed: int = 0) -> Path:
+def write_wav(
+    path: str | Path,
+    *,
+    duration: float = 2.0,
+    sample_rate: int = 16000,
+    tone_hz: float = 220.0,
+    seed: int = 0,
+) -> Path:
     """Write a 16-bit mono PCM WAV holding a sine at ``tone_hz`` plus light seeded noise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -357,11 +496,12 @@ def write_truncated(path_src: str | Path, path_dst: str | Path, keep_fraction: f
     data = Path(path_src).read_bytes()
     dst = Path(path_dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_bytes(data[:int(len(data) * keep_fraction)])
+    dst.write_bytes(data[: int(len(data) * keep_fraction)])
     return dst
 
 
 # --- MELD -------------------------------------------------------------------------------------------
+
 
 def format_srt_time(seconds: float, *, one_digit_hour: bool = False, ms_digits: int = 3) -> str:
     """``HH:MM:SS,mmm`` as in MELD (``H:`` with ``one_digit_hour``; 2-digit ms as a fraction)."""
@@ -373,8 +513,9 @@ def format_srt_time(seconds: float, *, one_digit_hour: bool = False, ms_digits: 
     return f"{h:d}:{m:02d}:{s:02d},{frac}" if one_digit_hour else f"{h:02d}:{m:02d}:{s:02d},{frac}"
 
 
-def meld_rows(split: str, *, n_dialogues: int, utterances_per_dialogue: int, traps: bool,
-              seed: int) -> list[dict]:
+def meld_rows(
+    split: str, *, n_dialogues: int, utterances_per_dialogue: int, traps: bool, seed: int
+) -> list[dict]:
     """The rows of one synthetic MELD CSV (dicts keyed by :data:`MELD_HEADER`), before encoding.
 
     Deterministic layout (with ``traps=True``):
@@ -410,17 +551,23 @@ def meld_rows(split: str, *, n_dialogues: int, utterances_per_dialogue: int, tra
             two_digit = traps and split == "train" and d_index == 0 and utt == 1
             if two_digit:
                 end = float(int(end)) + 0.28
-            rows.append({
-                "Sr No.": str(sr_no),
-                "Utterance": _MELD_TEXTS[k % len(_MELD_TEXTS)],
-                "Speaker": _MELD_SPEAKERS[(pos + d_index) % len(_MELD_SPEAKERS)],
-                "Emotion": label, "Sentiment": sentiment,
-                "Dialogue_ID": str(dia), "Utterance_ID": str(utt),
-                "Season": str(1 + dia % 9), "Episode": str(1 + dia % 20),
-                "StartTime": format_srt_time(start, one_digit_hour=traps and pos % 2 == 1),
-                "EndTime": format_srt_time(end, one_digit_hour=traps and pos % 2 == 1,
-                                           ms_digits=2 if two_digit else 3),
-            })
+            rows.append(
+                {
+                    "Sr No.": str(sr_no),
+                    "Utterance": _MELD_TEXTS[k % len(_MELD_TEXTS)],
+                    "Speaker": _MELD_SPEAKERS[(pos + d_index) % len(_MELD_SPEAKERS)],
+                    "Emotion": label,
+                    "Sentiment": sentiment,
+                    "Dialogue_ID": str(dia),
+                    "Utterance_ID": str(utt),
+                    "Season": str(1 + dia % 9),
+                    "Episode": str(1 + dia % 20),
+                    "StartTime": format_srt_time(start, one_digit_hour=traps and pos % 2 == 1),
+                    "EndTime": format_srt_time(
+                        end, one_digit_hour=traps and pos % 2 == 1, ms_digits=2 if two_digit else 3
+                    ),
+                }
+            )
             t = end + 0.5
             k += 1
             sr_no += 1
@@ -448,11 +595,21 @@ def write_meld_csv(path: str | Path, rows: Sequence[dict], *, old_encoding: bool
     return path
 
 
-def make_meld_tree(root: str | Path, *, n_dialogues: int = 3, utterances_per_dialogue: int = 4,
-                   splits: Sequence[str] = ("train", "dev", "test"), clips: bool = True,
-                   layout: str = "raw", old_encoding: bool = False, traps: bool = True,
-                   tone_for_label: bool = False, duration: float = 1.0,
-                   size: tuple[int, int] = (160, 120), seed: int = 0) -> Path:
+def make_meld_tree(
+    root: str | Path,
+    *,
+    n_dialogues: int = 3,
+    utterances_per_dialogue: int = 4,
+    splits: Sequence[str] = ("train", "dev", "test"),
+    clips: bool = True,
+    layout: str = "raw",
+    old_encoding: bool = False,
+    traps: bool = True,
+    tone_for_label: bool = False,
+    duration: float = 1.0,
+    size: tuple[int, int] = (160, 120),
+    seed: int = 0,
+) -> Path:
     """Build a miniature MELD tree in the real format; return the folder to pass as ``--root``.
 
     Parameters
@@ -501,13 +658,26 @@ def make_meld_tree(root: str | Path, *, n_dialogues: int = 3, utterances_per_dia
     root = Path(root)
     base = root / "MELD.Raw" if layout == "raw" else root
     for split in splits:
-        rows = meld_rows(split, n_dialogues=n_dialogues, utterances_per_dialogue=utterances_per_dialogue,
-                         traps=traps, seed=seed)
+        rows = meld_rows(
+            split,
+            n_dialogues=n_dialogues,
+            utterances_per_dialogue=utterances_per_dialogue,
+            traps=traps,
+            seed=seed,
+        )
         write_meld_csv(base / f"{split}_sent_emo.csv", rows, old_encoding=old_encoding)
         if clips:
             clip_dir = (root / split if layout == "kaggle" else base) / MELD_CLIP_DIRS[split]
-            _write_meld_clips(clip_dir, split, rows, traps=traps, tone_for_label=tone_for_label,
-                              duration=duration, size=size, seed=seed)
+            _write_meld_clips(
+                clip_dir,
+                split,
+                rows,
+                traps=traps,
+                tone_for_label=tone_for_label,
+                duration=duration,
+                size=size,
+                seed=seed,
+            )
     return root
 
 
@@ -517,8 +687,17 @@ def _clip_signal(label: str, index: int, tone_for_label: bool) -> tuple[float, t
     return 200.0 + 40.0 * (index % 7), (0.5, 0.5)
 
 
-def _write_meld_clips(clip_dir: Path, split: str, rows: Sequence[dict], *, traps: bool,
-                      tone_for_label: bool, duration: float, size: tuple[int, int], seed: int) -> None:
+def _write_meld_clips(
+    clip_dir: Path,
+    split: str,
+    rows: Sequence[dict],
+    *,
+    traps: bool,
+    tone_for_label: bool,
+    duration: float,
+    size: tuple[int, int],
+    seed: int,
+) -> None:
     clip_dir.mkdir(parents=True, exist_ok=True)
     last = rows[-1]
     for i, r in enumerate(rows):
@@ -532,11 +711,19 @@ def _write_meld_clips(clip_dir: Path, split: str, rows: Sequence[dict], *, traps
         hz, pos = _clip_signal(r["Emotion"], i, tone_for_label)
         channels = 6 if (traps and split == "dev" and i == 0) else 2
         if traps and split == "test" and i == 0:
-            write_clip(clip_dir / name, duration=duration, size=size, tone_hz=880.0, face_pos=pos,
-                       seed=seed + i)
+            write_clip(
+                clip_dir / name, duration=duration, size=size, tone_hz=880.0, face_pos=pos, seed=seed + i
+            )
             name = "final_videos_test" + name
-        write_clip(clip_dir / name, duration=duration, size=size, tone_hz=hz, face_pos=pos,
-                   audio_channels=channels, seed=seed + i)
+        write_clip(
+            clip_dir / name,
+            duration=duration,
+            size=size,
+            tone_hz=hz,
+            face_pos=pos,
+            audio_channels=channels,
+            seed=seed + i,
+        )
     if traps:
         d0 = rows[0]["Dialogue_ID"]
         if split == "train":
@@ -551,10 +738,24 @@ def _write_meld_clips(clip_dir: Path, split: str, rows: Sequence[dict], *, traps
 
 #: Consensus codes cycled by the IEMOCAP generator (6-class ERC codes plus xxx and sur).
 IEMOCAP_CODES = ("neu", "fru", "ang", "sad", "hap", "exc", "xxx", "sur")
-_IEMOCAP_WORDS = {"neu": "Neutral", "fru": "Frustration", "ang": "Anger", "sad": "Sadness",
-                  "hap": "Happiness", "exc": "Excited", "xxx": "Other", "sur": "Surprise"}
-_IEMOCAP_TEXTS = ("Excuse me.", "Do you have your forms?", "Yeah. [LAUGHTER]", "I don't know.",
-                  "Okay, so what [BREATHING] do you want?", "That's not fair!")
+_IEMOCAP_WORDS = {
+    "neu": "Neutral",
+    "fru": "Frustration",
+    "ang": "Anger",
+    "sad": "Sadness",
+    "hap": "Happiness",
+    "exc": "Excited",
+    "xxx": "Other",
+    "sur": "Surprise",
+}
+_IEMOCAP_TEXTS = (
+    "Excuse me.",
+    "Do you have your forms?",
+    "Yeah. [LAUGHTER]",
+    "I don't know.",
+    "Okay, so what [BREATHING] do you want?",
+    "That's not fair!",
+)
 
 
 def iemocap_dialog_names(session: int, count: int) -> list[str]:
@@ -583,19 +784,34 @@ def iemocap_dialog_turns(dialog: str, n_utts: int, *, seed: int, offset: int) ->
         utt = f"{dialog}_{letter}{counts[letter]:03d}"
         counts[letter] += 1
         code = IEMOCAP_CODES[(offset + seed + i) % len(IEMOCAP_CODES)]
-        turns.append({"utt_id": utt, "start": round(t, 4), "end": round(t + 1.0, 4), "label": code,
-                      "text": _IEMOCAP_TEXTS[(offset + i) % len(_IEMOCAP_TEXTS)], "letter": letter})
+        turns.append(
+            {
+                "utt_id": utt,
+                "start": round(t, 4),
+                "end": round(t + 1.0, 4),
+                "label": code,
+                "text": _IEMOCAP_TEXTS[(offset + i) % len(_IEMOCAP_TEXTS)],
+                "letter": letter,
+            }
+        )
         t += 1.5
     return turns
 
 
 def _emo_block(turn: dict) -> str:
     word = _IEMOCAP_WORDS[turn["label"]]
-    summary = (f"[{turn['start']:.4f} - {turn['end']:.4f}]\t{turn['utt_id']}\t{turn['label']}\t"
-               "[2.5000, 3.0000, 2.5000]")
-    lines = [summary, f"C-E2:\t{word};\t()", f"C-E3:\t{word}; Neutral;\t()",
-             f"C-{turn['letter']}1:\t{word};\t(self)",
-             "A-E3:\tval 3; act 2; dom  2;\t()", "A-E4:\tval 2; act 3; dom  3;\t(mildly aggravated)"]
+    summary = (
+        f"[{turn['start']:.4f} - {turn['end']:.4f}]\t{turn['utt_id']}\t{turn['label']}\t"
+        "[2.5000, 3.0000, 2.5000]"
+    )
+    lines = [
+        summary,
+        f"C-E2:\t{word};\t()",
+        f"C-E3:\t{word}; Neutral;\t()",
+        f"C-{turn['letter']}1:\t{word};\t(self)",
+        "A-E3:\tval 3; act 2; dom  2;\t()",
+        "A-E4:\tval 2; act 3; dom  3;\t(mildly aggravated)",
+    ]
     return "\n".join(lines)
 
 
@@ -625,10 +841,21 @@ def write_transcription(path: Path, dialog: str, turns: Sequence[dict]) -> Path:
     return path
 
 
-def make_iemocap_tree(root: str | Path, *, sessions: Sequence[int] = (1, 5), dialogs_per_session: int = 2,
-                      utterances_per_dialog: int = 4, video: bool = True, wavs: bool = True,
-                      nested: bool = False, junk: bool = True, tone_for_label: bool = False,
-                      video_size: tuple[int, int] = (720, 480), fps: float = 30.0, seed: int = 0) -> Path:
+def make_iemocap_tree(
+    root: str | Path,
+    *,
+    sessions: Sequence[int] = (1, 5),
+    dialogs_per_session: int = 2,
+    utterances_per_dialog: int = 4,
+    video: bool = True,
+    wavs: bool = True,
+    nested: bool = False,
+    junk: bool = True,
+    tone_for_label: bool = False,
+    video_size: tuple[int, int] = (720, 480),
+    fps: float = 30.0,
+    seed: int = 0,
+) -> Path:
     """Build a miniature ``IEMOCAP_full_release`` tree in the real format; return the ``--root`` folder.
 
     Per session ``N`` in ``sessions`` and dialog (names from :func:`iemocap_dialog_names`, turns from
@@ -669,14 +896,34 @@ def make_iemocap_tree(root: str | Path, *, sessions: Sequence[int] = (1, 5), dia
         for dialog in iemocap_dialog_names(session, dialogs_per_session):
             turns = iemocap_dialog_turns(dialog, utterances_per_dialog, seed=seed, offset=offset)
             offset += utterances_per_dialog
-            _write_iemocap_dialog(sdir, dialog, turns, video=video, wavs=wavs, junk=junk,
-                                  tone_for_label=tone_for_label, video_size=video_size, fps=fps, seed=seed)
+            _write_iemocap_dialog(
+                sdir,
+                dialog,
+                turns,
+                video=video,
+                wavs=wavs,
+                junk=junk,
+                tone_for_label=tone_for_label,
+                video_size=video_size,
+                fps=fps,
+                seed=seed,
+            )
     return top
 
 
-def _write_iemocap_dialog(sdir: Path, dialog: str, turns: Sequence[dict], *, video: bool, wavs: bool,
-                          junk: bool, tone_for_label: bool, video_size: tuple[int, int], fps: float,
-                          seed: int) -> None:
+def _write_iemocap_dialog(
+    sdir: Path,
+    dialog: str,
+    turns: Sequence[dict],
+    *,
+    video: bool,
+    wavs: bool,
+    junk: bool,
+    tone_for_label: bool,
+    video_size: tuple[int, int],
+    fps: float,
+    seed: int,
+) -> None:
     emo = write_emo_evaluation(sdir / "dialog" / "EmoEvaluation" / f"{dialog}.txt", turns)
     cat = sdir / "dialog" / "EmoEvaluation" / "Categorical" / f"{dialog}_e2_cat.txt"
     cat.parent.mkdir(parents=True, exist_ok=True)
@@ -688,10 +935,18 @@ def _write_iemocap_dialog(sdir: Path, dialog: str, turns: Sequence[dict], *, vid
     if wavs:
         for i, t in enumerate(turns):
             hz = LABEL_TONE_HZ[t["label"]] if tone_for_label else 200.0 + 40.0 * (i % 7)
-            wav = write_wav(sdir / "sentences" / "wav" / dialog / f"{t['utt_id']}.wav",
-                            duration=t["end"] - t["start"], tone_hz=hz, seed=seed + i)
+            wav = write_wav(
+                sdir / "sentences" / "wav" / dialog / f"{t['utt_id']}.wav",
+                duration=t["end"] - t["start"],
+                tone_hz=hz,
+                seed=seed + i,
+            )
             if junk and i == 0:
                 wav.with_name("._" + wav.name).write_bytes(b"\x00\x05\x16\x07junk")
     if video:
-        write_split_screen_video(sdir / "dialog" / "avi" / "DivX" / f"{dialog}.avi",
-                                 duration=turns[-1]["end"] + 0.5, fps=fps, size=video_size)
+        write_split_screen_video(
+            sdir / "dialog" / "avi" / "DivX" / f"{dialog}.avi",
+            duration=turns[-1]["end"] + 0.5,
+            fps=fps,
+            size=video_size,
+        )

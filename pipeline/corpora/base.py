@@ -1,0 +1,125 @@
+"""What every corpus reader shares: the error type, the prepare report, and finding files by name."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: Clip / audio status of one utterance, as reported by the readers.
+FOUND = "found"
+MISSING = "missing"  # the media folder exists, the file does not
+ZERO_BYTE = "zero-byte"  # the file exists but is empty: unreadable; the utterance gets clip=None
+NO_FOLDER = "no-folder"  # no media folder for this split at all (e.g. MELD CSVs alone)
+NOT_GIVEN = "not-given"  # the annotation names no media for this utterance (custom CSV, empty cell)
+STATUSES = (FOUND, MISSING, ZERO_BYTE, NO_FOLDER, NOT_GIVEN)
+
+#: How deep under ``--root`` the readers look for files and folders by name.
+MAX_SEARCH_DEPTH = 4
+
+
+class CorpusError(Exception):
+    """A corpus cannot be read: the message names the file (and line) and says what to do."""
+
+
+@dataclass
+class PrepareReport:
+    """What a reader saw besides the utterances it returns (filled in by the reader).
+
+    Attributes
+    ----------
+    corpus : str
+        ``meld``, ``iemocap``, ``sample`` or ``custom``.
+    root : Path or None
+        The folder (or file) that was read.
+    clip_status : dict
+        Utterance id -> one of :data:`STATUSES` for its video (``clip``).
+    audio_status : dict
+        Utterance id -> status of a separate audio file (IEMOCAP ``sentences/wav``); empty elsewhere.
+    ignored : dict
+        Split -> names of media files that no annotation row refers to (unlabelled extras).
+    sources : dict
+        What was used, e.g. ``{"train csv": ".../train_sent_emo.csv"}``.
+    notes : list of str
+        Decisions worth printing (dev dialogs drawn, twins preferred, skipped rows...).
+    """
+
+    corpus: str
+    root: Path | None = None
+    clip_status: dict[str, str] = field(default_factory=dict)
+    audio_status: dict[str, str] = field(default_factory=dict)
+    ignored: dict[str, list[str]] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def is_junk(name: str) -> bool:
+    """AppleDouble (``._x``) and other hidden files that real tarballs carry."""
+    return name.startswith(".")
+
+
+def find_by_name(
+    root: Path,
+    names: Iterable[str],
+    *,
+    want_dir: bool,
+    max_depth: int = MAX_SEARCH_DEPTH,
+    prune: Iterable[str] = (),
+) -> dict[str, list[Path]]:
+    """Find files (or folders) with the given base names under ``root``, breadth first.
+
+    Hidden and ``._`` entries are skipped; folders named in ``prune`` (e.g. clip folders with
+    thousands of files) are not descended into. Results per name are sorted by depth, then path.
+
+    Parameters
+    ----------
+    root : Path
+        Folder to search.
+    names : iterable of str
+        Base names to look for.
+    want_dir : bool
+        Match folders (True) or files (False).
+    max_depth : int
+        Folder levels below ``root`` to visit (0 = only ``root`` itself).
+    prune : iterable of str
+        Folder names not to descend into.
+    """
+    wanted, pruned = set(names), set(prune)
+    found: dict[str, list[Path]] = {n: [] for n in wanted}
+    root_depth = len(Path(root).parts)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        depth = len(Path(dirpath).parts) - root_depth
+        dirnames[:] = sorted(d for d in dirnames if not is_junk(d))
+        for n in dirnames if want_dir else filenames:
+            if n in wanted:
+                found[n].append(Path(dirpath) / n)
+        dirnames[:] = [d for d in dirnames if d not in pruned and depth < max_depth]
+    for paths in found.values():
+        paths.sort(key=lambda p: (len(p.parts), str(p)))
+    return found
+
+
+def pick_shallowest(paths: list[Path], what: str) -> Path | None:
+    """The shallowest path; :class:`CorpusError` if two candidates tie at that depth."""
+    if not paths:
+        return None
+    top = [p for p in paths if len(p.parts) == len(paths[0].parts)]
+    if len(top) > 1:
+        raise CorpusError(
+            f"found several {what} at the same depth: {', '.join(map(str, top))}. "
+            "Point --root at the one copy you want to use."
+        )
+    return paths[0]
+
+
+def list_root(root: Path, limit: int = 15) -> str:
+    """A short listing of ``root`` for error messages."""
+    try:
+        entries = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
+    except OSError as e:
+        return f"(cannot list: {e})"
+    if not entries:
+        return "(empty)"
+    more = f" ... and {len(entries) - limit} more" if len(entries) > limit else ""
+    return ", ".join(entries[:limit]) + more
