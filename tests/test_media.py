@@ -18,7 +18,14 @@ from pipeline.corpora.synthetic import (
     write_wav,
 )
 from pipeline.manifest import Utterance
-from pipeline.media import MEDIA_FLAGS, MEDIA_RAGGED, FaceDetector, MediaConfig, process_utterance
+from pipeline.media import (
+    MEDIA_FLAGS,
+    MEDIA_RAGGED,
+    FaceDetector,
+    MediaConfig,
+    process_utterance,
+    stored_bytes,
+)
 
 torch.set_num_threads(1)
 CFG = MediaConfig()
@@ -80,6 +87,19 @@ def test_typical_clip_full_row(tmp_path, detector):
     # the face box sits around the frame centre, where write_clip puts it
     cx = (row["face_box"][:, 0] + row["face_box"][:, 2]) / 2
     assert np.all(np.abs(cx - 160) < 30)
+
+
+def test_config_roundtrip_and_budget_matches_a_real_row(tmp_path, detector):
+    assert MediaConfig(**CFG.to_dict()) == CFG
+    clip = write_clip(tmp_path / "two.mp4", duration=2.0, size=(320, 240), face_scale=0.45)
+    row, _ = process_utterance(meld(clip), CFG, detector)
+    arrays = sum(row[k].nbytes for k in MEDIA_RAGGED)
+    k = len(row["faces"])
+    assert k > 0
+    estimate = stored_bytes(CFG, seconds=len(row["waveform"]) / CFG.sample_rate, faces_per_frame=k / 15)
+    assert abs(estimate - arrays) <= 64
+    # the defaults keep a typical MELD utterance (3.13 s, 2 faces per frame) under 15 GB / 13,708
+    assert stored_bytes(CFG) * 13_708 < 15e9
 
 
 def test_no_detector_skips_faces_silently(tmp_path):

@@ -32,8 +32,9 @@ class FaceDetector:
     Parameters
     ----------
     cfg : MediaConfig-like
-        Reads ``mtcnn_batch`` (frames per MTCNN call) and ``detect_max_side`` (frames are shrunk so
-        their longer side is at most this before detection; 0 = never shrink).
+        Reads ``mtcnn_batch`` (frames per MTCNN call), ``detect_max_side`` (frames are shrunk so
+        their longer side is at most this before detection; 0 = never shrink) and ``min_face_size``
+        (MTCNN's smallest face in pixels of the detection frame; default 20 when absent).
     device : str
         ``"cpu"`` or ``"cuda"``.
 
@@ -49,7 +50,8 @@ class FaceDetector:
         self.batch = max(1, int(cfg.mtcnn_batch))
         self.max_side = int(getattr(cfg, "detect_max_side", 0) or 0)
         self.device = device
-        self.mtcnn = MTCNN(keep_all=True, select_largest=False, device=torch.device(device))
+        self.mtcnn = MTCNN(keep_all=True, select_largest=False, device=torch.device(device),
+                           min_face_size=int(getattr(cfg, "min_face_size", 20)))
 
     def detect(self, frames: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Faces in each frame, best probability first.
