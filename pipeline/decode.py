@@ -7,11 +7,13 @@ Everything goes through PyAV (FFmpeg inside the wheel), for audio and for frames
   float with FFmpeg's own converter, downmixes by the channel *names* of the layout (centre channel of
   5.1, mean of stereo; :func:`pipeline.extractors.audio.downmix`), trims the AAC end padding to the
   stream's duration, cuts spans longer than ``max_seconds`` to their centre and resamples to 16 kHz;
-* :func:`decode_frames` picks ``n`` frames spread uniformly over a span (centres of ``n`` equal bins,
-  the nearest decoded frame to each), decoding forward and **seeking** whenever the next target lies
-  more than ``seek_gap`` seconds ahead, so the cost depends on the number of frames wanted and the
-  keyframe interval, not on the clip's length, and only the chosen frames are converted to RGB and
-  kept (memory is flat in the clip's length).
+* :func:`decode_frames` picks ``n`` frames spread uniformly over a span (centres of ``n`` equal bins),
+  decoding forward and **seeking** whenever the next target lies more than ``seek_gap`` seconds
+  ahead. Decoding forward, the frame nearest each bin centre is taken. After a seek (long spans only)
+  the first frame within ``seek_tolerance`` of a bin width from the centre is taken, so a seek costs
+  at most the part of one keyframe interval outside that window: the cost depends on the number of
+  frames wanted and the keyframe interval, not on the clip's length. Only the chosen frames are
+  converted to RGB and kept (memory is flat in the clip's length).
 
 Frames: PyAV was chosen over OpenCV because it gives exact timestamps, stream metadata and the
 audio from the same container; measured timings are in the module README section of the report
@@ -37,6 +39,8 @@ from pipeline.extractors.audio import centre_window, downmix, resample
 
 #: Seek instead of decoding forward when the next wanted frame is more than this many seconds ahead.
 SEEK_GAP = 3.0
+#: After a seek, accept the first frame this fraction of a bin width (or less) from the bin centre.
+SEEK_TOLERANCE = 0.25
 
 
 class MediaError(Exception):
@@ -103,11 +107,21 @@ def _open(path: str | Path) -> av.container.InputContainer:
         raise MediaError(f"cannot open {path}: {e} (corrupt or truncated file? re-extract it)") from e
 
 
-def _stream_seconds(stream) -> float | None:
+def _stream_span(stream) -> tuple[float, float] | None:
+    """``(first, end)`` presentation times of a stream in seconds, or None when it states no duration.
+
+    ``first`` is the stream's start time clamped at 0 (encoder priming with negative times is not
+    presented); ``end`` = start + duration, so the AAC padding of the last frame lies beyond it.
+    """
     if stream.duration is None or stream.time_base is None:
         return None
-    start = stream.start_time or 0
-    return float((stream.duration) * stream.time_base) + float(min(start, 0) * stream.time_base)
+    start = float((stream.start_time or 0) * stream.time_base)
+    return max(start, 0.0), start + float(stream.duration * stream.time_base)
+
+
+def _stream_seconds(stream) -> float | None:
+    span = _stream_span(stream)
+    return None if span is None else span[1] - span[0]
 
 
 def probe(path: str | Path) -> ClipInfo:
@@ -175,11 +189,11 @@ def decode_audio(path: str | Path, start: float | None = None, end: float | None
             raise MediaError(f"no audio stream in {path}")
         stream = c.streams.audio[0]
         stream.thread_count = 1
-        duration = _stream_seconds(stream)
-        t0 = start or 0.0
-        t1 = end if duration is None else (duration if end is None else min(end, duration))
-        if duration is not None and (t0 > duration or (t0 == duration and end != start)):
-            raise MediaError(f"span start {t0:.3f} s is past the end of the audio ({duration:.3f} s) "
+        first, stream_end = _stream_span(stream) or (0.0, None)
+        t0 = first if start is None else start
+        t1 = stream_end if end is None else (end if stream_end is None else min(end, stream_end))
+        if stream_end is not None and (t0 > stream_end or (t0 == stream_end and end != start)):
+            raise MediaError(f"span start {t0:.3f} s is past the end of the audio ({stream_end:.3f} s) "
                              f"in {path} (fix the manifest times)")
         cut = False
         if t1 is not None:
@@ -206,6 +220,7 @@ def _decode_mono(c, stream, t0: float, t1: float | None) -> tuple[np.ndarray, in
         c.seek(int(t0 / stream.time_base), stream=stream, backward=True)
     converter = av.AudioResampler(format="fltp")  # sample-format conversion only (same layout/rate)
     chunks: list[np.ndarray] = []
+    names: list[str] = []
     rate, first_time, error = 0, None, None
     try:
         for frame in c.decode(stream):
@@ -215,8 +230,9 @@ def _decode_mono(c, stream, t0: float, t1: float | None) -> tuple[np.ndarray, in
             if t1 is not None and frame.time is not None and frame.time >= t1:
                 break
             names = [ch.name for ch in frame.layout.channels]
-            for f in converter.resample(frame):
-                chunks.append(downmix(f.to_ndarray(), names))
+            chunks += [downmix(f.to_ndarray(), names) for f in converter.resample(frame)]
+        if names:
+            chunks += [downmix(f.to_ndarray(), names) for f in converter.resample(None)]
     except av.FFmpegError as e:
         error = e
     if first_time is None and error is not None:
@@ -248,7 +264,8 @@ def frame_targets(t0: float, t1: float, n: int) -> np.ndarray:
 
 
 def decode_frames(path: str | Path, n: int = 15, start: float | None = None, end: float | None = None,
-                  seek_gap: float = SEEK_GAP, stats: dict | None = None) -> np.ndarray:
+                  seek_gap: float = SEEK_GAP, seek_tolerance: float = SEEK_TOLERANCE,
+                  stats: dict | None = None) -> np.ndarray:
     """Decode ``n`` RGB frames spread uniformly over the span (the whole video by default).
 
     Parameters
@@ -262,6 +279,9 @@ def decode_frames(path: str | Path, n: int = 15, start: float | None = None, end
         Span in seconds inside the video (IEMOCAP / custom); ``None`` = the whole stream (MELD).
     seek_gap : float
         Seek rather than decode forward when the next target is more than this many seconds ahead.
+    seek_tolerance : float
+        After a seek, take the first frame at most this fraction of the bin width from the bin
+        centre instead of decoding on to the nearest one (0 = always the nearest frame).
     stats : dict, optional
         Filled with ``decoded`` (frames decoded) and ``seeks`` (seeks made): the work done, for
         benchmarks and tests.
@@ -286,17 +306,15 @@ def decode_frames(path: str | Path, n: int = 15, start: float | None = None, end
             raise MediaError(f"no video stream in {path}")
         stream = c.streams.video[0]
         stream.thread_count = 1
-        duration = _stream_seconds(stream) or (c.duration / av.time_base if c.duration else None)
-        if duration is None:
-            duration = _demux_duration(c, stream)
-            c.seek(0)
-        t0 = start or 0.0
-        if t0 > duration or (t0 == duration and end != start):
-            raise MediaError(f"span start {t0:.3f} s is past the end of the video ({duration:.3f} s) "
+        first, stream_end = _stream_span(stream) or _container_span(c, stream)
+        t0 = first if start is None else start
+        if t0 > stream_end or (t0 == stream_end and end != start):
+            raise MediaError(f"span start {t0:.3f} s is past the end of the video ({stream_end:.3f} s) "
                              f"in {path} (fix the manifest times)")
-        t1 = duration if end is None else min(end, duration)
+        t1 = stream_end if end is None else min(end, stream_end)
         targets = frame_targets(min(t0, t1), t1, n)
-        frames, error = _pick_frames(c, stream, targets, seek_gap, stats)
+        tolerance = seek_tolerance * (t1 - t0) / n if t1 > t0 else 0.0
+        frames, error = _pick_frames(c, stream, targets, seek_gap, tolerance, stats)
     if not frames:
         raise MediaError(f"no decodable video frame in {path}" + (f": {error}" if error else ""))
     out = np.stack(frames)
@@ -306,13 +324,19 @@ def decode_frames(path: str | Path, n: int = 15, start: float | None = None, end
     return out
 
 
-def _demux_duration(c, stream) -> float:
-    """Duration from packet timestamps (no decoding), for containers that do not state it."""
-    last = 0.0
+def _container_span(c, stream) -> tuple[float, float]:
+    """``(first, end)`` from the container, else from packet timestamps (demuxed, not decoded)."""
+    if c.duration:
+        first = max(0.0, (c.start_time or 0) / av.time_base)
+        return first, first + c.duration / av.time_base
+    first, last = None, 0.0
     for packet in c.demux(stream):
         if packet.pts is not None and packet.time_base is not None:
-            last = max(last, float((packet.pts + (packet.duration or 0)) * packet.time_base))
-    return last
+            t = float(packet.pts * packet.time_base)
+            first = t if first is None else min(first, t)
+            last = max(last, t + float((packet.duration or 0) * packet.time_base))
+    c.seek(0)
+    return max(0.0, first or 0.0), last
 
 
 class _FrameCursor:
@@ -346,29 +370,40 @@ class _FrameCursor:
         return True
 
 
-def _pick_frames(c, stream, targets: np.ndarray, seek_gap: float,
+def _pick_frames(c, stream, targets: np.ndarray, seek_gap: float, tolerance: float = 0.0,
                  stats: dict | None = None) -> tuple[list[np.ndarray], Exception | None]:
     """The decoded frame nearest to each target time, each frame at most once."""
     cursor = _FrameCursor(c, stream)
     try:
-        return _pick_with(cursor, targets, seek_gap)
+        return _pick_with(cursor, targets, seek_gap, tolerance)
     finally:
         if stats is not None:
             stats.update(decoded=cursor.decoded, seeks=cursor.seeks)
 
 
 def _pick_with(cursor: _FrameCursor, targets: np.ndarray,
-               seek_gap: float) -> tuple[list[np.ndarray], Exception | None]:
+               seek_gap: float, tolerance: float) -> tuple[list[np.ndarray], Exception | None]:
     picked: list[np.ndarray] = []
     last_t = None
     ended = False
+    keyframe_gap = 0.0
     try:
         for t in targets:
-            if not ended and t - cursor.cur_t > seek_gap and (cursor.cur is not None or t > seek_gap):
+            # a seek lands on the keyframe before t: worth it only if that is ahead of where we are,
+            # so the gap must also exceed the largest keyframe distance seen so far
+            gap = max(seek_gap, keyframe_gap)
+            sought = not ended and t - cursor.cur_t > gap and (cursor.cur is not None or t > gap)
+            if sought:
                 cursor.seek(t)
-            while not ended and cursor.cur_t < t:
+            stop = t - tolerance if sought else t
+            while not ended and cursor.cur_t < stop:
                 ended = not cursor.advance()
-            best, best_t = _nearest(cursor, t)
+                if sought and cursor.prev is None and not ended:
+                    keyframe_gap = max(keyframe_gap, t - cursor.cur_t)
+            if sought and abs(cursor.cur_t - t) <= tolerance:
+                best, best_t = cursor.cur, cursor.cur_t
+            else:
+                best, best_t = _nearest(cursor, t)
             if best is None or (last_t is not None and best_t <= last_t):
                 continue
             picked.append(best.to_ndarray(format="rgb24"))

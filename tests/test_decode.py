@@ -36,15 +36,17 @@ def frame_index(frame: np.ndarray) -> int:
 
 
 def write_gop_clip(path: Path, seconds: float, fps: int = 24, gop: int = 48, size=(64, 48)) -> Path:
-    """A video-only H.264 clip with a fixed keyframe interval (seek cost is bounded by it)."""
+    """A video-only H.264 clip with a fixed keyframe interval; frame i shows gray ``3 * (i // fps)``
+    (its second, mod 80)."""
     with av.open(str(path), "w") as c:
         vs = c.add_stream("libx264", rate=fps)
         vs.width, vs.height = size
         vs.pix_fmt = "yuv420p"
-        vs.options = {"preset": "ultrafast", "g": str(gop), "keyint_min": str(gop), "threads": "1"}
+        vs.options = {"preset": "ultrafast", "threads": "1",
+                      "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
         frame = gray_frames(size)
         for i in range(int(seconds * fps)):
-            vf = av.VideoFrame.from_ndarray(frame(i % 80), format="rgb24")
+            vf = av.VideoFrame.from_ndarray(frame((i // fps) % 80), format="rgb24")
             vf.pts = i
             c.mux(vs.encode(vf))
         c.mux(vs.encode())
@@ -198,9 +200,9 @@ def _reset_peak_rss() -> None:
 @pytest.fixture(scope="module")
 def long_and_short(tmp_path_factory):
     d = tmp_path_factory.mktemp("long")
-    # 150 s at 128x96: all frames held in memory would take 133 MB as RGB, 66 MB as YUV
-    return (write_gop_clip(d / "long.mp4", seconds=150.0, size=(128, 96)),
-            write_gop_clip(d / "short.mp4", seconds=3.0, size=(128, 96)))
+    # 150 s at 128x96 (all frames held in memory: 133 MB as RGB), a keyframe every 10 s (x264's default)
+    return (write_gop_clip(d / "long.mp4", seconds=150.0, size=(128, 96), gop=240),
+            write_gop_clip(d / "short.mp4", seconds=3.0, size=(128, 96), gop=240))
 
 
 def test_long_clip_costs_about_what_a_short_one_does(long_and_short):
@@ -215,10 +217,20 @@ def test_long_clip_costs_about_what_a_short_one_does(long_and_short):
     frames = decode_frames(long_clip, n=15, stats=long_stats)
     t_long = time.perf_counter() - t
     grew_mb = (_peak_rss_kb() - before) / 1024
-    targets = frame_targets(0.0, 150.0, 15)
-    assert [frame_index(f) for f in frames] == [round(24 * t) % 80 for t in targets]
-    # 3600 frames in the stream; seeking decodes at most one keyframe interval (48) per target
-    assert long_stats["seeks"] >= 14 and long_stats["decoded"] <= 15 * 49
+    # bins of 10 s centred at 5, 15, ...: each frame within a quarter bin (2.5 s) of its centre
+    seconds = [frame_index(f) for f in frames]
+    for sec, t in zip(seconds, frame_targets(0.0, 150.0, 15), strict=True):
+        assert abs((sec - int(t) + 40) % 80 - 40) <= 3, (seconds, t)
+    # 3600 frames; each seek lands on the keyframe 5 s before its target and decodes 2.5 s (60 frames)
+    assert long_stats["seeks"] == 15 and long_stats["decoded"] <= 15 * 62, long_stats
     assert short_stats["seeks"] == 0 and short_stats["decoded"] <= 72
     assert grew_mb < 30, f"peak RSS grew {grew_mb:.1f} MB decoding 15 frames of a 150 s clip"
     assert t_long < max(1.0, 20 * t_short), (t_long, t_short)
+
+
+def test_exact_nearest_frames_without_tolerance(long_and_short):
+    long_clip, _ = long_and_short
+    stats: dict = {}
+    frames = decode_frames(long_clip, n=15, seek_tolerance=0.0, stats=stats)
+    assert [frame_index(f) for f in frames] == [int(t) % 80 for t in frame_targets(0.0, 150.0, 15)]
+    assert stats["decoded"] > 15 * 100          # exactness costs: 5 s of frames per target
