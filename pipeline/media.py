@@ -20,7 +20,7 @@ still returned with the matching flags (``has_audio``/``has_video``/``has_face``
 arrays). The decisions:
 
 =====================================  ==========================================================
-missing / zero-byte / unreadable clip  has_audio = has_video = False; "missing clip: ..." etc.
+missing / zero-byte / unreadable clip  has_audio = has_video = False; "missing file: ..." etc.
 no audio stream / no video stream      that modality False, the other one kept
 truncated data mid-stream              what decoded before the break is kept (flag True if any)
 truncated file that still opens        the data that is there is used; "truncated clip ..."
@@ -28,8 +28,14 @@ silent audio (peak < -60 dBFS)         has_audio = False, waveform empty ("silen
 audio longer than ``max_seconds``      centre ``max_seconds`` kept, audio_cut = True (+ a problem)
 fewer than ``n_frames`` frames         every distinct frame kept (f < n_frames) ("short clip: ...")
 zero-length span (start == end)        one frame at ``start``; audio from the span is empty
+span past the end of the media         that modality False ("... past the end ...")
 no face in any frame                   has_face = False ("no face ...")
+5.1 / stereo / mono audio              not a fault: centre channel / mean / as is
 =====================================  ==========================================================
+
+Frames per utterance: ``len(row["scenes"])`` (<= ``n_frames``); pass it, not ``n_frames``, as
+``n_frames`` to :func:`~pipeline.extractors.visual.weighted_face_embedding`, so a short clip is not
+padded with empty (zero) frames.
 
 Examples
 --------

@@ -126,3 +126,12 @@ def test_detection_on_shrunk_frames_gives_full_resolution_boxes(detector):
     assert np.allclose(full, shrunk, atol=12), (full, shrunk)
     with pytest.raises(ValueError, match="uint8"):
         detector.detect(frames.astype(np.float32))
+
+
+@pytest.mark.gpu
+def test_cuda_detector_matches_cpu(detector):
+    frames = face_frames(2)
+    cpu = detector.detect(frames)
+    gpu = FaceDetector(MediaConfig(mtcnn_batch=2, detect_max_side=0), device="cuda").detect(frames)
+    for (bc, pc), (bg, pg) in zip(cpu, gpu, strict=True):
+        assert bg.shape == bc.shape and np.allclose(bg, bc, atol=2) and np.allclose(pg, pc, atol=1e-3)
