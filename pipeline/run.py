@@ -491,12 +491,13 @@ def stage_media(engine: Engine, opts: ExtractOptions, selected: list[Utterance],
                                   "dataset": opts.dataset})
     done = writer.done_ids()
     todo = [u for u in selected if u.id not in done]
+    problems_log = folder / "problems.jsonl"
     if not todo and writer.is_complete():
+        write_problems(path, problems_log)  # whole again, should a kill have cut its last rewrite
         log(f"media: complete, {path}")
         return path
     log(f"media: {len(selected) - len(todo)} of {len(selected)} utterances already written, "
         f"{len(todo)} to do")
-    problems_log = folder / "problems.jsonl"
 
     def write(res: dict) -> None:
         t = time.perf_counter()

@@ -185,6 +185,7 @@ def test_rerun_is_a_noop(meld_run, client):
     assert all(s.done == 0 and s.skipped == s.total for s in again.summary.values())
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_run_is_replaced_and_result_is_the_same(meld_tree, meld_run, client, tmp_path):
     _, ref = meld_run
     killed: list[int] = []
