@@ -106,11 +106,13 @@ def _run_extract_command(**kw) -> None:
 @click.option("--steps-per-epoch", type=int, default=None,
               help="Batches per epoch (default: one pass over the train samples).")
 @click.option("--seed", type=int, default=0, help="Initial weights and sampling.")
+@click.option("--classes", default=None,
+              help="Comma list of labels to train on (e.g. IEMOCAP's six). Default: every non-empty label.")
 @click.option("--overwrite", is_flag=True, help="Retrain even if a checkpoint exists.")
 def train_encoders_command(dataset: str, modality: str, media: Path | None, out: Path | None,
                            root: Path | None, cache: Path, epochs: int | None, device: str,
                            batch_size: int | None, steps_per_epoch: int | None, seed: int,
-                           overwrite: bool) -> None:
+                           classes: str | None, overwrite: bool) -> None:
     """Triplet-train the audio/face/scene extractors on a media cache; print the checkpoint paths."""
     import logging
 
@@ -124,9 +126,11 @@ def train_encoders_command(dataset: str, modality: str, media: Path | None, out:
     media = media or _find_media(cache, dataset)
     out = out or cache / dataset / "encoders" / media.parent.name.removeprefix("media-")
     mods = MODALITIES if modality == "all" else (modality,)
+    labels = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
     try:
         paths = train_encoders(media, out, modalities=mods, epochs=epochs, device=device, seed=seed,
-                               batch_size=batch_size, steps_per_epoch=steps_per_epoch, overwrite=overwrite)
+                               batch_size=batch_size, steps_per_epoch=steps_per_epoch, overwrite=overwrite,
+                               classes=labels)
     except (FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from e
     for p in paths.values():
@@ -174,6 +178,8 @@ def _train_text_encoder(dataset: str, root: Path | None, out: Path, device: str,
 @click.option("--weight-decay", type=float, default=5e-4, help="AdamW weight decay.")
 @click.option("--dropout", type=float, default=0.4)
 @click.option("--batch-size", type=int, default=16, help="Dialogs per batch.")
+@click.option("--bucket", type=int, default=50,
+              help="Batch dialogs of similar length: sort inside windows of BUCKET batches (0 = off).")
 @click.option("--heads", type=int, default=4, help="Attention heads (must divide D_T, D_A, D_V).")
 @click.option("--layers", type=int, default=None,
               help="Transformer layers per modality N_T = N_A = N_V [default: 5 for iemocap, else 1].")
@@ -189,7 +195,7 @@ def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, se
                      epochs: int, patience: int, device: str, lr: float, weight_decay: float, dropout: float,
                      batch_size: int, heads: int, layers: int | None, fusion_layers: int, hidden: int,
                      ff_mult: int, class_map: str | None, compile_: bool, threads: int | None,
-                     progress: bool) -> None:
+                     progress: bool, bucket: int) -> None:
     """Train the dialog-level M2FNet on a features.h5; the epoch is chosen on dev weighted F1."""
     from trainer.fit import TrainConfig, train_dialog
 
@@ -198,7 +204,7 @@ def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, se
         first_seed=first_seed, epochs=epochs, patience=patience, device=device, lr=lr,
         weight_decay=weight_decay, dropout=dropout, batch_size=batch_size, heads=heads, layers=layers,
         fusion_layers=fusion_layers, hidden=hidden, ff_mult=ff_mult, class_map=class_map, compile=compile_,
-        threads=threads, progress=progress)
+        threads=threads, progress=progress, bucket=bucket)
     try:
         dirs = train_dialog(config)
     except (FileNotFoundError, ValueError) as e:

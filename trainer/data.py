@@ -288,9 +288,39 @@ def inspect_features(path: str | Path) -> FeatureFileInfo:
     )
 
 
-def batch_order(n_dialogs: int, batch_size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
-    """Dialog indices cut into batches; shuffled when a generator is given (CPU tensors)."""
-    order = (
-        torch.randperm(n_dialogs, generator=generator) if generator is not None else torch.arange(n_dialogs)
-    )
-    return list(torch.split(order, batch_size))
+def batch_order(
+    n_dialogs: int,
+    batch_size: int,
+    generator: torch.Generator | None,
+    lengths: np.ndarray | None = None,
+    bucket: int = 50,
+) -> list[torch.Tensor]:
+    """Dialog indices cut into batches (CPU tensors).
+
+    Parameters
+    ----------
+    n_dialogs, batch_size : int
+    generator : torch.Generator or None
+        Shuffle with it; None keeps file order (or length order, see ``lengths``).
+    lengths : ndarray, optional
+        Dialog lengths. With a generator: dialogs are shuffled, sorted by length inside windows of
+        ``bucket * batch_size`` dialogs, cut into batches, and the batches shuffled, so a batch
+        holds dialogs of similar length (less padding) while the order stays random. Without a
+        generator: batches of length-sorted dialogs (for evaluation).
+    bucket : int
+        Window size in batches for the length sort.
+    """
+    if generator is None:
+        order = (
+            torch.arange(n_dialogs)
+            if lengths is None
+            else torch.from_numpy(np.argsort(lengths, kind="stable"))
+        )
+        return list(torch.split(order, batch_size))
+    order = torch.randperm(n_dialogs, generator=generator)
+    if lengths is None:
+        return list(torch.split(order, batch_size))
+    windows = torch.split(order, bucket * batch_size)
+    order = torch.cat([w[torch.from_numpy(np.argsort(lengths[w.numpy()], kind="stable"))] for w in windows])
+    batches = list(torch.split(order, batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

@@ -80,6 +80,7 @@ class TrainConfig:
     compile: bool = False
     threads: int | None = None
     progress: bool = True
+    bucket: int = 50
 
 
 @dataclass(frozen=True)
@@ -258,7 +259,8 @@ def write_predictions(
 
 
 # -- computation -----------------------------------------------------------------------------------
-def _autocast(device: str):
+def autocast_for(device: str) -> torch.autocast:
+    """bf16 autocast on CUDA; a disabled context on the CPU (fp32)."""
     return (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device == "cuda"
@@ -274,18 +276,24 @@ def train_epoch(
     generator: torch.Generator,
     device: str,
     fixed_length: bool = False,
+    max_batches: int | None = None,
+    bucket: int = 0,
 ) -> float:
     """One pass over ``split`` in shuffled dialog batches; returns the mean loss per scored utterance.
 
     The loss is summed on the device and read once at the end (no per-step host sync).
+    ``bucket`` groups dialogs of similar length into a batch (see :func:`batch_order`; 0 = off);
+    ``fixed_length`` keeps every batch at the split's full length (static shapes for
+    ``torch.compile``); ``max_batches`` stops early (benchmarks).
     """
     model.train()
     total = torch.zeros((), device=device)
     count = torch.zeros((), device=device)
-    for index in batch_order(split.n_dialogs, batch_size, generator):
+    lengths = split.lengths if bucket else None
+    for index in batch_order(split.n_dialogs, batch_size, generator, lengths, bucket)[:max_batches]:
         length = None if fixed_length else int(split.lengths[index.numpy()].max())
         batch = split.batch(index.to(device, non_blocking=True), length)
-        with _autocast(device):
+        with autocast_for(device):
             logits = model(batch["features"], batch["present"], batch["mask"])
         labels = batch["labels"]
         loss_sum = F.cross_entropy(
@@ -307,14 +315,17 @@ def train_epoch(
 def predict_probs(model: torch.nn.Module, split: DialogSplit, batch_size: int, device: str) -> np.ndarray:
     """Class probabilities ``(n_rows, n_classes)`` in file row order (padding removed)."""
     model.eval()
-    parts = []
-    for index in batch_order(split.n_dialogs, batch_size, None):
-        batch = split.batch(index.to(device), None)  # full length so rows can be flattened alike
-        with _autocast(device):
+    out = None
+    for index in batch_order(split.n_dialogs, batch_size, None, split.lengths):  # similar lengths together
+        length = int(split.lengths[index.numpy()].max())
+        on_device = index.to(device)
+        batch = split.batch(on_device, length)
+        with autocast_for(device):
             logits = model(batch["features"], batch["present"], batch["mask"])
-        parts.append(torch.softmax(logits.float(), dim=-1))
-    probs = torch.cat(parts).reshape(-1, parts[0].shape[-1]).cpu().numpy()
-    return probs[split.flat_index]
+        if out is None:
+            out = torch.zeros(split.n_dialogs, split.max_len, logits.shape[-1], device=device)
+        out[on_device, :length] = torch.softmax(logits.float(), dim=-1)
+    return out.reshape(-1, out.shape[-1]).cpu().numpy()[split.flat_index]
 
 
 def score(split: DialogSplit, probs: np.ndarray) -> dict[str, float]:
@@ -409,6 +420,13 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[DialogModel, list
     return model, list(ckpt["class_names"])
 
 
+def make_optimizer(
+    model: torch.nn.Module, lr: float, weight_decay: float, device: str
+) -> torch.optim.Optimizer:
+    """AdamW (the paper's optimiser); the fused CUDA kernel on a GPU."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=device == "cuda")
+
+
 def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[str, DialogSplit]) -> dict:
     """Train (or resume, or skip if finished) one seed in ``run_dir``; returns its final status.
 
@@ -435,7 +453,7 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
 
     torch.manual_seed(seed)
     model = DialogModel(resolved.model_config()).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = make_optimizer(model, t.lr, t.weight_decay, device)
     state = _LoopState()
     if (run_dir / "last.pt").exists():
         state = _load_last(run_dir, model, optimizer, device)
@@ -459,7 +477,14 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(seed * 1_000_003 + state.epoch)
         train_loss = train_epoch(
-            step_model, optimizer, splits["train"], t.batch_size, generator, device, fixed_length=t.compile
+            step_model,
+            optimizer,
+            splits["train"],
+            t.batch_size,
+            generator,
+            device,
+            fixed_length=t.compile,
+            bucket=t.bucket,
         )
         dev = score(splits["dev"], predict_probs(model, splits["dev"], max(t.batch_size, 64), device))
         state.epoch += 1
