@@ -1,0 +1,195 @@
+"""Text modality: context input and TextEmbedder (a tiny random RoBERTa built here, the shipped MiniLM)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.extractors.text import (
+    DEFAULT_TEXT_MODEL,
+    SpecialLayout,
+    TextEmbedder,
+    assemble_context,
+    build_context,
+    build_contexts,
+    load_text_model,
+    special_layout,
+)
+from pipeline.manifest import Dialogue, Utterance
+
+torch.set_num_threads(1)
+
+WORDS = ("happy joy great love smile angry mad hate furious what why sad cry tears scared afraid "
+         "oh my god really okay fine yes no hello hi hey you me we they the a is are was").split()
+
+
+def make_dialogue(texts_and_speakers, split="train", dialogue_id="0", labels=None) -> Dialogue:
+    """A MELD-style dialogue from ``[(speaker, text), ...]``."""
+    utts = tuple(
+        Utterance("meld", split, dialogue_id, i, str(i), spk, txt,
+                  None if labels is None else labels[i])
+        for i, (spk, txt) in enumerate(texts_and_speakers))
+    return Dialogue("meld", split, dialogue_id, utts)
+
+
+def make_tiny_roberta(folder: Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
+    """A random-weight RoBERTa (tiny config) plus a byte-level BPE tokenizer, saved in HF format.
+
+    The tokenizer is trained with the ``tokenizers`` library and loaded back with ``from_pretrained``
+    (``RobertaTokenizerFast(vocab_file=...)`` builds an empty vocabulary in transformers 5).
+    """
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    corpus = [" ".join(rng.choice(WORDS, size=8)) for _ in range(200)]
+    corpus += [f"{name}: {w}" for name in ("Joey", "Ross", "Monica", "Phoebe") for w in WORDS]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tok = RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
+                               sep_token="</s>", cls_token="<s>", unk_token="<unk>", pad_token="<pad>",
+                               mask_token="<mask>")
+    tok.save_pretrained(folder)
+    torch.manual_seed(seed)
+    cfg = RobertaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=130,
+                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                        eos_token_id=tok.eos_token_id, type_vocab_size=1)
+    RobertaModel(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_roberta(tmp_path_factory) -> Path:
+    return make_tiny_roberta(tmp_path_factory.mktemp("tiny_roberta"))
+
+
+DIALOGUE = make_dialogue([("Joey", "hi"), ("Ross", "hey you"), ("Monica", "what why"),
+                          ("Ross", "oh my god"), ("Joey", "okay fine")])
+
+
+# --- the context input ---------------------------------------------------------------------------
+
+
+def test_assemble_context_layout_and_far_past_truncation():
+    layout = SpecialLayout(prefix=(100,), mid=(101, 101), suffix=(102,))  # RoBERTa-like, 6 specials
+    utts = [[1, 1], [2, 2, 2], [3], [4, 4], [5, 5, 5]]
+    full = assemble_context(utts, 3, layout, max_length=64)
+    assert full == [100, 1, 1, 2, 2, 2, 3, 101, 101, 4, 4, 101, 101, 5, 5, 5, 102]
+    # budget 12 - 6 = 6 tokens: target (2) + future (3) leave 1 -> only the nearest past utterance (3)
+    expected = [100, 3, 101, 101, 4, 4, 101, 101, 5, 5, 5, 102]
+    assert assemble_context(utts, 3, layout, max_length=12) == expected
+    # budget 10 - 6 = 4: no past; the future is cut before the target
+    assert assemble_context(utts, 3, layout, max_length=10) == [100, 101, 101, 4, 4, 101, 101, 5, 5, 102]
+    # first utterance: empty past segment; last: empty future segment; the target stays in segment 2
+    assert assemble_context(utts, 0, layout, 64) == [100, 101, 101, 1, 1, 101, 101, 2, 2, 2, 102]
+    assert assemble_context(utts, 4, layout, 64) == [100, 1, 1, 2, 2, 2, 3, 4, 4, 101, 101, 5, 5, 5,
+                                                     101, 101, 102]
+    with pytest.raises(IndexError):
+        assemble_context(utts, 5, layout, 64)
+    with pytest.raises(ValueError, match="no room"):
+        assemble_context(utts, 0, layout, 6)
+
+
+def test_assemble_context_keeps_whole_past_utterances_nearest_first():
+    layout = SpecialLayout(prefix=(100,), mid=(101,), suffix=(102,))
+    utts = [[1], [2] * 3, [3] * 2, [4], [9]]
+    out = assemble_context(utts, 3, layout, max_length=10)  # 4 specials, target + future 2: room for 4
+    # [3, 3] fits; [2, 2, 2] does not; [1] would fit but lies beyond it: the past stays contiguous
+    assert out == [100, 3, 3, 101, 4, 101, 9, 102]
+
+
+def test_build_context_minilm_speaker_prefix_and_separator():
+    tok, _ = load_text_model(None)
+    ids = build_context(DIALOGUE, 2, tok, max_length=128)
+    text = tok.decode(ids)
+    assert text == "[CLS] joey : hi ross : hey you [SEP] monica : what why [SEP] ross : oh my god [SEP]"
+    short = tok.decode(build_context(DIALOGUE, 2, tok, max_length=19))  # room for one past
+    assert short == "[CLS] ross : hey you [SEP] monica : what why [SEP] ross : oh my god [SEP]"
+    assert len(build_context(DIALOGUE, 2, tok, max_length=8)) == 8
+
+
+def test_build_context_roberta_layout(tiny_roberta):
+    tok, _ = load_text_model(str(tiny_roberta))
+    layout = special_layout(tok)
+    assert layout == SpecialLayout((tok.bos_token_id,), (tok.eos_token_id,) * 2, (tok.eos_token_id,))
+    ids = build_context(DIALOGUE, 4, tok, max_length=128)
+    assert tok.decode(ids) == ("<s>Joey: hiRoss: hey youMonica: what whyRoss: oh my god</s></s>"
+                               "Joey: okay fine</s></s></s>")
+    assert max(len(v) for v in build_contexts([DIALOGUE], tok, 20).values()) <= 20
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def test_hub_id_offline_raises_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="pass that local folder"):
+        TextEmbedder("m2f-test/no-such-model")
+
+
+def test_missing_folder_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        TextEmbedder(str(tmp_path / "nope"))
+
+
+def test_folder_without_model_raises(tmp_path):
+    with pytest.raises(OSError, match="could not load a text model from folder"):
+        TextEmbedder(str(tmp_path))
+
+
+# --- embeddings ----------------------------------------------------------------------------------
+
+
+def test_tiny_roberta_embeddings_deterministic_and_padding_free(tiny_roberta):
+    d2 = make_dialogue([("Phoebe", "sad cry tears " * 6), ("Joey", "hi")], dialogue_id="1")
+    emb = TextEmbedder(str(tiny_roberta), batch_size=3)
+    out = emb.embed([DIALOGUE, d2])
+    assert emb.dim == 32 and set(out) == {u.id for u in DIALOGUE.utterances + d2.utterances}
+    assert all(v.shape == (32,) and v.dtype == np.float32 and np.isfinite(v).all() for v in out.values())
+    # padding must not change a row: batch of one vs mixed-length batches
+    single = TextEmbedder(str(tiny_roberta), batch_size=1).embed([DIALOGUE, d2])
+    for k in out:
+        np.testing.assert_allclose(out[k], single[k], atol=1e-5)
+    # the same text with another context gets another embedding; every row differs
+    keys = sorted(out)
+    assert len({out[k].tobytes() for k in keys}) == len(keys)
+    # equals the model's own first-token state for an unpadded input
+    tok, model = load_text_model(str(tiny_roberta))
+    ids = torch.tensor([build_context(DIALOGUE, 1, tok, 128)])
+    with torch.inference_mode():
+        ref = model.eval()(input_ids=ids).last_hidden_state[0, 0].numpy()
+    np.testing.assert_allclose(out[DIALOGUE.utterances[1].id], ref, atol=1e-5)
+
+
+def test_pooling_option_and_identity(tiny_roberta, tmp_path):
+    cls = TextEmbedder(str(tiny_roberta), pooling="cls")
+    mean = TextEmbedder(str(tiny_roberta), pooling="mean")
+    a, b = cls.embed([DIALOGUE]), mean.embed([DIALOGUE])
+    k = DIALOGUE.utterances[0].id
+    assert not np.allclose(a[k], b[k])
+    assert cls.identity != mean.identity
+    assert cls.identity == TextEmbedder(str(tiny_roberta)).identity  # stable across loads
+    other = make_tiny_roberta(tmp_path / "other", seed=1)
+    assert TextEmbedder(str(other)).identity.split("|")[0] != cls.identity.split("|")[0]
+    with pytest.raises(ValueError, match="pooling"):
+        TextEmbedder(str(tiny_roberta), pooling="max")
+
+
+def test_shipped_minilm_default():
+    assert os.path.isdir(DEFAULT_TEXT_MODEL) and DEFAULT_TEXT_MODEL.endswith("model")
+    emb = TextEmbedder(batch_size=4, pooling="mean")
+    assert emb.dim == 384 and "model:" in emb.identity
+    texts = ["I love you so much", "I adore you", "the meeting is at noon"]
+    ds = [make_dialogue([("Joey", t)], dialogue_id=str(i)) for i, t in enumerate(texts)]
+    out = emb.embed(ds)
+    v = [out[d.utterances[0].id] / np.linalg.norm(out[d.utterances[0].id]) for d in ds]
+    assert all(x.shape == (384,) for x in v)
+    # a trained sentence model: the two "love" sentences are closer than love vs the meeting
+    assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2

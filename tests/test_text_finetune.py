@@ -1,0 +1,165 @@
+"""EmoBERTa-style text fine-tuning: learning, saving, the frozen-bottom cache, resume, labels, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_text import make_tiny_roberta
+
+from pipeline.encoders.text_finetune import (
+    META_FILE,
+    Examples,
+    FrozenBottomCache,
+    build_examples,
+    default_label_map,
+    finetune_text,
+    predict,
+    read_finetune_meta,
+)
+from pipeline.extractors.text import TextEmbedder, load_text_model
+from pipeline.manifest import Utterance
+
+torch.set_num_threads(1)
+
+KEYWORDS = {"joy": "happy joy", "anger": "angry mad", "sadness": "sad cry", "neutral": "hello the"}
+FILLER = ("okay", "yes", "no", "we", "they", "you", "is", "are", "was", "me")
+
+
+def keyword_corpus(n_train: int = 48, n_dev: int = 16, n_test: int = 16, seed: int = 0) -> list[Utterance]:
+    """MELD-style dialogues of 4 turns; turn 2 carries an emotion keyword and the label, the rest are
+    unlabelled filler (context only)."""
+    rng = np.random.default_rng(seed)
+    labels = sorted(KEYWORDS)
+    out = []
+    for split, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
+        for d in range(n):
+            label = labels[d % len(labels)]
+            for pos in range(4):
+                words = list(rng.choice(FILLER, size=3))
+                if pos == 2:
+                    words.insert(int(rng.integers(0, 3)), KEYWORDS[label])
+                out.append(Utterance("meld", split, str(d), pos, str(pos), ("Joey", "Ross")[pos % 2],
+                                     " ".join(words), label if pos == 2 else None))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_tiny_roberta(tmp_path_factory.mktemp("tiny"), hidden=32, layers=2)
+
+
+def test_finetune_learns_keywords_and_writes_a_loadable_folder(tmp_path):
+    # the shipped MiniLM (a random tiny model needs far more steps to learn anything)
+    utts = keyword_corpus()
+    out = finetune_text(utts, tmp_path / "ft", max_length=32, epochs=3, batch_size=8, lr=2e-4,
+                        evals_per_epoch=1, seed=0)
+    meta = read_finetune_meta(out)
+    assert len(meta["history"]) == 3
+    assert meta["dev_weighted_f1"] >= 0.9, meta["history"]
+    assert meta["dev_weighted_f1"] == max(h["dev_weighted_f1"] for h in meta["history"])
+    assert meta["test_weighted_f1"] >= 0.8
+    assert meta["config"]["label_map"] == default_label_map(utts)
+    assert meta["n_train"] == 48 and not (out / "resume" / "best.tmp").exists()
+    # the folder is a TextEmbedder model; fine-tuned first-token embeddings separate the classes
+    emb = TextEmbedder(str(out), max_length=32)
+    assert emb.dim == 384 and emb.identity.startswith("ft:")
+    from pipeline.manifest import group_dialogues
+
+    dev = [d for d in group_dialogues(utts) if d.split == "dev"]
+    vecs = emb.embed(dev)
+    rows = [(vecs[u.id], u.label) for d in dev for u in d.utterances if u.label]
+    x = np.stack([r[0] for r in rows])
+    y = np.array([r[1] for r in rows])
+    centroids = {lab: x[y == lab].mean(0) for lab in KEYWORDS}
+    nearest = [min(centroids, key=lambda lab: np.linalg.norm(v - centroids[lab])) for v in x]
+    assert np.mean(np.array(nearest) == y) >= 0.9
+
+
+@pytest.mark.parametrize("which", ["minilm", "tiny_roberta"])
+def test_frozen_bottom_cache_gives_the_full_models_logits(which, tiny):
+    source = None if which == "minilm" else str(tiny)
+    tok, model = load_text_model(source, for_classification=4)
+    model.eval()
+    utts = keyword_corpus(n_train=6, n_dev=2, n_test=0)
+    ex = build_examples(utts, tok, 40, {k: i for i, k in enumerate(sorted(KEYWORDS))})["train"]
+    pad = tok.pad_token_id
+    full = predict(model, ex, 4, pad, "cpu")
+    cache = FrozenBottomCache(model, ex, 1, pad, "cpu", batch_size=3, dtype=torch.float32)
+    cached = predict(model, ex, 4, pad, "cpu", cache)
+    np.testing.assert_allclose(cached, full, atol=1e-5)
+    assert cache.nbytes == sum(len(i) for i in ex.ids) * model.config.hidden_size * 4
+
+
+def _final_weights(folder: Path) -> dict:
+    return torch.load(folder / "resume" / "state.pt", weights_only=True)["model"]
+
+
+def test_budget_stop_then_resume_equals_an_uninterrupted_run(tiny, tmp_path):
+    utts = keyword_corpus(n_train=24, n_dev=8, n_test=0)
+    kw = {"base_model": str(tiny), "max_length": 32, "epochs": 2, "batch_size": 8, "lr": 1e-3,
+          "freeze_layers": 1, "evals_per_epoch": 1, "seed": 3, "eval_test": False}
+    finetune_text(utts, tmp_path / "a", **kw)
+    finetune_text(utts, tmp_path / "b", max_minutes=0.0, **kw)  # stops after its first step
+    stopped = read_finetune_meta(tmp_path / "b")
+    assert stopped["stopped_early"] and stopped["history"][-1]["step"] == 1
+    finetune_text(utts, tmp_path / "b", **kw)  # same call without the budget: resumes
+    resumed = read_finetune_meta(tmp_path / "b")
+    assert not resumed["stopped_early"] and resumed["history"][-1]["step"] == 6
+    a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    with pytest.raises(ValueError, match="different configuration"):
+        finetune_text(utts, tmp_path / "b", **{**kw, "lr": 5e-4})
+
+
+def test_labels_default_maps_and_context_of_unlabelled_turns(tiny):
+    utts = keyword_corpus(n_train=4, n_dev=2, n_test=0)
+    assert default_label_map(utts)["neutral"] == 0 and len(default_label_map(utts)) == 7
+    iemocap = [Utterance("iemocap", "train", "Ses01F_impro01", 0, "Ses01F_impro01_F000", "Ses01F", "hi",
+                         "xxx")]
+    assert default_label_map(iemocap) == {"hap": 0, "sad": 1, "neu": 2, "ang": 3, "exc": 4, "fru": 5}
+    with pytest.raises(ValueError, match="label_map"):
+        default_label_map([Utterance("custom", "train", "0", 0, "0", "A", "hi", "x")])
+    tok, _ = load_text_model(str(tiny))
+    ex = build_examples(utts, tok, 64, default_label_map(utts))
+    assert isinstance(ex["train"], Examples) and len(ex["train"]) == 4  # only the labelled turns
+    # the unlabelled turns are in the context: the input holds more than the target's own tokens
+    target = tok(f"{utts[2].speaker}: {utts[2].text}", add_special_tokens=False)["input_ids"]
+    assert len(ex["train"].ids[0]) > len(target) + 6
+    assert list(ex["train"].labels) == [default_label_map(utts)[u.label] for u in utts if u.label and
+                                        u.split == "train"]
+
+
+def test_missing_dev_and_offline_hub_id_raise(tiny, tmp_path, monkeypatch):
+    utts = [u for u in keyword_corpus(n_train=4, n_dev=1, n_test=0) if u.split == "train"]
+    with pytest.raises(ValueError, match="no labelled dev"):
+        finetune_text(utts, tmp_path / "x", base_model=str(tiny), max_length=32, epochs=1)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="local folder"):
+        finetune_text(utts, tmp_path / "y", base_model="m2f-test/not-a-model", epochs=1)
+    with pytest.raises(FileNotFoundError, match="not a folder written by finetune_text"):
+        read_finetune_meta(tmp_path)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("freeze_layers", [0, 1])
+def test_finetune_on_cuda_with_amp(tiny, tmp_path, freeze_layers):
+    # the tiny random model (the MiniLM package is not on the GPU machine): it runs, selects, saves
+    utts = keyword_corpus()
+    out = finetune_text(utts, tmp_path / "gpu", base_model=str(tiny), device="cuda", max_length=32,
+                        epochs=3, batch_size=8, lr=1e-3, freeze_layers=freeze_layers, evals_per_epoch=1)
+    meta = json.loads((out / META_FILE).read_text())
+    assert meta["config"]["device"] == "cuda" and len(meta["history"]) == 3
+    assert 0.0 <= meta["dev_weighted_f1"] <= 1.0 and "test_weighted_f1" in meta
+    from pipeline.manifest import group_dialogues
+
+    dialogues = group_dialogues(utts)[:3]
+    on_gpu = TextEmbedder(str(out), device="cuda").embed(dialogues)
+    on_cpu = TextEmbedder(str(out), device="cpu").embed(dialogues)
+    for k in on_cpu:
+        np.testing.assert_allclose(on_gpu[k], on_cpu[k], atol=1e-3)
