@@ -142,12 +142,14 @@ def test_cli_trains_prints_paths_and_skips_finished(small_media, tmp_path):
     media = small_media
     runner = CliRunner()
     args = ["train-encoders", "--dataset", "custom", "--modality", "scene", "--media", str(media),
-            "--out", str(tmp_path), "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "6"]
+            "--out", str(tmp_path), "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "6",
+            "--classes", "joy,anger"]
     res = runner.invoke(main, args)
     assert res.exit_code == 0, res.output
     ckpt = tmp_path / "scene.pt"
     assert str(ckpt) in res.output
-    assert load_checkpoint(ckpt)["meta"]["train_config"]["epochs"] == 1
+    meta = load_checkpoint(ckpt)["meta"]
+    assert meta["train_config"]["epochs"] == 1 and meta["classes"] == ["joy", "anger"]
     mtime = ckpt.stat().st_mtime_ns
     assert runner.invoke(main, args).exit_code == 0
     assert ckpt.stat().st_mtime_ns == mtime                       # finished work is not redone
@@ -178,3 +180,12 @@ def test_cuda_training_with_bf16_autocast(media, tmp_path):
         assert meta["train_config"]["amp"] is True and meta["train_config"]["batch_size"] == 128
         assert np.isfinite(meta["history"][-1]["loss"])
         load_encoder(p)  # saved on the CPU side
+
+
+def test_without_a_dev_split_selection_uses_held_out_train(tmp_path):
+    train_only = write_media(tmp_path / "m" / "media.h5", {"train": 5}, seconds=0.2, image_size=16)
+    with pytest.warns(UserWarning, match="no 'dev' split"):
+        paths = train_encoders(train_only, tmp_path / "out", modalities=("scene",), epochs=1, batch_size=6,
+                               steps_per_epoch=1)
+    q = load_checkpoint(paths["scene"])["meta"]["quality"]
+    assert q["metric"].startswith("weighted F1 on a held-out fifth") and q["n_probe_dev"] == 3

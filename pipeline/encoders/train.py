@@ -239,8 +239,8 @@ def _open_split(media_path: Path, split: str, modality: str, classes, required: 
         if required:
             raise ValueError(f"{media_path} has no {split!r} split ({e}); encoders train on the train split "
                              "of the media cache: rebuild it with `m2f extract`") from e
-        warnings.warn(f"{media_path} has no {split!r} split: no model selection, quality figure from train",
-                      stacklevel=3)
+        warnings.warn(f"{media_path} has no {split!r} split: model selection and the quality figure use a "
+                      "held-out fifth of train", stacklevel=3)
         return None
 
 
@@ -271,7 +271,7 @@ def _fit(encoder: Encoder, train: MediaSamples, dev: MediaSamples | None, cfg: T
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(train) / cfg.batch_size))
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        losses = _train_epoch(encoder, opt, train, cfg, device, epoch, steps)
+        losses = train_epoch(encoder, opt, train, cfg, device, epoch, steps)
         score = _probe(encoder, probe_sets, cfg, device)
         entry = {"epoch": epoch, **losses, "dev_probe_wf1": score, "seconds": time.perf_counter() - t0}
         state["history"].append(entry)
@@ -283,16 +283,24 @@ def _fit(encoder: Encoder, train: MediaSamples, dev: MediaSamples | None, cfg: T
                  losses["loss"], score, entry["seconds"])
     encoder.load_state_dict(state["best"])
     n_tr, n_dev = len(probe_sets[0][1]), len(probe_sets[1][1])
-    quality = {"probe": cfg.probe, "metric": "dev weighted F1" if dev is not None else "train weighted F1",
+    held_out = "dev weighted F1" if probe_sets[1][0] is dev else "weighted F1 on a held-out fifth of train"
+    quality = {"probe": cfg.probe, "metric": held_out,
                "trained": state["best_score"], "untrained": state["untrained"],
                "n_probe_train": n_tr, "n_probe_dev": n_dev}
     return {"history": state["history"], "best_epoch": state["best_epoch"], "quality": quality,
             "dev_counts": dev.label_counts() if dev is not None else None}
 
 
-def _train_epoch(encoder: Encoder, opt: torch.optim.Optimizer, train: MediaSamples, cfg: TrainConfig,
-                 device: str, epoch: int, steps: int) -> dict[str, float]:
-    """One epoch of semi-hard triplet training; the random stream depends only on (seed, epoch)."""
+def train_epoch(encoder: Encoder, opt: torch.optim.Optimizer, train: MediaSamples, cfg: TrainConfig,
+                device: str, epoch: int, steps: int) -> dict[str, float]:
+    """One epoch of ``steps`` semi-hard triplet steps; its random stream depends only on (seed, epoch).
+
+    Returns
+    -------
+    dict
+        Mean ``loss`` (Eq. 9), ``triplet``, ``var``, ``cov`` over the steps, ``steps`` taken and
+        ``triplets_per_step``.
+    """
     rng = np.random.default_rng([cfg.seed, epoch])
     encoder.train()
     sums = {"loss": 0.0, "triplet": 0.0, "var": 0.0, "cov": 0.0}

@@ -1,0 +1,110 @@
+"""Training throughput of the triplet-trained extractors (samples per second), printed as JSON.
+
+Builds a throw-away media.h5 of random data in the real layout (audio clips of ``--audio-seconds``,
+face crops and scene frames of 112 px), then times whole training steps exactly as
+``m2f train-encoders`` runs them: lazy row reads from HDF5, augmentation (waveform stretch + noise,
+image crop/flip/jitter), forward, semi-hard mining, Eq. 9 loss, backward, Adam step. The first
+step of each encoder is a warm-up and is not timed.
+
+Usage::
+
+    python bench/encoder_train_throughput.py [--device cpu|cuda] [--batch-size 32] [--steps 3]
+
+The last line printed is one JSON object. Results are recorded in bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.cache import ShardedWriter
+from pipeline.encoders.data import MediaSamples
+from pipeline.encoders.model import MODALITIES, build_encoder
+from pipeline.encoders.train import DEFAULT_BATCH, TrainConfig, train_epoch
+
+LABELS = ("anger", "joy", "neutral", "sadness")
+
+
+def write_random_media(path: Path, per_class: int, audio_seconds: float, size: int = 112,
+                       n_frames: int = 15, seed: int = 0) -> Path:
+    """A media.h5 ``train`` split of random clips, crops and frames (2 faces per utterance)."""
+    rng = np.random.default_rng(seed)
+    n = per_class * len(LABELS)
+
+    def img(k: int) -> np.ndarray:
+        return rng.integers(0, 256, size=(k, 3, size, size), dtype=np.uint8)
+
+    clip = int(audio_seconds * 16000 * 1.2)
+    rows = {
+        "utt_id": np.array([f"u{i}" for i in range(n)], dtype=object),
+        "label": np.array([LABELS[i % len(LABELS)] for i in range(n)], dtype=object),
+        "waveform": [rng.normal(0, 0.1, clip).astype(np.float32) for _ in range(n)],
+        "has_audio": np.ones(n, bool), "has_video": np.ones(n, bool), "has_face": np.ones(n, bool),
+        "scenes": [img(n_frames) for _ in range(n)], "faces": [img(2) for _ in range(n)],
+        "face_frame": [np.array([0, 1], np.int16) for _ in range(n)],
+        "face_weight": [np.array([1.0, 1.0], np.float32) for _ in range(n)],
+    }
+    w = ShardedWriter(path, {"kind": "media"})
+    w.append("train", rows)
+    return w.finalize()
+
+
+def measure(media: Path, modality: str, device: str, batch_size: int, steps: int,
+            audio_seconds: float) -> dict:
+    """Samples/s of ``steps`` timed training steps after one warm-up step."""
+    samples = MediaSamples(media, "train", modality)
+    cfg = TrainConfig(modality=modality, epochs=1, batch_size=batch_size, clip_seconds=audio_seconds,
+                      amp=torch.device(device).type == "cuda")
+    enc = build_encoder(modality, seed=0).to(device)
+    opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    train_epoch(enc, opt, samples, cfg, device, epoch=0, steps=1)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    stats = train_epoch(enc, opt, samples, cfg, device, epoch=1, steps=steps)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    per_class = batch_size // len(LABELS)
+    n = stats["steps"] * per_class * len(LABELS)
+    samples.close()
+    return {"samples_per_s": round(n / seconds, 2), "step_s": round(seconds / max(stats["steps"], 1), 3),
+            "batch": per_class * len(LABELS), "steps": stats["steps"],
+            "triplets_per_step": stats["triplets_per_step"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--audio-seconds", type=float, default=3.0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--modalities", default=",".join(MODALITIES))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batch = args.batch_size or DEFAULT_BATCH.get(torch.device(args.device).type, 32)
+    result = {"device": args.device, "torch_threads": torch.get_num_threads(), "cpu": platform.processor()
+              or platform.machine(), "audio_seconds": args.audio_seconds, "image_size": 112}
+    if torch.device(args.device).type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name()
+    with tempfile.TemporaryDirectory() as tmp:
+        media = write_random_media(Path(tmp) / "media.h5", per_class=max(batch // len(LABELS), 2) * 2,
+                                   audio_seconds=args.audio_seconds)
+        for m in args.modalities.split(","):
+            result[m] = measure(media, m, args.device, batch, args.steps, args.audio_seconds)
+            print(m, result[m], flush=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
