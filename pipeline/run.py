@@ -31,6 +31,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -589,13 +590,20 @@ def _check_encoder_dir(folder: Path, what: str) -> None:
                            "or pass `--encoders random`")
 
 
-def encoder_identity(spec: str | None) -> str | None:
-    """Identity of the encoder weights (part of the features cache key)."""
+def encoder_identity(spec: str | None, seed: int = 0) -> str | None:
+    """Identity of the encoder weights (part of the features cache key), without building the models.
+
+    Equals :attr:`pipeline.encoders.model.EncoderSet.identity` of ``load_encoder_set(spec)`` (a unit
+    test holds the two together): ``random-seed<seed>``, or a hash of the three checkpoint files.
+    """
     if spec is None:
         return None
-    from pipeline.encoders.model import load_encoder_set
+    if spec == "random":
+        return f"random-seed{seed}"
+    from pipeline.encoders.model import MODALITIES, file_identity
 
-    return load_encoder_set(spec, "cpu").identity
+    blob = "".join(file_identity(Path(spec) / f"{m}.pt") for m in MODALITIES)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # -- stage 3b: text model ---------------------------------------------------------------------------
@@ -706,6 +714,10 @@ def run_extract(opts: ExtractOptions, client=None,
         _check_encoder_dir(Path(opts.encoders), "--encoders")  # before hours of decoding, not after
     result = ExtractResult(features=Path(), manifest=manifest_file, media=None, summary={})
     engine = Engine(opts, client)
+    early_text = "text" in opts.modalities and opts.text_model is not None
+    pool = ThreadPoolExecutor(1)
+    # the text model's identity (a model load, seconds) is worked out while the workers decode media
+    text_id_future = pool.submit(text_identity, opts.text_model, opts.device) if early_text else None
     try:
         media_cfg = media_path = None
         media_key = key
@@ -718,7 +730,10 @@ def run_extract(opts: ExtractOptions, client=None,
         enc_spec = stage_encoders(opts, media_path, media_key)
         text_model = stage_text_model(opts, manifest)
         enc_id = encoder_identity(enc_spec)
-        txt_id = text_identity(text_model, opts.device) if "text" in opts.modalities else None
+        if text_id_future is not None:
+            txt_id = text_id_future.result()
+        else:
+            txt_id = text_identity(text_model, opts.device) if "text" in opts.modalities else None
         result.encoders, result.text_model = enc_spec, text_model
         config = feature_config(opts, key, media_cfg, enc_id, txt_id)
         path = Path(opts.cache) / opts.dataset / config_hash(config) / "features.h5"
@@ -727,6 +742,7 @@ def run_extract(opts: ExtractOptions, client=None,
         result.features = stage_embed(engine, opts, selected, media_path, spec, path, config, result,
                                       on_written)
     finally:
+        pool.shutdown(wait=True)
         engine.close()
     if media_path is not None:
         for split, n in _problem_counts(media_path.parent / "problems.jsonl").items():

@@ -232,11 +232,14 @@ def test_iemocap_end_to_end(client, tmp_path):
     assert total == len(manifest)
 
 
-def test_text_only_needs_no_clips(client, tmp_path):
+def test_text_only_needs_no_clips_and_runs_on_a_given_scheduler(client, tmp_path, capsys):
     root = make_meld_tree(tmp_path / "corpus", n_dialogues=2, utterances_per_dialogue=2, clips=False)
     opts = ExtractOptions("meld", root, cache=tmp_path / "cache", modalities=("text",),
-                          text_model=DEFAULT_TEXT_MODEL, splits=("dev", "test"))
-    res = run_extract(opts, client=client)
+                          text_model=DEFAULT_TEXT_MODEL, splits=("dev", "test"),
+                          scheduler=client.scheduler.address)
+    res = run_extract(opts)
+    assert f"connected to {client.scheduler.address}; dashboard:" in capsys.readouterr().err
+    assert len(res.workers) >= 1 and set(res.workers) <= {str(p) for p in client.run(os.getpid).values()}
     assert res.media is None and not list((tmp_path / "cache" / "meld").glob("media-*"))
     assert validate_features(res.features) == []
     a = read_split(res.features, "dev")
@@ -252,3 +255,18 @@ def test_encoders_folder_without_checkpoints_stops_before_decoding(meld_tree, tm
     with pytest.raises(ExtractError, match="--encoders random"):
         run_extract(opts)
     assert not list((tmp_path / "cache" / "meld").glob("media-*"))
+
+
+@pytest.mark.gpu
+def test_cuda_run_matches_cpu(tmp_path):
+    root = make_meld_tree(tmp_path / "corpus", n_dialogues=2, utterances_per_dialogue=2, splits=("dev",),
+                          traps=False, size=SIZE)
+    cpu = run_extract(_opts(root, tmp_path / "cpu", splits=("dev",), workers=1))
+    gpu = run_extract(_opts(root, tmp_path / "gpu", splits=("dev",), device="cuda"))
+    assert validate_features(gpu.features) == [] and len(gpu.workers) == 1
+    a, b = read_split(cpu.features, "dev"), read_split(gpu.features, "dev")
+    np.testing.assert_array_equal(a.has_face, b.has_face)
+    for k in ("text_emb", "audio_emb"):
+        np.testing.assert_allclose(getattr(a, k), getattr(b, k), atol=2e-2, err_msg=k)
+    # scene half: same frames, other kernels; the face half may differ where MTCNN boxes move a pixel
+    np.testing.assert_allclose(a.visual_emb[:, 300:], b.visual_emb[:, 300:], atol=2e-2)

@@ -11,11 +11,12 @@ import torch
 
 from pipeline.cache import RowReader, ShardedWriter
 from pipeline.embed import encode_images, encode_waveforms, feature_rows
-from pipeline.encoders.model import build_encoder
+from pipeline.encoders.model import build_encoder, load_encoder_set, save_encoder
 from pipeline.manifest import Utterance
 from pipeline.run import (
     ExtractError,
     ExtractOptions,
+    encoder_identity,
     feature_config,
     manifest_hash,
     order_by_split,
@@ -146,3 +147,12 @@ def test_problems_file_is_rebuilt_from_media_without_duplicates(tmp_path):
     live.write_text('{"utt_id": "x", "problems": ["missing clip"]}\n' * 2)  # appended twice by a killed run
     write_problems(path, live)
     assert live.read_text().count("\n") == 1
+
+
+def test_encoder_identity_matches_the_loaded_set_without_building_it(tmp_path):
+    assert encoder_identity("random") == load_encoder_set("random").identity
+    for i, m in enumerate(("audio", "face", "scene")):
+        save_encoder(build_encoder(m, seed=10 + i), tmp_path / f"{m}.pt")
+    ident = encoder_identity(str(tmp_path))
+    assert ident == load_encoder_set(tmp_path).identity and ident != encoder_identity("random")
+    assert encoder_identity(None) is None
