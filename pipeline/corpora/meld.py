@@ -196,7 +196,7 @@ def read_meld_csv(path: str | Path) -> list[MeldRow]:
 def _parse_row(path: Path, line: int, r: dict, n_columns: int) -> MeldRow:
     where = f"{path}:{line}"
     if None in r or any(v is None for v in r.values()):
-        n = sum(v is not None for v in r.values()) + len(r.get(None) or [])
+        n = sum(v is not None for k, v in r.items() if k is not None) + len(r.get(None) or [])
         raise CorpusError(
             f"{where}: {n} fields, expected {n_columns}. Quote fields that contain commas "
             "and double any quote inside them."

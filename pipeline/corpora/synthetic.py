@@ -1,7 +1,8 @@
 """Synthetic media and miniature corpora in the real MELD and IEMOCAP formats, for tests and demos.
 
-Everything here is deterministic: the same arguments give byte-identical files (x264 runs with one
-thread, noise comes from a seeded generator, the mp4 muxer writes no wall-clock time). Media are
+Everything here is deterministic: the same arguments give byte-identical files, also across
+processes (x264 runs single-threaded without its SIMD code, RGB->YUV is done in numpy, noise comes
+from a seeded generator, the mp4 muxer writes no wall-clock time). Media are
 encoded with PyAV, whose wheel bundles FFmpeg with libx264, aac and mpeg4 encoders.
 
 The face is the public-domain astronaut portrait from :func:`skimage.data.astronaut` (NASA, Eileen
@@ -253,6 +254,29 @@ def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.concatenate(planes, axis=0)), 0, 255).astype(np.uint8)
 
 
+def yuv420p_frame(yuv: np.ndarray, width: int, height: int):
+    """An ``av.VideoFrame`` from planar yuv420p bytes, with the rows' padding bytes zeroed.
+
+    ``VideoFrame.from_ndarray`` leaves the bytes between a plane's width and its ``line_size``
+    uninitialised; zeroing them keeps every byte the encoder may touch defined.
+    """
+    import av
+
+    frame = av.VideoFrame(width, height, "yuv420p")
+    y_size, c_size = width * height, (width // 2) * (height // 2)
+    flat = yuv.reshape(-1)
+    sources = (
+        flat[:y_size].reshape(height, width),
+        flat[y_size : y_size + c_size].reshape(height // 2, width // 2),
+        flat[y_size + c_size :].reshape(height // 2, width // 2),
+    )
+    for plane, src in zip(frame.planes, sources, strict=True):
+        padded = np.zeros((plane.buffer_size // plane.line_size, plane.line_size), np.uint8)
+        padded[: src.shape[0], : src.shape[1]] = src
+        plane.update(padded)
+    return frame
+
+
 def encode_media(
     path: str | Path,
     *,
@@ -279,7 +303,7 @@ def encode_media(
     fps : float
         Frame rate (23.976 is stored as 24000/1001).
     size : (int, int)
-        ``(width, height)``; must be even for yuv420p.
+        ``(width, height)``; width even, height a multiple of 4 (yuv420p), else ValueError.
     audio : ndarray or None
         (channels, samples) float32 in [-1, 1]; channels 1, 2 or 6 (5.1).
     sample_rate : int
@@ -287,6 +311,8 @@ def encode_media(
     """
     import av
 
+    if frames is not None and _frame_size(size) != tuple(size):
+        raise ValueError(f"frame size {size}: width must be even and height a multiple of 4 (yuv420p)")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     avi = path.suffix.lower() == ".avi"
@@ -301,7 +327,9 @@ def encode_media(
             if avi:
                 vstream.bit_rate = 400_000
             else:
-                vstream.options = {"crf": "30", "preset": "veryfast", "threads": "1"}
+                # asm=0: with x264's SIMD code the bytes varied between processes (measured: ~10 of
+                # 25 sample clips differed over 5 builds); the C code gives identical bytes every time.
+                vstream.options = {"crf": "30", "preset": "veryfast", "threads": "1", "x264-params": "asm=0"}
         if audio is not None:
             layout = _LAYOUTS[audio.shape[0]]
             astream = container.add_stream("pcm_s16le" if avi else "aac", rate=sample_rate, layout=layout)
@@ -309,7 +337,7 @@ def encode_media(
                 astream.bit_rate = 64_000
         if vstream is not None:
             for i in range(n_frames):
-                vf = av.VideoFrame.from_ndarray(rgb_to_yuv420p(frames(i)), format="yuv420p")
+                vf = yuv420p_frame(rgb_to_yuv420p(frames(i)), *size)
                 vf.pts = i
                 container.mux(vstream.encode(vf))
             container.mux(vstream.encode())
