@@ -201,6 +201,11 @@ def test_bad_csv_files(tmp_path):
     path.write_bytes(b"\r\n".join(lines))
     with pytest.raises(CorpusError, match=r":3: 12 fields, expected 11"):
         read_meld_csv(path)
+    lines = data.split(b"\r\n")
+    lines[3] = lines[3][: lines[3].rfind(b',"')]  # EndTime dropped: 10 fields
+    path.write_bytes(b"\r\n".join(lines))
+    with pytest.raises(CorpusError, match=r":4: 10 fields, expected 11"):
+        read_meld_csv(path)
     path.write_bytes(data.replace("\u2019".encode(), b"\x92"))  # cp1252 bytes: not UTF-8
     with pytest.raises(CorpusError, match=r"dev_sent_emo\.csv:2: not UTF-8"):
         read_meld_csv(path)

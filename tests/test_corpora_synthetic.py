@@ -175,3 +175,60 @@ def test_iemocap_tree_files(tmp_path):
     with wave.open(str(wav)) as w:
         assert w.getframerate() == 16000 and w.getnchannels() == 1
     assert _streams(s1 / "dialog" / "avi" / "DivX" / "Ses01M_impro01.avi")["video"] == "mpeg4"
+
+
+def _pitch(samples: np.ndarray, rate: int) -> float:
+    n = len(samples) - len(samples) % rate or len(samples)
+    spectrum = np.abs(np.fft.rfft(samples[:n]))
+    return float(np.argmax(spectrum)) * rate / n
+
+
+def test_tone_for_label_makes_pitch_follow_the_label(tmp_path):
+    from pipeline.corpora.meld import prepare_meld
+
+    root = syn.make_meld_tree(
+        tmp_path / "m",
+        n_dialogues=1,
+        utterances_per_dialogue=7,
+        splits=("dev",),
+        traps=False,
+        tone_for_label=True,
+        duration=1.0,
+        size=(64, 48),
+    )
+    utts = prepare_meld(root)
+    assert {u.label for u in utts} == set(syn.MELD_EMOTIONS)
+    for u in utts:
+        with av.open(u.clip) as c:
+            audio = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1).mean(axis=0)
+        assert abs(_pitch(audio, 48000) - syn.LABEL_TONE_HZ[u.label]) <= 2, u.id
+    top = syn.make_iemocap_tree(
+        tmp_path / "i",
+        sessions=(1,),
+        dialogs_per_session=1,
+        utterances_per_dialog=3,
+        video=False,
+        tone_for_label=True,
+    )
+    for wav_path in sorted((top / "Session1" / "sentences" / "wav" / "Ses01F_impro01").glob("S*.wav")):
+        with wave.open(str(wav_path)) as w:
+            pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32)
+        code = next(
+            t["label"]
+            for t in syn.iemocap_dialog_turns("Ses01F_impro01", 3, seed=0, offset=0)
+            if t["utt_id"] == wav_path.stem
+        )
+        assert abs(_pitch(pcm, 16000) - syn.LABEL_TONE_HZ[code]) <= 2, wav_path.name
+
+
+def test_meld_tree_can_be_large_enough_for_a_benchmark(tmp_path):
+    root = syn.make_meld_tree(
+        tmp_path,
+        n_dialogues=5,
+        utterances_per_dialogue=10,
+        splits=("train",),
+        traps=False,
+        duration=0.2,
+        size=(32, 24),
+    )
+    assert len(list((root / "MELD.Raw" / "train_splits").glob("*.mp4"))) == 50

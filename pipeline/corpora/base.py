@@ -43,6 +43,8 @@ class PrepareReport:
         What was used, e.g. ``{"train csv": ".../train_sent_emo.csv"}``.
     notes : list of str
         Decisions worth printing (dev dialogs drawn, twins preferred, skipped rows...).
+    unlabelled_lines : dict
+        IEMOCAP: dialog -> number of transcription lines that have no label (skipped).
     """
 
     corpus: str
@@ -52,6 +54,7 @@ class PrepareReport:
     ignored: dict[str, list[str]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    unlabelled_lines: dict[str, int] = field(default_factory=dict)
 
 
 def is_junk(name: str) -> bool:

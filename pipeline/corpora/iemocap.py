@@ -251,7 +251,7 @@ def read_dialog(
             f"{', '.join(sorted(labels))}"
         )
     if unlabelled:
-        report.notes.append(f"{dialog}: {unlabelled} transcription line(s) without a label skipped")
+        report.unlabelled_lines[dialog] = unlabelled
     if wav_dir.is_dir():
         known = {u.utterance_id for u in out}
         extra = sorted(
@@ -307,5 +307,10 @@ def prepare_iemocap(
         for dialog in dialogs[s]:
             split = "test" if s == TEST_SESSION else ("dev" if dialog in dev else "train")
             out += read_dialog(session_dir, dialog, s, split, report)
+    if report.unlabelled_lines:
+        report.notes.append(
+            f"{sum(report.unlabelled_lines.values())} transcription line(s) without a label skipped "
+            f"(_XX ids, unlabelled turns) in {len(report.unlabelled_lines)} dialog(s)"
+        )
     order = {s: i for i, s in enumerate(SPLITS)}
     return sorted(out, key=lambda u: order[u.split])  # stable: keeps session/dialog/position order
