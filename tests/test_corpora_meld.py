@@ -135,6 +135,7 @@ def test_csvs_alone_and_other_layouts(tmp_path):
         utts = prepare_meld(root, report=report)
         assert {u.split for u in utts} == {"dev"}
         assert Counter(report.clip_status.values())[FOUND] == 6, layout
+        assert any(n.startswith("test: no test_sent_emo.csv") for n in report.notes)
 
 
 def test_prepare_corpus_and_summary(meld_tree):

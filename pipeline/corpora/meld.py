@@ -325,6 +325,9 @@ def prepare_meld(
     report = report if report is not None else PrepareReport(corpus=corpus)
     report.root = Path(root)
     out: list[Utterance] = []
+    for split in SPLITS:
+        if split not in layout.csvs:
+            report.notes.append(f"{split}: no {CSV_NAMES[split]} under {root}; split skipped")
     for split, csv_path in layout.csvs.items():
         rows = read_meld_csv(csv_path)
         clip_dir = layout.clip_dirs.get(split)
