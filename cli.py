@@ -109,14 +109,20 @@ def _run_extract_command(**kw) -> None:
 @click.option("--classes", default=None,
               help="Comma list of labels to train on (e.g. IEMOCAP's six). Default: every non-empty label.")
 @click.option("--overwrite", is_flag=True, help="Retrain even if a checkpoint exists.")
+@click.option("--threads", type=int, default=None,
+              help="torch CPU threads (1 is much faster on a busy, shared CPU). Default: torch's choice.")
 def train_encoders_command(dataset: str, modality: str, media: Path | None, out: Path | None,
                            root: Path | None, cache: Path, epochs: int | None, device: str,
                            batch_size: int | None, steps_per_epoch: int | None, seed: int,
-                           classes: str | None, overwrite: bool) -> None:
+                           classes: str | None, overwrite: bool, threads: int | None) -> None:
     """Triplet-train the audio/face/scene extractors on a media cache; print the checkpoint paths."""
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     if modality == "text":
         _train_text_encoder(dataset, root, out or cache / dataset / "encoders" / "text", device, epochs)
         return

@@ -143,7 +143,7 @@ def test_cli_trains_prints_paths_and_skips_finished(small_media, tmp_path):
     runner = CliRunner()
     args = ["train-encoders", "--dataset", "custom", "--modality", "scene", "--media", str(media),
             "--out", str(tmp_path), "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "6",
-            "--classes", "joy,anger"]
+            "--classes", "joy,anger", "--threads", "1"]
     res = runner.invoke(main, args)
     assert res.exit_code == 0, res.output
     ckpt = tmp_path / "scene.pt"
