@@ -226,15 +226,22 @@ class EncoderSet:
         return self
 
 
-def load_encoder_set(spec: str | Path, device: str | torch.device = "cpu", seed: int = 0) -> EncoderSet:
+def load_encoder_set(spec: str | Path, device: str | torch.device = "cpu", seed: int = 0,
+                     image_sizes: dict[str, int] | None = None) -> EncoderSet:
     """Load ``audio.pt``, ``face.pt``, ``scene.pt`` from folder ``spec``, or random weights for ``"random"``.
 
     ``"random"`` draws each encoder from a fixed seed (``seed``, ``seed + 1``, ``seed + 2``), so two
     runs agree. A folder missing a checkpoint raises FileNotFoundError saying what to run.
+    ``image_sizes`` (e.g. ``{"face": 80, "scene": 64}``, the media cache's crop sizes) sets the contract of
+    random encoders and is checked against the contract of loaded ones.
     """
+    image_sizes = dict(image_sizes or {})
     if str(spec) == "random":
-        encs = {m: build_encoder(m, seed=seed + i) for i, m in enumerate(MODALITIES)}
-        return EncoderSet(**encs, identity=f"random-seed{seed}", random=True).to(device)
+        encs = {m: build_encoder(m, seed=seed + i, **({"image_size": image_sizes[m]}
+                                                      if m in image_sizes else {}))
+                for i, m in enumerate(MODALITIES)}
+        ident = f"random-seed{seed}" + "".join(f"-{m}{image_sizes[m]}" for m in sorted(image_sizes))
+        return EncoderSet(**encs, identity=ident, random=True).to(device)
     folder = Path(spec)
     missing = [m for m in MODALITIES if not (folder / f"{m}.pt").exists()]
     if missing:
@@ -242,5 +249,9 @@ def load_encoder_set(spec: str | Path, device: str | torch.device = "cpu", seed:
             f"{folder} lacks encoder checkpoints {[m + '.pt' for m in missing]}; train them with "
             f"`m2f train-encoders --modality all ...` or pass `--encoders random` for random weights")
     encs = {m: load_encoder(folder / f"{m}.pt", device) for m in MODALITIES}
+    for m, size in image_sizes.items():
+        if encs[m].contract.image_size != size:
+            raise ValueError(f"{folder / (m + '.pt')} expects {encs[m].contract.image_size} px images but "
+                             f"the media cache stores {size} px; retrain the encoders on this media cache")
     ident = hashlib.sha256("".join(file_identity(folder / f"{m}.pt") for m in MODALITIES).encode())
     return EncoderSet(**encs, identity=ident.hexdigest()[:16])
