@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline.manifest import Utterance, group_dialogues
 
@@ -80,6 +81,18 @@ class FrontTimer:
             h.remove()
 
 
+def fit_to_contract(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize uint8 ``(B, 3, H, W)`` to the encoder's ``size`` x ``size`` when the stored size differs.
+
+    The same resize the encoder training applies to stored crops (bilinear, antialiased, rounded back
+    to uint8), so extraction feeds the encoder what it was trained on.
+    """
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False).round().clamp(0, 255).to(torch.uint8)
+
+
 @torch.inference_mode()
 def encode_images(encoder: torch.nn.Module, images: np.ndarray, batch_size: int,
                   device: str = "cpu") -> np.ndarray:
@@ -90,7 +103,7 @@ def encode_images(encoder: torch.nn.Module, images: np.ndarray, batch_size: int,
     out = []
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(device)
-        out.append(encoder(x).float().cpu().numpy())
+        out.append(encoder(fit_to_contract(x, encoder.contract.image_size)).float().cpu().numpy())
     return np.concatenate(out).astype(np.float32, copy=False)
 
 

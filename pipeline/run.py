@@ -570,6 +570,10 @@ def stage_encoders(opts: ExtractOptions, media_path: Path | None, media_key: str
     if not missing:
         log(f"encoders: using cached {folder}")
         return str(folder.resolve())
+    if "train" not in opts.splits:
+        raise ExtractError(f"no trained encoders in {folder}, and they are trained on the train split, which "
+                           f"--splits {','.join(opts.splits)} leaves out; add train to --splits, or pass "
+                           "`--encoders DIR` or `--encoders random`")
     try:
         from pipeline.encoders.train import train_encoders
     except ImportError as e:

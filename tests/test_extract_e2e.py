@@ -24,12 +24,13 @@ from pipeline.corpora.synthetic import (
     write_clip,
     write_truncated,
 )
+from pipeline.encoders.model import build_encoder, save_encoder
 from pipeline.extractors.text import DEFAULT_TEXT_MODEL
 from pipeline.manifest import read_jsonl
-from pipeline.run import ExtractError, ExtractOptions, run_extract
+from pipeline.run import ExtractError, ExtractOptions, encoder_identity, run_extract
 
 N_FRAMES = 6  # fewer frames than the paper's 15 keep MTCNN and the encoders quick on 2 shared cores
-SIZE = (128, 96)
+SIZE = (160, 120)  # the face is then above MTCNN's min_face_size
 
 # split, clip name -> (fault, how to write it)
 FAULTS = {
@@ -153,7 +154,8 @@ def test_meld_faults_are_flagged_in_features_and_problems(meld_run):
     # corpus traps: missing clip (train dia2_utt2), zero-byte clip (train dia0_utt1), 5.1 audio (dev)
     assert flags("meld/train/dia2_utt2") == (False, False, False) and "meld/train/dia2_utt2" in logged
     assert flags("meld/train/dia0_utt1") == (False, False, False) and "meld/train/dia0_utt1" in logged
-    assert flags("meld/dev/dia0_utt0") == (True, True, True)
+    assert flags("meld/dev/dia0_utt0")[:2] == (True, True)        # 5.1 audio: centre channel
+    assert sum(f["has_face"] for f in feats.values()) >= 10          # the face path ran on most clips
     assert flags("meld/dev/dia1_utt0")[:2] == (False, True)        # no audio stream
     assert flags("meld/dev/dia1_utt1")[:2] == (True, False)        # no video stream
     assert flags("meld/dev/dia1_utt2")[:2] == (False, True)        # silent audio
@@ -183,6 +185,23 @@ def test_rerun_is_a_noop(meld_run, client):
     assert again.features == res.features and again.workers == {}  # no task ran
     assert (res.features.stat().st_mtime_ns, res.media.stat().st_mtime_ns) == stamp
     assert all(s.done == 0 and s.skipped == s.total for s in again.summary.values())
+
+
+def test_default_encoders_are_the_ones_cached_for_this_media(meld_run, client):
+    opts, ref = meld_run
+    folder = opts.cache / "meld" / "encoders" / ref.media.parent.name.removeprefix("media-")
+    for i, m in enumerate(("audio", "face", "scene")):
+        save_encoder(build_encoder(m, seed=100 + i), folder / f"{m}.pt")
+    res = run_extract(_opts(opts.root, opts.cache, encoders=None), client=client)
+    assert res.encoders == str(folder.resolve()) and res.media == ref.media
+    assert res.features != ref.features  # other weights, other cache key
+    cfg = json.loads(h5py.File(res.features, "r").attrs["config"])
+    assert cfg["encoders"] == encoder_identity(str(folder))
+    a, b = read_split(ref.features, "test"), read_split(res.features, "test")
+    np.testing.assert_array_equal(a.text_emb, b.text_emb)
+    assert not np.allclose(a.audio_emb[a.has_audio], b.audio_emb[b.has_audio])
+    with pytest.raises(ExtractError, match="train split"):
+        run_extract(_opts(opts.root, opts.cache, encoders=None, splits=("dev",)))
 
 
 @pytest.mark.slow

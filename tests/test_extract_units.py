@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.cache import RowReader, ShardedWriter
-from pipeline.embed import encode_images, encode_waveforms, feature_rows
+from pipeline.embed import encode_images, encode_waveforms, feature_rows, fit_to_contract
 from pipeline.encoders.model import build_encoder, load_encoder_set, save_encoder
 from pipeline.manifest import Utterance
 from pipeline.run import (
@@ -124,6 +124,11 @@ def test_image_batches_and_feature_rows():
     imgs = np.random.default_rng(2).integers(0, 255, (5, 3, 112, 112), dtype=np.uint8)
     a = encode_images(enc, imgs, batch_size=2)
     assert a.shape == (5, 300) and encode_images(enc, imgs[:0], 4).shape == (0, 300)
+    small = fit_to_contract(torch.from_numpy(imgs), 80)  # stored at 80 px, encoder wants 112
+    assert small.shape == (5, 3, 80, 80) and small.dtype == torch.uint8
+    up = encode_images(enc, small.numpy(), batch_size=5)
+    expect = enc(fit_to_contract(small, 112)).detach().numpy()
+    np.testing.assert_allclose(up, expect, atol=1e-5)
     utts = _utts("dev", [2])
     rows = feature_rows(utts, None, (a[:2], np.array([True, False])), None)
     assert rows["text_emb"].shape == (2, 0) and not rows["has_text"].any()
