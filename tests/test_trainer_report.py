@@ -111,6 +111,10 @@ def test_a_run_still_training_is_reported_as_such(meld_like, tmp_path):
     assert "STILL TRAINING" in md and "epoch 1/50" in md and "25.00" in md
     assert json.loads((run / "report.json").read_text())["test"] is None
 
+    shutil.rmtree(seed)  # the command has started but no seed has reported yet
+    report([run])
+    assert "1 more seed(s) planned, not started yet" in (run / "report.md").read_text()
+
 
 def test_paper_reference():
     assert paper_reference("meld", "meld", "tav", "attention")["weighted_f1"] == 66.71

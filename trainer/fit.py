@@ -290,9 +290,11 @@ def train_epoch(
     total = torch.zeros((), device=device)
     count = torch.zeros((), device=device)
     lengths = split.lengths if bucket else None
-    for index in batch_order(split.n_dialogs, batch_size, generator, lengths, bucket)[:max_batches]:
+    batches = batch_order(split.n_dialogs, batch_size, generator, lengths, bucket)[:max_batches]
+    on_device = torch.cat(batches).to(device).split([len(b) for b in batches])  # one transfer per epoch
+    for index, index_dev in zip(batches, on_device, strict=True):
         length = None if fixed_length else int(split.lengths[index.numpy()].max())
-        batch = split.batch(index.to(device, non_blocking=True), length)
+        batch = split.batch(index_dev, length)
         with autocast_for(device):
             logits = model(batch["features"], batch["present"], batch["mask"])
         labels = batch["labels"]

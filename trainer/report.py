@@ -140,6 +140,8 @@ def seed_dirs(run_dir: str | Path) -> list[Path]:
         return found
     if (run_dir / "status.json").exists():
         return [run_dir]
+    if (run_dir / "config.json").exists():  # started; no seed has written its status yet
+        return []
     raise FileNotFoundError(
         f"{run_dir}: not a run folder (no status.json in it or in seed*/); "
         "pass the --out folder of `m2f train-dialog`"
@@ -176,7 +178,7 @@ def summarize_run(run_dir: str | Path) -> dict:
     """Everything ``report.json`` holds for one run folder (reads its files; writes nothing)."""
     run_dir = Path(run_dir)
     seeds = [summarize_seed(d) for d in seed_dirs(run_dir)]
-    config = _read_json(Path(seeds[0]["dir"]) / "config.json")
+    config = _read_json(Path(seeds[0]["dir"]) / "config.json" if seeds else run_dir / "config.json")
     names = config["class_names"]
     done = [s for s in seeds if s["state"] == "done"]
     state = "done" if len(done) == len(seeds) and len(seeds) >= config.get("seeds", 1) else "training"
@@ -377,7 +379,8 @@ def plot_curves(per_seed_metrics: dict[str, list[dict]], path: Path) -> None:
     ax_f1.set(xlabel="epoch", ylabel="dev weighted F1 (%)", title="dev weighted F1 (dot = selected epoch)")
     for ax in (ax_loss, ax_f1):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
