@@ -132,3 +132,23 @@ def test_subset_is_stratified_and_capped():
     idx = subset(labels, 10, seed=0)
     assert np.bincount(labels[idx]).tolist() == [8, 2]
     assert len(subset(labels, None, 0)) == 100
+
+
+@pytest.mark.parametrize("modality", ["audio", "face"])
+def test_train_batches_are_identical_with_worker_processes(media, modality):
+    from pipeline.encoders.data import TrainBatches
+
+    s = MediaSamples(media, "train", modality)
+    batches = balanced_batches(s.labels, 6, 3, np.random.default_rng(0))
+    contract = InputContract(modality, image_size=20)
+    source = TrainBatches(s, batches, contract, seed=1, epoch=2, clip_seconds=0.25,
+                          audio_augment=AudioAugment())
+    serial = list(torch.utils.data.DataLoader(source, batch_size=None, num_workers=0))
+    parallel = list(torch.utils.data.DataLoader(source, batch_size=None, num_workers=2))
+    assert len(serial) == len(parallel) == 3
+    for (xa, ya), (xb, yb), idx in zip(serial, parallel, batches, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert ya.tolist() == s.labels[idx].tolist()
+    other_epoch = TrainBatches(s, batches, contract, seed=1, epoch=3, clip_seconds=0.25,
+                               audio_augment=AudioAugment())
+    assert not torch.equal(other_epoch[0][0], serial[0][0])          # each epoch draws anew

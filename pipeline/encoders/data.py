@@ -59,6 +59,7 @@ class MediaSamples:
         if modality not in FLAG_OF:
             raise ValueError(f"unknown modality {modality!r}; expected one of {tuple(FLAG_OF)}")
         self.path = Path(path)
+        self.split = split
         self.modality = modality
         self.reader = RowReader(self.path, split)
         raw = np.asarray(self.reader.column("label"), dtype=object).astype(str)
@@ -178,3 +179,54 @@ def balanced_batches(labels: np.ndarray, batch_size: int, n_batches: int,
         batches.append(np.concatenate([rng.choice(by_class[c], size=min(k, len(by_class[c])), replace=False)
                                        for c in chosen]))
     return batches
+
+
+class TrainBatches(torch.utils.data.Dataset):
+    """The augmented training batches of one epoch, loadable in DataLoader worker processes.
+
+    Batch ``b`` draws its random choices from ``(seed, epoch, b)`` only, so the batches are the same
+    whatever the number of workers, and a resumed epoch repeats an uninterrupted one. Each worker
+    opens its own reader of the media file (h5py handles are not shared across processes).
+
+    Parameters
+    ----------
+    samples : MediaSamples
+        The train samples (only their path, split, modality, classes and labels are used).
+    batches : list of np.ndarray
+        Sample indices of each batch (from :func:`balanced_batches`).
+    contract : InputContract
+        The encoder's input contract.
+    seed, epoch : int
+        Identify the random stream.
+    clip_seconds : float
+        Audio window.
+    audio_augment : AudioAugment or None
+        Waveform augmentation.
+    """
+
+    def __init__(self, samples: MediaSamples, batches: list[np.ndarray], contract: InputContract, seed: int,
+                 epoch: int, clip_seconds: float, audio_augment: AudioAugment | None):
+        self.where = (samples.path, samples.split, samples.modality, samples.classes)
+        self.labels = samples.labels
+        self.batches = batches
+        self.contract = contract
+        self.seed, self.epoch = seed, epoch
+        self.clip_seconds, self.audio_augment = clip_seconds, audio_augment
+        self._samples: MediaSamples | None = None
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._samples is None:
+            self._samples = MediaSamples(*self.where)
+        idx = self.batches[b]
+        rng = np.random.default_rng([self.seed, self.epoch, b])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(0, 2**62)))  # torchvision's random image transforms
+            x = load_batch(self._samples, idx, self.contract, train=True, rng=rng,
+                           clip_seconds=self.clip_seconds, audio_augment=self.audio_augment)
+        return x, torch.from_numpy(self.labels[idx])
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_samples": None}   # workers open their own reader

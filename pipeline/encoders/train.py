@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 from pipeline.encoders.augment import AudioAugment
-from pipeline.encoders.data import MediaSamples, balanced_batches, load_batch
+from pipeline.encoders.data import MediaSamples, TrainBatches, balanced_batches
 from pipeline.encoders.losses import LossConfig, extractor_loss, mine_semihard
 from pipeline.encoders.model import MODALITIES, Encoder, build_encoder, save_encoder
 from pipeline.encoders.probe import embed_samples, probe_weighted_f1, subset
@@ -77,6 +78,9 @@ class TrainConfig:
         Stratified caps on the samples embedded for the probe (None = all).
     amp : bool
         bf16 autocast (CUDA only).
+    num_workers : int or None
+        DataLoader worker processes that read and augment batches; None = 0 on CPU (the cores are
+        busy training), ``min(8, cpus - 1)`` on CUDA. Does not change the numbers.
     classes : tuple of str or None
         Labels to train on; None = every non-empty train label.
     contract_overrides : dict
@@ -99,6 +103,7 @@ class TrainConfig:
     probe_max_train: int | None = 2000
     probe_max_dev: int | None = 2000
     amp: bool = False
+    num_workers: int | None = None
     classes: tuple[str, ...] | None = None
     contract_overrides: dict = field(default_factory=dict)
     loss: LossConfig = LossConfig()
@@ -302,35 +307,49 @@ def train_epoch(encoder: Encoder, opt: torch.optim.Optimizer, train: MediaSample
         ``triplets_per_step``.
     """
     rng = np.random.default_rng([cfg.seed, epoch])
+    batches = balanced_batches(train.labels, cfg.batch_size, steps, rng)
+    source = TrainBatches(train, batches, encoder.contract, cfg.seed, epoch, cfg.clip_seconds,
+                          cfg.audio_augment)
+    workers = resolve_workers(cfg.num_workers, device)
+    loader = torch.utils.data.DataLoader(source, batch_size=None, shuffle=False, num_workers=workers,
+                                         worker_init_fn=_single_thread if workers else None,
+                                         pin_memory=torch.device(device).type == "cuda")
     encoder.train()
     sums = {"loss": 0.0, "triplet": 0.0, "var": 0.0, "cov": 0.0}
     n_steps, n_triplets = 0, 0
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed * 100_003 + epoch)  # torchvision's random image transforms
-        for idx in balanced_batches(train.labels, cfg.batch_size, steps, rng):
-            x = load_batch(train, idx, encoder.contract, train=True, rng=rng, clip_seconds=cfg.clip_seconds,
-                           audio_augment=cfg.audio_augment).to(device)
-            y = torch.from_numpy(train.labels[idx]).to(device)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp):
-                z = encoder(x)
-            a, p, n = mine_semihard(z, y)
-            if len(a) == 0:
-                continue
-            parts = extractor_loss(z[a], z[p], z[n], cfg.loss)
-            opt.zero_grad(set_to_none=True)
-            parts.total.backward()
-            opt.step()
-            vals = parts.as_floats()
-            sums["loss"] += vals["total"]
-            for k in ("triplet", "var", "cov"):
-                sums[k] += vals[k]
-            n_steps += 1
-            n_triplets += len(a)
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp):
+            z = encoder(x)
+        a, p, n = mine_semihard(z, y)
+        if len(a) == 0:
+            continue
+        parts = extractor_loss(z[a], z[p], z[n], cfg.loss)
+        opt.zero_grad(set_to_none=True)
+        parts.total.backward()
+        opt.step()
+        vals = parts.as_floats()
+        sums["loss"] += vals["total"]
+        for k in ("triplet", "var", "cov"):
+            sums[k] += vals[k]
+        n_steps += 1
+        n_triplets += len(a)
     encoder.eval()
     out = {k: v / max(n_steps, 1) for k, v in sums.items()}
     out["steps"] = n_steps
     out["triplets_per_step"] = n_triplets / max(n_steps, 1)
     return out
+
+
+def resolve_workers(num_workers: int | None, device: str) -> int:
+    """DataLoader workers: as given, else 0 on CPU and ``min(8, cpus - 1)`` on CUDA."""
+    if num_workers is not None:
+        return num_workers
+    return min(8, max((os.cpu_count() or 1) - 1, 0)) if torch.device(device).type == "cuda" else 0
+
+
+def _single_thread(_worker_id: int) -> None:
+    torch.set_num_threads(1)
 
 
 def _probe_sets(train: MediaSamples, dev: MediaSamples | None, cfg: TrainConfig):
@@ -359,6 +378,7 @@ def _cpu_state(encoder: Encoder) -> dict:
 def _resume_key(cfg: TrainConfig) -> dict:
     d = cfg.to_dict()
     d.pop("epochs")  # more epochs may be asked for on a rerun
+    d.pop("num_workers")  # batches are the same whatever the number of workers
     return d
 
 
