@@ -560,15 +560,17 @@ def train_dialog(config: TrainConfig) -> list[Path]:
     resolved = resolve_config(config)
     if config.threads:
         torch.set_num_threads(config.threads)
+    splits = load_splits(resolved)
+    for name in ("train", "dev"):
+        if splits[name].n_scored == 0:
+            raise ValueError(
+                f"{config.features}: no {name} utterance has a label of the class map "
+                f"{list(resolved.class_names)}; pick another --class-map"
+            )
     out = Path(config.out)
+    _check_resumable(out, resolved.to_dict())
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", resolved.to_dict())
-    splits = load_splits(resolved)
-    if splits["train"].n_scored == 0:
-        raise ValueError(
-            f"{config.features}: no train utterance has a label of the class map "
-            f"{list(resolved.class_names)}; pick another --class-map"
-        )
     dirs = []
     for k in range(config.seeds):
         seed = config.first_seed + k
