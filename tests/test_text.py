@@ -193,3 +193,34 @@ def test_shipped_minilm_default():
     assert all(x.shape == (384,) for x in v)
     # a trained sentence model: the two "love" sentences are closer than love vs the meeting
     assert float(v[0] @ v[1]) > float(v[0] @ v[2]) + 0.2
+
+
+def test_context_none_and_one_pass_for_several_poolings(tiny_roberta):
+    tok, _ = load_text_model(str(tiny_roberta))
+    alone = build_contexts([DIALOGUE], tok, 128, context="none")
+    assert tok.decode(alone[DIALOGUE.utterances[2].id]) == "<s>Monica: what why</s>"
+    with pytest.raises(ValueError, match="context"):
+        build_contexts([DIALOGUE], tok, 128, context="past")
+    both = TextEmbedder(str(tiny_roberta)).embed_poolings([DIALOGUE], ("cls", "mean"))
+    for pooling in ("cls", "mean"):
+        single = TextEmbedder(str(tiny_roberta), pooling=pooling).embed([DIALOGUE])
+        for k, v in single.items():
+            np.testing.assert_allclose(both[pooling][k], v, atol=1e-6)
+    no_ctx = TextEmbedder(str(tiny_roberta), context="none")
+    assert no_ctx.identity != TextEmbedder(str(tiny_roberta)).identity
+    k = DIALOGUE.utterances[2].id
+    assert not np.allclose(no_ctx.embed([DIALOGUE])[k], both["cls"][k])
+
+
+def test_max_length_follows_the_finetuned_folder(tiny_roberta, tmp_path):
+    import shutil
+
+    folder = tmp_path / "ft"
+    shutil.copytree(tiny_roberta, folder)
+    (folder / "m2f_text.json").write_text('{"config": {"max_length": 40}}')
+    assert TextEmbedder(str(folder)).max_length == 40
+    assert TextEmbedder(str(folder), max_length=64).max_length == 64
+    assert TextEmbedder(str(tiny_roberta)).max_length == 128
+    (folder / "m2f_text.json").write_text('{"config": {}}')
+    with pytest.raises(ValueError, match="m2f_text.json"):
+        TextEmbedder(str(folder))

@@ -163,3 +163,17 @@ def test_finetune_on_cuda_with_amp(tiny, tmp_path, freeze_layers):
     on_cpu = TextEmbedder(str(out), device="cpu").embed(dialogues)
     for k in on_cpu:
         np.testing.assert_allclose(on_gpu[k], on_cpu[k], atol=1e-3)
+
+
+def test_resolve_defaults_by_device_and_size(tiny):
+    from pipeline.encoders.text_finetune import FinetuneConfig, resolve_defaults
+
+    _, minilm = load_text_model(None, for_classification=7)
+    cpu = resolve_defaults(FinetuneConfig(device="cpu"), minilm)
+    assert (cpu.freeze_layers, cpu.lr) == (4, 1e-4)
+    gpu = resolve_defaults(FinetuneConfig(device="cuda"), minilm)
+    assert (gpu.freeze_layers, gpu.lr) == (0, 5e-5)
+    given = resolve_defaults(FinetuneConfig(device="cpu", freeze_layers=1, lr=3e-5), minilm)
+    assert (given.freeze_layers, given.lr) == (1, 3e-5)
+    minilm.config.hidden_size = 1024  # a RoBERTa-large-sized model gets EmoBERTa's rate
+    assert resolve_defaults(FinetuneConfig(device="cuda"), minilm).lr == 1e-5

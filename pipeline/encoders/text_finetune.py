@@ -60,8 +60,7 @@ META_FILE = "m2f_text.json"
 class FinetuneConfig:
     """Settings of one fine-tuning run (all saved in ``m2f_text.json``).
 
-    ``lr=None`` picks 1e-5 for models of hidden size >= 768 (RoBERTa-base/large, as EmoBERTa) and
-    5e-5 for smaller ones (MiniLM).
+    ``None`` fields are resolved when the model is loaded (:func:`resolve_defaults`) and saved resolved.
     """
 
     base_model: str | None = None
@@ -73,7 +72,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     freeze_embeddings: bool = True
-    freeze_layers: int = 0
+    freeze_layers: int | None = None
     cache_frozen: bool = True
     evals_per_epoch: int = 2
     checkpoint_every: int = 50
@@ -180,6 +179,25 @@ def predict(model, examples: Examples, batch_size: int, pad_id: int, device,
                 out = np.zeros((len(examples), logits.shape[1]), dtype=np.float32)
             out[batch] = logits
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def resolve_defaults(cfg: FinetuneConfig, model) -> FinetuneConfig:
+    """Fill ``freeze_layers`` and ``lr`` left as ``None`` (in place).
+
+    ``freeze_layers``: on CPU all but the top two layers (the recipe measured on MELD, see
+    ``bench/RESULTS.md``: MiniLM trains its layers 5-6, pooler and head); on CUDA none (full
+    fine-tuning, as EmoBERTa). ``lr``: 1e-5 for models of hidden size >= 768 (RoBERTa-base/large, as
+    EmoBERTa); 1e-4 for smaller ones with frozen layers, 5e-5 for smaller ones trained whole.
+    """
+    n_layers = len(base_of(model).encoder.layer)
+    if cfg.freeze_layers is None:
+        cfg.freeze_layers = max(0, n_layers - 2) if cfg.device == "cpu" else 0
+    if cfg.lr is None:
+        if model.config.hidden_size >= 768:
+            cfg.lr = 1e-5
+        else:
+            cfg.lr = 1e-4 if cfg.freeze_layers > 0 else 5e-5
+    return cfg
 
 
 def linear_warmup_decay(step: int, warmup: int, total: int) -> float:
@@ -330,7 +348,8 @@ def _log(msg: str) -> None:
 
 def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, base_model: str | None = None,
                   device: str = "cpu", label_map: Mapping[str, int] | None = None, max_length: int = 96,
-                  epochs: int = 3, batch_size: int = 32, lr: float | None = None, freeze_layers: int = 0,
+                  epochs: int = 3, batch_size: int = 32, lr: float | None = None,
+                  freeze_layers: int | None = None,
                   freeze_embeddings: bool = True, max_minutes: float | None = None, seed: int = 0,
                   evals_per_epoch: int = 2, limit_train: int | None = None,
                   eval_test: bool = True, threads: int | None = None, cache_frozen: bool = True) -> Path:
@@ -354,9 +373,10 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
         Tokens per context input (special tokens included).
     epochs, batch_size, lr : int, int, float or None
         AdamW with linear warm-up (10% of the steps) and linear decay; ``lr=None`` chooses by model
-        size (see :class:`FinetuneConfig`).
-    freeze_layers : int
-        Lowest transformer layers kept frozen (with all embeddings); 0 trains every layer.
+        size and freezing (:func:`resolve_defaults`).
+    freeze_layers : int or None
+        Lowest transformer layers kept frozen (with all embeddings); 0 trains every layer; ``None``:
+        all but the top two on CPU, none on CUDA (:func:`resolve_defaults`).
     freeze_embeddings : bool
         Keep the word-embedding matrix frozen.
     max_minutes : float or None
@@ -405,8 +425,7 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
 
     torch.manual_seed(seed)
     tokenizer, model = load_text_model(source, for_classification=n_classes)
-    if cfg.lr is None:
-        cfg.lr = 1e-5 if model.config.hidden_size >= 768 else 5e-5
+    resolve_defaults(cfg, model)
     id2label = {i: lab for lab, i in sorted(label_map.items(), key=lambda kv: kv[1])}
     model.config.id2label = id2label
     model.config.label2id = {lab: i for i, lab in id2label.items()}

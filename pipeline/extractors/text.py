@@ -41,6 +41,9 @@ from pipeline.manifest import Dialogue
 CONTEXT_FORMAT = "past|target|future1-speaker-v1"
 
 POOLINGS = ("cls", "mean")
+#: ``full``: past + target + one future utterance (M2FNET.md); ``none``: the target utterance alone
+#: (with its speaker prefix), an ablation and the usual sentence-embedding baseline.
+CONTEXTS = ("full", "none")
 
 
 def _default_text_model() -> str:
@@ -119,6 +122,17 @@ def load_text_model(model_name_or_path: str | os.PathLike | None, *, for_classif
     finally:
         hf_logging.set_verbosity(verbosity)
     return tokenizer, model
+
+
+def finetuned_max_length(folder: str | os.PathLike) -> int | None:
+    """The ``max_length`` a folder written by ``finetune_text`` was trained with (None if not one)."""
+    meta = Path(folder) / "m2f_text.json"
+    if not meta.exists():
+        return None
+    try:
+        return int(json.loads(meta.read_text(encoding="utf-8"))["config"]["max_length"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{meta} is not a valid m2f_text.json ({e}); rerun the fine-tuning") from e
 
 
 def model_identity(source: str, is_local: bool) -> str:
@@ -246,14 +260,24 @@ def build_context(dialogue: Dialogue, position: int, tokenizer, max_length: int)
                             max_length)
 
 
-def build_contexts(dialogues: Iterable[Dialogue], tokenizer, max_length: int) -> dict[str, list[int]]:
-    """:func:`build_context` for every utterance of ``dialogues``: ``utt_id -> ids``."""
+def build_contexts(dialogues: Iterable[Dialogue], tokenizer, max_length: int,
+                   context: str = "full") -> dict[str, list[int]]:
+    """:func:`build_context` for every utterance of ``dialogues``: ``utt_id -> ids``.
+
+    ``context="none"`` gives each target alone: ``prefix target suffix`` (cut to ``max_length``).
+    """
+    if context not in CONTEXTS:
+        raise ValueError(f"unknown context {context!r}; expected one of {CONTEXTS}")
     layout = special_layout(tokenizer)
     out: dict[str, list[int]] = {}
     for d in dialogues:
         toks = _tokenize_utterances(d, tokenizer)
         for i, u in enumerate(d.utterances):
-            out[u.id] = assemble_context(toks, i, layout, max_length)
+            if context == "full":
+                out[u.id] = assemble_context(toks, i, layout, max_length)
+            else:
+                room = max_length - len(layout.prefix) - len(layout.suffix)
+                out[u.id] = [*layout.prefix, *toks[i][:room], *layout.suffix]
     return out
 
 
@@ -297,12 +321,15 @@ class TextEmbedder:
         :func:`pipeline.encoders.text_finetune.finetune_text`); ``None`` is :data:`DEFAULT_TEXT_MODEL`.
     device : str
         ``cpu`` or ``cuda`` (``cuda:0``...).
-    max_length : int
+    max_length : int or None
         Maximum tokens of a context input (special tokens included); capped at the model's limit.
+        ``None``: the length the folder was fine-tuned with (its ``m2f_text.json``), else 128.
     batch_size : int
         Inputs per forward pass; batches are formed from length-sorted inputs and padded dynamically.
     pooling : {"cls", "mean"}
         ``cls`` (M2FNET.md decision: last hidden state of the first token) or masked mean.
+    context : {"full", "none"}
+        ``full`` (M2FNET.md decision) or the target utterance alone (ablation / baseline).
 
     Attributes
     ----------
@@ -313,12 +340,15 @@ class TextEmbedder:
         Embedding size (the model's hidden size).
     """
 
-    def __init__(self, model_name_or_path: str | None = None, device: str = "cpu", max_length: int = 128,
-                 batch_size: int = 32, pooling: str = "cls") -> None:
+    def __init__(self, model_name_or_path: str | None = None, device: str = "cpu",
+                 max_length: int | None = None, batch_size: int = 32, pooling: str = "cls",
+                 context: str = "full") -> None:
         import torch
 
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+        if context not in CONTEXTS:
+            raise ValueError(f"unknown context {context!r}; expected one of {CONTEXTS}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         source, is_local = resolve_model_source(model_name_or_path)
@@ -326,21 +356,30 @@ class TextEmbedder:
         self.tokenizer, model = load_text_model(source)
         self.model = model.eval().to(torch.device(device))
         self.device = device
+        if max_length is None:
+            max_length = finetuned_max_length(source) if is_local else None
+            max_length = max_length or 128
         limit = getattr(model.config, "max_position_embeddings", max_length)
         if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
             limit -= 2  # RoBERTa's position ids start after the padding index
         self.max_length = min(max_length, limit)
         self.batch_size = batch_size
         self.pooling = pooling
+        self.context = context
         self.dim = int(model.config.hidden_size)
-        self.identity = (f"{model_identity(source, is_local)}|pool={pooling}|max={self.max_length}"
-                         f"|{CONTEXT_FORMAT}")
+        ctx = CONTEXT_FORMAT if context == "full" else "target-only-speaker-v1"
+        self.identity = f"{model_identity(source, is_local)}|pool={pooling}|max={self.max_length}|{ctx}"
 
-    def embed_ids(self, contexts: Sequence[Sequence[int]]) -> np.ndarray:
-        """Embed pre-built context id lists: ``(N, dim)`` float32, in the input order."""
+    def embed_ids(self, contexts: Sequence[Sequence[int]],
+                  poolings: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Embed pre-built context id lists: ``pooling -> (N, dim)`` float32, in the input order.
+
+        One forward pass serves every pooling in ``poolings`` (default: this embedder's pooling).
+        """
         import torch
 
-        out = np.zeros((len(contexts), self.dim), dtype=np.float32)
+        poolings = tuple(poolings or (self.pooling,))
+        out = {p: np.zeros((len(contexts), self.dim), dtype=np.float32) for p in poolings}
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         with torch.inference_mode():
             for batch in length_sorted_batches([len(c) for c in contexts], self.batch_size):
@@ -348,21 +387,26 @@ class TextEmbedder:
                 ids_t = torch.from_numpy(ids).to(self.model.device)
                 mask_t = torch.from_numpy(mask).to(self.model.device)
                 hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
-                pooled = pool_hidden(hidden, mask_t, self.pooling).float().cpu().numpy()
-                out[batch] = pooled
+                for p in poolings:
+                    out[p][batch] = pool_hidden(hidden, mask_t, p).float().cpu().numpy()
         return out
 
     def embed(self, dialogues: Sequence[Dialogue]) -> dict[str, np.ndarray]:
         """Embed every utterance of ``dialogues`` with its context: ``utt_id -> (dim,) float32``."""
-        contexts = build_contexts(dialogues, self.tokenizer, self.max_length)
+        return self.embed_poolings(dialogues, (self.pooling,))[self.pooling]
+
+    def embed_poolings(self, dialogues: Sequence[Dialogue],
+                       poolings: Sequence[str] = POOLINGS) -> dict[str, dict[str, np.ndarray]]:
+        """Like :meth:`embed` for several poolings from one forward pass: ``pooling -> utt_id -> vector``."""
+        contexts = build_contexts(dialogues, self.tokenizer, self.max_length, self.context)
         keys = list(contexts)
-        vectors = self.embed_ids([contexts[k] for k in keys])
-        return {k: vectors[i] for i, k in enumerate(keys)}
+        vectors = self.embed_ids([contexts[k] for k in keys], poolings)
+        return {p: {k: v[i] for i, k in enumerate(keys)} for p, v in vectors.items()}
 
     def describe(self) -> dict:
         """JSON-able description for a run's saved config."""
         return {"source": self.source, "identity": self.identity, "dim": self.dim, "pooling": self.pooling,
-                "max_length": self.max_length, "batch_size": self.batch_size, "context": CONTEXT_FORMAT}
+                "max_length": self.max_length, "batch_size": self.batch_size, "context": self.context}
 
     def __repr__(self) -> str:
         return f"TextEmbedder({json.dumps(self.describe())})"
