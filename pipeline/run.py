@@ -565,15 +565,11 @@ def stage_encoders(opts: ExtractOptions, media_path: Path | None, media_key: str
         folder = Path(opts.encoders)
         _check_encoder_dir(folder, "--encoders")
         return str(folder.resolve())
-    folder = Path(opts.cache) / opts.dataset / "encoders" / media_key
-    missing = [m for m in ENCODER_FILES if not (folder / f"{m}.pt").exists()]
+    folder, missing = _cached_encoders(opts, media_key)
     if not missing:
         log(f"encoders: using cached {folder}")
         return str(folder.resolve())
-    if "train" not in opts.splits:
-        raise ExtractError(f"no trained encoders in {folder}, and they are trained on the train split, which "
-                           f"--splits {','.join(opts.splits)} leaves out; add train to --splits, or pass "
-                           "`--encoders DIR` or `--encoders random`")
+    _check_trainable(opts, folder)
     try:
         from pipeline.encoders.train import train_encoders
     except ImportError as e:
@@ -585,6 +581,19 @@ def stage_encoders(opts: ExtractOptions, media_path: Path | None, media_key: str
     train_encoders(media_path, folder, modalities=tuple(missing), device=opts.device)
     _check_encoder_dir(folder, "trained encoders")
     return str(folder.resolve())
+
+
+def _cached_encoders(opts: ExtractOptions, media_key: str) -> tuple[Path, list[str]]:
+    """The default encoder folder for this media and the checkpoints it still lacks."""
+    folder = Path(opts.cache) / opts.dataset / "encoders" / media_key
+    return folder, [m for m in ENCODER_FILES if not (folder / f"{m}.pt").exists()]
+
+
+def _check_trainable(opts: ExtractOptions, folder: Path) -> None:
+    if "train" not in opts.splits:
+        raise ExtractError(f"no trained encoders in {folder}, and they are trained on the train split, which "
+                           f"--splits {','.join(opts.splits)} leaves out; add train to --splits, or pass "
+                           "`--encoders DIR` or `--encoders random`")
 
 
 def _check_encoder_dir(folder: Path, what: str) -> None:
@@ -729,6 +738,8 @@ def run_extract(opts: ExtractOptions, client=None,
             media_cfg = _media_config_dict(opts.media_config)
             folder = media_dir(opts, media_cfg, key)
             media_key = folder.name.removeprefix("media-")
+            if opts.encoders is None and _cached_encoders(opts, media_key)[1]:
+                _check_trainable(opts, _cached_encoders(opts, media_key)[0])  # fail before decoding
             media_path = stage_media(engine, opts, selected, media_cfg, folder, result, on_written)
             result.media = media_path
         enc_spec = stage_encoders(opts, media_path, media_key)

@@ -201,7 +201,8 @@ def test_default_encoders_are_the_ones_cached_for_this_media(meld_run, client):
     np.testing.assert_array_equal(a.text_emb, b.text_emb)
     assert not np.allclose(a.audio_emb[a.has_audio], b.audio_emb[b.has_audio])
     with pytest.raises(ExtractError, match="train split"):
-        run_extract(_opts(opts.root, opts.cache, encoders=None, splits=("dev",)))
+        run_extract(_opts(opts.root, opts.cache / "other", encoders=None, splits=("dev",)))
+    assert not list((opts.cache / "other" / "meld").glob("media-*"))  # stopped before decoding
 
 
 @pytest.mark.slow
