@@ -144,7 +144,8 @@ def stage_finetune(utterances, folder: Path, args) -> dict:
 
     if not (folder / "m2f_text.json").exists():
         finetune_text(utterances, folder, max_length=args.max_length, epochs=args.epochs,
-                      freeze_layers=args.freeze_layers, lr=args.lr, max_minutes=args.max_minutes,
+                      freeze_layers=args.freeze_layers, lr=args.lr, head_lr_mult=args.head_lr_mult,
+                      max_minutes=args.max_minutes,
                       threads=args.threads, seed=0)
     meta = read_finetune_meta(folder)
     return {"folder": str(folder), "dev_weighted_f1": meta["dev_weighted_f1"],
@@ -187,6 +188,10 @@ def stage_train(args, features: str, out: Path) -> dict:
            "--seeds", str(args.seeds)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.train_epochs:
+        cmd += ["--epochs", str(args.train_epochs)]
+    if args.patience:
+        cmd += ["--patience", str(args.patience)]
     run_logged(cmd, out / "train.log")
     return {"run_dir": str(run_dir), "command": " ".join(cmd)}
 
@@ -235,11 +240,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 was 3-4x faster per step than 2 on a shared 2-core CPU).")
-    p.add_argument("--max-length", type=int, default=96, help="Context tokens (fine-tuning and baseline).")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--max-length", type=int, default=64, help="Context tokens (fine-tuning and baseline).")
+    p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--freeze-layers", type=int, default=4,
                    help="Lowest MiniLM layers kept frozen (their outputs computed once).")
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--head-lr-mult", type=float, default=10.0, help="The new head's rate is lr x this.")
+    p.add_argument("--train-epochs", type=int, default=None,
+                   help="train-dialog --epochs (default: the trainer's); bound it on a slow CPU.")
+    p.add_argument("--patience", type=int, default=None,
+                   help="train-dialog --patience (default: the trainer's).")
     p.add_argument("--max-minutes", type=float, default=55.0, help="Fine-tuning wall-clock budget.")
     return p.parse_args(argv)
 
