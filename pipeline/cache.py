@@ -416,8 +416,9 @@ class RowReader:
         self.path = Path(path)
         self._f = h5py.File(self.path, "r")
         if split not in self._f:
+            have = sorted(self._f)
             self._f.close()
-            raise KeyError(f"{self.path} has no split {split!r}; it has {sorted(h5py.File(path, 'r'))}")
+            raise KeyError(f"{self.path} has no split {split!r}; it has {have}")
         self._g = self._f[split]
         self._offsets = {n[: -len(_OFFSETS)]: self._g[n][()] for n in self._g if n.endswith(_OFFSETS)}
         self.utt_ids = self._g["utt_id"].asstr()[()]
