@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -203,6 +204,22 @@ def test_default_encoders_are_the_ones_cached_for_this_media(meld_run, client):
     with pytest.raises(ExtractError, match="train split"):
         run_extract(_opts(opts.root, opts.cache / "other", encoders=None, splits=("dev",)))
     assert not list((opts.cache / "other" / "meld").glob("media-*"))  # stopped before decoding
+
+
+@pytest.mark.slow
+def test_missing_default_encoders_are_trained_on_the_stored_media(meld_run, client, tmp_path):
+    opts, ref = meld_run
+    cache = tmp_path / "cache"
+    shutil.copytree(ref.media.parent, cache / "meld" / ref.media.parent.name)  # decoded media, reused
+    shutil.copy(ref.manifest, cache / "meld" / ref.manifest.name)
+    res = run_extract(_opts(opts.root, cache, encoders=None), client=client)
+    folder = cache / "meld" / "encoders" / ref.media.parent.name.removeprefix("media-")
+    assert res.encoders == str(folder.resolve())
+    assert sorted(p.name for p in folder.glob("*.pt")) == ["audio.pt", "face.pt", "scene.pt"]
+    assert validate_features(res.features) == []
+    assert "media" not in res.seconds  # nothing decoded again
+    cfg = json.loads(h5py.File(res.features, "r").attrs["config"])
+    assert cfg["encoders"] == encoder_identity(str(folder))
 
 
 @pytest.mark.slow

@@ -64,10 +64,12 @@ def _kill_mid_run(cmd: list[str], cache: Path, rng: random.Random) -> None:
         time.sleep(0.1)
 
 
-def _written(cache: Path, pattern: str) -> set[str]:
+def _written(cache: Path, name: str) -> set[str]:
+    """Ids in the finished file ``name`` and its shards, wherever under ``cache/meld`` they are."""
     done: set[str] = set()
-    for final in cache.glob(pattern):
-        done |= ShardedWriter(final).done_ids()
+    folders = {p.parent for pattern in (name, name + ".shards") for p in cache.glob(f"meld/*/{pattern}")}
+    for folder in folders:
+        done |= ShardedWriter(folder / name).done_ids()
     return done
 
 
@@ -90,8 +92,8 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
 
     cache = tmp_path / "cache"
     _kill_mid_run(_command(root, cache), cache, random.Random(KILL_SEED))
-    media_done = _written(cache, "meld/media-*/media.h5")
-    feature_done = _written(cache, "meld/*/features.h5")
+    media_done = _written(cache, "media.h5")
+    feature_done = _written(cache, "features.h5")
     assert media_done or feature_done, "nothing was written before the kill"
 
     again = _run(_command(root, cache))
