@@ -212,15 +212,40 @@ def test_context_none_and_one_pass_for_several_poolings(tiny_roberta):
     assert not np.allclose(no_ctx.embed([DIALOGUE])[k], both["cls"][k])
 
 
-def test_max_length_follows_the_finetuned_folder(tiny_roberta, tmp_path):
+def test_max_length_and_pooling_follow_the_finetuned_folder(tiny_roberta, tmp_path):
     import shutil
 
     folder = tmp_path / "ft"
     shutil.copytree(tiny_roberta, folder)
-    (folder / "m2f_text.json").write_text('{"config": {"max_length": 40}}')
-    assert TextEmbedder(str(folder)).max_length == 40
-    assert TextEmbedder(str(folder), max_length=64).max_length == 64
-    assert TextEmbedder(str(tiny_roberta)).max_length == 128
+    (folder / "m2f_text.json").write_text('{"config": {"max_length": 40, "pooling": "mean"}}')
+    assert (TextEmbedder(str(folder)).max_length, TextEmbedder(str(folder)).pooling) == (40, "mean")
+    assert TextEmbedder(str(folder), max_length=64, pooling="cls").max_length == 64
+    assert TextEmbedder(str(folder), pooling="cls").pooling == "cls"
+    plain = TextEmbedder(str(tiny_roberta))
+    assert (plain.max_length, plain.pooling) == (128, "cls")
     (folder / "m2f_text.json").write_text('{"config": {}}')
     with pytest.raises(ValueError, match="m2f_text.json"):
         TextEmbedder(str(folder))
+
+
+@pytest.mark.parametrize("which", ["minilm", "tiny_roberta"])
+def test_target_span_and_target_pooling(which, tiny_roberta):
+    from pipeline.extractors.text import target_mask_batch, target_span
+
+    tok, _ = load_text_model(None if which == "minilm" else str(tiny_roberta))
+    layout = special_layout(tok)
+    expected = "monica : what why" if which == "minilm" else "Monica: what why"
+    for max_length in (128, 14):
+        ids = build_context(DIALOGUE, 2, tok, max_length)
+        start, end = target_span(ids, layout)
+        assert tok.decode(ids[start:end]).strip() == expected
+    first = build_context(DIALOGUE, 0, tok, 128)  # empty past segment
+    f_start, f_end = target_span(first, layout)
+    assert tok.decode(first[f_start:f_end]).strip() == ("joey : hi" if which == "minilm" else "Joey: hi")
+    masks = target_mask_batch([ids, first], layout, width=max(len(ids), len(first)))
+    assert masks.sum(1).tolist() == [end - start, f_end - f_start]
+    assert masks[1, f_start:f_end].all() and masks[1].sum() == f_end - f_start
+    emb = TextEmbedder(None if which == "minilm" else str(tiny_roberta))
+    out = emb.embed_poolings([DIALOGUE], ("mean", "target"))
+    k = DIALOGUE.utterances[2].id
+    assert not np.allclose(out["mean"][k], out["target"][k])

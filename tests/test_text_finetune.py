@@ -81,6 +81,9 @@ def test_finetune_learns_keywords_and_writes_a_loadable_folder(tmp_path):
 
 @pytest.mark.parametrize("which", ["minilm", "tiny_roberta"])
 def test_frozen_bottom_cache_gives_the_full_models_logits(which, tiny):
+    from pipeline.encoders.text_finetune import full_logits
+    from pipeline.extractors.text import pad_batch
+
     source = None if which == "minilm" else str(tiny)
     tok, model = load_text_model(source, for_classification=4)
     model.eval()
@@ -91,6 +94,24 @@ def test_frozen_bottom_cache_gives_the_full_models_logits(which, tiny):
     cache = FrozenBottomCache(model, ex, 1, pad, "cpu", batch_size=3, dtype=torch.float32)
     cached = predict(model, ex, 4, pad, "cpu", cache)
     np.testing.assert_allclose(cached, full, atol=1e-5)
+    # cls through full_logits is the HF model's own head
+    ids, mask = (torch.from_numpy(a) for a in pad_batch(ex.ids[:3], pad))
+    with torch.no_grad():
+        np.testing.assert_allclose(full_logits(model, ids, mask).numpy(),
+                                   model(input_ids=ids, attention_mask=mask).logits.numpy(), atol=1e-6)
+    # mean pooling: cached and full paths agree, and differ from cls
+    full_mean = predict(model, ex, 4, pad, "cpu", pooling="mean")
+    np.testing.assert_allclose(predict(model, ex, 4, pad, "cpu", cache, pooling="mean"), full_mean, atol=1e-5)
+    assert not np.allclose(full_mean, full, atol=1e-4)
+    from pipeline.extractors.text import special_layout
+
+    layout = special_layout(tok)
+    full_target = predict(model, ex, 4, pad, "cpu", pooling="target", layout=layout)
+    np.testing.assert_allclose(predict(model, ex, 4, pad, "cpu", cache, pooling="target", layout=layout),
+                               full_target, atol=1e-5)
+    assert not np.allclose(full_target, full_mean, atol=1e-4)
+    with pytest.raises(ValueError, match="layout"):
+        predict(model, ex, 4, pad, "cpu", pooling="target")
     assert cache.nbytes == sum(len(i) for i in ex.ids) * model.config.hidden_size * 4
 
 

@@ -42,11 +42,15 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.extractors.text import (
+    POOLINGS,
     build_contexts,
     length_sorted_batches,
     load_text_model,
     pad_batch,
+    pool_hidden,
     resolve_model_source,
+    special_layout,
+    target_mask_batch,
 )
 from pipeline.manifest import Utterance, group_dialogues
 
@@ -72,6 +76,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     head_lr_mult: float = 10.0
+    pooling: str = "cls"
     freeze_embeddings: bool = True
     freeze_layers: int | None = None
     cache_frozen: bool = True
@@ -158,10 +163,11 @@ def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float
 
 
 def predict(model, examples: Examples, batch_size: int, pad_id: int, device,
-            cache: FrozenBottomCache | None = None) -> np.ndarray:
+            cache: FrozenBottomCache | None = None, pooling: str = "cls", layout=None) -> np.ndarray:
     """Class logits ``(N, C)`` float32 for ``examples`` (length-sorted batches, inference mode).
 
     With ``cache`` (the examples' frozen-bottom states) only the upper layers and the head run.
+    ``pooling`` is the head's (:func:`head_logits`); ``target`` needs the tokenizer's ``layout``.
     """
     import torch
 
@@ -169,17 +175,31 @@ def predict(model, examples: Examples, batch_size: int, pad_id: int, device,
     out = None
     with torch.inference_mode():
         for batch in length_sorted_batches([len(x) for x in examples.ids], batch_size):
+            seqs = [examples.ids[i] for i in batch]
+            pmask = _pool_mask(seqs, pooling, layout, device)
             if cache is not None:
                 hidden, mask_t = cache.batch(batch, device)
-                logits = top_logits(model, hidden, mask_t, cache.n_layers).float().cpu().numpy()
+                logits = top_logits(model, hidden, mask_t, cache.n_layers, pooling, pmask)
             else:
-                ids, mask = pad_batch([examples.ids[i] for i in batch], pad_id)
-                logits = model(input_ids=torch.from_numpy(ids).to(device),
-                               attention_mask=torch.from_numpy(mask).to(device)).logits.float().cpu().numpy()
+                ids, mask = pad_batch(seqs, pad_id)
+                ids_t, mask_t = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
+                logits = full_logits(model, ids_t, mask_t, pooling, pmask)
+            logits = logits.float().cpu().numpy()
             if out is None:
                 out = np.zeros((len(examples), logits.shape[1]), dtype=np.float32)
             out[batch] = logits
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def _pool_mask(seqs, pooling: str, layout, device):
+    """The target mask of a batch for ``pooling="target"`` (None otherwise)."""
+    if pooling != "target":
+        return None
+    import torch
+
+    if layout is None:
+        raise ValueError("pooling='target' needs the tokenizer's layout (special_layout(tokenizer))")
+    return torch.from_numpy(target_mask_batch(seqs, layout, max(len(x) for x in seqs))).to(device)
 
 
 def resolve_defaults(cfg: FinetuneConfig, model) -> FinetuneConfig:
@@ -272,22 +292,46 @@ def bottom_states(model, ids, mask, n_layers: int):
     return hidden
 
 
-def top_logits(model, hidden, mask, n_layers: int):
-    """Logits from hidden states after layer ``n_layers``: the remaining layers, then the head.
+def head_logits(model, hidden, mask, pooling: str = "cls", pool_mask=None):
+    """The classification head on the last hidden states ``(B, T, H)``.
 
-    BERT-style models pool the first token through ``pooler`` before a linear ``classifier``; RoBERTa-
-    style heads take the whole sequence. Equals ``model(ids).logits`` when ``hidden`` comes from
-    :func:`bottom_states` (tested).
+    ``cls``: the model's own head (BERT-style: ``pooler`` on the first token, dropout, linear
+    ``classifier``; RoBERTa-style: its head reads the first token), i.e. ``model(ids).logits``.
+    ``mean`` / ``target``: the masked mean of all tokens / of the target's tokens (``pool_mask``)
+    goes where the first token went (BERT-style: straight into dropout + ``classifier``;
+    RoBERTa-style: as the head's only "token").
     """
     import torch
 
     base = base_of(model)
+    bert_style = isinstance(model.classifier, torch.nn.Linear) and getattr(base, "pooler", None) is not None
+    if pooling == "cls":
+        if bert_style:
+            return model.classifier(model.dropout(base.pooler(hidden)))
+        return model.classifier(hidden)
+    pooled = pool_hidden(hidden, mask if pool_mask is None else pool_mask, pooling)
+    if bert_style:
+        return model.classifier(model.dropout(pooled))
+    return model.classifier(pooled[:, None, :])
+
+
+def full_logits(model, ids, mask, pooling: str = "cls", pool_mask=None):
+    """Logits of the whole model for padded ``ids`` / ``mask`` with the head of :func:`head_logits`."""
+    hidden = base_of(model)(input_ids=ids, attention_mask=mask).last_hidden_state
+    return head_logits(model, hidden, mask, pooling, pool_mask)
+
+
+def top_logits(model, hidden, mask, n_layers: int, pooling: str = "cls", pool_mask=None):
+    """Logits from hidden states after layer ``n_layers``: the remaining layers, then the head.
+
+    Equals :func:`full_logits` (and ``model(ids).logits`` for ``cls``) when ``hidden`` comes from
+    :func:`bottom_states` (tested).
+    """
+    base = base_of(model)
     mask4 = _attention_mask_4d(model, hidden, mask)
     for layer in base.encoder.layer[n_layers:]:
         hidden = layer(hidden, mask4)
-    if isinstance(model.classifier, torch.nn.Linear) and getattr(base, "pooler", None) is not None:
-        return model.classifier(model.dropout(base.pooler(hidden)))
-    return model.classifier(hidden)
+    return head_logits(model, hidden, mask, pooling, pool_mask)
 
 
 class FrozenBottomCache:
@@ -371,7 +415,7 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
                   freeze_embeddings: bool = True, max_minutes: float | None = None, seed: int = 0,
                   evals_per_epoch: int = 2, limit_train: int | None = None,
                   eval_test: bool = True, threads: int | None = None, cache_frozen: bool = True,
-                  head_lr_mult: float = 10.0) -> Path:
+                  head_lr_mult: float = 10.0, pooling: str = "cls") -> Path:
     """Fine-tune a text model for utterance emotion classification with context; return its folder.
 
     Parameters
@@ -400,6 +444,11 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
         Keep the word-embedding matrix frozen.
     head_lr_mult : float
         The (new, randomly initialised) classification head learns at ``lr * head_lr_mult``.
+    pooling : {"cls", "mean", "target"}
+        What the head reads (:func:`head_logits`): the first token (M2FNET.md), the masked token
+        mean (all-MiniLM-L6-v2's trained pooling) or the mean over the target utterance's tokens.
+        Saved in ``m2f_text.json``; :class:`TextEmbedder` embeds a fine-tuned folder with the same
+        pooling by default.
     max_minutes : float or None
         Wall-clock budget for training (the time of earlier attempts of a resumed run counts);
         training stops at the first step past it, evaluates, and keeps the best checkpoint.
@@ -431,6 +480,8 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
     """
     import torch
 
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
     if threads is not None:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
@@ -440,7 +491,7 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
     n_classes = max(label_map.values()) + 1
     cfg = FinetuneConfig(base_model=source, max_length=max_length, epochs=epochs, batch_size=batch_size,
                          lr=lr, freeze_layers=freeze_layers, freeze_embeddings=freeze_embeddings,
-                         cache_frozen=cache_frozen, head_lr_mult=head_lr_mult,
+                         cache_frozen=cache_frozen, head_lr_mult=head_lr_mult, pooling=pooling,
                          max_minutes=max_minutes, seed=seed, device=device, evals_per_epoch=evals_per_epoch,
                          label_map=label_map)
 
@@ -454,6 +505,7 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
     dev_t = torch.device(device)
     model.to(dev_t)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    layout = special_layout(tokenizer)
 
     t0 = time.time()
     examples = build_examples(utterances, tokenizer, cfg.max_length, label_map)
@@ -523,7 +575,8 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
 
     def evaluate_dev() -> None:
         t = time.time()
-        logits = predict(model, examples["dev"], cfg.eval_batch_size, pad_id, dev_t, dev_cache)
+        logits = predict(model, examples["dev"], cfg.eval_batch_size, pad_id, dev_t, dev_cache, cfg.pooling,
+                         layout)
         pred = logits.argmax(1)
         wf1 = weighted_f1(examples["dev"].labels, pred, n_classes)
         acc = float((pred == examples["dev"].labels).mean())
@@ -548,14 +601,15 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
         while progress["step_in_epoch"] < len(batches):
             batch = batches[progress["step_in_epoch"]]
             y = torch.from_numpy(train.labels[batch]).to(dev_t)
+            pmask = _pool_mask([train.ids[i] for i in batch], cfg.pooling, layout, dev_t)
             with torch.autocast(dev_t.type, dtype=amp_dtype, enabled=use_amp):
                 if train_cache is not None:
                     hidden, mask_t = train_cache.batch(batch, dev_t)
-                    logits = top_logits(model, hidden, mask_t, cfg.freeze_layers)
+                    logits = top_logits(model, hidden, mask_t, cfg.freeze_layers, cfg.pooling, pmask)
                 else:
                     ids, mask = pad_batch([train.ids[i] for i in batch], pad_id)
-                    logits = model(input_ids=torch.from_numpy(ids).to(dev_t),
-                                   attention_mask=torch.from_numpy(mask).to(dev_t)).logits
+                    logits = full_logits(model, torch.from_numpy(ids).to(dev_t),
+                                         torch.from_numpy(mask).to(dev_t), cfg.pooling, pmask)
             loss = loss_fn(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -589,12 +643,12 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
 
     train_s = time.time() - run_start
     return _finish(out_dir, best_dir, cfg, progress, examples, train_s, eval_test, pad_id, n_classes,
-                   len(train), float(np.mean(lengths)))
+                   len(train), float(np.mean(lengths)), layout)
 
 
 def _finish(out_dir: Path, best_dir: Path, cfg: FinetuneConfig, progress: dict, examples: dict[str, Examples],
             train_s: float, eval_test: bool, pad_id: int, n_classes: int, n_train: int,
-            mean_tokens: float) -> Path:
+            mean_tokens: float, layout) -> Path:
     """Copy the selected checkpoint into ``out_dir``, evaluate test if asked, write ``m2f_text.json``."""
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -603,12 +657,14 @@ def _finish(out_dir: Path, best_dir: Path, cfg: FinetuneConfig, progress: dict, 
             "dev_weighted_f1": progress["best_dev_wf1"], "selected_step": progress["best_step"],
             "stopped_early": progress["stopped_early"], "train_seconds": round(train_s, 1),
             "n_train": n_train, "mean_train_tokens": round(mean_tokens, 1),
-            "pooling_for_embeddings": "cls", "selection": "dev weighted F1 (test never used for selection)"}
+            "pooling_for_embeddings": cfg.pooling,
+            "selection": "dev weighted F1 (test never used for selection)"}
     if eval_test and "test" in examples and len(examples["test"]):
         device = torch.device(cfg.device)
         model = AutoModelForSequenceClassification.from_pretrained(best_dir).to(device)
         t = time.time()
-        pred = predict(model, examples["test"], cfg.eval_batch_size, pad_id, device).argmax(1)
+        pred = predict(model, examples["test"], cfg.eval_batch_size, pad_id, device,
+                       pooling=cfg.pooling, layout=layout).argmax(1)
         meta["test_weighted_f1"] = weighted_f1(examples["test"].labels, pred, n_classes)
         meta["test_accuracy"] = float((pred == examples["test"].labels).mean())
         _log(f"selected model: test wF1 {meta['test_weighted_f1']:.4f} acc {meta['test_accuracy']:.4f} "

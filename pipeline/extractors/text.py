@@ -40,7 +40,9 @@ from pipeline.manifest import Dialogue
 #: mixes with cached embeddings made with an older one.
 CONTEXT_FORMAT = "past|target|future1-speaker-v1"
 
-POOLINGS = ("cls", "mean")
+#: ``cls``: last hidden state of the first token (M2FNET.md); ``mean``: masked mean over all tokens;
+#: ``target``: mean over the target utterance's tokens only (contextualised by the whole input).
+POOLINGS = ("cls", "mean", "target")
 #: ``full``: past + target + one future utterance (M2FNET.md); ``none``: the target utterance alone
 #: (with its speaker prefix), an ablation and the usual sentence-embedding baseline.
 CONTEXTS = ("full", "none")
@@ -124,13 +126,14 @@ def load_text_model(model_name_or_path: str | os.PathLike | None, *, for_classif
     return tokenizer, model
 
 
-def finetuned_max_length(folder: str | os.PathLike) -> int | None:
-    """The ``max_length`` a folder written by ``finetune_text`` was trained with (None if not one)."""
+def finetuned_settings(folder: str | os.PathLike) -> dict:
+    """``max_length`` and ``pooling`` a folder written by ``finetune_text`` was trained with ({} if none)."""
     meta = Path(folder) / "m2f_text.json"
     if not meta.exists():
-        return None
+        return {}
     try:
-        return int(json.loads(meta.read_text(encoding="utf-8"))["config"]["max_length"])
+        config = json.loads(meta.read_text(encoding="utf-8"))["config"]
+        return {"max_length": int(config["max_length"]), "pooling": str(config.get("pooling", "cls"))}
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{meta} is not a valid m2f_text.json ({e}); rerun the fine-tuning") from e
 
@@ -298,11 +301,32 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, n
     return ids, mask
 
 
+def target_span(ids: Sequence[int], layout: SpecialLayout) -> tuple[int, int]:
+    """``(start, end)`` of the target segment in a context built by :func:`assemble_context`."""
+    mid = list(layout.mid)
+    first = _find(list(ids), mid, len(layout.prefix))
+    start = first + len(mid)
+    return start, _find(list(ids), mid, start)
+
+
+def target_mask_batch(seqs: Sequence[Sequence[int]], layout: SpecialLayout, width: int) -> np.ndarray:
+    """``(B, width)`` int64 mask of the target tokens of each context (for ``pooling="target"``)."""
+    out = np.zeros((len(seqs), width), dtype=np.int64)
+    for row, s in enumerate(seqs):
+        start, end = target_span(s, layout)
+        out[row, start:max(end, start + 1)] = 1  # an empty target keeps its separator
+    return out
+
+
 def pool_hidden(hidden, mask, pooling: str):
-    """Pool ``(B, T, D)`` hidden states to ``(B, D)``: first token (``cls``) or masked ``mean``."""
+    """Pool ``(B, T, D)`` hidden states to ``(B, D)``.
+
+    ``cls``: the first token; ``mean``: masked mean with the attention ``mask``; ``target``: masked
+    mean with ``mask`` = the target mask (:func:`target_mask_batch`).
+    """
     if pooling == "cls":
         return hidden[:, 0]
-    if pooling == "mean":
+    if pooling in ("mean", "target"):
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
     raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
@@ -326,8 +350,9 @@ class TextEmbedder:
         ``None``: the length the folder was fine-tuned with (its ``m2f_text.json``), else 128.
     batch_size : int
         Inputs per forward pass; batches are formed from length-sorted inputs and padded dynamically.
-    pooling : {"cls", "mean"}
-        ``cls`` (M2FNET.md decision: last hidden state of the first token) or masked mean.
+    pooling : {"cls", "mean"} or None
+        ``cls`` (M2FNET.md decision: last hidden state of the first token) or masked mean. ``None``:
+        the pooling the folder was fine-tuned with (its ``m2f_text.json``), else ``cls``.
     context : {"full", "none"}
         ``full`` (M2FNET.md decision) or the target utterance alone (ablation / baseline).
 
@@ -341,11 +366,11 @@ class TextEmbedder:
     """
 
     def __init__(self, model_name_or_path: str | None = None, device: str = "cpu",
-                 max_length: int | None = None, batch_size: int = 32, pooling: str = "cls",
+                 max_length: int | None = None, batch_size: int = 32, pooling: str | None = None,
                  context: str = "full") -> None:
         import torch
 
-        if pooling not in POOLINGS:
+        if pooling is not None and pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
         if context not in CONTEXTS:
             raise ValueError(f"unknown context {context!r}; expected one of {CONTEXTS}")
@@ -354,11 +379,14 @@ class TextEmbedder:
         source, is_local = resolve_model_source(model_name_or_path)
         self.source = source
         self.tokenizer, model = load_text_model(source)
+        self.layout = special_layout(self.tokenizer)
         self.model = model.eval().to(torch.device(device))
         self.device = device
-        if max_length is None:
-            max_length = finetuned_max_length(source) if is_local else None
-            max_length = max_length or 128
+        trained = finetuned_settings(source) if is_local else {}
+        max_length = max_length or trained.get("max_length", 128)
+        pooling = pooling or trained.get("pooling", "cls")
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
         limit = getattr(model.config, "max_position_embeddings", max_length)
         if getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
             limit -= 2  # RoBERTa's position ids start after the padding index
@@ -383,12 +411,16 @@ class TextEmbedder:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         with torch.inference_mode():
             for batch in length_sorted_batches([len(c) for c in contexts], self.batch_size):
-                ids, mask = pad_batch([contexts[i] for i in batch], pad_id)
+                seqs = [contexts[i] for i in batch]
+                ids, mask = pad_batch(seqs, pad_id)
                 ids_t = torch.from_numpy(ids).to(self.model.device)
                 mask_t = torch.from_numpy(mask).to(self.model.device)
                 hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
                 for p in poolings:
-                    out[p][batch] = pool_hidden(hidden, mask_t, p).float().cpu().numpy()
+                    pmask = mask_t
+                    if p == "target":
+                        pmask = torch.from_numpy(target_mask_batch(seqs, self.layout, ids.shape[1]))
+                    out[p][batch] = pool_hidden(hidden, pmask.to(hidden.device), p).float().cpu().numpy()
         return out
 
     def embed(self, dialogues: Sequence[Dialogue]) -> dict[str, np.ndarray]:
