@@ -235,5 +235,21 @@ def report_cmd(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
 # --- end report ---
 
 
+# --- demo (trainer/demo.py) ------------------------------------------------------------------
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/sample"), help="Run directory.")
+@click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"), help="Cache root folder.")
+@click.option("--workers", type=int, default=2, help="Local dask worker processes.")
+@click.option("--seeds", type=int, default=2, help="Training repeats (mean ± std in the report).")
+@click.option("--epochs", type=int, default=40, help="Dialog-model epochs per seed.")
+def demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> None:
+    """Run prepare -> extract -> train-dialog -> report on the bundled sample corpus."""
+    from trainer.demo import run_demo
+
+    path = run_demo(out, cache, workers, seeds, epochs)
+    click.echo(f"report: {path} (confusion matrix: {path.parent / 'confusion.png'})")
+# --- end demo ---
+
+
 if __name__ == "__main__":
     main()

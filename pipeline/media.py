@@ -73,7 +73,7 @@ MEDIA_RAGGED = ("waveform", "scenes", "faces", "face_frame", "face_weight", "fac
 MEDIA_FLAGS = ("has_audio", "audio_cut", "has_video", "has_face")
 
 #: Corpora whose clip is the utterance itself: their start/end are not positions inside the clip.
-WHOLE_CLIP_CORPORA = ("meld",)
+WHOLE_CLIP_CORPORA = ("meld", "sample")  # sample is MELD-layout: its CSV times are episode times
 
 
 @dataclass(frozen=True)

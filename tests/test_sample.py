@@ -70,3 +70,16 @@ def test_sample_csvs_are_real_meld_format(split):
     data = (SAMPLE_DIR / f"{split}_sent_emo.csv").read_bytes()
     assert data.startswith(b"Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,")
     assert data.endswith(b"\r\n")
+
+
+def test_sample_media_is_the_whole_clip_not_the_csv_times():
+    """The sample is MELD-layout: its CSV times are episode times, so media must use the whole clip."""
+    from pipeline.media import FaceDetector, MediaConfig, process_utterance
+
+    utt = prepare_sample()[0]
+    assert utt.start is not None and utt.start > 2  # the CSV times lie past the clip's end
+    cfg = MediaConfig()
+    row, problems = process_utterance(utt, cfg, FaceDetector(cfg))
+    assert problems == []
+    assert row["has_audio"] and row["has_video"] and row["has_face"]
+    assert len(row["scenes"]) == cfg.n_frames
