@@ -3,9 +3,10 @@
 Stages (each writes its result into ``--out`` and is skipped when that result exists, so a killed run
 is resumed by running the same command again):
 
-1. ``baseline``  the shipped all-MiniLM-L6-v2, frozen, over the same context input (and over the
-   target utterance alone), pooled by first token and by mean, then a logistic regression fitted on
-   train, its C picked on dev; the variant with the best dev weighted F1 is the baseline.
+1. ``baseline``  the shipped all-MiniLM-L6-v2, frozen, over the target utterance alone and over the
+   same context input, pooled by first token, by mean and (context) by mean over the target's
+   tokens, then a logistic regression fitted on train, its C picked on dev; the variant with the
+   best dev weighted F1 is the baseline.
 2. ``finetune``  EmoBERTa-style fine-tuning of MiniLM on the context input
    (:func:`pipeline.encoders.text_finetune.finetune_text`; train for training, dev for selection),
    or ``--text-model FOLDER`` to reuse one.
@@ -119,7 +120,8 @@ def stage_baseline(utterances, out: Path, max_length: int, batch_size: int,
     for context in contexts:
         t = time.time()
         emb = TextEmbedder(None, max_length=max_length, batch_size=batch_size, context=context)
-        vectors = emb.embed_poolings(dialogues, ("cls", "mean"))
+        poolings = ("cls", "mean", "target") if context == "full" else ("cls", "mean")
+        vectors = emb.embed_poolings(dialogues, poolings)
         timings[f"embed_context_{context}_s"] = round(time.time() - t, 1)
         log(f"baseline: embedded {len(utterances)} utterances, context={context}, in {time.time() - t:.0f}s")
         for pooling, vec in vectors.items():
@@ -145,6 +147,7 @@ def stage_finetune(utterances, folder: Path, args) -> dict:
     if not (folder / "m2f_text.json").exists():
         finetune_text(utterances, folder, max_length=args.max_length, epochs=args.epochs,
                       freeze_layers=args.freeze_layers, lr=args.lr, head_lr_mult=args.head_lr_mult,
+                      pooling=args.pooling,
                       max_minutes=args.max_minutes,
                       threads=args.threads, seed=0)
     meta = read_finetune_meta(folder)
@@ -246,6 +249,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="Lowest MiniLM layers kept frozen (their outputs computed once).")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--head-lr-mult", type=float, default=10.0, help="The new head's rate is lr x this.")
+    p.add_argument("--pooling", default="target", choices=("cls", "mean", "target"),
+                   help="What the classifier head (and then the embedding) reads.")
     p.add_argument("--train-epochs", type=int, default=None,
                    help="train-dialog --epochs (default: the trainer's); bound it on a slow CPU.")
     p.add_argument("--patience", type=int, default=None,

@@ -191,9 +191,9 @@ def test_resolve_defaults_by_device_and_size(tiny):
 
     _, minilm = load_text_model(None, for_classification=7)
     cpu = resolve_defaults(FinetuneConfig(device="cpu"), minilm)
-    assert (cpu.freeze_layers, cpu.lr) == (4, 1e-4)
+    assert (cpu.freeze_layers, cpu.lr, cpu.max_length, cpu.epochs, cpu.pooling) == (4, 1e-4, 64, 2, "target")
     gpu = resolve_defaults(FinetuneConfig(device="cuda"), minilm)
-    assert (gpu.freeze_layers, gpu.lr) == (0, 5e-5)
+    assert (gpu.freeze_layers, gpu.lr, gpu.max_length, gpu.epochs, gpu.pooling) == (0, 5e-5, 128, 5, "cls")
     given = resolve_defaults(FinetuneConfig(device="cpu", freeze_layers=1, lr=3e-5), minilm)
     assert (given.freeze_layers, given.lr) == (1, 3e-5)
     minilm.config.hidden_size = 1024  # a RoBERTa-large-sized model gets EmoBERTa's rate

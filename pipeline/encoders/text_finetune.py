@@ -5,14 +5,19 @@ a sequence-classification head and is trained to classify the *target* utterance
 (:func:`pipeline.extractors.text.build_context`): train split for training, dev split for selection by
 weighted F1 (never the test split). The result is a Hugging Face folder (model + tokenizer +
 ``m2f_text.json`` with the config, history and dev weighted F1) that :class:`TextEmbedder` loads as its
-``model_name_or_path``; its embeddings are the fine-tuned encoder's first-token last hidden state.
+``model_name_or_path``; its embeddings are the fine-tuned encoder's last hidden states pooled as the
+head read them (``cls``: first token, the M2FNET.md decision, for full fine-tuning; ``target``: mean
+over the target utterance's tokens, the default when lower layers are frozen).
 
-What makes it fit a 2-core CPU (measured, see ``bench/RESULTS.md``):
+The CPU recipe (defaults on ``device="cpu"``; measured on MELD in ``bench/RESULTS.md``: 13.5 min in
+all on a shared 2-core CPU, 0.543 dev / 0.592 test weighted F1 of the classifier):
 
-- context inputs capped at ``max_length`` tokens (MELD contexts: mean 72 tokens at 96);
-- dynamic padding in length-bucketed batches (batches of similar length, shuffled at the batch level);
-- the word-embedding matrix frozen (half of MiniLM's parameters, little to gain from updating it) and
-  optionally the lowest ``freeze_layers`` transformer layers;
+- context inputs capped at 64 tokens (MELD train contexts: mean 50.9 tokens; 71.7 at 96, 87.3 at 128);
+- dynamic padding in length-bucketed batches (similar lengths together, shuffled at the batch level);
+- embeddings and the lowest layers frozen (MiniLM: 4 of 6) and their outputs computed once
+  (:class:`FrozenBottomCache`), so a step runs only the top two layers and the head;
+- the new head at 10x the body's learning rate, target-token pooling, 2 epochs;
+- one torch thread (on a CPU shared with other busy processes it was 3-4x faster per step than two);
 - a wall-clock budget (``max_minutes``): training stops cleanly at the budget and keeps the best
   checkpoint so far.
 
@@ -22,7 +27,7 @@ every ``checkpoint_every`` steps and at each evaluation; the same call after a k
 Examples
 --------
 >>> from pipeline.corpora.meld import prepare_meld
->>> folder = finetune_text(prepare_meld("data/meld"), "models/minilm-meld", max_length=96, epochs=3)
+>>> folder = finetune_text(prepare_meld("data/meld"), "models/minilm-meld")  # the CPU recipe
 >>> TextEmbedder(str(folder)).embed(dialogues)
 """
 
@@ -68,15 +73,15 @@ class FinetuneConfig:
     """
 
     base_model: str | None = None
-    max_length: int = 96
-    epochs: int = 3
+    max_length: int | None = None
+    epochs: int | None = None
     batch_size: int = 32
     eval_batch_size: int = 64
     lr: float | None = None
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     head_lr_mult: float = 10.0
-    pooling: str = "cls"
+    pooling: str | None = None
     freeze_embeddings: bool = True
     freeze_layers: int | None = None
     cache_frozen: bool = True
@@ -203,16 +208,24 @@ def _pool_mask(seqs, pooling: str, layout, device):
 
 
 def resolve_defaults(cfg: FinetuneConfig, model) -> FinetuneConfig:
-    """Fill ``freeze_layers`` and ``lr`` left as ``None`` (in place).
+    """Fill the fields left as ``None`` (in place): the CPU recipe measured on MELD or the GPU one.
 
-    ``freeze_layers``: on CPU all but the top two layers (the recipe measured on MELD, see
-    ``bench/RESULTS.md``: MiniLM trains its layers 5-6, pooler and head); on CUDA none (full
-    fine-tuning, as EmoBERTa). ``lr``: 1e-5 for models of hidden size >= 768 (RoBERTa-base/large, as
-    EmoBERTa); 1e-4 for smaller ones with frozen layers, 5e-5 for smaller ones trained whole.
+    ``freeze_layers``: on CPU all but the top two layers (``bench/RESULTS.md``: MiniLM trains layers
+    5-6 and the head); on CUDA none (full fine-tuning, as EmoBERTa). ``lr``: 1e-5 for models of hidden
+    size >= 768 (RoBERTa-base/large, as EmoBERTa); 1e-4 for smaller ones with frozen layers, 5e-5 for
+    smaller ones trained whole. ``max_length``: 64 on CPU, 128 on CUDA. ``epochs``: 2 on CPU, 5 on
+    CUDA. ``pooling``: ``cls`` when every layer trains, ``target`` when some are frozen.
     """
+    cpu = cfg.device == "cpu"
+    if cfg.max_length is None:
+        cfg.max_length = 64 if cpu else 128
+    if cfg.epochs is None:
+        cfg.epochs = 2 if cpu else 5
     n_layers = len(base_of(model).encoder.layer)
     if cfg.freeze_layers is None:
-        cfg.freeze_layers = max(0, n_layers - 2) if cfg.device == "cpu" else 0
+        cfg.freeze_layers = max(0, n_layers - 2) if cpu else 0
+    if cfg.pooling is None:
+        cfg.pooling = "target" if cfg.freeze_layers > 0 else "cls"
     if cfg.lr is None:
         if model.config.hidden_size >= 768:
             cfg.lr = 1e-5
@@ -409,13 +422,13 @@ def _log(msg: str) -> None:
 
 
 def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, base_model: str | None = None,
-                  device: str = "cpu", label_map: Mapping[str, int] | None = None, max_length: int = 96,
-                  epochs: int = 3, batch_size: int = 32, lr: float | None = None,
-                  freeze_layers: int | None = None,
+                  device: str = "cpu", label_map: Mapping[str, int] | None = None,
+                  max_length: int | None = None, epochs: int | None = None, batch_size: int = 32,
+                  lr: float | None = None, freeze_layers: int | None = None,
                   freeze_embeddings: bool = True, max_minutes: float | None = None, seed: int = 0,
                   evals_per_epoch: int = 2, limit_train: int | None = None,
                   eval_test: bool = True, threads: int | None = None, cache_frozen: bool = True,
-                  head_lr_mult: float = 10.0, pooling: str = "cls") -> Path:
+                  head_lr_mult: float = 10.0, pooling: str | None = None) -> Path:
     """Fine-tune a text model for utterance emotion classification with context; return its folder.
 
     Parameters
@@ -432,9 +445,11 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
         ``cpu`` or ``cuda``; on CUDA training runs under bf16/fp16 autocast.
     label_map : mapping or None
         Raw label -> class index; ``None`` is MELD's 7 classes or IEMOCAP's 6 (others dropped).
-    max_length : int
-        Tokens per context input (special tokens included).
-    epochs, batch_size, lr : int, int, float or None
+    max_length : int or None
+        Tokens per context input (special tokens included); ``None``: 64 on CPU, 128 on CUDA.
+    epochs : int or None
+        ``None``: 2 on CPU, 5 on CUDA (EmoBERTa).
+    batch_size, lr : int, float or None
         AdamW with linear warm-up (10% of the steps) and linear decay; ``lr=None`` chooses by model
         size and freezing (:func:`resolve_defaults`).
     freeze_layers : int or None
@@ -444,9 +459,12 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
         Keep the word-embedding matrix frozen.
     head_lr_mult : float
         The (new, randomly initialised) classification head learns at ``lr * head_lr_mult``.
-    pooling : {"cls", "mean", "target"}
-        What the head reads (:func:`head_logits`): the first token (M2FNET.md), the masked token
-        mean (all-MiniLM-L6-v2's trained pooling) or the mean over the target utterance's tokens.
+    pooling : {"cls", "mean", "target"} or None
+        ``None``: ``cls`` when every layer trains (M2FNET.md, EmoBERTa), ``target`` when layers are
+        frozen (a first-token head on MiniLM's top two layers reached only 0.41 dev wF1 on MELD,
+        ``target`` 0.54; bench/RESULTS.md). What the head reads (:func:`head_logits`): the first
+        token (M2FNET.md), the masked token mean (all-MiniLM-L6-v2's trained pooling) or the mean over
+        the target utterance's tokens.
         Saved in ``m2f_text.json``; :class:`TextEmbedder` embeds a fine-tuned folder with the same
         pooling by default.
     max_minutes : float or None
@@ -480,7 +498,7 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
     """
     import torch
 
-    if pooling not in POOLINGS:
+    if pooling is not None and pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
     if threads is not None:
         torch.set_num_threads(threads)
