@@ -197,11 +197,13 @@ def _train_text_encoder(dataset: str, root: Path | None, out: Path, device: str,
 @click.option("--compile/--no-compile", "compile_", default=False, help="torch.compile the model.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch [default: torch's choice].")
 @click.option("--progress/--no-progress", default=True, help="Show a tqdm bar with loss and dev wF1.")
+@click.option("--checkpoint-seconds", type=float, default=60.0,
+              help="Write the resume checkpoint (last.pt) at most this often; 0 = every epoch.")
 def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, seeds: int, first_seed: int,
                      epochs: int, patience: int, device: str, lr: float, weight_decay: float, dropout: float,
                      batch_size: int, heads: int, layers: int | None, fusion_layers: int, hidden: int,
                      ff_mult: int, class_map: str | None, compile_: bool, threads: int | None,
-                     progress: bool, bucket: int) -> None:
+                     progress: bool, bucket: int, checkpoint_seconds: float) -> None:
     """Train the dialog-level M2FNet on a features.h5; the epoch is chosen on dev weighted F1."""
     from trainer.fit import TrainConfig, train_dialog
 
@@ -210,7 +212,7 @@ def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, se
         first_seed=first_seed, epochs=epochs, patience=patience, device=device, lr=lr,
         weight_decay=weight_decay, dropout=dropout, batch_size=batch_size, heads=heads, layers=layers,
         fusion_layers=fusion_layers, hidden=hidden, ff_mult=ff_mult, class_map=class_map, compile=compile_,
-        threads=threads, progress=progress, bucket=bucket)
+        threads=threads, progress=progress, bucket=bucket, checkpoint_seconds=checkpoint_seconds)
     try:
         dirs = train_dialog(config)
     except (FileNotFoundError, ValueError) as e:

@@ -102,7 +102,7 @@ def m2f_command() -> list[str]:
 
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(xor_file, tmp_path):
     epochs = 10
-    options = dict(modalities="tav", epochs=epochs, patience=epochs, **SMALL)
+    options = dict(modalities="tav", epochs=epochs, patience=epochs, checkpoint_seconds=0, **SMALL)
     (reference,) = train_dialog(TrainConfig(features=str(xor_file), out=str(tmp_path / "ref"), **options))
 
     out = tmp_path / "killed"
@@ -131,6 +131,8 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(xor_file, tmp_path)
         "--threads",
         "1",
         "--no-progress",
+        "--checkpoint-seconds",
+        "0",
     ]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}

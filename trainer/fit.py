@@ -51,7 +51,8 @@ from trainer.model import DialogModel, DialogModelConfig
 
 CHECKPOINT_FORMAT = 1
 #: Options that may differ between a killed run and its resumption.
-RESUME_FREE_KEYS = ("out", "seeds", "device", "threads", "progress", "compile", "epochs", "patience")
+RESUME_FREE_KEYS = ("out", "seeds", "device", "threads", "progress", "compile", "epochs", "patience",
+                    "checkpoint_seconds")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     bucket: int = 50
+    checkpoint_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -475,6 +477,7 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
     from tqdm.auto import tqdm
 
     bar = tqdm(total=t.epochs, initial=state.epoch, desc=f"seed {seed}", disable=not t.progress, leave=False)
+    last_saved = time.perf_counter()
     while state.epoch < t.epochs and state.bad_epochs < t.patience:
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(seed * 1_000_003 + state.epoch)
@@ -507,7 +510,12 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
         }
         with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        _save_last(run_dir, model, optimizer, state, device)
+        # last.pt holds model + optimizer (3x the weights): written at most every checkpoint_seconds, so
+        # fast GPU epochs are not dominated by disk; a resume replays the few epochs since (deterministic)
+        finishing = state.epoch >= t.epochs or state.bad_epochs >= t.patience
+        if finishing or time.perf_counter() - last_saved >= t.checkpoint_seconds:
+            _save_last(run_dir, model, optimizer, state, device)
+            last_saved = time.perf_counter()
         write_status(
             run_dir,
             "training",
