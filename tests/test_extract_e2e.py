@@ -28,7 +28,7 @@ from pipeline.corpora.synthetic import (
 from pipeline.encoders.model import build_encoder, save_encoder
 from pipeline.extractors.text import DEFAULT_TEXT_MODEL
 from pipeline.manifest import read_jsonl
-from pipeline.run import ExtractError, ExtractOptions, encoder_identity, run_extract
+from pipeline.run import ExtractError, ExtractOptions, encoder_identity, make_local_cluster, run_extract
 
 N_FRAMES = 6  # fewer frames than the paper's 15 keep MTCNN and the encoders quick on 2 shared cores
 SIZE = (160, 120)  # the face is then above MTCNN's min_face_size
@@ -76,10 +76,9 @@ def _opts(root: Path, cache: Path, **kw) -> ExtractOptions:
 
 @pytest.fixture(scope="module")
 def client():
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                           silence_logs=40)
+    cluster = make_local_cluster(2)
     with Client(cluster) as c:
         yield c
     cluster.close()
