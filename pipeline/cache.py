@@ -198,8 +198,9 @@ class ShardedWriter:
         ----------
         order : mapping split -> sequence of utt_id, optional
             Row order of each split in the final file (e.g. by dialogue then position). Rows not
-            named in it are dropped; ids named but never written are an error. Without it, rows
-            keep write order.
+            named in it are dropped; ids named but never written are an error; the split is merged in
+            memory. Without it, rows keep write order and are copied one shard at a time (for
+            large files such as ``media.h5``, read by id).
         """
         splits = {_SHARD_RE.match(p.name)["split"] for p in self.shards()}
         if self.path.exists():
@@ -210,6 +211,9 @@ class ShardedWriter:
             for k, v in {**self.attrs, "created_utc": datetime.now(UTC).isoformat()}.items():
                 out.attrs[k] = v if isinstance(v, str | int | float | np.number) else json.dumps(v)
             for split in sorted(splits):
+                if order is None:
+                    self._stream_split(split, out.create_group(split))
+                    continue
                 rows = self._collect(split)
                 ids = list(rows["utt_id"])
                 if order is not None and split in order:
@@ -227,6 +231,39 @@ class ShardedWriter:
         for p in self.shards():
             p.unlink()
         return self.path
+
+    def _parts(self, split: str) -> list[Path]:
+        parts = []
+        if self.path.exists():
+            with h5py.File(self.path, "r") as f:
+                if split in f:
+                    parts.append(self.path)
+        return parts + self.shards(split)
+
+    def _stream_split(self, split: str, out: h5py.Group) -> None:
+        """Copy a split part by part into ``out`` (write order, last row per id kept).
+
+        Memory stays at one part's worth, so a many-GB media file can be merged.
+        """
+        parts = self._parts(split)
+
+        def group(f: h5py.File, p: Path) -> h5py.Group:
+            return f[split] if p == self.path else f
+
+        ids = []
+        for p in parts:
+            with h5py.File(p, "r") as f:
+                ids.append(group(f, p)["utt_id"].asstr()[()])
+        last = {u: (k, i) for k, part_ids in enumerate(ids) for i, u in enumerate(part_ids)}
+        for k, p in enumerate(parts):
+            keep = np.array([last[u] == (k, i) for i, u in enumerate(ids[k])], dtype=bool)
+            if not keep.any():
+                continue
+            with h5py.File(p, "r") as f:
+                rows = _read_group(group(f, p))
+            index = np.flatnonzero(keep)
+            rows = {n: ([v[i] for i in index] if isinstance(v, list) else v[index]) for n, v in rows.items()}
+            _append_rows(out, rows)
 
     def _collect(self, split: str) -> dict[str, object]:
         parts: list[dict[str, object]] = []
@@ -246,6 +283,43 @@ class ShardedWriter:
             keep = np.array(sorted(last.values()), dtype=np.int64)
             rows = {k: ([v[i] for i in keep] if isinstance(v, list) else v[keep]) for k, v in rows.items()}
         return rows
+
+
+def _append_rows(group: h5py.Group, rows: Mapping[str, object]) -> None:
+    """Append row arrays to resizable datasets in ``group`` (created on first use)."""
+    for name, value in rows.items():
+        if isinstance(value, list):  # ragged: data + offsets
+            lengths = np.array([len(v) for v in value], dtype=np.int64)
+            data = np.concatenate(value, axis=0)
+            if name + _OFFSETS in group:
+                off = group[name + _OFFSETS]
+                start = off[-1]
+            else:
+                off = group.create_dataset(name + _OFFSETS, data=np.zeros(1, np.int64), maxshape=(None,),
+                                           chunks=True)
+                start = 0
+            _extend(off, start + np.cumsum(lengths))
+            _extend_or_create(group, name, data)
+        else:
+            arr = np.asarray(value)
+            if arr.dtype.kind in ("U", "O"):
+                arr = np.asarray([str(x) for x in arr], dtype=object)
+            _extend_or_create(group, name, arr)
+
+
+def _extend_or_create(group: h5py.Group, name: str, arr: np.ndarray) -> None:
+    if name in group:
+        _extend(group[name], arr)
+        return
+    kw = {"dtype": _STR} if arr.dtype == object else {}
+    group.create_dataset(name, data=arr, maxshape=(None,) + arr.shape[1:], chunks=True, compression="lzf",
+                         **kw)
+
+
+def _extend(ds: h5py.Dataset, arr: np.ndarray) -> None:
+    n = ds.shape[0]
+    ds.resize(n + len(arr), axis=0)
+    ds[n:] = arr
 
 
 def _fsync(path: Path) -> None:
@@ -373,7 +447,8 @@ def validate_features(path: str | Path) -> list[str]:
                 if g[k].ndim != 2:
                     problems.append(f"{path}/{split}/{k}: not 2-D")
                 elif dims.setdefault(k, g[k].shape[1]) != g[k].shape[1]:
-                    problems.append(f"{path}/{split}/{k}: width {g[k].shape[1]} != {dims[k]} in another split")
+                    problems.append(
+                        f"{path}/{split}/{k}: width {g[k].shape[1]} != {dims[k]} in another split")
             ids = g["utt_id"].asstr()[()]
             if len(set(ids)) != n:
                 problems.append(f"{path}/{split}: duplicate utt_id")
@@ -390,7 +465,8 @@ def validate_features(path: str | Path) -> list[str]:
                 elif pos[i] <= pos[i - 1]:
                     problems.append(f"{path}/{split}: positions of dialogue {dia[i]!r} do not rise")
                     break
-            for emb, flag in (("text_emb", "has_text"), ("audio_emb", "has_audio"), ("visual_emb", "has_visual")):
+            pairs = (("text_emb", "has_text"), ("audio_emb", "has_audio"), ("visual_emb", "has_visual"))
+            for emb, flag in pairs:
                 e, h = g[emb][()], g[flag][()]
                 if np.any(e[~h] != 0):
                     problems.append(f"{path}/{split}/{emb}: non-zero rows where {flag} is False")

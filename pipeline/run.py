@@ -549,7 +549,7 @@ def stage_media(engine: Engine, opts: ExtractOptions, selected: list[Utterance],
     engine.map_partitions(media_partition, parts, media_cfg, opts.device, desc="media", on_result=write,
                           on_written=on_written)
     t = time.perf_counter()
-    writer.finalize(order_by_split(selected))
+    writer.finalize()  # media rows are read by id: merged shard by shard, never the whole file in memory
     write_problems(path, problems_log)
     result.work["write"] = result.work.get("write", 0.0) + time.perf_counter() - t
     result.seconds["media"] = time.perf_counter() - t0

@@ -48,7 +48,8 @@ def test_config_hash_is_stable_and_order_free(tmp_path):
     a = config_hash({"x": 1, "y": [1, 2]})
     assert a == config_hash({"y": [1, 2], "x": 1})
     assert a != config_hash({"x": 2, "y": [1, 2]})
-    assert features_path(tmp_path, "meld", {"x": 1}) == tmp_path / "meld" / config_hash({"x": 1}) / "features.h5"
+    expected = tmp_path / "meld" / config_hash({"x": 1}) / "features.h5"
+    assert features_path(tmp_path, "meld", {"x": 1}) == expected
 
 
 def test_round_trip_append_and_done_ids(tmp_path):
@@ -131,9 +132,10 @@ def test_ragged_rows_and_row_reader(tmp_path):
     path = tmp_path / "media.h5"
     w = ShardedWriter(path, {"kind": "media"})
     waves = [np.arange(5, dtype=np.float32), np.zeros(0, np.float32), np.ones(3, np.float32)]
-    faces = [np.zeros((2, 3, 4, 4), np.uint8), np.zeros((0, 3, 4, 4), np.uint8), np.full((1, 3, 4, 4), 7, np.uint8)]
-    w.append("train", {"utt_id": ["x", "y"], "label": ["joy", "sad"], "waveform": waves[:2], "faces": faces[:2],
-                       "has_audio": np.array([True, False])})
+    faces = [np.zeros((2, 3, 4, 4), np.uint8), np.zeros((0, 3, 4, 4), np.uint8),
+             np.full((1, 3, 4, 4), 7, np.uint8)]
+    w.append("train", {"utt_id": ["x", "y"], "label": ["joy", "sad"], "waveform": waves[:2],
+                       "faces": faces[:2], "has_audio": np.array([True, False])})
     w.append("train", {"utt_id": ["z"], "label": ["neu"], "waveform": waves[2:], "faces": faces[2:],
                        "has_audio": np.array([True])})
     w.finalize({"train": ["z", "x", "y"]})
@@ -192,3 +194,19 @@ def test_survives_kill_9_while_writing(tmp_path, after, delay):
     i = list(got.utt_id).index("u7_0")
     np.testing.assert_array_equal(got.text_emb[i:i + 50], ref["text_emb"].astype(np.float32))
     assert json.loads(h5py.File(path, "r").attrs["config"]) == {"k": 1}
+
+
+def test_unordered_finalize_streams_shards_and_keeps_latest(tmp_path):
+    """Without an order, finalize copies one shard at a time (media.h5); a later row for an id wins."""
+    path = tmp_path / "media.h5"
+    w = ShardedWriter(path, {})
+    w.append("train", {"utt_id": ["a", "b"], "wave": [np.ones(3, np.float32), np.zeros(0, np.float32)]})
+    w.append("train", {"utt_id": ["c", "a"], "wave": [np.full(2, 5, np.float32), np.full(4, 7, np.float32)]})
+    w.finalize()
+    w.append("train", {"utt_id": ["d"], "wave": [np.ones(1, np.float32)]})
+    w.finalize()  # merging into an existing final file
+    with RowReader(path, "train") as r:
+        assert list(r.utt_ids) == ["b", "c", "a", "d"]
+        np.testing.assert_array_equal(r.row(2)["wave"], np.full(4, 7, np.float32))
+        assert r.row(0)["wave"].shape == (0,)
+    assert not list((tmp_path / "media.h5.shards").glob("*.h5"))
