@@ -245,7 +245,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="torch threads (1 was 3-4x faster per step than 2 on a shared 2-core CPU).")
     p.add_argument("--max-length", type=int, default=64, help="Context tokens (fine-tuning and baseline).")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--freeze-layers", type=int, default=4,
+    p.add_argument("--freeze-layers", type=int, default=2,
                    help="Lowest MiniLM layers kept frozen (their outputs computed once).")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--head-lr-mult", type=float, default=10.0, help="The new head's rate is lr x this.")

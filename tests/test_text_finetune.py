@@ -191,7 +191,7 @@ def test_resolve_defaults_by_device_and_size(tiny):
 
     _, minilm = load_text_model(None, for_classification=7)
     cpu = resolve_defaults(FinetuneConfig(device="cpu"), minilm)
-    assert (cpu.freeze_layers, cpu.lr, cpu.max_length, cpu.epochs, cpu.pooling) == (4, 1e-4, 64, 2, "target")
+    assert (cpu.freeze_layers, cpu.lr, cpu.max_length, cpu.epochs, cpu.pooling) == (2, 1e-4, 64, 2, "target")
     gpu = resolve_defaults(FinetuneConfig(device="cuda"), minilm)
     assert (gpu.freeze_layers, gpu.lr, gpu.max_length, gpu.epochs, gpu.pooling) == (0, 5e-5, 128, 5, "cls")
     given = resolve_defaults(FinetuneConfig(device="cpu", freeze_layers=1, lr=3e-5), minilm)
