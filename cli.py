@@ -34,7 +34,12 @@ def main() -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write the manifest here as JSONL (default: print the summary only).")
 def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
-    """Read a corpus, print a per-split summary, optionally write the JSONL manifest."""
+    """Read a corpus; print its summary; write the manifest.
+
+    Prints dialogues, utterances, labels and clips found / missing / zero-byte per split; with --out,
+    writes the JSONL manifest (keys: id, corpus, split, dialogue_id, position, utterance_id, speaker,
+    text, label, sentiment, clip, start, end, session, side).
+    """
     from pipeline.corpora import run_prepare
 
     run_prepare(dataset, root, out)
@@ -66,7 +71,13 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
 def extract(dataset: str, root: Path | None, modalities: str, splits: str, workers: int,
             scheduler: str | None, device: str, text_model: str | None, encoders: str | None,
             cache: Path, limit: int | None, partition_size: int) -> None:
-    """Extract features to cache/<dataset>/<config-hash>/features.h5 (resumable); print its path last."""
+    """Embed text, audio and video into features.h5 (resumable).
+
+    Stages: prepare -> media (decode, MTCNN; media.h5) -> encoders (trained if missing) -> embed
+    (features.h5 in cache/<dataset>/<config-hash>/). Each stage is skipped when complete; a killed run
+    resumes where it stopped when the same command is run again. Problems per utterance go to
+    problems.jsonl beside media.h5. The last line printed is the path of features.h5.
+    """
     _run_extract_command(dataset=dataset, root=root, modalities=modalities, splits=splits, workers=workers,
                          scheduler=scheduler, device=device, text_model=text_model, encoders=encoders,
                          cache=cache, limit=limit, partition_size=partition_size)
@@ -115,7 +126,11 @@ def train_encoders_command(dataset: str, modality: str, media: Path | None, out:
                            root: Path | None, cache: Path, epochs: int | None, device: str,
                            batch_size: int | None, steps_per_epoch: int | None, seed: int,
                            classes: str | None, overwrite: bool, threads: int | None) -> None:
-    """Triplet-train the audio/face/scene extractors on a media cache; print the checkpoint paths."""
+    """Triplet-train the audio, face, scene (or text) encoders.
+
+    Trains on a media cache written by `m2f extract` (train split; dev picks the epoch) and writes
+    <modality>.pt checkpoints carrying their config, history and a dev probe quality figure.
+    """
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -204,7 +219,11 @@ def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, se
                      batch_size: int, heads: int, layers: int | None, fusion_layers: int, hidden: int,
                      ff_mult: int, class_map: str | None, compile_: bool, threads: int | None,
                      progress: bool, bucket: int, checkpoint_seconds: float) -> None:
-    """Train the dialog-level M2FNet on a features.h5; the epoch is chosen on dev weighted F1."""
+    """Train the dialog-level M2FNet on a features.h5.
+
+    Writes RUN_DIR/seed<k>/ (config, environment, label map, metrics.jsonl, best.pt, predictions);
+    the epoch is chosen on dev weighted F1, never on test. Rerun the same command to resume.
+    """
     from trainer.fit import TrainConfig, train_dialog
 
     config = TrainConfig(
@@ -226,7 +245,11 @@ def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, se
 @click.option("--compare-out", type=click.Path(path_type=Path), default=None,
               help="Also write the comparison table of all RUN_DIRS to this Markdown file.")
 def report_cmd(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
-    """Write report.md, report.json, confusion.png, curves.png into each RUN_DIR; print a comparison."""
+    """Write metrics, plots and the paper's numbers for runs.
+
+    Writes report.md, report.json, confusion.png and curves.png into each RUN_DIR and prints one
+    comparison table (mean ± std over seeds). A run still training is reported as such.
+    """
     from trainer.report import report
 
     try:
@@ -245,7 +268,11 @@ def report_cmd(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
 @click.option("--seeds", type=int, default=2, help="Training repeats (mean ± std in the report).")
 @click.option("--epochs", type=int, default=40, help="Dialog-model epochs per seed.")
 def demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> None:
-    """Run prepare -> extract -> train-dialog -> report on the bundled sample corpus."""
+    """Run the whole chain on the bundled sample corpus.
+
+    prepare -> extract -> train-dialog -> report on 25 generated utterances (toy numbers); prints
+    where the report is.
+    """
     from trainer.demo import run_demo
 
     path = run_demo(out, cache, workers, seeds, epochs)
