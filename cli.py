@@ -25,6 +25,12 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _interrupted(kept: str) -> None:
+    """Ctrl-C: say what was kept and how to go on, exit 130 (no traceback)."""
+    click.echo(f"\ninterrupted: {kept}; run the same command again to resume where it stopped.", err=True)
+    raise SystemExit(130)
+
+
 # --- prepare (pipeline/corpora) --------------------------------------------------------------
 @main.command()
 @click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Corpus format.")
@@ -93,6 +99,8 @@ def _run_extract_command(**kw) -> None:
         result = run_extract(ExtractOptions(**kw))
     except ExtractError as e:
         raise click.ClickException(str(e)) from e
+    except KeyboardInterrupt:
+        _interrupted(f"finished batches are kept under {kw['cache']}")
     click.echo(format_summary(result), err=True)
     click.echo(str(result.features))
 # --- end extract ---
@@ -236,6 +244,8 @@ def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, se
         dirs = train_dialog(config)
     except (FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from e
+    except KeyboardInterrupt:
+        _interrupted(f"finished epochs are kept in {out} (last.pt at most --checkpoint-seconds old)")
     click.echo(f"done: {len(dirs)} seed(s) in {out}; next: m2f report {out}")
 # --- end train-dialog ---
 

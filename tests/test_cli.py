@@ -1,0 +1,73 @@
+"""The command line as a new user meets it: help texts, wrong paths, Ctrl-C, reports of unfinished runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from trainer.synthetic import write_features, xor_rows
+
+COMMANDS = ("prepare", "extract", "train-encoders", "train-dialog", "report", "demo")
+
+
+def test_help_lists_every_command_with_a_whole_line():
+    out = CliRunner().invoke(main, ["--help"]).output
+    for cmd in COMMANDS:
+        line = next(x for x in out.splitlines() if x.strip().startswith(cmd + " "))
+        assert not line.rstrip().endswith("..."), f"help of {cmd} is cut: {line!r}"
+    assert CliRunner().invoke(main, ["--version"]).output.startswith("m2f, version")
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_each_command_help_shows_defaults(cmd):
+    res = CliRunner().invoke(main, [cmd, "--help"])
+    assert res.exit_code == 0
+    if cmd not in ("report", "prepare"):  # these have no option with a default value
+        assert "[default:" in res.output
+
+
+def test_wrong_root_names_what_was_expected(tmp_path):
+    res = CliRunner().invoke(main, ["prepare", "--dataset", "meld", "--root", str(tmp_path / "nope")])
+    assert res.exit_code != 0
+    assert "train_sent_emo.csv" in res.output and str(tmp_path / "nope") in res.output
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(main, ["prepare", "--dataset", "iemocap", "--root", str(tmp_path / "empty")])
+    assert res.exit_code != 0 and "Session" in res.output
+
+
+def _m2f() -> list[str]:
+    exe = Path(sys.executable).with_name("m2f")
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "from cli import main; main()"]
+
+
+def test_ctrl_c_says_how_to_resume_and_report_says_still_training(tmp_path):
+    lengths = {"train": [6] * 40, "dev": [6] * 10, "test": [6] * 10}
+    features = write_features(tmp_path / "f.h5", "custom", lengths, xor_rows({"t": 8, "a": 4, "v": 6}))
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        _m2f() + ["train-dialog", "--features", str(features), "--out", str(out), "--epochs", "500",
+                  "--patience", "500", "--heads", "2", "--hidden", "16", "--threads", "1", "--no-progress",
+                  "--checkpoint-seconds", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    status = out / "seed0" / "status.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if status.exists() and json.loads(status.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    # a report while it trains says so, and gives no test numbers
+    res = CliRunner().invoke(main, ["report", str(out)])
+    assert res.exit_code == 0 and "STILL TRAINING" in (out / "report.md").read_text()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "run the same command again to resume" in err and "Traceback" not in err
