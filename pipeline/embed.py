@@ -168,9 +168,12 @@ def visual_embeddings(face_encoder: torch.nn.Module, scene_encoder: torch.nn.Mod
             continue
         emb[i, d_face:] = scene_emb[s_off[i]:s_off[i + 1]].max(axis=0)
         if has_face[i]:
+            # max-pool over the frames actually decoded (a short clip has fewer than n_frames); padding
+            # with absent frames would add zero vectors that win the max over negative components
+            decoded = len(scenes[i]) or n_frames
             emb[i, :d_face] = weighted_face_embedding(
                 face_emb[f_off[i]:f_off[i + 1]], np.asarray(m["face_frame"]), np.asarray(m["face_weight"]),
-                n_frames)
+                decoded)
     return emb, has_visual, has_face
 
 

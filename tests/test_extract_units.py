@@ -161,3 +161,24 @@ def test_encoder_identity_matches_the_loaded_set_without_building_it(tmp_path):
     ident = encoder_identity(str(tmp_path))
     assert ident == load_encoder_set(tmp_path).identity and ident != encoder_identity("random")
     assert encoder_identity(None) is None
+
+
+def test_visual_embedding_pools_over_decoded_frames_only():
+    """A clip shorter than n_frames: max-pool over its frames, not over zero padding."""
+    import torch
+
+    from pipeline.embed import encode_images, visual_embeddings
+    from pipeline.encoders.model import build_encoder
+
+    torch.set_num_threads(1)
+    face, scene = build_encoder("face", seed=1, image_size=32), build_encoder("scene", seed=2, image_size=32)
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 255, (3, 3, 32, 32), dtype=np.uint8)
+    scenes = rng.integers(0, 255, (3, 3, 32, 32), dtype=np.uint8)
+    row = {"faces": crops, "face_frame": np.array([0, 1, 2], np.int16), "face_weight": np.ones(3, np.float32),
+           "scenes": scenes, "has_video": True, "has_face": True}
+    emb, has_visual, has_face = visual_embeddings(face, scene, [row], n_frames=15, batch_size=8)
+    expected = encode_images(face, crops, 8, "cpu").max(axis=0)
+    assert has_visual[0] and has_face[0]
+    assert (expected < 0).any()  # so zero padding would have changed the result
+    np.testing.assert_allclose(emb[0, :300], expected, rtol=1e-5, atol=1e-6)
