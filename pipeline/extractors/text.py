@@ -3,9 +3,13 @@
 M2FNET.md section 1 "Text" decides the input: the past utterances of the dialogue (as many as fit,
 the nearest kept first), the target utterance and one future utterance, each prefixed by its speaker
 name (``"Phoebe: What?"``), truncated from the far past to the model's maximum length. The embedding is
-the last hidden state of the first token (``pooling="cls"``); ``pooling="mean"`` (masked mean over
-tokens) is the trained pooling of the shipped all-MiniLM-L6-v2 sentence-embedding model and is kept
-as an option.
+the last hidden state of the first token (``pooling="cls"``, the default for a hub model or a plain
+folder). Options: ``mean`` (masked mean over all tokens; the trained pooling of the shipped
+all-MiniLM-L6-v2 sentence model) and ``target`` (mean over the target utterance's tokens). A folder
+written by :func:`pipeline.encoders.text_finetune.finetune_text` is embedded with the pooling and
+length it was trained with (its ``m2f_text.json``); measured on MELD (bench/RESULTS.md): frozen MiniLM
+first token 0.511 test wF1 vs mean 0.564 (utterance alone, logistic regression); fine-tuned on CPU
+with a first-token head 0.41 dev wF1 vs target 0.54-0.58.
 
 The input has three segments joined by the tokenizer's own pair separator (EmoBERTa's layout)::
 
