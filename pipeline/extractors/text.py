@@ -261,7 +261,7 @@ def build_context(dialogue: Dialogue, position: int, tokenizer, max_length: int)
     --------
     >>> ids = build_context(dialogue, 3, tokenizer, max_length=128)
     >>> tokenizer.decode(ids)
-    '[CLS] joey: hi. ross: hey. [SEP] monica: what? [SEP] ross: nothing. [SEP]'
+    '[CLS] joey : hi ross : hey [SEP] monica : what? [SEP] ross : nothing. [SEP]'
     """
     return assemble_context(_tokenize_utterances(dialogue, tokenizer), position, special_layout(tokenizer),
                             max_length)
