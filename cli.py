@@ -176,11 +176,6 @@ def _find_media(cache: Path, dataset: str) -> Path:
 
 
 def _train_text_encoder(dataset: str, root: Path | None, out: Path, device: str, epochs: int | None) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("pipeline.encoders.text_finetune") is None:
-        raise click.ClickException("text fine-tuning (pipeline.encoders.text_finetune) is not available in "
-                                   "this install; use `m2f extract --text-model NAME` for a frozen model")
     from pipeline.corpora import prepare_corpus
     from pipeline.encoders.text_finetune import finetune_text
 

@@ -162,13 +162,19 @@ def test_cli_without_media_names_what_to_do(tmp_path):
     assert res.exit_code == 2 and "--media PATH" in res.output
 
 
-def test_cli_text_modality_needs_the_text_module(tmp_path):
-    import importlib.util
+def test_cli_text_modality_fine_tunes_a_loadable_text_model(tmp_path):
+    """`--modality text` fine-tunes the shipped MiniLM on the sample and writes a folder extract can use."""
+    import json
 
-    if importlib.util.find_spec("pipeline.encoders.text_finetune") is not None:
-        pytest.skip("text fine-tuning is installed; its CLI path is the text engineer's to test")
-    res = CliRunner().invoke(main, ["train-encoders", "--dataset", "sample", "--modality", "text"])
-    assert res.exit_code == 1 and "text_finetune" in res.output
+    from pipeline.extractors.text import TextEmbedder
+
+    out = tmp_path / "text"
+    res = CliRunner().invoke(main, ["train-encoders", "--dataset", "sample", "--modality", "text",
+                                    "--out", str(out), "--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "m2f_text.json").read_text())
+    assert meta["history"] and "dev_weighted_f1" in json.dumps(meta)
+    assert TextEmbedder(str(out)).dim == 384
 
 
 @pytest.mark.gpu
