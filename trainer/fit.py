@@ -464,15 +464,12 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
         _keep_metrics_until(run_dir, state.epoch)
     write_json(run_dir / "environment.json", environment_info(device))
     step_model = torch.compile(model) if t.compile else model
-    write_status(
-        run_dir,
-        "training",
-        epoch=state.epoch,
-        epochs=t.epochs,
-        seed=seed,
-        best_epoch=state.best_epoch,
-        best_dev_weighted_f1=state.best_f1,
-    )
+
+    def report_status(state_name: str, **extra) -> None:
+        write_status(run_dir, state_name, epoch=state.epoch, epochs=t.epochs, seed=seed,
+                     best_epoch=state.best_epoch, best_dev_weighted_f1=state.best_f1, **extra)
+
+    report_status("training")
 
     from tqdm.auto import tqdm
 
@@ -516,15 +513,7 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
         if finishing or time.perf_counter() - last_saved >= t.checkpoint_seconds:
             _save_last(run_dir, model, optimizer, state, device)
             last_saved = time.perf_counter()
-        write_status(
-            run_dir,
-            "training",
-            epoch=state.epoch,
-            epochs=t.epochs,
-            seed=seed,
-            best_epoch=state.best_epoch,
-            best_dev_weighted_f1=state.best_f1,
-        )
+        report_status("training")
         bar.update(1)
         bar.set_postfix(loss=f"{train_loss:.4f}", dev_wF1=f"{dev['weighted_f1']:.4f}")
     bar.close()
@@ -535,16 +524,7 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
             probs = predict_probs(best, splits[name], max(t.batch_size, 64), device)
             write_predictions(run_dir / f"predictions_{name}.csv", splits[name], probs, resolved.class_names)
     stopped = "early_stopping" if state.bad_epochs >= t.patience else "max_epochs"
-    write_status(
-        run_dir,
-        "done",
-        epoch=state.epoch,
-        epochs=t.epochs,
-        seed=seed,
-        best_epoch=state.best_epoch,
-        best_dev_weighted_f1=state.best_f1,
-        stopped=stopped,
-    )
+    report_status("done", stopped=stopped)
     return json.loads(status_path.read_text())
 
 
