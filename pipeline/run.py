@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.cache import FeatureWriter, RowReader, ShardedWriter, config_hash
+from pipeline.corpora.base import CLASS_MAPS
 from pipeline.embed import (
     FrontTimer,
     StageClock,
@@ -613,7 +614,9 @@ def stage_encoders(opts: ExtractOptions, media_path: Path | None, media_key: str
             f"({e}); pass `--encoders random` for seeded random weights or `--encoders DIR` with "
             "audio.pt, face.pt, scene.pt") from e
     log(f"encoders: training {missing} on {media_path} -> {folder} (pass --encoders DIR|random to skip)")
-    train_encoders(media_path, folder, modalities=tuple(missing), device=opts.device)
+    # triplets only over the corpus's standard classes (IEMOCAP's xxx/oth/sur are not emotions to learn)
+    train_encoders(media_path, folder, modalities=tuple(missing), device=opts.device,
+                   classes=CLASS_MAPS.get(opts.dataset))
     _check_encoder_dir(folder, "trained encoders")
     return str(folder.resolve())
 

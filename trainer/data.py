@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from pipeline.cache import list_splits, read_attrs, read_split
+from pipeline.corpora.base import CLASS_MAPS, IEMOCAP_CLASSES, MELD_CLASSES  # noqa: F401  (re-exported)
 
 #: Label index of padding and of utterances outside the class map (``ignore_index`` of the loss).
 IGNORE = -100
@@ -39,13 +40,6 @@ MODALITY_FIELDS = {
 }
 MODALITY_NAMES = {"t": "text", "a": "audio", "v": "visual"}
 
-MELD_CLASSES = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
-IEMOCAP_CLASSES = ("hap", "sad", "neu", "ang", "exc", "fru")
-CLASS_MAPS: dict[str, tuple[str, ...]] = {
-    "meld": MELD_CLASSES,
-    "iemocap": IEMOCAP_CLASSES,
-    "sample": MELD_CLASSES,
-}
 CLASS_MAP_CHOICES = ("meld", "iemocap", "sample", "custom")
 
 

@@ -15,6 +15,16 @@ NO_FOLDER = "no-folder"  # no media folder for this split at all (e.g. MELD CSVs
 NOT_GIVEN = "not-given"  # the annotation names no media for this utterance (custom CSV, empty cell)
 STATUSES = (FOUND, MISSING, ZERO_BYTE, NO_FOLDER, NOT_GIVEN)
 
+#: The standard emotion classes per corpus, in the paper's order (the one place they are written).
+#: Readers keep every raw label; trainers and encoder training use these class maps.
+MELD_CLASSES = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
+IEMOCAP_CLASSES = ("hap", "sad", "neu", "ang", "exc", "fru")  # the 6-class ERC setup
+CLASS_MAPS: dict[str, tuple[str, ...]] = {
+    "meld": MELD_CLASSES,
+    "iemocap": IEMOCAP_CLASSES,
+    "sample": MELD_CLASSES,  # MELD's layout and labels
+}
+
 #: How deep under ``--root`` the readers look for files and folders by name.
 MAX_SEARCH_DEPTH = 4
 

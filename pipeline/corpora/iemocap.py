@@ -36,6 +36,7 @@ from pathlib import Path
 
 from pipeline.corpora.base import (
     FOUND,
+    IEMOCAP_CLASSES,
     MISSING,
     NO_FOLDER,
     ZERO_BYTE,
@@ -54,7 +55,7 @@ DEV_SEED = 2022
 DEV_DIALOGS = 20
 
 #: The 6-class ERC codes (for reference; the reader keeps every code).
-ERC6 = ("hap", "sad", "neu", "ang", "exc", "fru")
+ERC6 = IEMOCAP_CLASSES
 
 SUMMARY_RE = re.compile(r"^\[\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*\]\s+(\S+)\s+(\w+)\s+\[[^\]]*\]\s*$")
 TRANSCRIPT_RE = re.compile(r"^(\S+)\s+\[([\d.]+)-([\d.]+)\]:\s*(.*?)\s*$")

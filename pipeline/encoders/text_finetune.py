@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.corpora.base import IEMOCAP_CLASSES, MELD_CLASSES
 from pipeline.extractors.text import (
     POOLINGS,
     build_contexts,
@@ -59,8 +60,6 @@ from pipeline.extractors.text import (
 )
 from pipeline.manifest import Utterance, group_dialogues
 
-MELD_CLASSES = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
-IEMOCAP_CLASSES = ("hap", "sad", "neu", "ang", "exc", "fru")
 #: Written into ``m2f_text.json``; :class:`TextEmbedder` does not need it, readers may check it.
 META_FILE = "m2f_text.json"
 
