@@ -90,6 +90,7 @@ def extract(dataset: str, root: Path | None, modalities: str, splits: str, worke
 
 
 def _run_extract_command(**kw) -> None:
+    from pipeline.cache import CacheLockedError
     from pipeline.manifest import SPLITS
     from pipeline.run import MODALITIES, ExtractError, ExtractOptions, format_summary, parse_list, run_extract
 
@@ -97,7 +98,7 @@ def _run_extract_command(**kw) -> None:
         kw["modalities"] = parse_list(kw["modalities"], MODALITIES, "--modalities")
         kw["splits"] = parse_list(kw["splits"], SPLITS, "--splits")
         result = run_extract(ExtractOptions(**kw))
-    except ExtractError as e:
+    except (ExtractError, CacheLockedError) as e:
         raise click.ClickException(str(e)) from e
     except KeyboardInterrupt:
         _interrupted(f"finished batches are kept under {kw['cache']}")

@@ -28,6 +28,7 @@ or with :func:`read_split`.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -118,6 +119,10 @@ def _concat(a, b):
     return np.concatenate([a, b], axis=0)
 
 
+class CacheLockedError(RuntimeError):
+    """Another live process is writing the same cache file."""
+
+
 class ShardedWriter:
     """Append-only, crash-safe writer of row batches that one process owns.
 
@@ -132,7 +137,9 @@ class ShardedWriter:
     Notes
     -----
     Every row carries ``utt_id``. A shard is one split's batch; appending the same id twice keeps
-    the later row.
+    the later row. The writer holds an exclusive ``flock`` on ``<path>.shards/.lock`` until
+    :meth:`close` (or until its process dies, even by ``kill -9``): a second run writing the same file
+    at the same time gets :class:`CacheLockedError` instead of interleaving shards.
     """
 
     def __init__(self, path: str | Path, attrs: Mapping[str, object] | None = None):
@@ -140,8 +147,28 @@ class ShardedWriter:
         self.shard_dir = self.path.with_name(self.path.name + ".shards")
         self.attrs = dict(attrs or {})
         self.shard_dir.mkdir(parents=True, exist_ok=True)
+        lock_path = self.shard_dir / ".lock"
+        self._lock = open(lock_path, "a")  # noqa: SIM115 - held for the writer's lifetime
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise CacheLockedError(
+                f"another m2f process is writing {self.path} (lock {lock_path}); let it finish or stop "
+                "it (its finished batches are kept), then run this command again") from None
         for tmp in self.shard_dir.glob("*.tmp"):  # half-written shard of a killed run
             tmp.unlink()
+
+    def close(self) -> None:
+        """Release the lock (also released when the process exits)."""
+        if not self._lock.closed:
+            self._lock.close()
+
+    def __enter__(self) -> ShardedWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- state -------------------------------------------------------------------------------
     def shards(self, split: str | None = None) -> list[Path]:

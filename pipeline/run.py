@@ -524,37 +524,38 @@ def stage_media(engine: Engine, opts: ExtractOptions, selected: list[Utterance],
                 on_written: Callable[[object, int], None] | None = None) -> Path:
     """Decode every selected utterance once into ``media.h5``; skip what its shards hold."""
     path = folder / "media.h5"
-    writer = ShardedWriter(path, {"kind": "m2f-media", "media_config": json.dumps(media_cfg, sort_keys=True),
-                                  "dataset": opts.dataset})
-    done = writer.done_ids()
-    todo = [u for u in selected if u.id not in done]
-    problems_log = folder / "problems.jsonl"
-    if not todo and writer.is_complete():
-        write_problems(path, problems_log)  # whole again, should a kill have cut its last rewrite
-        log(f"media: complete, {path}")
-        return path
-    log(f"media: {len(selected) - len(todo)} of {len(selected)} utterances already written, "
-        f"{len(todo)} to do")
+    # the writer holds the cache lock until the stage ends, also when it fails
+    with ShardedWriter(path, {"kind": "m2f-media", "media_config": json.dumps(media_cfg, sort_keys=True),
+                              "dataset": opts.dataset}) as writer:
+        done = writer.done_ids()
+        todo = [u for u in selected if u.id not in done]
+        problems_log = folder / "problems.jsonl"
+        if not todo and writer.is_complete():
+            write_problems(path, problems_log)  # whole again, should a kill have cut its last rewrite
+            log(f"media: complete, {path}")
+            return path
+        log(f"media: {len(selected) - len(todo)} of {len(selected)} utterances already written, "
+            f"{len(todo)} to do")
 
-    def write(res: dict) -> None:
+        def write(res: dict) -> None:
+            t = time.perf_counter()
+            writer.append(res["split"], rows_to_columns(res["rows"]))
+            with open(problems_log, "a", encoding="utf-8") as f:
+                for uid, probs in res["problems"].items():
+                    f.write(json.dumps({"utt_id": uid, "problems": probs}, ensure_ascii=False) + "\n")
+            _merge_seconds(result.work, {"write": time.perf_counter() - t, **res["seconds"]})
+            _note_worker(result.workers, res["stats"])
+
+        t0 = time.perf_counter()
+        parts = engine.partitions(todo)
+        engine.map_partitions(media_partition, parts, media_cfg, opts.device, desc="media", on_result=write,
+                              on_written=on_written)
         t = time.perf_counter()
-        writer.append(res["split"], rows_to_columns(res["rows"]))
-        with open(problems_log, "a", encoding="utf-8") as f:
-            for uid, probs in res["problems"].items():
-                f.write(json.dumps({"utt_id": uid, "problems": probs}, ensure_ascii=False) + "\n")
-        _merge_seconds(result.work, {"write": time.perf_counter() - t, **res["seconds"]})
-        _note_worker(result.workers, res["stats"])
-
-    t0 = time.perf_counter()
-    parts = engine.partitions(todo)
-    engine.map_partitions(media_partition, parts, media_cfg, opts.device, desc="media", on_result=write,
-                          on_written=on_written)
-    t = time.perf_counter()
-    writer.finalize()  # media rows are read by id: merged shard by shard, never the whole file in memory
-    write_problems(path, problems_log)
-    result.work["write"] = result.work.get("write", 0.0) + time.perf_counter() - t
-    result.seconds["media"] = time.perf_counter() - t0
-    return path
+        writer.finalize()  # media rows are read by id: merged shard by shard, never the whole file in memory
+        write_problems(path, problems_log)
+        result.work["write"] = result.work.get("write", 0.0) + time.perf_counter() - t
+        result.seconds["media"] = time.perf_counter() - t0
+        return path
 
 
 def write_problems(media_path: Path, out: Path) -> dict[str, int]:
@@ -701,33 +702,33 @@ def stage_embed(engine: Engine, opts: ExtractOptions, selected: list[Utterance],
                 spec: EmbedSpec, path: Path, config: dict, result: ExtractResult,
                 on_written: Callable[[object, int], None] | None = None) -> Path:
     """Encoders and text model over the selection -> ``features.h5`` (skip what is written)."""
-    writer = FeatureWriter(path, opts.dataset, config)
-    done = writer.done_ids()
-    _count_skipped(result, selected, done)
-    todo = [u for u in selected if u.id not in done]
-    if not todo and writer.is_complete():
-        log(f"features: complete, {path}")
-        return path
-    log(f"features: {len(selected) - len(todo)} of {len(selected)} utterances already written, "
-        f"{len(todo)} to do")
+    with FeatureWriter(path, opts.dataset, config) as writer:  # holds the cache lock until the stage ends
+        done = writer.done_ids()
+        _count_skipped(result, selected, done)
+        todo = [u for u in selected if u.id not in done]
+        if not todo and writer.is_complete():
+            log(f"features: complete, {path}")
+            return path
+        log(f"features: {len(selected) - len(todo)} of {len(selected)} utterances already written, "
+            f"{len(todo)} to do")
 
-    def write(res: dict) -> None:
+        def write(res: dict) -> None:
+            t = time.perf_counter()
+            writer.append(res["split"], res["rows"])
+            result.summary[res["split"]].done += len(res["rows"]["utt_id"])
+            _merge_seconds(result.work, {"write": time.perf_counter() - t, **res["seconds"]})
+            _note_worker(result.workers, res["stats"])
+
+        t0 = time.perf_counter()
+        parts = engine.partitions(todo)
+        engine.map_partitions(embed_partition, parts, str(media_path) if media_path else None, spec,
+                              desc="embed", on_result=write, on_written=on_written)
         t = time.perf_counter()
-        writer.append(res["split"], res["rows"])
-        result.summary[res["split"]].done += len(res["rows"]["utt_id"])
-        _merge_seconds(result.work, {"write": time.perf_counter() - t, **res["seconds"]})
-        _note_worker(result.workers, res["stats"])
-
-    t0 = time.perf_counter()
-    parts = engine.partitions(todo)
-    engine.map_partitions(embed_partition, parts, str(media_path) if media_path else None, spec,
-                          desc="embed", on_result=write, on_written=on_written)
-    t = time.perf_counter()
-    writer.finalize(order_by_split(selected))
-    result.work["write"] = result.work.get("write", 0.0) + time.perf_counter() - t
-    result.seconds["embed"] = time.perf_counter() - t0
-    (path.parent / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
-    return path
+        writer.finalize(order_by_split(selected))
+        result.work["write"] = result.work.get("write", 0.0) + time.perf_counter() - t
+        result.seconds["embed"] = time.perf_counter() - t0
+        (path.parent / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
+        return path
 
 
 def _media_config_dict(overrides: dict | None) -> dict:

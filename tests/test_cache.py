@@ -17,6 +17,7 @@ import pytest
 
 from pipeline.cache import (
     FEATURE_FIELDS,
+    CacheLockedError,
     FeatureWriter,
     RowReader,
     ShardedWriter,
@@ -210,3 +211,29 @@ def test_unordered_finalize_streams_shards_and_keeps_latest(tmp_path):
         np.testing.assert_array_equal(r.row(2)["wave"], np.full(4, 7, np.float32))
         assert r.row(0)["wave"].shape == (0,)
     assert not list((tmp_path / "media.h5.shards").glob("*.h5"))
+
+
+def test_a_second_live_writer_is_refused_until_the_first_closes_or_dies(tmp_path):
+    path = tmp_path / "features.h5"
+    first = FeatureWriter(path, "meld", {})
+    with pytest.raises(CacheLockedError, match="another m2f process is writing"):
+        FeatureWriter(path, "meld", {})
+    first.close()
+    with FeatureWriter(path, "meld", {}) as again:
+        again.append("dev", _rows(["a"]))
+    # a holder killed with SIGKILL releases the lock (the kernel drops flocks of dead processes)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        from pipeline.cache import ShardedWriter
+        w = ShardedWriter({str(path)!r})
+        print("locked", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(CacheLockedError):
+        ShardedWriter(path)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    with ShardedWriter(path) as w:
+        assert w.done_ids() == {"a"}

@@ -111,4 +111,7 @@ def write_features(
                 "has_face": made["has_visual"],
             },
         )
-    return writer.finalize()
+    try:
+        return writer.finalize()
+    finally:
+        writer.close()
