@@ -150,12 +150,12 @@ def train_encoders_command(dataset: str, modality: str, media: Path | None, out:
     if modality == "text":
         _train_text_encoder(dataset, root, out or cache / dataset / "encoders" / "text", device, epochs)
         return
-    from pipeline.encoders.model import MODALITIES
+    from pipeline.encoders.model import ENCODER_KINDS
     from pipeline.encoders.train import train_encoders
 
     media = media or _find_media(cache, dataset)
     out = out or cache / dataset / "encoders" / media.parent.name.removeprefix("media-")
-    mods = MODALITIES if modality == "all" else (modality,)
+    mods = ENCODER_KINDS if modality == "all" else (modality,)
     labels = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
     try:
         paths = train_encoders(media, out, modalities=mods, epochs=epochs, device=device, seed=seed,
@@ -228,9 +228,9 @@ def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, se
     Writes RUN_DIR/seed<k>/ (config, environment, label map, metrics.jsonl, best.pt, predictions);
     the epoch is chosen on dev weighted F1, never on test. Rerun the same command to resume.
     """
-    from trainer.fit import TrainConfig, train_dialog
+    from trainer.fit import DialogTrainConfig, train_dialog
 
-    config = TrainConfig(
+    config = DialogTrainConfig(
         features=str(features), out=str(out), modalities=modalities, fusion=fusion, seeds=seeds,
         first_seed=first_seed, epochs=epochs, patience=patience, device=device, lr=lr,
         weight_decay=weight_decay, dropout=dropout, batch_size=batch_size, heads=heads, layers=layers,

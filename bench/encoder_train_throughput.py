@@ -27,8 +27,8 @@ import torch
 
 from pipeline.cache import ShardedWriter
 from pipeline.encoders.data import MediaSamples
-from pipeline.encoders.model import MODALITIES, build_encoder
-from pipeline.encoders.train import DEFAULT_BATCH, TrainConfig, train_epoch
+from pipeline.encoders.model import ENCODER_KINDS, build_encoder
+from pipeline.encoders.train import DEFAULT_BATCH, EncoderTrainConfig, train_epoch
 
 LABELS = ("anger", "joy", "neutral", "sadness")
 
@@ -61,7 +61,7 @@ def measure(media: Path, modality: str, device: str, batch_size: int, steps: int
             audio_seconds: float) -> dict:
     """Samples/s of ``steps`` timed training steps after one warm-up step."""
     samples = MediaSamples(media, "train", modality)
-    cfg = TrainConfig(modality=modality, epochs=1, batch_size=batch_size, clip_seconds=audio_seconds,
+    cfg = EncoderTrainConfig(modality=modality, epochs=1, batch_size=batch_size, clip_seconds=audio_seconds,
                       amp=torch.device(device).type == "cuda")
     enc = build_encoder(modality, seed=0).to(device)
     opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--audio-seconds", type=float, default=3.0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--modalities", default=",".join(MODALITIES))
+    ap.add_argument("--modalities", default=",".join(ENCODER_KINDS))
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

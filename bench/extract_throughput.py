@@ -38,7 +38,7 @@ def make_corpus(root: Path, clips: int, size: tuple[int, int], duration: float) 
 
 def run_dask(root: Path, cache: Path, workers: int) -> dict:
     """One full ``run_extract`` with a fresh LocalCluster of ``workers`` processes."""
-    from pipeline.extractors.text import DEFAULT_TEXT_MODEL
+    from pipeline.modalities.text import DEFAULT_TEXT_MODEL
     from pipeline.run import ExtractOptions, run_extract
 
     opts = ExtractOptions("meld", root, splits=("dev",), workers=workers, cache=cache, encoders="random",
@@ -60,9 +60,9 @@ def run_naive(manifest_path: Path) -> tuple[dict, dict[str, np.ndarray]]:
 
     from pipeline.embed import StageClock, encode_waveforms, text_embeddings, visual_embeddings
     from pipeline.encoders.model import load_encoder_set
-    from pipeline.extractors.text import DEFAULT_TEXT_MODEL, TextEmbedder
     from pipeline.manifest import group_dialogues, read_jsonl
     from pipeline.media import FaceDetector, MediaConfig, process_utterance
+    from pipeline.modalities.text import DEFAULT_TEXT_MODEL, TextEmbedder
 
     torch.set_num_threads(1)
     utts = [u for u in read_jsonl(manifest_path) if u.split == "dev"]

@@ -111,8 +111,8 @@ def labelled_rows(utt_ids: Sequence[str], labels: Sequence[str]) -> tuple[np.nda
 def stage_baseline(utterances, out: Path, max_length: int, batch_size: int,
                    contexts: Sequence[str] = ("none", "full")) -> dict:
     """Frozen shipped MiniLM (context / no context x cls / mean pooling) + logistic regression."""
-    from pipeline.extractors.text import TextEmbedder
     from pipeline.manifest import group_dialogues
+    from pipeline.modalities.text import TextEmbedder
 
     dialogues = group_dialogues(utterances)
     variants = {}

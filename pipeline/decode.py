@@ -5,7 +5,7 @@ Everything goes through PyAV (FFmpeg inside the wheel), for audio and for frames
 * :func:`probe` reads stream metadata (durations, rates, channel layout) without decoding;
 * :func:`decode_audio` decodes only the needed window (seeks to it), converts each frame to planar
   float with FFmpeg's own converter, downmixes by the channel *names* of the layout (centre channel of
-  5.1, mean of stereo; :func:`pipeline.extractors.audio.downmix`), trims the AAC end padding to the
+  5.1, mean of stereo; :func:`pipeline.modalities.audio.downmix`), trims the AAC end padding to the
   stream's duration, cuts spans longer than ``max_seconds`` to their centre and resamples to 16 kHz;
 * :func:`decode_frames` picks ``n`` frames spread uniformly over a span (centres of ``n`` equal bins),
   decoding forward and **seeking** whenever the next target lies more than ``seek_gap`` seconds
@@ -35,7 +35,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.extractors.audio import centre_window, downmix, resample
+from pipeline.modalities.audio import centre_window, downmix, resample
 
 #: Seek instead of decoding forward when the next wanted frame is more than this many seconds ahead.
 SEEK_GAP = 3.0

@@ -8,10 +8,10 @@ inside a dask worker for a few dialogues at a time and writes what it returns.
   an utterance's vector depending on its batch neighbours (and a resumed run would not equal an
   uninterrupted one).
 * visual: the face encoder over every stored face crop, summed per frame by the stored area weights and
-  max-pooled over frames (:func:`pipeline.extractors.visual.weighted_face_embedding`), concatenated with
+  max-pooled over frames (:func:`pipeline.modalities.visual.weighted_face_embedding`), concatenated with
   the scene encoder over every stored frame max-pooled over frames: ``[face | scene]`` (600-d).
   ``has_visual`` = the clip had decodable video; the face half is zeros where ``has_face`` is False.
-* text: :class:`pipeline.extractors.text.TextEmbedder` over whole dialogues (context needs them).
+* text: :class:`pipeline.modalities.text.TextEmbedder` over whole dialogues (context needs them).
 
 A modality that was not requested gets width-0 embeddings and False flags; one that was requested but
 whose media is missing gets zeros of full width and a False flag.
@@ -149,7 +149,7 @@ def visual_embeddings(face_encoder: torch.nn.Module, scene_encoder: torch.nn.Mod
         Zeros where there is no video; face half zeros where there is no face.
     has_visual, has_face : (N,) bool
     """
-    from pipeline.extractors.visual import weighted_face_embedding
+    from pipeline.modalities.visual import weighted_face_embedding
 
     clock = clock or StageClock()
     n = len(media)

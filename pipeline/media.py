@@ -34,7 +34,7 @@ no face in any frame                   has_face = False ("no face ...")
 =====================================  ==========================================================
 
 Frames per utterance: ``len(row["scenes"])`` (<= ``n_frames``); pass it, not ``n_frames``, as
-``n_frames`` to :func:`~pipeline.extractors.visual.weighted_face_embedding`, so a short clip is not
+``n_frames`` to :func:`~pipeline.modalities.visual.weighted_face_embedding`, so a short clip is not
 padded with empty (zero) frames.
 
 Examples
@@ -52,8 +52,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.decode import MediaError, TruncatedMedia, decode_audio, decode_frames, probe
-from pipeline.extractors.audio import SILENCE_PEAK, is_silent
-from pipeline.extractors.visual import (
+from pipeline.manifest import Utterance
+from pipeline.modalities.audio import SILENCE_PEAK, is_silent
+from pipeline.modalities.visual import (
     FACE_MARGIN,
     FaceDetector,
     area_weights,
@@ -62,7 +63,6 @@ from pipeline.extractors.visual import (
     resize_scenes,
     select_faces,
 )
-from pipeline.manifest import Utterance
 
 __all__ = ["MEDIA_FLAGS", "MEDIA_RAGGED", "FaceDetector", "MediaConfig", "empty_row", "process_utterance",
            "stored_bytes"]

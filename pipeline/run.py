@@ -338,7 +338,7 @@ def embed_partition(utterances: list[Utterance], media_path: str | None, spec: E
     clock = StageClock()
     text = audio = visual = None
     if "text" in spec.modalities:
-        from pipeline.extractors.text import TextEmbedder
+        from pipeline.modalities.text import TextEmbedder
 
         embedder = cached_model(("text", spec.text_model, spec.device, spec.batch),
                                 lambda: TextEmbedder(spec.text_model, device=spec.device,
@@ -652,9 +652,9 @@ def encoder_identity(spec: str | None, seed: int = 0) -> str | None:
         return None
     if spec == "random":
         return f"random-seed{seed}"
-    from pipeline.encoders.model import MODALITIES, file_identity
+    from pipeline.encoders.model import ENCODER_KINDS, file_identity
 
-    blob = "".join(file_identity(Path(spec) / f"{m}.pt") for m in MODALITIES)
+    blob = "".join(file_identity(Path(spec) / f"{m}.pt") for m in ENCODER_KINDS)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -692,7 +692,7 @@ def stage_text_model(opts: ExtractOptions, manifest: Sequence[Utterance]) -> str
 
 def text_identity(model: str | None, device: str) -> str | None:
     """Identity of the text model (part of the features cache key)."""
-    from pipeline.extractors.text import TextEmbedder
+    from pipeline.modalities.text import TextEmbedder
 
     return TextEmbedder(model, device="cpu").identity
 

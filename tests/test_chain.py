@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from cli import main
 from pipeline.cache import read_split, validate_features
 from pipeline.corpora.synthetic import make_iemocap_tree, make_meld_tree
-from pipeline.extractors.text import DEFAULT_TEXT_MODEL
+from pipeline.modalities.text import DEFAULT_TEXT_MODEL
 
 
 def _run(args: list[str]) -> str:

@@ -1,4 +1,4 @@
-"""pipeline.decode and pipeline.extractors.audio on real files encoded with PyAV."""
+"""pipeline.decode and pipeline.modalities.audio on real files encoded with PyAV."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.corpora.synthetic import encode_media, tone, write_clip, write_wav
 from pipeline.decode import MediaError, decode_audio, decode_frames, frame_targets, probe
-from pipeline.extractors.audio import centre_cut, centre_window, downmix, is_silent, resample
+from pipeline.modalities.audio import centre_cut, centre_window, downmix, is_silent, resample
 
 SR = 16000
 

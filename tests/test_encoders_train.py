@@ -166,7 +166,7 @@ def test_cli_text_modality_fine_tunes_a_loadable_text_model(tmp_path):
     """`--modality text` fine-tunes the shipped MiniLM on the sample and writes a folder extract can use."""
     import json
 
-    from pipeline.extractors.text import TextEmbedder
+    from pipeline.modalities.text import TextEmbedder
 
     out = tmp_path / "text"
     res = CliRunner().invoke(main, ["train-encoders", "--dataset", "sample", "--modality", "text",

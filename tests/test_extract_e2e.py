@@ -26,8 +26,8 @@ from pipeline.corpora.synthetic import (
     write_truncated,
 )
 from pipeline.encoders.model import build_encoder, save_encoder
-from pipeline.extractors.text import DEFAULT_TEXT_MODEL
 from pipeline.manifest import read_jsonl
+from pipeline.modalities.text import DEFAULT_TEXT_MODEL
 from pipeline.run import ExtractError, ExtractOptions, encoder_identity, make_local_cluster, run_extract
 
 N_FRAMES = 6  # fewer frames than the paper's 15 keep MTCNN and the encoders quick on 2 shared cores

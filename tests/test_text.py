@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.extractors.text import (
+from pipeline.manifest import Dialogue, Utterance
+from pipeline.modalities.text import (
     DEFAULT_TEXT_MODEL,
     SpecialLayout,
     TextEmbedder,
@@ -19,7 +20,6 @@ from pipeline.extractors.text import (
     load_text_model,
     special_layout,
 )
-from pipeline.manifest import Dialogue, Utterance
 
 torch.set_num_threads(1)
 
@@ -230,7 +230,7 @@ def test_max_length_and_pooling_follow_the_finetuned_folder(tiny_roberta, tmp_pa
 
 @pytest.mark.parametrize("which", ["minilm", "tiny_roberta"])
 def test_target_span_and_target_pooling(which, tiny_roberta):
-    from pipeline.extractors.text import target_mask_batch, target_span
+    from pipeline.modalities.text import target_mask_batch, target_span
 
     tok, _ = load_text_model(None if which == "minilm" else str(tiny_roberta))
     layout = special_layout(tok)

@@ -20,8 +20,8 @@ from pipeline.encoders.text_finetune import (
     predict,
     read_finetune_meta,
 )
-from pipeline.extractors.text import TextEmbedder, load_text_model
 from pipeline.manifest import Utterance
+from pipeline.modalities.text import TextEmbedder, load_text_model
 
 torch.set_num_threads(1)
 
@@ -82,7 +82,7 @@ def test_finetune_learns_keywords_and_writes_a_loadable_folder(tmp_path):
 @pytest.mark.parametrize("which", ["minilm", "tiny_roberta"])
 def test_frozen_bottom_cache_gives_the_full_models_logits(which, tiny):
     from pipeline.encoders.text_finetune import full_logits
-    from pipeline.extractors.text import pad_batch
+    from pipeline.modalities.text import pad_batch
 
     source = None if which == "minilm" else str(tiny)
     tok, model = load_text_model(source, for_classification=4)
@@ -103,7 +103,7 @@ def test_frozen_bottom_cache_gives_the_full_models_logits(which, tiny):
     full_mean = predict(model, ex, 4, pad, "cpu", pooling="mean")
     np.testing.assert_allclose(predict(model, ex, 4, pad, "cpu", cache, pooling="mean"), full_mean, atol=1e-5)
     assert not np.allclose(full_mean, full, atol=1e-4)
-    from pipeline.extractors.text import special_layout
+    from pipeline.modalities.text import special_layout
 
     layout = special_layout(tok)
     full_target = predict(model, ex, 4, pad, "cpu", pooling="target", layout=layout)

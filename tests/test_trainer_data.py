@@ -112,11 +112,12 @@ def test_inspect_reports_dims_and_refuses_a_file_without_dev(tmp_path, meld_file
 
 
 def test_training_refuses_a_class_map_that_matches_no_label(tmp_path):
-    from trainer.fit import TrainConfig, train_dialog
+    from trainer.fit import DialogTrainConfig, train_dialog
 
     path = write_features(
         tmp_path / "f.h5", "meld", {"train": [3], "dev": [2]}, labelled_rows(["hap", "xxx"])
     )
     with pytest.raises(ValueError, match=r"f\.h5: no train utterance has a label of the class map"):
-        train_dialog(TrainConfig(features=str(path), out=str(tmp_path / "run"), heads=1, progress=False))
+        train_dialog(DialogTrainConfig(features=str(path), out=str(tmp_path / "run"), heads=1,
+                                       progress=False))
     assert not (tmp_path / "run").exists()

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from trainer.data import IGNORE, MELD_CLASSES, load_split
-from trainer.fit import TrainConfig, load_model, predict_probs, read_metrics, train_dialog
+from trainer.fit import DialogTrainConfig, load_model, predict_probs, read_metrics, train_dialog
 from trainer.synthetic import random_rows, write_features, xor_rows
 
 DIMS = {"t": 8, "a": 8, "v": 8}
@@ -53,7 +53,7 @@ def test_fusion_learns_a_label_that_needs_two_modalities(xor_file, tmp_path):
     """Acceptance: label = sign(audio) XOR sign(visual); text is noise. Only the fused model can learn it."""
     acc = {}
     for mods in ("tav", "t", "a", "v"):
-        config = TrainConfig(
+        config = DialogTrainConfig(
             features=str(xor_file), out=str(tmp_path / mods), modalities=mods, epochs=25, patience=25, **SMALL
         )
         (run,) = train_dialog(config)
@@ -71,7 +71,7 @@ def test_epoch_is_selected_on_dev_and_early_stopping_works(tmp_path):
         dialog_lengths(1, (("train", 20), ("dev", 8), ("test", 8))),
         random_rows(DIMS, ["joy", "anger", "neutral"]),
     )
-    config = TrainConfig(
+    config = DialogTrainConfig(
         features=str(path), out=str(tmp_path / "run"), modalities="a", epochs=40, patience=3, **SMALL
     )
     (run,) = train_dialog(config)
@@ -103,7 +103,8 @@ def m2f_command() -> list[str]:
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(xor_file, tmp_path):
     epochs = 10
     options = dict(modalities="tav", epochs=epochs, patience=epochs, checkpoint_seconds=0, **SMALL)
-    (reference,) = train_dialog(TrainConfig(features=str(xor_file), out=str(tmp_path / "ref"), **options))
+    reference_config = DialogTrainConfig(features=str(xor_file), out=str(tmp_path / "ref"), **options)
+    (reference,) = train_dialog(reference_config)
 
     out = tmp_path / "killed"
     cmd = m2f_command() + [
@@ -149,7 +150,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(xor_file, tmp_path)
     status = json.loads(status_file.read_text())
     assert status["state"] == "training" and 3 <= status["epoch"] < epochs
 
-    (resumed,) = train_dialog(TrainConfig(features=str(xor_file), out=str(out), **options))
+    (resumed,) = train_dialog(DialogTrainConfig(features=str(xor_file), out=str(out), **options))
     ref_rows, res_rows = read_metrics(reference), read_metrics(resumed)
     assert [r["epoch"] for r in res_rows] == list(range(1, epochs + 1))
     for a, b in zip(ref_rows, res_rows, strict=True):
@@ -159,14 +160,14 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(xor_file, tmp_path)
 
     # a finished seed is not trained again; other options are refused, not mixed in
     before = (resumed / "metrics.jsonl").read_text()
-    train_dialog(TrainConfig(features=str(xor_file), out=str(out), **options))
+    train_dialog(DialogTrainConfig(features=str(xor_file), out=str(out), **options))
     assert (resumed / "metrics.jsonl").read_text() == before
     with pytest.raises(ValueError, match=r"different options \(lr"):
-        train_dialog(TrainConfig(features=str(xor_file), out=str(out), **{**options, "lr": 1e-3}))
+        train_dialog(DialogTrainConfig(features=str(xor_file), out=str(out), **{**options, "lr": 1e-3}))
 
 
 def test_run_directory_holds_what_a_reader_needs(xor_file, tmp_path):
-    config = TrainConfig(
+    config = DialogTrainConfig(
         features=str(xor_file),
         out=str(tmp_path / "run"),
         modalities="av",
@@ -206,7 +207,7 @@ def test_run_directory_holds_what_a_reader_needs(xor_file, tmp_path):
 @pytest.mark.gpu
 def test_cuda_fast_path(xor_file, tmp_path):
     options = dict(SMALL, threads=None)
-    config = TrainConfig(
+    config = DialogTrainConfig(
         features=str(xor_file),
         out=str(tmp_path / "gpu"),
         modalities="tav",

@@ -12,7 +12,7 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 from cli import main
 from trainer.data import MELD_CLASSES
-from trainer.fit import TrainConfig, train_dialog, write_status
+from trainer.fit import DialogTrainConfig, train_dialog, write_status
 from trainer.report import PAPER_RESULTS, paper_reference, report, summarize_run
 from trainer.synthetic import random_rows, write_features
 
@@ -36,10 +36,11 @@ def meld_like(tmp_path_factory):
     lengths = {s: rng.integers(2, 8, n).tolist() for s, n in (("train", 24), ("dev", 10), ("test", 12))}
     path = write_features(root / "features.h5", "meld", lengths, random_rows(DIMS, list(MELD_CLASSES)))
     text = train_dialog(
-        TrainConfig(features=str(path), out=str(root / "text"), modalities="t", epochs=3, seeds=2, **SMALL)
+        DialogTrainConfig(features=str(path), out=str(root / "text"), modalities="t", epochs=3, seeds=2,
+                          **SMALL)
     )
     fused = train_dialog(
-        TrainConfig(
+        DialogTrainConfig(
             features=str(path), out=str(root / "fused"), modalities="tav", epochs=2, fusion_layers=1, **SMALL
         )
     )

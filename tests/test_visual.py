@@ -1,4 +1,4 @@
-"""pipeline.extractors.visual: weighted face embedding, face selection/crops, scenes, real MTCNN."""
+"""pipeline.modalities.visual: weighted face embedding, face selection/crops, scenes, real MTCNN."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from pipeline.corpora.synthetic import render_face_frame
-from pipeline.extractors.visual import (
+from pipeline.media import MediaConfig
+from pipeline.modalities.visual import (
     FaceDetector,
     area_weights,
     box_areas,
@@ -17,7 +18,6 @@ from pipeline.extractors.visual import (
     select_faces,
     weighted_face_embedding,
 )
-from pipeline.media import MediaConfig
 
 torch.set_num_threads(1)
 

@@ -17,7 +17,7 @@ def run_demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> P
     """
     from pipeline.corpora import run_prepare
     from pipeline.run import ExtractOptions, format_summary, run_extract
-    from trainer.fit import TrainConfig, train_dialog
+    from trainer.fit import DialogTrainConfig, train_dialog
     from trainer.report import report
 
     click.echo("== 1/4 prepare: the bundled sample corpus (MELD layout)", err=True)
@@ -27,7 +27,7 @@ def run_demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> P
     click.echo(format_summary(result), err=True)
     click.echo(f"features: {result.features}", err=True)
     click.echo("== 3/4 train-dialog: text + audio + visual, attention fusion, epoch chosen on dev", err=True)
-    train_dialog(TrainConfig(features=str(result.features), out=str(out), seeds=seeds, epochs=epochs,
+    train_dialog(DialogTrainConfig(features=str(result.features), out=str(out), seeds=seeds, epochs=epochs,
                              patience=epochs))
     click.echo("== 4/4 report", err=True)
     click.echo(report([out]))

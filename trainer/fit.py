@@ -56,7 +56,7 @@ RESUME_FREE_KEYS = ("out", "seeds", "device", "threads", "progress", "compile", 
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class DialogTrainConfig:
     """Options of ``m2f train-dialog`` (see its ``--help``). Immutable; resolved by :func:`resolve_config`."""
 
     features: str
@@ -87,9 +87,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ResolvedConfig:
-    """A :class:`TrainConfig` with everything the file decides filled in."""
+    """A :class:`DialogTrainConfig` with everything the file decides filled in."""
 
-    train: TrainConfig
+    train: DialogTrainConfig
     dataset: str
     class_map: str
     class_names: tuple[str, ...]
@@ -139,7 +139,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_config(config: TrainConfig) -> ResolvedConfig:
+def resolve_config(config: DialogTrainConfig) -> ResolvedConfig:
     """Fill in what the features file decides: dataset preset, class names, N, widths, device.
 
     Raises
@@ -539,7 +539,7 @@ def load_splits(resolved: ResolvedConfig) -> dict[str, DialogSplit]:
     }
 
 
-def train_dialog(config: TrainConfig) -> list[Path]:
+def train_dialog(config: DialogTrainConfig) -> list[Path]:
     """``m2f train-dialog``: train ``config.seeds`` seeds into ``<out>/seed<k>/``; returns their folders.
 
     Finished seeds are skipped and a killed seed resumes from its last epoch, so running the same

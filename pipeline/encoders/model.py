@@ -33,7 +33,7 @@ import torchaudio
 import torchvision
 from torch import nn
 
-MODALITIES = ("audio", "face", "scene")
+ENCODER_KINDS = ("audio", "face", "scene")
 
 
 @dataclass(frozen=True)
@@ -152,8 +152,8 @@ class Encoder(nn.Module):
 
 def build_encoder(modality: str, seed: int | None = None, **contract_overrides) -> Encoder:
     """A fresh encoder for ``modality``; with ``seed`` its random weights are reproducible."""
-    if modality not in MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
+    if modality not in ENCODER_KINDS:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {ENCODER_KINDS}")
     if seed is not None:
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
@@ -221,7 +221,7 @@ class EncoderSet:
     random: bool = False
 
     def to(self, device: str | torch.device) -> EncoderSet:
-        for m in MODALITIES:
+        for m in ENCODER_KINDS:
             getattr(self, m).to(device)
         return self
 
@@ -239,19 +239,19 @@ def load_encoder_set(spec: str | Path, device: str | torch.device = "cpu", seed:
     if str(spec) == "random":
         encs = {m: build_encoder(m, seed=seed + i, **({"image_size": image_sizes[m]}
                                                       if m in image_sizes else {}))
-                for i, m in enumerate(MODALITIES)}
+                for i, m in enumerate(ENCODER_KINDS)}
         ident = f"random-seed{seed}" + "".join(f"-{m}{image_sizes[m]}" for m in sorted(image_sizes))
         return EncoderSet(**encs, identity=ident, random=True).to(device)
     folder = Path(spec)
-    missing = [m for m in MODALITIES if not (folder / f"{m}.pt").exists()]
+    missing = [m for m in ENCODER_KINDS if not (folder / f"{m}.pt").exists()]
     if missing:
         raise FileNotFoundError(
             f"{folder} lacks encoder checkpoints {[m + '.pt' for m in missing]}; train them with "
             f"`m2f train-encoders --modality all ...` or pass `--encoders random` for random weights")
-    encs = {m: load_encoder(folder / f"{m}.pt", device) for m in MODALITIES}
+    encs = {m: load_encoder(folder / f"{m}.pt", device) for m in ENCODER_KINDS}
     for m, size in image_sizes.items():
         if encs[m].contract.image_size != size:
             raise ValueError(f"{folder / (m + '.pt')} expects {encs[m].contract.image_size} px images but "
                              f"the media cache stores {size} px; retrain the encoders on this media cache")
-    ident = hashlib.sha256("".join(file_identity(folder / f"{m}.pt") for m in MODALITIES).encode())
+    ident = hashlib.sha256("".join(file_identity(folder / f"{m}.pt") for m in ENCODER_KINDS).encode())
     return EncoderSet(**encs, identity=ident.hexdigest()[:16])

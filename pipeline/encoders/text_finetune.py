@@ -2,7 +2,7 @@
 
 The model (``roberta-large`` on a GPU, the shipped all-MiniLM-L6-v2 on a CPU, or any local folder) gets
 a sequence-classification head and is trained to classify the *target* utterance of each context input
-(:func:`pipeline.extractors.text.build_context`): train split for training, dev split for selection by
+(:func:`pipeline.modalities.text.build_context`): train split for training, dev split for selection by
 weighted F1 (never the test split). The result is a Hugging Face folder (model + tokenizer +
 ``m2f_text.json`` with the config, history and dev weighted F1) that :class:`TextEmbedder` loads as its
 ``model_name_or_path``; its embeddings are the fine-tuned encoder's last hidden states pooled as the
@@ -47,7 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.corpora.base import IEMOCAP_CLASSES, MELD_CLASSES
-from pipeline.extractors.text import (
+from pipeline.manifest import Utterance, group_dialogues
+from pipeline.modalities.text import (
     POOLINGS,
     build_contexts,
     length_sorted_batches,
@@ -58,7 +59,6 @@ from pipeline.extractors.text import (
     special_layout,
     target_mask_batch,
 )
-from pipeline.manifest import Utterance, group_dialogues
 
 #: Written into ``m2f_text.json``; :class:`TextEmbedder` does not need it, readers may check it.
 META_FILE = "m2f_text.json"

@@ -41,7 +41,7 @@ import torch
 from pipeline.encoders.augment import AudioAugment
 from pipeline.encoders.data import MediaSamples, TrainBatches, balanced_batches
 from pipeline.encoders.losses import LossConfig, extractor_loss, mine_semihard
-from pipeline.encoders.model import MODALITIES, Encoder, build_encoder, save_encoder
+from pipeline.encoders.model import ENCODER_KINDS, Encoder, build_encoder, save_encoder
 from pipeline.encoders.probe import embed_samples, probe_weighted_f1, subset
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ STATE_FORMAT = "m2f-encoder-train-state-1"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class EncoderTrainConfig:
     """Everything that shapes one extractor's training (saved in its checkpoint).
 
     Parameters
@@ -123,7 +123,7 @@ class TrainConfig:
 
 
 def train_encoders(media_path: str | Path, out_dir: str | Path,
-                   modalities: Sequence[str] = MODALITIES, epochs: int | None = None,
+                   modalities: Sequence[str] = ENCODER_KINDS, epochs: int | None = None,
                    device: str = "cpu", seed: int = 0, batch_size: int | None = None,
                    steps_per_epoch: int | None = None, overwrite: bool = False,
                    contract_overrides: dict[str, dict] | None = None, **options) -> dict[str, Path]:
@@ -152,7 +152,7 @@ def train_encoders(media_path: str | Path, out_dir: str | Path,
     contract_overrides : dict, optional
         Per modality, overrides of the input contract, e.g. ``{"face": {"image_size": 64}}``.
     **options
-        Other :class:`TrainConfig` fields (``clip_seconds``, ``probe``, ``probe_max_train``,
+        Other :class:`EncoderTrainConfig` fields (``clip_seconds``, ``probe``, ``probe_max_train``,
         ``loss``, ``classes``, ...).
 
     Returns
@@ -164,14 +164,14 @@ def train_encoders(media_path: str | Path, out_dir: str | Path,
     if not media_path.exists():
         raise FileNotFoundError(f"media file {media_path} does not exist; run `m2f extract` (media stage) "
                                 "first or pass the right --media path")
-    unknown = [m for m in modalities if m not in MODALITIES]
+    unknown = [m for m in modalities if m not in ENCODER_KINDS]
     if unknown:
-        raise ValueError(f"unknown modalities {unknown}; expected some of {MODALITIES}")
+        raise ValueError(f"unknown modalities {unknown}; expected some of {ENCODER_KINDS}")
     kind = torch.device(device).type
     out_dir = Path(out_dir)
     paths: dict[str, Path] = {}
     for m in modalities:
-        cfg = TrainConfig(
+        cfg = EncoderTrainConfig(
             modality=m, epochs=epochs if epochs is not None else default_epochs(m, device),
             batch_size=batch_size or DEFAULT_BATCH.get(kind, 32), steps_per_epoch=steps_per_epoch,
             seed=seed, amp=(kind == "cuda"), contract_overrides=dict((contract_overrides or {}).get(m, {})),
@@ -195,7 +195,7 @@ def state_path_for(out_path: Path) -> Path:
     return out_path.parent / ".train-state" / out_path.name
 
 
-def train_encoder(media_path: str | Path, out_path: str | Path, cfg: TrainConfig,
+def train_encoder(media_path: str | Path, out_path: str | Path, cfg: EncoderTrainConfig,
                   device: str = "cpu") -> Path:
     """Train one extractor per ``cfg`` and save it to ``out_path`` (resuming a killed run).
 
@@ -249,7 +249,7 @@ def _open_split(media_path: Path, split: str, modality: str, classes, required: 
         return None
 
 
-def _contract(train: MediaSamples, cfg: TrainConfig) -> dict:
+def _contract(train: MediaSamples, cfg: EncoderTrainConfig) -> dict:
     """Contract overrides; images default to the stored crop size."""
     over = dict(cfg.contract_overrides)
     if cfg.modality != "audio" and "image_size" not in over and len(train):
@@ -257,7 +257,8 @@ def _contract(train: MediaSamples, cfg: TrainConfig) -> dict:
     return over
 
 
-def _fit(encoder: Encoder, train: MediaSamples, dev: MediaSamples | None, cfg: TrainConfig, device: str,
+def _fit(encoder: Encoder, train: MediaSamples, dev: MediaSamples | None, cfg: EncoderTrainConfig,
+         device: str,
          state_path: Path) -> dict:
     """The epoch loop with per-epoch probe, best-epoch selection and resumable state. Returns meta."""
     encoder.to(device)
@@ -296,7 +297,7 @@ def _fit(encoder: Encoder, train: MediaSamples, dev: MediaSamples | None, cfg: T
             "dev_counts": dev.label_counts() if dev is not None else None}
 
 
-def train_epoch(encoder: Encoder, opt: torch.optim.Optimizer, train: MediaSamples, cfg: TrainConfig,
+def train_epoch(encoder: Encoder, opt: torch.optim.Optimizer, train: MediaSamples, cfg: EncoderTrainConfig,
                 device: str, epoch: int, steps: int) -> dict[str, float]:
     """One epoch of ``steps`` semi-hard triplet steps; its random stream depends only on (seed, epoch).
 
@@ -352,7 +353,7 @@ def _single_thread(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def _probe_sets(train: MediaSamples, dev: MediaSamples | None, cfg: TrainConfig):
+def _probe_sets(train: MediaSamples, dev: MediaSamples | None, cfg: EncoderTrainConfig):
     """(samples, indices) for the probe's fit and score parts; without dev, a held-out fifth of train."""
     tr_idx = subset(train.labels, cfg.probe_max_train, cfg.seed)
     if dev is not None and len(dev):
@@ -363,7 +364,7 @@ def _probe_sets(train: MediaSamples, dev: MediaSamples | None, cfg: TrainConfig)
     return (train, np.sort(perm[cut:])), (train, np.sort(perm[:cut]))
 
 
-def _probe(encoder: Encoder, probe_sets, cfg: TrainConfig, device: str) -> float:
+def _probe(encoder: Encoder, probe_sets, cfg: EncoderTrainConfig, device: str) -> float:
     (fit_s, fit_i), (score_s, score_i) = probe_sets
     kw = {"device": device, "clip_seconds": cfg.clip_seconds, "batch_size": cfg.batch_size}
     fx = embed_samples(encoder, fit_s, fit_i, **kw)
@@ -375,7 +376,7 @@ def _cpu_state(encoder: Encoder) -> dict:
     return {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
 
 
-def _resume_key(cfg: TrainConfig) -> dict:
+def _resume_key(cfg: EncoderTrainConfig) -> dict:
     d = cfg.to_dict()
     d.pop("epochs")  # more epochs may be asked for on a rerun
     d.pop("num_workers")  # batches are the same whatever the number of workers
@@ -383,7 +384,7 @@ def _resume_key(cfg: TrainConfig) -> dict:
 
 
 def _save_state(path: Path, state: dict, encoder: Encoder, opt: torch.optim.Optimizer,
-                cfg: TrainConfig) -> None:
+                cfg: EncoderTrainConfig) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     blob = {**state, "format": STATE_FORMAT, "config": _resume_key(cfg), "model": _cpu_state(encoder),
@@ -392,7 +393,7 @@ def _save_state(path: Path, state: dict, encoder: Encoder, opt: torch.optim.Opti
     tmp.replace(path)
 
 
-def _load_state(path: Path, cfg: TrainConfig) -> dict | None:
+def _load_state(path: Path, cfg: EncoderTrainConfig) -> dict | None:
     """The saved training state, or None when there is none; a state of other settings is an error."""
     if not path.exists():
         return None
