@@ -20,7 +20,7 @@ seeds), ``dev_weighted_f1``, the baseline's figures, the fine-tuning figures and
 
 Usage::
 
-    python bench/meld_text.py --meld ../shared/data/meld [--out cache/bench/meld_text] [--seeds 3]
+    python bench/meld_text.py --meld MELD_CSV_DIR [--out cache/bench/meld_text] [--seeds 3]
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The embed stage: encoders over stored media rows -> utterance vectors (M2FNET.md section 1).
+"""The embed stage: encoders over stored media rows -> utterance vectors (docs/DESIGN.md section 2).
 
 Everything here computes; nothing writes files. :mod:`pipeline.run` calls :func:`embed_partition`
 inside a dask worker for a few dialogues at a time and writes what it returns.

@@ -1,4 +1,4 @@
-"""IEMOCAP reader on miniature ``IEMOCAP_full_release`` trees in the real format (DATA-FORMATS 3)."""
+"""IEMOCAP reader on miniature ``IEMOCAP_full_release`` trees in the real format (docs/CORPORA.md 3)."""
 
 from __future__ import annotations
 

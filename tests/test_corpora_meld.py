@@ -1,4 +1,4 @@
-"""MELD reader: miniature trees in the real format (every trap of DATA-FORMATS 3.7), the real CSVs."""
+"""MELD reader: miniature trees in the real format (every trap of docs/CORPORA.md 7), the real CSVs."""
 
 from __future__ import annotations
 

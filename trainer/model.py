@@ -1,4 +1,4 @@
-"""The dialog-level M2FNet (M2FNET.md section 2): modality transformers, attention fusion, classifier.
+"""The dialog-level M2FNet (docs/DESIGN.md section 3): modality transformers, attention fusion, classifier.
 
 Per modality, N Transformer encoder layers over the utterances of a dialog, each wrapped in a skip
 connection (Eq. 5). Then m Multi-Head Attention Fusion layers (Eq. 6): in each, one attention with

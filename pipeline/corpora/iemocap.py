@@ -1,6 +1,6 @@
 """IEMOCAP reader: ``IEMOCAP_full_release/Session1..5`` -> utterances with dialog video and turn audio.
 
-Decisions (see ``shared/docs/DATA-FORMATS.md`` section 3):
+Decisions (see ``docs/CORPORA.md`` section 3):
 
 * ``root`` may be ``IEMOCAP_full_release``, its parent, or a copy nested as
   ``IEMOCAP_full_release/IEMOCAP_full_release``: the ``Session1``..``Session5`` folders are found by
@@ -16,7 +16,7 @@ Decisions (see ``shared/docs/DATA-FORMATS.md`` section 3):
   are skipped too, and both are counted in the report's notes.
 * Speaker = ``Ses0N`` + the F/M letter of the utterance's **last** group (``Ses01F_impro01_M000`` ->
   ``Ses01M``), not the dialog's letter. ``side`` = ``left`` when that letter equals the dialog's
-  letter (the MoCap wearer sits left), else ``right`` (DATA-FORMATS 3.6).
+  letter (the MoCap wearer sits left), else ``right`` (docs/CORPORA.md 3.4).
 * ``clip`` = ``dialog/avi/DivX/<dialog>.avi`` with ``start``/``end`` from EmoEvaluation (seconds in
   the dialog video); ``audio`` = ``sentences/wav/<dialog>/<utt>.wav``. Missing or zero-byte media are
   reported (``clip_status``/``audio_status``), never fatal.

@@ -1,6 +1,6 @@
 """MELD reader: the three annotation CSVs and (optionally) the clip folders of ``MELD.Raw``.
 
-Decisions (see ``shared/docs/DATA-FORMATS.md`` sections 1-2):
+Decisions (see ``docs/CORPORA.md`` section 2):
 
 * The CSVs ``{train,dev,test}_sent_emo.csv`` and the clip folders ``train_splits``,
   ``dev_splits_complete`` and ``output_repeated_splits_test`` are located **by name** anywhere under
@@ -317,7 +317,7 @@ def prepare_meld(
 
     Examples
     --------
-    >>> utts = prepare_meld("../shared/data/meld")  # doctest: +SKIP
+    >>> utts = prepare_meld("MELD.Raw")  # doctest: +SKIP
     >>> len(utts)  # doctest: +SKIP
     13708
     """

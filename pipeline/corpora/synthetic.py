@@ -8,7 +8,7 @@ encoded with PyAV, whose wheel bundles FFmpeg with libx264, aac and mpeg4 encode
 The face is the public-domain astronaut portrait from :func:`skimage.data.astronaut` (NASA, Eileen
 Collins), cropped around the face; MTCNN finds it with p > 0.999.
 
-The miniature trees carry the traps of ``shared/docs/DATA-FORMATS.md`` section 3.7; see
+The miniature trees carry the traps listed in ``docs/CORPORA.md`` section 7; see
 :func:`make_meld_tree` and :func:`make_iemocap_tree` for exactly which trap sits where, so tests can
 assert manifests field by field.
 
@@ -111,7 +111,7 @@ _TO_C1 = {
 }
 
 # Utterance texts cycled by the MELD generator: curly quotes, an ellipsis, a dash, a comma inside a
-# quoted field, doubled inner quotes, and a double space, as in the real CSVs (DATA-FORMATS 1.2).
+# quoted field, doubled inner quotes, and a double space, as in the real CSVs (docs/CORPORA.md 2.2).
 _MELD_TEXTS = (
     "Oh my God, he\u2019s lost it. He\u2019s totally lost it.",
     "What?",
@@ -469,7 +469,7 @@ def write_split_screen_video(
     """An IEMOCAP-like dialog video: two halves of distinct colour, a face in each half.
 
     The left half is ``left_color`` and the right half ``right_color``, so a crop can be checked
-    against the left/right rule of DATA-FORMATS 3.6.
+    against the left/right rule of docs/CORPORA.md 3.4.
     """
     w, h = _frame_size(size)
     half = w // 2
@@ -606,7 +606,7 @@ def write_meld_csv(path: str | Path, rows: Sequence[dict], *, old_encoding: bool
     """Write MELD CSV bytes: the real header, minimal quoting, timestamps always quoted.
 
     ``old_encoding=False`` gives the current files (UTF-8, CRLF, final CRLF); ``True`` gives the
-    pre-2020 copies (LF, curly quotes/dashes as C1 code points U+0091-U+0097, DATA-FORMATS 1.1).
+    pre-2020 copies (LF, curly quotes/dashes as C1 code points U+0091-U+0097, docs/CORPORA.md 2.2).
     """
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n" if old_encoding else "\r\n", quoting=csv.QUOTE_MINIMAL)

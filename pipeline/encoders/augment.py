@@ -1,6 +1,6 @@
 """Training-time augmentation of the extractors' inputs (never used at extraction).
 
-Audio (M2FNET.md section 1): time stretch by a factor 0.8-1.25 without changing pitch (torchaudio's
+Audio (docs/DESIGN.md section 2.2): time stretch by a factor 0.8-1.25 without changing pitch (torchaudio's
 phase vocoder on a complex STFT, then ``torch.istft``), and additive white Gaussian noise at an SNR of
 5-40 dB (``torchaudio.functional.add_noise``). The mel spectrogram is computed afterwards by the
 encoder's own front end.

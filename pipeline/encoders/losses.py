@@ -26,7 +26,7 @@ Eq. 13 (VICReg covariance, C(Z) = (Z - mean)^T (Z - mean) / (T - 1))::
 
     L_Cov = sum_k (1/d) sum_{i != j} C(Z_k)[i, j]^2
 
-Decisions (M2FNET.md section 1): embeddings L2-normalised before any distance (so D lies in [0, 2]);
+Decisions (docs/DESIGN.md section 2.5): embeddings L2-normalised before any distance (so D lies in [0, 2]);
 the margin is computed from *detached* distances; hinges on Eq. 10 and on each variance term;
 ``eps = 1e-4``. :meth:`LossConfig.literal` gives the printed form (no hinge, margin not detached);
 ``margin="fixed"`` replaces ``m_AM`` by a constant (the ablation the paper lacks); ``use_var`` /

@@ -1,4 +1,4 @@
-"""The utterance-level extractor network and its input contract (M2FNET.md section 1).
+"""The utterance-level extractor network and its input contract (docs/DESIGN.md section 2.4).
 
 One architecture serves audio, face and scene: a ResNet18 trunk and one linear projector to
 ``embed_dim`` (300), trained as a triplet network. What the network expects of its input (sample

@@ -1,4 +1,4 @@
-"""EmoBERTa-style fine-tuning of the text model on the context input (M2FNET.md section 1, "Text").
+"""EmoBERTa-style fine-tuning of the text model on the context input (docs/DESIGN.md section 2.1).
 
 The model (``roberta-large`` on a GPU, the shipped all-MiniLM-L6-v2 on a CPU, or any local folder) gets
 a sequence-classification head and is trained to classify the *target* utterance of each context input
@@ -6,7 +6,7 @@ a sequence-classification head and is trained to classify the *target* utterance
 weighted F1 (never the test split). The result is a Hugging Face folder (model + tokenizer +
 ``m2f_text.json`` with the config, history and dev weighted F1) that :class:`TextEmbedder` loads as its
 ``model_name_or_path``; its embeddings are the fine-tuned encoder's last hidden states pooled as the
-head read them (``cls``: first token, the M2FNET.md decision, for full fine-tuning; ``target``: mean
+head read them (``cls``: first token, the paper's choice, for full fine-tuning; ``target``: mean
 over the target utterance's tokens, the default when lower layers are frozen).
 
 The CPU recipe (defaults on ``device="cpu"``; measured on MELD in ``bench/RESULTS.md``: about 15 min
@@ -460,10 +460,10 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
     head_lr_mult : float
         The (new, randomly initialised) classification head learns at ``lr * head_lr_mult``.
     pooling : {"cls", "mean", "target"} or None
-        ``None``: ``cls`` when every layer trains (M2FNET.md, EmoBERTa), ``target`` when layers are
+        ``None``: ``cls`` when every layer trains (the paper, EmoBERTa), ``target`` when layers are
         frozen (a first-token head on MiniLM's top two layers reached only 0.41 dev wF1 on MELD,
         ``target`` 0.54; bench/RESULTS.md). What the head reads (:func:`head_logits`): the first
-        token (M2FNET.md), the masked token mean (all-MiniLM-L6-v2's trained pooling) or the mean over
+        token (the paper's), the masked token mean (all-MiniLM-L6-v2's trained pooling) or the mean over
         the target utterance's tokens.
         Saved in ``m2f_text.json``; :class:`TextEmbedder` embeds a fine-tuned folder with the same
         pooling by default.

@@ -1,4 +1,4 @@
-"""Triplet training of the audio, face and scene extractors from ``media.h5`` (M2FNET.md section 1).
+"""Triplet training of the audio, face and scene extractors from ``media.h5`` (docs/DESIGN.md section 2.4).
 
 For each modality: class-balanced batches of the train split (P emotions x K samples), the encoder
 embeds them, online semi-hard mining (FaceNet) picks the triplets, and Eq. 9 (:mod:`.losses`) is

@@ -1,7 +1,7 @@
 """Audio preparation: multichannel samples -> the 16 kHz mono window the audio encoder reads.
 
 Pure computations (no file access); :mod:`pipeline.decode` does the I/O and calls these. The rules
-are M2FNET.md section 1 "Audio" decisions:
+are the decisions of docs/DESIGN.md sections 2.2 and 4.2 (audio):
 
 * **downmix**: mono stays; a layout with a front-centre channel (``FC``, e.g. FFmpeg's ``5.1``
   ``FL FR FC LFE BL BR``, index 2) keeps only that channel, where film dialogue lives; any other

@@ -1,6 +1,6 @@
 """Text modality: the context input of M2FNet's text model and utterance embeddings from it.
 
-M2FNET.md section 1 "Text" decides the input: the past utterances of the dialogue (as many as fit,
+docs/DESIGN.md section 2.1 (text) decides the input: the past utterances of the dialogue (as many as fit,
 the nearest kept first), the target utterance and one future utterance, each prefixed by its speaker
 name (``"Phoebe: What?"``), truncated from the far past to the model's maximum length. The embedding is
 the last hidden state of the first token (``pooling="cls"``, the default for a hub model or a plain
@@ -44,10 +44,10 @@ from pipeline.manifest import Dialogue
 #: mixes with cached embeddings made with an older one.
 CONTEXT_FORMAT = "past|target|future1-speaker-v1"
 
-#: ``cls``: last hidden state of the first token (M2FNET.md); ``mean``: masked mean over all tokens;
+#: ``cls``: last hidden state of the first token (the paper's); ``mean``: masked mean over all tokens;
 #: ``target``: mean over the target utterance's tokens only (contextualised by the whole input).
 POOLINGS = ("cls", "mean", "target")
-#: ``full``: past + target + one future utterance (M2FNET.md); ``none``: the target utterance alone
+#: ``full``: past + target + one future utterance (docs/DESIGN.md 2.1); ``none``: the target utterance alone
 #: (with its speaker prefix), an ablation and the usual sentence-embedding baseline.
 CONTEXTS = ("full", "none")
 
@@ -355,10 +355,10 @@ class TextEmbedder:
     batch_size : int
         Inputs per forward pass; batches are formed from length-sorted inputs and padded dynamically.
     pooling : {"cls", "mean"} or None
-        ``cls`` (M2FNET.md decision: last hidden state of the first token) or masked mean. ``None``:
+        ``cls`` (the paper's choice: last hidden state of the first token) or masked mean. ``None``:
         the pooling the folder was fine-tuned with (its ``m2f_text.json``), else ``cls``.
     context : {"full", "none"}
-        ``full`` (M2FNET.md decision) or the target utterance alone (ablation / baseline).
+        ``full`` (docs/DESIGN.md 2.1) or the target utterance alone (ablation / baseline).
 
     Attributes
     ----------

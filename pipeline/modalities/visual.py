@@ -1,6 +1,6 @@
 """Visual modality: faces (MTCNN) and scene frames per utterance, and the weighted face embedding.
 
-M2FNET.md section 1 "Visual": per frame, MTCNN finds the faces; each face crop goes through the face
+docs/DESIGN.md section 2.3 (visual): per frame, MTCNN finds the faces; each face crop goes through the face
 encoder; the per-face embeddings are summed with weights ``w_i = area_i / sum_j area_j`` (they sum to 1
 within a frame); a frame without a face contributes a zero vector; the result is max-pooled over the
 frames (:func:`weighted_face_embedding`). Scene frames are whole frames resized to a square.
