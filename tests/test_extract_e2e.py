@@ -8,6 +8,7 @@ One cluster serves the module. The MELD tree carries the corpus traps (missing c
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -26,9 +27,9 @@ from pipeline.corpora.synthetic import (
     write_truncated,
 )
 from pipeline.encoders.model import build_encoder, save_encoder
+from pipeline.extract import ExtractError, ExtractOptions, encoder_identity, make_local_cluster, run_extract
 from pipeline.manifest import read_jsonl
 from pipeline.modalities.text import DEFAULT_TEXT_MODEL
-from pipeline.run import ExtractError, ExtractOptions, encoder_identity, make_local_cluster, run_extract
 
 N_FRAMES = 6  # fewer frames than the paper's 15 keep MTCNN and the encoders quick on 2 shared cores
 SIZE = (160, 120)  # the face is then above MTCNN's min_face_size
@@ -273,13 +274,14 @@ def test_iemocap_end_to_end(client, tmp_path):
     assert total == len(manifest)
 
 
-def test_text_only_needs_no_clips_and_runs_on_a_given_scheduler(client, tmp_path, capsys):
+def test_text_only_needs_no_clips_and_runs_on_a_given_scheduler(client, tmp_path, caplog):
     root = make_meld_tree(tmp_path / "corpus", n_dialogues=2, utterances_per_dialogue=2, clips=False)
     opts = ExtractOptions("meld", root, cache=tmp_path / "cache", modalities=("text",),
                           text_model=DEFAULT_TEXT_MODEL, splits=("dev", "test"),
                           scheduler=client.scheduler.address)
-    res = run_extract(opts)
-    assert f"connected to {client.scheduler.address}; dashboard:" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        res = run_extract(opts)
+    assert f"connected to {client.scheduler.address}; dashboard:" in caplog.text
     assert len(res.workers) >= 1 and set(res.workers) <= {str(p) for p in client.run(os.getpid).values()}
     assert res.media is None and not list((tmp_path / "cache" / "meld").glob("media-*"))
     assert validate_features(res.features) == []
