@@ -23,10 +23,17 @@ _OUR_LOGGERS = ("pipeline", "trainer")
 
 
 class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is when a record comes (click's test runner swaps it)."""
+    """Writes to whatever ``sys.stderr`` is when a record comes (click's test runner swaps it).
+
+    Other libraries' notes (dask sets its loggers to INFO) pass only from warnings up.
+    """
 
     def __init__(self) -> None:
         super().__init__(sys.stderr)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = record.name.partition(".")[0] in _OUR_LOGGERS
+        return (ours or record.levelno >= logging.WARNING) and super().filter(record)
 
     @property
     def stream(self):

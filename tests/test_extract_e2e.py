@@ -28,6 +28,7 @@ from pipeline.corpora.synthetic import (
 )
 from pipeline.encoders.model import build_encoder, save_encoder
 from pipeline.extract import ExtractError, ExtractOptions, encoder_identity, make_local_cluster, run_extract
+from pipeline.layout import CacheLayout
 from pipeline.manifest import read_jsonl
 from pipeline.modalities.text import DEFAULT_TEXT_MODEL
 
@@ -190,9 +191,11 @@ def test_rerun_is_a_noop(meld_run, client):
 
 def test_default_encoders_are_the_ones_cached_for_this_media(meld_run, client):
     opts, ref = meld_run
-    folder = opts.cache / "meld" / "encoders" / ref.media.parent.name.removeprefix("media-")
+    folder = opts.layout.encoders_dir(CacheLayout.media_key(ref.media))
+    sizes = {"face": 80, "scene": 64}  # the media's crop sizes: the input contract is checked
     for i, m in enumerate(("audio", "face", "scene")):
-        save_encoder(build_encoder(m, seed=100 + i), folder / f"{m}.pt")
+        save_encoder(build_encoder(m, seed=100 + i, **({"image_size": sizes[m]} if m in sizes else {})),
+                     folder / f"{m}.pt")
     res = run_extract(_opts(opts.root, opts.cache, encoders=None), client=client)
     assert res.encoders == str(folder.resolve()) and res.media == ref.media
     assert res.features != ref.features  # other weights, other cache key
@@ -203,17 +206,18 @@ def test_default_encoders_are_the_ones_cached_for_this_media(meld_run, client):
     assert not np.allclose(a.audio_emb[a.has_audio], b.audio_emb[b.has_audio])
     with pytest.raises(ExtractError, match="train split"):
         run_extract(_opts(opts.root, opts.cache / "other", encoders=None, splits=("dev",)))
-    assert not list((opts.cache / "other" / "meld").glob("media-*"))  # stopped before decoding
+    assert CacheLayout(opts.cache / "other", "meld").media_files() == []  # stopped before decoding
 
 
 @pytest.mark.slow
 def test_missing_default_encoders_are_trained_on_the_stored_media(meld_run, client, tmp_path):
     opts, ref = meld_run
     cache = tmp_path / "cache"
-    shutil.copytree(ref.media.parent, cache / "meld" / ref.media.parent.name)  # decoded media, reused
-    shutil.copy(ref.manifest, cache / "meld" / ref.manifest.name)
+    layout, key = CacheLayout(cache, "meld"), CacheLayout.media_key(ref.media)
+    shutil.copytree(ref.media.parent, layout.media_dir(key))  # decoded media, reused
+    shutil.copy(ref.manifest, layout.manifest(opts.root))
     res = run_extract(_opts(opts.root, cache, encoders=None), client=client)
-    folder = cache / "meld" / "encoders" / ref.media.parent.name.removeprefix("media-")
+    folder = layout.encoders_dir(key)
     assert res.encoders == str(folder.resolve())
     assert sorted(p.name for p in folder.glob("*.pt")) == ["audio.pt", "face.pt", "scene.pt"]
     assert validate_features(res.features) == []
@@ -283,7 +287,7 @@ def test_text_only_needs_no_clips_and_runs_on_a_given_scheduler(client, tmp_path
         res = run_extract(opts)
     assert f"connected to {client.scheduler.address}; dashboard:" in caplog.text
     assert len(res.workers) >= 1 and set(res.workers) <= {str(p) for p in client.run(os.getpid).values()}
-    assert res.media is None and not list((tmp_path / "cache" / "meld").glob("media-*"))
+    assert res.media is None and opts.layout.media_files() == []
     assert validate_features(res.features) == []
     a = read_split(res.features, "dev")
     assert a.has_text.all() and not a.has_audio.any() and not a.has_visual.any()
@@ -297,7 +301,7 @@ def test_encoders_folder_without_checkpoints_stops_before_decoding(meld_tree, tm
     opts = _opts(meld_tree, tmp_path / "cache", encoders=str(tmp_path / "enc"))
     with pytest.raises(ExtractError, match="--encoders random"):
         run_extract(opts)
-    assert not list((tmp_path / "cache" / "meld").glob("media-*"))
+    assert opts.layout.media_files() == []
 
 
 @pytest.mark.gpu

@@ -57,7 +57,7 @@ def run_extract(opts: ExtractOptions, client=None,
         given = "random" if opts.encoders == "random" else str(Path(opts.encoders).resolve())
         if given != "random":
             check_encoder_dir(Path(given), "--encoders")
-        check_input_contract(given, media_cfg, opts.modalities, "the media settings of this run")
+        check_input_contract(given, media_cfg, opts.modalities, "the media config of this run")
     result = ExtractResult(features=Path(), manifest=manifest_file, media=None, summary={})
     engine = Engine(opts, client)
     text_given = given_text_model(opts) if "text" in opts.modalities else None

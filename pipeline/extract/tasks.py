@@ -123,7 +123,7 @@ def _media_reader(path: str, split: str) -> RowReader:
 
 def _media_rows(path: str, utterances: Sequence[Utterance], names: Sequence[str]) -> list[dict]:
     reader = _media_reader(path, utterances[0].split)
-    index = cached_model(("media-index", path, utterances[0].split, id(reader)),
+    index = cached_model(("media_index", path, utterances[0].split, id(reader)),
                          lambda: {u: i for i, u in enumerate(reader.utt_ids)})
     missing = [u.id for u in utterances if u.id not in index]
     if missing:
