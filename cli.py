@@ -241,21 +241,26 @@ def _find_media(layout: CacheLayout) -> Path:
 
 def _train_text_model(layout: CacheLayout, root: Path | None, out: Path | None, device: str,
                       epochs: int | None) -> None:
-    """Fine-tune the text model into ``out``, or by default where ``m2f extract`` looks for it."""
+    """Fine-tune the text model into ``out``, or by default where ``m2f extract`` looks for it.
+
+    The default folder is keyed by the corpus's cached manifest (written here if missing), as extract
+    keys it; with ``out`` the cache is left alone.
+    """
+    from pipeline.corpora import CorpusError, prepare_corpus
     from pipeline.extract import ExtractError
     from pipeline.extract.prepare import load_manifest
-    from pipeline.extract.text_model import finetune_default_text_model, finetune_inputs
+    from pipeline.extract.text_model import finetune_default_text_model
 
     kw = {} if epochs is None else {"epochs": epochs}
     try:
-        _, manifest = load_manifest(layout, root)
         if out is None:
+            _, manifest = load_manifest(layout, root)
             path = finetune_default_text_model(layout, manifest, device=device, **kw)
         else:
             from pipeline.encoders.text_finetune import finetune_text
 
-            path = finetune_text(finetune_inputs(manifest), out, device=device, **kw)
-    except (ExtractError, ValueError) as e:
+            path = finetune_text(prepare_corpus(layout.dataset, root), out, device=device, **kw)
+    except (CorpusError, ExtractError, ValueError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(str(path))
 # --- end train-encoders ---
