@@ -11,7 +11,7 @@ from pipeline.cache import config_hash
 from pipeline.extract.embed import feature_config, make_embed_spec, stage_embed
 from pipeline.extract.encoders import (
     cached_encoders,
-    check_encoder_dir,
+    check_given_encoders,
     check_input_contract,
     check_trainable,
     encoder_identity,
@@ -53,11 +53,8 @@ def run_extract(opts: ExtractOptions, client=None,
         raise ExtractError(f"{manifest_file} has no utterances in splits {list(opts.splits)} (it has {have})")
     key = manifest_hash(selected)
     media_cfg = media_config_dict(opts.media_config) if opts.needs_media else None
-    if opts.needs_media and opts.encoders is not None:  # before hours of decoding, not after
-        given = "random" if opts.encoders == "random" else str(Path(opts.encoders).resolve())
-        if given != "random":
-            check_encoder_dir(Path(given), "--encoders")
-        check_input_contract(given, media_cfg, opts.modalities, "the media config of this run")
+    if opts.needs_media:
+        check_given_encoders(opts, media_cfg)  # before hours of decoding, not after
     result = ExtractResult(features=Path(), manifest=manifest_file, media=None, summary={})
     engine = Engine(opts, client)
     text_given = given_text_model(opts) if "text" in opts.modalities else None

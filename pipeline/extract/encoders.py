@@ -74,6 +74,16 @@ def check_encoder_dir(folder: Path, what: str) -> None:
                            "or pass `--encoders random`")
 
 
+def check_given_encoders(opts: ExtractOptions, media_cfg: dict) -> None:
+    """``--encoders DIR`` holds the three checkpoints, and given encoders fit this run's media config."""
+    if opts.encoders is None:
+        return
+    given = "random" if opts.encoders == "random" else str(Path(opts.encoders).resolve())
+    if given != "random":
+        check_encoder_dir(Path(given), "--encoders")
+    check_input_contract(given, media_cfg, opts.modalities, "the media config of this run")
+
+
 def encoder_identity(spec: str | None, seed: int = 0) -> str | None:
     """Identity of the encoder weights (part of the features cache key), without building the models.
 
