@@ -1,28 +1,89 @@
 """The ``m2f`` command line: one click group; each command parses options and calls one function.
 
-Heavy imports (torch, dask) happen inside the commands so ``m2f --help`` stays fast.
+Heavy imports (torch, dask) happen inside the commands so ``m2f --help`` stays fast. Notes and
+progress text go through :mod:`logging` to stderr (configured once, here); stdout carries only what a
+script reads (e.g. the features path, last line of ``m2f extract``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from pathlib import Path
 
 import click
 
 from pipeline import __version__
+from pipeline.layout import CacheLayout
+from pipeline.names import DATASETS, modality_letters, parse_modalities
 
-DATASETS = ("meld", "iemocap", "sample", "custom")
+#: the packages whose loggers print at the chosen level; every other logger prints warnings only
+_OUR_LOGGERS = ("pipeline", "trainer")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (click's test runner swaps it).
+
+    Other libraries' notes (dask sets its loggers to INFO) pass only from warnings up.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ours = record.name.partition(".")[0] in _OUR_LOGGERS
+        return (ours or record.levelno >= logging.WARNING) and super().filter(record)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+class _ShortFormatter(logging.Formatter):
+    """``message`` for notes; ``warning: message`` (and up) for what needs attention."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
+def configure_logging(level: int) -> None:
+    """One stderr handler on the root logger (added once); ``level`` for m2f's own loggers."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(_ShortFormatter("%(message)s"))
+        root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    for name in _OUR_LOGGERS:
+        logging.getLogger(name).setLevel(level)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="m2f")
-def main() -> None:
+@click.option("--quiet", "-q", is_flag=True, help="Print warnings and errors only (no progress notes).")
+@click.option("--verbose", "-v", is_flag=True, help="Also print debug notes.")
+def main(quiet: bool, verbose: bool) -> None:
     """m2f: M2FNet emotion recognition in conversation (text, audio, video).
 
     Typical run: prepare -> extract -> train-dialog -> report.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    configure_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+
+
+def _modalities(value: str) -> tuple[str, ...]:
+    """``--modalities`` in either form (``tav`` or ``text,audio,visual``) -> names."""
+    try:
+        return parse_modalities(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--modalities") from e
 
 
 def _interrupted(kept: str) -> None:
@@ -51,12 +112,13 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
     run_prepare(dataset, root, out)
 
 
-# --- extract (pipeline/run.py) ---------------------------------------------------------------
+# --- extract (pipeline/extract/) ----------------------------------------------------------------
 @main.command()
 @click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Corpus format.")
 @click.option("--root", type=click.Path(path_type=Path), default=None, help="Corpus folder (as for prepare).")
 @click.option("--modalities", default="text,audio,visual",
-              help="Comma list of text, audio, visual. `text` alone needs no clips (MELD CSVs suffice).")
+              help="Letters of `tav` or a comma list of text, audio, visual. `text` alone needs no clips "
+                   "(MELD CSVs suffice).")
 @click.option("--splits", default="train,dev,test", help="Comma list of splits to extract.")
 @click.option("--workers", type=int, default=2, help="Local dask worker processes (1 thread each).")
 @click.option("--scheduler", default=None,
@@ -91,11 +153,12 @@ def extract(dataset: str, root: Path | None, modalities: str, splits: str, worke
 
 def _run_extract_command(**kw) -> None:
     from pipeline.cache import CacheLockedError
-    from pipeline.manifest import SPLITS
-    from pipeline.run import MODALITIES, ExtractError, ExtractOptions, format_summary, parse_list, run_extract
+    from pipeline.extract import ExtractError, ExtractOptions, format_summary, run_extract
+    from pipeline.extract.options import parse_list
+    from pipeline.names import SPLITS
 
+    kw["modalities"] = _modalities(kw["modalities"])
     try:
-        kw["modalities"] = parse_list(kw["modalities"], MODALITIES, "--modalities")
         kw["splits"] = parse_list(kw["splits"], SPLITS, "--splits")
         result = run_extract(ExtractOptions(**kw))
     except (ExtractError, CacheLockedError) as e:
@@ -110,16 +173,18 @@ def _run_extract_command(**kw) -> None:
 @main.command("train-encoders")
 @click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Corpus format.")
 @click.option("--modality", type=click.Choice(["audio", "face", "scene", "text", "all"]), default="all",
-              help="Which extractor to train; `all` = audio, face and scene (text is fine-tuned separately).")
+              help="Which encoder to train; `all` = audio, face and scene; `text` fine-tunes the text model.")
 @click.option("--media", type=click.Path(path_type=Path), default=None,
               help="The media.h5 to train on. Default: the only cache/<dataset>/media-*/media.h5.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Folder for audio.pt/face.pt/scene.pt. Default: cache/<dataset>/encoders/<media hash>/.")
+              help="Folder for audio.pt/face.pt/scene.pt. Default: cache/<dataset>/encoders/<media hash>/, "
+                   "where `m2f extract` finds them. For text: cache/<dataset>/text-model/<hash of the "
+                   "train+dev manifest>/, the folder `m2f extract` uses by default.")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="Corpus folder; only for --modality text (the text model trains on the corpus text).")
 @click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"), help="Cache root folder.")
 @click.option("--epochs", type=int, default=None,
-              help="Epochs per extractor. Default: 60 audio / 100 visual on cuda (the paper), 5 on cpu.")
+              help="Epochs per encoder. Default: 60 audio / 100 visual on cuda (the paper), 5 on cpu.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu",
               help="cuda: bf16 autocast and batch 128 by default.")
 @click.option("--batch-size", type=int, default=None, help="Batch size (default 32 on cpu, 128 on cuda).")
@@ -140,21 +205,19 @@ def train_encoders_command(dataset: str, modality: str, media: Path | None, out:
     Trains on a media cache written by `m2f extract` (train split; dev picks the epoch) and writes
     <modality>.pt checkpoints carrying their config, history and a dev probe quality figure.
     """
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if threads:
         import torch
 
         torch.set_num_threads(threads)
     if modality == "text":
-        _train_text_encoder(dataset, root, out or cache / dataset / "encoders" / "text", device, epochs)
+        _train_text_model(CacheLayout(cache, dataset), root, out, device, epochs)
         return
-    from pipeline.encoders.model import ENCODER_KINDS
     from pipeline.encoders.train import train_encoders
+    from pipeline.names import ENCODER_KINDS
 
-    media = media or _find_media(cache, dataset)
-    out = out or cache / dataset / "encoders" / media.parent.name.removeprefix("media-")
+    layout = CacheLayout(cache, dataset)
+    media = media or _find_media(layout)
+    out = out or layout.encoders_dir(layout.media_key(media))
     mods = ENCODER_KINDS if modality == "all" else (modality,)
     labels = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
     try:
@@ -167,21 +230,39 @@ def train_encoders_command(dataset: str, modality: str, media: Path | None, out:
         click.echo(str(p))
 
 
-def _find_media(cache: Path, dataset: str) -> Path:
-    found = sorted((cache / dataset).glob("media-*/media.h5"))
+def _find_media(layout: CacheLayout) -> Path:
+    found = layout.media_files()
     if len(found) != 1:
         raise click.UsageError(
-            f"found {len(found)} media caches under {cache / dataset} ({[str(p) for p in found]}); pass "
+            f"found {len(found)} media caches under {layout.dataset_dir} ({[str(p) for p in found]}); pass "
             "--media PATH (run `m2f extract` first if there is none)")
     return found[0]
 
 
-def _train_text_encoder(dataset: str, root: Path | None, out: Path, device: str, epochs: int | None) -> None:
-    from pipeline.corpora import prepare_corpus
-    from pipeline.encoders.text_finetune import finetune_text
+def _train_text_model(layout: CacheLayout, root: Path | None, out: Path | None, device: str,
+                      epochs: int | None) -> None:
+    """Fine-tune the text model into ``out``, or by default where ``m2f extract`` looks for it.
+
+    The default folder is keyed by the corpus's cached manifest (written here if missing), as extract
+    keys it; with ``out`` the cache is left alone.
+    """
+    from pipeline.corpora import CorpusError, prepare_corpus
+    from pipeline.extract import ExtractError
+    from pipeline.extract.prepare import load_manifest
+    from pipeline.extract.text_model import finetune_default_text_model
 
     kw = {} if epochs is None else {"epochs": epochs}
-    click.echo(str(finetune_text(prepare_corpus(dataset, root), out, device=device, **kw)))
+    try:
+        if out is None:
+            _, manifest = load_manifest(layout, root)
+            path = finetune_default_text_model(layout, manifest, device=device, **kw)
+        else:
+            from pipeline.encoders.text_finetune import finetune_text
+
+            path = finetune_text(prepare_corpus(layout.dataset, root), out, device=device, **kw)
+    except (CorpusError, ExtractError, ValueError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(str(path))
 # --- end train-encoders ---
 
 # --- train-dialog (trainer/fit.py) -----------------------------------------------------------
@@ -190,7 +271,8 @@ def _train_text_encoder(dataset: str, root: Path | None, out: Path, device: str,
               help="A features.h5 (m2f extract).")
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="Run folder; seeds go to OUT/seed<k>/. Rerunning the same command resumes a killed run.")
-@click.option("--modalities", default="tav", help="Any subset of t (text), a (audio), v (visual).")
+@click.option("--modalities", default="tav",
+              help="Letters of `tav` (t text, a audio, v visual) or a comma list of text, audio, visual.")
 @click.option("--fusion", type=click.Choice(["attention", "concat"]), default="attention",
               help="Multi-head attention fusion (M2FNet) or plain concatenation.")
 @click.option("--seeds", type=int, default=1, help="Number of seeds (repeats); report gives mean ± std.")
@@ -211,7 +293,7 @@ def _train_text_encoder(dataset: str, root: Path | None, out: Path, device: str,
 @click.option("--fusion-layers", type=int, default=5, help="Attention fusion layers m.")
 @click.option("--hidden", type=int, default=256, help="Width of the classifier's hidden layer.")
 @click.option("--ff-mult", type=int, default=2, help="Encoder feed-forward width as a multiple of D.")
-@click.option("--class-map", type=click.Choice(["meld", "iemocap", "sample", "custom"]), default=None,
+@click.option("--class-map", type=click.Choice(DATASETS), default=None,
               help="Which labels count [default: from the file's dataset attribute].")
 @click.option("--compile/--no-compile", "compile_", default=False, help="torch.compile the model.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch [default: torch's choice].")
@@ -230,8 +312,9 @@ def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, se
     """
     from trainer.fit import DialogTrainConfig, train_dialog
 
+    letters = modality_letters(_modalities(modalities))  # fit takes the letters form
     config = DialogTrainConfig(
-        features=str(features), out=str(out), modalities=modalities, fusion=fusion, seeds=seeds,
+        features=str(features), out=str(out), modalities=letters, fusion=fusion, seeds=seeds,
         first_seed=first_seed, epochs=epochs, patience=patience, device=device, lr=lr,
         weight_decay=weight_decay, dropout=dropout, batch_size=batch_size, heads=heads, layers=layers,
         fusion_layers=fusion_layers, hidden=hidden, ff_mult=ff_mult, class_map=class_map, compile=compile_,

@@ -38,8 +38,8 @@ def make_corpus(root: Path, clips: int, size: tuple[int, int], duration: float) 
 
 def run_dask(root: Path, cache: Path, workers: int) -> dict:
     """One full ``run_extract`` with a fresh LocalCluster of ``workers`` processes."""
+    from pipeline.extract import ExtractOptions, run_extract
     from pipeline.modalities.text import DEFAULT_TEXT_MODEL
-    from pipeline.run import ExtractOptions, run_extract
 
     opts = ExtractOptions("meld", root, splits=("dev",), workers=workers, cache=cache, encoders="random",
                           text_model=DEFAULT_TEXT_MODEL)
@@ -114,9 +114,9 @@ def main() -> None:
         gen_s = time.perf_counter() - t
         one = run_dask(root, work / "cache1", 1)
         two = run_dask(root, work / "cache2", 2)
-        from pipeline.run import manifest_path
+        from pipeline.layout import CacheLayout
 
-        naive, vectors = run_naive(manifest_path(work / "cache2", "meld", root))
+        naive, vectors = run_naive(CacheLayout(work / "cache2", "meld").manifest(root))
         result = {
             "corpus": {"clips": one["utterances"], "size": list(size), "seconds_per_clip": args.duration,
                        "generate_s": round(gen_s, 1)},

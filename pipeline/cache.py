@@ -61,11 +61,6 @@ def config_hash(config: Mapping) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def features_path(cache_dir: str | Path, dataset: str, config: Mapping) -> Path:
-    """``<cache_dir>/<dataset>/<config_hash>/features.h5``."""
-    return Path(cache_dir) / dataset / config_hash(config) / "features.h5"
-
-
 def _is_ragged(value) -> bool:
     return isinstance(value, list | tuple) and len(value) > 0 and isinstance(value[0], np.ndarray)
 

@@ -1,6 +1,6 @@
 """The embed stage: encoders over stored media rows -> utterance vectors (docs/DESIGN.md section 2).
 
-Everything here computes; nothing writes files. :mod:`pipeline.run` calls :func:`embed_partition`
+Everything here computes; nothing writes files. :mod:`pipeline.extract.tasks` calls :func:`embed_partition`
 inside a dask worker for a few dialogues at a time and writes what it returns.
 
 * audio: the audio encoder over each stored 16 kHz waveform. Waveforms are batched only with others of

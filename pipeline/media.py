@@ -3,7 +3,7 @@
 :func:`process_utterance` turns an :class:`~pipeline.manifest.Utterance` into a row of arrays (the
 16 kHz mono waveform, the scene frames, the face crops with their frame index, area weight, MTCNN
 probability and box, and the ``has_*`` flags) plus a list of human-readable problems. The engine
-(``pipeline.run``) calls it inside dask workers, with one :class:`FaceDetector` per worker, and the
+(``pipeline.extract``) calls it inside dask workers, with one :class:`FaceDetector` per worker, and the
 driver writes the rows to ``media.h5`` (ragged fields: :data:`MEDIA_RAGGED`). The embed stage reads
 them back, so the encoders can be trained and rerun without decoding again.
 

@@ -22,7 +22,6 @@ from pipeline.cache import (
     RowReader,
     ShardedWriter,
     config_hash,
-    features_path,
     read_attrs,
     read_split,
     validate_features,
@@ -49,8 +48,6 @@ def test_config_hash_is_stable_and_order_free(tmp_path):
     a = config_hash({"x": 1, "y": [1, 2]})
     assert a == config_hash({"y": [1, 2], "x": 1})
     assert a != config_hash({"x": 2, "y": [1, 2]})
-    expected = tmp_path / "meld" / config_hash({"x": 1}) / "features.h5"
-    assert features_path(tmp_path, "meld", {"x": 1}) == expected
 
 
 def test_round_trip_append_and_done_ids(tmp_path):

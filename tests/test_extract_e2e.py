@@ -8,6 +8,7 @@ One cluster serves the module. The MELD tree carries the corpus traps (missing c
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -26,9 +27,10 @@ from pipeline.corpora.synthetic import (
     write_truncated,
 )
 from pipeline.encoders.model import build_encoder, save_encoder
+from pipeline.extract import ExtractError, ExtractOptions, encoder_identity, make_local_cluster, run_extract
+from pipeline.layout import CacheLayout
 from pipeline.manifest import read_jsonl
 from pipeline.modalities.text import DEFAULT_TEXT_MODEL
-from pipeline.run import ExtractError, ExtractOptions, encoder_identity, make_local_cluster, run_extract
 
 N_FRAMES = 6  # fewer frames than the paper's 15 keep MTCNN and the encoders quick on 2 shared cores
 SIZE = (160, 120)  # the face is then above MTCNN's min_face_size
@@ -189,9 +191,11 @@ def test_rerun_is_a_noop(meld_run, client):
 
 def test_default_encoders_are_the_ones_cached_for_this_media(meld_run, client):
     opts, ref = meld_run
-    folder = opts.cache / "meld" / "encoders" / ref.media.parent.name.removeprefix("media-")
+    folder = opts.layout.encoders_dir(CacheLayout.media_key(ref.media))
+    sizes = {"face": 80, "scene": 64}  # the media's crop sizes: the input contract is checked
     for i, m in enumerate(("audio", "face", "scene")):
-        save_encoder(build_encoder(m, seed=100 + i), folder / f"{m}.pt")
+        save_encoder(build_encoder(m, seed=100 + i, **({"image_size": sizes[m]} if m in sizes else {})),
+                     folder / f"{m}.pt")
     res = run_extract(_opts(opts.root, opts.cache, encoders=None), client=client)
     assert res.encoders == str(folder.resolve()) and res.media == ref.media
     assert res.features != ref.features  # other weights, other cache key
@@ -202,17 +206,18 @@ def test_default_encoders_are_the_ones_cached_for_this_media(meld_run, client):
     assert not np.allclose(a.audio_emb[a.has_audio], b.audio_emb[b.has_audio])
     with pytest.raises(ExtractError, match="train split"):
         run_extract(_opts(opts.root, opts.cache / "other", encoders=None, splits=("dev",)))
-    assert not list((opts.cache / "other" / "meld").glob("media-*"))  # stopped before decoding
+    assert CacheLayout(opts.cache / "other", "meld").media_files() == []  # stopped before decoding
 
 
 @pytest.mark.slow
 def test_missing_default_encoders_are_trained_on_the_stored_media(meld_run, client, tmp_path):
     opts, ref = meld_run
     cache = tmp_path / "cache"
-    shutil.copytree(ref.media.parent, cache / "meld" / ref.media.parent.name)  # decoded media, reused
-    shutil.copy(ref.manifest, cache / "meld" / ref.manifest.name)
+    layout, key = CacheLayout(cache, "meld"), CacheLayout.media_key(ref.media)
+    shutil.copytree(ref.media.parent, layout.media_dir(key))  # decoded media, reused
+    shutil.copy(ref.manifest, layout.manifest(opts.root))
     res = run_extract(_opts(opts.root, cache, encoders=None), client=client)
-    folder = cache / "meld" / "encoders" / ref.media.parent.name.removeprefix("media-")
+    folder = layout.encoders_dir(key)
     assert res.encoders == str(folder.resolve())
     assert sorted(p.name for p in folder.glob("*.pt")) == ["audio.pt", "face.pt", "scene.pt"]
     assert validate_features(res.features) == []
@@ -273,15 +278,16 @@ def test_iemocap_end_to_end(client, tmp_path):
     assert total == len(manifest)
 
 
-def test_text_only_needs_no_clips_and_runs_on_a_given_scheduler(client, tmp_path, capsys):
+def test_text_only_needs_no_clips_and_runs_on_a_given_scheduler(client, tmp_path, caplog):
     root = make_meld_tree(tmp_path / "corpus", n_dialogues=2, utterances_per_dialogue=2, clips=False)
     opts = ExtractOptions("meld", root, cache=tmp_path / "cache", modalities=("text",),
                           text_model=DEFAULT_TEXT_MODEL, splits=("dev", "test"),
                           scheduler=client.scheduler.address)
-    res = run_extract(opts)
-    assert f"connected to {client.scheduler.address}; dashboard:" in capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        res = run_extract(opts)
+    assert f"connected to {client.scheduler.address}; dashboard:" in caplog.text
     assert len(res.workers) >= 1 and set(res.workers) <= {str(p) for p in client.run(os.getpid).values()}
-    assert res.media is None and not list((tmp_path / "cache" / "meld").glob("media-*"))
+    assert res.media is None and opts.layout.media_files() == []
     assert validate_features(res.features) == []
     a = read_split(res.features, "dev")
     assert a.has_text.all() and not a.has_audio.any() and not a.has_visual.any()
@@ -295,7 +301,7 @@ def test_encoders_folder_without_checkpoints_stops_before_decoding(meld_tree, tm
     opts = _opts(meld_tree, tmp_path / "cache", encoders=str(tmp_path / "enc"))
     with pytest.raises(ExtractError, match="--encoders random"):
         run_extract(opts)
-    assert not list((tmp_path / "cache" / "meld").glob("media-*"))
+    assert opts.layout.media_files() == []
 
 
 @pytest.mark.gpu

@@ -12,20 +12,13 @@ import torch
 from pipeline.cache import RowReader, ShardedWriter
 from pipeline.embed import encode_images, encode_waveforms, feature_rows, fit_to_contract
 from pipeline.encoders.model import build_encoder, load_encoder_set, save_encoder
+from pipeline.extract import ExtractError, ExtractOptions, encoder_identity
+from pipeline.extract.embed import feature_config
+from pipeline.extract.engine import partition
+from pipeline.extract.media import rows_to_columns, write_problems
+from pipeline.extract.options import parse_list
+from pipeline.extract.prepare import manifest_hash, order_by_split, select
 from pipeline.manifest import Utterance
-from pipeline.run import (
-    ExtractError,
-    ExtractOptions,
-    encoder_identity,
-    feature_config,
-    manifest_hash,
-    order_by_split,
-    parse_list,
-    partition,
-    rows_to_columns,
-    select,
-    write_problems,
-)
 
 torch.set_num_threads(1)
 

@@ -16,7 +16,7 @@ def run_demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> P
     Each stage is resumable: rerunning the command skips what is already done.
     """
     from pipeline.corpora import run_prepare
-    from pipeline.run import ExtractOptions, format_summary, run_extract
+    from pipeline.extract import ExtractOptions, format_summary, run_extract
     from trainer.fit import DialogTrainConfig, train_dialog
     from trainer.report import report
 

@@ -33,6 +33,8 @@ import torchaudio
 import torchvision
 from torch import nn
 
+from pipeline.atomic import content_identity
+
 ENCODER_KINDS = ("audio", "face", "scene")
 
 
@@ -197,13 +199,17 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encode
     return enc.eval().to(device)
 
 
-def file_identity(path: str | Path) -> str:
-    """sha256 (16 hex) of a checkpoint file: part of the cache key of features made with it."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+def encoder_identity(spec: str | Path, seed: int = 0, image_sizes: dict[str, int] | None = None) -> str:
+    """Identity of an encoder set (part of the features cache key), without building the models.
+
+    ``random-seed<seed>`` (plus the image sizes random encoders were given), or 16 hex digits of a
+    hash of the three checkpoint files' contents. :attr:`EncoderSet.identity` is this value.
+    """
+    if str(spec) == "random":
+        sizes = dict(image_sizes or {})
+        return f"random-seed{seed}" + "".join(f"-{m}{sizes[m]}" for m in sorted(sizes))
+    blob = "".join(content_identity(Path(spec) / f"{m}.pt") for m in ENCODER_KINDS)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -240,8 +246,7 @@ def load_encoder_set(spec: str | Path, device: str | torch.device = "cpu", seed:
         encs = {m: build_encoder(m, seed=seed + i, **({"image_size": image_sizes[m]}
                                                       if m in image_sizes else {}))
                 for i, m in enumerate(ENCODER_KINDS)}
-        ident = f"random-seed{seed}" + "".join(f"-{m}{image_sizes[m]}" for m in sorted(image_sizes))
-        return EncoderSet(**encs, identity=ident, random=True).to(device)
+        return EncoderSet(**encs, identity=encoder_identity(spec, seed, image_sizes), random=True).to(device)
     folder = Path(spec)
     missing = [m for m in ENCODER_KINDS if not (folder / f"{m}.pt").exists()]
     if missing:
@@ -253,5 +258,4 @@ def load_encoder_set(spec: str | Path, device: str | torch.device = "cpu", seed:
         if encs[m].contract.image_size != size:
             raise ValueError(f"{folder / (m + '.pt')} expects {encs[m].contract.image_size} px images but "
                              f"the media cache stores {size} px; retrain the encoders on this media cache")
-    ident = hashlib.sha256("".join(file_identity(folder / f"{m}.pt") for m in ENCODER_KINDS).encode())
-    return EncoderSet(**encs, identity=ident.hexdigest()[:16])
+    return EncoderSet(**encs, identity=encoder_identity(folder))

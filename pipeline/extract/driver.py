@@ -1,0 +1,94 @@
+""":func:`run_extract`: the stages of ``m2f extract`` in order, each skipped when its output is complete."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from pipeline.cache import config_hash
+from pipeline.extract.embed import feature_config, make_embed_spec, stage_embed
+from pipeline.extract.encoders import (
+    cached_encoders,
+    check_given_encoders,
+    check_input_contract,
+    check_trainable,
+    encoder_identity,
+    stage_encoders,
+    stored_media_config,
+)
+from pipeline.extract.engine import Engine
+from pipeline.extract.media import media_config_dict, media_key, problem_counts, stage_media
+from pipeline.extract.options import ExtractError, ExtractOptions, ExtractResult, SplitSummary
+from pipeline.extract.prepare import load_manifest, manifest_hash, select
+from pipeline.extract.text_model import given_text_model, stage_text_model, text_identity
+
+
+def run_extract(opts: ExtractOptions, client=None,
+                on_written: Callable[[object, int], None] | None = None) -> ExtractResult:
+    """Run every stage of ``m2f extract``; returns the features path and what was measured.
+
+    Parameters
+    ----------
+    opts : ExtractOptions
+    client : distributed.Client, optional
+        An executor to use instead of starting one (it is not closed).
+    on_written : callable, optional
+        ``on_written(client, i)`` after the i-th partition of a stage is written (a test seam, e.g. to
+        kill a worker mid-run).
+
+    Raises
+    ------
+    ExtractError
+        When the run cannot go on (no encoders, encoders that do not fit the media, empty selection,
+        ...); the message says what to do.
+    """
+    t_start = time.perf_counter()
+    layout = opts.layout
+    manifest_file, manifest = load_manifest(layout, opts.root)
+    selected = select(manifest, opts.splits, opts.limit)
+    if not selected:
+        have = sorted({u.split for u in manifest})
+        raise ExtractError(f"{manifest_file} has no utterances in splits {list(opts.splits)} (it has {have})")
+    key = manifest_hash(selected)
+    media_cfg = media_config_dict(opts.media_config) if opts.needs_media else None
+    if opts.needs_media:
+        check_given_encoders(opts, media_cfg)  # before hours of decoding, not after
+    result = ExtractResult(features=Path(), manifest=manifest_file, media=None, summary={})
+    engine = Engine(opts, client)
+    text_given = given_text_model(opts) if "text" in opts.modalities else None
+    pool = ThreadPoolExecutor(1)
+    # the text model's identity (a model load, seconds) is worked out while the workers decode media
+    text_id_future = pool.submit(text_identity, text_given) if text_given is not None else None
+    try:
+        media_file = None
+        mkey = key
+        if opts.needs_media:
+            mkey = media_key(media_cfg, key)
+            if opts.encoders is None and cached_encoders(opts, mkey)[1]:
+                check_trainable(opts, cached_encoders(opts, mkey)[0])  # fail before decoding
+            media_file = stage_media(engine, opts, selected, media_cfg, mkey, result, on_written)
+            result.media, result.problems = media_file, layout.problems_file(mkey)
+        enc_spec = stage_encoders(opts, media_file, mkey)
+        if media_file is not None:
+            check_input_contract(enc_spec, stored_media_config(media_file), opts.modalities, str(media_file))
+        text_model = stage_text_model(opts, manifest)
+        if text_id_future is not None:
+            txt_id = text_id_future.result()
+        else:
+            txt_id = text_identity(text_model) if "text" in opts.modalities else None
+        result.encoders, result.text_model = enc_spec, text_model
+        config = feature_config(opts, key, media_cfg, encoder_identity(enc_spec), txt_id)
+        spec = make_embed_spec(opts, media_file, enc_spec, text_model, media_cfg)
+        result.embed_spec = spec
+        result.features = stage_embed(engine, opts, selected, spec, config, config_hash(config), result,
+                                      on_written)
+    finally:
+        pool.shutdown(wait=True)
+        engine.close()
+    if result.problems is not None:
+        for split, n in problem_counts(result.problems).items():
+            result.summary.setdefault(split, SplitSummary()).problems = n
+    result.seconds["total"] = time.perf_counter() - t_start
+    return result

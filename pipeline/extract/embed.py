@@ -1,0 +1,57 @@
+"""Stage 4, embed: media.h5 + encoders + text model -> features.h5, on the dask workers (resumable)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.atomic import atomic_write_json
+from pipeline.cache import FeatureWriter
+from pipeline.extract.engine import Engine
+from pipeline.extract.options import ExtractOptions, ExtractResult, SplitSummary
+from pipeline.extract.prepare import order_by_split
+from pipeline.extract.resumable import run_resumable_stage
+from pipeline.extract.tasks import EmbedSpec, embed_partition
+from pipeline.manifest import Utterance
+
+
+def feature_config(opts: ExtractOptions, manifest_key: str, media_cfg: dict | None, encoders_id: str | None,
+                   text_id: str | None) -> dict:
+    """Every option that changes the numbers of ``features.h5``; its hash names the folder."""
+    return {
+        "dataset": opts.dataset, "manifest": manifest_key, "splits": list(opts.splits), "limit": opts.limit,
+        "modalities": sorted(opts.modalities), "media": media_cfg, "encoders": encoders_id,
+        "text_model": text_id,
+    }
+
+
+def make_embed_spec(opts: ExtractOptions, media_file: Path | None, encoders: str | None,
+                    text_model: str | None, media_cfg: dict | None) -> EmbedSpec:
+    """What each embed task gets; the media file is made absolute (a worker may run in another folder)."""
+    n_frames = int(media_cfg["n_frames"]) if media_cfg else 15
+    media = str(Path(media_file).resolve()) if media_file is not None else None
+    return EmbedSpec(tuple(opts.modalities), opts.device, opts.batch, media, encoders, text_model, n_frames)
+
+
+def stage_embed(engine: Engine, opts: ExtractOptions, selected: list[Utterance], spec: EmbedSpec,
+                config: dict, config_key: str, result: ExtractResult,
+                on_written: Callable[[object, int], None] | None = None) -> Path:
+    """Encoders and text model over the selection -> ``features.h5`` (skip what is written)."""
+    path = opts.layout.features_file(config_key)
+    with FeatureWriter(path, opts.dataset, config) as writer:  # holds the cache lock until the stage ends
+
+        def write(res: dict) -> None:
+            writer.append(res["split"], res["rows"])
+            result.summary[res["split"]].done += len(res["rows"]["utt_id"])
+
+        for u in selected:  # every split in the summary before the first result arrives
+            result.summary.setdefault(u.split, SplitSummary())
+        done = run_resumable_stage(engine, writer, selected, result, stage="embed", label="features",
+                                   task=embed_partition, task_args=(spec,), write=write,
+                                   order=order_by_split(selected), on_written=on_written)
+        for u in selected:
+            s = result.summary[u.split]
+            s.total += 1
+            s.skipped += u.id in done
+    atomic_write_json(opts.layout.features_config(config_key), config)
+    return path

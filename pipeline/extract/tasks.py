@@ -1,0 +1,171 @@
+"""Worker side of ``m2f extract``: per-process model cache and the two partition tasks.
+
+Workers use one torch thread and load each model once per process (:func:`cached_model`), never per
+task. Every path a task receives is absolute (see :mod:`pipeline.layout`): a worker may run in another
+folder, or on another machine that mounts the same file system.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.cache import RowReader
+from pipeline.embed import (
+    FrontTimer,
+    StageClock,
+    encode_waveforms,
+    feature_rows,
+    text_embeddings,
+    visual_embeddings,
+)
+from pipeline.extract.options import ExtractError
+from pipeline.manifest import Utterance
+
+_MODELS: dict[tuple, object] = {}
+_LOADS: dict[str, int] = {}  # model kind -> times built in this process (the test of "once per worker")
+_THREADS_SET = False
+
+
+def _worker_setup() -> None:
+    global _THREADS_SET
+    if not _THREADS_SET:
+        import torch
+
+        torch.set_num_threads(1)
+        with suppress(RuntimeError):
+            torch.set_num_interop_threads(1)
+        _THREADS_SET = True
+
+
+def cached_model(key: tuple, build: Callable[[], object]) -> object:
+    """The object ``build()`` returns, built once per process and kept under ``key`` (``key[0]`` = kind)."""
+    if key not in _MODELS:
+        _MODELS[key] = build()
+        _LOADS[key[0]] = _LOADS.get(key[0], 0) + 1
+    return _MODELS[key]
+
+
+def _worker_stats() -> dict:
+    return {"pid": os.getpid(), "loads": dict(_LOADS),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+class TimedDetector:
+    """Wraps a face detector so the seconds spent in ``detect`` (MTCNN) are counted apart."""
+
+    def __init__(self, detector, clock: StageClock):
+        self._detector, self._clock = detector, clock
+
+    def detect(self, *args, **kwargs):
+        return self._clock.timed("mtcnn", self._detector.detect, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._detector, name)
+
+
+def media_partition(utterances: list[Utterance], media_cfg: dict, device: str) -> dict:
+    """Worker task: decode, detect and crop one partition. Never raises on bad media.
+
+    Returns ``{"split", "rows": list of media rows (each with a JSON ``problems`` field),
+    "problems": {utt_id: [str]}, "seconds": {...}, "stats": {...}}``.
+    """
+    _worker_setup()
+    from pipeline.media import FaceDetector, MediaConfig, process_utterance
+
+    cfg = MediaConfig(**media_cfg)
+    detector = cached_model(("mtcnn", json.dumps(media_cfg, sort_keys=True), device),
+                            lambda: FaceDetector(cfg, device=device))
+    clock = StageClock()
+    timed = TimedDetector(detector, clock)
+    rows, problems = [], {}
+    t0 = time.perf_counter()
+    for u in utterances:
+        row, probs = process_utterance(u, cfg, timed)
+        row = dict(row)
+        row["problems"] = json.dumps(list(probs), ensure_ascii=False)
+        rows.append(row)
+        if probs:
+            problems[u.id] = list(probs)
+    total = time.perf_counter() - t0
+    clock.add("decode", total - clock.seconds.get("mtcnn", 0.0))
+    return {"split": utterances[0].split, "rows": rows, "problems": problems,
+            "seconds": clock.seconds, "stats": _worker_stats()}
+
+
+@dataclass(frozen=True)
+class EmbedSpec:
+    """What an embed task needs to know (picklable, small).
+
+    ``media``, ``encoders`` (unless ``"random"``) and a local ``text_model`` are absolute paths.
+    """
+
+    modalities: tuple[str, ...]
+    device: str
+    batch: int
+    media: str | None             # media.h5; None when neither audio nor visual
+    encoders: str | None          # "random" or a folder; None when neither audio nor visual
+    text_model: str | None        # what TextEmbedder loads; None when text is not requested
+    n_frames: int = 15
+
+
+def _media_reader(path: str, split: str) -> RowReader:
+    mtime = os.stat(path).st_mtime_ns
+    return cached_model(("media", path, split, mtime), lambda: RowReader(path, split))  # type: ignore[return-value]
+
+
+def _media_rows(path: str, utterances: Sequence[Utterance], names: Sequence[str]) -> list[dict]:
+    reader = _media_reader(path, utterances[0].split)
+    index = cached_model(("media_index", path, utterances[0].split, id(reader)),
+                         lambda: {u: i for i, u in enumerate(reader.utt_ids)})
+    missing = [u.id for u in utterances if u.id not in index]
+    if missing:
+        raise ExtractError(f"{path} has no media rows for {missing[:3]}; delete it and rerun")
+    return [reader.row(index[u.id], names) for u in utterances]
+
+
+def embed_partition(utterances: list[Utterance], spec: EmbedSpec) -> dict:
+    """Worker task: feature rows (see :func:`pipeline.embed.feature_rows`) for one partition."""
+    _worker_setup()
+    clock = StageClock()
+    text = audio = visual = None
+    if "text" in spec.modalities:
+        from pipeline.modalities.text import TextEmbedder
+
+        embedder = cached_model(("text", spec.text_model, spec.device, spec.batch),
+                                lambda: TextEmbedder(spec.text_model, device=spec.device,
+                                                     batch_size=spec.batch))
+        text = clock.timed("text", text_embeddings, embedder, utterances)
+    if "audio" in spec.modalities or "visual" in spec.modalities:
+        from pipeline.encoders.model import load_encoder_set
+
+        encs = cached_model(("encoders", spec.encoders, spec.device),
+                            lambda: load_encoder_set(spec.encoders, spec.device))
+        names = ["has_audio", "waveform"] if "audio" in spec.modalities else []
+        if "visual" in spec.modalities:
+            names += ["has_video", "has_face", "faces", "face_frame", "face_weight", "scenes"]
+        media = clock.timed("read", _media_rows, spec.media, utterances, names)
+        if "audio" in spec.modalities:
+            has_audio = np.array([bool(m["has_audio"]) and len(m["waveform"]) > 0 for m in media])
+            waves = [m["waveform"] if h else np.zeros(0, np.float32)
+                     for m, h in zip(media, has_audio, strict=True)]
+            timer = FrontTimer(encs.audio, clock)
+            try:
+                emb = clock.timed("encoders", encode_waveforms, encs.audio, waves, spec.batch, spec.device)
+            finally:
+                timer.remove()
+            audio = (emb, has_audio)
+        if "visual" in spec.modalities:
+            visual = visual_embeddings(encs.face, encs.scene, media, spec.n_frames, spec.batch, spec.device,
+                                       clock)
+    if "mel" in clock.seconds:  # the encoders' time excludes the log-mel measured inside it
+        clock.seconds["encoders"] -= clock.seconds["mel"]
+    return {"split": utterances[0].split, "rows": feature_rows(utterances, text, audio, visual),
+            "seconds": clock.seconds, "stats": _worker_stats()}

@@ -1,0 +1,111 @@
+"""Where everything lives under the cache root: the one module that builds paths below ``cache/``.
+
+::
+
+    <root>/<dataset>/
+        manifest-<hash of the resolved corpus root>.jsonl    the prepared corpus
+        media-<media key>/media.h5, problems.jsonl            decoded waveforms, frames, face crops
+        encoders/<media key>/{audio,face,scene}.pt            encoders trained on that media
+        text-model/<hash of the train+dev manifest>/          the fine-tuned text model
+            m2f-finetuned.json                                written last: the fine-tuning finished
+        <features key>/features.h5, config.json               embeddings and the options that made them
+
+A writer's shards and its lock live beside the file it writes (``<file>.shards/``, ``.lock``; see
+:class:`pipeline.cache.ShardedWriter`), so they follow from the paths above.
+
+Every path is absolute (the root is resolved when the layout is made), so a path handed to a dask
+worker started in another folder names the same file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+MEDIA_PREFIX = "media-"
+TEXT_MODEL_MARKER = "m2f-finetuned.json"
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """The paths of one dataset's cache.
+
+    Parameters
+    ----------
+    root : path
+        The cache root (``--cache``); resolved to an absolute path.
+    dataset : str
+        Corpus name (``meld``, ``iemocap``, ``sample``, ``custom``): the folder under ``root``.
+
+    Examples
+    --------
+    >>> layout = CacheLayout("/tmp/cache", "meld")
+    >>> layout.features_file("0123abcd4567").as_posix()
+    '/tmp/cache/meld/0123abcd4567/features.h5'
+    """
+
+    root: Path
+    dataset: str
+
+    def __post_init__(self) -> None:
+        if not self.dataset or "/" in self.dataset or self.dataset in (".", ".."):
+            raise ValueError(f"dataset {self.dataset!r} is not a folder name")
+        object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
+
+    @property
+    def dataset_dir(self) -> Path:
+        """``<root>/<dataset>``."""
+        return self.root / self.dataset
+
+    # -- prepare ----------------------------------------------------------------------------------
+    def manifest(self, corpus_root: str | Path | None) -> Path:
+        """The cached manifest of the corpus at ``corpus_root`` (keyed by its resolved path)."""
+        where = str(Path(corpus_root).resolve()) if corpus_root else "-"
+        key = hashlib.sha256(where.encode()).hexdigest()[:12]
+        return self.dataset_dir / f"manifest-{key}.jsonl"
+
+    # -- media ------------------------------------------------------------------------------------
+    def media_dir(self, media_key: str) -> Path:
+        """Folder of one media cache (``media.h5`` and ``problems.jsonl``)."""
+        return self.dataset_dir / f"{MEDIA_PREFIX}{media_key}"
+
+    def media_file(self, media_key: str) -> Path:
+        return self.media_dir(media_key) / "media.h5"
+
+    def problems_file(self, media_key: str) -> Path:
+        return self.media_dir(media_key) / "problems.jsonl"
+
+    def media_files(self) -> list[Path]:
+        """Every ``media.h5`` of this dataset, sorted."""
+        return sorted(self.dataset_dir.glob(f"{MEDIA_PREFIX}*/media.h5"))
+
+    @staticmethod
+    def media_key(media_file: str | Path) -> str:
+        """The key of a media cache from its ``media.h5`` path (the folder name without its prefix)."""
+        return Path(media_file).parent.name.removeprefix(MEDIA_PREFIX)
+
+    # -- encoders and text model ------------------------------------------------------------------
+    def encoders_dir(self, media_key: str) -> Path:
+        """Default folder of the encoders (``audio.pt``, ``face.pt``, ``scene.pt``) trained on a media."""
+        return self.dataset_dir / "encoders" / media_key
+
+    def text_model_dir(self, manifest_key: str) -> Path:
+        """Default folder of the text model fine-tuned on a train+dev manifest (keyed by its hash)."""
+        return self.dataset_dir / "text-model" / manifest_key
+
+    def text_model_marker(self, manifest_key: str) -> Path:
+        """Written when the fine-tuning into :meth:`text_model_dir` has finished."""
+        return self.text_model_dir(manifest_key) / TEXT_MODEL_MARKER
+
+    # -- features ---------------------------------------------------------------------------------
+    def features_dir(self, config_key: str) -> Path:
+        """Folder of one features cache (``config_key``: hash of every option that changes its numbers)."""
+        return self.dataset_dir / config_key
+
+    def features_file(self, config_key: str) -> Path:
+        return self.features_dir(config_key) / "features.h5"
+
+    def features_config(self, config_key: str) -> Path:
+        """The options that made ``features.h5``, readable (``config.json``)."""
+        return self.features_dir(config_key) / "config.json"

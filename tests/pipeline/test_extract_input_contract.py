@@ -1,0 +1,78 @@
+"""The encoders' input contract (sample rate, clip length, image sizes) against the media they embed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.cache import ShardedWriter
+from pipeline.encoders.model import InputContract, build_encoder, save_encoder
+from pipeline.extract import ExtractError, ExtractOptions, run_extract
+from pipeline.extract.encoders import contract_mismatches
+from pipeline.extract.media import media_config_dict, media_key
+from pipeline.extract.prepare import load_manifest, manifest_hash, select
+
+SIZES = {"face": 80, "scene": 64}  # MediaConfig's default crop sizes
+
+
+def _save_encoders(folder, **audio_contract) -> None:
+    save_encoder(build_encoder("audio", seed=0, **audio_contract), folder / "audio.pt")
+    for i, kind in enumerate(("face", "scene")):
+        save_encoder(build_encoder(kind, seed=1 + i, image_size=SIZES[kind]), folder / f"{kind}.pt")
+
+
+def _contracts(**audio) -> dict:
+    return {"audio": InputContract("audio", **audio), "face": InputContract("face", image_size=80),
+            "scene": InputContract("scene", image_size=64)}
+
+
+def test_each_mismatch_names_both_values():
+    media = media_config_dict(None)
+    assert contract_mismatches("/enc", _contracts(), media, ("text", "audio", "visual"), "m.h5") == []
+    (msg,) = contract_mismatches("/enc", _contracts(sample_rate=8000), media, ("audio",), "m.h5")
+    assert "/enc/audio.pt expects 8000 Hz" in msg and "m.h5 holds 16000 Hz" in msg
+    (msg,) = contract_mismatches("/enc", _contracts(max_seconds=4.0), media, ("audio",), "m.h5")
+    assert "at most 4 s" in msg and "up to 10 s" in msg
+    small = {**media, "face_size": 48}
+    (msg,) = contract_mismatches("/enc", _contracts(), small, ("visual",), "m.h5")
+    assert "/enc/face.pt expects 80 px face images" in msg and "holds 48 px" in msg
+    # only what is embedded is compared; random encoders have no trained image size (crops are resized)
+    assert contract_mismatches("/enc", _contracts(sample_rate=8000), media, ("visual",), "m.h5") == []
+    assert contract_mismatches("random", _contracts(), small, ("visual",), "m.h5") == []
+    (msg,) = contract_mismatches("random", _contracts(), {**media, "sample_rate": 8000}, ("audio",), "m.h5")
+    assert "random audio encoder expects 16000 Hz" in msg
+
+
+def test_cached_encoders_at_8_khz_stop_the_run_before_embedding_16_khz_media(tmp_path):
+    """The stored media.h5 (16 kHz) is checked against encoders found in the cache (8 kHz)."""
+    opts = ExtractOptions("sample", None, cache=tmp_path, modalities=("audio",), splits=("dev",), limit=2)
+    layout = opts.layout
+    _, manifest = load_manifest(layout, None)
+    selected = select(manifest, opts.splits, opts.limit)
+    media_cfg = media_config_dict(None)
+    key = media_key(media_cfg, manifest_hash(selected))
+    # a finished media cache (only what the skip check and problems.jsonl read): no decoding, no cluster
+    with ShardedWriter(layout.media_file(key), {"kind": "m2f-media", "dataset": "sample",
+                                                 "media_config": json.dumps(media_cfg, sort_keys=True)}) as w:
+        w.append("dev", {"utt_id": np.array([u.id for u in selected], dtype=object),
+                         "problems": np.array(["[]"] * len(selected), dtype=object)})
+        w.finalize()
+    _save_encoders(layout.encoders_dir(key), sample_rate=8000)
+    with pytest.raises(ExtractError) as err:
+        run_extract(opts)
+    msg = str(err.value)
+    assert "\n" not in msg and "8000 Hz" in msg and "16000 Hz" in msg
+    assert str(layout.encoders_dir(key) / "audio.pt") in msg and str(layout.media_file(key)) in msg
+    assert not list(layout.dataset_dir.glob("*/features.h5*"))  # stopped before the embed stage
+
+
+def test_given_encoders_that_do_not_fit_stop_before_decoding(tmp_path):
+    _save_encoders(tmp_path / "enc", sample_rate=8000)
+    opts = ExtractOptions("sample", None, cache=tmp_path / "cache", modalities=("audio",), splits=("dev",),
+                          encoders=str(tmp_path / "enc"))
+    with pytest.raises(ExtractError, match="expects 8000 Hz audio but the media config of this run holds "
+                                           "16000 Hz"):
+        run_extract(opts)
+    assert opts.layout.media_files() == []
