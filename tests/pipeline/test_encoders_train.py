@@ -22,7 +22,7 @@ from pipeline.encoders.probe import embed_samples, probe_weighted_f1, subset
 from pipeline.encoders.train import state_path_for, train_encoders
 
 torch.set_num_threads(1)
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")

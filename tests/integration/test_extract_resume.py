@@ -32,7 +32,7 @@ def _command(root: Path, cache: Path) -> list[str]:
 
 def _env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
