@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from pipeline.cache import ShardedWriter, read_split, validate_features
-from pipeline.corpora.synthetic import make_meld_tree
 from pipeline.modalities.text import DEFAULT_TEXT_MODEL
+from pipeline.testing.meld import make_meld_tree
 
 M2F = [sys.executable, "-c", "import cli; cli.main()"]
 KILL_SEED = int(os.environ.get("M2F_KILL_SEED", "0"))
