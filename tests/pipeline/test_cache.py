@@ -151,7 +151,7 @@ def test_ragged_rows_and_row_reader(tmp_path):
 _KILL_SCRIPT = textwrap.dedent("""
     import sys, numpy as np
     sys.path.insert(0, {root!r})
-    from tests.test_cache import _rows
+    from tests.pipeline.test_cache import _rows
     from pipeline.cache import FeatureWriter
     w = FeatureWriter({path!r}, "meld", {{"k": 1}})
     done = w.done_ids()
