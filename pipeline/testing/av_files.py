@@ -279,7 +279,7 @@ def write_split_screen_video(
     """An IEMOCAP-like dialog video: two halves of distinct colour, a face in each half.
 
     The left half is ``left_color`` and the right half ``right_color``, so a crop can be checked
-    against the left/right rule of DATA-FORMATS 3.6.
+    against the left/right rule of docs/CORPORA.md 3.4.
     """
     w, h = _frame_size(size)
 

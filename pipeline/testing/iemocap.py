@@ -3,7 +3,8 @@ files, per-utterance wavs and per-dialog split-screen avi videos.
 
 The tree carries the traps of real IEMOCAP copies (EmoEvaluation blocks out of temporal order, ``xxx``
 labels, unlabelled ``_MXX0`` transcription lines, ``Categorical/`` files to ignore, AppleDouble junk,
-a nested copy); :func:`make_iemocap_tree` says exactly which trap sits where.
+a nested copy; the traps listed in ``docs/CORPORA.md`` section 7); :func:`make_iemocap_tree` says
+exactly which trap sits where.
 """
 
 from __future__ import annotations

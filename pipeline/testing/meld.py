@@ -2,8 +2,8 @@
 
 The tree carries the traps of real MELD copies (missing and zero-byte clips, clips without a row,
 Utterance_ID gaps, one-digit hours, 2-digit milliseconds, ``final_videos_test`` twins, AppleDouble
-junk); :func:`make_meld_tree` and :func:`meld_rows` say exactly which trap sits where, so tests can
-assert manifests field by field.
+junk; the traps listed in ``docs/CORPORA.md`` section 7); :func:`make_meld_tree` and
+:func:`meld_rows` say exactly which trap sits where, so tests can assert manifests field by field.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ _TO_C1 = {
 }
 
 # Utterance texts cycled by the MELD generator: curly quotes, an ellipsis, a dash, a comma inside a
-# quoted field, doubled inner quotes, and a double space, as in the real CSVs (DATA-FORMATS 1.2).
+# quoted field, doubled inner quotes, and a double space, as in the real CSVs (docs/CORPORA.md 2.2).
 _MELD_TEXTS = (
     "Oh my God, he\u2019s lost it. He\u2019s totally lost it.",
     "What?",
@@ -151,7 +151,7 @@ def write_meld_csv(path: str | Path, rows: Sequence[dict], *, old_encoding: bool
     """Write MELD CSV bytes: the real header, minimal quoting, timestamps always quoted.
 
     ``old_encoding=False`` gives the current files (UTF-8, CRLF, final CRLF); ``True`` gives the
-    pre-2020 copies (LF, curly quotes/dashes as C1 code points U+0091-U+0097, DATA-FORMATS 1.1).
+    pre-2020 copies (LF, curly quotes/dashes as C1 code points U+0091-U+0097, docs/CORPORA.md 2.2).
     """
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n" if old_encoding else "\r\n", quoting=csv.QUOTE_MINIMAL)
