@@ -22,39 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from pipeline.cache import ShardedWriter
 from pipeline.encoders.data import MediaSamples
 from pipeline.encoders.model import ENCODER_KINDS, build_encoder
 from pipeline.encoders.train import DEFAULT_BATCH, EncoderTrainConfig, train_epoch
+from pipeline.testing.media_h5 import write_random_media
 
 LABELS = ("anger", "joy", "neutral", "sadness")
-
-
-def write_random_media(path: Path, per_class: int, audio_seconds: float, size: int = 112,
-                       n_frames: int = 15, seed: int = 0) -> Path:
-    """A media.h5 ``train`` split of random clips, crops and frames (2 faces per utterance)."""
-    rng = np.random.default_rng(seed)
-    n = per_class * len(LABELS)
-
-    def img(k: int) -> np.ndarray:
-        return rng.integers(0, 256, size=(k, 3, size, size), dtype=np.uint8)
-
-    clip = int(audio_seconds * 16000 * 1.2)
-    rows = {
-        "utt_id": np.array([f"u{i}" for i in range(n)], dtype=object),
-        "label": np.array([LABELS[i % len(LABELS)] for i in range(n)], dtype=object),
-        "waveform": [rng.normal(0, 0.1, clip).astype(np.float32) for _ in range(n)],
-        "has_audio": np.ones(n, bool), "has_video": np.ones(n, bool), "has_face": np.ones(n, bool),
-        "scenes": [img(n_frames) for _ in range(n)], "faces": [img(2) for _ in range(n)],
-        "face_frame": [np.array([0, 1], np.int16) for _ in range(n)],
-        "face_weight": [np.array([1.0, 1.0], np.float32) for _ in range(n)],
-    }
-    w = ShardedWriter(path, {"kind": "media"})
-    w.append("train", rows)
-    return w.finalize()
 
 
 def measure(media: Path, modality: str, device: str, batch_size: int, steps: int,
@@ -98,7 +73,7 @@ def main() -> None:
     if torch.device(args.device).type == "cuda":
         result["gpu"] = torch.cuda.get_device_name()
     with tempfile.TemporaryDirectory() as tmp:
-        media = write_random_media(Path(tmp) / "media.h5", per_class=max(batch // len(LABELS), 2) * 2,
+        media = write_random_media(Path(tmp) / "media.h5", LABELS, per_class=max(batch // len(LABELS), 2) * 2,
                                    audio_seconds=args.audio_seconds)
         for m in args.modalities.split(","):
             result[m] = measure(media, m, args.device, batch, args.steps, args.audio_seconds)

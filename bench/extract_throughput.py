@@ -30,7 +30,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def make_corpus(root: Path, clips: int, size: tuple[int, int], duration: float) -> Path:
     """A dev-split MELD tree of ``clips`` clean clips (4 per dialogue)."""
-    from pipeline.corpora.synthetic import make_meld_tree
+    from pipeline.testing.meld import make_meld_tree
 
     return make_meld_tree(root, n_dialogues=-(-clips // 4), utterances_per_dialogue=4, splits=("dev",),
                           traps=False, size=size, duration=duration)

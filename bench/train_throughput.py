@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.testing.features_h5 import random_rows, write_features
 from trainer.data import MELD_CLASSES, batch_order, load_split
 from trainer.fit import autocast_for, make_optimizer, predict_probs, resolve_device, train_epoch
 from trainer.model import DialogModel, DialogModelConfig
-from trainer.synthetic import random_rows, write_features
 
 DIMS = {"t": 1024, "a": 300, "v": 600}
 MELD_FILES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": "test_sent_emo.csv"}

@@ -9,8 +9,8 @@ bit-for-bit by::
 
 Each clip is 1.5 s of 160x120 H.264 at 24 fps with 48 kHz AAC (stereo; one 5.1 clip, as MELD has
 both). The label is learnable from every modality: the text is an emotional sentence of that
-label, the audio pitch is :data:`~pipeline.corpora.synthetic.LABEL_TONE_HZ` [label], and the
-astronaut's face sits at :data:`~pipeline.corpora.synthetic.LABEL_FACE_POS` [label] (scale varied per
+label, the audio pitch is :data:`~pipeline.testing.signals.LABEL_TONE_HZ` [label], and the
+astronaut's face sits at :data:`~pipeline.testing.signals.LABEL_FACE_POS` [label] (scale varied per
 clip). The face is NASA's public-domain astronaut portrait (:func:`skimage.data.astronaut`).
 """
 
@@ -24,16 +24,10 @@ import tempfile
 from pathlib import Path
 
 from pipeline.corpora.base import PrepareReport
-from pipeline.corpora.synthetic import (
-    LABEL_FACE_POS,
-    LABEL_TONE_HZ,
-    MELD_CLIP_DIRS,
-    MELD_SENTIMENT,
-    format_srt_time,
-    write_clip,
-    write_meld_csv,
-)
 from pipeline.manifest import Utterance
+from pipeline.testing.av_files import write_clip
+from pipeline.testing.meld import MELD_CLIP_DIRS, MELD_SENTIMENT, format_srt_time, write_meld_csv
+from pipeline.testing.signals import LABEL_FACE_POS, LABEL_TONE_HZ
 
 SAMPLE_DIR = Path(__file__).with_name("sample_data")
 

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from cli import main
+from pipeline.testing.features_h5 import random_rows, write_features
 from trainer.data import MELD_CLASSES
 from trainer.fit import DialogTrainConfig, train_dialog, write_status
 from trainer.report import PAPER_RESULTS, paper_reference, report, summarize_run
-from trainer.synthetic import random_rows, write_features
 
 DIMS = {"t": 8, "a": 4, "v": 4}
 SMALL = {

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from test_encoders_synthetic import LABELS, write_media
 
 from cli import main
 from pipeline.encoders.data import MediaSamples
 from pipeline.encoders.model import load_checkpoint, load_encoder
 from pipeline.encoders.probe import embed_samples, probe_weighted_f1, subset
 from pipeline.encoders.train import state_path_for, train_encoders
+from pipeline.testing.media_h5 import LABELS, write_media
 
 torch.set_num_threads(1)
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.corpora.sample import prepare_sample
-from pipeline.corpora.synthetic import write_clip
+from pipeline.testing.av_files import write_clip
 
 torch.set_num_threads(1)
 

@@ -10,8 +10,9 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.cache import read_split, validate_features
-from pipeline.corpora.synthetic import make_iemocap_tree, make_meld_tree
 from pipeline.modalities.text import DEFAULT_TEXT_MODEL
+from pipeline.testing.iemocap import make_iemocap_tree
+from pipeline.testing.meld import make_meld_tree
 
 
 def _run(args: list[str]) -> str:

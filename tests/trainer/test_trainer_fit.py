@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.testing.features_h5 import random_rows, write_features, xor_rows
 from trainer.data import IGNORE, MELD_CLASSES, load_split
 from trainer.fit import DialogTrainConfig, load_model, predict_probs, read_metrics, train_dialog
-from trainer.synthetic import random_rows, write_features, xor_rows
 
 DIMS = {"t": 8, "a": 8, "v": 8}
 SMALL = {

@@ -1,6 +1,6 @@
 """pipeline.media.process_utterance: one row per utterance, whatever the media (faults included).
 
-Real files (PyAV-encoded by ``pipeline.corpora.synthetic``) and the real MTCNN; each fault of the
+Real files (PyAV-encoded by ``pipeline.testing.av_files``) and the real MTCNN; each fault of the
 extraction issue is one test, checking the row's flags, its arrays and the problem string.
 """
 
@@ -10,13 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.corpora.synthetic import (
-    encode_media,
-    write_clip,
-    write_split_screen_video,
-    write_truncated,
-    write_wav,
-)
 from pipeline.manifest import Utterance
 from pipeline.media import (
     MEDIA_FLAGS,
@@ -25,6 +18,13 @@ from pipeline.media import (
     MediaConfig,
     process_utterance,
     stored_bytes,
+)
+from pipeline.testing.av_files import (
+    encode_media,
+    write_clip,
+    write_split_screen_video,
+    write_truncated,
+    write_wav,
 )
 
 torch.set_num_threads(1)

@@ -9,9 +9,10 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.corpora.synthetic import encode_media, tone, write_clip, write_wav
 from pipeline.decode import MediaError, decode_audio, decode_frames, frame_targets, probe
 from pipeline.modalities.audio import centre_cut, centre_window, downmix, is_silent, resample
+from pipeline.testing.av_files import encode_media, write_clip, write_wav
+from pipeline.testing.signals import tone
 
 SR = 16000
 

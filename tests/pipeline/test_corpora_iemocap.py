@@ -18,8 +18,8 @@ from pipeline.corpora.iemocap import (
     prepare_iemocap,
     speaker_and_side,
 )
-from pipeline.corpora.synthetic import make_iemocap_tree
 from pipeline.manifest import Utterance, validate
+from pipeline.testing.iemocap import make_iemocap_tree
 
 SMALL = {
     "sessions": (1, 5),

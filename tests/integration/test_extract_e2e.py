@@ -19,18 +19,14 @@ import numpy as np
 import pytest
 
 from pipeline.cache import RowReader, read_split, validate_features
-from pipeline.corpora.synthetic import (
-    MELD_CLIP_DIRS,
-    make_iemocap_tree,
-    make_meld_tree,
-    write_clip,
-    write_truncated,
-)
 from pipeline.encoders.model import build_encoder, save_encoder
 from pipeline.extract import ExtractError, ExtractOptions, encoder_identity, make_local_cluster, run_extract
 from pipeline.layout import CacheLayout
 from pipeline.manifest import read_jsonl
 from pipeline.modalities.text import DEFAULT_TEXT_MODEL
+from pipeline.testing.av_files import write_clip, write_truncated
+from pipeline.testing.iemocap import make_iemocap_tree
+from pipeline.testing.meld import MELD_CLIP_DIRS, make_meld_tree
 
 N_FRAMES = 6  # fewer frames than the paper's 15 keep MTCNN and the encoders quick on 2 shared cores
 SIZE = (160, 120)  # the face is then above MTCNN's min_face_size

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from trainer.synthetic import write_features, xor_rows
+from pipeline.testing.features_h5 import write_features, xor_rows
 
 COMMANDS = ("prepare", "extract", "train-encoders", "train-dialog", "report", "demo")
 

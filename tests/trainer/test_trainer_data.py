@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pipeline.cache import read_split
+from pipeline.testing.features_h5 import random_rows, write_features
 from trainer.data import (
     IGNORE,
     MELD_CLASSES,
@@ -17,7 +18,6 @@ from trainer.data import (
     preset_for_dataset,
     resolve_class_names,
 )
-from trainer.synthetic import random_rows, write_features
 
 DIMS = {"t": 6, "a": 4, "v": 5}
 

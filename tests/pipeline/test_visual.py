@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.corpora.synthetic import render_face_frame
 from pipeline.media import MediaConfig
 from pipeline.modalities.visual import (
     FaceDetector,
@@ -18,6 +17,7 @@ from pipeline.modalities.visual import (
     select_faces,
     weighted_face_embedding,
 )
+from pipeline.testing.signals import render_face_frame
 
 torch.set_num_threads(1)
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_text import make_tiny_roberta
 
 from pipeline.encoders.text_finetune import (
     META_FILE,
@@ -47,11 +46,6 @@ def keyword_corpus(n_train: int = 48, n_dev: int = 16, n_test: int = 16, seed: i
     return out
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return make_tiny_roberta(tmp_path_factory.mktemp("tiny"), hidden=32, layers=2)
-
-
 def test_finetune_learns_keywords_and_writes_a_loadable_folder(tmp_path):
     # the shipped MiniLM (a random tiny model needs far more steps to learn anything)
     utts = keyword_corpus()
@@ -80,11 +74,11 @@ def test_finetune_learns_keywords_and_writes_a_loadable_folder(tmp_path):
 
 
 @pytest.mark.parametrize("which", ["minilm", "tiny_roberta"])
-def test_frozen_bottom_cache_gives_the_full_models_logits(which, tiny):
+def test_frozen_bottom_cache_gives_the_full_models_logits(which, tiny_roberta):
     from pipeline.encoders.text_finetune import full_logits
     from pipeline.modalities.text import pad_batch
 
-    source = None if which == "minilm" else str(tiny)
+    source = None if which == "minilm" else str(tiny_roberta)
     tok, model = load_text_model(source, for_classification=4)
     model.eval()
     utts = keyword_corpus(n_train=6, n_dev=2, n_test=0)
@@ -119,9 +113,9 @@ def _final_weights(folder: Path) -> dict:
     return torch.load(folder / "resume" / "state.pt", weights_only=True)["model"]
 
 
-def test_budget_stop_then_resume_equals_an_uninterrupted_run(tiny, tmp_path):
+def test_budget_stop_then_resume_equals_an_uninterrupted_run(tiny_roberta, tmp_path):
     utts = keyword_corpus(n_train=24, n_dev=8, n_test=0)
-    kw = {"base_model": str(tiny), "max_length": 32, "epochs": 2, "batch_size": 8, "lr": 1e-3,
+    kw = {"base_model": str(tiny_roberta), "max_length": 32, "epochs": 2, "batch_size": 8, "lr": 1e-3,
           "freeze_layers": 1, "evals_per_epoch": 1, "seed": 3, "eval_test": False}
     finetune_text(utts, tmp_path / "a", **kw)
     finetune_text(utts, tmp_path / "b", max_minutes=0.0, **kw)  # stops after its first step
@@ -138,7 +132,7 @@ def test_budget_stop_then_resume_equals_an_uninterrupted_run(tiny, tmp_path):
         finetune_text(utts, tmp_path / "b", **{**kw, "lr": 5e-4})
 
 
-def test_labels_default_maps_and_context_of_unlabelled_turns(tiny):
+def test_labels_default_maps_and_context_of_unlabelled_turns(tiny_roberta):
     utts = keyword_corpus(n_train=4, n_dev=2, n_test=0)
     assert default_label_map(utts)["neutral"] == 0 and len(default_label_map(utts)) == 7
     iemocap = [Utterance("iemocap", "train", "Ses01F_impro01", 0, "Ses01F_impro01_F000", "Ses01F", "hi",
@@ -146,7 +140,7 @@ def test_labels_default_maps_and_context_of_unlabelled_turns(tiny):
     assert default_label_map(iemocap) == {"hap": 0, "sad": 1, "neu": 2, "ang": 3, "exc": 4, "fru": 5}
     with pytest.raises(ValueError, match="label_map"):
         default_label_map([Utterance("custom", "train", "0", 0, "0", "A", "hi", "x")])
-    tok, _ = load_text_model(str(tiny))
+    tok, _ = load_text_model(str(tiny_roberta))
     ex = build_examples(utts, tok, 64, default_label_map(utts))
     assert isinstance(ex["train"], Examples) and len(ex["train"]) == 4  # only the labelled turns
     # the unlabelled turns are in the context: the input holds more than the target's own tokens
@@ -156,10 +150,10 @@ def test_labels_default_maps_and_context_of_unlabelled_turns(tiny):
                                         u.split == "train"]
 
 
-def test_missing_dev_and_offline_hub_id_raise(tiny, tmp_path, monkeypatch):
+def test_missing_dev_and_offline_hub_id_raise(tiny_roberta, tmp_path, monkeypatch):
     utts = [u for u in keyword_corpus(n_train=4, n_dev=1, n_test=0) if u.split == "train"]
     with pytest.raises(ValueError, match="no labelled dev"):
-        finetune_text(utts, tmp_path / "x", base_model=str(tiny), max_length=32, epochs=1)
+        finetune_text(utts, tmp_path / "x", base_model=str(tiny_roberta), max_length=32, epochs=1)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="local folder"):
         finetune_text(utts, tmp_path / "y", base_model="m2f-test/not-a-model", epochs=1)
@@ -169,10 +163,10 @@ def test_missing_dev_and_offline_hub_id_raise(tiny, tmp_path, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("freeze_layers", [0, 1])
-def test_finetune_on_cuda_with_amp(tiny, tmp_path, freeze_layers):
+def test_finetune_on_cuda_with_amp(tiny_roberta, tmp_path, freeze_layers):
     # the tiny random model (the MiniLM package is not on the GPU machine): it runs, selects, saves
     utts = keyword_corpus()
-    out = finetune_text(utts, tmp_path / "gpu", base_model=str(tiny), device="cuda", max_length=32,
+    out = finetune_text(utts, tmp_path / "gpu", base_model=str(tiny_roberta), device="cuda", max_length=32,
                         epochs=3, batch_size=8, lr=1e-3, freeze_layers=freeze_layers, evals_per_epoch=1)
     meta = json.loads((out / META_FILE).read_text())
     assert meta["config"]["device"] == "cuda" and len(meta["history"]) == 3
@@ -186,7 +180,7 @@ def test_finetune_on_cuda_with_amp(tiny, tmp_path, freeze_layers):
         np.testing.assert_allclose(on_gpu[k], on_cpu[k], atol=1e-3)
 
 
-def test_resolve_defaults_by_device_and_size(tiny):
+def test_resolve_defaults_by_device_and_size(tiny_roberta):
     from pipeline.encoders.text_finetune import FinetuneConfig, resolve_defaults
 
     _, minilm = load_text_model(None, for_classification=7)

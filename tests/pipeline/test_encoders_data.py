@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_encoders_synthetic import LABELS, write_media
 
 from pipeline.encoders.augment import AudioAugment, add_white_noise, augment_waveform, time_stretch
 from pipeline.encoders.data import MediaSamples, balanced_batches, centre_crop_or_pad, load_batch
 from pipeline.encoders.model import InputContract
 from pipeline.encoders.probe import probe_weighted_f1, subset
+from pipeline.testing.media_h5 import LABELS, write_media
 
 torch.set_num_threads(1)
 SR = 16000

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from pipeline.cache import ShardedWriter, read_split, validate_features
-from pipeline.corpora.synthetic import make_meld_tree
 from pipeline.modalities.text import DEFAULT_TEXT_MODEL
+from pipeline.testing.meld import make_meld_tree
 
 M2F = [sys.executable, "-c", "import cli; cli.main()"]
 KILL_SEED = int(os.environ.get("M2F_KILL_SEED", "0"))
@@ -32,7 +32,7 @@ def _command(root: Path, cache: Path) -> list[str]:
 
 def _env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:

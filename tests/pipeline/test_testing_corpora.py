@@ -1,4 +1,4 @@
-"""The synthetic media writers and miniature corpus trees: real files, decoded with PyAV."""
+"""The generated media files and miniature corpus trees of pipeline.testing: real files, decoded with PyAV."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.corpora import synthetic as syn
+from pipeline.testing.av_files import write_clip, write_split_screen_video, write_truncated, write_wav
+from pipeline.testing.iemocap import iemocap_dialog_turns, make_iemocap_tree
+from pipeline.testing.meld import MELD_EMOTIONS, format_srt_time, make_meld_tree
+from pipeline.testing.signals import LABEL_TONE_HZ
 
 
 def _streams(path):
@@ -28,7 +31,7 @@ def _first_frame(path) -> np.ndarray:
 
 
 def test_write_clip_mp4_streams_size_and_channels(tmp_path):
-    p = syn.write_clip(tmp_path / "a.mp4", duration=1.0, size=(160, 120), audio_channels=6)
+    p = write_clip(tmp_path / "a.mp4", duration=1.0, size=(160, 120), audio_channels=6)
     assert _streams(p) == {"video": "h264", "audio": "aac"}
     assert _audio_channels(p) == 6
     frame = _first_frame(p)
@@ -39,7 +42,7 @@ def test_write_clip_mp4_streams_size_and_channels(tmp_path):
 
 
 def test_write_clip_5_1_centre_channel_is_loudest(tmp_path):
-    p = syn.write_clip(tmp_path / "a.mp4", duration=1.0, size=(64, 48), audio_channels=6)
+    p = write_clip(tmp_path / "a.mp4", duration=1.0, size=(64, 48), audio_channels=6)
     with av.open(str(p)) as c:
         audio = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)
     rms = np.sqrt((audio**2).mean(axis=1))
@@ -48,32 +51,32 @@ def test_write_clip_5_1_centre_channel_is_loudest(tmp_path):
 
 
 def test_write_clip_video_only_audio_only_and_avi(tmp_path):
-    assert _streams(syn.write_clip(tmp_path / "v.mp4", duration=0.5, size=(64, 48), audio=False)) == {
+    assert _streams(write_clip(tmp_path / "v.mp4", duration=0.5, size=(64, 48), audio=False)) == {
         "video": "h264"
     }
-    assert _streams(syn.write_clip(tmp_path / "a.mp4", duration=0.5, video=False)) == {"audio": "aac"}
-    assert _streams(syn.write_clip(tmp_path / "c.avi", duration=0.5, size=(64, 48))) == {
+    assert _streams(write_clip(tmp_path / "a.mp4", duration=0.5, video=False)) == {"audio": "aac"}
+    assert _streams(write_clip(tmp_path / "c.avi", duration=0.5, size=(64, 48))) == {
         "video": "mpeg4",
         "audio": "pcm_s16le",
     }
     with pytest.raises(ValueError):
-        syn.write_clip(tmp_path / "x.mp4", video=False, audio=False)
+        write_clip(tmp_path / "x.mp4", video=False, audio=False)
 
 
 def test_write_clip_is_byte_reproducible(tmp_path):
-    a = syn.write_clip(tmp_path / "a.mp4", duration=0.5, size=(96, 64), seed=3)
-    b = syn.write_clip(tmp_path / "b.mp4", duration=0.5, size=(96, 64), seed=3)
-    c = syn.write_clip(tmp_path / "c.mp4", duration=0.5, size=(96, 64), seed=4)
+    a = write_clip(tmp_path / "a.mp4", duration=0.5, size=(96, 64), seed=3)
+    b = write_clip(tmp_path / "b.mp4", duration=0.5, size=(96, 64), seed=3)
+    c = write_clip(tmp_path / "c.mp4", duration=0.5, size=(96, 64), seed=4)
     md5 = [hashlib.md5(p.read_bytes()).hexdigest() for p in (a, b, c)]
     assert md5[0] == md5[1] != md5[2]
 
 
 def test_silent_clip_is_silent_and_tone_has_the_pitch(tmp_path):
-    p = syn.write_clip(tmp_path / "s.mp4", duration=1.0, video=False, silent=True)
+    p = write_clip(tmp_path / "s.mp4", duration=1.0, video=False, silent=True)
     with av.open(str(p)) as c:
         audio = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)
     assert np.abs(audio).max() < 1e-3
-    p = syn.write_clip(tmp_path / "t.mp4", duration=1.0, video=False, tone_hz=440.0, audio_channels=1)
+    p = write_clip(tmp_path / "t.mp4", duration=1.0, video=False, tone_hz=440.0, audio_channels=1)
     with av.open(str(p)) as c:
         audio = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)[0]
     spectrum = np.abs(np.fft.rfft(audio[:48000]))
@@ -82,10 +85,10 @@ def test_silent_clip_is_silent_and_tone_has_the_pitch(tmp_path):
 
 def test_face_position_moves_the_face(tmp_path):
     left = _first_frame(
-        syn.write_clip(tmp_path / "l.mp4", duration=0.2, size=(160, 120), audio=False, face_pos=(0.25, 0.5))
+        write_clip(tmp_path / "l.mp4", duration=0.2, size=(160, 120), audio=False, face_pos=(0.25, 0.5))
     )
     right = _first_frame(
-        syn.write_clip(tmp_path / "r.mp4", duration=0.2, size=(160, 120), audio=False, face_pos=(0.75, 0.5))
+        write_clip(tmp_path / "r.mp4", duration=0.2, size=(160, 120), audio=False, face_pos=(0.75, 0.5))
     )
     bg = np.array((40, 60, 90))
     # columns where the frame differs from the background
@@ -95,14 +98,14 @@ def test_face_position_moves_the_face(tmp_path):
 
 
 def test_write_wav_is_16k_mono_int16(tmp_path):
-    p = syn.write_wav(tmp_path / "x.wav", duration=0.5)
+    p = write_wav(tmp_path / "x.wav", duration=0.5)
     with wave.open(str(p)) as w:
         assert (w.getnchannels(), w.getframerate(), w.getsampwidth(), w.getnframes()) == (1, 16000, 2, 8000)
 
 
 def test_truncated_mp4_does_not_decode(tmp_path):
-    src = syn.write_clip(tmp_path / "a.mp4", duration=1.0, size=(64, 48))
-    bad = syn.write_truncated(src, tmp_path / "bad.mp4", keep_fraction=0.3)
+    src = write_clip(tmp_path / "a.mp4", duration=1.0, size=(64, 48))
+    bad = write_truncated(src, tmp_path / "bad.mp4", keep_fraction=0.3)
     assert bad.stat().st_size == int(src.stat().st_size * 0.3)
     with pytest.raises(av.error.FFmpegError):
         with av.open(str(bad)) as c:
@@ -111,7 +114,7 @@ def test_truncated_mp4_does_not_decode(tmp_path):
 
 
 def test_split_screen_video_halves(tmp_path):
-    p = syn.write_split_screen_video(tmp_path / "d.avi", duration=0.3, size=(120, 80), face=False)
+    p = write_split_screen_video(tmp_path / "d.avi", duration=0.3, size=(120, 80), face=False)
     frame = _first_frame(p)
     assert frame.shape == (80, 120, 3)
     assert frame[:, :60, 0].mean() > 150 > frame[:, 60:, 0].mean()
@@ -119,12 +122,12 @@ def test_split_screen_video_halves(tmp_path):
 
 
 def test_format_srt_time():
-    assert syn.format_srt_time(3661.5) == "01:01:01,500"
-    assert syn.format_srt_time(61.28, one_digit_hour=True, ms_digits=2) == "0:01:01,28"
+    assert format_srt_time(3661.5) == "01:01:01,500"
+    assert format_srt_time(61.28, one_digit_hour=True, ms_digits=2) == "0:01:01,28"
 
 
 def test_meld_tree_layout_and_traps(tmp_path):
-    root = syn.make_meld_tree(tmp_path, n_dialogues=2, utterances_per_dialogue=3, size=(64, 48), duration=0.5)
+    root = make_meld_tree(tmp_path, n_dialogues=2, utterances_per_dialogue=3, size=(64, 48), duration=0.5)
     raw = root / "MELD.Raw"
     train = (raw / "train_sent_emo.csv").read_bytes()
     assert train.startswith(
@@ -152,7 +155,7 @@ def test_meld_tree_layout_and_traps(tmp_path):
 
 
 def test_meld_tree_old_encoding_uses_c1_and_lf(tmp_path):
-    syn.make_meld_tree(
+    make_meld_tree(
         tmp_path, n_dialogues=1, splits=("train",), clips=False, layout="flat", old_encoding=True
     )
     data = (tmp_path / "train_sent_emo.csv").read_bytes()
@@ -161,7 +164,7 @@ def test_meld_tree_old_encoding_uses_c1_and_lf(tmp_path):
 
 
 def test_iemocap_tree_files(tmp_path):
-    top = syn.make_iemocap_tree(
+    top = make_iemocap_tree(
         tmp_path, sessions=(1,), dialogs_per_session=2, utterances_per_dialog=3, video_size=(96, 64), fps=10
     )
     s1 = top / "Session1"
@@ -186,7 +189,7 @@ def _pitch(samples: np.ndarray, rate: int) -> float:
 def test_tone_for_label_makes_pitch_follow_the_label(tmp_path):
     from pipeline.corpora.meld import prepare_meld
 
-    root = syn.make_meld_tree(
+    root = make_meld_tree(
         tmp_path / "m",
         n_dialogues=1,
         utterances_per_dialogue=7,
@@ -197,12 +200,12 @@ def test_tone_for_label_makes_pitch_follow_the_label(tmp_path):
         size=(64, 48),
     )
     utts = prepare_meld(root)
-    assert {u.label for u in utts} == set(syn.MELD_EMOTIONS)
+    assert {u.label for u in utts} == set(MELD_EMOTIONS)
     for u in utts:
         with av.open(u.clip) as c:
             audio = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1).mean(axis=0)
-        assert abs(_pitch(audio, 48000) - syn.LABEL_TONE_HZ[u.label]) <= 2, u.id
-    top = syn.make_iemocap_tree(
+        assert abs(_pitch(audio, 48000) - LABEL_TONE_HZ[u.label]) <= 2, u.id
+    top = make_iemocap_tree(
         tmp_path / "i",
         sessions=(1,),
         dialogs_per_session=1,
@@ -215,14 +218,14 @@ def test_tone_for_label_makes_pitch_follow_the_label(tmp_path):
             pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32)
         code = next(
             t["label"]
-            for t in syn.iemocap_dialog_turns("Ses01F_impro01", 3, seed=0, offset=0)
+            for t in iemocap_dialog_turns("Ses01F_impro01", 3, seed=0, offset=0)
             if t["utt_id"] == wav_path.stem
         )
-        assert abs(_pitch(pcm, 16000) - syn.LABEL_TONE_HZ[code]) <= 2, wav_path.name
+        assert abs(_pitch(pcm, 16000) - LABEL_TONE_HZ[code]) <= 2, wav_path.name
 
 
 def test_meld_tree_can_be_large_enough_for_a_benchmark(tmp_path):
-    root = syn.make_meld_tree(
+    root = make_meld_tree(
         tmp_path,
         n_dialogues=5,
         utterances_per_dialogue=10,

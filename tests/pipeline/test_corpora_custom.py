@@ -13,8 +13,8 @@ from cli import main as m2f
 from pipeline.corpora import PrepareReport
 from pipeline.corpora.base import FOUND, MISSING, NOT_GIVEN, ZERO_BYTE, CorpusError
 from pipeline.corpora.custom import hash_split, prepare_custom
-from pipeline.corpora.synthetic import write_clip
 from pipeline.manifest import Utterance, validate
+from pipeline.testing.av_files import write_clip
 
 HEADER = "dialogue_id,utterance_index,speaker,text,label,clip,start,end,split\n"
 

@@ -13,8 +13,8 @@ from pipeline.corpora import PrepareReport, prepare_corpus
 from pipeline.corpora.base import FOUND
 from pipeline.corpora.meld import EMOTIONS
 from pipeline.corpora.sample import SAMPLE_DIR, build_sample, md5_tree, prepare_sample
-from pipeline.corpora.synthetic import LABEL_TONE_HZ
 from pipeline.manifest import validate
+from pipeline.testing.signals import LABEL_TONE_HZ
 
 
 def test_sample_prepares_with_all_labels_and_clips():
