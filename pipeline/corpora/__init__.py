@@ -17,11 +17,10 @@ from collections import Counter
 from pathlib import Path
 
 from pipeline.corpora.base import STATUSES, CorpusError, PrepareReport
-from pipeline.manifest import SPLITS, Utterance
+from pipeline.manifest import Utterance
+from pipeline.names import DATASETS, SPLITS
 
 __all__ = ["DATASETS", "CorpusError", "PrepareReport", "prepare_corpus", "run_prepare", "summarize"]
-
-DATASETS = ("meld", "iemocap", "sample", "custom")
 
 
 def prepare_corpus(

@@ -33,7 +33,8 @@ import torchaudio
 import torchvision
 from torch import nn
 
-ENCODER_KINDS = ("audio", "face", "scene")
+from pipeline.atomic import atomic_torch_save, content_identity
+from pipeline.names import ENCODER_KINDS
 
 
 @dataclass(frozen=True)
@@ -165,13 +166,8 @@ def build_encoder(modality: str, seed: int | None = None, **contract_overrides) 
 
 def save_encoder(encoder: Encoder, path: str | Path, **meta) -> Path:
     """Save weights, config/contract and any JSON-able ``meta`` (history, quality, ...) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": "m2f-encoder-1", "config": encoder.config.to_dict(),
-                "state_dict": encoder.state_dict(), "meta": meta}, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_torch_save({"format": "m2f-encoder-1", "config": encoder.config.to_dict(),
+                              "state_dict": encoder.state_dict(), "meta": meta}, path)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -197,13 +193,19 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> Encode
     return enc.eval().to(device)
 
 
-def file_identity(path: str | Path) -> str:
-    """sha256 (16 hex) of a checkpoint file: part of the cache key of features made with it."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+# sha256 (16 hex) of a checkpoint file; kept under this name for callers not yet moved to content_identity.
+file_identity = content_identity
+
+
+def encoder_folder_identity(folder: str | Path) -> str:
+    """Identity (16 hex) of the checkpoints ``audio.pt``, ``face.pt``, ``scene.pt`` in ``folder``.
+
+    Part of the features cache key: a hash of the three files' :func:`~pipeline.atomic.content_identity`,
+    so it changes whenever any of the weights change, wherever the folder is.
+    """
+    folder = Path(folder)
+    blob = "".join(content_identity(folder / f"{m}.pt") for m in ENCODER_KINDS)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -253,5 +255,4 @@ def load_encoder_set(spec: str | Path, device: str | torch.device = "cpu", seed:
         if encs[m].contract.image_size != size:
             raise ValueError(f"{folder / (m + '.pt')} expects {encs[m].contract.image_size} px images but "
                              f"the media cache stores {size} px; retrain the encoders on this media cache")
-    ident = hashlib.sha256("".join(file_identity(folder / f"{m}.pt") for m in ENCODER_KINDS).encode())
-    return EncoderSet(**encs, identity=ident.hexdigest()[:16])
+    return EncoderSet(**encs, identity=encoder_folder_identity(folder))

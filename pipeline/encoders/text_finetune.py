@@ -46,8 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.atomic import atomic_torch_save, atomic_write_json
 from pipeline.corpora.base import IEMOCAP_CLASSES, MELD_CLASSES
 from pipeline.manifest import Utterance, group_dialogues
+from pipeline.metrics import weighted_f1
 from pipeline.modalities.text import (
     POOLINGS,
     build_contexts,
@@ -157,13 +159,6 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
         batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
     rng.shuffle(batches)
     return batches
-
-
-def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    """Support-weighted F1 over classes ``0..n_classes-1`` (sklearn's ``average="weighted"``)."""
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(y_true, y_pred, labels=list(range(n_classes)), average="weighted", zero_division=0))
 
 
 def predict(model, examples: Examples, batch_size: int, pad_id: int, device,
@@ -391,14 +386,6 @@ class FrozenBottomCache:
         return sum(x.numel() * x.element_size() for x in self.states)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _save_model_folder(model, tokenizer, folder: Path, meta: dict) -> None:
     """Write model + tokenizer + meta into ``folder`` via a temporary sibling and a rename."""
     tmp = folder.with_name(folder.name + ".tmp")
@@ -585,11 +572,11 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
     def save_state() -> None:
         progress["elapsed_s"] = time.time() - run_start
         resume_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                            "progress": json.dumps(progress),
-                            "config_json": _resume_key(cfg)},
-                           state_path)
+        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                           "progress": json.dumps(progress),
+                           "config_json": _resume_key(cfg)},
+                          state_path)
 
     def evaluate_dev() -> None:
         t = time.time()
@@ -691,9 +678,7 @@ def _finish(out_dir: Path, best_dir: Path, cfg: FinetuneConfig, progress: dict, 
         if p.name == META_FILE:
             continue
         shutil.copy2(p, out_dir / p.name)
-    tmp = out_dir / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, out_dir / META_FILE)
+    atomic_write_json(out_dir / META_FILE, meta, indent=2, sort_keys=False, ensure_ascii=True)
     _log(f"wrote {out_dir} (dev wF1 {meta['dev_weighted_f1']:.4f}, {train_s / 60:.1f} min of training)")
     return out_dir
 

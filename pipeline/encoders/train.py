@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.atomic import atomic_torch_save
 from pipeline.encoders.augment import AudioAugment
 from pipeline.encoders.data import MediaSamples, TrainBatches, balanced_batches
 from pipeline.encoders.losses import LossConfig, extractor_loss, mine_semihard
@@ -385,12 +386,8 @@ def _resume_key(cfg: EncoderTrainConfig) -> dict:
 
 def _save_state(path: Path, state: dict, encoder: Encoder, opt: torch.optim.Optimizer,
                 cfg: EncoderTrainConfig) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    blob = {**state, "format": STATE_FORMAT, "config": _resume_key(cfg), "model": _cpu_state(encoder),
-            "optim": opt.state_dict()}
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    atomic_torch_save({**state, "format": STATE_FORMAT, "config": _resume_key(cfg),
+                       "model": _cpu_state(encoder), "optim": opt.state_dict()}, path)
 
 
 def _load_state(path: Path, cfg: EncoderTrainConfig) -> dict | None:
