@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
@@ -61,6 +62,8 @@ from pipeline.modalities.text import (
     special_layout,
     target_mask_batch,
 )
+
+log = logging.getLogger(__name__)
 
 #: Written into ``m2f_text.json``; :class:`TextEmbedder` does not need it, readers may check it.
 META_FILE = "m2f_text.json"
@@ -404,10 +407,6 @@ def _save_model_folder(model, tokenizer, folder: Path, meta: dict) -> None:
         shutil.rmtree(old)
 
 
-def _log(msg: str) -> None:
-    print(f"[finetune_text {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, base_model: str | None = None,
                   device: str = "cpu", label_map: Mapping[str, int] | None = None,
                   max_length: int | None = None, epochs: int | None = None, batch_size: int = 32,
@@ -522,8 +521,8 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
     if limit_train is not None:
         train = Examples(train.ids[:limit_train], train.labels[:limit_train], train.utt_ids[:limit_train])
     lengths = [len(x) for x in train.ids]
-    _log(f"{len(train)} train / {len(examples['dev'])} dev inputs, mean {np.mean(lengths):.1f} tokens "
-         f"(max {cfg.max_length}); contexts built in {time.time() - t0:.1f}s")
+    log.info(f"{len(train)} train / {len(examples['dev'])} dev inputs, mean {np.mean(lengths):.1f} tokens "
+             f"(max {cfg.max_length}); contexts built in {time.time() - t0:.1f}s")
 
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -551,8 +550,8 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
         torch.set_rng_state(state["torch_rng"])
         progress = json.loads(state["progress"])
         progress["stopped_early"] = False  # a new call brings a new budget
-        _log(f"resuming at epoch {progress['epoch']} step {progress['step_in_epoch']} "
-             f"(best dev wF1 so far {progress['best_dev_wf1']:.4f})")
+        log.info(f"resuming at epoch {progress['epoch']} step {progress['step_in_epoch']} "
+                 f"(best dev wF1 so far {progress['best_dev_wf1']:.4f})")
 
     train_cache = dev_cache = None
     if cfg.freeze_layers > 0 and cfg.cache_frozen:
@@ -560,8 +559,8 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
         train_cache = FrozenBottomCache(model, train, cfg.freeze_layers, pad_id, dev_t, cfg.eval_batch_size)
         dev_cache = FrozenBottomCache(model, examples["dev"], cfg.freeze_layers, pad_id, dev_t,
                                       cfg.eval_batch_size)
-        _log(f"frozen embeddings + {cfg.freeze_layers} layers run once: "
-             f"{(train_cache.nbytes + dev_cache.nbytes) / 1e6:.0f} MB in {time.time() - t:.0f}s")
+        log.info(f"frozen embeddings + {cfg.freeze_layers} layers run once: "
+                 f"{(train_cache.nbytes + dev_cache.nbytes) / 1e6:.0f} MB in {time.time() - t:.0f}s")
 
     use_amp = cfg.amp and dev_t.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -589,8 +588,8 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
                  "dev_accuracy": acc, "train_loss": progress.get("running_loss"),
                  "elapsed_s": round(time.time() - run_start, 1)}
         progress["history"].append(entry)
-        _log(f"epoch {progress['epoch']} step {progress['global_step']}: dev wF1 {wf1:.4f} acc {acc:.4f} "
-             f"(eval {time.time() - t:.0f}s, {entry['elapsed_s']:.0f}s in)")
+        log.info(f"epoch {progress['epoch']} step {progress['global_step']}: dev wF1 {wf1:.4f} acc {acc:.4f} "
+                 f"(eval {time.time() - t:.0f}s, {entry['elapsed_s']:.0f}s in)")
         if wf1 > progress["best_dev_wf1"]:
             progress["best_dev_wf1"] = wf1
             progress["best_step"] = progress["global_step"]
@@ -629,13 +628,13 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
             progress["running_loss"] = float(np.mean(losses[-50:]))
             over_budget = budget_s is not None and time.time() - run_start > budget_s
             if progress["global_step"] % 25 == 0:
-                _log(f"epoch {progress['epoch']} step {progress['step_in_epoch']}/{len(batches)} "
-                     f"loss {progress['running_loss']:.4f} ({time.time() - run_start:.0f}s)")
+                log.info(f"epoch {progress['epoch']} step {progress['step_in_epoch']}/{len(batches)} "
+                         f"loss {progress['running_loss']:.4f} ({time.time() - run_start:.0f}s)")
             if progress["step_in_epoch"] in eval_points or over_budget:
                 evaluate_dev()
                 if over_budget:
                     progress["stopped_early"] = True
-                    _log(f"stopping: the {cfg.max_minutes} min budget is spent")
+                    log.info(f"stopping: the {cfg.max_minutes} min budget is spent")
                 save_state()
                 if over_budget:
                     break
@@ -672,14 +671,14 @@ def _finish(out_dir: Path, best_dir: Path, cfg: FinetuneConfig, progress: dict, 
                        pooling=cfg.pooling, layout=layout).argmax(1)
         meta["test_weighted_f1"] = weighted_f1(examples["test"].labels, pred, n_classes)
         meta["test_accuracy"] = float((pred == examples["test"].labels).mean())
-        _log(f"selected model: test wF1 {meta['test_weighted_f1']:.4f} acc {meta['test_accuracy']:.4f} "
-             f"({time.time() - t:.0f}s)")
+        log.info(f"selected model: test wF1 {meta['test_weighted_f1']:.4f} acc {meta['test_accuracy']:.4f} "
+                 f"({time.time() - t:.0f}s)")
     for p in best_dir.iterdir():
         if p.name == META_FILE:
             continue
         shutil.copy2(p, out_dir / p.name)
     atomic_write_json(out_dir / META_FILE, meta, indent=2, sort_keys=False, ensure_ascii=True)
-    _log(f"wrote {out_dir} (dev wF1 {meta['dev_weighted_f1']:.4f}, {train_s / 60:.1f} min of training)")
+    log.info(f"wrote {out_dir} (dev wF1 {meta['dev_weighted_f1']:.4f}, {train_s / 60:.1f} min of training)")
     return out_dir
 
 

@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,7 +214,7 @@ def train_encoder(media_path: str | Path, out_path: str | Path, cfg: EncoderTrai
     if len(usable) < 2:
         note = (f"too little {cfg.modality} data in {media_path} to train (label counts {counts}; need at "
                 "least 2 labels with >= 2 samples): the encoder keeps its seeded random weights")
-        warnings.warn(note, stacklevel=2)
+        log.warning(note)
         train.close()
         return save_encoder(encoder, out_path, **plain(
             {"trained": False, "note": note, "history": [], "quality": None, **base_meta}))
@@ -245,8 +244,8 @@ def _open_split(media_path: Path, split: str, modality: str, classes, required: 
         if required:
             raise ValueError(f"{media_path} has no {split!r} split ({e}); encoders train on the train split "
                              "of the media cache: rebuild it with `m2f extract`") from e
-        warnings.warn(f"{media_path} has no {split!r} split: model selection and the quality figure use a "
-                      "held-out fifth of train", stacklevel=3)
+        log.warning(f"{media_path} has no {split!r} split: model selection and the quality figure use a "
+                    "held-out fifth of train")
         return None
 
 
