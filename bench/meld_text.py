@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import shutil
@@ -38,10 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.atomic import atomic_write_json
+from pipeline.corpora.base import MELD_CLASSES
+from pipeline.metrics import weighted_f1
+from pipeline.names import SPLITS
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 STAGES = ("baseline", "finetune", "extract", "train", "report")
-MELD_CLASSES = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
 
 
 def log(msg: str) -> None:
@@ -54,9 +59,7 @@ def read_stage(out: Path, stage: str) -> dict | None:
 
 
 def write_stage(out: Path, stage: str, result: dict) -> dict:
-    tmp = out / f"{stage}.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
-    tmp.replace(out / f"{stage}.json")
+    atomic_write_json(out / f"{stage}.json", result, indent=1, sort_keys=False, ensure_ascii=True)
     return result
 
 
@@ -78,7 +81,7 @@ def lr_probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray],
         ``C``, ``dev_weighted_f1``, ``test_weighted_f1``, ``test_accuracy`` and each C's dev figure.
     """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.metrics import accuracy_score
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler().fit(x["train"])
@@ -87,13 +90,13 @@ def lr_probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray],
     tried = {}
     for c in cs:
         clf = LogisticRegression(C=c, max_iter=3000).fit(xs["train"], y["train"])
-        dev = float(f1_score(y["dev"], clf.predict(xs["dev"]), average="weighted"))
+        dev = weighted_f1(y["dev"], clf.predict(xs["dev"]))
         tried[str(c)] = dev
         if best is None or dev > best[0]:
             best = (dev, c, clf)
     dev, c, clf = best
     pred = clf.predict(xs["test"])
-    test = float(f1_score(y["test"], pred, average="weighted"))
+    test = weighted_f1(y["test"], pred)
     return {"C": c, "dev_weighted_f1": dev, "test_weighted_f1": test,
             "test_accuracy": float(accuracy_score(y["test"], pred)), "dev_by_C": tried}
 
@@ -126,7 +129,7 @@ def stage_baseline(utterances, out: Path, max_length: int, batch_size: int,
         log(f"baseline: embedded {len(utterances)} utterances, context={context}, in {time.time() - t:.0f}s")
         for pooling, vec in vectors.items():
             x, y = {}, {}
-            for split in ("train", "dev", "test"):
+            for split in SPLITS:
                 us = [u for u in utterances if u.split == split]
                 keep, cls = labelled_rows([u.id for u in us], [u.label or "" for u in us])
                 x[split] = np.stack([vec[us[i].id] for i in keep])
@@ -204,7 +207,7 @@ def finetuned_lr(features: str) -> dict:
     from pipeline.cache import read_split
 
     x, y = {}, {}
-    for split in ("train", "dev", "test"):
+    for split in SPLITS:
         arrays = read_split(features, split)
         labels = [v.decode() if isinstance(v, bytes) else str(v) for v in arrays.label]
         keep, cls = labelled_rows(list(arrays.utt_id), labels)
@@ -261,6 +264,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s %(asctime)s] %(message)s", datefmt="%H:%M:%S")
     import torch
 
     torch.set_num_threads(args.threads)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ import h5py
 import numpy as np
 
 from pipeline import __version__
+from pipeline.atomic import commit_tmp, tmp_path
 
 SCHEMA_VERSION = 1
 STR_FIELDS = ("utt_id", "dialogue_id", "speaker", "label", "text")
@@ -206,12 +206,10 @@ class ShardedWriter:
         existing = self.shards()
         last = max((int(_SHARD_RE.match(p.name)["n"]) for p in existing), default=-1)
         final = self.shard_dir / f"{split}-{last + 1:06d}.h5"
-        tmp = final.with_name(final.name + ".tmp")
+        tmp = tmp_path(final)
         with h5py.File(tmp, "w") as f:
             _write_rows(f, rows)
-        _fsync(tmp)
-        os.replace(tmp, final)
-        return final
+        return commit_tmp(tmp, final)
 
     def finalize(self, order: Mapping[str, Sequence[str]] | None = None) -> Path:
         """Merge shards (and an existing final file) into the final file, atomically.
@@ -228,7 +226,7 @@ class ShardedWriter:
         if self.path.exists():
             with h5py.File(self.path, "r") as f:
                 splits |= set(f)
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = tmp_path(self.path)
         with h5py.File(tmp, "w") as out:
             for k, v in {**self.attrs, "created_utc": datetime.now(UTC).isoformat()}.items():
                 out.attrs[k] = v if isinstance(v, str | int | float | np.number) else json.dumps(v)
@@ -248,8 +246,7 @@ class ShardedWriter:
                     rows = {k: ([v[i] for i in idx] if isinstance(v, list) else v[idx])
                             for k, v in rows.items()}
                 _write_rows(out.create_group(split), rows)
-        _fsync(tmp)
-        os.replace(tmp, self.path)
+        commit_tmp(tmp, self.path)
         for p in self.shards():
             p.unlink()
         return self.path
@@ -342,14 +339,6 @@ def _extend(ds: h5py.Dataset, arr: np.ndarray) -> None:
     n = ds.shape[0]
     ds.resize(n + len(arr), axis=0)
     ds[n:] = arr
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FeatureWriter(ShardedWriter):

@@ -22,7 +22,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-SPLITS = ("train", "dev", "test")
+from pipeline.atomic import commit_tmp, tmp_path
+from pipeline.names import SPLITS  # also imported from here by the corpus readers
 
 #: Keys of one JSONL manifest line, in order. Scripts rely on these names.
 JSONL_KEYS = (
@@ -152,15 +153,14 @@ def group_dialogues(utterances: Iterable[Utterance]) -> list[Dialogue]:
 
 
 def write_jsonl(utterances: Iterable[Utterance], path: str | Path) -> Path:
-    """Write a manifest, one JSON object per line, atomically (temp file + rename)."""
+    """Write a manifest, one JSON object per line, atomically (temp file + fsync + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = tmp_path(path)
     with open(tmp, "w", encoding="utf-8", newline="\n") as f:
         for u in utterances:
             f.write(json.dumps(u.to_json(), ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+    return commit_tmp(tmp, path)
 
 
 def read_jsonl(path: str | Path) -> list[Utterance]:

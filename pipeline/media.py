@@ -53,7 +53,7 @@ import numpy as np
 
 from pipeline.decode import MediaError, TruncatedMedia, decode_audio, decode_frames, probe
 from pipeline.manifest import Utterance
-from pipeline.modalities.audio import SILENCE_PEAK, is_silent
+from pipeline.modalities.audio import RESAMPLER, SILENCE_PEAK, is_silent
 from pipeline.modalities.visual import (
     FACE_MARGIN,
     FaceDetector,
@@ -109,6 +109,9 @@ class MediaConfig:
         Fraction of the square face box added on each side of the crop.
     silence_peak : float
         Audio whose peak amplitude is below this (full scale 1.0) is "silent" (has_audio False).
+    resampler : str
+        The audio resampler (:data:`pipeline.modalities.audio.RESAMPLER`, the only value accepted).
+        Recorded so that a media cache made by another resampler has another cache key.
     """
 
     n_frames: int = 15
@@ -123,6 +126,12 @@ class MediaConfig:
     min_face_size: int = 40
     face_margin: float = FACE_MARGIN
     silence_peak: float = SILENCE_PEAK
+    resampler: str = RESAMPLER
+
+    def __post_init__(self) -> None:
+        if self.resampler != RESAMPLER:
+            raise ValueError(f"media config resampler {self.resampler!r}: this m2f resamples audio with "
+                             f"{RESAMPLER!r} only")
 
     def to_dict(self) -> dict:
         """Plain dict of every setting (JSON-able), for the cache config."""

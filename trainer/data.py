@@ -20,7 +20,7 @@ train, sorted).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,7 @@ import torch
 
 from pipeline.cache import list_splits, read_attrs, read_split
 from pipeline.corpora.base import CLASS_MAPS, IEMOCAP_CLASSES, MELD_CLASSES  # noqa: F401  (re-exported)
+from pipeline.names import DATASETS, modality_letters, parse_modalities
 
 #: Label index of padding and of utterances outside the class map (``ignore_index`` of the loss).
 IGNORE = -100
@@ -40,25 +41,28 @@ MODALITY_FIELDS = {
 }
 MODALITY_NAMES = {"t": "text", "a": "audio", "v": "visual"}
 
-CLASS_MAP_CHOICES = ("meld", "iemocap", "sample", "custom")
+#: One class-map preset per dataset: the fixed maps of pipeline.corpora.base, and ``custom``.
+CLASS_MAP_CHOICES = DATASETS
 
 
-def normalize_modalities(modalities: str) -> str:
-    """Validate a subset of ``t``, ``a``, ``v`` and return it in canonical ``tav`` order.
+def normalize_modalities(modalities: str | Iterable[str]) -> str:
+    """The letters ``t``, ``a``, ``v`` of a modality subset, in canonical ``tav`` order.
+
+    Accepts what every command's ``--modalities`` accepts (:func:`pipeline.names.parse_modalities`):
+    letters (``"ta"``), names (``"text,audio"``) or an iterable of names.
 
     Raises
     ------
     ValueError
-        On an empty string, an unknown letter or a repeated letter.
+        On an empty value or an unknown letter or name.
     """
-    letters = modalities.strip().lower()
-    bad = [c for c in letters if c not in MODALITY_FIELDS]
-    if not letters or bad or len(set(letters)) != len(letters):
+    try:
+        return modality_letters(parse_modalities(modalities))
+    except ValueError:
         raise ValueError(
-            f"--modalities {modalities!r}: give a non-empty subset of the letters t, a, v "
-            "(text, audio, visual), e.g. 'tav' or 'ta'"
-        )
-    return "".join(c for c in "tav" if c in letters)
+            f"--modalities {modalities!r}: give a non-empty subset of text, audio, visual as letters "
+            "('tav', 'ta') or names ('text,audio,visual')"
+        ) from None
 
 
 def preset_for_dataset(dataset: str) -> str:

@@ -5,9 +5,12 @@ The sample is a toy (25 utterances); its numbers show that the chain works, not 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
+
+log = logging.getLogger(__name__)
 
 
 def run_demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> Path:
@@ -20,15 +23,15 @@ def run_demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> P
     from trainer.fit import DialogTrainConfig, train_dialog
     from trainer.report import report
 
-    click.echo("== 1/4 prepare: the bundled sample corpus (MELD layout)", err=True)
+    log.info("== 1/4 prepare: the bundled sample corpus (MELD layout)")
     run_prepare("sample", None, None)
-    click.echo("== 2/4 extract: decode, MTCNN faces, train small encoders, embed -> features.h5", err=True)
+    log.info("== 2/4 extract: decode, MTCNN faces, train small encoders, embed -> features.h5")
     result = run_extract(ExtractOptions(dataset="sample", root=None, cache=cache, workers=workers))
-    click.echo(format_summary(result), err=True)
-    click.echo(f"features: {result.features}", err=True)
-    click.echo("== 3/4 train-dialog: text + audio + visual, attention fusion, epoch chosen on dev", err=True)
+    log.info("%s", format_summary(result))
+    log.info("features: %s", result.features)
+    log.info("== 3/4 train-dialog: text + audio + visual, attention fusion, epoch chosen on dev")
     train_dialog(DialogTrainConfig(features=str(result.features), out=str(out), seeds=seeds, epochs=epochs,
                              patience=epochs))
-    click.echo("== 4/4 report", err=True)
+    log.info("== 4/4 report")
     click.echo(report([out]))
     return Path(out) / "report.md"

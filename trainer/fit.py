@@ -33,8 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score
 
+from pipeline.atomic import atomic_torch_save, atomic_write_text, commit_tmp, tmp_path
+from pipeline.metrics import weighted_f1
+from pipeline.names import SPLITS
 from trainer.data import (
     CLASS_MAP_CHOICES,
     IGNORE,
@@ -178,21 +181,9 @@ def _train_labels(path: str) -> list[str]:
 
 
 # -- small I/O helpers ---------------------------------------------------------------------------
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, obj) -> None:
     """Write ``obj`` as indented JSON, atomically."""
-    _atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def environment_info(device: str) -> dict:
@@ -231,7 +222,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 def _keep_metrics_until(run_dir: Path, epoch: int) -> None:
     """Drop metric lines written after the checkpoint being resumed from."""
     rows = [r for r in read_metrics(run_dir) if r["epoch"] <= epoch]
-    _atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def write_status(run_dir: Path, state: str, **fields) -> None:
@@ -248,7 +239,7 @@ def write_predictions(
     labels = split.labels.reshape(-1).cpu().numpy()[split.flat_index]
     keep = labels != IGNORE
     pred = probs.argmax(axis=1)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = tmp_path(path)
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["utt_id", "gold", "predicted"] + [f"p_{c}" for c in class_names])
@@ -257,7 +248,7 @@ def write_predictions(
                 [split.utt_id[i], class_names[labels[i]], class_names[pred[i]]]
                 + [f"{p:.6g}" for p in probs[i]]
             )
-    os.replace(tmp, path)
+    commit_tmp(tmp, path)
 
 
 # -- computation -----------------------------------------------------------------------------------
@@ -340,7 +331,7 @@ def score(split: DialogSplit, probs: np.ndarray) -> dict[str, float]:
     pred = p.argmax(axis=1)
     loss = float(-np.log(np.clip(p[np.arange(len(gold)), gold], 1e-12, None)).mean()) if len(gold) else 0.0
     return {
-        "weighted_f1": float(f1_score(gold, pred, average="weighted", zero_division=0)),
+        "weighted_f1": weighted_f1(gold, pred),
         "accuracy": float(accuracy_score(gold, pred)),
         "loss": loss,
     }
@@ -399,12 +390,12 @@ def _save_last(
     }
     if device == "cuda":
         ckpt["rng_cuda"] = torch.cuda.get_rng_state()
-    _atomic_torch_save(ckpt, run_dir / "last.pt")
+    atomic_torch_save(ckpt, run_dir / "last.pt")
 
 
 def save_model(path: Path, model: DialogModel, class_names: tuple[str, ...], epoch: int) -> None:
     """Save weights + model config + class names (a ``weights_only`` checkpoint)."""
-    _atomic_torch_save(
+    atomic_torch_save(
         {
             "format": CHECKPOINT_FORMAT,
             "model": model.state_dict(),
@@ -530,7 +521,7 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
 
 def load_splits(resolved: ResolvedConfig) -> dict[str, DialogSplit]:
     """train, dev (and test where present) on the training device."""
-    names = [s for s in ("train", "dev", "test") if s in resolved.splits]
+    names = [s for s in SPLITS if s in resolved.splits]
     return {
         s: load_split(resolved.train.features, s, resolved.class_names, resolved.train.modalities).to(
             resolved.device

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
+from pipeline.metrics import weighted_f1
 from trainer.fit import read_metrics, write_json
 
 #: Paper Table 2 (test; percent): (dataset, modalities, fusion or None for one modality) -> numbers.
@@ -63,7 +64,7 @@ def classification_metrics(gold: Sequence[str], pred: Sequence[str], class_names
     p, r, f, s = precision_recall_fscore_support(gold, pred, labels=labels, zero_division=0)
     return {
         "n": len(gold),
-        "weighted_f1": float(f1_score(gold, pred, labels=labels, average="weighted", zero_division=0)),
+        "weighted_f1": weighted_f1(gold, pred, labels),
         "accuracy": float(accuracy_score(gold, pred)),
         "macro_f1": float(f1_score(gold, pred, labels=labels, average="macro", zero_division=0)),
         "per_class": {

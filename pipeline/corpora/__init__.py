@@ -13,15 +13,17 @@ Examples
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 
 from pipeline.corpora.base import STATUSES, CorpusError, PrepareReport
-from pipeline.manifest import SPLITS, Utterance
+from pipeline.manifest import Utterance
+from pipeline.names import DATASETS, SPLITS
 
 __all__ = ["DATASETS", "CorpusError", "PrepareReport", "prepare_corpus", "run_prepare", "summarize"]
 
-DATASETS = ("meld", "iemocap", "sample", "custom")
+log = logging.getLogger(__name__)
 
 
 def prepare_corpus(
@@ -150,7 +152,7 @@ def run_prepare(dataset: str, root: Path | None, out: Path | None) -> list[Utter
     click.echo(summarize(utterances, report))
     problems = validate(utterances)
     for p in problems:
-        click.echo(f"warning: {p}", err=True)
+        log.warning("manifest problem: %s", p)
     if out is not None:
         write_jsonl(utterances, out)
         click.echo(f"wrote {len(utterances)} utterances to {out}")

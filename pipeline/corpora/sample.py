@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import shutil
 import sys
 import tempfile
@@ -28,6 +29,8 @@ from pipeline.manifest import Utterance
 from pipeline.testing.av_files import write_clip
 from pipeline.testing.meld import MELD_CLIP_DIRS, MELD_SENTIMENT, format_srt_time, write_meld_csv
 from pipeline.testing.signals import LABEL_FACE_POS, LABEL_TONE_HZ
+
+log = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).with_name("sample_data")
 
@@ -160,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--rebuild", action="store_true", help=f"rewrite {SAMPLE_DIR}")
     group.add_argument("--check", action="store_true", help="regenerate in a temp folder and compare md5")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.rebuild:
         tmp = Path(tempfile.mkdtemp(prefix="m2f-sample-", dir=SAMPLE_DIR.parent))
         build_sample(tmp)
@@ -167,13 +171,16 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(SAMPLE_DIR)
         tmp.rename(SAMPLE_DIR)
         size = sum(p.stat().st_size for p in SAMPLE_DIR.rglob("*") if p.is_file())
-        print(f"wrote {SAMPLE_DIR} ({size / 1e6:.2f} MB)")
+        log.info("wrote %s (%.2f MB)", SAMPLE_DIR, size / 1e6)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         fresh = md5_tree(build_sample(tmp))
     bundled = md5_tree(SAMPLE_DIR)
     differ = sorted(k for k in fresh.keys() | bundled.keys() if fresh.get(k) != bundled.get(k))
-    print("sample_data matches its generator" if not differ else f"differs: {', '.join(differ)}")
+    if differ:
+        log.error("sample_data differs from its generator: %s", ", ".join(differ))
+    else:
+        log.info("sample_data matches its generator")
     return 1 if differ else 0
 
 

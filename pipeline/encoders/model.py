@@ -33,9 +33,8 @@ import torchaudio
 import torchvision
 from torch import nn
 
-from pipeline.atomic import content_identity
-
-ENCODER_KINDS = ("audio", "face", "scene")
+from pipeline.atomic import atomic_torch_save, content_identity
+from pipeline.names import ENCODER_KINDS
 
 
 @dataclass(frozen=True)
@@ -167,13 +166,8 @@ def build_encoder(modality: str, seed: int | None = None, **contract_overrides) 
 
 def save_encoder(encoder: Encoder, path: str | Path, **meta) -> Path:
     """Save weights, config/contract and any JSON-able ``meta`` (history, quality, ...) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": "m2f-encoder-1", "config": encoder.config.to_dict(),
-                "state_dict": encoder.state_dict(), "meta": meta}, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_torch_save({"format": "m2f-encoder-1", "config": encoder.config.to_dict(),
+                              "state_dict": encoder.state_dict(), "meta": meta}, path)
 
 
 def load_checkpoint(path: str | Path) -> dict:

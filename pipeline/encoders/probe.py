@@ -11,13 +11,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.encoders.data import MediaSamples, load_batch
 from pipeline.encoders.model import Encoder
+from pipeline.metrics import weighted_f1
 
 PROBES = ("logreg", "knn")
 
@@ -51,7 +51,7 @@ def probe_weighted_f1(train_x: np.ndarray, train_y: np.ndarray, dev_x: np.ndarra
     else:
         model = KNeighborsClassifier(n_neighbors=min(5, len(train_y)), metric="cosine")
     model.fit(train_x, train_y)
-    return float(f1_score(dev_y, model.predict(dev_x), average="weighted", zero_division=0))
+    return weighted_f1(dev_y, model.predict(dev_x))
 
 
 @torch.no_grad()

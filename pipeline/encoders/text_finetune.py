@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
@@ -46,8 +47,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.atomic import atomic_torch_save, atomic_write_json
 from pipeline.corpora.base import IEMOCAP_CLASSES, MELD_CLASSES
 from pipeline.manifest import Utterance, group_dialogues
+from pipeline.metrics import weighted_f1
 from pipeline.modalities.text import (
     POOLINGS,
     build_contexts,
@@ -59,6 +62,8 @@ from pipeline.modalities.text import (
     special_layout,
     target_mask_batch,
 )
+
+log = logging.getLogger(__name__)
 
 #: Written into ``m2f_text.json``; :class:`TextEmbedder` does not need it, readers may check it.
 META_FILE = "m2f_text.json"
@@ -157,13 +162,6 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
         batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
     rng.shuffle(batches)
     return batches
-
-
-def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    """Support-weighted F1 over classes ``0..n_classes-1`` (sklearn's ``average="weighted"``)."""
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(y_true, y_pred, labels=list(range(n_classes)), average="weighted", zero_division=0))
 
 
 def predict(model, examples: Examples, batch_size: int, pad_id: int, device,
@@ -391,14 +389,6 @@ class FrozenBottomCache:
         return sum(x.numel() * x.element_size() for x in self.states)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _save_model_folder(model, tokenizer, folder: Path, meta: dict) -> None:
     """Write model + tokenizer + meta into ``folder`` via a temporary sibling and a rename."""
     tmp = folder.with_name(folder.name + ".tmp")
@@ -415,10 +405,6 @@ def _save_model_folder(model, tokenizer, folder: Path, meta: dict) -> None:
     tmp.rename(folder)
     if old.exists():
         shutil.rmtree(old)
-
-
-def _log(msg: str) -> None:
-    print(f"[finetune_text {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, base_model: str | None = None,
@@ -535,8 +521,8 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
     if limit_train is not None:
         train = Examples(train.ids[:limit_train], train.labels[:limit_train], train.utt_ids[:limit_train])
     lengths = [len(x) for x in train.ids]
-    _log(f"{len(train)} train / {len(examples['dev'])} dev inputs, mean {np.mean(lengths):.1f} tokens "
-         f"(max {cfg.max_length}); contexts built in {time.time() - t0:.1f}s")
+    log.info(f"{len(train)} train / {len(examples['dev'])} dev inputs, mean {np.mean(lengths):.1f} tokens "
+             f"(max {cfg.max_length}); contexts built in {time.time() - t0:.1f}s")
 
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -564,8 +550,8 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
         torch.set_rng_state(state["torch_rng"])
         progress = json.loads(state["progress"])
         progress["stopped_early"] = False  # a new call brings a new budget
-        _log(f"resuming at epoch {progress['epoch']} step {progress['step_in_epoch']} "
-             f"(best dev wF1 so far {progress['best_dev_wf1']:.4f})")
+        log.info(f"resuming at epoch {progress['epoch']} step {progress['step_in_epoch']} "
+                 f"(best dev wF1 so far {progress['best_dev_wf1']:.4f})")
 
     train_cache = dev_cache = None
     if cfg.freeze_layers > 0 and cfg.cache_frozen:
@@ -573,8 +559,8 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
         train_cache = FrozenBottomCache(model, train, cfg.freeze_layers, pad_id, dev_t, cfg.eval_batch_size)
         dev_cache = FrozenBottomCache(model, examples["dev"], cfg.freeze_layers, pad_id, dev_t,
                                       cfg.eval_batch_size)
-        _log(f"frozen embeddings + {cfg.freeze_layers} layers run once: "
-             f"{(train_cache.nbytes + dev_cache.nbytes) / 1e6:.0f} MB in {time.time() - t:.0f}s")
+        log.info(f"frozen embeddings + {cfg.freeze_layers} layers run once: "
+                 f"{(train_cache.nbytes + dev_cache.nbytes) / 1e6:.0f} MB in {time.time() - t:.0f}s")
 
     use_amp = cfg.amp and dev_t.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -585,11 +571,11 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
     def save_state() -> None:
         progress["elapsed_s"] = time.time() - run_start
         resume_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                            "progress": json.dumps(progress),
-                            "config_json": _resume_key(cfg)},
-                           state_path)
+        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                           "progress": json.dumps(progress),
+                           "config_json": _resume_key(cfg)},
+                          state_path)
 
     def evaluate_dev() -> None:
         t = time.time()
@@ -602,8 +588,8 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
                  "dev_accuracy": acc, "train_loss": progress.get("running_loss"),
                  "elapsed_s": round(time.time() - run_start, 1)}
         progress["history"].append(entry)
-        _log(f"epoch {progress['epoch']} step {progress['global_step']}: dev wF1 {wf1:.4f} acc {acc:.4f} "
-             f"(eval {time.time() - t:.0f}s, {entry['elapsed_s']:.0f}s in)")
+        log.info(f"epoch {progress['epoch']} step {progress['global_step']}: dev wF1 {wf1:.4f} acc {acc:.4f} "
+                 f"(eval {time.time() - t:.0f}s, {entry['elapsed_s']:.0f}s in)")
         if wf1 > progress["best_dev_wf1"]:
             progress["best_dev_wf1"] = wf1
             progress["best_step"] = progress["global_step"]
@@ -642,13 +628,13 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
             progress["running_loss"] = float(np.mean(losses[-50:]))
             over_budget = budget_s is not None and time.time() - run_start > budget_s
             if progress["global_step"] % 25 == 0:
-                _log(f"epoch {progress['epoch']} step {progress['step_in_epoch']}/{len(batches)} "
-                     f"loss {progress['running_loss']:.4f} ({time.time() - run_start:.0f}s)")
+                log.info(f"epoch {progress['epoch']} step {progress['step_in_epoch']}/{len(batches)} "
+                         f"loss {progress['running_loss']:.4f} ({time.time() - run_start:.0f}s)")
             if progress["step_in_epoch"] in eval_points or over_budget:
                 evaluate_dev()
                 if over_budget:
                     progress["stopped_early"] = True
-                    _log(f"stopping: the {cfg.max_minutes} min budget is spent")
+                    log.info(f"stopping: the {cfg.max_minutes} min budget is spent")
                 save_state()
                 if over_budget:
                     break
@@ -685,16 +671,14 @@ def _finish(out_dir: Path, best_dir: Path, cfg: FinetuneConfig, progress: dict, 
                        pooling=cfg.pooling, layout=layout).argmax(1)
         meta["test_weighted_f1"] = weighted_f1(examples["test"].labels, pred, n_classes)
         meta["test_accuracy"] = float((pred == examples["test"].labels).mean())
-        _log(f"selected model: test wF1 {meta['test_weighted_f1']:.4f} acc {meta['test_accuracy']:.4f} "
-             f"({time.time() - t:.0f}s)")
+        log.info(f"selected model: test wF1 {meta['test_weighted_f1']:.4f} acc {meta['test_accuracy']:.4f} "
+                 f"({time.time() - t:.0f}s)")
     for p in best_dir.iterdir():
         if p.name == META_FILE:
             continue
         shutil.copy2(p, out_dir / p.name)
-    tmp = out_dir / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, out_dir / META_FILE)
-    _log(f"wrote {out_dir} (dev wF1 {meta['dev_weighted_f1']:.4f}, {train_s / 60:.1f} min of training)")
+    atomic_write_json(out_dir / META_FILE, meta, indent=2, sort_keys=False, ensure_ascii=True)
+    log.info(f"wrote {out_dir} (dev wF1 {meta['dev_weighted_f1']:.4f}, {train_s / 60:.1f} min of training)")
     return out_dir
 
 

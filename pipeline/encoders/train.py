@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.atomic import atomic_torch_save
 from pipeline.encoders.augment import AudioAugment
 from pipeline.encoders.data import MediaSamples, TrainBatches, balanced_batches
 from pipeline.encoders.losses import LossConfig, extractor_loss, mine_semihard
@@ -214,7 +214,7 @@ def train_encoder(media_path: str | Path, out_path: str | Path, cfg: EncoderTrai
     if len(usable) < 2:
         note = (f"too little {cfg.modality} data in {media_path} to train (label counts {counts}; need at "
                 "least 2 labels with >= 2 samples): the encoder keeps its seeded random weights")
-        warnings.warn(note, stacklevel=2)
+        log.warning(note)
         train.close()
         return save_encoder(encoder, out_path, **plain(
             {"trained": False, "note": note, "history": [], "quality": None, **base_meta}))
@@ -244,8 +244,8 @@ def _open_split(media_path: Path, split: str, modality: str, classes, required: 
         if required:
             raise ValueError(f"{media_path} has no {split!r} split ({e}); encoders train on the train split "
                              "of the media cache: rebuild it with `m2f extract`") from e
-        warnings.warn(f"{media_path} has no {split!r} split: model selection and the quality figure use a "
-                      "held-out fifth of train", stacklevel=3)
+        log.warning(f"{media_path} has no {split!r} split: model selection and the quality figure use a "
+                    "held-out fifth of train")
         return None
 
 
@@ -385,12 +385,8 @@ def _resume_key(cfg: EncoderTrainConfig) -> dict:
 
 def _save_state(path: Path, state: dict, encoder: Encoder, opt: torch.optim.Optimizer,
                 cfg: EncoderTrainConfig) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    blob = {**state, "format": STATE_FORMAT, "config": _resume_key(cfg), "model": _cpu_state(encoder),
-            "optim": opt.state_dict()}
-    torch.save(blob, tmp)
-    tmp.replace(path)
+    atomic_torch_save({**state, "format": STATE_FORMAT, "config": _resume_key(cfg),
+                       "model": _cpu_state(encoder), "optim": opt.state_dict()}, path)
 
 
 def _load_state(path: Path, cfg: EncoderTrainConfig) -> dict | None:

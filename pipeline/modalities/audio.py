@@ -6,7 +6,10 @@ are the decisions of docs/DESIGN.md sections 2.2 and 4.2 (audio):
 * **downmix**: mono stays; a layout with a front-centre channel (``FC``, e.g. FFmpeg's ``5.1``
   ``FL FR FC LFE BL BR``, index 2) keeps only that channel, where film dialogue lives; any other
   layout (stereo, quad, unknown) is the mean of its channels (what ``ffmpeg -ac 1`` does for stereo);
-* **resample** with torchaudio's band-limited sinc resampler (no hand-rolled DSP);
+* **resample** with libsoxr at high quality (:data:`RESAMPLER`; no hand-rolled DSP). It was chosen over
+  torchaudio's default sinc resampler, which leaks a 9 kHz tone into 48 -> 16 kHz output at -17 dB
+  (soxr: below -140 dB), and over ``librosa.resample``, which calls the same soxr code but costs seconds
+  of import (numba) in every worker;
 * **window**: at most ``max_seconds``; a longer span keeps its centre ``max_seconds`` and is flagged
   as cut (:func:`centre_window` for times, :func:`centre_cut` for samples);
 * **silence**: :func:`is_silent` says whether a waveform carries no signal (peak below a threshold).
@@ -20,11 +23,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torchaudio.functional as AF
+import soxr
 
 #: Peak amplitude (full scale = 1.0) below which a waveform counts as silent: -60 dBFS.
 SILENCE_PEAK = 1e-3
+#: libsoxr quality of :func:`resample` ("HQ": 20-bit precision, steep low-pass just below the new Nyquist).
+SOXR_QUALITY = "HQ"
+#: Names the resampler in the media cache config, so a media cache made by another one is not reused.
+RESAMPLER = f"soxr-{SOXR_QUALITY}"
 
 
 def downmix(samples: np.ndarray, channel_names: Sequence[str]) -> np.ndarray:
@@ -60,12 +66,15 @@ def downmix(samples: np.ndarray, channel_names: Sequence[str]) -> np.ndarray:
 
 
 def resample(wave: np.ndarray, orig_sr: int, sr: int) -> np.ndarray:
-    """Resample mono float32 ``wave`` from ``orig_sr`` to ``sr`` Hz (torchaudio sinc resampler)."""
+    """Resample mono float32 ``wave`` from ``orig_sr`` to ``sr`` Hz (libsoxr, :data:`RESAMPLER`).
+
+    The output has ``round(len(wave) * sr / orig_sr)`` samples, aligned with the input (no delay).
+    """
     wave = np.ascontiguousarray(wave, dtype=np.float32)
     if orig_sr == sr or wave.size == 0:
         return wave
-    out = AF.resample(torch.from_numpy(wave), int(orig_sr), int(sr))
-    return out.numpy().astype(np.float32, copy=False)
+    out = soxr.resample(wave, int(orig_sr), int(sr), quality=SOXR_QUALITY)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def centre_window(t0: float, t1: float, max_seconds: float) -> tuple[float, float, bool]:

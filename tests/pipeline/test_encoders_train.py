@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -77,16 +78,19 @@ def test_audio_and_scene_training_beat_the_untrained_encoder(media, tmp_path, mo
     assert q["trained"] >= q["untrained"] + 0.1, q
 
 
-def test_too_little_data_saves_the_untrained_encoder_with_a_note(tmp_path):
+def test_too_little_data_saves_the_untrained_encoder_with_a_note(tmp_path, caplog):
     no_faces = write_media(tmp_path / "nf" / "media.h5", {"train": 3, "dev": 1}, seconds=0.2, image_size=16,
                            faces=False)
-    with pytest.warns(UserWarning, match="too little face data"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.encoders.train"):
         paths = train_encoders(no_faces, tmp_path / "out", modalities=("face",), epochs=1)
+    assert "too little face data" in caplog.text
     meta = load_checkpoint(paths["face"])["meta"]
     assert meta["trained"] is False and "random weights" in meta["note"] and meta["quality"] is None
     one_each = write_media(tmp_path / "one" / "media.h5", {"train": 1, "dev": 1}, seconds=0.2, image_size=16)
-    with pytest.warns(UserWarning, match="too little audio data"):
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.encoders.train"):
         paths = train_encoders(one_each, tmp_path / "out2", modalities=("audio",), epochs=1)
+    assert "too little audio data" in caplog.text
     assert load_checkpoint(paths["audio"])["meta"]["train_counts"] == dict.fromkeys(LABELS, 1)
     load_encoder(paths["audio"])  # a usable encoder all the same
 
@@ -188,10 +192,11 @@ def test_cuda_training_with_bf16_autocast(media, tmp_path):
         load_encoder(p)  # saved on the CPU side
 
 
-def test_without_a_dev_split_selection_uses_held_out_train(tmp_path):
+def test_without_a_dev_split_selection_uses_held_out_train(tmp_path, caplog):
     train_only = write_media(tmp_path / "m" / "media.h5", {"train": 5}, seconds=0.2, image_size=16)
-    with pytest.warns(UserWarning, match="no 'dev' split"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.encoders.train"):
         paths = train_encoders(train_only, tmp_path / "out", modalities=("scene",), epochs=1, batch_size=6,
                                steps_per_epoch=1)
+    assert "no 'dev' split" in caplog.text
     q = load_checkpoint(paths["scene"])["meta"]["quality"]
     assert q["metric"].startswith("weighted F1 on a held-out fifth") and q["n_probe_dev"] == 3

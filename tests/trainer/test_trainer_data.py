@@ -96,7 +96,10 @@ def test_class_maps():
 def test_modalities_are_validated_and_ordered():
     assert normalize_modalities("VAT") == "tav"
     assert normalize_modalities("at") == "ta"
-    for bad in ("", "tx", "tt"):
+    assert normalize_modalities("text,audio,visual") == "tav"
+    assert normalize_modalities("visual, text") == "tv"
+    assert normalize_modalities(("audio",)) == "a"
+    for bad in ("", "tx", "text,smell", ","):
         with pytest.raises(ValueError, match="subset"):
             normalize_modalities(bad)
 

@@ -18,7 +18,14 @@ import torch
 
 from pipeline.testing.features_h5 import random_rows, write_features, xor_rows
 from trainer.data import IGNORE, MELD_CLASSES, load_split
-from trainer.fit import DialogTrainConfig, load_model, predict_probs, read_metrics, train_dialog
+from trainer.fit import (
+    DialogTrainConfig,
+    load_model,
+    predict_probs,
+    read_metrics,
+    resolve_config,
+    train_dialog,
+)
 
 DIMS = {"t": 8, "a": 8, "v": 8}
 SMALL = {
@@ -166,11 +173,19 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(xor_file, tmp_path)
         train_dialog(DialogTrainConfig(features=str(xor_file), out=str(out), **{**options, "lr": 1e-3}))
 
 
+@pytest.mark.parametrize("given", ["tav", "VAT", "text,audio,visual", ("visual", "text", "audio")])
+def test_modalities_take_letters_or_names(xor_file, tmp_path, given):
+    resolved = resolve_config(DialogTrainConfig(features=str(xor_file), out=str(tmp_path), modalities=given))
+    assert resolved.train.modalities == "tav" and resolved.model_config().modalities == "tav"
+    with pytest.raises(ValueError, match="--modalities"):
+        resolve_config(DialogTrainConfig(features=str(xor_file), out=str(tmp_path), modalities="text,smell"))
+
+
 def test_run_directory_holds_what_a_reader_needs(xor_file, tmp_path):
     config = DialogTrainConfig(
         features=str(xor_file),
         out=str(tmp_path / "run"),
-        modalities="av",
+        modalities="visual,audio",  # names as extract takes them; stored as letters in canonical order
         fusion="concat",
         epochs=2,
         seeds=2,
@@ -193,6 +208,7 @@ def test_run_directory_holds_what_a_reader_needs(xor_file, tmp_path):
             assert (run / name).exists(), name
         cfg = json.loads((run / "config.json").read_text())
         assert cfg["class_names"] == ["neg", "pos"] and cfg["layers"] == 1 and cfg["dims"] == DIMS
+        assert cfg["modalities"] == "av"
         env = json.loads((run / "environment.json").read_text())
         assert env["device"] == "cpu" and env["torch"] == torch.__version__
         ckpt = torch.load(run / "best.pt", weights_only=True)
