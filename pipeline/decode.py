@@ -61,6 +61,8 @@ SEEK_GAP = 3.0
 SEEK_TOLERANCE = 0.25
 #: Decoded frames are scaled down (aspect kept) to at most this many pixels: 1280x720 (2.8 MB as RGB).
 MAX_FRAME_PIXELS = 1280 * 720
+#: Demuxer flag of formats that allow timestamp discontinuities (MPEG-PS/TS): durations are estimates.
+_TS_DISCONT = 0x200  # AVFMT_TS_DISCONT (av.format.Flags.ts_discont)
 #: Streams with larger frames are refused: 8K (7680x4320, 8192x4096) passes, 16k x 16k does not.
 MAX_SOURCE_PIXELS = 40_000_000
 
@@ -165,21 +167,30 @@ def _origin(c) -> float:
 def _bounds(path: str, c, stream) -> tuple[float, float]:
     """``(first, end)`` presentation times of ``stream`` in seconds, stated or found from its packets.
 
-    Matroska/WebM state no per-stream duration and their container duration may count from 0 rather
-    than from the first timestamp, so the end is then read from the packets (see :func:`_packet_end`).
+    The stated span is used unless the stream states none (Matroska/WebM, whose container duration
+    may also count from 0 rather than from the first timestamp), the format allows timestamp
+    discontinuities (MPEG-PS/TS: FFmpeg *estimates* their durations, measured 40 % short on a small
+    MPEG-PS file), or the stated end lies well before the container's. Then the end is read from
+    the packets (:func:`_packet_end`).
     """
     span = _stream_span(stream)
-    if span is not None:
+    container_end = None
+    if c.duration is not None:
+        container_end = max(0.0, (c.start_time or 0) / av.time_base) + c.duration / av.time_base
+    estimated = bool(int(c.format.flags) & _TS_DISCONT)
+    if span is not None and not estimated and (
+            container_end is None or span[1] >= container_end - 0.25 - 0.05 * (container_end - span[0])):
         return span
-    if stream.start_time is not None and stream.time_base is not None:
+    if span is not None:
+        first = span[0]
+    elif stream.start_time is not None and stream.time_base is not None:
         first = max(0.0, float(stream.start_time * stream.time_base))
     else:
         first = _origin(c)
-    hint = None
-    if c.duration is not None:
-        hint = max(0.0, (c.start_time or 0) / av.time_base) + c.duration / av.time_base
-    end = _packet_end(path, stream.index, hint)
-    return first, first if end is None else max(first, end)
+    end = _packet_end(path, stream.index, container_end)
+    if end is None:
+        return first, span[1] if span is not None else first
+    return first, max(first, end)
 
 
 def _packet_end(path: str, index: int, hint: float | None) -> float | None:

@@ -72,6 +72,10 @@ def write_av(path, *, vcodec: str | None = "libx264", acodec: str | None = "aac"
                 vs.set_display_rotation(rotation)
         if acodec:
             as_ = c.add_stream(acodec, rate=sample_rate, layout="mono" if channels == 1 else "stereo")
+            as_.codec_context.thread_count = 1
+            as_.bit_rate = 64_000  # WMA has no default; ignored by PCM and lossless codecs
+            as_.options = {"strict": "experimental"}  # FFmpeg's native vorbis/opus encoders
+        packets = []
         if vs is not None:
             for i in range(int(round(seconds * fps))):
                 vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame(i)), format="rgb24")
@@ -79,32 +83,35 @@ def write_av(path, *, vcodec: str | None = "libx264", acodec: str | None = "aac"
                     vf = vf.reformat(*size, format=pix_fmt)
                 vf.pts = int(round(start * fps)) + i
                 vf.time_base = Fraction(1, fps)
-                c.mux(vs.encode(vf))
-            c.mux(vs.encode())
+                packets += vs.encode(vf)
+            packets += vs.encode()
         if as_ is not None:
             mono = tone(seconds, sample_rate, 220.0, amplitude=0.3, noise=0.0) if audio is None else audio
-            _encode_audio(c, as_, np.asarray(mono, np.float32), channels, sample_format, start)
+            packets += _encode_audio(as_, np.asarray(mono, np.float32), channels, sample_format, start)
+        # in time order, as a recorder writes them (MPEG-PS/TS estimate durations from the file's end)
+        packets.sort(key=lambda p: float((p.dts if p.dts is not None else p.pts or 0) * p.time_base))
+        for packet in packets:
+            c.mux(packet)
     return path
 
 
-def _encode_audio(c, stream, mono: np.ndarray, channels: int, sample_format: str, start: float) -> None:
+def _encode_audio(stream, mono: np.ndarray, channels: int, sample_format: str, start: float) -> list:
     layout = "mono" if channels == 1 else "stereo"
     step = stream.codec_context.frame_size or 1024
     rate = stream.codec_context.sample_rate
-    resampler = av.AudioResampler(format=stream.codec_context.format.name, layout=layout, rate=rate)
+    resampler = av.AudioResampler(format=stream.codec_context.format.name, layout=layout, rate=rate,
+                                  frame_size=step)
+    packets = []
     for s in range(0, len(mono), step):
         planar = np.repeat(mono[None, s:s + step], channels, axis=0)
-        if sample_format.endswith("p"):
-            data = planar
-        else:  # packed: one row of interleaved samples
-            data = planar.T.reshape(1, -1)
+        data = planar if sample_format.endswith("p") else planar.T.reshape(1, -1)  # packed: interleaved
         af = av.AudioFrame.from_ndarray(np.ascontiguousarray(data, np.float32), format=sample_format,
                                         layout=layout)
         af.sample_rate = rate
         af.pts = int(round(start * rate)) + s
         af.time_base = Fraction(1, rate)
         for out in resampler.resample(af):
-            c.mux(stream.encode(out))
+            packets += stream.encode(out)
     for out in resampler.resample(None):
-        c.mux(stream.encode(out))
-    c.mux(stream.encode())
+        packets += stream.encode(out)
+    return packets + stream.encode()
