@@ -44,6 +44,7 @@ decoded before the data broke off.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Iterator
@@ -187,10 +188,22 @@ def _bounds(path: str, c, stream) -> tuple[float, float]:
         first = max(0.0, float(stream.start_time * stream.time_base))
     else:
         first = _origin(c)
-    end = _packet_end(path, stream.index, container_end)
+    end = _cached_packet_end(path, _file_identity(path), stream.index, container_end)
     if end is None:
         return first, span[1] if span is not None else first
     return first, max(first, end)
+
+
+def _file_identity(path: str) -> tuple[int, int]:
+    """(size, mtime in ns): a changed file is scanned again."""
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_packet_end(path: str, identity: tuple[int, int], index: int, hint: float | None) -> float | None:
+    """:func:`_packet_end`, once per file version: utterances of one long recording share the scan."""
+    return _packet_end(path, index, hint)
 
 
 def _packet_end(path: str, index: int, hint: float | None) -> float | None:
@@ -358,28 +371,36 @@ def decode_audio(path: str | Path, start: float | None = None, end: float | None
 
 def _decode_mono(c, stream, t0: float, t1: float, first: float,
                  counts: dict) -> tuple[np.ndarray, int, float, Exception | None]:
-    """Decode frames covering ``[t0, t1]`` to native-rate mono; returns (mono, rate, first_time, error)."""
+    """Decode frames covering ``[t0, t1]`` to native-rate mono; returns (mono, rate, first_time, error).
+
+    Frames that end before ``t0`` are decoded but not kept, so memory stays within the window even
+    when a seek is impossible and the file is decoded from its start.
+    """
     converter = av.AudioResampler(format="fltp")  # sample-format conversion only (same layout/rate)
     chunks: list[np.ndarray] = []
     names: list[str] = []
-    rate, first_time, error = 0, None, None
+    rate, first_time, error, seen = 0, None, None, False
     counts["seconds"] = 0.0
     try:
         frames = _decode_from(c, stream, t0, first, counts) if t0 > first else c.decode(stream)
         for frame in frames:
-            if first_time is None:
-                first_time = frame.time if frame.time is not None else 0.0
-                rate = frame.sample_rate
+            seen = True
+            rate = rate or frame.sample_rate
             if frame.time is not None and frame.time >= t1:
                 break
-            counts["seconds"] += frame.samples / (frame.sample_rate or 1)
+            seconds = frame.samples / (frame.sample_rate or 1)
+            counts["seconds"] += seconds
+            if frame.time is not None and frame.time + seconds <= t0:  # before the window
+                continue
+            if first_time is None:
+                first_time = frame.time if frame.time is not None else 0.0
             names = [ch.name for ch in frame.layout.channels]
             chunks += [downmix(f.to_ndarray(), names) for f in converter.resample(frame)]
         if names:
             chunks += [downmix(f.to_ndarray(), names) for f in converter.resample(None)]
     except av.FFmpegError as e:
         error = e
-    if first_time is None and error is not None:
+    if not seen and error is not None:
         raise MediaError(f"cannot decode the audio of {c.name}: {error} (corrupt file? re-extract it)")
     mono = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     return mono, rate, first_time or 0.0, error

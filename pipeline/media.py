@@ -235,7 +235,7 @@ def process_utterance(utt: Utterance, cfg: MediaConfig,
         return _process(utt, cfg, detector)
     except Exception as e:  # isolation: one utterance's failure never ends the partition
         logger.debug("media stage failed on %s", utt.clip, exc_info=True)
-        return empty_row(utt, cfg), [f"processing failed on {utt.clip}: {type(e).__name__}: {e} "
+        return empty_row(utt, cfg), [f"processing failed on {utt.clip}: {_one_line(e)} "
                                      f"(utterance kept, audio/visual marked missing; {_REPORT})"]
 
 
@@ -272,8 +272,13 @@ def _guarded(stage: str, path: str, lost: str, problems: list[str], fill: Callab
         return fill()
     except Exception as e:  # isolation: the other stages and utterances go on
         logger.debug("%s failed on %s", stage, path, exc_info=True)
-        problems.append(f"{stage} failed on {path}: {type(e).__name__}: {e} ({lost}; {_REPORT})")
+        problems.append(f"{stage} failed on {path}: {_one_line(e)} ({lost}; {_REPORT})")
         return None
+
+
+def _one_line(e: Exception) -> str:
+    """``Type: message`` on one line (a problem is one line of problems.jsonl and of the log)."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 def _check_clip(utt: Utterance, problems: list[str]) -> bool:
