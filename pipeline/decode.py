@@ -9,7 +9,8 @@ Everything goes through PyAV (FFmpeg inside the wheel), for audio and for frames
   stream's duration, cuts spans longer than ``max_seconds`` to their centre and resamples to 16 kHz.
   A stream that states no duration (Matroska/WebM, live recordings) gets its end from its packets
   (demuxed near the end, not decoded), so a long file is never decoded in full to be cut. A window
-  holding a NaN or infinite sample is refused (:class:`MediaError`), never passed on;
+  holding a NaN, infinite or absurd (beyond :data:`MAX_AUDIO_PEAK`) sample is refused
+  (:class:`MediaError`), never passed on;
 * :func:`decode_frames` picks ``n`` frames spread uniformly over a span (centres of ``n`` equal bins),
   decoding forward and **seeking** whenever the next target lies more than ``seek_gap`` seconds
   ahead. Decoding forward, the frame nearest each bin centre is taken. After a seek (long spans only)
@@ -62,6 +63,9 @@ SEEK_GAP = 3.0
 SEEK_TOLERANCE = 0.25
 #: Decoded frames are scaled down (aspect kept) to at most this many pixels: 1280x720 (2.8 MB as RGB).
 MAX_FRAME_PIXELS = 1280 * 720
+#: Decoded samples beyond this (full scale is 1.0; float formats may exceed it a little) are corrupt:
+#: larger ones would overflow the float32 log-mel power to inf.
+MAX_AUDIO_PEAK = 1000.0
 #: Demuxer flag of formats that allow timestamp discontinuities (MPEG-PS/TS): durations are estimates.
 _TS_DISCONT = 0x200  # AVFMT_TS_DISCONT (av.format.Flags.ts_discont)
 #: Streams with larger frames are refused: 8K (7680x4320, 8192x4096) passes, 16k x 16k does not.
@@ -327,7 +331,7 @@ def decode_audio(path: str | Path, start: float | None = None, end: float | None
     Returns
     -------
     wave : ndarray, shape (n,), float32
-        Mono samples, all finite (empty for a zero-length span).
+        Mono samples, all finite and within ``+-MAX_AUDIO_PEAK`` (empty for a zero-length span).
     cut : bool
         True when the span was longer than ``max_seconds`` and was cut to its centre.
 
@@ -335,7 +339,7 @@ def decode_audio(path: str | Path, start: float | None = None, end: float | None
     ------
     MediaError
         Missing/empty/unreadable file, no audio stream, a span that starts after the audio ends,
-        or a NaN / infinite sample in the window.
+        or a NaN / infinite / out-of-range sample in the window.
     TruncatedMedia
         The stream broke off; ``partial`` is ``(wave, cut)`` of what decoded before the break.
     """
@@ -358,10 +362,11 @@ def decode_audio(path: str | Path, start: float | None = None, end: float | None
             if stats is not None:
                 stats.update(decoded_seconds=counts.get("seconds", 0.0), seeks=counts.get("seeks", 0))
         wave = _slice_window(mono, rate, first_time, t0, t1)
-        bad = int(np.count_nonzero(~np.isfinite(wave)))
+        with np.errstate(invalid="ignore"):
+            bad = int(np.count_nonzero(~(np.abs(wave) <= MAX_AUDIO_PEAK)))  # NaN compares False
         if bad:
-            raise MediaError(f"{bad} non-finite audio sample(s) (NaN or inf) in {path} "
-                             f"(a corrupt float recording? re-export it)")
+            raise MediaError(f"{bad} non-finite or out-of-range audio sample(s) (NaN, inf or beyond "
+                             f"+-{MAX_AUDIO_PEAK:g}) in {path} (a corrupt float recording? re-export it)")
         out = resample(wave, rate, sr) if rate else wave
         if error is not None:
             msg = f"audio of {path} broke off after {len(out) / sr:.2f} s: {error}"

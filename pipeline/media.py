@@ -28,7 +28,7 @@ no audio stream / no video stream      that modality False, the other one kept
 truncated data mid-stream              what decoded before the break is kept (flag True if any)
 truncated file that still opens        the data that is there is used; "truncated clip ..."
 silent audio (peak < -60 dBFS)         has_audio = False, waveform empty ("silent audio: ...")
-NaN / inf sample in the audio window   has_audio = False ("... non-finite audio sample(s) ...")
+NaN / inf / absurd sample (> 1000)     has_audio = False ("... non-finite or out-of-range audio ...")
 audio longer than ``max_seconds``      centre ``max_seconds`` kept, audio_cut = True (+ a problem)
 fewer than ``n_frames`` frames         every distinct frame kept (f < n_frames) ("short clip: ...")
 zero-length span (start == end)        one frame at ``start``; audio from the span is empty

@@ -118,7 +118,7 @@ def write_float_wav(path: Path, wave: np.ndarray, sr: int = SR) -> Path:
     return path
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -1e30])
 def test_non_finite_sample_marks_the_audio_missing(tmp_path, bad):
     wave = tone(1.0, SR, 220.0, amplitude=0.3, noise=0.0)
     wave[SR // 2] = bad
