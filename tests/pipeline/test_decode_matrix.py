@@ -84,7 +84,12 @@ def detector():
     return FaceDetector(CFG)
 
 
-@pytest.mark.parametrize("name", list(ENCODINGS))
+#: rows that take seconds, not tenths (30 frames of 1080p to encode)
+SLOW = {"h264_1080p60_aac.mp4"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in ENCODINGS])
 def test_face_and_audio_in_every_encoding(tmp_path, detector, name):
     kw = dict(ENCODINGS[name])
     size, fps = kw.pop("size", (160, 120)), kw.pop("fps", FPS)
