@@ -17,7 +17,10 @@ Where the media come from
 
 Faults never raise: each becomes a problem string naming the file and what happens, and the row is
 still returned with the matching flags (``has_audio``/``has_video``/``has_face`` False and empty
-arrays). The decisions:
+arrays). Beyond the faults below, any exception inside a stage (audio, video, faces) is caught and
+reported the same way, marking that stage's modality missing (a video failure loses the faces too);
+an exception outside the stages gives the empty row. Only ``BaseException`` outside ``Exception``
+(Ctrl-C, exit) goes through. The decisions:
 
 =====================================  ==========================================================
 missing / zero-byte / unreadable clip  has_audio = has_video = False; "missing file: ..." etc.
@@ -25,11 +28,18 @@ no audio stream / no video stream      that modality False, the other one kept
 truncated data mid-stream              what decoded before the break is kept (flag True if any)
 truncated file that still opens        the data that is there is used; "truncated clip ..."
 silent audio (peak < -60 dBFS)         has_audio = False, waveform empty ("silent audio: ...")
+NaN / inf / absurd sample (> 1000)     has_audio = False ("... non-finite or out-of-range audio ...")
 audio longer than ``max_seconds``      centre ``max_seconds`` kept, audio_cut = True (+ a problem)
 fewer than ``n_frames`` frames         every distinct frame kept (f < n_frames) ("short clip: ...")
 zero-length span (start == end)        one frame at ``start``; audio from the span is empty
 span past the end of the media         that modality False ("... past the end ...")
 no face in any frame                   has_face = False ("no face ...")
+frames too small for MTCNN             has_face = False ("... too small to find a face ...")
+frames over ``max_frame_pixels``       scaled down (aspect kept); sizes changing mid-stream: fitted
+                                       into the first frame's size, centred on black
+display rotation (phone video)         frames turned upright before scenes and faces
+timestamps not starting at 0           times count from the file's first timestamp
+error inside a stage (a bug, OOM ...)  that modality False ("<stage> failed on <file>: <error> ...")
 5.1 / stereo / mono audio              not a fault: centre channel / mean / as is
 =====================================  ==========================================================
 
@@ -47,11 +57,13 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.decode import MediaError, TruncatedMedia, decode_audio, decode_frames, probe
+from pipeline.decode import MAX_FRAME_PIXELS, MediaError, TruncatedMedia, decode_audio, decode_frames, probe
 from pipeline.manifest import Utterance
 from pipeline.modalities.audio import RESAMPLER, SILENCE_PEAK, is_silent
 from pipeline.modalities.visual import (
@@ -71,6 +83,8 @@ __all__ = ["MEDIA_FLAGS", "MEDIA_RAGGED", "FaceDetector", "MediaConfig", "empty_
 MEDIA_RAGGED = ("waveform", "scenes", "faces", "face_frame", "face_weight", "face_prob", "face_box")
 #: Boolean row fields.
 MEDIA_FLAGS = ("has_audio", "audio_cut", "has_video", "has_face")
+
+logger = logging.getLogger(__name__)
 
 #: Corpora whose clip is the utterance itself: their start/end are not positions inside the clip.
 WHOLE_CLIP_CORPORA = ("meld", "sample")  # sample is MELD-layout: its CSV times are episode times
@@ -112,6 +126,11 @@ class MediaConfig:
     resampler : str
         The audio resampler (:data:`pipeline.modalities.audio.RESAMPLER`, the only value accepted).
         Recorded so that a media cache made by another resampler has another cache key.
+    max_frame_pixels : int
+        Decoded frames are scaled down at decode time, aspect kept, to at most this many pixels
+        (default 1280x720 = 921,600): the frames of one utterance take at most
+        ``n_frames * 3 * max_frame_pixels`` bytes (41 MB) whatever the input (a 16k x 16k stream
+        included); face boxes and crops are in these frames' pixels.
     """
 
     n_frames: int = 15
@@ -127,6 +146,7 @@ class MediaConfig:
     face_margin: float = FACE_MARGIN
     silence_peak: float = SILENCE_PEAK
     resampler: str = RESAMPLER
+    max_frame_pixels: int = MAX_FRAME_PIXELS
 
     def __post_init__(self) -> None:
         if self.resampler != RESAMPLER:
@@ -217,8 +237,22 @@ def process_utterance(utt: Utterance, cfg: MediaConfig,
 
     Notes
     -----
-    Never raises for bad media (see the module table); raises for programming errors only.
+    Never raises (see the module table): an exception in a stage marks its modality missing with a
+    problem line, so one bad clip cannot cost the rest of its partition.
     """
+    try:
+        return _process(utt, cfg, detector)
+    except Exception as e:  # isolation: one utterance's failure never ends the partition
+        logger.debug("media stage failed on %s", utt.clip, exc_info=True)
+        return empty_row(utt, cfg), [f"processing failed on {utt.clip}: {_one_line(e)} "
+                                     f"(utterance kept, audio/visual marked missing; {_REPORT})"]
+
+
+#: What to do about an unexpected error: it is not a known fault of the file.
+_REPORT = "if the file plays in a media player, please report this with the file"
+
+
+def _process(utt: Utterance, cfg: MediaConfig, detector: FaceDetector | None) -> tuple[dict, list[str]]:
     row = empty_row(utt, cfg)
     problems: list[str] = []
     start, end = _span(utt)
@@ -226,14 +260,34 @@ def process_utterance(utt: Utterance, cfg: MediaConfig,
     if clip_ok and start is not None and start == end:
         problems.append(f"zero-length span [{start}, {end}] in {utt.clip}: kept the one frame at {start} s"
                         + ("" if utt.audio else ", no audio") + " (check the corpus times)")
-    if utt.audio is not None:  # a separate per-utterance file (IEMOCAP wav): all of it
-        _fill_audio(row, problems, utt.audio, None, None, cfg)
-    elif clip_ok:
-        _fill_audio(row, problems, utt.clip, start, end, cfg)
-    frames = _fill_video(row, problems, utt, cfg, start, end) if clip_ok else None
+    audio_path = utt.audio if utt.audio is not None else (utt.clip if clip_ok else None)
+    if audio_path is not None:  # a separate per-utterance file (IEMOCAP wav) is used whole
+        audio_span = (None, None) if utt.audio is not None else (start, end)
+        _guarded("audio decoding", audio_path, "audio marked missing", problems,
+                 lambda: _fill_audio(row, problems, audio_path, *audio_span, cfg))
+    frames = None
+    if clip_ok:
+        frames = _guarded("video decoding", utt.clip, "visual marked missing", problems,
+                          lambda: _fill_video(row, problems, utt, cfg, start, end))
     if frames is not None and detector is not None:
-        _fill_faces(row, problems, utt, cfg, frames, detector)
+        _guarded("face detection", utt.clip, "has_face False", problems,
+                 lambda: _fill_faces(row, problems, utt, cfg, frames, detector))
     return row, problems
+
+
+def _guarded(stage: str, path: str, lost: str, problems: list[str], fill: Callable[[], object]):
+    """``fill()``, or None and a problem line when it raises; ``fill`` updates the row only at its end."""
+    try:
+        return fill()
+    except Exception as e:  # isolation: the other stages and utterances go on
+        logger.debug("%s failed on %s", stage, path, exc_info=True)
+        problems.append(f"{stage} failed on {path}: {_one_line(e)} ({lost}; {_REPORT})")
+        return None
+
+
+def _one_line(e: Exception) -> str:
+    """``Type: message`` on one line (a problem is one line of problems.jsonl and of the log)."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 def _check_clip(utt: Utterance, problems: list[str]) -> bool:
@@ -280,7 +334,7 @@ def _fill_audio(row: dict, problems: list[str], path: str, start: float | None, 
 def _fill_video(row: dict, problems: list[str], utt: Utterance, cfg: MediaConfig,
                 start: float | None, end: float | None) -> np.ndarray | None:
     try:
-        frames = decode_frames(utt.clip, cfg.n_frames, start, end)
+        frames = decode_frames(utt.clip, cfg.n_frames, start, end, max_pixels=cfg.max_frame_pixels)
     except TruncatedMedia as e:
         frames = e.partial
         problems.append(f"{e} (kept the {len(frames)} frames decoded before the break)")
@@ -297,6 +351,12 @@ def _fill_video(row: dict, problems: list[str], utt: Utterance, cfg: MediaConfig
 
 def _fill_faces(row: dict, problems: list[str], utt: Utterance, cfg: MediaConfig,
                 frames: np.ndarray, detector: FaceDetector) -> None:
+    h, w = frames.shape[1:3]
+    shrink = max(1.0, max(h, w) / cfg.detect_max_side) if cfg.detect_max_side > 0 else 1.0
+    if min(h, w) / shrink < cfg.min_face_size:  # MTCNN has no scale to search at (it would raise)
+        problems.append(f"frames of {utt.clip} are {w}x{h}: too small to find a face of "
+                        f"{cfg.min_face_size} px (has_face False)")
+        return
     faces, frame_idx, weights, probs, boxes = [], [], [], [], []
     for i, (b, p) in enumerate(detector.detect(frames)):
         keep = select_faces(b, p, cfg.min_face_prob, cfg.max_faces)
