@@ -50,6 +50,7 @@ import h5py
 import numpy as np
 
 from pipeline import __version__
+from pipeline.names import SPLITS
 
 SCHEMA_VERSION = 1
 STR_FIELDS = ("utt_id", "dialogue_id", "speaker", "label", "text")
@@ -610,8 +611,8 @@ def validate_features(path: str | Path) -> list[str]:
                     if key not in f.attrs]
         if f.attrs.get("schema_version") not in (SCHEMA_VERSION,):
             problems.append(f"{path}: schema_version {f.attrs.get('schema_version')!r} != {SCHEMA_VERSION}")
-        widths: dict[str, tuple[int, str]] = {}
-        for split in f:
+        widths: dict[str, tuple[int, str]] = {}  # from train first, so train is the reference
+        for split in sorted(f, key=lambda s: (SPLITS.index(s) if s in SPLITS else len(SPLITS), s)):
             problems += _split_problems(path, split, f[split], widths)
     return problems
 
