@@ -45,6 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 import h5py
 import numpy as np
@@ -151,7 +152,7 @@ def _lock_holder(lock_path: Path) -> str:
         return "unknown"
 
 
-def acquire_lock(lock_path: str | Path, doing: str, kept: str = ""):
+def acquire_lock(lock_path: str | Path, doing: str, kept: str = "") -> TextIO:
     """Take an exclusive ``flock`` on ``lock_path`` (created with its folder) and write this pid into it.
 
     Returns the open lock file: closing it releases the lock (so does the end of the process, even

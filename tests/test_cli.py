@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -49,14 +50,20 @@ def _m2f() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-c", "from cli import main; main()"]
 
 
-def _default_sigint() -> None:
-    """In the child before exec: SIGINT back to its default action.
+@contextlib.contextmanager
+def _children_take_sigint():
+    """Children started in the block get SIGINT's default action.
 
     A process started with SIGINT ignored -- pytest run as a background job of a non-interactive shell
     (``pytest &``, ``nohup``, some CI runners) -- passes SIG_IGN on through exec, and Python then
-    installs no KeyboardInterrupt handler: the child would never see the test's Ctrl-C.
+    installs no KeyboardInterrupt handler: the child would never see the test's Ctrl-C. A handled
+    signal is reset to its default at exec, so the block installs Python's own handler meanwhile.
     """
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_ctrl_c_says_how_to_resume_and_report_says_still_training(tmp_path):
@@ -64,12 +71,12 @@ def test_ctrl_c_says_how_to_resume_and_report_says_still_training(tmp_path):
     features = write_features(tmp_path / "f.h5", "custom", lengths, xor_rows({"t": 8, "a": 4, "v": 6}))
     out = tmp_path / "run"
     errors = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe buffer would stall the child
-    with open(errors, "w") as err_file:
+    with open(errors, "w") as err_file, _children_take_sigint():
         proc = subprocess.Popen(
             _m2f() + ["train-dialog", "--features", str(features), "--out", str(out), "--epochs", "500",
                       "--patience", "500", "--heads", "2", "--hidden", "16", "--threads", "1",
                       "--no-progress", "--checkpoint-seconds", "0"],
-            stdout=subprocess.DEVNULL, stderr=err_file, text=True, preexec_fn=_default_sigint,
+            stdout=subprocess.DEVNULL, stderr=err_file, text=True,
             env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         # Ctrl-C only once training runs (status.json at epoch 2), however long start-up takes on a
