@@ -152,7 +152,7 @@ def extract(dataset: str, root: Path | None, modalities: str, splits: str, worke
 
 
 def _run_extract_command(**kw) -> None:
-    from pipeline.cache import CacheLockedError
+    from pipeline.cache import CacheError
     from pipeline.extract import ExtractError, ExtractOptions, format_summary, run_extract
     from pipeline.extract.options import parse_list
     from pipeline.names import SPLITS
@@ -161,7 +161,7 @@ def _run_extract_command(**kw) -> None:
     try:
         kw["splits"] = parse_list(kw["splits"], SPLITS, "--splits")
         result = run_extract(ExtractOptions(**kw))
-    except (ExtractError, CacheLockedError) as e:
+    except (ExtractError, CacheError) as e:
         raise click.ClickException(str(e)) from e
     except KeyboardInterrupt:
         _interrupted(f"finished batches are kept under {kw['cache']}")
@@ -212,6 +212,7 @@ def train_encoders_command(dataset: str, modality: str, media: Path | None, out:
     if modality == "text":
         _train_text_model(CacheLayout(cache, dataset), root, out, device, epochs)
         return
+    from pipeline.cache import CacheError
     from pipeline.encoders.train import train_encoders
     from pipeline.names import ENCODER_KINDS
 
@@ -224,7 +225,7 @@ def train_encoders_command(dataset: str, modality: str, media: Path | None, out:
         paths = train_encoders(media, out, modalities=mods, epochs=epochs, device=device, seed=seed,
                                batch_size=batch_size, steps_per_epoch=steps_per_epoch, overwrite=overwrite,
                                classes=labels)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, CacheError) as e:
         raise click.ClickException(str(e)) from e
     for p in paths.values():
         click.echo(str(p))
@@ -246,6 +247,7 @@ def _train_text_model(layout: CacheLayout, root: Path | None, out: Path | None, 
     The default folder is keyed by the corpus's cached manifest (written here if missing), as extract
     keys it; with ``out`` the cache is left alone.
     """
+    from pipeline.cache import CacheError
     from pipeline.corpora import CorpusError, prepare_corpus
     from pipeline.extract import ExtractError
     from pipeline.extract.prepare import load_manifest
@@ -260,7 +262,7 @@ def _train_text_model(layout: CacheLayout, root: Path | None, out: Path | None, 
             from pipeline.encoders.text_finetune import finetune_text
 
             path = finetune_text(prepare_corpus(layout.dataset, root), out, device=device, **kw)
-    except (CorpusError, ExtractError, ValueError) as e:
+    except (CorpusError, ExtractError, CacheError, ValueError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(str(path))
 # --- end train-encoders ---

@@ -19,7 +19,13 @@ small *shard* file, written under a temporary name and renamed into ``features.h
 when complete, so a ``kill -9`` at any moment leaves only whole shards behind (and perhaps a
 ``*.tmp`` that is ignored and removed). :meth:`ShardedWriter.done_ids` lists what the shards hold, so
 a rerun skips finished work. :meth:`ShardedWriter.finalize` merges the shards into the final file,
-again through a temporary name and an atomic rename, then removes the shards.
+again through a temporary name and an atomic rename, then removes the shards; it first checks that
+the disk has room for the merged file (:class:`DiskSpaceError`, shards kept), and a merge that died
+half-way (full disk, segfault) leaves a ``features.h5.tmp`` that the next writer removes under its lock.
+
+The writers are the last guard of the format: a batch holding a non-finite float (NaN, inf) is refused
+(:class:`NonFiniteError`), and so is a string with a NUL character (HDF5 strings cannot hold one).
+:func:`folder_lock` is the one flock helper: the writers, encoder training and text fine-tuning take it.
 
 :class:`ShardedWriter` is generic (any named row arrays, including ragged ones given as lists of
 arrays); :class:`FeatureWriter` adds the feature schema above. Read a finished file with plain h5py
@@ -31,17 +37,22 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import re
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 import h5py
 import numpy as np
 
 from pipeline import __version__
 from pipeline.atomic import commit_tmp, tmp_path
+from pipeline.names import SPLITS
 
 SCHEMA_VERSION = 1
 STR_FIELDS = ("utt_id", "dialogue_id", "speaker", "label", "text")
@@ -114,8 +125,111 @@ def _concat(a, b):
     return np.concatenate([a, b], axis=0)
 
 
-class CacheLockedError(RuntimeError):
-    """Another live process is writing the same cache file."""
+class CacheError(RuntimeError):
+    """A cache file or folder cannot be written now; the message says why and what to do."""
+
+
+class CacheLockedError(CacheError):
+    """Another live process holds the lock of the same file or folder."""
+
+
+class DiskSpaceError(CacheError):
+    """Not enough free space to merge the shards; they are kept for a rerun."""
+
+
+class NonFiniteError(ValueError):
+    """A batch holds a NaN or an infinity; the cache never stores one."""
+
+
+def _lock_holder(lock_path: Path) -> str:
+    try:
+        return lock_path.read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def acquire_lock(lock_path: str | Path, doing: str, kept: str = "") -> TextIO:
+    """Take an exclusive ``flock`` on ``lock_path`` (created with its folder) and write this pid into it.
+
+    Returns the open lock file: closing it releases the lock (so does the end of the process, even
+    by ``kill -9``). Prefer :func:`folder_lock` unless the lock outlives one ``with`` block.
+
+    Parameters
+    ----------
+    lock_path : path-like
+        The lock file.
+    doing : str
+        What the holder does, for the error, e.g. ``"writing cache/meld/x/features.h5"``.
+    kept : str
+        What a stopped holder keeps, for the error, e.g. ``" (its finished batches are kept)"``.
+
+    Raises
+    ------
+    CacheLockedError
+        Another live process holds it; the message names its pid.
+    """
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(lock_path, "a+")  # noqa: SIM115 - returned to the caller, who closes it
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise CacheLockedError(
+            f"another m2f process is {doing}: locked by another run (pid {_lock_holder(lock_path)}, lock "
+            f"{lock_path}); let it finish or stop it{kept}, then run this command again") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+@contextmanager
+def folder_lock(folder: str | Path, name: str, doing: str) -> Iterator[Path]:
+    """Hold ``<folder>/<name>`` (see :func:`acquire_lock`) for the ``with`` block; yields the folder.
+
+    Two runs that would write the same folder with the same temporary names (two extracts of one
+    corpus training its encoders, or fine-tuning its text model) cannot overlap: the second gets
+    :class:`CacheLockedError` naming the first one's pid.
+
+    Examples
+    --------
+    >>> with folder_lock("cache/meld/encoders/ab12", ".train.lock", "training"):  # doctest: +SKIP
+    ...     ...
+    """
+    folder = Path(folder)
+    lock = acquire_lock(folder / name, doing)
+    try:
+        yield folder
+    finally:
+        lock.close()
+
+
+def _human_size(nbytes: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes / 1e3:.0f} kB"
+
+
+def _first_bad_row(value, n: int) -> tuple[int, type[ValueError], str] | None:
+    """``(row, error class, what)`` of a column's first non-finite float or NUL-holding string, or None."""
+    non_finite = (NonFiniteError, "is not finite (NaN or inf)")
+    if _is_ragged(value):
+        for i, v in enumerate(value):
+            if v.dtype.kind in "fc" and not np.isfinite(v).all():
+                return (i, *non_finite)
+        return None
+    arr = np.asarray(value)
+    if arr.dtype.kind in "fc":
+        finite = np.isfinite(arr.reshape(n, -1)).all(axis=1)
+        if not finite.all():
+            return (int(np.argmin(finite)), *non_finite)
+    elif arr.dtype.kind in "UO":
+        for i, x in enumerate(arr):
+            if isinstance(x, str) and "\x00" in x:
+                return i, ValueError, "holds a NUL character (\\x00), which HDF5 strings cannot store"
+    return None
 
 
 class ShardedWriter:
@@ -135,24 +249,25 @@ class ShardedWriter:
     the later row. The writer holds an exclusive ``flock`` on ``<path>.shards/.lock`` until
     :meth:`close` (or until its process dies, even by ``kill -9``): a second run writing the same file
     at the same time gets :class:`CacheLockedError` instead of interleaving shards.
+
+    Raises
+    ------
+    NonFiniteError
+        From :meth:`append`, for a batch with a NaN or infinity in any float field.
+    DiskSpaceError
+        From :meth:`finalize`, when the disk cannot hold the merged file.
     """
 
     def __init__(self, path: str | Path, attrs: Mapping[str, object] | None = None):
         self.path = Path(path)
         self.shard_dir = self.path.with_name(self.path.name + ".shards")
         self.attrs = dict(attrs or {})
-        self.shard_dir.mkdir(parents=True, exist_ok=True)
-        lock_path = self.shard_dir / ".lock"
-        self._lock = open(lock_path, "a")  # noqa: SIM115 - held for the writer's lifetime
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise CacheLockedError(
-                f"another m2f process is writing {self.path} (lock {lock_path}); let it finish or stop "
-                "it (its finished batches are kept), then run this command again") from None
-        for tmp in self.shard_dir.glob("*.tmp"):  # half-written shard of a killed run
-            tmp.unlink()
+        self._lock = acquire_lock(self.shard_dir / ".lock", f"writing {self.path}",
+                                  " (its finished batches are kept)")
+        # under the lock, nobody else is writing: a *.tmp is a half-written shard of a killed run, or the
+        # half-merged final file of a merge that died (full disk, segfault), possibly GBs for media.h5
+        for tmp in [*self.shard_dir.glob("*.tmp"), tmp_path(self.path)]:
+            tmp.unlink(missing_ok=True)
 
     def close(self) -> None:
         """Release the lock (also released when the process exits)."""
@@ -203,6 +318,15 @@ class ShardedWriter:
         for name, value in rows.items():
             if len(value) != n:
                 raise ValueError(f"field {name!r} has {len(value)} rows, utt_id has {n}")
+        for name, value in rows.items():
+            bad = _first_bad_row(value, n)
+            if bad is not None:
+                row, error, what = bad
+                utt = str(rows["utt_id"][row])
+                raise error(
+                    f"{name} of {utt!r} (split {split!r}, row {row} of the batch) {what}; "
+                    f"nothing of this batch was written to {self.path}: mark the utterance's modality "
+                    "missing instead of writing such a value")
         existing = self.shards()
         last = max((int(_SHARD_RE.match(p.name)["n"]) for p in existing), default=-1)
         final = self.shard_dir / f"{split}-{last + 1:06d}.h5"
@@ -226,7 +350,30 @@ class ShardedWriter:
         if self.path.exists():
             with h5py.File(self.path, "r") as f:
                 splits |= set(f)
+        self._check_free_space()
         tmp = tmp_path(self.path)
+        try:
+            self._merge(tmp, splits, order)
+        except BaseException:  # full disk, Ctrl-C: no half-merged file is left behind
+            tmp.unlink(missing_ok=True)
+            raise
+        commit_tmp(tmp, self.path)
+        for p in self.shards():
+            p.unlink()
+        return self.path
+
+    def _check_free_space(self) -> None:
+        """Stop before merging when the disk cannot hold the merged file (about the shards' size)."""
+        parts = self.shards() + ([self.path] if self.path.exists() else [])
+        needed = sum(p.stat().st_size for p in parts)
+        free = shutil.disk_usage(self.path.parent).free
+        if needed > free:
+            raise DiskSpaceError(
+                f"not enough free space to merge {len(parts)} file(s) into {self.path}: it needs about "
+                f"{_human_size(needed)}, {_human_size(free)} free on {self.path.parent}; free some space "
+                f"(the finished shards in {self.shard_dir} are kept) and run this command again")
+
+    def _merge(self, tmp: Path, splits: set[str], order: Mapping[str, Sequence[str]] | None) -> None:
         with h5py.File(tmp, "w") as out:
             for k, v in {**self.attrs, "created_utc": datetime.now(UTC).isoformat()}.items():
                 out.attrs[k] = v if isinstance(v, str | int | float | np.number) else json.dumps(v)
@@ -246,10 +393,6 @@ class ShardedWriter:
                     rows = {k: ([v[i] for i in idx] if isinstance(v, list) else v[idx])
                             for k, v in rows.items()}
                 _write_rows(out.create_group(split), rows)
-        commit_tmp(tmp, self.path)
-        for p in self.shards():
-            p.unlink()
-        return self.path
 
     def _parts(self, split: str) -> list[Path]:
         parts = []
@@ -431,58 +574,92 @@ def read_split(path: str | Path, split: str) -> SplitArrays:
 
 
 def validate_features(path: str | Path) -> list[str]:
-    """Check a features.h5 against schema 1; return a list of problems (empty = valid)."""
-    problems: list[str] = []
+    """Check a features.h5 against schema 1; return a list of problems (empty = valid).
+
+    Each problem is one line naming the file, and where it applies the split, the HDF5 dataset and the
+    row (with its ``utt_id``): ``<file>: split 'dev', dataset 'text_emb', row 3 (utt_id 'x'): ...``.
+    Checked: readable HDF5, file attributes, every field present with one row per ``utt_id``, 1-D
+    string fields, 2-D float embeddings of one width across splits, unique ids, each dialogue one block
+    with rising positions, zero embeddings where a modality is missing, and no NaN or infinity.
+    """
+    path = Path(path)
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        return [f"{path}: not a readable HDF5 file ({e})"]
+        reason = " ".join(str(e).split())
+        return [f"{path}: not a readable HDF5 file ({reason})"]
     with f:
-        for key in ("schema_version", "dataset", "created_utc", "config", "m2f_version"):
-            if key not in f.attrs:
-                problems.append(f"{path}: missing file attribute {key!r}")
+        problems = [f"{path}: missing file attribute {key!r}"
+                    for key in ("schema_version", "dataset", "created_utc", "config", "m2f_version")
+                    if key not in f.attrs]
         if f.attrs.get("schema_version") not in (SCHEMA_VERSION,):
             problems.append(f"{path}: schema_version {f.attrs.get('schema_version')!r} != {SCHEMA_VERSION}")
-        dims: dict[str, int] = {}
-        for split in f:
-            g = f[split]
-            missing = [k for k in FEATURE_FIELDS if k not in g]
-            if missing:
-                problems.append(f"{path}/{split}: missing datasets {missing}")
-                continue
-            n = len(g["utt_id"])
-            for k in FEATURE_FIELDS:
-                if g[k].shape[0] != n:
-                    problems.append(f"{path}/{split}/{k}: {g[k].shape[0]} rows, utt_id has {n}")
-            for k in EMB_FIELDS:
-                if g[k].ndim != 2:
-                    problems.append(f"{path}/{split}/{k}: not 2-D")
-                elif dims.setdefault(k, g[k].shape[1]) != g[k].shape[1]:
-                    problems.append(
-                        f"{path}/{split}/{k}: width {g[k].shape[1]} != {dims[k]} in another split")
-            ids = g["utt_id"].asstr()[()]
-            if len(set(ids)) != n:
-                problems.append(f"{path}/{split}: duplicate utt_id")
-            dia = g["dialogue_id"].asstr()[()]
-            pos = g["position"][()]
-            # rows sorted by dialogue then position: each dialogue is one block with rising positions
-            seen: set[str] = set()
-            for i in range(n):
-                if i == 0 or dia[i] != dia[i - 1]:
-                    if dia[i] in seen:
-                        problems.append(f"{path}/{split}: dialogue {dia[i]!r} is not one contiguous block")
-                        break
-                    seen.add(dia[i])
-                elif pos[i] <= pos[i - 1]:
-                    problems.append(f"{path}/{split}: positions of dialogue {dia[i]!r} do not rise")
-                    break
-            pairs = (("text_emb", "has_text"), ("audio_emb", "has_audio"), ("visual_emb", "has_visual"))
-            for emb, flag in pairs:
-                e, h = g[emb][()], g[flag][()]
-                if np.any(e[~h] != 0):
-                    problems.append(f"{path}/{split}/{emb}: non-zero rows where {flag} is False")
-                if not np.all(np.isfinite(e)):
-                    problems.append(f"{path}/{split}/{emb}: NaN or inf values")
+        widths: dict[str, tuple[int, str]] = {}  # from train first, so train is the reference
+        for split in sorted(f, key=lambda s: (SPLITS.index(s) if s in SPLITS else len(SPLITS), s)):
+            problems += _split_problems(path, split, f[split], widths)
+    return problems
+
+
+def _split_problems(path: Path, split: str, g, widths: dict[str, tuple[int, str]]) -> list[str]:
+    """Problems of one split group (see :func:`validate_features`); ``widths`` carries over splits."""
+
+    def at(name: str | None = None, row: int | None = None, ids=None) -> str:
+        where = f"{path}: split {split!r}" + (f", dataset {name!r}" if name else "")
+        if row is not None:
+            where += f", row {row}" + (f" (utt_id {str(ids[row])!r})" if ids is not None else "")
+        return where
+
+    if not isinstance(g, h5py.Group):
+        return [f"{at()}: not a group of datasets"]
+    missing = [k for k in FEATURE_FIELDS if k not in g]
+    if missing:
+        return [f"{at(missing[0])}: missing (the split lacks {', '.join(missing)})"]
+    problems = []
+    n = g["utt_id"].shape[0] if g["utt_id"].ndim else 0
+    for k in FEATURE_FIELDS:
+        if k in STR_FIELDS and not h5py.check_string_dtype(g[k].dtype):
+            problems.append(f"{at(k)}: dtype {g[k].dtype} is not a string")
+        elif k not in EMB_FIELDS and g[k].ndim != 1:
+            problems.append(f"{at(k)}: shape {g[k].shape} is not one value per row")
+        elif g[k].shape[0] != n:
+            problems.append(f"{at(k)}: {g[k].shape[0]} rows, utt_id has {n}")
+    for k in EMB_FIELDS:
+        if g[k].ndim != 2 or g[k].dtype.kind != "f":
+            shape, dtype = g[k].shape, g[k].dtype
+            problems.append(f"{at(k)}: shape {shape}, dtype {dtype}; expected 2-D float (rows, width)")
+            continue
+        width, first = widths.setdefault(k, (g[k].shape[1], split))
+        if width != g[k].shape[1]:
+            problems.append(f"{at(k)}: width {g[k].shape[1]} != {width} in split {first!r}")
+    if problems:  # row-level checks need whole, well-shaped columns
+        return problems
+    ids = g["utt_id"].asstr()[()]
+    dia = g["dialogue_id"].asstr()[()]
+    pos = g["position"][()]
+    _, first_of = np.unique(ids, return_index=True)
+    if len(first_of) != n:
+        row = min(set(range(n)) - set(first_of.tolist()))
+        problems.append(f"{at('utt_id', row, ids)}: duplicate id")
+    # rows sorted by dialogue then position: each dialogue is one block with rising positions
+    starts = np.concatenate([[0], np.flatnonzero(dia[1:] != dia[:-1]) + 1]) if n else np.zeros(0, int)
+    _, first_block = np.unique(dia[starts], return_index=True)
+    if len(first_block) != len(starts):
+        row = int(starts[min(set(range(len(starts))) - set(first_block.tolist()))])
+        problems.append(f"{at('dialogue_id', row, ids)}: dialogue {dia[row]!r} is not one contiguous block")
+    falling = np.flatnonzero((dia[1:] == dia[:-1]) & (pos[1:] <= pos[:-1])) + 1
+    if len(falling):
+        row = int(falling[0])
+        problems.append(f"{at('position', row, ids)}: positions of dialogue {dia[row]!r} do not rise "
+                        f"({pos[row]} after {pos[row - 1]})")
+    for emb, flag in (("text_emb", "has_text"), ("audio_emb", "has_audio"), ("visual_emb", "has_visual")):
+        e, h = g[emb][()], g[flag][()].astype(bool)
+        finite = np.isfinite(e).all(axis=1)
+        if not finite.all():
+            row = int(np.argmin(finite))
+            problems.append(f"{at(emb, row, ids)}: not finite (NaN or inf; {int((~finite).sum())} row(s))")
+        stray = np.flatnonzero(~h & (e != 0).any(axis=1))
+        if len(stray):
+            problems.append(f"{at(emb, int(stray[0]), ids)}: non-zero rows where {flag} is False")
     return problems
 
 

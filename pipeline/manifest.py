@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -192,7 +193,8 @@ def validate(utterances: Iterable[Utterance]) -> list[str]:
     """Check a manifest; return problems as ``"<id>: <what>"`` strings (empty list = valid).
 
     Checks: known split, unique ids, positions ``0..n-1`` inside each dialogue, non-empty text and
-    speaker, ``start <= end`` where both are given, IEMOCAP side in ``left``/``right``.
+    speaker, no NUL character in a string (HDF5 cannot store one), finite ``start <= end`` where both
+    are given, IEMOCAP side in ``left``/``right``.
     """
     problems: list[str] = []
     seen: Counter[str] = Counter()
@@ -205,7 +207,14 @@ def validate(utterances: Iterable[Utterance]) -> list[str]:
             problems.append(f"{u.id}: empty text")
         if not u.speaker.strip():
             problems.append(f"{u.id}: empty speaker")
-        if u.start is not None and u.end is not None and u.end < u.start:
+        nul = [k for k in ("dialogue_id", "utterance_id", "speaker", "text", "label", "sentiment")
+               if "\x00" in (getattr(u, k) or "")]
+        if nul:
+            problems.append(f"{u.id}: NUL character (\\x00) in {', '.join(nul)}; remove it from the corpus")
+        times = [t for t in (u.start, u.end) if t is not None]
+        if not all(math.isfinite(t) for t in times):
+            problems.append(f"{u.id}: start {u.start} / end {u.end} is not a finite number of seconds")
+        elif u.start is not None and u.end is not None and u.end < u.start:
             problems.append(f"{u.id}: end {u.end} before start {u.start}")
         if u.side is not None and u.side not in ("left", "right"):
             problems.append(f"{u.id}: side {u.side!r} is not 'left' or 'right'")

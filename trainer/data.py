@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.cache import list_splits, read_attrs, read_split
+from pipeline.cache import list_splits, read_attrs, read_split, validate_features
 from pipeline.corpora.base import CLASS_MAPS, IEMOCAP_CLASSES, MELD_CLASSES  # noqa: F401  (re-exported)
 from pipeline.names import DATASETS, modality_letters, parse_modalities
 
@@ -43,6 +43,10 @@ MODALITY_NAMES = {"t": "text", "a": "audio", "v": "visual"}
 
 #: One class-map preset per dataset: the fixed maps of pipeline.corpora.base, and ``custom``.
 CLASS_MAP_CHOICES = DATASETS
+
+
+class FeaturesError(ValueError):
+    """A features.h5 the trainer cannot use: one line naming the file, split, dataset and row."""
 
 
 def normalize_modalities(modalities: str | Iterable[str]) -> str:
@@ -256,13 +260,33 @@ class FeatureFileInfo:
     dims: dict[str, int]
 
 
+def check_features(path: str | Path) -> None:
+    """Stop on the first problem of a features.h5 (:func:`pipeline.cache.validate_features`).
+
+    A file that is not HDF5, a missing or short dataset, a 1-D embedding, widths that differ between
+    splits, ids or positions out of order, a NaN or infinity: each would otherwise surface as a
+    traceback deep in torch, or train silently on garbage.
+
+    Raises
+    ------
+    FeaturesError
+        One line: the first problem (file, split, dataset, row) and how many more there are.
+    """
+    problems = validate_features(path)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise FeaturesError(f"{problems[0]}{more}; rebuild the file with `m2f extract`")
+
+
 def inspect_features(path: str | Path) -> FeatureFileInfo:
-    """Dataset attribute, splits and embedding widths of a features.h5.
+    """Dataset attribute, splits and embedding widths of a features.h5, after checking the whole file.
 
     Raises
     ------
     FileNotFoundError
         If the file does not exist.
+    FeaturesError
+        If the file breaks the cache format or holds a non-finite number (:func:`check_features`).
     ValueError
         If it lacks a train or dev split (dev selects the epoch; test is optional).
     """
@@ -271,6 +295,7 @@ def inspect_features(path: str | Path) -> FeatureFileInfo:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such features file; build one with `m2f extract`")
+    check_features(path)
     attrs = read_attrs(path)
     splits = tuple(list_splits(path))
     missing = [s for s in ("train", "dev") if s not in splits]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import platform
 import time
@@ -53,6 +54,10 @@ from trainer.data import (
 from trainer.model import DialogModel, DialogModelConfig
 
 CHECKPOINT_FORMAT = 1
+
+
+class TrainingDivergedError(ValueError):
+    """The training loss or the dev predictions became non-finite; the last good checkpoints are kept."""
 #: Options that may differ between a killed run and its resumption.
 RESUME_FREE_KEYS = ("out", "seeds", "device", "threads", "progress", "compile", "epochs", "patience",
                     "checkpoint_seconds")
@@ -466,6 +471,7 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
 
     bar = tqdm(total=t.epochs, initial=state.epoch, desc=f"seed {seed}", disable=not t.progress, leave=False)
     last_saved = time.perf_counter()
+    saved_epoch = state.epoch  # the epoch last.pt holds
     while state.epoch < t.epochs and state.bad_epochs < t.patience:
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(seed * 1_000_003 + state.epoch)
@@ -479,7 +485,14 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
             fixed_length=t.compile,
             bucket=t.bucket,
         )
-        dev = score(splits["dev"], predict_probs(model, splits["dev"], max(t.batch_size, 64), device))
+        dev_probs = predict_probs(model, splits["dev"], max(t.batch_size, 64), device)
+        if not (math.isfinite(train_loss) and np.isfinite(dev_probs).all()):
+            # checked before anything is saved: best.pt and last.pt stay those of the last good epoch
+            message = _diverged_message(run_dir, state, saved_epoch, train_loss, t.lr)
+            bar.close()
+            report_status("failed", reason=message)
+            raise TrainingDivergedError(message)
+        dev = score(splits["dev"], dev_probs)
         state.epoch += 1
         improved = dev["weighted_f1"] > state.best_f1
         if improved:
@@ -503,7 +516,7 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
         finishing = state.epoch >= t.epochs or state.bad_epochs >= t.patience
         if finishing or time.perf_counter() - last_saved >= t.checkpoint_seconds:
             _save_last(run_dir, model, optimizer, state, device)
-            last_saved = time.perf_counter()
+            last_saved, saved_epoch = time.perf_counter(), state.epoch
         report_status("training")
         bar.update(1)
         bar.set_postfix(loss=f"{train_loss:.4f}", dev_wF1=f"{dev['weighted_f1']:.4f}")
@@ -517,6 +530,20 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
     stopped = "early_stopping" if state.bad_epochs >= t.patience else "max_epochs"
     report_status("done", stopped=stopped)
     return json.loads(status_path.read_text())
+
+
+def _diverged_message(run_dir: Path, state: _LoopState, saved_epoch: int, train_loss: float,
+                      lr: float) -> str:
+    what = "training loss" if not math.isfinite(train_loss) else "dev predictions after the epoch"
+    kept = [f"best.pt (epoch {state.best_epoch})"] if state.best_epoch else []
+    kept += [f"last.pt (epoch {saved_epoch})"] if saved_epoch else []
+    if kept:
+        kept_text = " and ".join(kept) + " are from before it, untouched"
+    else:
+        kept_text = "no checkpoint is written yet"
+    return (f"{run_dir}: epoch {state.epoch + 1}: the {what} is not finite (NaN or inf), the weights "
+            f"diverged; training stopped, {kept_text}. Train into a new --out with a lower --lr "
+            f"(now {lr:g}): the same command would diverge again")
 
 
 def load_splits(resolved: ResolvedConfig) -> dict[str, DialogSplit]:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +22,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 from pipeline.metrics import weighted_f1
 from trainer.fit import read_metrics, write_json
+
+log = logging.getLogger(__name__)
 
 #: Paper Table 2 (test; percent): (dataset, modalities, fusion or None for one modality) -> numbers.
 PAPER_RESULTS: dict[tuple[str, str, str | None], dict[str, float]] = {
@@ -128,6 +132,21 @@ def read_predictions(path: str | Path) -> tuple[list[str], list[str], list[str]]
     return [r["gold"] for r in rows], [r["predicted"] for r in rows], names
 
 
+def count_non_finite_probabilities(path: str | Path) -> int:
+    """Rows of a ``predictions_*.csv`` with a probability that is NaN, infinite or not a number."""
+
+    def finite(x: str) -> bool:
+        try:
+            return math.isfinite(float(x))
+        except ValueError:
+            return False
+
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = [c for c in reader.fieldnames or [] if c.startswith("p_")]
+        return sum(not all(finite(row[c]) for c in columns) for row in reader)
+
+
 def seed_dirs(run_dir: str | Path) -> list[Path]:
     """The seed folders of a run (``seed<k>/``), or the folder itself if it is one seed's.
 
@@ -170,12 +189,20 @@ def summarize_seed(seed_dir: Path) -> dict:
         "best_epoch": status.get("best_epoch"),
         "best_dev_weighted_f1_during_training": status.get("best_dev_weighted_f1"),
         "stopped": status.get("stopped"),
+        "reason": status.get("reason"),
+        "warnings": [],
     }
     for split in ("dev", "test"):
         path = seed_dir / f"predictions_{split}.csv"
         if status["state"] == "done" and path.exists():
             gold, pred, names = read_predictions(path)
             out[split] = classification_metrics(gold, pred, names)
+            bad = count_non_finite_probabilities(path)
+            if bad:
+                out["warnings"].append(
+                    f"{path}: {bad} row(s) with probabilities that are not finite (NaN or inf); their "
+                    "predicted class is meaningless and so are this seed's numbers: check the features "
+                    "(m2f train-dialog checks them) and train again")
     return out
 
 
@@ -187,9 +214,12 @@ def summarize_run(run_dir: str | Path) -> dict:
     names = config["class_names"]
     done = [s for s in seeds if s["state"] == "done"]
     state = "done" if len(done) == len(seeds) and len(seeds) >= config.get("seeds", 1) else "training"
+    if any(s["state"] == "failed" for s in seeds):
+        state = "failed"
     return {
         "run_dir": str(run_dir),
         "state": state,
+        "warnings": [w for s in seeds for w in s["warnings"]],
         "dataset": config["dataset"],
         "class_map": config["class_map"],
         "classes": names,
@@ -233,7 +263,9 @@ def _pct(value: float | None, std: float | None = None) -> str:
 def _status_lines(summary: dict) -> list[str]:
     lines = []
     for s in summary["per_seed"]:
-        if s["state"] != "done":
+        if s["state"] == "failed":
+            lines.append(f"- seed {s['seed']}: **FAILED**: {s['reason']}")
+        elif s["state"] != "done":
             best = s["best_dev_weighted_f1_during_training"]
             lines.append(
                 f"- seed {s['seed']}: **STILL TRAINING** (epoch {s['epoch']}/{s['epochs']}, best dev "
@@ -266,6 +298,7 @@ def render_markdown(summary: dict) -> str:
         f"- epoch selected on dev weighted F1 (never test); features `{summary['features']}`",
         "",
     ]
+    lines += [f"**WARNING**: {w}" for w in summary["warnings"]] + ([""] if summary["warnings"] else [])
     lines += _status_lines(summary) + [""]
     if test is None:
         lines += ["No finished seed with test predictions yet.", ""]
@@ -395,6 +428,8 @@ def write_report(run_dir: str | Path) -> dict:
     """Write ``report.md``, ``report.json``, ``confusion.png``, ``curves.png`` into ``run_dir``."""
     run_dir = Path(run_dir)
     summary = summarize_run(run_dir)
+    for warning in summary["warnings"]:
+        log.warning("%s", warning)
     write_json(run_dir / "report.json", summary)
     (run_dir / "report.md").write_text(render_markdown(summary), encoding="utf-8")
     if summary["test"] is not None:

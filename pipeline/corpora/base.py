@@ -1,7 +1,8 @@
-"""What every corpus reader shares: the error type, the prepare report, and finding files by name."""
+"""What every corpus reader shares: the error type, the prepare report, CSV reading, finding files by name."""
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,6 +32,82 @@ MAX_SEARCH_DEPTH = 4
 
 class CorpusError(Exception):
     """A corpus cannot be read: the message names the file (and line) and says what to do."""
+
+
+#: The csv module's limit on one field (128 KiB); a longer field is nearly always an unclosed quote.
+CSV_FIELD_LIMIT = 131072
+
+
+def read_csv_rows(path: Path, utf8_fix: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """The header (names stripped) and the rows of a UTF-8 CSV, each as ``(line, {column: value})``.
+
+    Everything that would otherwise pass here and break a later stage is a :class:`CorpusError` naming
+    the file and line: bytes that are not UTF-8, a column name given twice, a field over
+    :data:`CSV_FIELD_LIMIT` characters (an unclosed quote), a NUL character (HDF5 strings cannot hold
+    one). Rows keep :class:`csv.DictReader`'s shape (``None`` key for extra fields, ``None`` values for
+    missing ones); the reader checks them.
+
+    Parameters
+    ----------
+    path : Path
+        The CSV (a UTF-8 BOM is fine).
+    utf8_fix : str
+        What to do about non-UTF-8 bytes, for the error message.
+    """
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            start = 1
+            try:
+                header = [h.strip() for h in reader.fieldnames or []]
+                _check_header(path, header)
+                reader.fieldnames = header
+                rows = []
+                while True:
+                    start = reader.line_num + 1
+                    row = next(reader, None)
+                    if row is None:
+                        return header, rows
+                    _check_nul(path, reader.line_num, row)
+                    rows.append((reader.line_num, row))
+            except csv.Error as e:
+                what = (f"a field runs over {CSV_FIELD_LIMIT} characters, nearly always a double quote that "
+                        "is never closed (the rest of the file became one field); close the quote, and "
+                        "double any quote inside a quoted field" if "field limit" in str(e)
+                        else f"malformed CSV ({e}); check the quoting of this row")
+                raise CorpusError(f"{path}:{start}: {what}.") from None
+    except UnicodeDecodeError:
+        data = path.read_bytes()  # the reader's error counts bytes from its buffer, not from the file
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data[: e.start].count(b"\n") + 1
+            raise CorpusError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start}). {utf8_fix}") from e
+        raise
+
+
+def _check_header(path: Path, header: list[str]) -> None:
+    seen: set[str] = set()
+    for name in header:
+        if "\x00" in name:
+            raise _nul_error(path, 1, "the header")
+        if name in seen:
+            raise CorpusError(
+                f"{path}:1: column {name!r} appears twice in the header; rename or delete one of them.")
+        seen.add(name)
+
+
+def _check_nul(path: Path, line: int, row: dict) -> None:
+    for column, value in row.items():
+        values = value if isinstance(value, list) else [value]  # the None key holds the extra fields
+        if any(isinstance(v, str) and "\x00" in v for v in values):
+            raise _nul_error(path, line, f"column {column!r}" if column is not None else "an extra field")
+
+
+def _nul_error(path: Path, line: int, where: str) -> CorpusError:
+    return CorpusError(
+        f"{path}:{line}: {where} holds a NUL character (\\x00), a sign of a damaged or binary file; "
+        "remove it (e.g. tr -d '\\000' < in.csv > out.csv) and check the row.")
 
 
 @dataclass

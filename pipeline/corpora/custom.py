@@ -24,26 +24,36 @@ Columns
     with ``..`` are errors (put the videos under the CSV's folder, or symlink them there), so a CSV
     can be moved together with its videos and never points elsewhere on a machine.
 ``start``, ``end`` (optional, seconds)
-    The utterance's span inside a longer ``clip``; give both or neither; ``end`` > ``start``.
+    The utterance's span inside a longer ``clip``; give both or neither; finite, ``>= 0``,
+    ``end`` > ``start``.
 ``split`` (optional column)
     ``train``, ``dev`` or ``test``; when the column exists every row needs one, and all rows of a
     dialogue must agree. **Without the column**, each dialogue goes to train/dev/test (80/10/10)
     by a hash of its ``dialogue_id`` (:func:`hash_split`): stable when dialogues are added or
     reordered, no seed to remember.
 
-Missing or zero-byte clips are reported (an empty ``clip`` cell as ``not-given``), not fatal.
-Every other problem raises :class:`~pipeline.corpora.base.CorpusError` naming the file, line and fix.
+Column names must be distinct; a NUL character anywhere, or a field over 128 KiB (an unclosed quote),
+is an error. Missing or zero-byte clips are reported (an empty ``clip`` cell as ``not-given``), not
+fatal. Every other problem raises :class:`~pipeline.corpora.base.CorpusError` naming the file, line and fix.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
+import math
 import os
 from collections.abc import Collection
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from pipeline.corpora.base import FOUND, MISSING, NOT_GIVEN, ZERO_BYTE, CorpusError, PrepareReport
+from pipeline.corpora.base import (
+    FOUND,
+    MISSING,
+    NOT_GIVEN,
+    ZERO_BYTE,
+    CorpusError,
+    PrepareReport,
+    read_csv_rows,
+)
 from pipeline.manifest import SPLITS, Utterance
 
 REQUIRED = ("dialogue_id", "utterance_index", "speaker", "text", "clip")
@@ -104,7 +114,10 @@ def _float_or_none(value: str, column: str, where: str) -> float | None:
         x = float(value)
     except ValueError:
         raise CorpusError(f"{where}: {column} {value!r} is not a number of seconds.") from None
-    if x < 0 or x != x:
+    if not math.isfinite(x):
+        raise CorpusError(f"{where}: {column} {value!r} is not a finite number of seconds; give the time in "
+                          "seconds inside the clip, e.g. 2.5.")
+    if x < 0:
         raise CorpusError(f"{where}: {column} {value!r} must be >= 0 seconds.")
     return x
 
@@ -170,23 +183,15 @@ def _parse_row(csv_path: Path, line: int, row: dict, has_split: bool, labels: Co
 def read_custom_csv(csv_path: str | Path, *, labels: Collection[str] | None = None) -> list[dict]:
     """Parse and validate every row (dicts with the parsed values and their line numbers)."""
     csv_path = Path(csv_path)
-    try:
-        with open(csv_path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            reader.fieldnames = header
-            missing = [c for c in REQUIRED if c not in header]
-            if missing:
-                raise CorpusError(
-                    f"{csv_path}:1: missing column(s) {', '.join(missing)}. A custom corpus CSV "
-                    f"needs {', '.join(REQUIRED)} and may add {', '.join(OPTIONAL)}."
-                )
-            has_split = "split" in header
-            rows = [_parse_row(csv_path, reader.line_num, r, has_split, labels) for r in reader]
-    except UnicodeDecodeError as e:
+    header, records = read_csv_rows(csv_path, "Save the CSV as UTF-8.")
+    missing = [c for c in REQUIRED if c not in header]
+    if missing:
         raise CorpusError(
-            f"{csv_path}: not UTF-8 ({e.reason} at byte {e.start}); save the CSV as UTF-8."
-        ) from e
+            f"{csv_path}:1: missing column(s) {', '.join(missing)}. A custom corpus CSV "
+            f"needs {', '.join(REQUIRED)} and may add {', '.join(OPTIONAL)}."
+        )
+    has_split = "split" in header
+    rows = [_parse_row(csv_path, line, r, has_split, labels) for line, r in records]
     if not rows:
         raise CorpusError(f"{csv_path}: no rows after the header.")
     return rows

@@ -29,7 +29,6 @@ Decisions (see ``docs/CORPORA.md`` section 2):
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from pipeline.corpora.base import (
     is_junk,
     list_root,
     pick_shallowest,
+    read_csv_rows,
 )
 from pipeline.manifest import SPLITS, Utterance
 
@@ -149,15 +149,6 @@ def locate_meld(root: str | Path) -> MeldLayout:
     return MeldLayout(csvs=csvs, clip_dirs=clip_dirs)
 
 
-def _decode_error(path: Path, err: UnicodeDecodeError) -> CorpusError:
-    data = path.read_bytes()
-    line = data[: err.start].count(b"\n") + 1
-    return CorpusError(
-        f"{path}:{line}: not UTF-8 ({err.reason} at byte {err.start}). "
-        "MELD CSVs are UTF-8; re-download them or re-save the file as UTF-8."
-    )
-
-
 def read_meld_csv(path: str | Path) -> list[MeldRow]:
     """Read and validate one MELD annotation CSV.
 
@@ -167,20 +158,16 @@ def read_meld_csv(path: str | Path) -> list[MeldRow]:
         Not UTF-8, a missing column, or a malformed row; the message names file, line and fix.
     """
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames or []
-            missing = [c for c in REQUIRED_COLUMNS if c not in header]
-            if missing:
-                raise CorpusError(
-                    f"{path}:1: missing column(s) {', '.join(missing)}; the header is "
-                    f"{','.join(header)!r}. A MELD CSV starts with "
-                    "'Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,...'."
-                )
-            rows = [_parse_row(path, reader.line_num, r, len(header)) for r in reader]
-    except UnicodeDecodeError as e:
-        raise _decode_error(path, e) from e
+    header, records = read_csv_rows(
+        path, "MELD CSVs are UTF-8; re-download them or re-save the file as UTF-8.")
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    if missing:
+        raise CorpusError(
+            f"{path}:1: missing column(s) {', '.join(missing)}; the header is "
+            f"{','.join(header)!r}. A MELD CSV starts with "
+            "'Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,...'."
+        )
+    rows = [_parse_row(path, line, r, len(header)) for line, r in records]
     seen: dict[tuple[int, int], int] = {}
     for r in rows:
         key = (r.dialogue_id, r.utterance_id)

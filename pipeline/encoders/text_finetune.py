@@ -34,6 +34,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -48,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import atomic_torch_save, atomic_write_json
+from pipeline.cache import folder_lock
 from pipeline.corpora.base import IEMOCAP_CLASSES, MELD_CLASSES
 from pipeline.manifest import Utterance, group_dialogues
 from pipeline.metrics import weighted_f1
@@ -407,7 +409,7 @@ def _save_model_folder(model, tokenizer, folder: Path, meta: dict) -> None:
         shutil.rmtree(old)
 
 
-def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, base_model: str | None = None,
+def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, base_model: str | None = None,
                   device: str = "cpu", label_map: Mapping[str, int] | None = None,
                   max_length: int | None = None, epochs: int | None = None, batch_size: int = 32,
                   lr: float | None = None, freeze_layers: int | None = None,
@@ -481,6 +483,8 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
     ------
     ValueError
         Missing train/dev examples or an unknown label map.
+    pipeline.cache.CacheLockedError
+        Another run is fine-tuning into ``out_dir``.
     """
     import torch
 
@@ -648,6 +652,14 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, b
     train_s = time.time() - run_start
     return _finish(out_dir, best_dir, cfg, progress, examples, train_s, eval_test, pad_id, n_classes,
                    len(train), float(np.mean(lengths)), layout)
+
+
+@functools.wraps(_finetune_text)
+def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, *args, **kwargs) -> Path:
+    # two extracts of one corpus fine-tune into the same folder with the same temporary names
+    out = Path(out_dir)
+    with folder_lock(out, ".finetune-text.lock", f"fine-tuning a text model in {out}"):
+        return _finetune_text(utterances, out_dir, *args, **kwargs)
 
 
 def _finish(out_dir: Path, best_dir: Path, cfg: FinetuneConfig, progress: dict, examples: dict[str, Examples],

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from pipeline.atomic import atomic_torch_save
+from pipeline.cache import folder_lock
 from pipeline.encoders.augment import AudioAugment
 from pipeline.encoders.data import MediaSamples, TrainBatches, balanced_batches
 from pipeline.encoders.losses import LossConfig, extractor_loss, mine_semihard
@@ -159,6 +160,11 @@ def train_encoders(media_path: str | Path, out_dir: str | Path,
     -------
     dict
         Modality -> checkpoint path.
+
+    Raises
+    ------
+    pipeline.cache.CacheLockedError
+        Another run is training encoders into ``out_dir``.
     """
     media_path = Path(media_path)
     if not media_path.exists():
@@ -170,18 +176,20 @@ def train_encoders(media_path: str | Path, out_dir: str | Path,
     kind = torch.device(device).type
     out_dir = Path(out_dir)
     paths: dict[str, Path] = {}
-    for m in modalities:
-        cfg = EncoderTrainConfig(
-            modality=m, epochs=epochs if epochs is not None else default_epochs(m, device),
-            batch_size=batch_size or DEFAULT_BATCH.get(kind, 32), steps_per_epoch=steps_per_epoch,
-            seed=seed, amp=(kind == "cuda"), contract_overrides=dict((contract_overrides or {}).get(m, {})),
-            **options)
-        target = out_dir / f"{m}.pt"
-        if target.exists() and not overwrite:
-            log.info("%s exists; not retraining (pass overwrite=True / --overwrite)", target)
-            paths[m] = target
-            continue
-        paths[m] = train_encoder(media_path, target, cfg, device=device)
+    # two runs on one corpus would train into the same folder with the same temporary names
+    with folder_lock(out_dir, ".train-encoders.lock", f"training encoders into {out_dir}"):
+        for m in modalities:
+            cfg = EncoderTrainConfig(
+                modality=m, epochs=epochs if epochs is not None else default_epochs(m, device),
+                batch_size=batch_size or DEFAULT_BATCH.get(kind, 32), steps_per_epoch=steps_per_epoch,
+                seed=seed, amp=(kind == "cuda"),
+                contract_overrides=dict((contract_overrides or {}).get(m, {})), **options)
+            target = out_dir / f"{m}.pt"
+            if target.exists() and not overwrite:
+                log.info("%s exists; not retraining (pass overwrite=True / --overwrite)", target)
+                paths[m] = target
+                continue
+            paths[m] = train_encoder(media_path, target, cfg, device=device)
     return paths
 
 
