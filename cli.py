@@ -127,8 +127,13 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu",
               help="MTCNN, encoders and text model device; cuda uses one GPU worker and larger batches.")
 @click.option("--text-model", default=None,
-              help="Hub id or local folder, used frozen. Default: the shipped all-MiniLM-L6-v2 fine-tuned "
-                   "on the train split (cached); frozen where fine-tuning is unavailable.")
+              help="Hub id or local folder, used frozen. Default: --text-base fine-tuned on the train split "
+                   "(cached); frozen where fine-tuning is unavailable.")
+@click.option("--text-base", default=None,
+              help="Hub id (e.g. roberta-large, the paper's) or local folder of a RoBERTa/BERT-family model, "
+                   "fine-tuned with dialog context on the train split (dev selects; cached per base) and "
+                   "embedded by its first token. Default: the shipped all-MiniLM-L6-v2 (CPU recipe: top "
+                   "four layers, target-token pooling).")
 @click.option("--encoders", default=None,
               help="Folder with audio.pt, face.pt, scene.pt, or `random` (seeded random weights). Default: "
                    "the encoders cached for this media, trained if missing.")
@@ -137,8 +142,8 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
 @click.option("--partition-size", type=int, default=16,
               help="Utterances per dask task (whole dialogues); the unit of resume.")
 def extract(dataset: str, root: Path | None, modalities: str, splits: str, workers: int,
-            scheduler: str | None, device: str, text_model: str | None, encoders: str | None,
-            cache: Path, limit: int | None, partition_size: int) -> None:
+            scheduler: str | None, device: str, text_model: str | None, text_base: str | None,
+            encoders: str | None, cache: Path, limit: int | None, partition_size: int) -> None:
     """Embed text, audio and video into features.h5 (resumable).
 
     Stages: prepare -> media (decode, MTCNN; media.h5) -> encoders (trained if missing) -> embed
@@ -147,7 +152,8 @@ def extract(dataset: str, root: Path | None, modalities: str, splits: str, worke
     problems.jsonl beside media.h5. The last line printed is the path of features.h5.
     """
     _run_extract_command(dataset=dataset, root=root, modalities=modalities, splits=splits, workers=workers,
-                         scheduler=scheduler, device=device, text_model=text_model, encoders=encoders,
+                         scheduler=scheduler, device=device, text_model=text_model, text_base=text_base,
+                         encoders=encoders,
                          cache=cache, limit=limit, partition_size=partition_size)
 
 
@@ -182,6 +188,15 @@ def _run_extract_command(**kw) -> None:
                    "train+dev manifest>/, the folder `m2f extract` uses by default.")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="Corpus folder; only for --modality text (the text model trains on the corpus text).")
+@click.option("--text-base", default=None,
+              help="Only for --modality text: hub id (e.g. roberta-large) or local folder of the model to "
+                   "fine-tune. Default: the shipped all-MiniLM-L6-v2.")
+@click.option("--text-freeze-layers", type=int, default=None,
+              help="Only for --modality text: lowest layers kept frozen. Default: 0 (full fine-tuning), "
+                   "but all except the top four for MiniLM on cpu.")
+@click.option("--text-pooling", type=click.Choice(["cls", "mean", "target"]), default=None,
+              help="Only for --modality text: what the head and the embeddings read. Default: cls (first "
+                   "token) when every layer trains, target otherwise.")
 @click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"), help="Cache root folder.")
 @click.option("--epochs", type=int, default=None,
               help="Epochs per encoder. Default: 60 audio / 100 visual on cuda (the paper), 5 on cpu.")
@@ -197,7 +212,8 @@ def _run_extract_command(**kw) -> None:
 @click.option("--threads", type=int, default=None,
               help="torch CPU threads (1 is much faster on a busy, shared CPU). Default: torch's choice.")
 def train_encoders_command(dataset: str, modality: str, media: Path | None, out: Path | None,
-                           root: Path | None, cache: Path, epochs: int | None, device: str,
+                           root: Path | None, text_base: str | None, text_freeze_layers: int | None,
+                           text_pooling: str | None, cache: Path, epochs: int | None, device: str,
                            batch_size: int | None, steps_per_epoch: int | None, seed: int,
                            classes: str | None, overwrite: bool, threads: int | None) -> None:
     """Triplet-train the audio, face, scene (or text) encoders.
@@ -210,7 +226,9 @@ def train_encoders_command(dataset: str, modality: str, media: Path | None, out:
 
         torch.set_num_threads(threads)
     if modality == "text":
-        _train_text_model(CacheLayout(cache, dataset), root, out, device, epochs)
+        recipe = {"epochs": epochs, "freeze_layers": text_freeze_layers, "pooling": text_pooling}
+        _train_text_model(CacheLayout(cache, dataset), root, out, device, text_base,
+                          {k: v for k, v in recipe.items() if v is not None})
         return
     from pipeline.cache import CacheError
     from pipeline.encoders.train import train_encoders
@@ -241,11 +259,11 @@ def _find_media(layout: CacheLayout) -> Path:
 
 
 def _train_text_model(layout: CacheLayout, root: Path | None, out: Path | None, device: str,
-                      epochs: int | None) -> None:
-    """Fine-tune the text model into ``out``, or by default where ``m2f extract`` looks for it.
+                      base: str | None, kw: dict) -> None:
+    """Fine-tune ``base`` into ``out``, or by default where ``m2f extract --text-base`` looks for it.
 
-    The default folder is keyed by the corpus's cached manifest (written here if missing), as extract
-    keys it; with ``out`` the cache is left alone.
+    The default folder is keyed by the base and the corpus's cached manifest (written here if missing),
+    as extract keys it; with ``out`` the cache is left alone. ``kw`` go to ``finetune_text``.
     """
     from pipeline.cache import CacheError
     from pipeline.corpora import CorpusError, prepare_corpus
@@ -253,16 +271,18 @@ def _train_text_model(layout: CacheLayout, root: Path | None, out: Path | None, 
     from pipeline.extract.prepare import load_manifest
     from pipeline.extract.text_model import finetune_default_text_model
 
-    kw = {} if epochs is None else {"epochs": epochs}
     try:
         if out is None:
             _, manifest = load_manifest(layout, root)
-            path = finetune_default_text_model(layout, manifest, device=device, **kw)
+            path = finetune_default_text_model(layout, manifest, device=device, base=base, **kw)
         else:
             from pipeline.encoders.text_finetune import finetune_text
+            from pipeline.extract.text_model import resolve_text_base
 
-            path = finetune_text(prepare_corpus(layout.dataset, root), out, device=device, **kw)
-    except (CorpusError, ExtractError, CacheError, ValueError) as e:
+            source = resolve_text_base(base)[0] if base is not None else None
+            path = finetune_text(prepare_corpus(layout.dataset, root), out, base_model=source, device=device,
+                                 **kw)
+    except (CorpusError, ExtractError, CacheError, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(str(path))
 # --- end train-encoders ---

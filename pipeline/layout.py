@@ -6,7 +6,7 @@
         manifest-<hash of the resolved corpus root>.jsonl    the prepared corpus
         media-<media key>/media.h5, problems.jsonl            decoded waveforms, frames, face crops
         encoders/<media key>/{audio,face,scene}.pt            encoders trained on that media
-        text-model/<hash of the train+dev manifest>/          the fine-tuned text model
+        text-model/<base key>/<hash of the train+dev manifest>/   the text model fine-tuned from a base
             m2f-finetuned.json                                written last: the fine-tuning finished
         <features key>/features.h5, config.json               embeddings and the options that made them
 
@@ -90,13 +90,17 @@ class CacheLayout:
         """Default folder of the encoders (``audio.pt``, ``face.pt``, ``scene.pt``) trained on a media."""
         return self.dataset_dir / "encoders" / media_key
 
-    def text_model_dir(self, manifest_key: str) -> Path:
-        """Default folder of the text model fine-tuned on a train+dev manifest (keyed by its hash)."""
-        return self.dataset_dir / "text-model" / manifest_key
+    def text_model_dir(self, manifest_key: str, base_key: str) -> Path:
+        """Default folder of the text model fine-tuned from a base on a train+dev manifest.
 
-    def text_model_marker(self, manifest_key: str) -> Path:
+        ``base_key`` names the base model (a hash of its identity: the hub id, or a local folder's
+        content), so fine-tunes of different bases (MiniLM, RoBERTa) never share a folder.
+        """
+        return self.dataset_dir / "text-model" / base_key / manifest_key
+
+    def text_model_marker(self, manifest_key: str, base_key: str) -> Path:
         """Written when the fine-tuning into :meth:`text_model_dir` has finished."""
-        return self.text_model_dir(manifest_key) / TEXT_MODEL_MARKER
+        return self.text_model_dir(manifest_key, base_key) / TEXT_MODEL_MARKER
 
     # -- features ---------------------------------------------------------------------------------
     def features_dir(self, config_key: str) -> Path:

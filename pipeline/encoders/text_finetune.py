@@ -9,8 +9,11 @@ weighted F1 (never the test split). The result is a Hugging Face folder (model +
 head read them (``cls``: first token, the paper's choice, for full fine-tuning; ``target``: mean
 over the target utterance's tokens, the default when lower layers are frozen).
 
-The CPU recipe (defaults on ``device="cpu"``; measured on MELD in ``bench/RESULTS.md``: about 15 min
-of training on a shared 2-core CPU, 0.575 dev / 0.613 test weighted F1 of the classifier):
+The recipe follows the base model (:func:`resolve_defaults`): a RoBERTa/BERT-family base other than MiniLM
+(``roberta-large``, a local folder) is fine-tuned whole with the first-token head (EmoBERTa, the paper) on
+any device; the shipped MiniLM gets the CPU recipe below on ``device="cpu"``. The CPU recipe (measured
+on MELD in ``bench/RESULTS.md``: about 15 min of training on a shared 2-core CPU, 0.575 dev / 0.613 test
+weighted F1 of the classifier):
 
 - context inputs capped at 64 tokens (MELD train contexts: mean 50.9 tokens; 71.7 at 96, 87.3 at 128);
 - dynamic padding in length-bucketed batches (similar lengths together, shuffled at the batch level);
@@ -54,6 +57,7 @@ from pipeline.corpora.base import IEMOCAP_CLASSES, MELD_CLASSES
 from pipeline.manifest import Utterance, group_dialogues
 from pipeline.metrics import weighted_f1
 from pipeline.modalities.text import (
+    DEFAULT_TEXT_MODEL,
     POOLINGS,
     build_contexts,
     length_sorted_batches,
@@ -206,15 +210,31 @@ def _pool_mask(seqs, pooling: str, layout, device):
     return torch.from_numpy(target_mask_batch(seqs, layout, max(len(x) for x in seqs))).to(device)
 
 
-def resolve_defaults(cfg: FinetuneConfig, model) -> FinetuneConfig:
-    """Fill the fields left as ``None`` (in place): the CPU recipe measured on MELD or the GPU one.
+def uses_minilm_recipe(base_model: str | None) -> bool:
+    """Whether ``base_model`` gets the measured MiniLM CPU recipe (top four layers, target pooling).
 
-    ``freeze_layers``: on CPU all but the top four layers (``bench/RESULTS.md``: MiniLM trains layers
-    3-6 and the head; top two only: 0.543 dev / 0.592 test, top four: 0.575 / 0.613); on CUDA none
-    (full fine-tuning, as EmoBERTa). ``lr``: 1e-5 for models of hidden size >= 768 (RoBERTa-base or
-    -large, as EmoBERTa); 1e-4 for smaller ones with frozen layers, 5e-5 for smaller ones trained
-    whole. ``max_length``: 64 on CPU, 128 on CUDA. ``epochs``: 2 on CPU, 5 on CUDA. ``pooling``:
-    ``cls`` when every layer trains, ``target`` when some are frozen.
+    True for the shipped all-MiniLM-L6-v2 (``None`` or its folder) and any base named ``*MiniLM*``
+    (hub id or folder name); every other base (RoBERTa, BERT, ...) is fine-tuned whole with the
+    first-token head, as EmoBERTa and the paper do.
+    """
+    if base_model is None:
+        return True
+    src = Path(str(base_model)).expanduser()
+    if src.exists() and src.resolve() == Path(DEFAULT_TEXT_MODEL).expanduser().resolve():
+        return True
+    return "minilm" in src.name.lower()
+
+
+def resolve_defaults(cfg: FinetuneConfig, model) -> FinetuneConfig:
+    """Fill the fields left as ``None`` (in place): the recipe follows the base model and the device.
+
+    ``freeze_layers``: for MiniLM on CPU (:func:`uses_minilm_recipe`) all but the top four layers
+    (``bench/RESULTS.md``: MiniLM trains layers 3-6 and the head; top two only: 0.543 dev / 0.592 test,
+    top four: 0.575 / 0.613); otherwise none (full fine-tuning, as EmoBERTa: any other base such as
+    ``roberta-large``, and MiniLM on CUDA). ``pooling``: ``cls`` (the paper's first token) when every
+    layer trains, ``target`` when some are frozen. ``lr``: 1e-5 for models of hidden size >= 768
+    (RoBERTa-base or -large, as EmoBERTa); 1e-4 for smaller ones with frozen layers, 5e-5 for smaller
+    ones trained whole. ``max_length``: 64 on CPU, 128 on CUDA. ``epochs``: 2 on CPU, 5 on CUDA.
     """
     cpu = cfg.device == "cpu"
     if cfg.max_length is None:
@@ -223,7 +243,7 @@ def resolve_defaults(cfg: FinetuneConfig, model) -> FinetuneConfig:
         cfg.epochs = 2 if cpu else 5
     n_layers = len(base_of(model).encoder.layer)
     if cfg.freeze_layers is None:
-        cfg.freeze_layers = max(0, n_layers - 4) if cpu else 0
+        cfg.freeze_layers = max(0, n_layers - 4) if cpu and uses_minilm_recipe(cfg.base_model) else 0
     if cfg.pooling is None:
         cfg.pooling = "target" if cfg.freeze_layers > 0 else "cls"
     if cfg.lr is None:
@@ -442,7 +462,7 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
         size and freezing (:func:`resolve_defaults`).
     freeze_layers : int or None
         Lowest transformer layers kept frozen (with all embeddings); 0 trains every layer; ``None``:
-        all but the top four on CPU, none on CUDA (:func:`resolve_defaults`).
+        all but the top four for MiniLM on CPU, none otherwise (:func:`resolve_defaults`).
     freeze_embeddings : bool
         Keep the word-embedding matrix frozen.
     head_lr_mult : float

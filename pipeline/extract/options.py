@@ -39,7 +39,11 @@ class ExtractOptions:
     device : str
         ``cpu`` or ``cuda`` (MTCNN, encoders and text model).
     text_model : str or None
-        Hub id or local folder, used frozen. None: fine-tune the shipped MiniLM on the train split.
+        Hub id or local folder, used frozen. None: fine-tune ``text_base`` on the train split.
+    text_base : str or None
+        Hub id (``roberta-large``) or local folder of a RoBERTa/BERT-family model to fine-tune with
+        dialog context on the train split (dev selects; cached per base and corpus). None: the shipped
+        MiniLM. Not with ``text_model``.
     encoders : str or None
         A folder with ``audio.pt``, ``face.pt``, ``scene.pt``, or ``random``. None: the cached encoders
         trained on this media, trained now if missing.
@@ -67,6 +71,7 @@ class ExtractOptions:
     scheduler: str | None = None
     device: str = "cpu"
     text_model: str | None = None
+    text_base: str | None = None
     encoders: str | None = None
     cache: Path = Path("cache")
     limit: int | None = None
@@ -84,6 +89,9 @@ class ExtractOptions:
             raise ExtractError(f"unknown splits {bad}; choose from {SPLITS}")
         if self.device not in ("cpu", "cuda"):
             raise ExtractError(f"device {self.device!r}: choose cpu or cuda")
+        if self.text_model is not None and self.text_base is not None:
+            raise ExtractError("--text-model (used frozen) and --text-base (fine-tuned) exclude each other; "
+                               "pass one")
         if self.limit is not None and self.limit < 1:
             raise ExtractError(f"--limit {self.limit}: must be at least 1")
 

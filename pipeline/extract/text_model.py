@@ -1,18 +1,21 @@
-"""Stage 3b, text model: ``--text-model`` used frozen, or the shipped MiniLM fine-tuned on train (cached).
+"""Stage 3b, text model: ``--text-model`` used frozen, or a base model fine-tuned on train (cached).
 
-The fine-tuned model lives in :meth:`pipeline.layout.CacheLayout.text_model_dir`, keyed by the hash of
-the corpus's train+dev manifest; ``m2f train-encoders --modality text`` writes the same folder (through
-:func:`finetune_default_text_model`), so ``m2f extract`` then uses it instead of fine-tuning again.
+The base is ``--text-base`` (a hub id such as ``roberta-large`` or a local RoBERTa/BERT-family folder) or
+the shipped MiniLM. The fine-tuned model lives in :meth:`pipeline.layout.CacheLayout.text_model_dir`,
+keyed by the base's identity (:func:`text_base_key`) and the hash of the corpus's train+dev manifest;
+``m2f train-encoders --modality text`` writes the same folder (through :func:`finetune_default_text_model`),
+so ``m2f extract`` then uses it instead of fine-tuning again.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.atomic import atomic_write_json
-from pipeline.extract.options import ExtractOptions
+from pipeline.atomic import atomic_write_json, content_identity
+from pipeline.extract.options import ExtractError, ExtractOptions
 from pipeline.extract.prepare import manifest_hash
 from pipeline.layout import CacheLayout
 from pipeline.manifest import Utterance
@@ -21,34 +24,65 @@ logger = logging.getLogger(__name__)
 
 
 def finetune_inputs(manifest: Sequence[Utterance]) -> list[Utterance]:
-    """What the default text model is fine-tuned on: train, and dev to select the epoch (never test)."""
+    """What the text model is fine-tuned on: train, and dev to select the epoch (never test)."""
     return [u for u in manifest if u.split in ("train", "dev")]
 
 
-def default_text_model_dir(layout: CacheLayout, manifest: Sequence[Utterance]) -> Path:
-    """Folder of the text model fine-tuned on this corpus's train+dev utterances."""
-    return layout.text_model_dir(manifest_hash(finetune_inputs(manifest)))
+def resolve_text_base(base: str | None) -> tuple[str, bool]:
+    """``(source, is_local)`` of a base model: a local folder made absolute, a hub id as given.
+
+    ``None`` is the shipped MiniLM. Raises :class:`ExtractError` for a path-like name that is no folder.
+    """
+    from pipeline.modalities.text import resolve_model_source
+
+    try:
+        return resolve_model_source(base)
+    except FileNotFoundError as e:
+        raise ExtractError(f"--text-base: {e}") from e
 
 
-def cached_text_model(layout: CacheLayout, manifest: Sequence[Utterance]) -> Path | None:
-    """The finished fine-tuned text model of this corpus, or None."""
-    key = manifest_hash(finetune_inputs(manifest))
-    return layout.text_model_dir(key) if layout.text_model_marker(key).exists() else None
+def text_base_key(base: str | None) -> str:
+    """The cache key of a base model: ``hub-<id>`` for a hub id, ``dir-<content hash>`` for a folder.
+
+    A folder is named by the hash of its files, so the same weights anywhere share a fine-tune and
+    changed weights never reuse an old one.
+    """
+    source, is_local = resolve_text_base(base)
+    if is_local:
+        return f"dir-{content_identity(source)}"
+    return "hub-" + re.sub(r"[^A-Za-z0-9._-]", "--", source)
+
+
+def default_text_model_dir(layout: CacheLayout, manifest: Sequence[Utterance],
+                           base: str | None = None) -> Path:
+    """Folder of the text model fine-tuned from ``base`` on this corpus's train+dev utterances."""
+    return layout.text_model_dir(manifest_hash(finetune_inputs(manifest)), text_base_key(base))
+
+
+def cached_text_model(layout: CacheLayout, manifest: Sequence[Utterance],
+                      base: str | None = None) -> Path | None:
+    """The finished text model fine-tuned from ``base`` on this corpus, or None."""
+    key, base_key = manifest_hash(finetune_inputs(manifest)), text_base_key(base)
+    return layout.text_model_dir(key, base_key) if layout.text_model_marker(key, base_key).exists() else None
 
 
 def finetune_default_text_model(layout: CacheLayout, manifest: Sequence[Utterance], device: str = "cpu",
-                                **finetune_kw) -> Path:
-    """Fine-tune the shipped MiniLM on train+dev into :func:`default_text_model_dir`; returns that folder.
+                                base: str | None = None, **finetune_kw) -> Path:
+    """Fine-tune ``base`` (None: the shipped MiniLM) on train+dev into :func:`default_text_model_dir`.
 
-    ``finetune_kw`` go to :func:`pipeline.encoders.text_finetune.finetune_text` (e.g. ``epochs``). The
-    marker file is written last, so a killed fine-tuning is never taken for a finished one.
+    ``finetune_kw`` go to :func:`pipeline.encoders.text_finetune.finetune_text` (e.g. ``epochs``); the
+    recipe follows the base (:func:`pipeline.encoders.text_finetune.resolve_defaults`). The marker file
+    is written last, so a killed fine-tuning is never taken for a finished one. Returns the folder.
     """
     from pipeline.encoders.text_finetune import finetune_text
 
     inputs = finetune_inputs(manifest)
-    key = manifest_hash(inputs)
-    out = finetune_text(inputs, layout.text_model_dir(key), device=device, **finetune_kw)
-    atomic_write_json(layout.text_model_marker(key), {"path": str(Path(out).resolve())})
+    key, base_key = manifest_hash(inputs), text_base_key(base)
+    source = resolve_text_base(base)[0] if base is not None else None
+    out = finetune_text(inputs, layout.text_model_dir(key, base_key), base_model=source, device=device,
+                        **finetune_kw)
+    atomic_write_json(layout.text_model_marker(key, base_key),
+                      {"path": str(Path(out).resolve()), "base": source or "shipped all-MiniLM-L6-v2"})
     return Path(out).resolve()
 
 
@@ -61,31 +95,45 @@ def given_text_model(opts: ExtractOptions) -> str | None:
 
 
 def stage_text_model(opts: ExtractOptions, manifest: Sequence[Utterance]) -> str | None:
-    """The text model workers load: ``--text-model``, else the MiniLM fine-tuned on train (cached).
+    """The text model workers load: ``--text-model``, else the base fine-tuned on train (cached).
 
-    A local ``--text-model`` folder is returned as an absolute path; a hub id as given.
+    The base is ``--text-base`` or the shipped MiniLM. A local ``--text-model`` folder is returned as an
+    absolute path; a hub id as given. Without a train split (or without the fine-tuning code) the
+    shipped MiniLM is used frozen; an explicit ``--text-base`` then raises :class:`ExtractError`.
     """
     if "text" not in opts.modalities:
         return None
     if opts.text_model is not None:
         return given_text_model(opts)
+    base = opts.text_base
+    name = base if base is not None else "the shipped MiniLM"
     try:
         import pipeline.encoders.text_finetune  # noqa: F401
-    except ImportError:
+    except ImportError as e:
+        if base is not None:
+            raise ExtractError(f"--text-base {base}: fine-tuning is not available ({e})") from e
         logger.info("text: fine-tuning is not available; using the shipped all-MiniLM-L6-v2 frozen "
                     "(pass --text-model to choose)")
         return None
     if not any(u.split == "train" for u in manifest):
+        if base is not None:
+            raise ExtractError(f"--text-base {base}: the corpus has no train split to fine-tune on; pass "
+                               "--text-model to use a model frozen")
         logger.info("text: no train split to fine-tune on; using the shipped all-MiniLM-L6-v2 frozen")
         return None
-    cached = cached_text_model(opts.layout, manifest)
+    cached = cached_text_model(opts.layout, manifest, base)
     if cached is not None:
         logger.info("text: using cached fine-tuned model %s", cached)
         return str(cached)
-    logger.info("text: fine-tuning the shipped MiniLM on %d train+dev utterances -> %s (pass --text-model to "
-                "use a model frozen instead)", len(finetune_inputs(manifest)),
-                default_text_model_dir(opts.layout, manifest))
-    return str(finetune_default_text_model(opts.layout, manifest, device=opts.device))
+    logger.info("text: fine-tuning %s on %d train+dev utterances -> %s (pass --text-model to use a model "
+                "frozen instead)", name, len(finetune_inputs(manifest)),
+                default_text_model_dir(opts.layout, manifest, base))
+    try:
+        return str(finetune_default_text_model(opts.layout, manifest, device=opts.device, base=base))
+    except OSError as e:  # a hub id that cannot be fetched, a folder that is no model
+        if base is None:
+            raise
+        raise ExtractError(f"--text-base {base}: {e}") from e
 
 
 def text_identity(model: str | None) -> str:

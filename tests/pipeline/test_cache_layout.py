@@ -92,8 +92,8 @@ def test_every_path_is_absolute_under_the_root_even_from_a_relative_root(tmp_pat
     base = tmp_path.resolve() / "relcache" / "sample"
     assert layout.root == tmp_path.resolve() / "relcache" and layout.dataset_dir == base
     paths = [layout.manifest(None), layout.manifest("corpus"), layout.media_dir("k"), layout.media_file("k"),
-             layout.problems_file("k"), layout.encoders_dir("k"), layout.text_model_dir("t"),
-             layout.text_model_marker("t"), layout.features_dir("f"), layout.features_file("f"),
+             layout.problems_file("k"), layout.encoders_dir("k"), layout.text_model_dir("t", "b"),
+             layout.text_model_marker("t", "b"), layout.features_dir("f"), layout.features_file("f"),
              layout.features_config("f")]
     for p in paths:
         assert p.is_absolute() and p.is_relative_to(base), p

@@ -192,3 +192,22 @@ def test_resolve_defaults_by_device_and_size(tiny_roberta):
     assert (given.freeze_layers, given.lr) == (1, 3e-5)
     minilm.config.hidden_size = 1024  # a RoBERTa-large-sized model gets EmoBERTa's rate
     assert resolve_defaults(FinetuneConfig(device="cuda"), minilm).lr == 1e-5
+
+
+def test_recipe_follows_the_base_full_finetuning_and_cls_for_a_non_minilm_base(tiny_roberta):
+    from pipeline.encoders.text_finetune import FinetuneConfig, resolve_defaults, uses_minilm_recipe
+
+    _, model = load_text_model(str(tiny_roberta), for_classification=7)
+    for device in ("cpu", "cuda"):  # the paper's recipe (EmoBERTa) on either device
+        cfg = resolve_defaults(FinetuneConfig(base_model=str(tiny_roberta), device=device), model)
+        assert (cfg.freeze_layers, cfg.pooling, cfg.lr) == (0, "cls", 5e-5), device
+    # overridable: frozen layers bring target pooling unless pooling is given too
+    cfg = resolve_defaults(FinetuneConfig(base_model=str(tiny_roberta), freeze_layers=1), model)
+    assert (cfg.freeze_layers, cfg.pooling) == (1, "target")
+    cfg = resolve_defaults(FinetuneConfig(base_model=str(tiny_roberta), freeze_layers=1, pooling="cls"), model)
+    assert cfg.pooling == "cls"
+    assert uses_minilm_recipe(None) and uses_minilm_recipe("sentence-transformers/all-MiniLM-L6-v2")
+    from pipeline.modalities.text import DEFAULT_TEXT_MODEL
+
+    assert uses_minilm_recipe(DEFAULT_TEXT_MODEL)
+    assert not uses_minilm_recipe("roberta-large") and not uses_minilm_recipe(str(tiny_roberta))
