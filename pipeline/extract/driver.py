@@ -22,7 +22,7 @@ from pipeline.extract.engine import Engine
 from pipeline.extract.media import media_config_dict, media_key, problem_counts, stage_media
 from pipeline.extract.options import ExtractError, ExtractOptions, ExtractResult, SplitSummary
 from pipeline.extract.prepare import load_manifest, manifest_hash, select
-from pipeline.extract.text_model import given_text_model, stage_text_model, text_identity
+from pipeline.extract.text_model import given_text_model, resolve_text_base, stage_text_model, text_identity
 
 
 def run_extract(opts: ExtractOptions, client=None,
@@ -55,6 +55,8 @@ def run_extract(opts: ExtractOptions, client=None,
     media_cfg = media_config_dict(opts.media_config) if opts.needs_media else None
     if opts.needs_media:
         check_given_encoders(opts, media_cfg)  # before hours of decoding, not after
+    if opts.text_base is not None and "text" in opts.modalities:
+        resolve_text_base(opts.text_base)  # a mistyped folder fails now, not after decoding the media
     result = ExtractResult(features=Path(), manifest=manifest_file, media=None, summary={})
     engine = Engine(opts, client)
     text_given = given_text_model(opts) if "text" in opts.modalities else None

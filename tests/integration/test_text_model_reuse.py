@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from cli import main
 from pipeline.cache import read_attrs
 from pipeline.extract.prepare import load_manifest, manifest_hash
-from pipeline.extract.text_model import finetune_inputs
+from pipeline.extract.text_model import finetune_inputs, text_base_key
 from pipeline.layout import CacheLayout
 
 
@@ -25,8 +25,9 @@ def test_train_encoders_text_then_extract_uses_that_model(tmp_path):
     trained = Path(res.stdout.strip().splitlines()[-1])
     layout = CacheLayout(cache, "sample")
     _, manifest = load_manifest(layout, None)
-    key = manifest_hash(finetune_inputs(manifest))
-    assert trained == layout.text_model_dir(key) and layout.text_model_marker(key).exists()
+    key, base_key = manifest_hash(finetune_inputs(manifest)), text_base_key(None)
+    assert trained == layout.text_model_dir(key, base_key)
+    assert layout.text_model_marker(key, base_key).exists()
     assert json.loads((trained / "m2f_text.json").read_text())["config"]["epochs"] == 1
     stamp = (trained / "m2f_text.json").stat().st_mtime_ns
 

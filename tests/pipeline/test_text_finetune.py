@@ -204,7 +204,8 @@ def test_recipe_follows_the_base_full_finetuning_and_cls_for_a_non_minilm_base(t
     # overridable: frozen layers bring target pooling unless pooling is given too
     cfg = resolve_defaults(FinetuneConfig(base_model=str(tiny_roberta), freeze_layers=1), model)
     assert (cfg.freeze_layers, cfg.pooling) == (1, "target")
-    cfg = resolve_defaults(FinetuneConfig(base_model=str(tiny_roberta), freeze_layers=1, pooling="cls"), model)
+    cfg = resolve_defaults(FinetuneConfig(base_model=str(tiny_roberta), freeze_layers=1, pooling="cls"),
+                           model)
     assert cfg.pooling == "cls"
     assert uses_minilm_recipe(None) and uses_minilm_recipe("sentence-transformers/all-MiniLM-L6-v2")
     from pipeline.modalities.text import DEFAULT_TEXT_MODEL
