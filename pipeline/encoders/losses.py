@@ -41,8 +41,8 @@ and ``docs/LOSSES.md``):
       m = margin_max * (m_AM(D_ap / 2, D_an / 2) - (2 + 4 exp(-4))) / (4 - 4 exp(-4))
 
   It keeps Eq. 11's shape (larger for a close positive and for a far negative) but lives on the scale
-  of the distances it is added to: typical values 0.2-0.45, so the hinge is active for the hard
-  triplets of a batch and off for the separated ones. With Eq. 11 as printed the bracket of Eq. 10
+  of the distances it is added to (typically 0.1-0.3), so the hinge is active for the hard triplets of
+  a batch and off for the separated ones. With Eq. 11 as printed the bracket of Eq. 10
   is at least ~1.74 on unit vectors (``D_ap + 2 exp(-4 D_ap) >= 0.77``, ``-D_an / 2 + 2 exp(4 D_an - 4)
   >= -0.03``, ``-D_pn / 2 >= -1``): the hinge never switches off.
 * **The margin is detached** (a target, not a quantity to optimise): it shapes training through the
