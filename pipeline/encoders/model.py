@@ -232,6 +232,7 @@ def _masked_bn(bn: nn.BatchNorm2d, x: torch.Tensor, keep: torch.Tensor) -> torch
     """BatchNorm whose training statistics (and running averages) come from the kept positions only."""
     if not bn.training:
         return bn(x)
+    x, keep = x.float(), keep.float()             # batch statistics in fp32, as autocast runs BatchNorm
     count = keep.sum() * x.shape[2]
     mean = (x * keep).sum(dim=(0, 2, 3)) / count
     var = (((x - mean[None, :, None, None]) ** 2) * keep).sum(dim=(0, 2, 3)) / count
