@@ -38,7 +38,8 @@ def measure(media: Path, modality: str, device: str, batch_size: int, steps: int
     samples = MediaSamples(media, "train", modality)
     cfg = EncoderTrainConfig(modality=modality, epochs=1, batch_size=batch_size, clip_seconds=audio_seconds,
                       amp=torch.device(device).type == "cuda")
-    enc = build_encoder(modality, seed=0).to(device)
+    window = {"max_seconds": audio_seconds} if modality == "audio" else {}   # the encoder's audio window
+    enc = build_encoder(modality, seed=0, **window).to(device)
     opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_epoch(enc, opt, samples, cfg, device, epoch=0, steps=1)
     if device.startswith("cuda"):

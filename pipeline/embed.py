@@ -3,13 +3,14 @@
 Everything here computes; nothing writes files. :mod:`pipeline.extract.tasks` calls :func:`embed_partition`
 inside a dask worker for a few dialogues at a time and writes what it returns.
 
-* audio: the audio encoder over each stored 16 kHz waveform. Waveforms are batched only with others of
-  **the same length**: the encoder standardises its log-mel per utterance, so zero padding would change
-  an utterance's vector depending on its batch neighbours (and a resumed run would not equal an
-  uninterrupted one).
+* audio: the audio encoder over each stored 16 kHz waveform, cut to the encoder's window (its
+  contract's ``max_seconds``, centre) as in model selection. Waveforms are batched only with others of
+  **the same length**, so no padding reaches the network and a vector never depends on its batch
+  neighbours (a resumed run equals an uninterrupted one).
 * visual: the face encoder over every stored face crop, summed per frame by the stored area weights and
-  max-pooled over frames (:func:`pipeline.modalities.visual.weighted_face_embedding`), concatenated with
-  the scene encoder over every stored frame max-pooled over frames: ``[face | scene]`` (600-d).
+  max-pooled over the frames that have a face
+  (:func:`pipeline.modalities.visual.weighted_face_embedding`), concatenated with the scene encoder
+  over every stored frame max-pooled over frames: ``[face | scene]`` (600-d).
   ``has_visual`` = the clip had decodable video; the face half is zeros where ``has_face`` is False.
 * text: :class:`pipeline.modalities.text.TextEmbedder` over whole dialogues (context needs them).
 
@@ -107,25 +108,16 @@ def encode_images(encoder: torch.nn.Module, images: np.ndarray, batch_size: int,
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
-@torch.inference_mode()
 def encode_waveforms(encoder: torch.nn.Module, waveforms: Sequence[np.ndarray], batch_size: int,
                      device: str = "cpu") -> np.ndarray:
-    """Audio encoder over 1-D waveforms -> ``(N, D)``; batches hold waveforms of equal length only.
+    """Audio encoder over 1-D waveforms -> ``(N, D)``, in the view the encoder was trained and selected on.
 
-    Empty waveforms (no audio) give zero rows.
+    :func:`pipeline.encoders.model.embed_waveforms`: each clip cut to the encoder's window (centre),
+    batched only with clips of equal length; empty waveforms (no audio) give zero rows.
     """
-    dim = encoder.config.embed_dim
-    out = np.zeros((len(waveforms), dim), np.float32)
-    by_len: dict[int, list[int]] = {}
-    for i, w in enumerate(waveforms):
-        if len(w) > 0:
-            by_len.setdefault(len(w), []).append(i)
-    for idx in by_len.values():
-        for j in range(0, len(idx), batch_size):
-            chunk = idx[j:j + batch_size]
-            x = torch.from_numpy(np.stack([np.asarray(waveforms[i], np.float32) for i in chunk])).to(device)
-            out[chunk] = encoder(x).float().cpu().numpy()
-    return out
+    from pipeline.encoders.model import embed_waveforms
+
+    return embed_waveforms(encoder, waveforms, batch_size, device)
 
 
 def visual_embeddings(face_encoder: torch.nn.Module, scene_encoder: torch.nn.Module,
@@ -168,8 +160,7 @@ def visual_embeddings(face_encoder: torch.nn.Module, scene_encoder: torch.nn.Mod
             continue
         emb[i, d_face:] = scene_emb[s_off[i]:s_off[i + 1]].max(axis=0)
         if has_face[i]:
-            # max-pool over the frames actually decoded (a short clip has fewer than n_frames); padding
-            # with absent frames would add zero vectors that win the max over negative components
+            # max-pool over the frames that have a face (weighted_face_embedding leaves the others out)
             decoded = len(scenes[i]) or n_frames
             emb[i, :d_face] = weighted_face_embedding(
                 face_emb[f_off[i]:f_off[i + 1]], np.asarray(m["face_frame"]), np.asarray(m["face_weight"]),

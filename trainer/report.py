@@ -112,10 +112,7 @@ def paper_reference(dataset: str, class_map: str, modalities: str, fusion: str) 
         return {"note": TOY_NOTE.format(cmap=class_map)}
     key = (dataset, modalities, None if len(modalities) == 1 else fusion)
     if key not in PAPER_RESULTS:
-        return {
-            "note": f"the paper reports no {dataset} result for modalities {modalities!r} "
-            f"with {fusion} fusion"
-        }
+        return {"note": f"not reported by the paper ({dataset}, {_input_name(modalities, fusion)})"}
     ref = dict(PAPER_RESULTS[key])
     if key[1:] == ("tav", "attention"):
         ref["per_class_f1"] = PAPER_PER_CLASS_F1[dataset]
@@ -360,6 +357,69 @@ def comparison_table(summaries: Sequence[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Table 2's rows in the paper's order, (modalities, fusion or None), then the subsets it does not report.
+TABLE2_ROWS: tuple[tuple[str, str | None], ...] = (
+    ("a", None),
+    ("v", None),
+    ("t", None),
+    ("tav", "concat"),
+    ("tav", "attention"),
+    ("ta", "attention"),
+    ("tv", "attention"),
+    ("av", "attention"),
+    ("ta", "concat"),
+    ("tv", "concat"),
+    ("av", "concat"),
+)
+_LETTER_NAMES = {"t": "T", "a": "A", "v": "V"}
+
+
+def _input_name(modalities: str, fusion: str | None) -> str:
+    """Table 2's wording: ``audio only``, ``T+A+V concatenated``, ``T+A attention fusion``."""
+    if len(modalities) == 1:
+        return {"t": "text", "a": "audio", "v": "visual"}[modalities] + " only"
+    letters = "+".join(_LETTER_NAMES[m] for m in modalities)
+    return f"{letters} " + ("concatenated" if fusion == "concat" else "attention fusion")
+
+
+def table2(summaries: Sequence[dict]) -> str:
+    """The paper's Table 2 beside m2f's runs: one row per input of every dataset among ``summaries``.
+
+    Rows: the paper's (audio, visual, text only, T+A+V concatenated, M2FNet T+A+V fusion), then every
+    pair of modalities. Cells: m2f's test accuracy / weighted F1 (mean ± std over seeds; a run of
+    several is the latest given), "not run" where no summary has that input, and the paper's numbers or
+    "not reported by the paper" (the paper gives no T+A, T+V or V+A figures).
+    """
+    by_key: dict[tuple[str, str, str | None], dict] = {}
+    for s in summaries:
+        fusion = None if len(s["modalities"]) == 1 else s["fusion"]
+        by_key[(s["dataset"], s["modalities"], fusion)] = s
+    datasets = list(dict.fromkeys(s["dataset"] for s in summaries))
+    lines = ["| dataset | input | m2f test acc | m2f test wF1 | seeds | paper acc / wF1 | run |",
+             "|---|---|---|---|---|---|---|"]
+    for ds in datasets:
+        for mods, fusion in TABLE2_ROWS:
+            run = by_key.get((ds, mods, fusion))
+            paper = PAPER_RESULTS.get((ds, mods, fusion))
+            if run is None and paper is None:
+                continue
+            if ds not in ("meld", "iemocap"):
+                paper_cell = "- (not a paper corpus)"
+            elif paper is None:
+                paper_cell = "not reported by the paper"
+            else:
+                paper_cell = f"{paper['accuracy']} / {paper['weighted_f1']}"
+            if run is None:
+                cells = ["not run", "not run", "0", paper_cell, "-"]
+            else:
+                t = run["test"] or {}
+                cells = [_pct(t.get("accuracy"), t.get("accuracy_std")),
+                         _pct(t.get("weighted_f1"), t.get("weighted_f1_std")),
+                         str(len(run["seeds_done"])), paper_cell, run["run_dir"]]
+            lines.append("| " + " | ".join([ds, _input_name(mods, fusion), *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_confusion(
     matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path, title: str
 ) -> None:
@@ -446,10 +506,10 @@ def write_report(run_dir: str | Path) -> dict:
 
 
 def report(run_dirs: Sequence[str | Path], compare_out: str | Path | None = None) -> str:
-    """``m2f report``: a report in each run folder; returns the comparison table (also written to
-    ``compare_out`` when given)."""
+    """``m2f report``: a report in each run folder; returns the comparison table and the Table 2 view
+    (:func:`table2`), also written to ``compare_out`` when given."""
     summaries = [write_report(d) for d in run_dirs]
-    table = comparison_table(summaries)
+    table = comparison_table(summaries) + "\n## Table 2 (test): m2f beside the paper\n\n" + table2(summaries)
     if compare_out is not None:
         Path(compare_out).write_text("# m2f comparison\n\n" + table, encoding="utf-8")
     return table

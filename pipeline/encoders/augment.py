@@ -65,23 +65,21 @@ def add_white_noise(wave: torch.Tensor, snr_db: float,
     return AF.add_noise(wave[None], noise[None], torch.tensor([snr_db], dtype=wave.dtype))[0]
 
 
-def augment_waveform(wave: np.ndarray, n_out: int, rng: np.random.Generator,
+def augment_waveform(wave: np.ndarray, max_samples: int, rng: np.random.Generator,
                      cfg: AudioAugment = AudioAugment()) -> np.ndarray:
-    """Random crop of a clip, time stretch and AWGN, returning exactly ``n_out`` samples.
+    """Random crop of a clip, time stretch and AWGN: at most ``max_samples`` samples, never padded.
 
-    A segment of about ``n_out * rate`` samples is cut at a random place, stretched to ``n_out``
-    samples, noised, and zero padded when the clip is shorter.
+    A segment of ``min(len(wave), max_samples * rate)`` samples is cut at a random place, stretched
+    by ``1 / rate`` (so it fits ``max_samples``) and noised. A clip shorter than the window keeps its
+    whole (stretched) length: the training view of a clip is the view extraction sees, augmented.
     """
     rate = float(np.exp(rng.uniform(np.log(cfg.stretch[0]), np.log(cfg.stretch[1]))))
-    seg = int(round(n_out * rate))
-    start = int(rng.integers(0, max(len(wave) - seg, 0) + 1))
+    seg = min(len(wave), int(round(max_samples * rate)))
+    start = int(rng.integers(0, len(wave) - seg + 1))
     piece = torch.from_numpy(np.ascontiguousarray(wave[start:start + seg], dtype=np.float32))
-    piece = time_stretch(piece, rate, cfg.n_fft, cfg.hop_length)[:n_out]
+    piece = time_stretch(piece, rate, cfg.n_fft, cfg.hop_length)[:max_samples]
     gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-    piece = add_white_noise(piece, float(rng.uniform(*cfg.snr_db)), gen)
-    out = np.zeros(n_out, dtype=np.float32)
-    out[: len(piece)] = piece.numpy()
-    return out
+    return add_white_noise(piece, float(rng.uniform(*cfg.snr_db)), gen).numpy().astype(np.float32, copy=False)
 
 
 def image_augmenter(size: int) -> v2.Compose:

@@ -2,8 +2,10 @@
 
 One sample is one utterance with a label and the modality present:
 
-* audio: ``waveform`` (16 kHz mono); training takes a random ``clip_seconds`` crop (augmented),
-  evaluation the centre crop; shorter clips are zero padded.
+* audio: ``waveform`` (16 kHz mono) in the encoder's audio view (:func:`pipeline.encoders.model.audio_view`):
+  at most the contract's ``max_seconds``, a random crop (augmented) in training, the centre in
+  evaluation, as extraction embeds it. A training batch pads its clips to the longest with
+  ``lengths``; the encoder keeps the padding out of the log-mel standardisation and the pooling.
 * face: the utterance's stored crops ``faces``; training draws one crop at random, evaluation takes
   the crop with the largest ``face_weight`` (the largest face of its frame).
 * scene: the stored frames ``scenes``; training draws one frame at random, evaluation the middle one.
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 
 from pipeline.cache import RowReader
 from pipeline.encoders.augment import AudioAugment, augment_waveform, image_augmenter
-from pipeline.encoders.model import InputContract
+from pipeline.encoders.model import InputContract, audio_view, pad_waveforms
 
 FLAG_OF = {"audio": "has_audio", "face": "has_face", "scene": "has_video"}
 FIELD_OF = {"audio": "waveform", "face": "faces", "scene": "scenes"}
@@ -98,19 +100,10 @@ class MediaSamples:
         self.reader.close()
 
 
-def centre_crop_or_pad(wave: np.ndarray, n: int) -> np.ndarray:
-    """The centre ``n`` samples of ``wave``, zero padded at the end when shorter."""
-    out = np.zeros(n, dtype=np.float32)
-    start = max((len(wave) - n) // 2, 0)
-    piece = wave[start:start + n]
-    out[: len(piece)] = piece
-    return out
-
-
 def load_batch(samples: MediaSamples, indices: Sequence[int], contract: InputContract, train: bool,
-               rng: np.random.Generator, clip_seconds: float = 3.0,
-               audio_augment: AudioAugment | None = DEFAULT_AUDIO_AUGMENT) -> torch.Tensor:
-    """A model-ready batch: waveforms ``(B, T)`` float32 or images ``(B, 3, S, S)`` uint8.
+               rng: np.random.Generator, audio_augment: AudioAugment | None = DEFAULT_AUDIO_AUGMENT
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A model-ready batch and, for audio, the real length of each clip.
 
     Parameters
     ----------
@@ -119,39 +112,41 @@ def load_batch(samples: MediaSamples, indices: Sequence[int], contract: InputCon
     indices : sequence of int
         Sample numbers.
     contract : InputContract
-        The encoder's input contract (sample rate, image size).
+        The encoder's input contract (sample rate, audio window, image size).
     train : bool
         Random crop/frame/face and augmentation (True) or the fixed evaluation view (False).
     rng : np.random.Generator
         Source of the random choices (image transforms draw from torch's global generator).
-    clip_seconds : float
-        Audio window length.
     audio_augment : AudioAugment or None
-        Waveform augmentation when ``train``; None disables it.
+        Waveform augmentation when ``train``; None disables it (the crop stays random).
+
+    Returns
+    -------
+    x : torch.Tensor
+        Zero-padded waveforms ``(B, T_max)`` float32, or images ``(B, 3, S, S)`` uint8.
+    lengths : torch.Tensor or None
+        ``(B,)`` real samples per audio row; None for images.
     """
     if samples.modality == "audio":
-        n = int(round(clip_seconds * contract.sample_rate))
+        window = int(round(contract.max_seconds * contract.sample_rate))
         waves = []
         for i in indices:
             w = samples.raw(i, train, rng)
             if train and audio_augment is not None:
-                waves.append(augment_waveform(w, n, rng, audio_augment))
-            elif train:
-                start = int(rng.integers(0, max(len(w) - n, 0) + 1))
-                waves.append(centre_crop_or_pad(w[start:start + n], n))
+                waves.append(augment_waveform(w, window, rng, audio_augment))
             else:
-                waves.append(centre_crop_or_pad(w, n))
-        return torch.from_numpy(np.stack(waves))
+                waves.append(audio_view(w, contract, rng if train else None))
+        return pad_waveforms(waves)
     size = contract.image_size
     imgs = [torch.from_numpy(np.ascontiguousarray(samples.raw(i, train, rng))) for i in indices]
     if train:
         aug = image_augmenter(size)
-        return torch.stack([aug(img) for img in imgs])
+        return torch.stack([aug(img) for img in imgs]), None
     batch = torch.stack(imgs)
     if batch.shape[-1] != size or batch.shape[-2] != size:
         batch = F.interpolate(batch.float(), size=(size, size), mode="bilinear", antialias=True,
                               align_corners=False).round().clamp(0, 255).to(torch.uint8)
-    return batch
+    return batch, None
 
 
 def balanced_batches(labels: np.ndarray, batch_size: int, n_batches: int,
@@ -198,35 +193,34 @@ class TrainBatches(torch.utils.data.Dataset):
         The encoder's input contract.
     seed, epoch : int
         Identify the random stream.
-    clip_seconds : float
-        Audio window.
     audio_augment : AudioAugment or None
         Waveform augmentation.
     """
 
     def __init__(self, samples: MediaSamples, batches: list[np.ndarray], contract: InputContract, seed: int,
-                 epoch: int, clip_seconds: float, audio_augment: AudioAugment | None):
+                 epoch: int, audio_augment: AudioAugment | None):
         self.where = (samples.path, samples.split, samples.modality, samples.classes)
         self.labels = samples.labels
         self.batches = batches
         self.contract = contract
         self.seed, self.epoch = seed, epoch
-        self.clip_seconds, self.audio_augment = clip_seconds, audio_augment
+        self.audio_augment = audio_augment
         self._samples: MediaSamples | None = None
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Batch ``b``: inputs, audio lengths (None for images) and labels."""
         if self._samples is None:
             self._samples = MediaSamples(*self.where)
         idx = self.batches[b]
         rng = np.random.default_rng([self.seed, self.epoch, b])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(0, 2**62)))  # torchvision's random image transforms
-            x = load_batch(self._samples, idx, self.contract, train=True, rng=rng,
-                           clip_seconds=self.clip_seconds, audio_augment=self.audio_augment)
-        return x, torch.from_numpy(self.labels[idx])
+            x, lengths = load_batch(self._samples, idx, self.contract, train=True, rng=rng,
+                                    audio_augment=self.audio_augment)
+        return x, lengths, torch.from_numpy(self.labels[idx])
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_samples": None}   # workers open their own reader

@@ -16,7 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pipeline.encoders.data import MediaSamples, load_batch
-from pipeline.encoders.model import Encoder
+from pipeline.encoders.model import Encoder, embed_waveforms
 from pipeline.metrics import weighted_f1
 
 PROBES = ("logreg", "knn")
@@ -56,20 +56,28 @@ def probe_weighted_f1(train_x: np.ndarray, train_y: np.ndarray, dev_x: np.ndarra
 
 @torch.no_grad()
 def embed_samples(encoder: Encoder, samples: MediaSamples, indices: Sequence[int], batch_size: int = 32,
-                  device: str | torch.device = "cpu", clip_seconds: float = 3.0) -> np.ndarray:
-    """Embeddings ``(N, d)`` float32 of samples ``indices`` in their evaluation view (no augmentation)."""
+                  device: str | torch.device = "cpu") -> np.ndarray:
+    """Embeddings ``(N, d)`` float32 of samples ``indices`` in their evaluation view (no augmentation).
+
+    Audio goes through :func:`pipeline.encoders.model.embed_waveforms`, the function extraction uses,
+    so the model is selected on exactly the vectors extraction will write.
+    """
     was_training = encoder.training
     encoder.eval()
-    rng = np.random.default_rng(0)  # unused in the evaluation view; load_batch wants one
+    rng = np.random.default_rng(0)  # unused in the evaluation view; the readers want one
+    if samples.modality == "audio":
+        waves = [samples.raw(int(i), False, rng) for i in indices]
+        out = embed_waveforms(encoder, waves, batch_size, device)
+        encoder.train(was_training)
+        return out
     use_amp = torch.device(device).type == "cuda"
-    out = []
+    parts = []
     for s in range(0, len(indices), batch_size):
-        x = load_batch(samples, indices[s:s + batch_size], encoder.contract, train=False, rng=rng,
-                       clip_seconds=clip_seconds).to(device)
+        x, _ = load_batch(samples, indices[s:s + batch_size], encoder.contract, train=False, rng=rng)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            out.append(encoder(x).float().cpu().numpy())
+            parts.append(encoder(x.to(device)).float().cpu().numpy())
     encoder.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, encoder.config.embed_dim), np.float32)
+    return np.concatenate(parts) if parts else np.zeros((0, encoder.config.embed_dim), np.float32)
 
 
 def subset(labels: np.ndarray, max_n: int | None, seed: int) -> np.ndarray:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from pipeline.atomic import atomic_torch_save
 from pipeline.cache import folder_lock
@@ -51,6 +52,7 @@ CPU_EPOCHS = 5
 PAPER_EPOCHS = {"audio": 60, "face": 100, "scene": 100}
 DEFAULT_BATCH = {"cpu": 32, "cuda": 128}
 STATE_FORMAT = "m2f-encoder-train-state-1"
+_PART_NAMES = ("triplet", "var", "cov", "active", "margin")
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,9 @@ class EncoderTrainConfig:
         Adam settings (paper: 1e-4, 1e-6).
     seed : int
         Seeds the initial weights and every epoch's random stream.
-    clip_seconds : float
-        Audio window in training and probing.
+    clip_seconds : float or None
+        The audio window (the encoder contract's ``max_seconds``): training crops, model selection and
+        extraction all see at most this much of a clip. None = the contract's default (10 s).
     probe : {"logreg", "knn"}
         The quality probe.
     probe_max_train, probe_max_dev : int or None
@@ -99,7 +102,7 @@ class EncoderTrainConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-6
     seed: int = 0
-    clip_seconds: float = 3.0
+    clip_seconds: float | None = None
     probe: str = "logreg"
     probe_max_train: int | None = 2000
     probe_max_dev: int | None = 2000
@@ -258,8 +261,10 @@ def _open_split(media_path: Path, split: str, modality: str, classes, required: 
 
 
 def _contract(train: MediaSamples, cfg: EncoderTrainConfig) -> dict:
-    """Contract overrides; images default to the stored crop size."""
+    """Contract overrides; images default to the stored crop size, audio's window is ``clip_seconds``."""
     over = dict(cfg.contract_overrides)
+    if cfg.modality == "audio" and cfg.clip_seconds is not None:
+        over["max_seconds"] = float(cfg.clip_seconds)
     if cfg.modality != "audio" and "image_size" not in over and len(train):
         over["image_size"] = int(train.raw(0, False, np.random.default_rng(0)).shape[-1])
     return over
@@ -312,25 +317,26 @@ def train_epoch(encoder: Encoder, opt: torch.optim.Optimizer, train: MediaSample
     Returns
     -------
     dict
-        Mean ``loss`` (Eq. 9), ``triplet``, ``var``, ``cov`` over the steps, ``steps`` taken and
-        ``triplets_per_step``.
+        Mean ``loss`` (Eq. 9), ``triplet``, ``var``, ``cov``, ``active`` (fraction of triplets whose
+        hinge is on) and ``margin`` over the steps, ``steps`` taken and ``triplets_per_step``.
     """
     rng = np.random.default_rng([cfg.seed, epoch])
     batches = balanced_batches(train.labels, cfg.batch_size, steps, rng)
-    source = TrainBatches(train, batches, encoder.contract, cfg.seed, epoch, cfg.clip_seconds,
-                          cfg.audio_augment)
+    source = TrainBatches(train, batches, encoder.contract, cfg.seed, epoch, cfg.audio_augment)
     workers = resolve_workers(cfg.num_workers, device)
     loader = torch.utils.data.DataLoader(source, batch_size=None, shuffle=False, num_workers=workers,
                                          worker_init_fn=_single_thread if workers else None,
                                          pin_memory=torch.device(device).type == "cuda")
     encoder.train()
-    sums = {"loss": 0.0, "triplet": 0.0, "var": 0.0, "cov": 0.0}
+    sums = dict.fromkeys(("loss", *_PART_NAMES), 0.0)
     n_steps, n_triplets = 0, 0
-    for x, y in loader:
+    for x, lengths, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device)
+        if lengths is not None:
+            lengths = lengths.to(device)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp):
-            z = encoder(x)
-        a, p, n = mine_semihard(z, y)
+            z = encoder.project(x, lengths)
+        a, p, n = mine_semihard(F.normalize(z.float(), dim=-1), y)
         if len(a) == 0:
             continue
         parts = extractor_loss(z[a], z[p], z[n], cfg.loss)
@@ -339,7 +345,7 @@ def train_epoch(encoder: Encoder, opt: torch.optim.Optimizer, train: MediaSample
         opt.step()
         vals = parts.as_floats()
         sums["loss"] += vals["total"]
-        for k in ("triplet", "var", "cov"):
+        for k in _PART_NAMES:
             sums[k] += vals[k]
         n_steps += 1
         n_triplets += len(a)
@@ -374,7 +380,7 @@ def _probe_sets(train: MediaSamples, dev: MediaSamples | None, cfg: EncoderTrain
 
 def _probe(encoder: Encoder, probe_sets, cfg: EncoderTrainConfig, device: str) -> float:
     (fit_s, fit_i), (score_s, score_i) = probe_sets
-    kw = {"device": device, "clip_seconds": cfg.clip_seconds, "batch_size": cfg.batch_size}
+    kw = {"device": device, "batch_size": cfg.batch_size}
     fx = embed_samples(encoder, fit_s, fit_i, **kw)
     sx = embed_samples(encoder, score_s, score_i, **kw)
     return probe_weighted_f1(fx, fit_s.labels[fit_i], sx, score_s.labels[score_i], cfg.probe, cfg.seed)

@@ -2,8 +2,9 @@
 
 docs/DESIGN.md section 2.3 (visual): per frame, MTCNN finds the faces; each face crop goes through the face
 encoder; the per-face embeddings are summed with weights ``w_i = area_i / sum_j area_j`` (they sum to 1
-within a frame); a frame without a face contributes a zero vector; the result is max-pooled over the
-frames (:func:`weighted_face_embedding`). Scene frames are whole frames resized to a square.
+within a frame); the result is max-pooled over the frames that have a face
+(:func:`weighted_face_embedding`): a faceless frame is left out, since a zero vector there would clamp
+every negative component to 0. Scene frames are whole frames resized to a square.
 
 Face crops (:func:`crop_faces`): the detected box is made square around its centre, enlarged by
 ``margin`` (a fraction of the box side on each side, 0.2 by default), cut from the *full resolution*
@@ -183,18 +184,18 @@ def weighted_face_embedding(face_emb: np.ndarray | torch.Tensor, face_frame, fac
     face_weight : array-like of float, shape (k,)
         Area weight of each face (sums to 1 within a frame).
     n_frames : int
-        Number of frames of the utterance (frames without faces count as zero vectors).
+        Number of frames of the utterance (bounds ``face_frame``).
 
     Returns
     -------
     ndarray or Tensor, shape (D,)
-        ``max over frames f of sum_{i in f} w_i * e_i``, where a frame with no face is the zero vector;
-        zeros for ``k = 0``. Same type (and device) as ``face_emb``.
+        ``max over frames f with a face of sum_{i in f} w_i * e_i``; frames without a face take no
+        part; zeros for ``k = 0``. Same type (and device) as ``face_emb``.
 
     Examples
     --------
-    >>> weighted_face_embedding(np.array([[1., 0.], [0., 1.]]), [0, 0], [0.75, 0.25], 2)
-    array([0.75, 0.25])
+    >>> weighted_face_embedding(np.array([[-1., 0.], [0., -1.]]), [0, 0], [0.75, 0.25], 2)
+    array([-0.75, -0.25])
     """
     is_np = not isinstance(face_emb, torch.Tensor)
     emb = torch.as_tensor(np.asarray(face_emb)) if is_np else face_emb
@@ -209,7 +210,12 @@ def weighted_face_embedding(face_emb: np.ndarray | torch.Tensor, face_frame, fac
         raise ValueError(f"n_frames must be >= 1, got {n_frames}")
     if k and (int(frame.min()) < 0 or int(frame.max()) >= n_frames):
         raise ValueError(f"face_frame must be in [0, {n_frames}), got {frame.min()}..{frame.max()}")
+    if k == 0:
+        out = torch.zeros(d, dtype=emb.dtype, device=emb.device)
+        return out.numpy() if is_np else out
     per_frame = torch.zeros((n_frames, d), dtype=emb.dtype, device=emb.device)
     per_frame.index_add_(0, frame, emb * weight[:, None])
-    out = per_frame.max(dim=0).values
+    with_face = torch.zeros(n_frames, dtype=torch.bool, device=emb.device)
+    with_face[frame] = True
+    out = per_frame[with_face].max(dim=0).values
     return out.numpy() if is_np else out

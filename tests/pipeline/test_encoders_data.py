@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pipeline.encoders.augment import AudioAugment, add_white_noise, augment_waveform, time_stretch
-from pipeline.encoders.data import MediaSamples, balanced_batches, centre_crop_or_pad, load_batch
-from pipeline.encoders.model import InputContract
+from pipeline.encoders.data import MediaSamples, balanced_batches, load_batch
+from pipeline.encoders.model import InputContract, audio_view
 from pipeline.encoders.probe import probe_weighted_f1, subset
 from pipeline.testing.media_h5 import LABELS, write_media
 
@@ -44,23 +44,26 @@ def test_white_noise_has_the_requested_snr(snr):
     assert measured.item() == pytest.approx(snr, abs=0.01)
 
 
-def test_augment_waveform_is_seeded_exact_length_and_keeps_pitch():
+def test_augment_waveform_is_seeded_fits_the_window_and_keeps_pitch():
     wave = tone(700.0, 2.0).numpy()
     a = augment_waveform(wave, 8000, np.random.default_rng(3))
     b = augment_waveform(wave, 8000, np.random.default_rng(3))
     c = augment_waveform(wave, 8000, np.random.default_rng(4))
-    assert a.shape == (8000,) and a.dtype == np.float32
+    assert len(a) <= 8000 and len(a) >= 8000 * 0.8 - 1 and a.dtype == np.float32
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     clean = augment_waveform(wave, 8000, np.random.default_rng(3), AudioAugment(snr_db=(80.0, 80.0)))
     assert dominant_hz(clean) == pytest.approx(700.0, abs=10)
     short = augment_waveform(wave[:1000], 8000, np.random.default_rng(0))
-    assert short.shape == (8000,) and np.all(short[2000:] == 0)   # zero padded past the stretched clip
+    assert 800 <= len(short) <= 1250 and np.all(short != 0)    # the stretched clip, not zero padded
 
 
-def test_centre_crop_or_pad():
+def test_audio_view_cuts_to_the_window_and_never_pads():
+    contract = InputContract("audio", sample_rate=10, max_seconds=0.4)   # a 4-sample window
     w = np.arange(10, dtype=np.float32)
-    assert centre_crop_or_pad(w, 4).tolist() == [3, 4, 5, 6]
-    assert centre_crop_or_pad(w, 12).tolist() == list(range(10)) + [0, 0]
+    assert audio_view(w, contract).tolist() == [3, 4, 5, 6]               # evaluation: the centre
+    starts = {int(audio_view(w, contract, np.random.default_rng(s))[0]) for s in range(40)}
+    assert starts == set(range(7))                                        # training: anywhere
+    assert audio_view(w[:3], contract).tolist() == [0, 1, 2]              # shorter: as it is
 
 
 @pytest.fixture(scope="module")
@@ -83,21 +86,24 @@ def test_samples_skip_unlabelled_and_missing_rows(media, modality):
 def test_load_batch_shapes_and_views(media):
     rng = np.random.default_rng(0)
     audio = MediaSamples(media, "train", "audio")
-    x = load_batch(audio, [0, 1, 2], InputContract("audio"), train=True, rng=rng, clip_seconds=0.5)
-    assert x.shape == (3, 8000) and x.dtype == torch.float32
-    ev1 = load_batch(audio, [0], InputContract("audio"), train=False, rng=rng, clip_seconds=0.5)
-    ev2 = load_batch(audio, [0], InputContract("audio"), train=False, rng=np.random.default_rng(9),
-                     clip_seconds=0.5)
-    assert torch.equal(ev1, ev2)                               # evaluation view is fixed
+    window = InputContract("audio", max_seconds=0.25)
+    x, lengths = load_batch(audio, [0, 1, 2], window, train=True, rng=rng)
+    assert x.shape[0] == 3 and x.dtype == torch.float32 and x.shape[1] == int(lengths.max()) <= 4000
+    assert all(x[i, n:].abs().sum() == 0 for i, n in enumerate(lengths.tolist()))   # zeros past the clip
+    ev1, n1 = load_batch(audio, [0], window, train=False, rng=rng)
+    ev2, _ = load_batch(audio, [0], window, train=False, rng=np.random.default_rng(9))
+    assert torch.equal(ev1, ev2) and n1.tolist() == [4000]     # evaluation view is fixed: the centre 0.25 s
+    whole, n = load_batch(audio, [0], InputContract("audio"), train=False, rng=rng)
+    assert n.tolist() == [4800]                                 # a 0.3 s clip fits the 10 s window: as is
     face = MediaSamples(media, "train", "face")
     contract = InputContract("face", image_size=16)
     for train in (True, False):
-        img = load_batch(face, [0, 5], contract, train=train, rng=rng)
-        assert img.shape == (2, 3, 16, 16) and img.dtype == torch.uint8
+        img, none = load_batch(face, [0, 5], contract, train=train, rng=rng)
+        assert img.shape == (2, 3, 16, 16) and img.dtype == torch.uint8 and none is None
     same = InputContract("scene", image_size=24)
     scene = MediaSamples(media, "train", "scene")
     raw = scene.raw(0, False, rng)
-    assert torch.equal(load_batch(scene, [0], same, train=False, rng=rng)[0], torch.from_numpy(raw))
+    assert torch.equal(load_batch(scene, [0], same, train=False, rng=rng)[0][0], torch.from_numpy(raw))
 
 
 def test_balanced_batches_take_k_distinct_per_class():
@@ -140,15 +146,14 @@ def test_train_batches_are_identical_with_worker_processes(media, modality):
 
     s = MediaSamples(media, "train", modality)
     batches = balanced_batches(s.labels, 6, 3, np.random.default_rng(0))
-    contract = InputContract(modality, image_size=20)
-    source = TrainBatches(s, batches, contract, seed=1, epoch=2, clip_seconds=0.25,
-                          audio_augment=AudioAugment())
+    contract = InputContract(modality, image_size=20, max_seconds=0.25)
+    source = TrainBatches(s, batches, contract, seed=1, epoch=2, audio_augment=AudioAugment())
     serial = list(torch.utils.data.DataLoader(source, batch_size=None, num_workers=0))
     parallel = list(torch.utils.data.DataLoader(source, batch_size=None, num_workers=2))
     assert len(serial) == len(parallel) == 3
-    for (xa, ya), (xb, yb), idx in zip(serial, parallel, batches, strict=True):
+    for (xa, na, ya), (xb, nb, yb), idx in zip(serial, parallel, batches, strict=True):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert (na is None and nb is None) if modality == "face" else torch.equal(na, nb)
         assert ya.tolist() == s.labels[idx].tolist()
-    other_epoch = TrainBatches(s, batches, contract, seed=1, epoch=3, clip_seconds=0.25,
-                               audio_augment=AudioAugment())
+    other_epoch = TrainBatches(s, batches, contract, seed=1, epoch=3, audio_augment=AudioAugment())
     assert not torch.equal(other_epoch[0][0], serial[0][0])          # each epoch draws anew

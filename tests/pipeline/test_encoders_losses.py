@@ -1,4 +1,8 @@
-"""Eq. 9-13 against values worked out by hand, gradient signs, and semi-hard mining."""
+"""Eq. 9-13 against values worked out by hand (printed and m2f forms), gradient signs, semi-hard mining.
+
+That every term of the default form acts on typical batches is tested in
+tests/pipeline/test_encoder_losses_act.py.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from pipeline.encoders.losses import (
     covariance_term,
     extractor_loss,
     mine_semihard,
+    rescaled_adaptive_margin,
     triplet_from_distances,
     variance_term,
 )
@@ -28,16 +33,37 @@ def test_adaptive_margin_matches_eq11():
     assert m.item() == pytest.approx(1 + 2 * math.exp(-2) + 3, abs=1e-12)
 
 
-def test_adaptive_triplet_on_unit_vectors_by_hand():
-    # a = (1,0), p = (0,1), n = (-1,0): D_ap = sqrt2, D_an = 2, D_pn = sqrt2
-    a, p, n = t(1.0, 0.0)[None], t(0.0, 1.0)[None], t(-1.0, 0.0)[None]
-    cfg = LossConfig(use_var=False, use_cov=False)
+def test_printed_eq11_triplet_on_unit_vectors_by_hand():
+    # a = (1,0), p = (0,1), n = (-1,0): D_ap = sqrt2, D_an = 2, D_pn = sqrt2 (inputs scaled by 3: the
+    # triplet term compares unit vectors)
+    a, p, n = 3 * t(1.0, 0.0)[None], 3 * t(0.0, 1.0)[None], 3 * t(-1.0, 0.0)[None]
+    cfg = LossConfig(margin="eq11", use_var=False, use_cov=False)
     parts = extractor_loss(a, p, n, cfg)
     r2 = math.sqrt(2)
     margin = (1 + 2 / math.exp(4 * r2)) + (1 + 2 / math.exp(-4 * 2 + 4))
     expected = r2 - (2 + r2) / 2 + margin
     assert parts.triplet.item() == pytest.approx(expected, rel=1e-6)
     assert parts.total.item() == pytest.approx(20 * expected, rel=1e-6)
+    assert parts.margin.item() == pytest.approx(margin, rel=1e-6) and parts.active.item() == 1.0
+
+
+def test_rescaled_adaptive_margin_by_hand():
+    # Eq. 11 at distances / 2, mapped from [2 + 4 e^-4, 6] onto [0, margin_max]
+    low, high = 2 + 4 * math.exp(-4), 6.0
+    d_ap, d_an = 0.3, 0.5
+    eq11 = 1 + 2 * math.exp(-4 * d_ap / 2) + 1 + 2 * math.exp(4 * d_an / 2 - 4)
+    expected = (eq11 - low) / (high - low)
+    assert rescaled_adaptive_margin(t(d_ap), t(d_an)).item() == pytest.approx(expected, rel=1e-12)
+    assert expected == pytest.approx(0.286, abs=1e-3)
+    assert rescaled_adaptive_margin(t(d_ap), t(d_an), margin_max=0.5).item() == pytest.approx(expected / 2)
+    assert rescaled_adaptive_margin(t(2.0), t(0.0)).item() == pytest.approx(0.0, abs=1e-12)   # its range
+    assert rescaled_adaptive_margin(t(0.0), t(2.0)).item() == pytest.approx(1.0, abs=1e-12)
+    # the default triplet term uses it, hinged: a = (1,0), p = (0.8, 0.6), n = (0, 1)
+    a, p, n = t(1.0, 0.0)[None], t(0.8, 0.6)[None], t(0.0, 1.0)[None]
+    dap, dan, dpn = math.sqrt(0.04 + 0.36), math.sqrt(2), math.sqrt(0.64 + 0.16)
+    m = rescaled_adaptive_margin(t(dap), t(dan)).item()
+    parts = extractor_loss(a, p, n, LossConfig(use_var=False, use_cov=False))
+    assert parts.triplet.item() == pytest.approx(max(0.0, dap - (dan + dpn) / 2 + m), abs=1e-9)
 
 
 def test_fixed_margin_and_hinge_by_hand():
@@ -62,9 +88,9 @@ def test_hinge_zeroes_gradient_of_easy_triplets():
 
 
 def test_detached_margin_gets_no_gradient_and_literal_form_pushes_positives_apart():
-    # close positive (D_ap = 0.1), far-ish negative (D_an = 1)
+    # close positive (D_ap = 0.1), far-ish negative (D_an = 1); Eq. 11 as printed keeps the hinge on
     d_ap, d_an, d_pn = (x.requires_grad_() for x in (t(0.1), t(1.0), t(1.0)))
-    triplet_from_distances(d_ap, d_an, d_pn, LossConfig()).backward()
+    triplet_from_distances(d_ap, d_an, d_pn, LossConfig(margin="eq11")).backward()
     assert d_ap.grad.item() == pytest.approx(1.0)     # only the D_ap term: pull positives together
     assert d_an.grad.item() == pytest.approx(-0.5)
     d_ap, d_an, d_pn = (x.requires_grad_() for x in (t(0.1), t(1.0), t(1.0)))
@@ -74,13 +100,18 @@ def test_detached_margin_gets_no_gradient_and_literal_form_pushes_positives_apar
     assert d_an.grad.item() == pytest.approx(-0.5 + 8 * math.exp(0.0))  # > 0: pulls negative closer
 
 
-def test_adaptive_hinge_never_fires_on_unit_vectors():
+def test_printed_eq11_margin_never_lets_the_hinge_switch_off_on_unit_vectors():
+    # why the default rescales Eq. 11: as printed, every bracket is >= ~1.74 on unit vectors
     torch.manual_seed(0)
-    z = torch.nn.functional.normalize(torch.randn(3, 2000, 3, dtype=torch.float64), dim=-1)
-    parts = extractor_loss(z[0], z[1], z[2], LossConfig(use_var=False, use_cov=False))
-    lit = extractor_loss(z[0], z[1], z[2], LossConfig(use_var=False, use_cov=False, hinge=False))
+    z = torch.randn(3, 2000, 3, dtype=torch.float64)
+    printed = LossConfig(margin="eq11", use_var=False, use_cov=False)
+    parts = extractor_loss(z[0], z[1], z[2], printed)
+    lit = extractor_loss(z[0], z[1], z[2], LossConfig(margin="eq11", use_var=False, use_cov=False,
+                                                      hinge=False))
     assert parts.triplet.item() == pytest.approx(lit.triplet.item())
-    assert parts.triplet.item() > 1.7
+    assert parts.triplet.item() > 1.7 and parts.active.item() == 1.0
+    rescaled = extractor_loss(z[0], z[1], z[2], LossConfig(use_var=False, use_cov=False))
+    assert 0.0 < rescaled.active.item() < 1.0
 
 
 def test_variance_term_by_hand_with_and_without_hinge():
@@ -108,13 +139,17 @@ def test_covariance_term_by_hand():
 
 def test_total_is_eq9_weighted_sum_and_switches_drop_terms():
     torch.manual_seed(1)
-    z = torch.nn.functional.normalize(torch.randn(3, 6, 4, dtype=torch.float64), dim=-1)
+    z = 0.5 * torch.randn(3, 6, 4, dtype=torch.float64)         # projector outputs, not unit vectors
     parts = extractor_loss(z[0], z[1], z[2])
-    var = sum(variance_term(z[k]) for k in range(3))
+    var = sum(variance_term(z[k]) for k in range(3))             # Eq. 12-13 see the projector output
     cov = sum(covariance_term(z[k]) for k in range(3))
     assert parts.var.item() == pytest.approx(var.item())
     assert parts.cov.item() == pytest.approx(cov.item())
     assert parts.total.item() == pytest.approx(20 * parts.triplet.item() + 5 * cov.item() + var.item())
+    unit = torch.nn.functional.normalize(z, dim=-1)               # the triplet term sees unit vectors
+    assert extractor_loss(unit[0], unit[1], unit[2]).triplet.item() == pytest.approx(parts.triplet.item())
+    on_unit = extractor_loss(z[0], z[1], z[2], LossConfig(regularize="unit"))
+    assert on_unit.var.item() == pytest.approx(sum(variance_term(unit[k]) for k in range(3)).item())
     only_t = extractor_loss(z[0], z[1], z[2], LossConfig(use_var=False, use_cov=False))
     assert only_t.total.item() == pytest.approx(20 * parts.triplet.item())
     assert only_t.var.item() == 0 and only_t.cov.item() == 0
@@ -123,6 +158,10 @@ def test_total_is_eq9_weighted_sum_and_switches_drop_terms():
 def test_fixed_margin_rejects_unknown_kind():
     with pytest.raises(ValueError, match="adaptive"):
         LossConfig(margin="soft")
+    with pytest.raises(ValueError, match="projector"):
+        LossConfig(regularize="sphere")
+    lit = LossConfig.literal()
+    assert (lit.margin, lit.hinge, lit.detach_margin) == ("eq11", False, False)
 
 
 def test_mine_semihard_picks_closest_farther_negative_else_farthest():

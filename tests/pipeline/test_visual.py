@@ -28,10 +28,10 @@ def test_weighted_face_embedding_by_hand():
                     [3.0, -2.0, 1.0],     # frame 0, w 0.5
                     [-1.0, -4.0, 5.0]])   # frame 2, w 1.0
     out = weighted_face_embedding(emb, [0, 0, 2], [0.5, 0.5, 1.0], n_frames=3)
-    # per frame: f0 = [2, -2, 0.5], f1 = 0 (no face), f2 = [-1, -4, 5]; max over frames
-    assert np.allclose(out, [2.0, 0.0, 5.0])
-    # the same faces counted over 2 frames only (no empty frame): the -2 survives
-    out2 = weighted_face_embedding(emb[:2], [0, 0], [0.5, 0.5], n_frames=1)
+    # per frame: f0 = [2, -2, 0.5], f1 has no face (left out), f2 = [-1, -4, 5]; max over f0, f2
+    assert np.allclose(out, [2.0, -2.0, 5.0])
+    # frame 0 alone: the faceless frames 1-2 do not clamp the -2 to 0
+    out2 = weighted_face_embedding(emb[:2], [0, 0], [0.5, 0.5], n_frames=3)
     assert np.allclose(out2, [2.0, -2.0, 0.5])
 
 

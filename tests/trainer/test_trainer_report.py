@@ -122,7 +122,8 @@ def test_paper_reference():
     assert paper_reference("meld", "meld", "tav", "attention")["per_class_f1"]["fear"] == 3.45
     assert paper_reference("iemocap", "iemocap", "tav", "concat") == {"accuracy": 67.16, "weighted_f1": 67.12}
     assert paper_reference("iemocap", "iemocap", "a", "attention")["weighted_f1"] == 21.79
-    assert "no meld result" in paper_reference("meld", "meld", "ta", "attention")["note"]
+    assert paper_reference("meld", "meld", "ta", "attention")["note"] == (
+        "not reported by the paper (meld, T+A attention fusion)")
     toy = paper_reference("sample", "sample", "tav", "attention")
     assert "meaningless" in toy["note"] and toy["weighted_f1"] == 66.71  # MELD's, shown beside the toy run
     assert "weighted_f1" not in paper_reference("custom", "custom", "tav", "attention")
