@@ -85,7 +85,8 @@ def test_finite_or_missing_clears_every_flag_of_a_non_finite_visual_row():
     has_visual, has_face = np.ones(3, bool), np.ones(3, bool)
     problems: list[dict] = []
     utts = [_utt("d", i, "x") for i in range(3)]
-    emb, has_visual, has_face = finite_or_missing((emb, has_visual, has_face), utts, "visual", "random", problems)
+    emb, has_visual, has_face = finite_or_missing((emb, has_visual, has_face), utts, "visual", "random",
+                                                  problems)
     assert np.isfinite(emb).all() and not emb[1].any()
     assert has_visual.tolist() == [True, False, True] and has_face.tolist() == [True, False, True]
     assert len(problems) == 1
