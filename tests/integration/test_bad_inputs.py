@@ -146,7 +146,7 @@ def test_per_utterance_faults_are_isolated_and_a_corrected_csv_is_used(tmp_path,
         labels = dict(zip(ids, [x.decode() for x in g["label"][()]], strict=True))
         for k in ("text_emb", "audio_emb", "visual_emb"):
             assert np.isfinite(g[k][()]).all()
-    uid = {i: next(x for x in ids if x.endswith(f"/call/{i}")) for i in CLIPS}
+    uid = {i: f"custom/train/diacall_utt{i}" for i in CLIPS}
     assert len(ids) == len(CLIPS)                     # every utterance kept, the bad ones too
 
     def outcome(i: int) -> dict:
@@ -163,7 +163,8 @@ def test_per_utterance_faults_are_isolated_and_a_corrected_csv_is_used(tmp_path,
     assert not outcome(7)["has_audio"] and outcome(7)["has_text"]
     for i in (1, 2, 3, 5):
         assert probs.get(uid[i]), (i, probs)
-    assert any("missing" in p for p in probs[uid[1]]) and any("non-finite" in p for p in probs[uid[5]])
+    assert any("no clip" in p for p in probs[uid[1]]) and any("non-finite" in p for p in probs[uid[5]])
+    assert any("cannot open" in p for p in probs[uid[2]]) and any("no face" in p for p in probs[uid[4]])
     assert any("audio embedding failed" in p for p in probs_embed.get(uid[7], [])), probs_embed
     for i, (name, *_) in CLIPS.items():
         lines = probs.get(uid[i], []) + probs_embed.get(uid[i], [])
