@@ -9,6 +9,7 @@
         text-model/<base key>/<hash of the train+dev manifest>/   the text model fine-tuned from a base
             m2f-finetuned.json                                written last: the fine-tuning finished
         <features key>/features.h5, config.json               embeddings and the options that made them
+            manifest.jsonl, problems.jsonl                    the utterances it was made from; embed problems
 
 A writer's shards and its lock live beside the file it writes (``<file>.shards/``, ``.lock``; see
 :class:`pipeline.cache.ShardedWriter`), so they follow from the paths above.
@@ -113,3 +114,11 @@ class CacheLayout:
     def features_config(self, config_key: str) -> Path:
         """The options that made ``features.h5``, readable (``config.json``)."""
         return self.features_dir(config_key) / "config.json"
+
+    def features_manifest(self, config_key: str) -> Path:
+        """The manifest (selected utterances) ``features.h5`` was made from (``manifest.jsonl``)."""
+        return self.features_dir(config_key) / "manifest.jsonl"
+
+    def features_problems(self, config_key: str) -> Path:
+        """Problems of the embed stage, one JSON line per utterance and modality (``problems.jsonl``)."""
+        return self.features_dir(config_key) / "problems.jsonl"

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline.cache import config_hash
-from pipeline.extract.embed import feature_config, make_embed_spec, stage_embed
+from pipeline.extract.embed import feature_config, make_embed_spec, problem_ids, stage_embed
 from pipeline.extract.encoders import (
     cached_encoders,
     check_given_encoders,
@@ -19,10 +18,16 @@ from pipeline.extract.encoders import (
     stored_media_config,
 )
 from pipeline.extract.engine import Engine
-from pipeline.extract.media import media_config_dict, media_key, problem_counts, stage_media
+from pipeline.extract.media import media_config_dict, media_key, stage_media
 from pipeline.extract.options import ExtractError, ExtractOptions, ExtractResult, SplitSummary
 from pipeline.extract.prepare import load_manifest, manifest_hash, select
-from pipeline.extract.text_model import given_text_model, resolve_text_base, stage_text_model, text_identity
+from pipeline.extract.text_model import (
+    check_text_model,
+    given_text_model,
+    resolve_text_base,
+    stage_text_model,
+    text_identity,
+)
 
 
 def run_extract(opts: ExtractOptions, client=None,
@@ -60,9 +65,8 @@ def run_extract(opts: ExtractOptions, client=None,
     result = ExtractResult(features=Path(), manifest=manifest_file, media=None, summary={})
     engine = Engine(opts, client)
     text_given = given_text_model(opts) if "text" in opts.modalities else None
-    pool = ThreadPoolExecutor(1)
-    # the text model's identity (a model load, seconds) is worked out while the workers decode media
-    text_id_future = pool.submit(text_identity, text_given) if text_given is not None else None
+    # a given text model is loaded before the first task, so a bad one costs seconds, not the media stage
+    given_text_id = check_text_model(text_given) if text_given is not None else None
     try:
         media_file = None
         mkey = key
@@ -76,8 +80,8 @@ def run_extract(opts: ExtractOptions, client=None,
         if media_file is not None:
             check_input_contract(enc_spec, stored_media_config(media_file), opts.modalities, str(media_file))
         text_model = stage_text_model(opts, manifest)
-        if text_id_future is not None:
-            txt_id = text_id_future.result()
+        if given_text_id is not None:
+            txt_id = given_text_id
         else:
             txt_id = text_identity(text_model) if "text" in opts.modalities else None
         result.encoders, result.text_model = enc_spec, text_model
@@ -87,10 +91,11 @@ def run_extract(opts: ExtractOptions, client=None,
         result.features = stage_embed(engine, opts, selected, spec, config, config_hash(config), result,
                                       on_written)
     finally:
-        pool.shutdown(wait=True)
         engine.close()
-    if result.problems is not None:
-        for split, n in problem_counts(result.problems).items():
-            result.summary.setdefault(split, SplitSummary()).problems = n
+    ids = problem_ids(result.problems)
+    for split, uids in problem_ids(result.embed_problems).items():
+        ids.setdefault(split, set()).update(uids)
+    for split, uids in ids.items():
+        result.summary.setdefault(split, SplitSummary()).problems = len(uids)
     result.seconds["total"] = time.perf_counter() - t_start
     return result

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.atomic import atomic_write_json
+from pipeline.atomic import atomic_write_json, atomic_write_text
 from pipeline.cache import FeatureWriter
 from pipeline.extract.engine import Engine
 from pipeline.extract.options import ExtractOptions, ExtractResult, SplitSummary
 from pipeline.extract.prepare import order_by_split
 from pipeline.extract.resumable import run_resumable_stage
 from pipeline.extract.tasks import EmbedSpec, embed_partition
-from pipeline.manifest import Utterance
+from pipeline.manifest import Utterance, write_jsonl
 
 
 def feature_config(opts: ExtractOptions, manifest_key: str, media_cfg: dict | None, encoders_id: str | None,
@@ -38,11 +39,17 @@ def stage_embed(engine: Engine, opts: ExtractOptions, selected: list[Utterance],
                 on_written: Callable[[object, int], None] | None = None) -> Path:
     """Encoders and text model over the selection -> ``features.h5`` (skip what is written)."""
     path = opts.layout.features_file(config_key)
+    problems_log = opts.layout.features_problems(config_key)
     with FeatureWriter(path, opts.dataset, config) as writer:  # holds the cache lock until the stage ends
+        write_jsonl(selected, opts.layout.features_manifest(config_key))  # what these features are made of
 
         def write(res: dict) -> None:
             writer.append(res["split"], res["rows"])
             result.summary[res["split"]].done += len(res["rows"]["utt_id"])
+            if res.get("problems"):
+                with open(problems_log, "a", encoding="utf-8") as f:
+                    for line in res["problems"]:
+                        f.write(json.dumps(line, ensure_ascii=False) + "\n")
 
         for u in selected:  # every split in the summary before the first result arrives
             result.summary.setdefault(u.split, SplitSummary())
@@ -53,5 +60,25 @@ def stage_embed(engine: Engine, opts: ExtractOptions, selected: list[Utterance],
             s = result.summary[u.split]
             s.total += 1
             s.skipped += u.id in done
+        if problems_log.exists():
+            dedupe_problems(problems_log)
+    result.embed_problems = problems_log if problems_log.exists() else None
     atomic_write_json(opts.layout.features_config(config_key), config)
     return path
+
+
+def dedupe_problems(path: Path) -> None:
+    """Rewrite an embed ``problems.jsonl`` without repeated lines (a resumed run may append one twice)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    atomic_write_text(path, "".join(line + "\n" for line in dict.fromkeys(x for x in lines if x.strip())))
+
+
+def problem_ids(path: Path | None) -> dict[str, set[str]]:
+    """Ids of the utterances named in a ``problems.jsonl`` (media or embed), per split (empty: no file)."""
+    out: dict[str, set[str]] = {}
+    if path is not None and path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                d = json.loads(line)
+                out.setdefault(d.get("split", "?"), set()).add(d["utt_id"])
+    return out

@@ -81,7 +81,35 @@ def check_given_encoders(opts: ExtractOptions, media_cfg: dict) -> None:
     given = "random" if opts.encoders == "random" else str(Path(opts.encoders).resolve())
     if given != "random":
         check_encoder_dir(Path(given), "--encoders")
+        check_encoder_weights(Path(given))
     check_input_contract(given, media_cfg, opts.modalities, "the media config of this run")
+
+
+def check_encoder_weights(folder: Path) -> None:
+    """Load each checkpoint of ``folder`` as the workers will, and check its weights are finite.
+
+    Raises
+    ------
+    ExtractError
+        One line naming the first checkpoint that cannot be loaded or holds NaN/infinity.
+    """
+    import torch
+
+    from pipeline.encoders.model import load_encoder
+
+    for kind in ENCODER_KINDS:
+        path = folder / f"{kind}.pt"
+        try:
+            encoder = load_encoder(path)
+        except Exception as e:  # a foreign pickle, truncated bytes, wrong shapes: all mean "not usable"
+            first = " ".join(str(e).split())[:300]
+            raise ExtractError(f"--encoders: {path} cannot be loaded ({type(e).__name__}: {first}); "
+                               "retrain it with `m2f train-encoders` or pass `--encoders random`") from e
+        bad = [name for name, t in encoder.state_dict().items()
+               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        if bad:
+            raise ExtractError(f"--encoders: {path} holds NaN or infinite weights (in {bad[0]}); retrain it "
+                               "with `m2f train-encoders` or pass `--encoders random`")
 
 
 def encoder_identity(spec: str | None, seed: int = 0) -> str | None:

@@ -133,6 +133,7 @@ class ExtractResult:
     text_model: str | None = None
     encoders: str | None = None
     problems: Path | None = None                 # problems.jsonl of the media cache
+    embed_problems: Path | None = None           # problems.jsonl of the embed stage, beside features.h5
     embed_spec: EmbedSpec | None = None          # what every embed task was given
 
     def merge_work(self, seconds: dict[str, float]) -> None:
@@ -157,6 +158,8 @@ def format_summary(result: ExtractResult) -> str:
             lines.append(f"{split:<6} {s.total:>7} {s.done:>7} {s.skipped:>8} {s.problems:>9}")
     if result.problems is not None:
         lines.append(f"problems: {result.problems}")
+    if result.embed_problems is not None:
+        lines.append(f"problems: {result.embed_problems}")
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,34 +10,42 @@ from pathlib import Path
 from pipeline.cache import config_hash
 from pipeline.extract.options import ExtractError
 from pipeline.layout import CacheLayout
-from pipeline.manifest import Utterance, group_dialogues, read_jsonl, write_jsonl
+from pipeline.manifest import Utterance, group_dialogues, write_jsonl
 
 logger = logging.getLogger(__name__)
 
 
 def load_manifest(layout: CacheLayout, corpus_root: str | Path | None) -> tuple[Path, list[Utterance]]:
-    """The corpus's manifest: read from the cache, else read from the corpus and cached.
+    """The corpus's manifest, read from the corpus every time and cached when it changed.
 
-    The corpus root is resolved first, so the clip paths in the manifest are absolute.
+    Reading a CSV corpus takes about a second (MELD: 13,708 utterances in 1.2 s), so the corpus is
+    prepared on every run rather than trusting a cache that cannot see a corrected label, an added
+    clip or a fixed row. The cached file (:meth:`CacheLayout.manifest`) is rewritten only when its
+    content differs. The corpus root is resolved first, so the clip paths in the manifest are absolute.
 
     Raises
     ------
     ExtractError
         The corpus cannot be read (the reader's message says why).
     """
-    path = layout.manifest(corpus_root)
-    if path.exists():
-        logger.info("prepare: using %s", path)
-        return path, read_jsonl(path)
     from pipeline.corpora import CorpusError, prepare_corpus
 
+    path = layout.manifest(corpus_root)
     try:
         utterances = prepare_corpus(layout.dataset, Path(corpus_root).resolve() if corpus_root else None)
     except CorpusError as e:
         raise ExtractError(str(e)) from e
-    write_jsonl(utterances, path)
-    logger.info("prepare: %d utterances -> %s", len(utterances), path)
+    if not path.exists() or path.read_bytes() != _manifest_bytes(utterances):
+        write_jsonl(utterances, path)
+        logger.info("prepare: %d utterances -> %s", len(utterances), path)
+    else:
+        logger.info("prepare: %d utterances, unchanged (%s)", len(utterances), path)
     return path, utterances
+
+
+def _manifest_bytes(utterances: Sequence[Utterance]) -> bytes:
+    """What :func:`pipeline.manifest.write_jsonl` writes for ``utterances``."""
+    return "".join(json.dumps(u.to_json(), ensure_ascii=False) + "\n" for u in utterances).encode("utf-8")
 
 
 def select(utterances: Sequence[Utterance], splits: Sequence[str], limit: int | None) -> list[Utterance]:

@@ -91,7 +91,38 @@ def given_text_model(opts: ExtractOptions) -> str | None:
     if opts.text_model is None:
         return None
     local = Path(opts.text_model).expanduser()
-    return str(local.resolve()) if local.exists() else opts.text_model
+    if local.exists():
+        return str(local.resolve())
+    if looks_like_path(opts.text_model):
+        raise ExtractError(f"--text-model {opts.text_model}: no such folder ({local.resolve()}); pass a "
+                           "folder saved with save_pretrained, or a hub id such as "
+                           "sentence-transformers/all-MiniLM-L6-v2")
+    return opts.text_model
+
+
+def looks_like_path(name: str) -> bool:
+    """True for a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``); a hub id is ``name`` or ``org/name``.
+
+    >>> looks_like_path("./missing"), looks_like_path("roberta-base"), looks_like_path("org/model")
+    (True, False, False)
+    """
+    return name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or "\\" in name
+
+
+def check_text_model(model: str) -> str:
+    """Load the text model once on the driver (before the first task) and return its identity.
+
+    Raises
+    ------
+    ExtractError
+        One line naming the model and why it cannot be loaded.
+    """
+    try:
+        return text_identity(model)
+    except Exception as e:  # missing files, a corrupt weights file, no network for a hub id
+        first = " ".join(str(e).split())[:300]
+        raise ExtractError(f"--text-model {model} cannot be loaded ({type(e).__name__}: {first}); pass a "
+                           "folder saved with save_pretrained, or a hub id in the local cache") from e
 
 
 def stage_text_model(opts: ExtractOptions, manifest: Sequence[Utterance]) -> str | None:

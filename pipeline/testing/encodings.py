@@ -6,6 +6,7 @@ format, frame size per frame, a start offset, a display rotation and the audio s
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
@@ -115,3 +116,23 @@ def _encode_audio(stream, mono: np.ndarray, channels: int, sample_format: str, s
     for out in resampler.resample(None):
         packets += stream.encode(out)
     return packets + stream.encode()
+
+
+def write_resolution_change(path: Path) -> Path:
+    """An MPEG-TS whose video goes from 160x120 to 128x128 after 1 s (two encodes, one stream)."""
+    path = Path(path)
+    a = write_av(path.with_suffix(".a.ts"), fmt="mpegts", seconds=1.0, size=(160, 120))
+    b = write_av(path.with_suffix(".b.ts"), fmt="mpegts", seconds=1.0, size=(128, 128), start=1.0,
+                 frame=lambda i: face_frame(i, (128, 128)))
+    path.write_bytes(a.read_bytes() + b.read_bytes())
+    return path
+
+
+def write_float_wav(path: Path, wave: np.ndarray, sr: int = 16000) -> Path:
+    """An IEEE-float (format 3) mono WAV holding ``wave`` as is, NaN and inf included."""
+    path = Path(path)
+    data = np.asarray(wave, "<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, sr, sr * 4, 4, 32)
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks)
+    return path

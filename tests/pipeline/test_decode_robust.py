@@ -7,9 +7,6 @@ without a stated duration, frames too small for MTCNN, and an error inside a sta
 
 from __future__ import annotations
 
-import struct
-from pathlib import Path
-
 import av
 import numpy as np
 import pytest
@@ -18,7 +15,7 @@ import torch
 from pipeline.decode import MediaError, decode_audio, decode_frames
 from pipeline.manifest import Utterance
 from pipeline.media import FaceDetector, MediaConfig, process_utterance
-from pipeline.testing.encodings import face_frame, write_av
+from pipeline.testing.encodings import write_av, write_float_wav, write_resolution_change
 from pipeline.testing.signals import tone
 
 torch.set_num_threads(1)
@@ -60,15 +57,6 @@ def dominant_hz(wave: np.ndarray, sr: int = SR) -> float:
 
 
 # ------------------------------------------------------------------------ frames of varying size
-def write_resolution_change(path: Path) -> Path:
-    """An MPEG-TS whose video goes from 160x120 to 128x128 after 1 s (two encodes, one stream)."""
-    a = write_av(path.with_suffix(".a.ts"), fmt="mpegts", seconds=1.0, size=(160, 120))
-    b = write_av(path.with_suffix(".b.ts"), fmt="mpegts", seconds=1.0, size=(128, 128), start=1.0,
-                 frame=lambda i: face_frame(i, (128, 128)))
-    path.write_bytes(a.read_bytes() + b.read_bytes())
-    return path
-
-
 def test_resolution_change_mid_stream_gives_frames_of_the_first_size(tmp_path, detector):
     clip = write_resolution_change(tmp_path / "call.ts")
     with av.open(str(clip)) as c:
@@ -109,15 +97,6 @@ def test_a_frame_over_the_source_limit_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------------------- non-finite audio
-def write_float_wav(path: Path, wave: np.ndarray, sr: int = SR) -> Path:
-    """An IEEE-float (format 3) mono WAV holding ``wave`` as is, NaN and inf included."""
-    data = np.asarray(wave, "<f4").tobytes()
-    fmt = struct.pack("<HHIIHH", 3, 1, sr, sr * 4, 4, 32)
-    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
-    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks)
-    return path
-
-
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -1e30])
 def test_non_finite_sample_marks_the_audio_missing(tmp_path, bad):
     wave = tone(1.0, SR, 220.0, amplitude=0.3, noise=0.0)
