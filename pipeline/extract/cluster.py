@@ -51,15 +51,19 @@ def check_workers_see(client, paths: Iterable[str]) -> None:
 
 
 def clip_folders(utterances: Iterable[Utterance], most: int = 16) -> list[str]:
-    """The distinct folders of the utterances' clips and audio files (at most ``most``)."""
-    folders: dict[str, None] = {}
+    """The distinct folders of the utterances' clips and audio files that the driver sees (at most ``most``).
+
+    A folder missing here too is left out: its clips are reported as problems per utterance, as without
+    a cluster.
+    """
+    folders: dict[str, bool] = {}
     for u in utterances:
         for p in (u.clip, u.audio):
             if p:
-                folders.setdefault(os.path.dirname(os.path.abspath(p)), None)
-                if len(folders) >= most:
-                    return list(folders)
-    return list(folders)
+                folder = os.path.dirname(os.path.abspath(p))
+                if folder not in folders:
+                    folders[folder] = os.path.isdir(folder)
+    return [f for f, seen in folders.items() if seen][:most]
 
 
 def load_security(path: str | Path | None):
