@@ -77,20 +77,20 @@ class Engine:
     def __init__(self, opts: ExtractOptions, client=None):
         self.opts, self._client, self._own = opts, client, []
         self._shared: set[str] = set()   # paths every worker must read, checked before the next task
+        self._security = load_security(opts.security)  # a bad --security file fails before any work
 
     @property
     def client(self):
         if self._client is None:
             from distributed import Client
 
-            security = load_security(self.opts.security)
             if self.opts.scheduler:
-                self._client = Client(self.opts.scheduler, security=security)
+                self._client = Client(self.opts.scheduler, security=self._security)
                 logger.info("connected to %s; dashboard: %s", self.opts.scheduler,
                             self._client.dashboard_link)
             else:
                 n = 1 if self.opts.device == "cuda" else max(1, self.opts.workers)
-                cluster = make_local_cluster(n, security)
+                cluster = make_local_cluster(n, self._security)
                 self._client = Client(cluster)
                 self._own.append(cluster)
                 logger.info("started a LocalCluster: %d worker process(es), 1 thread each", n)

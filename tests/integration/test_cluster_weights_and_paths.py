@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from pipeline.encoders.model import build_encoder, save_encoder
 from pipeline.extract import ExtractError, ExtractOptions, make_local_cluster, run_extract
 from pipeline.extract.cluster import check_workers_see, load_security
 from pipeline.extract.prepare import load_manifest
+from pipeline.manifest import write_jsonl
 from pipeline.testing.meld import make_meld_tree
 
 
@@ -75,15 +78,20 @@ def test_workers_that_cannot_read_a_path_stop_the_run_with_one_line(client, tmp_
     assert "\n" not in msg
 
 
-def test_clip_folder_hidden_from_workers_stops_before_decoding(client, tmp_path):
+def test_clip_folder_hidden_from_workers_stops_before_decoding(client, tmp_path, monkeypatch):
     root = make_meld_tree(tmp_path / "meld", n_dialogues=1, utterances_per_dialogue=2, splits=("dev",),
                           size=(64, 48), duration=0.5)
     opts = ExtractOptions("meld", root, modalities=("audio",), splits=("dev",), encoders="random",
                           cache=tmp_path / "cache")
-    _, utterances = load_manifest(opts.layout, root)  # the driver read the corpus ...
-    clips = Path(utterances[0].clip).parent
-    clips.rename(clips.with_name("elsewhere"))  # ... which the workers do not see
-    with pytest.raises(ExtractError, match=f"cannot read {clips}.*shared file system"):
+    manifest, utterances = load_manifest(opts.layout, root)
+    # clips under /proc/self/cwd: the driver (run in the corpus folder) sees them, the worker (started
+    # in another folder) does not, as with a corpus on a disk only the driver's machine mounts
+    monkeypatch.chdir(root)
+    hidden = [replace(u, clip=f"/proc/self/cwd/{Path(u.clip).relative_to(root)}") for u in utterances]
+    write_jsonl(hidden, manifest)
+    folder = str(Path(hidden[0].clip).parent)
+    assert Path(hidden[0].clip).is_file() and set(client.run(os.path.isdir, folder).values()) == {False}
+    with pytest.raises(ExtractError, match=f"cannot read {folder}.*shared file system"):
         run_extract(opts, client=client)
     assert opts.layout.media_files() == []
 
@@ -118,6 +126,21 @@ def test_tls_local_cluster_end_to_end(tmp_path, caplog):
     plain = run_extract(ExtractOptions("sample", None, modalities=("audio",), splits=("dev",), limit=2,
                                        encoders="random", workers=1, cache=tmp_path / "plain"))
     assert np.array_equal(_audio(res.features), _audio(plain.features))
+
+
+def test_cli_bad_security_file_is_one_line_before_any_work(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    monkeypatch.chdir(tmp_path)
+    Path("tls.yaml").write_text("tls_ca_file: ca.pem\n")
+    res = CliRunner().invoke(main, ["extract", "--dataset", "sample", "--modalities", "a",
+                                    "--encoders", "random", "--cache", "c", "--security", "tls.yaml"])
+    assert res.exit_code == 1 and res.exception is not None and not res.stdout.strip()
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("Error: --security ") and "ca.pem does not exist" in last
+    assert not list(Path("c").glob("sample/media-*"))
 
 
 def test_bad_security_file_is_one_line(tmp_path):
