@@ -48,6 +48,7 @@ def test_local_cluster_listens_on_loopback_only(client):
     assert all(a.startswith("tcp://127.0.0.1:") for a in client.scheduler_info()["workers"])
 
 
+@pytest.mark.slow  # three runs (~90 s on the shared machine)
 def test_encoders_rewritten_in_place_are_reloaded_by_a_long_lived_worker(client, tmp_path):
     enc = tmp_path / "enc"
     _save_encoders(enc, seed=0)
@@ -108,8 +109,9 @@ def _self_signed(folder: Path) -> Path:
     return sec
 
 
+@pytest.mark.slow  # starts a TLS LocalCluster and runs extract twice (~100 s on the shared machine)
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
-def test_tls_local_cluster_end_to_end(tmp_path, caplog):
+def test_tls_local_cluster_end_to_end(client, tmp_path, caplog):
     import logging
 
     sec = _self_signed(tmp_path / "tls")
@@ -124,7 +126,7 @@ def test_tls_local_cluster_end_to_end(tmp_path, caplog):
     assert addresses and all(a.startswith("tls://127.0.0.1:") for a in addresses)
     assert read_split(res.features, "dev").has_audio.all()
     plain = run_extract(ExtractOptions("sample", None, modalities=("audio",), splits=("dev",), limit=2,
-                                       encoders="random", workers=1, cache=tmp_path / "plain"))
+                                       encoders="random", cache=tmp_path / "plain"), client=client)
     assert np.array_equal(_audio(res.features), _audio(plain.features))
 
 
