@@ -141,9 +141,13 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
 @click.option("--limit", type=int, default=None, help="At most N utterances per split (quick runs).")
 @click.option("--partition-size", type=int, default=16,
               help="Utterances per dask task (whole dialogues); the unit of resume.")
+@click.option("--security", type=click.Path(path_type=Path), default=None,
+              help="YAML file of dask TLS settings (distributed.security.Security keywords: tls_ca_file, "
+                   "tls_cert, tls_key) for the LocalCluster or a tls:// --scheduler. See README.")
 def extract(dataset: str, root: Path | None, modalities: str, splits: str, workers: int,
             scheduler: str | None, device: str, text_model: str | None, text_base: str | None,
-            encoders: str | None, cache: Path, limit: int | None, partition_size: int) -> None:
+            encoders: str | None, cache: Path, limit: int | None, partition_size: int,
+            security: Path | None) -> None:
     """Embed text, audio and video into features.h5 (resumable).
 
     Stages: prepare -> media (decode, MTCNN; media.h5) -> encoders (trained if missing) -> embed
@@ -153,8 +157,8 @@ def extract(dataset: str, root: Path | None, modalities: str, splits: str, worke
     """
     _run_extract_command(dataset=dataset, root=root, modalities=modalities, splits=splits, workers=workers,
                          scheduler=scheduler, device=device, text_model=text_model, text_base=text_base,
-                         encoders=encoders,
-                         cache=cache, limit=limit, partition_size=partition_size)
+                         encoders=encoders, cache=cache, limit=limit, partition_size=partition_size,
+                         security=security)
 
 
 def _run_extract_command(**kw) -> None:

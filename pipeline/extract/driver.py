@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.cache import config_hash
-from pipeline.extract.embed import feature_config, make_embed_spec, problem_ids, stage_embed
+from pipeline.extract.cluster import clip_folders
+from pipeline.extract.embed import embed_inputs, feature_config, make_embed_spec, problem_ids, stage_embed
 from pipeline.extract.encoders import (
     cached_encoders,
     check_given_encoders,
@@ -74,6 +75,7 @@ def run_extract(opts: ExtractOptions, client=None,
             mkey = media_key(media_cfg, key)
             if opts.encoders is None and cached_encoders(opts, mkey)[1]:
                 check_trainable(opts, cached_encoders(opts, mkey)[0])  # fail before decoding
+            engine.require_shared([*clip_folders(selected), layout.dataset_dir])
             media_file = stage_media(engine, opts, selected, media_cfg, mkey, result, on_written)
             result.media, result.problems = media_file, layout.problems_file(mkey)
         enc_spec = stage_encoders(opts, media_file, mkey)
@@ -85,9 +87,11 @@ def run_extract(opts: ExtractOptions, client=None,
         else:
             txt_id = text_identity(text_model) if "text" in opts.modalities else None
         result.encoders, result.text_model = enc_spec, text_model
-        config = feature_config(opts, key, media_cfg, encoder_identity(enc_spec), txt_id)
-        spec = make_embed_spec(opts, media_file, enc_spec, text_model, media_cfg)
+        enc_id = encoder_identity(enc_spec)
+        config = feature_config(opts, key, media_cfg, enc_id, txt_id)
+        spec = make_embed_spec(opts, media_file, enc_spec, text_model, media_cfg, enc_id, txt_id)
         result.embed_spec = spec
+        engine.require_shared([layout.dataset_dir, *embed_inputs(spec)])
         result.features = stage_embed(engine, opts, selected, spec, config, config_hash(config), result,
                                       on_written)
     finally:

@@ -27,11 +27,23 @@ def feature_config(opts: ExtractOptions, manifest_key: str, media_cfg: dict | No
 
 
 def make_embed_spec(opts: ExtractOptions, media_file: Path | None, encoders: str | None,
-                    text_model: str | None, media_cfg: dict | None) -> EmbedSpec:
-    """What each embed task gets; the media file is made absolute (a worker may run in another folder)."""
+                    text_model: str | None, media_cfg: dict | None, encoders_id: str | None = None,
+                    text_id: str | None = None) -> EmbedSpec:
+    """What each embed task gets; the media file is made absolute (a worker may run in another folder).
+
+    ``encoders_id`` and ``text_id`` are the content identities of the weights (workers cache loaded
+    models under them); None lets each worker hash the files itself.
+    """
     n_frames = int(media_cfg["n_frames"]) if media_cfg else 15
     media = str(Path(media_file).resolve()) if media_file is not None else None
-    return EmbedSpec(tuple(opts.modalities), opts.device, opts.batch, media, encoders, text_model, n_frames)
+    return EmbedSpec(tuple(opts.modalities), opts.device, opts.batch, media, encoders, text_model, n_frames,
+                     encoders_id, text_id)
+
+
+def embed_inputs(spec: EmbedSpec) -> list[str]:
+    """The files and folders an embed task reads (a hub id or ``random`` reads none)."""
+    paths = [spec.media, None if spec.encoders == "random" else spec.encoders, spec.text_model]
+    return [p for p in paths if p is not None and Path(p).is_absolute()]
 
 
 def stage_embed(engine: Engine, opts: ExtractOptions, selected: list[Utterance], spec: EmbedSpec,

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 
+from pipeline.extract.cluster import check_workers_see, load_security
 from pipeline.extract.options import ExtractOptions
 from pipeline.manifest import Utterance, group_dialogues
 
@@ -44,12 +45,14 @@ def partition(utterances: Sequence[Utterance], size: int) -> list[list[Utterance
     return parts
 
 
-def make_local_cluster(n_workers: int):
+def make_local_cluster(n_workers: int, security=None):
     """``LocalCluster`` of ``n_workers`` process workers, one thread each, glibc malloc left at its defaults.
 
     Use this (not a bare ``LocalCluster``) to run the engine's tasks at full speed. For an external
     cluster (``--scheduler``) set ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null``
-    in its dask config for the same effect.
+    in its dask config for the same effect. The scheduler, workers and dashboard listen on 127.0.0.1
+    only (dask sends pickled data); ``security`` (a ``distributed.security.Security``, see
+    :func:`pipeline.extract.cluster.load_security`) turns on TLS.
     """
     import dask
     from distributed import LocalCluster
@@ -57,8 +60,8 @@ def make_local_cluster(n_workers: int):
     if os.environ.get(_DASK_TRIM) == "65536":  # left in this process's environment by an earlier nanny
         del os.environ[_DASK_TRIM]
     with dask.config.set({f"distributed.nanny.pre-spawn-environ.{_DASK_TRIM}": None}):
-        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                            silence_logs=logging.ERROR)
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                            dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, security=security)
 
 
 class Engine:
@@ -73,6 +76,8 @@ class Engine:
 
     def __init__(self, opts: ExtractOptions, client=None):
         self.opts, self._client, self._own = opts, client, []
+        self._shared: set[str] = set()   # paths every worker must read, checked before the next task
+        self._security = load_security(opts.security)  # a bad --security file fails before any work
 
     @property
     def client(self):
@@ -80,12 +85,12 @@ class Engine:
             from distributed import Client
 
             if self.opts.scheduler:
-                self._client = Client(self.opts.scheduler)
+                self._client = Client(self.opts.scheduler, security=self._security)
                 logger.info("connected to %s; dashboard: %s", self.opts.scheduler,
                             self._client.dashboard_link)
             else:
                 n = 1 if self.opts.device == "cuda" else max(1, self.opts.workers)
-                cluster = make_local_cluster(n)
+                cluster = make_local_cluster(n, self._security)
                 self._client = Client(cluster)
                 self._own.append(cluster)
                 logger.info("started a LocalCluster: %d worker process(es), 1 thread each", n)
@@ -102,6 +107,15 @@ class Engine:
             return []
         size = min(self.opts.partition_size, math.ceil(len(todo) / (4 * self.n_workers())))
         return partition(todo, max(1, size))
+
+    def require_shared(self, paths: Sequence[str | os.PathLike]) -> None:
+        """Paths every worker must read; checked (:func:`check_workers_see`) before the next task is sent."""
+        self._shared.update(os.path.abspath(p) for p in paths)
+
+    def _check_shared(self) -> None:
+        if self._shared:
+            check_workers_see(self.client, self._shared)
+            self._shared.clear()
 
     def close(self) -> None:
         for obj in self._own:
@@ -123,6 +137,7 @@ class Engine:
         if not parts:
             return
         client = self.client
+        self._check_shared()
         futures = [client.submit(fn, p, *args, retries=self.opts.retries, pure=False,
                                  key=f"{desc}-{i}-{os.urandom(4).hex()}") for i, p in enumerate(parts)]
         sizes = {f.key: len(p) for f, p in zip(futures, parts, strict=True)}

@@ -61,6 +61,9 @@ class ExtractOptions:
     media_config : dict or None
         Overrides of :class:`pipeline.media.MediaConfig` defaults (e.g. ``{"n_frames": 8}``); part of
         every cache key below the manifest.
+    security : path or None
+        A YAML file of ``distributed.security.Security`` keywords (TLS certificates, see
+        :func:`pipeline.extract.cluster.load_security`), used for the LocalCluster and ``scheduler``.
     """
 
     dataset: str
@@ -79,6 +82,7 @@ class ExtractOptions:
     batch_size: int | None = None
     retries: int = 3
     media_config: dict | None = None
+    security: Path | None = None
 
     def __post_init__(self):
         bad = [m for m in self.modalities if m not in MODALITIES]

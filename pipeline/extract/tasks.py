@@ -1,8 +1,11 @@
 """Worker side of ``m2f extract``: per-process model cache and the two partition tasks.
 
 Workers use one torch thread and load each model once per process (:func:`cached_model`), never per
-task. Every path a task receives is absolute (see :mod:`pipeline.layout`): a worker may run in another
-folder, or on another machine that mounts the same file system.
+task. Models are cached under the content identity of their weights (never their path), so a
+long-lived cluster never embeds with stale weights after the files were rewritten in place; the cache
+keeps at most :data:`MAX_CACHED` objects. Every path a task receives is absolute (see
+:mod:`pipeline.layout`): a worker may run in another folder, or on another machine that mounts the
+same file system.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import os
 import resource
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -29,7 +33,9 @@ from pipeline.embed import (
 from pipeline.extract.options import ExtractError
 from pipeline.manifest import Utterance
 
-_MODELS: dict[tuple, object] = {}
+#: Most objects (models, open media readers) one worker process keeps; the least recently used goes.
+MAX_CACHED = 6
+_MODELS: OrderedDict[tuple, object] = OrderedDict()
 _LOADS: dict[str, int] = {}  # model kind -> times built in this process (the test of "once per worker")
 _THREADS_SET = False
 
@@ -46,11 +52,31 @@ def _worker_setup() -> None:
 
 
 def cached_model(key: tuple, build: Callable[[], object]) -> object:
-    """The object ``build()`` returns, built once per process and kept under ``key`` (``key[0]`` = kind)."""
-    if key not in _MODELS:
-        _MODELS[key] = build()
-        _LOADS[key[0]] = _LOADS.get(key[0], 0) + 1
-    return _MODELS[key]
+    """The object ``build()`` returns, built once per process and kept under ``key`` (``key[0]`` = kind).
+
+    At most :data:`MAX_CACHED` objects are kept; the least recently used one is dropped first.
+    """
+    if key in _MODELS:
+        _MODELS.move_to_end(key)
+        return _MODELS[key]
+    obj = build()
+    _MODELS[key] = obj
+    _LOADS[key[0]] = _LOADS.get(key[0], 0) + 1
+    while len(_MODELS) > MAX_CACHED:
+        _MODELS.popitem(last=False)
+    return obj
+
+
+def weights_identity(source: str | None) -> str | None:
+    """Content identity of a weights file or folder (:func:`pipeline.atomic.content_identity`).
+
+    A hub id, ``"random"`` or None stands for itself.
+    """
+    if source is None or not os.path.exists(source):
+        return source
+    from pipeline.atomic import content_identity
+
+    return f"content:{content_identity(source)}"
 
 
 def _worker_stats() -> dict:
@@ -105,6 +131,9 @@ class EmbedSpec:
     """What an embed task needs to know (picklable, small).
 
     ``media``, ``encoders`` (unless ``"random"``) and a local ``text_model`` are absolute paths.
+    ``encoders_id`` and ``text_id`` name the content of those weights (the driver computes them once,
+    see :func:`weights_identity`); workers cache loaded models under them, never under a path. When
+    they are None a worker hashes the files itself.
     """
 
     modalities: tuple[str, ...]
@@ -114,6 +143,8 @@ class EmbedSpec:
     encoders: str | None          # "random" or a folder; None when neither audio nor visual
     text_model: str | None        # what TextEmbedder loads; None when text is not requested
     n_frames: int = 15
+    encoders_id: str | None = None
+    text_id: str | None = None
 
 
 def _media_reader(path: str, split: str) -> RowReader:
@@ -123,7 +154,7 @@ def _media_reader(path: str, split: str) -> RowReader:
 
 def _media_rows(path: str, utterances: Sequence[Utterance], names: Sequence[str]) -> list[dict]:
     reader = _media_reader(path, utterances[0].split)
-    index = cached_model(("media_index", path, utterances[0].split, id(reader)),
+    index = cached_model(("media_index", path, utterances[0].split, os.stat(path).st_mtime_ns),
                          lambda: {u: i for i, u in enumerate(reader.utt_ids)})
     missing = [u.id for u in utterances if u.id not in index]
     if missing:
@@ -147,7 +178,8 @@ def embed_partition(utterances: list[Utterance], spec: EmbedSpec) -> dict:
     if "text" in spec.modalities:
         from pipeline.modalities.text import TextEmbedder
 
-        embedder = cached_model(("text", spec.text_model, spec.device, spec.batch),
+        text_id = spec.text_id or weights_identity(spec.text_model)
+        embedder = cached_model(("text", text_id, spec.device, spec.batch),
                                 lambda: TextEmbedder(spec.text_model, device=spec.device,
                                                      batch_size=spec.batch))
         source = spec.text_model or "the default text model"
@@ -161,7 +193,8 @@ def embed_partition(utterances: list[Utterance], spec: EmbedSpec) -> dict:
     if "audio" in spec.modalities or "visual" in spec.modalities:
         from pipeline.encoders.model import load_encoder_set
 
-        encs = cached_model(("encoders", spec.encoders, spec.device),
+        encoders_id = spec.encoders_id or weights_identity(spec.encoders)
+        encs = cached_model(("encoders", encoders_id, spec.device),
                             lambda: load_encoder_set(spec.encoders, spec.device))
         names = ["has_audio", "waveform"] if "audio" in spec.modalities else []
         if "visual" in spec.modalities:

@@ -1,0 +1,155 @@
+"""A long-lived cluster: models cached by content, shared paths checked, loopback only, TLS end to end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.cache import read_split
+from pipeline.encoders.model import build_encoder, save_encoder
+from pipeline.extract import ExtractError, ExtractOptions, make_local_cluster, run_extract
+from pipeline.extract.cluster import check_workers_see, load_security
+from pipeline.extract.prepare import load_manifest
+from pipeline.manifest import write_jsonl
+from pipeline.testing.meld import make_meld_tree
+
+
+def _save_encoders(folder: Path, seed: int) -> None:
+    sizes = {"face": 80, "scene": 64}  # the media's crop sizes (MediaConfig defaults)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, kind in enumerate(("audio", "face", "scene")):
+        size = {"image_size": sizes[kind]} if kind in sizes else {}
+        save_encoder(build_encoder(kind, seed=seed + i, **size), folder / f"{kind}.pt")
+
+
+def _audio(features: Path) -> np.ndarray:
+    return read_split(features, "dev").audio_emb
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client
+
+    cluster = make_local_cluster(1)  # one worker: the one whose model cache would be stale
+    with Client(cluster) as c:
+        yield c
+    cluster.close()
+
+
+def test_local_cluster_listens_on_loopback_only(client):
+    assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+    assert client.dashboard_link.startswith("http://127.0.0.1:")
+    assert all(a.startswith("tcp://127.0.0.1:") for a in client.scheduler_info()["workers"])
+
+
+@pytest.mark.slow  # three runs (~90 s on the shared machine)
+def test_encoders_rewritten_in_place_are_reloaded_by_a_long_lived_worker(client, tmp_path):
+    enc = tmp_path / "enc"
+    _save_encoders(enc, seed=0)
+
+    def run(folder: Path):
+        opts = ExtractOptions("sample", None, modalities=("audio",), splits=("dev",), limit=2,
+                              encoders=str(folder), cache=tmp_path / "cache")
+        return run_extract(opts, client=client).features
+
+    first = _audio(run(enc))
+    _save_encoders(enc, seed=10)  # e.g. `train-encoders --overwrite` into the same folder
+    second = _audio(run(enc))
+    shutil.copytree(enc, tmp_path / "fresh")
+    fresh = _audio(run(tmp_path / "fresh"))  # a path the worker never saw: loaded from the new files
+    assert not np.allclose(first, second)
+    assert np.array_equal(second, fresh)
+
+
+def test_workers_that_cannot_read_a_path_stop_the_run_with_one_line(client, tmp_path):
+    ok = tmp_path / "seen"
+    ok.mkdir()
+    check_workers_see(client, [str(ok)])
+    with pytest.raises(ExtractError) as err:
+        check_workers_see(client, [str(ok), str(tmp_path / "not-mounted")])
+    msg = str(err.value)
+    addr = next(iter(client.scheduler_info()["workers"]))
+    assert addr in msg and str(tmp_path / "not-mounted") in msg and "shared file system" in msg
+    assert "\n" not in msg
+
+
+def test_clip_folder_hidden_from_workers_stops_before_decoding(client, tmp_path, monkeypatch):
+    root = make_meld_tree(tmp_path / "meld", n_dialogues=1, utterances_per_dialogue=2, splits=("dev",),
+                          size=(64, 48), duration=0.5)
+    opts = ExtractOptions("meld", root, modalities=("audio",), splits=("dev",), encoders="random",
+                          cache=tmp_path / "cache")
+    manifest, utterances = load_manifest(opts.layout, root)
+    # clips under /proc/self/cwd: the driver (run in the corpus folder) sees them, the worker (started
+    # in another folder) does not, as with a corpus on a disk only the driver's machine mounts
+    monkeypatch.chdir(root)
+    hidden = [replace(u, clip=f"/proc/self/cwd/{Path(u.clip).relative_to(root)}") for u in utterances]
+    write_jsonl(hidden, manifest)
+    folder = str(Path(hidden[0].clip).parent)
+    assert Path(hidden[0].clip).is_file() and set(client.run(os.path.isdir, folder).values()) == {False}
+    with pytest.raises(ExtractError, match=f"cannot read {folder}.*shared file system"):
+        run_extract(opts, client=client)
+    assert opts.layout.media_files() == []
+
+
+def _self_signed(folder: Path) -> Path:
+    """A self-signed certificate for 127.0.0.1 and a security file that names it."""
+    folder.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
+                   check=True, capture_output=True, timeout=60)
+    sec = folder / "security.yaml"
+    sec.write_text("tls_ca_file: cert.pem\ntls_cert: cert.pem\ntls_key: key.pem\n")
+    return sec
+
+
+@pytest.mark.slow  # starts a TLS LocalCluster and runs extract twice (~100 s on the shared machine)
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_tls_local_cluster_end_to_end(client, tmp_path, caplog):
+    import logging
+
+    sec = _self_signed(tmp_path / "tls")
+    security = load_security(sec)
+    assert security.require_encryption and security.tls_worker_cert == str(tmp_path / "tls" / "cert.pem")
+    opts = ExtractOptions("sample", None, modalities=("audio",), splits=("dev",), limit=2, encoders="random",
+                          workers=1, cache=tmp_path / "cache", security=sec)
+    addresses: list[str] = []
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        res = run_extract(opts, on_written=lambda c, i: addresses.append(c.scheduler.address))
+    assert "started a LocalCluster" in caplog.text
+    assert addresses and all(a.startswith("tls://127.0.0.1:") for a in addresses)
+    assert read_split(res.features, "dev").has_audio.all()
+    plain = run_extract(ExtractOptions("sample", None, modalities=("audio",), splits=("dev",), limit=2,
+                                       encoders="random", cache=tmp_path / "plain"), client=client)
+    assert np.array_equal(_audio(res.features), _audio(plain.features))
+
+
+def test_cli_bad_security_file_is_one_line_before_any_work(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    monkeypatch.chdir(tmp_path)
+    Path("tls.yaml").write_text("tls_ca_file: ca.pem\n")
+    res = CliRunner().invoke(main, ["extract", "--dataset", "sample", "--modalities", "a",
+                                    "--encoders", "random", "--cache", "c", "--security", "tls.yaml"])
+    assert res.exit_code == 1 and res.exception is not None and not res.stdout.strip()
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("Error: --security ") and "ca.pem does not exist" in last
+    assert not list(Path("c").glob("sample/media-*"))
+
+
+def test_bad_security_file_is_one_line(tmp_path):
+    bad = tmp_path / "s.yaml"
+    bad.write_text("tls_ca_file: missing.pem\n")
+    with pytest.raises(ExtractError, match="tls_ca_file .*missing.pem does not exist"):
+        load_security(bad)
+    bad.write_text("not_a_keyword: 1\n")
+    with pytest.raises(ExtractError, match="Unknown parameters"):
+        load_security(bad)
