@@ -28,6 +28,7 @@ no audio stream / no video stream      that modality False, the other one kept
 truncated data mid-stream              what decoded before the break is kept (flag True if any)
 truncated file that still opens        the data that is there is used; "truncated clip ..."
 silent audio (peak < -60 dBFS)         has_audio = False, waveform empty ("silent audio: ...")
+audio shorter than 25 ms               has_audio = False ("... shorter than one 25 ms analysis frame")
 NaN / inf / absurd sample (> 1000)     has_audio = False ("... non-finite or out-of-range audio ...")
 audio longer than ``max_seconds``      centre ``max_seconds`` kept, audio_cut = True (+ a problem)
 fewer than ``n_frames`` frames         every distinct frame kept (f < n_frames) ("short clip: ...")
@@ -83,6 +84,8 @@ __all__ = ["MEDIA_FLAGS", "MEDIA_RAGGED", "FaceDetector", "MediaConfig", "empty_
 MEDIA_RAGGED = ("waveform", "scenes", "faces", "face_frame", "face_weight", "face_prob", "face_box")
 #: Boolean row fields.
 MEDIA_FLAGS = ("has_audio", "audio_cut", "has_video", "has_face")
+#: Audio shorter than one log-mel analysis frame (400 samples at 16 kHz) carries no spectrum to embed.
+MIN_AUDIO_SECONDS = 0.025
 
 logger = logging.getLogger(__name__)
 
@@ -322,6 +325,10 @@ def _fill_audio(row: dict, problems: list[str], path: str, start: float | None, 
     if wave.size == 0:
         if not (start is not None and start == end):
             problems.append(f"empty audio in {path} (audio marked missing)")
+        return
+    if wave.size < MIN_AUDIO_SECONDS * cfg.sample_rate:
+        problems.append(f"audio of {wave.size / cfg.sample_rate:.4f} s in {path} is shorter than one "
+                        f"{1000 * MIN_AUDIO_SECONDS:g} ms analysis frame (audio marked missing)")
         return
     if is_silent(wave, cfg.silence_peak):
         problems.append(f"silent audio in {path}: peak below {cfg.silence_peak:g} (audio marked missing)")

@@ -38,11 +38,22 @@ def _media_file(tmp_path, utts, waves) -> str:
     return str(w.finalize({"train": [u.id for u in utts]}))
 
 
-def test_one_failing_and_one_non_finite_audio_cost_only_their_own_audio(tmp_path):
+def test_one_failing_and_one_non_finite_audio_cost_only_their_own_audio(tmp_path, monkeypatch):
+    import pipeline.extract.tasks as tasks
+
+    real_encode = tasks.encode_waveforms
+    poison = 1234  # a waveform of this length makes the (real) audio encoder call raise
+
+    def encode(encoder, waves, *args, **kwargs):
+        if any(len(w) == poison for w in waves):
+            raise RuntimeError("encoder failed on a poisoned waveform")
+        return real_encode(encoder, waves, *args, **kwargs)
+
+    monkeypatch.setattr(tasks, "encode_waveforms", encode)
     utts = [_utt("d0", 0, "hi"), _utt("d0", 1, "bye"), _utt("d0", 2, "so"), _utt("d0", 3, "ok")]
     tone = np.sin(np.linspace(0, 400, 16000)).astype(np.float32)
     waves = [tone,
-             np.zeros(1, np.float32),             # one sample: the log-mel's reflect padding raises
+             tone[:poison],                       # the encoder raises on this one (fault injection)
              np.full(16000, 3e38, np.float32),    # finite samples, but their power overflows: NaN vector
              tone[:8000]]
     spec = EmbedSpec(("audio", "visual"), "cpu", 8, _media_file(tmp_path, utts, waves), "random", None, 2)
