@@ -120,12 +120,15 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
               help="Letters of `tav` or a comma list of text, audio, visual. `text` alone needs no clips "
                    "(MELD CSVs suffice).")
 @click.option("--splits", default="train,dev,test", help="Comma list of splits to extract.")
-@click.option("--workers", type=int, default=2, help="Local dask worker processes (1 thread each).")
+@click.option("--workers", type=int, default=None,
+              help="Local dask worker processes, 1 thread each (default: cores minus one, with --device "
+                   "cpu or cuda; with cuda all workers share the GPU).")
 @click.option("--scheduler", default=None,
               help="Address of an existing dask scheduler (e.g. tcp://host:8786, dask-jobqueue) instead of "
                    "a LocalCluster.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu",
-              help="MTCNN, encoders and text model device; cuda uses one GPU worker and larger batches.")
+              help="MTCNN, encoders and text model device; with cuda every worker uses the GPU, in larger "
+                   "batches.")
 @click.option("--text-model", default=None,
               help="Hub id or local folder, used frozen. Default: the shipped all-MiniLM-L6-v2 fine-tuned "
                    "on the train split (cached); frozen where fine-tuning is unavailable.")
@@ -154,9 +157,11 @@ def extract(dataset: str, root: Path | None, modalities: str, splits: str, worke
 def _run_extract_command(**kw) -> None:
     from pipeline.cache import CacheError
     from pipeline.extract import ExtractError, ExtractOptions, format_summary, run_extract
-    from pipeline.extract.options import parse_list
+    from pipeline.extract.options import default_workers, parse_list
     from pipeline.names import SPLITS
 
+    if kw.get("workers") is None:
+        kw["workers"] = default_workers()
     kw["modalities"] = _modalities(kw["modalities"])
     try:
         kw["splits"] = parse_list(kw["splits"], SPLITS, "--splits")

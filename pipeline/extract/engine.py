@@ -61,6 +61,16 @@ def make_local_cluster(n_workers: int):
                             silence_logs=logging.ERROR)
 
 
+def local_worker_count(opts: ExtractOptions) -> int:
+    """Worker processes of the LocalCluster: ``opts.workers``, with ``device`` cpu or cuda alike.
+
+    On a GPU machine the media stage is decode-bound (CPU work), so one worker per core all sharing the
+    one GPU for MTCNN, the encoders and the text model keeps every core and the GPU busy; a single GPU
+    worker would decode on one core while the others idle.
+    """
+    return max(1, opts.workers)
+
+
 class Engine:
     """A dask client, started on first use; closes what it started.
 
@@ -84,7 +94,7 @@ class Engine:
                 logger.info("connected to %s; dashboard: %s", self.opts.scheduler,
                             self._client.dashboard_link)
             else:
-                n = 1 if self.opts.device == "cuda" else max(1, self.opts.workers)
+                n = local_worker_count(self.opts)
                 cluster = make_local_cluster(n)
                 self._client = Client(cluster)
                 self._own.append(cluster)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,15 @@ if TYPE_CHECKING:
 
 class ExtractError(RuntimeError):
     """A run cannot go on; the message says what to do."""
+
+
+def default_workers() -> int:
+    """Local worker processes by default: the machine's cores minus one for the driver, at least 1.
+
+    The same with ``--device cuda``: every worker decodes on its own core and runs MTCNN, the encoders
+    and the text model on the one GPU (a CUDA context is a few hundred MB beside the GPU's memory).
+    """
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 @dataclass(frozen=True)
@@ -33,7 +43,8 @@ class ExtractOptions:
     splits : tuple of str
         Splits to extract.
     workers : int
-        Local worker processes (ignored with ``scheduler``; 1 with ``device='cuda'``).
+        Local worker processes (ignored with ``scheduler``); default :func:`default_workers`, the
+        machine's cores minus one, with ``device='cpu'`` and ``'cuda'`` alike (all workers share the GPU).
     scheduler : str or None
         Address of an existing dask scheduler.
     device : str
@@ -63,7 +74,7 @@ class ExtractOptions:
     root: Path | None
     modalities: tuple[str, ...] = MODALITIES
     splits: tuple[str, ...] = SPLITS
-    workers: int = 2
+    workers: int = field(default_factory=default_workers)
     scheduler: str | None = None
     device: str = "cpu"
     text_model: str | None = None
@@ -84,6 +95,8 @@ class ExtractOptions:
             raise ExtractError(f"unknown splits {bad}; choose from {SPLITS}")
         if self.device not in ("cpu", "cuda"):
             raise ExtractError(f"device {self.device!r}: choose cpu or cuda")
+        if self.workers < 1:
+            raise ExtractError(f"--workers {self.workers}: must be at least 1")
         if self.limit is not None and self.limit < 1:
             raise ExtractError(f"--limit {self.limit}: must be at least 1")
 
