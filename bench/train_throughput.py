@@ -114,8 +114,12 @@ def run(
     cpu_batches: int,
     epochs: int,
     bucket: int,
+    max_dialogs: int | None = None,
 ) -> dict:
     lengths, lengths_note = meld_dialog_lengths(meld_dir)
+    if max_dialogs:  # a smoke run (bench/gpu_check.py --cpu-smoke): the first dialogues of each split
+        lengths = {s: v[:max_dialogs] for s, v in lengths.items()}
+        lengths_note += f"; first {max_dialogs} dialogues per split"
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         path = write_features(Path(tmp) / "features.h5", "meld", lengths, random_rows(DIMS, MELD_CLASSES))
@@ -215,6 +219,8 @@ def main() -> None:
     parser.add_argument("--cpu-batches", type=int, default=12, help="batches timed on CPU")
     parser.add_argument("--epochs", type=int, default=3, help="epochs timed on CUDA")
     parser.add_argument("--bucket", type=int, default=50, help="length bucketing window (0 = off)")
+    parser.add_argument("--max-dialogs", type=int, default=None,
+                        help="first N dialogues per split only (smoke runs; projections then mean nothing)")
     args = parser.parse_args()
     result = run(
         resolve_device(args.device),
@@ -224,6 +230,7 @@ def main() -> None:
         args.cpu_batches,
         args.epochs,
         args.bucket,
+        args.max_dialogs,
     )
     print(json.dumps(result, indent=2))
 
