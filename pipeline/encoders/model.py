@@ -107,7 +107,9 @@ class LogMel(nn.Module):
                 hop_length=contract.hop_length, n_mels=contract.n_mels, power=2.0)
 
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        spec = torch.log(self.mel(wave.float()) + 1e-6)
+        # fp32 even under training's bf16 autocast: the mel filterbank and log as in extraction
+        with torch.autocast(wave.device.type, enabled=False):
+            spec = torch.log(self.mel(wave.float()) + 1e-6)
         mu = spec.mean(dim=(1, 2), keepdim=True)
         sd = spec.std(dim=(1, 2), keepdim=True).clamp_min(1e-5)
         return ((spec - mu) / sd).unsqueeze(1).expand(-1, 3, -1, -1)
