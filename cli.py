@@ -137,11 +137,12 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
                    "the encoders cached for this media, trained if missing.")
 @click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"), help="Cache root folder.")
 @click.option("--limit", type=int, default=None, help="At most N utterances per split (quick runs).")
-@click.option("--partition-size", type=int, default=16,
-              help="Utterances per dask task (whole dialogues); the unit of resume.")
+@click.option("--partition-size", type=int, default=None,
+              help="Utterances per dask task (whole dialogues); the unit of resume. Default 16 on CPU, 64 "
+                   "on CUDA.")
 def extract(dataset: str, root: Path | None, modalities: str, splits: str, workers: int,
             scheduler: str | None, device: str, text_model: str | None, encoders: str | None,
-            cache: Path, limit: int | None, partition_size: int) -> None:
+            cache: Path, limit: int | None, partition_size: int | None) -> None:
     """Embed text, audio and video into features.h5 (resumable).
 
     Stages: prepare -> media (decode, MTCNN; media.h5) -> encoders (trained if missing) -> embed

@@ -110,7 +110,7 @@ class Engine:
         """:func:`partition` of ``todo``, small enough for about 4 partitions per worker."""
         if not todo:
             return []
-        size = min(self.opts.partition_size, math.ceil(len(todo) / (4 * self.n_workers())))
+        size = min(self.opts.partition, math.ceil(len(todo) / (4 * self.n_workers())))
         return partition(todo, max(1, size))
 
     def close(self) -> None:

@@ -58,9 +58,10 @@ class ExtractOptions:
         Cache root (may be relative: :attr:`layout` makes every path under it absolute).
     limit : int or None
         At most this many utterances per split (first dialogues in manifest order).
-    partition_size : int
+    partition_size : int or None
         Most utterances per partition (whole dialogues, so a partition may hold more); smaller on a
-        small corpus, so that each worker gets about 4 partitions.
+        small corpus, so that each worker gets about 4 partitions. Default 16 on CPU, 64 on CUDA (a
+        partition is what one GPU forward pass can batch: its texts, clips and frames).
     batch_size : int or None
         Encoder batch; default 32 on CPU, 256 on CUDA.
     retries : int
@@ -81,7 +82,7 @@ class ExtractOptions:
     encoders: str | None = None
     cache: Path = Path("cache")
     limit: int | None = None
-    partition_size: int = 16
+    partition_size: int | None = None
     batch_size: int | None = None
     retries: int = 3
     media_config: dict | None = None
@@ -103,6 +104,11 @@ class ExtractOptions:
     @property
     def needs_media(self) -> bool:
         return "audio" in self.modalities or "visual" in self.modalities
+
+    @property
+    def partition(self) -> int:
+        """Most utterances per partition: ``partition_size``, else 16 on CPU and 64 on CUDA."""
+        return self.partition_size or (64 if self.device == "cuda" else 16)
 
     @property
     def batch(self) -> int:

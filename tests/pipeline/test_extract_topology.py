@@ -33,6 +33,13 @@ def test_options_default_and_explicit_workers(device, monkeypatch):
     assert local_worker_count(opts) == 5
 
 
+@pytest.mark.parametrize(("device", "partition", "batch"), [("cpu", 16, 32), ("cuda", 64, 256)])
+def test_gpu_runs_embed_in_larger_partitions_and_batches(device, partition, batch):
+    opts = ExtractOptions(dataset="sample", root=None, device=device)
+    assert (opts.partition, opts.batch) == (partition, batch)
+    assert ExtractOptions(dataset="sample", root=None, device=device, partition_size=5).partition == 5
+
+
 def test_zero_workers_is_refused():
     with pytest.raises(ExtractError, match="--workers 0"):
         ExtractOptions(dataset="sample", root=None, workers=0)
