@@ -120,12 +120,15 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
               help="Letters of `tav` or a comma list of text, audio, visual. `text` alone needs no clips "
                    "(MELD CSVs suffice).")
 @click.option("--splits", default="train,dev,test", help="Comma list of splits to extract.")
-@click.option("--workers", type=int, default=2, help="Local dask worker processes (1 thread each).")
+@click.option("--workers", type=int, default=None,
+              help="Local dask worker processes, 1 thread each (default: cores minus one, with --device "
+                   "cpu or cuda; with cuda all workers share the GPU).")
 @click.option("--scheduler", default=None,
               help="Address of an existing dask scheduler (e.g. tcp://host:8786, dask-jobqueue) instead of "
                    "a LocalCluster.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu",
-              help="MTCNN, encoders and text model device; cuda uses one GPU worker and larger batches.")
+              help="MTCNN, encoders and text model device; with cuda every worker uses the GPU, in larger "
+                   "batches.")
 @click.option("--text-model", default=None,
               help="Hub id or local folder, used frozen. Default: --text-base fine-tuned on the train split "
                    "(cached); frozen where fine-tuning is unavailable.")
@@ -139,14 +142,15 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
                    "the encoders cached for this media, trained if missing.")
 @click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"), help="Cache root folder.")
 @click.option("--limit", type=int, default=None, help="At most N utterances per split (quick runs).")
-@click.option("--partition-size", type=int, default=16,
-              help="Utterances per dask task (whole dialogues); the unit of resume.")
+@click.option("--partition-size", type=int, default=None,
+              help="Utterances per dask task (whole dialogues); the unit of resume. Default 16 on CPU, 64 "
+                   "on CUDA.")
 @click.option("--security", type=click.Path(path_type=Path), default=None,
               help="YAML file of dask TLS settings (distributed.security.Security keywords: tls_ca_file, "
                    "tls_cert, tls_key) for the LocalCluster or a tls:// --scheduler. See README.")
 def extract(dataset: str, root: Path | None, modalities: str, splits: str, workers: int,
             scheduler: str | None, device: str, text_model: str | None, text_base: str | None,
-            encoders: str | None, cache: Path, limit: int | None, partition_size: int,
+            encoders: str | None, cache: Path, limit: int | None, partition_size: int | None,
             security: Path | None) -> None:
     """Embed text, audio and video into features.h5 (resumable).
 
@@ -164,9 +168,11 @@ def extract(dataset: str, root: Path | None, modalities: str, splits: str, worke
 def _run_extract_command(**kw) -> None:
     from pipeline.cache import CacheError
     from pipeline.extract import ExtractError, ExtractOptions, format_summary, run_extract
-    from pipeline.extract.options import parse_list
+    from pipeline.extract.options import default_workers, parse_list
     from pipeline.names import SPLITS
 
+    if kw.get("workers") is None:
+        kw["workers"] = default_workers()
     kw["modalities"] = _modalities(kw["modalities"])
     try:
         kw["splits"] = parse_list(kw["splits"], SPLITS, "--splits")

@@ -3,8 +3,9 @@
 Builds a throw-away media.h5 of random data in the real layout (audio clips of ``--audio-seconds``,
 face crops and scene frames of 112 px), then times whole training steps exactly as
 ``m2f train-encoders`` runs them: lazy row reads from HDF5, augmentation (waveform stretch + noise,
-image crop/flip/jitter), forward, semi-hard mining, Eq. 9 loss, backward, Adam step. The first
-step of each encoder is a warm-up and is not timed.
+image crop/flip/jitter), forward, semi-hard mining, Eq. 9 loss, backward, Adam step. One loader
+serves both a warm-up epoch of ``--steps`` steps (its worker processes start then, as they do once per
+training run) and the timed epoch, which is not charged for worker start-up.
 
 Usage::
 
@@ -26,7 +27,7 @@ import torch
 
 from pipeline.encoders.data import MediaSamples
 from pipeline.encoders.model import ENCODER_KINDS, build_encoder
-from pipeline.encoders.train import DEFAULT_BATCH, EncoderTrainConfig, train_epoch
+from pipeline.encoders.train import DEFAULT_BATCH, EncoderTrainConfig, TrainLoader, train_epoch
 from pipeline.testing.media_h5 import write_random_media
 
 LABELS = ("anger", "joy", "neutral", "sadness")
@@ -34,27 +35,29 @@ LABELS = ("anger", "joy", "neutral", "sadness")
 
 def measure(media: Path, modality: str, device: str, batch_size: int, steps: int,
             audio_seconds: float) -> dict:
-    """Samples/s of ``steps`` timed training steps after one warm-up step."""
+    """Samples/s of ``steps`` timed training steps after a warm-up epoch of as many on the same loader."""
     samples = MediaSamples(media, "train", modality)
     cfg = EncoderTrainConfig(modality=modality, epochs=1, batch_size=batch_size, clip_seconds=audio_seconds,
                       amp=torch.device(device).type == "cuda")
     window = {"max_seconds": audio_seconds} if modality == "audio" else {}   # the encoder's audio window
     enc = build_encoder(modality, seed=0, **window).to(device)
     opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    train_epoch(enc, opt, samples, cfg, device, epoch=0, steps=1)
+    loader = TrainLoader(samples, enc, cfg, device, steps)
+    train_epoch(enc, opt, samples, cfg, device, epoch=0, steps=steps, loader=loader)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    stats = train_epoch(enc, opt, samples, cfg, device, epoch=1, steps=steps)
+    stats = train_epoch(enc, opt, samples, cfg, device, epoch=1, steps=steps, loader=loader)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    loader.close()
     per_class = batch_size // len(LABELS)
     n = stats["steps"] * per_class * len(LABELS)
     samples.close()
     return {"samples_per_s": round(n / seconds, 2), "step_s": round(seconds / max(stats["steps"], 1), 3),
             "batch": per_class * len(LABELS), "steps": stats["steps"],
-            "triplets_per_step": stats["triplets_per_step"]}
+            "triplets_per_step": stats["triplets_per_step"], "loader_workers": loader.workers}
 
 
 def main() -> None:

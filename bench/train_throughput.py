@@ -38,7 +38,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.testing.features_h5 import random_rows, write_features
 from trainer.data import MELD_CLASSES, batch_order, load_split
-from trainer.fit import autocast_for, make_optimizer, predict_probs, resolve_device, train_epoch
+from trainer.fit import (
+    autocast_for,
+    compile_missing,
+    compiled_or_eager,
+    make_optimizer,
+    predict_probs,
+    resolve_device,
+    train_epoch,
+)
 from trainer.model import DialogModel, DialogModelConfig
 
 DIMS = {"t": 1024, "a": 300, "v": 600}
@@ -106,8 +114,12 @@ def run(
     cpu_batches: int,
     epochs: int,
     bucket: int,
+    max_dialogs: int | None = None,
 ) -> dict:
     lengths, lengths_note = meld_dialog_lengths(meld_dir)
+    if max_dialogs:  # a smoke run (bench/gpu_check.py --cpu-smoke): the first dialogues of each split
+        lengths = {s: v[:max_dialogs] for s, v in lengths.items()}
+        lengths_note += f"; first {max_dialogs} dialogues per split"
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         path = write_features(Path(tmp) / "features.h5", "meld", lengths, random_rows(DIMS, MELD_CLASSES))
@@ -117,7 +129,8 @@ def run(
     config = DialogModelConfig(dims=DIMS, n_classes=7, layers={"t": 1, "a": 1, "v": 1}, fusion_layers=5)
     model = DialogModel(config).to(device)
     optimizer = make_optimizer(model, 5e-4, 5e-4, device)
-    step_model = torch.compile(model) if compile_model else model
+    compile_note = compile_missing() if compile_model else None
+    step_model = compiled_or_eager(model) if compile_model else model
     train = splits["train"]
     batches = None if device == "cuda" else cpu_batches
     seed_order = torch.Generator().manual_seed(0)
@@ -142,7 +155,9 @@ def run(
             bucket=bucket,
         )
 
-    one_pass(min(3, len(order)))  # warm-up: allocator, kernels, compilation
+    # warm-up: allocator, kernels; compiled, every batch shape of the timed pass (its short last batch
+    # would otherwise recompile inside the timed epoch)
+    one_pass(batches if compile_model else min(3, len(order)))
     _sync(device)
     n_runs = epochs if device == "cuda" else 1
     start = time.perf_counter()
@@ -165,7 +180,8 @@ def run(
         "cpu_count": os.cpu_count(),
         "load_avg_1min": os.getloadavg()[0],
         "torch": torch.__version__,
-        "compile": compile_model,
+        "compile": compile_model and compile_note is None,
+        "compile_fallback": compile_note,
         "amp": "bf16" if device == "cuda" else "off",
         "dims": DIMS,
         "N": 1,
@@ -203,6 +219,8 @@ def main() -> None:
     parser.add_argument("--cpu-batches", type=int, default=12, help="batches timed on CPU")
     parser.add_argument("--epochs", type=int, default=3, help="epochs timed on CUDA")
     parser.add_argument("--bucket", type=int, default=50, help="length bucketing window (0 = off)")
+    parser.add_argument("--max-dialogs", type=int, default=None,
+                        help="first N dialogues per split only (smoke runs; projections then mean nothing)")
     args = parser.parse_args()
     result = run(
         resolve_device(args.device),
@@ -212,6 +230,7 @@ def main() -> None:
         args.cpu_batches,
         args.epochs,
         args.bucket,
+        args.max_dialogs,
     )
     print(json.dumps(result, indent=2))
 

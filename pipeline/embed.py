@@ -71,15 +71,22 @@ class FrontTimer:
         ]
         self.clock, self.name = clock, name
 
-    def _start(self, *_):
+    def _start(self, _module, inputs):
+        _sync_cuda(inputs[0])  # CUDA runs asynchronously: time the kernels, not their launch
         self._t0 = time.perf_counter()
 
-    def _stop(self, *_):
+    def _stop(self, _module, _inputs, output):
+        _sync_cuda(output)
         self.clock.add(self.name, time.perf_counter() - self._t0)
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
+
+
+def _sync_cuda(x) -> None:
+    if isinstance(x, torch.Tensor) and x.is_cuda:
+        torch.cuda.synchronize(x.device)
 
 
 def fit_to_contract(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import platform
@@ -52,6 +53,8 @@ from trainer.data import (
     resolve_class_names,
 )
 from trainer.model import DialogModel, DialogModelConfig
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 
@@ -427,6 +430,27 @@ def make_optimizer(
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=device == "cuda")
 
 
+def compile_missing() -> str | None:
+    """What ``torch.compile`` (inductor) lacks here to build its kernels: a C compiler or Python headers."""
+    import shutil
+    import sysconfig
+
+    if not any(shutil.which(cc) for cc in ("cc", "gcc", "clang")):
+        return "no C compiler (cc/gcc/clang) on PATH"
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
+        return f"no Python headers ({sysconfig.get_paths()['include']}/Python.h)"
+    return None
+
+
+def compiled_or_eager(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile(model)``, or ``model`` itself with a warning when compiling cannot work here."""
+    missing = compile_missing()
+    if missing:
+        logger.warning("--compile: %s; training eagerly instead", missing)
+        return model
+    return torch.compile(model)
+
+
 def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[str, DialogSplit]) -> dict:
     """Train (or resume, or skip if finished) one seed in ``run_dir``; returns its final status.
 
@@ -459,7 +483,7 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
         state = _load_last(run_dir, model, optimizer, device)
         _keep_metrics_until(run_dir, state.epoch)
     write_json(run_dir / "environment.json", environment_info(device))
-    step_model = torch.compile(model) if t.compile else model
+    step_model = compiled_or_eager(model) if t.compile else model
 
     def report_status(state_name: str, **extra) -> None:
         write_status(run_dir, state_name, epoch=state.epoch, epochs=t.epochs, seed=seed,

@@ -131,7 +131,9 @@ class LogMel(nn.Module):
     def _standardised(self, wave: torch.Tensor) -> torch.Tensor:
         if wave.shape[-1] < self.n_fft:
             wave = F.pad(wave, (0, self.n_fft - wave.shape[-1]))
-        spec = torch.log(self.mel(wave.float()) + 1e-6)
+        # fp32 even under training's bf16 autocast: the mel filterbank and log as in extraction
+        with torch.autocast(wave.device.type, enabled=False):
+            spec = torch.log(self.mel(wave.float()) + 1e-6)
         mu = spec.mean(dim=(-2, -1), keepdim=True)
         sd = spec.std(dim=(-2, -1), keepdim=True).clamp_min(1e-5)
         return (spec - mu) / sd

@@ -564,14 +564,15 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
     progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "elapsed_s": 0.0, "best_dev_wf1": -1.0,
                 "best_step": None, "history": [], "stopped_early": False}
     if state_path.exists():
-        state = torch.load(state_path, map_location=dev_t, weights_only=True)
+        # on the CPU: torch.set_rng_state takes a CPU ByteTensor; load_state_dict moves the rest to the model
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
         if state["config_json"] != _resume_key(cfg):
             raise ValueError(f"{state_path} was written with a different configuration; remove {resume_dir} "
                              f"to start over or call with the same settings to resume")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        restore_rng_states(state, dev_t.type)
         progress = json.loads(state["progress"])
         progress["stopped_early"] = False  # a new call brings a new budget
         log.info(f"resuming at epoch {progress['epoch']} step {progress['step_in_epoch']} "
@@ -596,7 +597,7 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
         progress["elapsed_s"] = time.time() - run_start
         resume_dir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                           "scheduler": scheduler.state_dict(), **rng_states(dev_t.type),
                            "progress": json.dumps(progress),
                            "config_json": _resume_key(cfg)},
                           state_path)
@@ -672,6 +673,25 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
     train_s = time.time() - run_start
     return _finish(out_dir, best_dir, cfg, progress, examples, train_s, eval_test, pad_id, n_classes,
                    len(train), float(np.mean(lengths)), layout)
+
+
+def rng_states(device_type: str) -> dict:
+    """The generators a resumed run must continue: the CPU one, and the CUDA one on ``cuda`` (dropout)."""
+    import torch
+
+    states = {"torch_rng": torch.get_rng_state()}
+    if device_type == "cuda":
+        states["cuda_rng"] = torch.cuda.get_rng_state()
+    return states
+
+
+def restore_rng_states(state: dict, device_type: str) -> None:
+    """Set what :func:`rng_states` saved; the CUDA state only on ``cuda`` with a GPU visible."""
+    import torch
+
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if device_type == "cuda" and "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu())
 
 
 @functools.wraps(_finetune_text)

@@ -33,6 +33,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -82,9 +83,13 @@ class EncoderTrainConfig:
         Stratified caps on the samples embedded for the probe (None = all).
     amp : bool
         bf16 autocast (CUDA only).
+    probe_every : int
+        Probe (and select the best epoch) every this many epochs, and after the last one; the probe embeds
+        up to ``probe_max_train + probe_max_dev`` samples, a cost worth spreading out on a GPU.
     num_workers : int or None
-        DataLoader worker processes that read and augment batches; None = 0 on CPU (the cores are
-        busy training), ``min(8, cpus - 1)`` on CUDA. Does not change the numbers.
+        DataLoader worker processes that read and augment batches, started once for all epochs with the
+        ``forkserver`` start method (no fork of a process that runs dask's threads); None = 0 on CPU
+        (the cores are busy training), ``min(8, cpus - 1)`` on CUDA. Does not change the numbers.
     classes : tuple of str or None
         Labels to train on; None = every non-empty train label.
     contract_overrides : dict
@@ -107,6 +112,7 @@ class EncoderTrainConfig:
     probe_max_train: int | None = 2000
     probe_max_dev: int | None = 2000
     amp: bool = False
+    probe_every: int = 1
     num_workers: int | None = None
     classes: tuple[str, ...] | None = None
     contract_overrides: dict = field(default_factory=dict)
@@ -116,6 +122,8 @@ class EncoderTrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 4:
             raise ValueError(f"need epochs >= 1 and batch_size >= 4, got {self.epochs}, {self.batch_size}")
+        if self.probe_every < 1:
+            raise ValueError(f"probe_every must be >= 1, got {self.probe_every}")
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -288,18 +296,21 @@ def _fit(encoder: Encoder, train: MediaSamples, dev: MediaSamples | None, cfg: E
         opt.load_state_dict(state["optim"])
         log.info("%s: resuming after epoch %d from %s", cfg.modality, state["epoch"], state_path)
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(train) / cfg.batch_size))
+    loader = TrainLoader(train, encoder, cfg, device, steps)
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        losses = train_epoch(encoder, opt, train, cfg, device, epoch, steps)
-        score = _probe(encoder, probe_sets, cfg, device)
+        losses = train_epoch(encoder, opt, train, cfg, device, epoch, steps, loader=loader)
+        probed = epoch % cfg.probe_every == 0 or epoch == cfg.epochs
+        score = _probe(encoder, probe_sets, cfg, device) if probed else None
         entry = {"epoch": epoch, **losses, "dev_probe_wf1": score, "seconds": time.perf_counter() - t0}
         state["history"].append(entry)
-        if score > state["best_score"]:
+        if score is not None and score > state["best_score"]:
             state.update(best_score=score, best_epoch=epoch, best=_cpu_state(encoder))
         state["epoch"] = epoch
         _save_state(state_path, state, encoder, opt, cfg)
-        log.info("%s epoch %d/%d: loss %.4f, dev probe wF1 %.4f (%.1f s)", cfg.modality, epoch, cfg.epochs,
-                 losses["loss"], score, entry["seconds"])
+        log.info("%s epoch %d/%d: loss %.4f, dev probe wF1 %s (%.1f s)", cfg.modality, epoch, cfg.epochs,
+                 losses["loss"], "-" if score is None else f"{score:.4f}", entry["seconds"])
+    loader.close()
     encoder.load_state_dict(state["best"])
     n_tr, n_dev = len(probe_sets[0][1]), len(probe_sets[1][1])
     held_out = "dev weighted F1" if probe_sets[1][0] is dev else "weighted F1 on a held-out fifth of train"
@@ -310,9 +321,84 @@ def _fit(encoder: Encoder, train: MediaSamples, dev: MediaSamples | None, cfg: E
             "dev_counts": dev.label_counts() if dev is not None else None}
 
 
+class EpochBatches(torch.utils.data.Dataset):
+    """The augmented batches of every epoch, keyed ``(epoch, b)``: one dataset for persistent workers.
+
+    Epoch ``e``'s batches are :func:`balanced_batches` drawn from ``(seed, e)`` and loaded by
+    :class:`TrainBatches`, exactly as a loader built for that epoch alone would load them.
+    """
+
+    def __init__(self, train: MediaSamples, contract, cfg: EncoderTrainConfig, steps: int):
+        # what TrainBatches reads of the samples, without their open HDF5 file (sent to the workers)
+        self.train = SimpleNamespace(path=train.path, split=train.split, modality=train.modality,
+                                     classes=train.classes, labels=train.labels)
+        self.contract, self.cfg, self.steps = contract, cfg, steps
+        self._epoch: tuple[int, TrainBatches] | None = None
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def for_epoch(self, epoch: int) -> TrainBatches:
+        if self._epoch is None or self._epoch[0] != epoch:
+            cfg = self.cfg
+            batches = balanced_batches(self.train.labels, cfg.batch_size, self.steps,
+                                       np.random.default_rng([cfg.seed, epoch]))
+            self._epoch = (epoch, TrainBatches(self.train, batches, self.contract, cfg.seed, epoch,
+                                               cfg.audio_augment))
+        return self._epoch[1]
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        epoch, b = key
+        return self.for_epoch(epoch)[b]
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_epoch": None}
+
+
+class _EpochKeys(torch.utils.data.Sampler):
+    """``(epoch, 0) .. (epoch, steps - 1)``; runs in the main process, so setting ``epoch`` is enough."""
+
+    def __init__(self, steps: int):
+        self.steps, self.epoch = steps, 0
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        return ((self.epoch, b) for b in range(self.steps))
+
+
+class TrainLoader:
+    """One DataLoader for all epochs of a run: its worker processes start once and stay.
+
+    Workers are started with ``forkserver`` (a fork of a process running dask's or tqdm's threads can
+    deadlock) and run single-threaded.
+    """
+
+    def __init__(self, train: MediaSamples, encoder: Encoder, cfg: EncoderTrainConfig, device: str,
+                 steps: int):
+        self.workers = resolve_workers(cfg.num_workers, device)
+        self.keys = _EpochKeys(steps)
+        self.loader = torch.utils.data.DataLoader(
+            EpochBatches(train, encoder.contract, cfg, steps), batch_size=None, sampler=self.keys,
+            num_workers=self.workers, worker_init_fn=_single_thread if self.workers else None,
+            multiprocessing_context="forkserver" if self.workers else None,
+            persistent_workers=self.workers > 0, pin_memory=torch.device(device).type == "cuda")
+
+    def epoch(self, epoch: int):
+        """An iterator over epoch ``epoch``'s ``(x, y)`` batches."""
+        self.keys.epoch = epoch
+        return iter(self.loader)
+
+    def close(self) -> None:
+        self.loader = None  # the persistent workers stop with their iterator
+
+
 def train_epoch(encoder: Encoder, opt: torch.optim.Optimizer, train: MediaSamples, cfg: EncoderTrainConfig,
-                device: str, epoch: int, steps: int) -> dict[str, float]:
+                device: str, epoch: int, steps: int, loader: TrainLoader | None = None) -> dict[str, float]:
     """One epoch of ``steps`` semi-hard triplet steps; its random stream depends only on (seed, epoch).
+
+    ``loader``: the run's :class:`TrainLoader` (one is made for this epoch alone without it).
 
     Returns
     -------
@@ -320,17 +406,12 @@ def train_epoch(encoder: Encoder, opt: torch.optim.Optimizer, train: MediaSample
         Mean ``loss`` (Eq. 9), ``triplet``, ``var``, ``cov``, ``active`` (fraction of triplets whose
         hinge is on) and ``margin`` over the steps, ``steps`` taken and ``triplets_per_step``.
     """
-    rng = np.random.default_rng([cfg.seed, epoch])
-    batches = balanced_batches(train.labels, cfg.batch_size, steps, rng)
-    source = TrainBatches(train, batches, encoder.contract, cfg.seed, epoch, cfg.audio_augment)
-    workers = resolve_workers(cfg.num_workers, device)
-    loader = torch.utils.data.DataLoader(source, batch_size=None, shuffle=False, num_workers=workers,
-                                         worker_init_fn=_single_thread if workers else None,
-                                         pin_memory=torch.device(device).type == "cuda")
+    if loader is None:
+        loader = TrainLoader(train, encoder, cfg, device, steps)
     encoder.train()
     sums = dict.fromkeys(("loss", *_PART_NAMES), 0.0)
     n_steps, n_triplets = 0, 0
-    for x, lengths, y in loader:
+    for x, lengths, y in loader.epoch(epoch):
         x, y = x.to(device, non_blocking=True), y.to(device)
         if lengths is not None:
             lengths = lengths.to(device)
@@ -394,6 +475,8 @@ def _resume_key(cfg: EncoderTrainConfig) -> dict:
     d = cfg.to_dict()
     d.pop("epochs")  # more epochs may be asked for on a rerun
     d.pop("num_workers")  # batches are the same whatever the number of workers
+    if d["probe_every"] == 1:
+        d.pop("probe_every")  # states written before the option resume as before
     return d
 
 

@@ -64,6 +64,16 @@ def make_local_cluster(n_workers: int, security=None):
                             dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, security=security)
 
 
+def local_worker_count(opts: ExtractOptions) -> int:
+    """Worker processes of the LocalCluster: ``opts.workers``, with ``device`` cpu or cuda alike.
+
+    On a GPU machine the media stage is decode-bound (CPU work), so one worker per core all sharing the
+    one GPU for MTCNN, the encoders and the text model keeps every core and the GPU busy; a single GPU
+    worker would decode on one core while the others idle.
+    """
+    return max(1, opts.workers)
+
+
 class Engine:
     """A dask client, started on first use; closes what it started.
 
@@ -89,7 +99,7 @@ class Engine:
                 logger.info("connected to %s; dashboard: %s", self.opts.scheduler,
                             self._client.dashboard_link)
             else:
-                n = 1 if self.opts.device == "cuda" else max(1, self.opts.workers)
+                n = local_worker_count(self.opts)
                 cluster = make_local_cluster(n, self._security)
                 self._client = Client(cluster)
                 self._own.append(cluster)
@@ -105,7 +115,7 @@ class Engine:
         """:func:`partition` of ``todo``, small enough for about 4 partitions per worker."""
         if not todo:
             return []
-        size = min(self.opts.partition_size, math.ceil(len(todo) / (4 * self.n_workers())))
+        size = min(self.opts.partition, math.ceil(len(todo) / (4 * self.n_workers())))
         return partition(todo, max(1, size))
 
     def require_shared(self, paths: Sequence[str | os.PathLike]) -> None:

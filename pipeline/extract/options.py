@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,15 @@ if TYPE_CHECKING:
 
 class ExtractError(RuntimeError):
     """A run cannot go on; the message says what to do."""
+
+
+def default_workers() -> int:
+    """Local worker processes by default: the machine's cores minus one for the driver, at least 1.
+
+    The same with ``--device cuda``: every worker decodes on its own core and runs MTCNN, the encoders
+    and the text model on the one GPU (a CUDA context is a few hundred MB beside the GPU's memory).
+    """
+    return max(1, (os.cpu_count() or 2) - 1)
 
 
 @dataclass(frozen=True)
@@ -33,7 +43,8 @@ class ExtractOptions:
     splits : tuple of str
         Splits to extract.
     workers : int
-        Local worker processes (ignored with ``scheduler``; 1 with ``device='cuda'``).
+        Local worker processes (ignored with ``scheduler``); default :func:`default_workers`, the
+        machine's cores minus one, with ``device='cpu'`` and ``'cuda'`` alike (all workers share the GPU).
     scheduler : str or None
         Address of an existing dask scheduler.
     device : str
@@ -51,9 +62,10 @@ class ExtractOptions:
         Cache root (may be relative: :attr:`layout` makes every path under it absolute).
     limit : int or None
         At most this many utterances per split (first dialogues in manifest order).
-    partition_size : int
+    partition_size : int or None
         Most utterances per partition (whole dialogues, so a partition may hold more); smaller on a
-        small corpus, so that each worker gets about 4 partitions.
+        small corpus, so that each worker gets about 4 partitions. Default 16 on CPU, 64 on CUDA (a
+        partition is what one GPU forward pass can batch: its texts, clips and frames).
     batch_size : int or None
         Encoder batch; default 32 on CPU, 256 on CUDA.
     retries : int
@@ -70,7 +82,7 @@ class ExtractOptions:
     root: Path | None
     modalities: tuple[str, ...] = MODALITIES
     splits: tuple[str, ...] = SPLITS
-    workers: int = 2
+    workers: int = field(default_factory=default_workers)
     scheduler: str | None = None
     device: str = "cpu"
     text_model: str | None = None
@@ -78,7 +90,7 @@ class ExtractOptions:
     encoders: str | None = None
     cache: Path = Path("cache")
     limit: int | None = None
-    partition_size: int = 16
+    partition_size: int | None = None
     batch_size: int | None = None
     retries: int = 3
     media_config: dict | None = None
@@ -96,12 +108,19 @@ class ExtractOptions:
         if self.text_model is not None and self.text_base is not None:
             raise ExtractError("--text-model (used frozen) and --text-base (fine-tuned) exclude each other; "
                                "pass one")
+        if self.workers < 1:
+            raise ExtractError(f"--workers {self.workers}: must be at least 1")
         if self.limit is not None and self.limit < 1:
             raise ExtractError(f"--limit {self.limit}: must be at least 1")
 
     @property
     def needs_media(self) -> bool:
         return "audio" in self.modalities or "visual" in self.modalities
+
+    @property
+    def partition(self) -> int:
+        """Most utterances per partition: ``partition_size``, else 16 on CPU and 64 on CUDA."""
+        return self.partition_size or (64 if self.device == "cuda" else 16)
 
     @property
     def batch(self) -> int:

@@ -113,10 +113,12 @@ def _final_weights(folder: Path) -> dict:
     return torch.load(folder / "resume" / "state.pt", weights_only=True)["model"]
 
 
-def test_budget_stop_then_resume_equals_an_uninterrupted_run(tiny_roberta, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_budget_stop_then_resume_equals_an_uninterrupted_run(tiny_roberta, tmp_path, device):
+    # on cuda: the state file holds the CUDA generator (dropout) and its CPU one goes back on the CPU
     utts = keyword_corpus(n_train=24, n_dev=8, n_test=0)
     kw = {"base_model": str(tiny_roberta), "max_length": 32, "epochs": 2, "batch_size": 8, "lr": 1e-3,
-          "freeze_layers": 1, "evals_per_epoch": 1, "seed": 3, "eval_test": False}
+          "freeze_layers": 1, "evals_per_epoch": 1, "seed": 3, "eval_test": False, "device": device}
     finetune_text(utts, tmp_path / "a", **kw)
     finetune_text(utts, tmp_path / "b", max_minutes=0.0, **kw)  # stops after its first step
     stopped = read_finetune_meta(tmp_path / "b")
@@ -126,10 +128,26 @@ def test_budget_stop_then_resume_equals_an_uninterrupted_run(tiny_roberta, tmp_p
     assert not resumed["stopped_early"] and resumed["history"][-1]["step"] == 6
     a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
     assert a.keys() == b.keys()
+    tol = {"rtol": 0, "atol": 0} if device == "cpu" else {"rtol": 1e-4, "atol": 1e-5}  # GPU atomics
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+        torch.testing.assert_close(a[k], b[k], **tol, msg=k)
+    state = torch.load(tmp_path / "b" / "resume" / "state.pt", weights_only=True)
+    assert ("cuda_rng" in state) == (device == "cuda")
     with pytest.raises(ValueError, match="different configuration"):
         finetune_text(utts, tmp_path / "b", **{**kw, "lr": 5e-4})
+
+
+def test_rng_states_round_trip_through_a_state_file(tmp_path):
+    from pipeline.encoders.text_finetune import restore_rng_states, rng_states
+
+    torch.manual_seed(5)
+    saved = rng_states("cpu")
+    assert set(saved) == {"torch_rng"}
+    expected = torch.rand(4)
+    torch.save(saved, tmp_path / "s.pt")
+    torch.rand(10)
+    restore_rng_states(torch.load(tmp_path / "s.pt", map_location="cpu", weights_only=True), "cuda")
+    torch.testing.assert_close(torch.rand(4), expected, rtol=0, atol=0)  # no GPU here: CPU state only
 
 
 def test_labels_default_maps_and_context_of_unlabelled_turns(tiny_roberta):

@@ -133,5 +133,19 @@ def test_cuda_detector_matches_cpu(detector):
     frames = face_frames(2)
     cpu = detector.detect(frames)
     gpu = FaceDetector(MediaConfig(mtcnn_batch=2, detect_max_side=0), device="cuda").detect(frames)
+    # a candidate near MTCNN's 0.7 output threshold may appear on one device only (TF32 convolutions):
+    # every confident face of either device must be found by the other, at the same place
     for (bc, pc), (bg, pg) in zip(cpu, gpu, strict=True):
-        assert bg.shape == bc.shape and np.allclose(bg, bc, atol=2) and np.allclose(pg, pc, atol=1e-3)
+        _confident_faces_found(bc, pc, bg, pg)
+        _confident_faces_found(bg, pg, bc, pc)
+    assert any(len(p) and p.max() > 0.99 for _, p in cpu)  # the test's frames do hold a clear face
+
+
+def _confident_faces_found(boxes, probs, other_boxes, other_probs, floor=0.8):
+    for box, prob in zip(boxes, probs, strict=True):
+        if prob < floor:
+            continue
+        assert len(other_boxes), f"face p={prob:.3f} at {box} found on one device only"
+        dist = np.abs(other_boxes - box).max(axis=1)
+        j = int(dist.argmin())
+        assert dist[j] <= 2 and abs(other_probs[j] - prob) <= 1e-3, (box, prob, other_boxes, other_probs)
