@@ -54,11 +54,12 @@ def run_dask(root: Path, cache: Path, workers: int) -> dict:
 
     opts = ExtractOptions("meld", root, splits=("dev",), workers=workers, cache=cache, encoders="random",
                           text_model=DEFAULT_TEXT_MODEL)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     res = run_extract(opts)
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     n = sum(s.total for s in res.summary.values())
     return {"utterances": n, "wall_s": round(wall, 2), "utt_per_s": round(n / wall, 3),
+            "driver_cpu_s": round(cpu, 2), "driver_cpu_share_of_wall": round(cpu / wall, 3),
             "stage_wall_s": {k: round(v, 2) for k, v in res.seconds.items()},
             "stage_work_s": {k: round(v, 2) for k, v in sorted(res.work.items())},
             "peak_rss_mb_per_worker": sorted(round(w["peak_rss_mb"]) for w in res.workers.values()),
@@ -251,6 +252,7 @@ def main() -> None:
     p.add_argument("--partition", type=int, default=16, help="utterances per partition (--cost)")
     p.add_argument("--profile", type=Path, default=None, help="cProfile output of the --cost stages run")
     p.add_argument("--scaling", default=None, help="media stage alone with these worker counts, e.g. 1,2,4")
+    p.add_argument("--one-worker", action="store_true", help="only the 1-worker dask run (overhead)")
     args = p.parse_args()
     size = tuple(int(x) for x in args.size.split("x"))
     work = args.out or Path(tempfile.mkdtemp(prefix="m2f-bench-"))
@@ -270,6 +272,9 @@ def main() -> None:
                       "media_scaling": run_scaling(root, work, [int(k) for k in args.scaling.split(",")])}
         else:
             one = run_dask(root, work / "cache1", 1)
+            if args.one_worker:
+                print(json.dumps({"corpus": corpus, **load, "dask_1_worker": one}, indent=1))
+                return
             two = run_dask(root, work / "cache2", 2)
             loop, vectors = run_loop(dev_utterances(root, work / "cache2"))
             result = {
