@@ -128,8 +128,7 @@ def _load_models(cfg, clock):
 
     torch.set_num_threads(1)
     detector = clock.timed("load", FaceDetector, cfg)
-    encs = clock.timed("load", load_encoder_set, "random", "cpu", 0,
-                       {"face": cfg.face_size, "scene": cfg.scene_size})
+    encs = clock.timed("load", load_encoder_set, "random")  # as the engine's workers build them
     text_model = clock.timed("load", TextEmbedder, DEFAULT_TEXT_MODEL)
     return detector, encs, text_model
 
