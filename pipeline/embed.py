@@ -36,20 +36,25 @@ VISUAL_DIM = 600
 
 @dataclass
 class StageClock:
-    """Seconds spent per named stage, accumulated (``clock.add("mel", dt)``)."""
+    """Seconds spent per named stage, accumulated (``clock.add("mel", dt)``).
+
+    ``timer`` reads the clock: wall time by default; ``time.thread_time`` (one torch thread) gives CPU
+    seconds, which other processes' load on a shared machine changes far less.
+    """
 
     seconds: dict[str, float] = field(default_factory=dict)
+    timer: Callable[[], float] = time.perf_counter
 
     def add(self, name: str, dt: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + dt
 
     def timed(self, name: str, fn: Callable, *args, **kwargs):
-        """Call ``fn(*args, **kwargs)`` and add its wall time to ``name``."""
-        t = time.perf_counter()
+        """Call ``fn(*args, **kwargs)`` and add the seconds it took (by ``timer``) to ``name``."""
+        t = self.timer()
         try:
             return fn(*args, **kwargs)
         finally:
-            self.add(name, time.perf_counter() - t)
+            self.add(name, self.timer() - t)
 
 
 class FrontTimer:
@@ -73,11 +78,11 @@ class FrontTimer:
 
     def _start(self, _module, inputs):
         _sync_cuda(inputs[0])  # CUDA runs asynchronously: time the kernels, not their launch
-        self._t0 = time.perf_counter()
+        self._t0 = self.clock.timer()
 
     def _stop(self, _module, _inputs, output):
         _sync_cuda(output)
-        self.clock.add(self.name, time.perf_counter() - self._t0)
+        self.clock.add(self.name, self.clock.timer() - self._t0)
 
     def remove(self) -> None:
         for h in self._handles:

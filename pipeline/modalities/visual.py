@@ -14,6 +14,9 @@ frame (parts outside the frame are black) and resized to ``size`` with ``cv2.INT
 Detection (:class:`FaceDetector`) runs on a copy of the frames shrunk so that the longer side is at
 most ``detect_max_side`` pixels (MELD frames are large and MTCNN's cost grows with the pixel count);
 boxes are scaled back to full-resolution coordinates.
+
+Speed (CPU): facenet-pytorch's max-pooling runs ~8x faster on channels-last tensors than on NCHW
+ones, so on CPU the three MTCNN networks are converted to channels-last (same boxes; max is exact).
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ class FaceDetector:
         self.device = device
         self.mtcnn = MTCNN(keep_all=True, select_largest=False, device=torch.device(device),
                            min_face_size=int(getattr(cfg, "min_face_size", 20)))
+        if device == "cpu":  # channels-last max-pooling is ~8x faster on CPU, and exact
+            for net in (self.mtcnn.pnet, self.mtcnn.rnet, self.mtcnn.onet):
+                net.to(memory_format=torch.channels_last)
 
     def detect(self, frames: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Faces in each frame, best probability first.
