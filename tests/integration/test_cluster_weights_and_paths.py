@@ -16,7 +16,6 @@ from pipeline.encoders.model import build_encoder, save_encoder
 from pipeline.extract import ExtractError, ExtractOptions, make_local_cluster, run_extract
 from pipeline.extract.cluster import check_workers_see, load_security
 from pipeline.extract.prepare import load_manifest
-from pipeline.manifest import write_jsonl
 from pipeline.testing.meld import make_meld_tree
 
 
@@ -89,7 +88,10 @@ def test_clip_folder_hidden_from_workers_stops_before_decoding(client, tmp_path,
     # in another folder) does not, as with a corpus on a disk only the driver's machine mounts
     monkeypatch.chdir(root)
     hidden = [replace(u, clip=f"/proc/self/cwd/{Path(u.clip).relative_to(root)}") for u in utterances]
-    write_jsonl(hidden, manifest)
+    # the corpus is re-read on every run, so the run is handed the hidden manifest directly
+    import pipeline.extract.driver as driver
+
+    monkeypatch.setattr(driver, "load_manifest", lambda layout, corpus_root: (manifest, hidden))
     folder = str(Path(hidden[0].clip).parent)
     assert Path(hidden[0].clip).is_file() and set(client.run(os.path.isdir, folder).values()) == {False}
     with pytest.raises(ExtractError, match=f"cannot read {folder}.*shared file system"):
