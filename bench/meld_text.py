@@ -145,7 +145,8 @@ def stage_baseline(utterances, out: Path, max_length: int, batch_size: int,
 
 def stage_finetune(utterances, folder: Path, args) -> dict:
     """Fine-tune MiniLM with context (resumable); return its ``m2f_text.json`` figures."""
-    from pipeline.encoders.text_finetune import finetune_text, read_finetune_meta
+    from pipeline.encoders.text_finetune import finetune_text
+    from pipeline.encoders.text_finetune_state import read_finetune_meta
 
     if not (folder / "m2f_text.json").exists():
         finetune_text(utterances, folder, max_length=args.max_length, epochs=args.epochs,

@@ -9,16 +9,17 @@ weighted F1 (never the test split). The result is a Hugging Face folder (model +
 head read them (``cls``: first token, the paper's choice, for full fine-tuning; ``target``: mean
 over the target utterance's tokens, the default when lower layers are frozen).
 
-The recipe follows the base model (:func:`resolve_defaults`): a RoBERTa/BERT-family base other than MiniLM
-(``roberta-large``, a local folder) is fine-tuned whole with the first-token head (EmoBERTa, the paper) on
-any device; the shipped MiniLM gets the CPU recipe below on ``device="cpu"``. The CPU recipe (measured
-on MELD in ``bench/RESULTS.md``: about 15 min of training on a shared 2-core CPU, 0.575 dev / 0.613 test
-weighted F1 of the classifier):
+The recipe follows the base model (:func:`pipeline.encoders.text_finetune_recipe.resolve_defaults`): a
+RoBERTa/BERT-family base other than MiniLM (``roberta-large``, a local folder) is fine-tuned whole with
+the first-token head (EmoBERTa, the paper) on any device; the shipped MiniLM gets the CPU recipe below
+on ``device="cpu"``. The CPU recipe (measured on MELD in ``bench/RESULTS.md``: about 15 min of training
+on a shared 2-core CPU, 0.575 dev / 0.613 test weighted F1 of the classifier):
 
 - context inputs capped at 64 tokens (MELD train contexts: mean 50.9 tokens; 71.7 at 96, 87.3 at 128);
 - dynamic padding in length-bucketed batches (similar lengths together, shuffled at the batch level);
 - embeddings and the lowest layers frozen (MiniLM: 2 of 6) and their outputs computed once
-  (:class:`FrozenBottomCache`), so a step runs only the top four layers and the head;
+  (:class:`pipeline.encoders.text_finetune_heads.FrozenBottomCache`), so a step runs only the top four
+  layers and the head;
 - the new head at 10x the body's learning rate, target-token pooling, 2 epochs;
 - one torch thread (on a CPU shared with other busy processes it was 3-4x faster per step than two);
 - a wall-clock budget (``max_minutes``): training stops cleanly at the budget and keeps the best
@@ -42,391 +43,43 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.atomic import atomic_torch_save, atomic_write_json
 from pipeline.cache import folder_lock
-from pipeline.corpora.base import IEMOCAP_CLASSES, MELD_CLASSES
-from pipeline.manifest import Utterance, group_dialogues
-from pipeline.metrics import weighted_f1
-from pipeline.modalities.text import (
-    DEFAULT_TEXT_MODEL,
-    POOLINGS,
-    build_contexts,
-    length_sorted_batches,
-    load_text_model,
-    pad_batch,
-    pool_hidden,
-    resolve_model_source,
-    special_layout,
-    target_mask_batch,
+from pipeline.encoders.text_finetune_data import Examples, build_examples, default_label_map, epoch_batches
+from pipeline.encoders.text_finetune_heads import (
+    FrozenBottomCache,
+    _pool_mask,
+    full_logits,
+    predict,
+    top_logits,
 )
+from pipeline.encoders.text_finetune_recipe import (
+    FinetuneConfig,
+    _freeze,
+    _resume_key,
+    linear_warmup_decay,
+    param_groups,
+    resolve_defaults,
+)
+from pipeline.encoders.text_finetune_state import (
+    META_FILE,
+    _save_model_folder,
+    restore_rng_states,
+    rng_states,
+)
+from pipeline.manifest import Utterance
+from pipeline.metrics import weighted_f1
+from pipeline.modalities.text import POOLINGS, load_text_model, resolve_model_source
+from pipeline.modalities.text_context import pad_batch, special_layout
 
 log = logging.getLogger(__name__)
-
-#: Written into ``m2f_text.json``; :class:`TextEmbedder` does not need it, readers may check it.
-META_FILE = "m2f_text.json"
-
-
-@dataclass
-class FinetuneConfig:
-    """Settings of one fine-tuning run (all saved in ``m2f_text.json``).
-
-    ``None`` fields are resolved when the model is loaded (:func:`resolve_defaults`) and saved resolved.
-    """
-
-    base_model: str | None = None
-    max_length: int | None = None
-    epochs: int | None = None
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    lr: float | None = None
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    head_lr_mult: float = 10.0
-    pooling: str | None = None
-    freeze_embeddings: bool = True
-    freeze_layers: int | None = None
-    cache_frozen: bool = True
-    evals_per_epoch: int = 2
-    checkpoint_every: int = 50
-    max_minutes: float | None = None
-    seed: int = 0
-    device: str = "cpu"
-    amp: bool = True
-    label_map: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class Examples:
-    """Context inputs of one split: ids per input, class index per input, utterance ids."""
-
-    ids: list[list[int]]
-    labels: np.ndarray
-    utt_ids: list[str]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def default_label_map(utterances: Sequence[Utterance]) -> dict[str, int]:
-    """MELD's 7 classes or IEMOCAP's 6 (other labels dropped), by the corpus of the utterances.
-
-    Raises
-    ------
-    ValueError
-        For a corpus without a default (pass ``label_map``).
-    """
-    corpora = {u.corpus for u in utterances}
-    if corpora <= {"meld", "sample"}:
-        return {c: i for i, c in enumerate(MELD_CLASSES)}
-    if corpora == {"iemocap"}:
-        return {c: i for i, c in enumerate(IEMOCAP_CLASSES)}
-    raise ValueError(f"no default label map for corpora {sorted(corpora)}; pass label_map={{label: index}}")
-
-
-def build_examples(utterances: Sequence[Utterance], tokenizer, max_length: int,
-                   label_map: Mapping[str, int]) -> dict[str, Examples]:
-    """Context inputs per split for the utterances whose label is in ``label_map``.
-
-    Every utterance (labelled or not) serves as context for its neighbours; only mapped labels
-    become examples.
-    """
-    contexts = build_contexts(group_dialogues(utterances), tokenizer, max_length)
-    out: dict[str, Examples] = {}
-    for u in utterances:
-        if u.label is None or u.label not in label_map:
-            continue
-        ex = out.setdefault(u.split, Examples([], np.zeros(0, dtype=np.int64), []))
-        ex.ids.append(contexts[u.id])
-        ex.utt_ids.append(u.id)
-    for split, ex in out.items():
-        by_id = {u.id: u.label for u in utterances if u.split == split}
-        ex.labels = np.array([label_map[by_id[i]] for i in ex.utt_ids], dtype=np.int64)
-    return out
-
-
-def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Length-bucketed batches for one epoch: shuffle, sort within chunks of 50 batches, shuffle batches.
-
-    Deterministic in ``(seed, epoch)``, so a resumed run replays the same order.
-    """
-    rng = random.Random(seed * 1000 + epoch)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    chunk = batch_size * 50
-    batches: list[list[int]] = []
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start:start + chunk], key=lambda i: lengths[i])
-        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
-def predict(model, examples: Examples, batch_size: int, pad_id: int, device,
-            cache: FrozenBottomCache | None = None, pooling: str = "cls", layout=None) -> np.ndarray:
-    """Class logits ``(N, C)`` float32 for ``examples`` (length-sorted batches, inference mode).
-
-    With ``cache`` (the examples' frozen-bottom states) only the upper layers and the head run.
-    ``pooling`` is the head's (:func:`head_logits`); ``target`` needs the tokenizer's ``layout``.
-    """
-    import torch
-
-    model.eval()
-    out = None
-    with torch.inference_mode():
-        for batch in length_sorted_batches([len(x) for x in examples.ids], batch_size):
-            seqs = [examples.ids[i] for i in batch]
-            pmask = _pool_mask(seqs, pooling, layout, device)
-            if cache is not None:
-                hidden, mask_t = cache.batch(batch, device)
-                logits = top_logits(model, hidden, mask_t, cache.n_layers, pooling, pmask)
-            else:
-                ids, mask = pad_batch(seqs, pad_id)
-                ids_t, mask_t = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
-                logits = full_logits(model, ids_t, mask_t, pooling, pmask)
-            logits = logits.float().cpu().numpy()
-            if out is None:
-                out = np.zeros((len(examples), logits.shape[1]), dtype=np.float32)
-            out[batch] = logits
-    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
-
-
-def _pool_mask(seqs, pooling: str, layout, device):
-    """The target mask of a batch for ``pooling="target"`` (None otherwise)."""
-    if pooling != "target":
-        return None
-    import torch
-
-    if layout is None:
-        raise ValueError("pooling='target' needs the tokenizer's layout (special_layout(tokenizer))")
-    return torch.from_numpy(target_mask_batch(seqs, layout, max(len(x) for x in seqs))).to(device)
-
-
-def uses_minilm_recipe(base_model: str | None) -> bool:
-    """Whether ``base_model`` gets the measured MiniLM CPU recipe (top four layers, target pooling).
-
-    True for the shipped all-MiniLM-L6-v2 (``None`` or its folder) and any base named ``*MiniLM*``
-    (hub id or folder name); every other base (RoBERTa, BERT, ...) is fine-tuned whole with the
-    first-token head, as EmoBERTa and the paper do.
-    """
-    if base_model is None:
-        return True
-    src = Path(str(base_model)).expanduser()
-    if src.exists() and src.resolve() == Path(DEFAULT_TEXT_MODEL).expanduser().resolve():
-        return True
-    return "minilm" in src.name.lower()
-
-
-def resolve_defaults(cfg: FinetuneConfig, model) -> FinetuneConfig:
-    """Fill the fields left as ``None`` (in place): the recipe follows the base model and the device.
-
-    ``freeze_layers``: for MiniLM on CPU (:func:`uses_minilm_recipe`) all but the top four layers
-    (``bench/RESULTS.md``: MiniLM trains layers 3-6 and the head; top two only: 0.543 dev / 0.592 test,
-    top four: 0.575 / 0.613); otherwise none (full fine-tuning, as EmoBERTa: any other base such as
-    ``roberta-large``, and MiniLM on CUDA). ``pooling``: ``cls`` (the paper's first token) when every
-    layer trains, ``target`` when some are frozen. ``lr``: 1e-5 for models of hidden size >= 768
-    (RoBERTa-base or -large, as EmoBERTa); 1e-4 for smaller ones with frozen layers, 5e-5 for smaller
-    ones trained whole. ``max_length``: 64 on CPU, 128 on CUDA. ``epochs``: 2 on CPU, 5 on CUDA.
-    """
-    cpu = cfg.device == "cpu"
-    if cfg.max_length is None:
-        cfg.max_length = 64 if cpu else 128
-    if cfg.epochs is None:
-        cfg.epochs = 2 if cpu else 5
-    n_layers = len(base_of(model).encoder.layer)
-    if cfg.freeze_layers is None:
-        cfg.freeze_layers = max(0, n_layers - 4) if cpu and uses_minilm_recipe(cfg.base_model) else 0
-    if cfg.pooling is None:
-        cfg.pooling = "target" if cfg.freeze_layers > 0 else "cls"
-    if cfg.lr is None:
-        if model.config.hidden_size >= 768:
-            cfg.lr = 1e-5
-        else:
-            cfg.lr = 1e-4 if cfg.freeze_layers > 0 else 5e-5
-    return cfg
-
-
-def param_groups(model, cfg: FinetuneConfig) -> list[dict]:
-    """AdamW groups: weight decay on matrices only; the new head at ``lr * head_lr_mult``.
-
-    The head starts from random weights; at the body's rate it needs hundreds of steps just to reach a
-    useful scale (measured on MELD: loss still at the majority-class level after 175 steps at 1e-4),
-    which a short CPU budget cannot spare.
-    """
-    head = {id(p) for p in model.classifier.parameters()}
-    groups = []
-    for is_head in (False, True):
-        lr = cfg.lr * (cfg.head_lr_mult if is_head else 1.0)
-        ps = [p for p in model.parameters() if p.requires_grad and (id(p) in head) == is_head]
-        groups.append({"params": [p for p in ps if p.ndim > 1], "weight_decay": cfg.weight_decay, "lr": lr})
-        groups.append({"params": [p for p in ps if p.ndim <= 1], "weight_decay": 0.0, "lr": lr})
-    return [g for g in groups if g["params"]]
-
-
-def linear_warmup_decay(step: int, warmup: int, total: int) -> float:
-    """LR factor: linear rise over ``warmup`` steps to 1, then linear decay to 0 at ``total``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def _freeze(model, freeze_embeddings: bool, freeze_layers: int) -> None:
-    base = getattr(model, model.base_model_prefix)
-    if freeze_embeddings:
-        for p in base.embeddings.word_embeddings.parameters():
-            p.requires_grad = False
-    layers = base.encoder.layer
-    if freeze_layers > len(layers):
-        raise ValueError(f"freeze_layers={freeze_layers} but the model has {len(layers)} layers")
-    for layer in layers[:freeze_layers]:
-        for p in layer.parameters():
-            p.requires_grad = False
-    if freeze_layers > 0:
-        for p in base.embeddings.parameters():
-            p.requires_grad = False
-
-
-def _resume_key(cfg: FinetuneConfig) -> str:
-    """The settings a resumed run must share with the killed one (the time budget may change)."""
-    d = dataclasses.asdict(cfg)
-    d.pop("max_minutes")
-    return json.dumps(d, sort_keys=True, default=str)
-
-
-def base_of(model):
-    """The bare transformer inside a ``*ForSequenceClassification`` model (``model.bert``, ``.roberta``)."""
-    return getattr(model, model.base_model_prefix)
-
-
-def _attention_mask_4d(model, hidden, mask):
-    from transformers.masking_utils import create_bidirectional_mask
-
-    return create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=mask)
-
-
-def bottom_states(model, ids, mask, n_layers: int):
-    """Hidden states after the embeddings and the lowest ``n_layers`` layers ``(B, T, H)`` (no grad)."""
-    import torch
-
-    base = base_of(model)
-    with torch.no_grad():
-        hidden = base.embeddings(input_ids=ids)
-        mask4 = _attention_mask_4d(model, hidden, mask)
-        for layer in base.encoder.layer[:n_layers]:
-            hidden = layer(hidden, mask4)
-    return hidden
-
-
-def head_logits(model, hidden, mask, pooling: str = "cls", pool_mask=None):
-    """The classification head on the last hidden states ``(B, T, H)``.
-
-    ``cls``: the model's own head (BERT-style: ``pooler`` on the first token, dropout, linear
-    ``classifier``; RoBERTa-style: its head reads the first token), i.e. ``model(ids).logits``.
-    ``mean`` / ``target``: the masked mean of all tokens / of the target's tokens (``pool_mask``)
-    goes where the first token went (BERT-style: straight into dropout + ``classifier``;
-    RoBERTa-style: as the head's only "token").
-    """
-    import torch
-
-    base = base_of(model)
-    bert_style = isinstance(model.classifier, torch.nn.Linear) and getattr(base, "pooler", None) is not None
-    if pooling == "cls":
-        if bert_style:
-            return model.classifier(model.dropout(base.pooler(hidden)))
-        return model.classifier(hidden)
-    pooled = pool_hidden(hidden, mask if pool_mask is None else pool_mask, pooling)
-    if bert_style:
-        return model.classifier(model.dropout(pooled))
-    return model.classifier(pooled[:, None, :])
-
-
-def full_logits(model, ids, mask, pooling: str = "cls", pool_mask=None):
-    """Logits of the whole model for padded ``ids`` / ``mask`` with the head of :func:`head_logits`."""
-    hidden = base_of(model)(input_ids=ids, attention_mask=mask).last_hidden_state
-    return head_logits(model, hidden, mask, pooling, pool_mask)
-
-
-def top_logits(model, hidden, mask, n_layers: int, pooling: str = "cls", pool_mask=None):
-    """Logits from hidden states after layer ``n_layers``: the remaining layers, then the head.
-
-    Equals :func:`full_logits` (and ``model(ids).logits`` for ``cls``) when ``hidden`` comes from
-    :func:`bottom_states` (tested).
-    """
-    base = base_of(model)
-    mask4 = _attention_mask_4d(model, hidden, mask)
-    for layer in base.encoder.layer[n_layers:]:
-        hidden = layer(hidden, mask4)
-    return head_logits(model, hidden, mask, pooling, pool_mask)
-
-
-class FrozenBottomCache:
-    """The frozen lowest layers' outputs of every example, computed once (unpadded, ``dtype``).
-
-    With the embeddings and ``n_layers`` layers frozen, their output never changes during training, so
-    running them once instead of every step saves their forward pass in every epoch and every dev
-    evaluation.
-    """
-
-    def __init__(self, model, examples: Examples, n_layers: int, pad_id: int, device, batch_size: int = 64,
-                 dtype=None) -> None:
-        import torch
-
-        self.n_layers = n_layers
-        self.states: list = [None] * len(examples)
-        dtype = dtype or torch.float16
-        was_training = model.training
-        model.eval()
-        for batch in length_sorted_batches([len(x) for x in examples.ids], batch_size):
-            ids, mask = pad_batch([examples.ids[i] for i in batch], pad_id)
-            hidden = bottom_states(model, torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device),
-                                   n_layers)
-            for row, i in enumerate(batch):
-                self.states[i] = hidden[row, :len(examples.ids[i])].to(dtype).cpu()
-        model.train(was_training)
-
-    def batch(self, index: Sequence[int], device):
-        """Padded ``(hidden (B, T, H) float32, mask (B, T) int64)`` for the examples ``index``."""
-        import torch
-
-        seqs = [self.states[i] for i in index]
-        width = max(len(x) for x in seqs)
-        hidden = torch.zeros((len(seqs), width, seqs[0].shape[1]), dtype=torch.float32)
-        mask = torch.zeros((len(seqs), width), dtype=torch.int64)
-        for row, x in enumerate(seqs):
-            hidden[row, :len(x)] = x.float()
-            mask[row, :len(x)] = 1
-        return hidden.to(device), mask.to(device)
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the cached states."""
-        return sum(x.numel() * x.element_size() for x in self.states)
-
-
-def _save_model_folder(model, tokenizer, folder: Path, meta: dict) -> None:
-    """Write model + tokenizer + meta into ``folder`` via a temporary sibling and a rename."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str), encoding="utf-8")
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        folder.rename(old)
-    tmp.rename(folder)
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, base_model: str | None = None,
@@ -675,25 +328,6 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
                    len(train), float(np.mean(lengths)), layout)
 
 
-def rng_states(device_type: str) -> dict:
-    """The generators a resumed run must continue: the CPU one, and the CUDA one on ``cuda`` (dropout)."""
-    import torch
-
-    states = {"torch_rng": torch.get_rng_state()}
-    if device_type == "cuda":
-        states["cuda_rng"] = torch.cuda.get_rng_state()
-    return states
-
-
-def restore_rng_states(state: dict, device_type: str) -> None:
-    """Set what :func:`rng_states` saved; the CUDA state only on ``cuda`` with a GPU visible."""
-    import torch
-
-    torch.set_rng_state(state["torch_rng"].cpu())
-    if device_type == "cuda" and "cuda_rng" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda_rng"].cpu())
-
-
 @functools.wraps(_finetune_text)
 def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, *args, **kwargs) -> Path:
     # two extracts of one corpus fine-tune into the same folder with the same temporary names
@@ -732,11 +366,3 @@ def _finish(out_dir: Path, best_dir: Path, cfg: FinetuneConfig, progress: dict, 
     atomic_write_json(out_dir / META_FILE, meta, indent=2, sort_keys=False, ensure_ascii=True)
     log.info(f"wrote {out_dir} (dev wF1 {meta['dev_weighted_f1']:.4f}, {train_s / 60:.1f} min of training)")
     return out_dir
-
-
-def read_finetune_meta(folder: str | os.PathLike) -> dict:
-    """The ``m2f_text.json`` of a fine-tuned folder (config, history, dev/test weighted F1)."""
-    path = Path(folder) / META_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {folder} is not a folder written by finetune_text")
-    return json.loads(path.read_text(encoding="utf-8"))

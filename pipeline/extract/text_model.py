@@ -71,7 +71,7 @@ def finetune_default_text_model(layout: CacheLayout, manifest: Sequence[Utteranc
     """Fine-tune ``base`` (None: the shipped MiniLM) on train+dev into :func:`default_text_model_dir`.
 
     ``finetune_kw`` go to :func:`pipeline.encoders.text_finetune.finetune_text` (e.g. ``epochs``); the
-    recipe follows the base (:func:`pipeline.encoders.text_finetune.resolve_defaults`). The marker file
+    recipe follows the base (:func:`pipeline.encoders.text_finetune_recipe.resolve_defaults`). The marker file
     is written last, so a killed fine-tuning is never taken for a finished one. Returns the folder.
     """
     from pipeline.encoders.text_finetune import finetune_text

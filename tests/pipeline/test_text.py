@@ -9,14 +9,12 @@ import pytest
 import torch
 
 from pipeline.manifest import Dialogue, Utterance
-from pipeline.modalities.text import (
-    DEFAULT_TEXT_MODEL,
+from pipeline.modalities.text import DEFAULT_TEXT_MODEL, TextEmbedder, load_text_model
+from pipeline.modalities.text_context import (
     SpecialLayout,
-    TextEmbedder,
     assemble_context,
     build_context,
     build_contexts,
-    load_text_model,
     special_layout,
 )
 from pipeline.testing.text_model import make_tiny_roberta
@@ -193,7 +191,7 @@ def test_max_length_and_pooling_follow_the_finetuned_folder(tiny_roberta, tmp_pa
 
 @pytest.mark.parametrize("which", ["minilm", "tiny_roberta"])
 def test_target_span_and_target_pooling(which, tiny_roberta):
-    from pipeline.modalities.text import target_mask_batch, target_span
+    from pipeline.modalities.text_context import target_mask_batch, target_span
 
     tok, _ = load_text_model(None if which == "minilm" else str(tiny_roberta))
     layout = special_layout(tok)
