@@ -297,7 +297,7 @@ def _train_text_model(layout: CacheLayout, root: Path | None, out: Path | None, 
     click.echo(str(path))
 # --- end train-encoders ---
 
-# --- train-dialog (trainer/fit.py) -----------------------------------------------------------
+# --- train-dialog (trainer/config.py, trainer/fit.py) ----------------------------------------
 @main.command("train-dialog")
 @click.option("--features", type=click.Path(path_type=Path), required=True,
               help="A features.h5 (m2f extract).")
@@ -342,7 +342,8 @@ def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, se
     Writes RUN_DIR/seed<k>/ (config, environment, label map, metrics.jsonl, best.pt, predictions);
     the epoch is chosen on dev weighted F1, never on test. Rerun the same command to resume.
     """
-    from trainer.fit import DialogTrainConfig, train_dialog
+    from trainer.config import DialogTrainConfig
+    from trainer.fit import train_dialog
 
     letters = modality_letters(_modalities(modalities))  # fit takes the letters form
     config = DialogTrainConfig(

@@ -1,8 +1,9 @@
-"""trainer.report.table2: the paper's Table 2 rows beside m2f's runs, every modality subset included."""
+"""trainer.tables.table2: the paper's Table 2 rows beside m2f's runs, every modality subset included."""
 
 from __future__ import annotations
 
-from trainer.report import PAPER_RESULTS, table2
+from trainer.paper import PAPER_RESULTS
+from trainer.tables import table2
 
 
 def summary(dataset: str, modalities: str, fusion: str, wf1: float, seeds: int = 2) -> dict:

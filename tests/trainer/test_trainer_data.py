@@ -115,7 +115,8 @@ def test_inspect_reports_dims_and_refuses_a_file_without_dev(tmp_path, meld_file
 
 
 def test_training_refuses_a_class_map_that_matches_no_label(tmp_path):
-    from trainer.fit import DialogTrainConfig, train_dialog
+    from trainer.config import DialogTrainConfig
+    from trainer.fit import train_dialog
 
     path = write_features(
         tmp_path / "f.h5", "meld", {"train": [3], "dev": [2]}, labelled_rows(["hap", "xxx"])

@@ -17,15 +17,11 @@ import pytest
 import torch
 
 from pipeline.testing.features_h5 import random_rows, write_features, xor_rows
+from trainer.config import DialogTrainConfig, resolve_config
 from trainer.data import IGNORE, MELD_CLASSES, load_split
-from trainer.fit import (
-    DialogTrainConfig,
-    load_model,
-    predict_probs,
-    read_metrics,
-    resolve_config,
-    train_dialog,
-)
+from trainer.fit import train_dialog
+from trainer.run_files import load_model, read_metrics
+from trainer.steps import predict_probs
 
 DIMS = {"t": 8, "a": 8, "v": 8}
 SMALL = {

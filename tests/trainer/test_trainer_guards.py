@@ -15,8 +15,9 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.testing.features_h5 import write_features, xor_rows
+from trainer.config import DialogTrainConfig
 from trainer.data import FeaturesError
-from trainer.fit import DialogTrainConfig, TrainingDivergedError, train_dialog
+from trainer.fit import TrainingDivergedError, train_dialog
 from trainer.report import report
 
 DIMS = {"t": 8, "a": 4, "v": 6}

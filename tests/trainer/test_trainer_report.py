@@ -12,9 +12,13 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 from cli import main
 from pipeline.testing.features_h5 import random_rows, write_features
+from trainer.config import DialogTrainConfig
 from trainer.data import MELD_CLASSES
-from trainer.fit import DialogTrainConfig, train_dialog, write_status
-from trainer.report import PAPER_RESULTS, paper_reference, report, summarize_run
+from trainer.fit import train_dialog
+from trainer.paper import PAPER_RESULTS, paper_reference
+from trainer.report import report
+from trainer.run_files import write_status
+from trainer.summary import summarize_run
 
 DIMS = {"t": 8, "a": 4, "v": 4}
 SMALL = {
