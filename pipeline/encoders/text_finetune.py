@@ -52,8 +52,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import atomic_torch_save, atomic_write_json
-from pipeline.cache import folder_lock
 from pipeline.corpora.base import IEMOCAP_CLASSES, MELD_CLASSES
+from pipeline.locks import folder_lock
 from pipeline.manifest import Utterance, group_dialogues
 from pipeline.metrics import weighted_f1
 from pipeline.modalities.text import (
@@ -503,7 +503,7 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
     ------
     ValueError
         Missing train/dev examples or an unknown label map.
-    pipeline.cache.CacheLockedError
+    pipeline.locks.CacheLockedError
         Another run is fine-tuning into ``out_dir``.
     """
     import torch
