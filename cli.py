@@ -166,9 +166,9 @@ def extract(dataset: str, root: Path | None, modalities: str, splits: str, worke
 
 
 def _run_extract_command(**kw) -> None:
-    from pipeline.cache import CacheError
     from pipeline.extract import ExtractError, ExtractOptions, format_summary, run_extract
     from pipeline.extract.options import default_workers, parse_list
+    from pipeline.locks import CacheError
     from pipeline.names import SPLITS
 
     if kw.get("workers") is None:
@@ -240,8 +240,8 @@ def train_encoders_command(dataset: str, modality: str, media: Path | None, out:
         _train_text_model(CacheLayout(cache, dataset), root, out, device, text_base,
                           {k: v for k, v in recipe.items() if v is not None})
         return
-    from pipeline.cache import CacheError
     from pipeline.encoders.train import train_encoders
+    from pipeline.locks import CacheError
     from pipeline.names import ENCODER_KINDS
 
     layout = CacheLayout(cache, dataset)
@@ -275,11 +275,11 @@ def _train_text_model(layout: CacheLayout, root: Path | None, out: Path | None, 
     The default folder is keyed by the base and the corpus's cached manifest (written here if missing),
     as extract keys it; with ``out`` the cache is left alone. ``kw`` go to ``finetune_text``.
     """
-    from pipeline.cache import CacheError
     from pipeline.corpora import CorpusError, prepare_corpus
     from pipeline.extract import ExtractError
     from pipeline.extract.prepare import load_manifest
     from pipeline.extract.text_model import finetune_default_text_model
+    from pipeline.locks import CacheError
 
     try:
         if out is None:

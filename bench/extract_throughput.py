@@ -244,7 +244,7 @@ def run_scaling(root: Path, work: Path, counts: list[int]) -> dict:
 
 def max_diff(features: Path, naive: dict[str, np.ndarray]) -> float:
     """Largest absolute difference between the dask features and the loop's vectors."""
-    from pipeline.cache import read_split
+    from pipeline.features import read_split
 
     a = read_split(features, "dev")
     got = np.concatenate([a.text_emb, a.audio_emb, a.visual_emb], axis=1)

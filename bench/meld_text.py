@@ -205,7 +205,7 @@ def stage_train(args, features: str, out: Path) -> dict:
 
 def finetuned_lr(features: str) -> dict:
     """Logistic regression on the text embeddings of a features file (utterance level)."""
-    from pipeline.cache import read_split
+    from pipeline.features import read_split
 
     x, y = {}, {}
     for split in SPLITS:

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.cache import list_splits, read_attrs, read_split, validate_features
 from pipeline.corpora.base import CLASS_MAPS, IEMOCAP_CLASSES, MELD_CLASSES  # noqa: F401  (re-exported)
+from pipeline.features import list_splits, read_attrs, read_split, validate_features
 from pipeline.names import DATASETS, modality_letters, parse_modalities
 
 #: Label index of padding and of utterances outside the class map (``ignore_index`` of the loss).
@@ -196,7 +196,7 @@ def load_split(
     Parameters
     ----------
     path : path-like
-        A features.h5 in the format of :mod:`pipeline.cache`.
+        A features.h5 in the format of :mod:`pipeline.features`.
     split : str
         ``train``, ``dev`` or ``test``.
     class_names : sequence of str
@@ -261,7 +261,7 @@ class FeatureFileInfo:
 
 
 def check_features(path: str | Path) -> None:
-    """Stop on the first problem of a features.h5 (:func:`pipeline.cache.validate_features`).
+    """Stop on the first problem of a features.h5 (:func:`pipeline.features.validate_features`).
 
     A file that is not HDF5, a missing or short dataset, a 1-D embedding, widths that differ between
     splits, ids or positions out of order, a NaN or infinity: each would otherwise surface as a

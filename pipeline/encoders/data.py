@@ -23,9 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.cache import RowReader
 from pipeline.encoders.augment import AudioAugment, augment_waveform, image_augmenter
 from pipeline.encoders.model import InputContract, audio_view, pad_waveforms
+from pipeline.h5rows import RowReader
 
 FLAG_OF = {"audio": "has_audio", "face": "has_face", "scene": "has_video"}
 FIELD_OF = {"audio": "waveform", "face": "faces", "scene": "scenes"}

@@ -51,7 +51,6 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.atomic import atomic_torch_save, atomic_write_json
-from pipeline.cache import folder_lock
 from pipeline.encoders.text_finetune_data import Examples, build_examples, default_label_map, epoch_batches
 from pipeline.encoders.text_finetune_heads import (
     FrozenBottomCache,
@@ -74,6 +73,7 @@ from pipeline.encoders.text_finetune_state import (
     restore_rng_states,
     rng_states,
 )
+from pipeline.locks import folder_lock
 from pipeline.manifest import Utterance
 from pipeline.metrics import weighted_f1
 from pipeline.modalities.text import POOLINGS, load_text_model, resolve_model_source
@@ -156,7 +156,7 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
     ------
     ValueError
         Missing train/dev examples or an unknown label map.
-    pipeline.cache.CacheLockedError
+    pipeline.locks.CacheLockedError
         Another run is fine-tuning into ``out_dir``.
     """
     import torch

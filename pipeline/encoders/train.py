@@ -40,12 +40,12 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.atomic import atomic_torch_save
-from pipeline.cache import folder_lock
 from pipeline.encoders.augment import AudioAugment
 from pipeline.encoders.data import MediaSamples, TrainBatches, balanced_batches
 from pipeline.encoders.losses import LossConfig, extractor_loss, mine_semihard
 from pipeline.encoders.model import ENCODER_KINDS, Encoder, build_encoder, save_encoder
 from pipeline.encoders.probe import embed_samples, probe_weighted_f1, subset
+from pipeline.locks import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def train_encoders(media_path: str | Path, out_dir: str | Path,
 
     Raises
     ------
-    pipeline.cache.CacheLockedError
+    pipeline.locks.CacheLockedError
         Another run is training encoders into ``out_dir``.
     """
     media_path = Path(media_path)

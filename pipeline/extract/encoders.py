@@ -171,7 +171,7 @@ def contract_mismatches(spec: str, contracts: dict, media_cfg: dict, modalities:
 
 def stored_media_config(media_file: Path) -> dict:
     """The :class:`pipeline.media.MediaConfig` a ``media.h5`` was written with (its ``media_config``)."""
-    from pipeline.cache import read_attrs
+    from pipeline.features import read_attrs
 
     stored = read_attrs(media_file).get("media_config")
     if not isinstance(stored, str):

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.cache import RowReader
 from pipeline.embed import (
     FrontTimer,
     StageClock,
@@ -31,6 +30,7 @@ from pipeline.embed import (
     visual_embeddings,
 )
 from pipeline.extract.options import ExtractError
+from pipeline.h5rows import RowReader
 from pipeline.manifest import Utterance
 
 #: Most objects (models, open media readers) one worker process keeps; the least recently used goes.

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.cache import read_split, validate_features
+from pipeline.features import read_split, validate_features
 from pipeline.modalities.text import DEFAULT_TEXT_MODEL
 from pipeline.testing.iemocap import make_iemocap_tree
 from pipeline.testing.meld import make_meld_tree

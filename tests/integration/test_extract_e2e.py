@@ -18,9 +18,10 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.cache import RowReader, read_split, validate_features
 from pipeline.encoders.model import build_encoder, save_encoder
 from pipeline.extract import ExtractError, ExtractOptions, encoder_identity, make_local_cluster, run_extract
+from pipeline.features import read_split, validate_features
+from pipeline.h5rows import RowReader
 from pipeline.layout import CacheLayout
 from pipeline.manifest import read_jsonl
 from pipeline.modalities.text import DEFAULT_TEXT_MODEL

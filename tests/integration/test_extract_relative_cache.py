@@ -9,12 +9,12 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.cache import read_attrs, validate_features
 from pipeline.encoders.model import build_encoder, save_encoder
 from pipeline.extract import ExtractOptions, make_local_cluster
 from pipeline.extract.embed import make_embed_spec
 from pipeline.extract.encoders import stage_encoders
 from pipeline.extract.text_model import given_text_model, stage_text_model
+from pipeline.features import read_attrs, validate_features
 from pipeline.modalities.text import DEFAULT_TEXT_MODEL
 
 

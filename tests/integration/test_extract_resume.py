@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cache import ShardedWriter, read_split, validate_features
+from pipeline.cache import ShardedWriter
+from pipeline.features import read_split, validate_features
 from pipeline.modalities.text import DEFAULT_TEXT_MODEL
 from pipeline.testing.meld import make_meld_tree
 

@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.cache import read_attrs, read_split
 from pipeline.extract.prepare import load_manifest, manifest_hash
 from pipeline.extract.text_model import finetune_inputs, text_base_key
+from pipeline.features import read_attrs, read_split
 from pipeline.layout import CacheLayout
 
 TINY_HIDDEN = 32  # make_tiny_roberta's default width (all-MiniLM-L6-v2's would be 384)

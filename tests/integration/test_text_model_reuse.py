@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.cache import read_attrs
 from pipeline.extract.prepare import load_manifest, manifest_hash
 from pipeline.extract.text_model import finetune_inputs, text_base_key
+from pipeline.features import read_attrs
 from pipeline.layout import CacheLayout
 
 

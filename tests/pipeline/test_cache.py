@@ -15,17 +15,10 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.cache import (
-    FEATURE_FIELDS,
-    CacheLockedError,
-    FeatureWriter,
-    RowReader,
-    ShardedWriter,
-    config_hash,
-    read_attrs,
-    read_split,
-    validate_features,
-)
+from pipeline.cache import FeatureWriter, ShardedWriter, config_hash
+from pipeline.features import FEATURE_FIELDS, read_attrs, read_split, validate_features
+from pipeline.h5rows import RowReader
+from pipeline.locks import CacheLockedError
 
 
 def _rows(ids, dims=(8, 4, 6), seed=0, dialogue="d0"):

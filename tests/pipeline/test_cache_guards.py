@@ -14,15 +14,9 @@ import numpy as np
 import pytest
 
 from pipeline import cache
-from pipeline.cache import (
-    CacheLockedError,
-    DiskSpaceError,
-    FeatureWriter,
-    NonFiniteError,
-    ShardedWriter,
-    folder_lock,
-    validate_features,
-)
+from pipeline.cache import DiskSpaceError, FeatureWriter, NonFiniteError, ShardedWriter
+from pipeline.features import validate_features
+from pipeline.locks import CacheLockedError, folder_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,7 +123,7 @@ def test_a_failed_merge_removes_its_tmp_and_keeps_the_shards(tmp_path, monkeypat
         def disk_full(*a, **k):
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr(cache, "_append_rows", disk_full)
+        monkeypatch.setattr(cache, "append_rows", disk_full)
         with pytest.raises(OSError, match="No space left"):
             w.finalize()
         assert not (tmp_path / "features.h5.tmp").exists() and not path.exists()
@@ -172,7 +166,7 @@ def test_folder_lock_held_by_another_process_names_that_pid(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        from pipeline.cache import folder_lock
+        from pipeline.locks import folder_lock
         with folder_lock({str(tmp_path)!r}, ".x.lock", "x"):
             print("locked", flush=True)
             time.sleep(60)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cache import RowReader, ShardedWriter
+from pipeline.cache import ShardedWriter
 from pipeline.embed import encode_images, encode_waveforms, feature_rows, fit_to_contract
 from pipeline.encoders.model import build_encoder, load_encoder_set, save_encoder
 from pipeline.extract import ExtractError, ExtractOptions, encoder_identity
@@ -18,6 +18,7 @@ from pipeline.extract.engine import partition
 from pipeline.extract.media import rows_to_columns, write_problems
 from pipeline.extract.options import parse_list
 from pipeline.extract.prepare import manifest_hash, order_by_split, select
+from pipeline.h5rows import RowReader
 from pipeline.manifest import Utterance
 
 torch.set_num_threads(1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cache import read_split
+from pipeline.features import read_split
 from pipeline.testing.features_h5 import random_rows, write_features
 from trainer.data import (
     IGNORE,

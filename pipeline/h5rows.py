@@ -1,0 +1,169 @@
+"""Named row arrays in HDF5 groups: the low-level storage under every sharded cache file.
+
+A batch of rows is a mapping of field name to array with one entry per row; strings are stored as
+utf-8, and a *ragged* field (rows of different lengths, given as a list of arrays, e.g. waveforms) as
+one concatenated dataset plus a ``<name>__offsets`` dataset of row boundaries. :func:`write_rows`
+writes a batch into a group once, :func:`append_rows` grows resizable datasets batch by batch (so a
+merge holds one part in memory), :func:`read_group` reads a group back (all rows or some), and
+:class:`RowReader` reads a finished file one row at a time (e.g. ``media.h5`` feeding a training loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+_STR = h5py.string_dtype("utf-8")
+_OFFSETS = "__offsets"  # suffix of the offsets dataset of a ragged field
+
+
+def is_ragged(value) -> bool:
+    """True for a ragged field: a non-empty list or tuple of arrays (one array per row)."""
+    return isinstance(value, list | tuple) and len(value) > 0 and isinstance(value[0], np.ndarray)
+
+
+def write_rows(group: h5py.Group, rows: Mapping[str, object]) -> None:
+    """Write row arrays into ``group``: str lists as utf-8, ragged lists as data + offsets."""
+    for name, value in rows.items():
+        if is_ragged(value):
+            lengths = np.array([len(v) for v in value], dtype=np.int64)
+            data = np.concatenate(value, axis=0) if lengths.sum() else np.zeros(
+                (0,) + value[0].shape[1:], dtype=value[0].dtype)
+            group.create_dataset(name + _OFFSETS, data=np.concatenate([[0], np.cumsum(lengths)]))
+            _create(group, name, data)
+        else:
+            arr = np.asarray(value)
+            if arr.dtype.kind in ("U", "O"):
+                group.create_dataset(name, data=[str(x) for x in arr], dtype=_STR)
+            else:
+                _create(group, name, arr)
+
+
+def _create(group: h5py.Group, name: str, arr: np.ndarray) -> None:
+    if arr.size == 0:
+        group.create_dataset(name, data=arr)
+    else:
+        group.create_dataset(name, data=arr, chunks=True, compression="lzf")
+
+
+def read_group(group: h5py.Group, index: np.ndarray | None = None) -> dict[str, object]:
+    """Read every field of ``group`` (optionally only rows ``index``); ragged fields as lists."""
+    out: dict[str, object] = {}
+    for name, ds in group.items():
+        if name.endswith(_OFFSETS):
+            continue
+        if name + _OFFSETS in group:
+            off = group[name + _OFFSETS][()]
+            rows = range(len(off) - 1) if index is None else index
+            data = ds
+            out[name] = [data[off[i]:off[i + 1]] for i in rows]
+        elif h5py.check_string_dtype(ds.dtype):
+            vals = ds.asstr()[()]
+            out[name] = np.asarray(vals if index is None else vals[index], dtype=object)
+        else:
+            out[name] = ds[()] if index is None else ds[()][index]
+    return out
+
+
+def concat_rows(a, b):
+    """Rows of ``b`` after those of ``a`` (two ragged lists, or two arrays along axis 0)."""
+    if isinstance(a, list):
+        return a + b
+    return np.concatenate([a, b], axis=0)
+
+
+def append_rows(group: h5py.Group, rows: Mapping[str, object]) -> None:
+    """Append row arrays to resizable datasets in ``group`` (created on first use)."""
+    for name, value in rows.items():
+        if isinstance(value, list):  # ragged: data + offsets
+            lengths = np.array([len(v) for v in value], dtype=np.int64)
+            data = np.concatenate(value, axis=0)
+            if name + _OFFSETS in group:
+                off = group[name + _OFFSETS]
+                start = off[-1]
+            else:
+                off = group.create_dataset(name + _OFFSETS, data=np.zeros(1, np.int64), maxshape=(None,),
+                                           chunks=True)
+                start = 0
+            _extend(off, start + np.cumsum(lengths))
+            _extend_or_create(group, name, data)
+        else:
+            arr = np.asarray(value)
+            if arr.dtype.kind in ("U", "O"):
+                arr = np.asarray([str(x) for x in arr], dtype=object)
+            _extend_or_create(group, name, arr)
+
+
+def _extend_or_create(group: h5py.Group, name: str, arr: np.ndarray) -> None:
+    if name in group:
+        _extend(group[name], arr)
+        return
+    kw = {"dtype": _STR} if arr.dtype == object else {}
+    group.create_dataset(name, data=arr, maxshape=(None,) + arr.shape[1:], chunks=True, compression="lzf",
+                         **kw)
+
+
+def _extend(ds: h5py.Dataset, arr: np.ndarray) -> None:
+    n = ds.shape[0]
+    ds.resize(n + len(arr), axis=0)
+    ds[n:] = arr
+
+
+class RowReader:
+    """Lazy, row-at-a-time access to one split of a finished sharded file (e.g. ``media.h5``).
+
+    Only the requested row is read from disk, so a many-GB file can feed a training loop.
+    Use as a context manager, or call :meth:`close`. Not shared across processes: open one per
+    worker.
+
+    Examples
+    --------
+    >>> with RowReader("cache/sample/x/media.h5", "train") as r:   # doctest: +SKIP
+    ...     first = r.row(0, ["utt_id", "waveform"])
+    """
+
+    def __init__(self, path: str | Path, split: str):
+        self.path = Path(path)
+        self._f = h5py.File(self.path, "r")
+        if split not in self._f:
+            have = sorted(self._f)
+            self._f.close()
+            raise KeyError(f"{self.path} has no split {split!r}; it has {have}")
+        self._g = self._f[split]
+        self._offsets = {n[: -len(_OFFSETS)]: self._g[n][()] for n in self._g if n.endswith(_OFFSETS)}
+        self.utt_ids = self._g["utt_id"].asstr()[()]
+
+    def __len__(self) -> int:
+        return len(self.utt_ids)
+
+    def column(self, name: str) -> np.ndarray:
+        """A whole non-ragged column (e.g. ``label``)."""
+        ds = self._g[name]
+        return np.asarray(ds.asstr()[()], dtype=object) if h5py.check_string_dtype(ds.dtype) else ds[()]
+
+    def row(self, i: int, names: Sequence[str] | None = None) -> dict[str, object]:
+        """Fields of row ``i`` (all fields when ``names`` is None)."""
+        names = names or [n for n in self._g if not n.endswith(_OFFSETS)]
+        out: dict[str, object] = {}
+        for n in names:
+            ds = self._g[n]
+            if n in self._offsets:
+                off = self._offsets[n]
+                out[n] = ds[off[i]:off[i + 1]]
+            elif h5py.check_string_dtype(ds.dtype):
+                out[n] = ds.asstr()[i]
+            else:
+                out[n] = ds[i]
+        return out
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> RowReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
