@@ -26,8 +26,11 @@ from pathlib import Path
 import torch
 
 from pipeline.encoders.data import MediaSamples
-from pipeline.encoders.model import ENCODER_KINDS, build_encoder
-from pipeline.encoders.train import DEFAULT_BATCH, EncoderTrainConfig, TrainLoader, train_epoch
+from pipeline.encoders.loader import TrainLoader
+from pipeline.encoders.model import build_encoder
+from pipeline.encoders.train import train_epoch
+from pipeline.encoders.train_config import DEFAULT_BATCH, EncoderTrainConfig
+from pipeline.names import ENCODER_KINDS
 from pipeline.testing.media_h5 import write_random_media
 
 LABELS = ("anger", "joy", "neutral", "sadness")

@@ -122,7 +122,7 @@ def _embed(rows: list[dict], text: dict[str, np.ndarray], encs, cfg, batch: int,
 def _load_models(cfg, clock):
     import torch
 
-    from pipeline.encoders.model import load_encoder_set
+    from pipeline.encoders.checkpoint import load_encoder_set
     from pipeline.media import FaceDetector
     from pipeline.modalities.text import DEFAULT_TEXT_MODEL, TextEmbedder
 

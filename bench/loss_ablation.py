@@ -68,8 +68,8 @@ def run_one(media: str, out: str, modality: str, setting: str, seed: int, epochs
     """Train one encoder with ``SETTINGS[setting]`` and return its probe figures and last-epoch terms."""
     import torch
 
+    from pipeline.encoders.checkpoint import load_checkpoint
     from pipeline.encoders.losses import LossConfig
-    from pipeline.encoders.model import load_checkpoint
     from pipeline.encoders.train import train_encoders
 
     torch.set_num_threads(1)

@@ -64,7 +64,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.decode import MAX_FRAME_PIXELS, MediaError, TruncatedMedia, decode_audio, decode_frames, probe
+from pipeline.decode.audio import decode_audio
+from pipeline.decode.container import MediaError, TruncatedMedia, probe
+from pipeline.decode.frames import MAX_FRAME_PIXELS, decode_frames
 from pipeline.manifest import Utterance
 from pipeline.modalities.audio import RESAMPLER, SILENCE_PEAK, is_silent
 from pipeline.modalities.visual import (

@@ -2,7 +2,7 @@
 
 One sample is one utterance with a label and the modality present:
 
-* audio: ``waveform`` (16 kHz mono) in the encoder's audio view (:func:`pipeline.encoders.model.audio_view`):
+* audio: ``waveform`` (16 kHz mono) in the encoder's audio view (:func:`pipeline.encoders.inputs.audio_view`):
   at most the contract's ``max_seconds``, a random crop (augmented) in training, the centre in
   evaluation, as extraction embeds it. A training batch pads its clips to the longest with
   ``lengths``; the encoder keeps the padding out of the log-mel standardisation and the pooling.
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.encoders.augment import AudioAugment, augment_waveform, image_augmenter
-from pipeline.encoders.model import InputContract, audio_view, pad_waveforms
+from pipeline.encoders.inputs import InputContract, audio_view, pad_waveforms
 from pipeline.h5rows import RowReader
 
 FLAG_OF = {"audio": "has_audio", "face": "has_face", "scene": "has_video"}

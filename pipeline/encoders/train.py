@@ -8,8 +8,9 @@ selection on dev, never test). The untrained encoder gets the same probe first, 
 into the checkpoint's ``meta["quality"]``.
 
 Epochs: the paper trains up to 60 (audio) / 100 (visual) epochs; those are the defaults on CUDA. On CPU
-the default is :data:`CPU_EPOCHS` (5) so that a small corpus finishes in minutes; pass ``epochs`` to
-choose. One epoch = ``ceil(N_train / batch_size)`` batches unless ``steps_per_epoch`` says otherwise.
+the default is :data:`~pipeline.encoders.train_config.CPU_EPOCHS` (5) so that a small corpus finishes in
+minutes; pass ``epochs`` to choose. One epoch = ``ceil(N_train / batch_size)`` batches unless
+``steps_per_epoch`` says otherwise.
 
 Resume: after each epoch the full training state (weights, optimiser, best weights, history) is
 written atomically to ``<out_dir>/.train-state/<modality>.pt``; a rerun after a kill continues from
@@ -20,118 +21,39 @@ retrained unless ``overwrite``.
 Too little data (fewer than 2 labels with >= 2 samples, e.g. no faces at all): the untrained
 encoder is saved with ``meta["trained"] = False`` and a note, and a warning is issued; extraction
 goes on.
+
+The settings are :class:`~pipeline.encoders.train_config.EncoderTrainConfig`; the batches come from
+:class:`~pipeline.encoders.loader.TrainLoader`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pipeline.atomic import atomic_torch_save
-from pipeline.encoders.augment import AudioAugment
-from pipeline.encoders.data import MediaSamples, TrainBatches, balanced_batches
-from pipeline.encoders.losses import LossConfig, extractor_loss, mine_semihard
-from pipeline.encoders.model import ENCODER_KINDS, Encoder, build_encoder, save_encoder
+from pipeline.encoders.checkpoint import save_encoder
+from pipeline.encoders.data import MediaSamples
+from pipeline.encoders.loader import TrainLoader
+from pipeline.encoders.losses import extractor_loss, mine_semihard
+from pipeline.encoders.model import Encoder, build_encoder
 from pipeline.encoders.probe import embed_samples, probe_weighted_f1, subset
+from pipeline.encoders.train_config import DEFAULT_BATCH, EncoderTrainConfig, default_epochs
 from pipeline.locks import folder_lock
+from pipeline.names import ENCODER_KINDS
 
 log = logging.getLogger(__name__)
 
-CPU_EPOCHS = 5
-PAPER_EPOCHS = {"audio": 60, "face": 100, "scene": 100}
-DEFAULT_BATCH = {"cpu": 32, "cuda": 128}
 STATE_FORMAT = "m2f-encoder-train-state-1"
 _PART_NAMES = ("triplet", "var", "cov", "active", "margin")
-
-
-@dataclass(frozen=True)
-class EncoderTrainConfig:
-    """Everything that shapes one extractor's training (saved in its checkpoint).
-
-    Parameters
-    ----------
-    modality : str
-        ``audio``, ``face`` or ``scene``.
-    epochs : int
-        Number of epochs.
-    batch_size : int
-        Target batch size (P classes x K samples).
-    steps_per_epoch : int or None
-        Batches per epoch; None = ``ceil(N_train / batch_size)``.
-    lr, weight_decay : float
-        Adam settings (paper: 1e-4, 1e-6).
-    seed : int
-        Seeds the initial weights and every epoch's random stream.
-    clip_seconds : float or None
-        The audio window (the encoder contract's ``max_seconds``): training crops, model selection and
-        extraction all see at most this much of a clip. None = the contract's default (10 s).
-    probe : {"logreg", "knn"}
-        The quality probe.
-    probe_max_train, probe_max_dev : int or None
-        Stratified caps on the samples embedded for the probe (None = all).
-    amp : bool
-        bf16 autocast (CUDA only).
-    probe_every : int
-        Probe (and select the best epoch) every this many epochs, and after the last one; the probe embeds
-        up to ``probe_max_train + probe_max_dev`` samples, a cost worth spreading out on a GPU.
-    num_workers : int or None
-        DataLoader worker processes that read and augment batches, started once for all epochs with the
-        ``forkserver`` start method (no fork of a process that runs dask's threads); None = 0 on CPU
-        (the cores are busy training), ``min(8, cpus - 1)`` on CUDA. Does not change the numbers.
-    classes : tuple of str or None
-        Labels to train on; None = every non-empty train label.
-    contract_overrides : dict
-        Passed to :func:`build_encoder` (e.g. ``{"image_size": 64}``).
-    loss : LossConfig
-        Form and weights of Eq. 9.
-    audio_augment : AudioAugment
-        Waveform augmentation ranges.
-    """
-
-    modality: str
-    epochs: int
-    batch_size: int
-    steps_per_epoch: int | None = None
-    lr: float = 1e-4
-    weight_decay: float = 1e-6
-    seed: int = 0
-    clip_seconds: float | None = None
-    probe: str = "logreg"
-    probe_max_train: int | None = 2000
-    probe_max_dev: int | None = 2000
-    amp: bool = False
-    probe_every: int = 1
-    num_workers: int | None = None
-    classes: tuple[str, ...] | None = None
-    contract_overrides: dict = field(default_factory=dict)
-    loss: LossConfig = LossConfig()
-    audio_augment: AudioAugment = AudioAugment()
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 4:
-            raise ValueError(f"need epochs >= 1 and batch_size >= 4, got {self.epochs}, {self.batch_size}")
-        if self.probe_every < 1:
-            raise ValueError(f"probe_every must be >= 1, got {self.probe_every}")
-
-    def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["loss"] = self.loss.to_dict()
-        d["audio_augment"] = self.audio_augment.to_dict()
-        d["classes"] = None if self.classes is None else list(self.classes)
-        d["contract_overrides"] = dict(self.contract_overrides)
-        return d
 
 
 def train_encoders(media_path: str | Path, out_dir: str | Path,
@@ -150,7 +72,8 @@ def train_encoders(media_path: str | Path, out_dir: str | Path,
     modalities : sequence of str
         Any of ``audio``, ``face``, ``scene``.
     epochs : int, optional
-        Default: 60 audio / 100 visual on CUDA (the paper), :data:`CPU_EPOCHS` on CPU.
+        Default: 60 audio / 100 visual on CUDA (the paper),
+        :data:`~pipeline.encoders.train_config.CPU_EPOCHS` on CPU.
     device : str
         ``cpu`` or ``cuda`` (bf16 autocast and batch 128 by default there).
     seed : int
@@ -202,11 +125,6 @@ def train_encoders(media_path: str | Path, out_dir: str | Path,
                 continue
             paths[m] = train_encoder(media_path, target, cfg, device=device)
     return paths
-
-
-def default_epochs(modality: str, device: str) -> int:
-    """The paper's epochs on CUDA (60 audio, 100 visual); :data:`CPU_EPOCHS` on CPU."""
-    return PAPER_EPOCHS[modality] if torch.device(device).type == "cuda" else CPU_EPOCHS
 
 
 def state_path_for(out_path: Path) -> Path:
@@ -321,79 +239,6 @@ def _fit(encoder: Encoder, train: MediaSamples, dev: MediaSamples | None, cfg: E
             "dev_counts": dev.label_counts() if dev is not None else None}
 
 
-class EpochBatches(torch.utils.data.Dataset):
-    """The augmented batches of every epoch, keyed ``(epoch, b)``: one dataset for persistent workers.
-
-    Epoch ``e``'s batches are :func:`balanced_batches` drawn from ``(seed, e)`` and loaded by
-    :class:`TrainBatches`, exactly as a loader built for that epoch alone would load them.
-    """
-
-    def __init__(self, train: MediaSamples, contract, cfg: EncoderTrainConfig, steps: int):
-        # what TrainBatches reads of the samples, without their open HDF5 file (sent to the workers)
-        self.train = SimpleNamespace(path=train.path, split=train.split, modality=train.modality,
-                                     classes=train.classes, labels=train.labels)
-        self.contract, self.cfg, self.steps = contract, cfg, steps
-        self._epoch: tuple[int, TrainBatches] | None = None
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def for_epoch(self, epoch: int) -> TrainBatches:
-        if self._epoch is None or self._epoch[0] != epoch:
-            cfg = self.cfg
-            batches = balanced_batches(self.train.labels, cfg.batch_size, self.steps,
-                                       np.random.default_rng([cfg.seed, epoch]))
-            self._epoch = (epoch, TrainBatches(self.train, batches, self.contract, cfg.seed, epoch,
-                                               cfg.audio_augment))
-        return self._epoch[1]
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        epoch, b = key
-        return self.for_epoch(epoch)[b]
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_epoch": None}
-
-
-class _EpochKeys(torch.utils.data.Sampler):
-    """``(epoch, 0) .. (epoch, steps - 1)``; runs in the main process, so setting ``epoch`` is enough."""
-
-    def __init__(self, steps: int):
-        self.steps, self.epoch = steps, 0
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
-        return ((self.epoch, b) for b in range(self.steps))
-
-
-class TrainLoader:
-    """One DataLoader for all epochs of a run: its worker processes start once and stay.
-
-    Workers are started with ``forkserver`` (a fork of a process running dask's or tqdm's threads can
-    deadlock) and run single-threaded.
-    """
-
-    def __init__(self, train: MediaSamples, encoder: Encoder, cfg: EncoderTrainConfig, device: str,
-                 steps: int):
-        self.workers = resolve_workers(cfg.num_workers, device)
-        self.keys = _EpochKeys(steps)
-        self.loader = torch.utils.data.DataLoader(
-            EpochBatches(train, encoder.contract, cfg, steps), batch_size=None, sampler=self.keys,
-            num_workers=self.workers, worker_init_fn=_single_thread if self.workers else None,
-            multiprocessing_context="forkserver" if self.workers else None,
-            persistent_workers=self.workers > 0, pin_memory=torch.device(device).type == "cuda")
-
-    def epoch(self, epoch: int):
-        """An iterator over epoch ``epoch``'s ``(x, y)`` batches."""
-        self.keys.epoch = epoch
-        return iter(self.loader)
-
-    def close(self) -> None:
-        self.loader = None  # the persistent workers stop with their iterator
-
-
 def train_epoch(encoder: Encoder, opt: torch.optim.Optimizer, train: MediaSamples, cfg: EncoderTrainConfig,
                 device: str, epoch: int, steps: int, loader: TrainLoader | None = None) -> dict[str, float]:
     """One epoch of ``steps`` semi-hard triplet steps; its random stream depends only on (seed, epoch).
@@ -435,17 +280,6 @@ def train_epoch(encoder: Encoder, opt: torch.optim.Optimizer, train: MediaSample
     out["steps"] = n_steps
     out["triplets_per_step"] = n_triplets / max(n_steps, 1)
     return out
-
-
-def resolve_workers(num_workers: int | None, device: str) -> int:
-    """DataLoader workers: as given, else 0 on CPU and ``min(8, cpus - 1)`` on CUDA."""
-    if num_workers is not None:
-        return num_workers
-    return min(8, max((os.cpu_count() or 1) - 1, 0)) if torch.device(device).type == "cuda" else 0
-
-
-def _single_thread(_worker_id: int) -> None:
-    torch.set_num_threads(1)
 
 
 def _probe_sets(train: MediaSamples, dev: MediaSamples | None, cfg: EncoderTrainConfig):

@@ -95,7 +95,7 @@ def check_encoder_weights(folder: Path) -> None:
     """
     import torch
 
-    from pipeline.encoders.model import load_encoder
+    from pipeline.encoders.checkpoint import load_encoder
 
     for kind in ENCODER_KINDS:
         path = folder / f"{kind}.pt"
@@ -115,23 +115,25 @@ def check_encoder_weights(folder: Path) -> None:
 def encoder_identity(spec: str | None, seed: int = 0) -> str | None:
     """Identity of the encoder weights (part of the features cache key), without building the models.
 
-    :func:`pipeline.encoders.model.encoder_identity`, also behind ``EncoderSet.identity``; None for no
+    :func:`pipeline.encoders.checkpoint.encoder_identity`, also behind ``EncoderSet.identity``; None for no
     encoders.
     """
     if spec is None:
         return None
-    from pipeline.encoders.model import encoder_identity as identity
+    from pipeline.encoders.checkpoint import encoder_identity as identity
 
     return identity(spec, seed)
 
 
 # -- input contracts --------------------------------------------------------------------------------
 def encoder_contracts(spec: str) -> dict:
-    """Each encoder's :class:`pipeline.encoders.model.InputContract`, read from its checkpoint.
+    """Each encoder's :class:`pipeline.encoders.inputs.InputContract`, read from its checkpoint.
 
     Random encoders (``"random"``) are built with the default contract.
     """
-    from pipeline.encoders.model import EncoderConfig, InputContract, load_checkpoint
+    from pipeline.encoders.checkpoint import load_checkpoint
+    from pipeline.encoders.inputs import InputContract
+    from pipeline.encoders.model import EncoderConfig
 
     if spec == "random":
         return {m: InputContract(m) for m in ENCODER_KINDS}

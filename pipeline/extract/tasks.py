@@ -191,7 +191,7 @@ def embed_partition(utterances: list[Utterance], spec: EmbedSpec) -> dict:
                            group_indices(utterances), problems, utterances, "text", source)
         text = finite_or_missing(text, utterances, "text", source, problems)
     if "audio" in spec.modalities or "visual" in spec.modalities:
-        from pipeline.encoders.model import load_encoder_set
+        from pipeline.encoders.checkpoint import load_encoder_set
 
         encoders_id = spec.encoders_id or weights_identity(spec.encoders)
         encs = cached_model(("encoders", encoders_id, spec.device),

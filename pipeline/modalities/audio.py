@@ -14,7 +14,7 @@ are the decisions of docs/DESIGN.md sections 2.2 and 4.2 (audio):
   as cut (:func:`centre_window` for times, :func:`centre_cut` for samples);
 * **silence**: :func:`is_silent` says whether a waveform carries no signal (peak below a threshold).
 
-The log-mel itself is computed by the encoder (``pipeline.encoders.model.LogMel``) so that training
+The log-mel itself is computed by the encoder (``pipeline.encoders.inputs.LogMel``) so that training
 and extraction share one implementation.
 """
 

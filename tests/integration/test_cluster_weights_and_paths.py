@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.encoders.model import build_encoder, save_encoder
+from pipeline.encoders.checkpoint import save_encoder
+from pipeline.encoders.model import build_encoder
 from pipeline.extract import ExtractError, ExtractOptions, make_local_cluster, run_extract
 from pipeline.extract.cluster import check_workers_see, load_security
 from pipeline.extract.prepare import load_manifest

@@ -18,7 +18,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.encoders.model import build_encoder, save_encoder
+from pipeline.encoders.checkpoint import save_encoder
+from pipeline.encoders.model import build_encoder
 from pipeline.extract import ExtractError, ExtractOptions, encoder_identity, make_local_cluster, run_extract
 from pipeline.features import read_split, validate_features
 from pipeline.h5rows import RowReader
@@ -222,7 +223,7 @@ def test_missing_default_encoders_are_trained_on_the_stored_media(meld_run, clie
     cfg = json.loads(h5py.File(res.features, "r").attrs["config"])
     assert cfg["encoders"] == encoder_identity(str(folder))
     from pipeline.corpora.base import MELD_CLASSES
-    from pipeline.encoders.model import load_checkpoint
+    from pipeline.encoders.checkpoint import load_checkpoint
 
     for m in ("audio", "face", "scene"):  # triplets are drawn over the corpus's class map only
         assert load_checkpoint(folder / f"{m}.pt")["meta"]["train_config"]["classes"] == list(MELD_CLASSES)

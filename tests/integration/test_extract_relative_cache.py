@@ -9,7 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.encoders.model import build_encoder, save_encoder
+from pipeline.encoders.checkpoint import save_encoder
+from pipeline.encoders.model import build_encoder
 from pipeline.extract import ExtractOptions, make_local_cluster
 from pipeline.extract.embed import make_embed_spec
 from pipeline.extract.encoders import stage_encoders

@@ -15,7 +15,8 @@ import torch
 
 from pipeline.embed import encode_waveforms
 from pipeline.encoders.data import MediaSamples, load_batch
-from pipeline.encoders.model import InputContract, audio_view, build_encoder, pad_waveforms
+from pipeline.encoders.inputs import InputContract, audio_view, pad_waveforms
+from pipeline.encoders.model import build_encoder
 from pipeline.encoders.probe import embed_samples
 from pipeline.testing.media_h5 import write_media
 

@@ -9,7 +9,9 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.decode import MediaError, decode_audio, decode_frames, frame_targets, probe
+from pipeline.decode.audio import decode_audio
+from pipeline.decode.container import MediaError, probe
+from pipeline.decode.frames import decode_frames, frame_targets
 from pipeline.modalities.audio import centre_cut, centre_window, downmix, is_silent, resample
 from pipeline.testing.av_files import encode_media, write_clip, write_wav
 from pipeline.testing.signals import tone

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.decode import MediaError, decode_audio, decode_frames
+from pipeline.decode.audio import decode_audio
+from pipeline.decode.container import MediaError
+from pipeline.decode.frames import decode_frames
 from pipeline.manifest import Utterance
 from pipeline.media import FaceDetector, MediaConfig, process_utterance
 from pipeline.testing.encodings import write_av, write_float_wav, write_resolution_change

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.decode import decode_frames
+from pipeline.decode.frames import decode_frames
 from pipeline.manifest import Utterance
 from pipeline.media import FaceDetector, MediaConfig, process_utterance
 from pipeline.testing.encodings import face_frame, write_av

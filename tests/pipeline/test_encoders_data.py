@@ -8,7 +8,7 @@ import torch
 
 from pipeline.encoders.augment import AudioAugment, add_white_noise, augment_waveform, time_stretch
 from pipeline.encoders.data import MediaSamples, balanced_batches, load_batch
-from pipeline.encoders.model import InputContract, audio_view
+from pipeline.encoders.inputs import InputContract, audio_view
 from pipeline.encoders.probe import probe_weighted_f1, subset
 from pipeline.testing.media_h5 import LABELS, write_media
 

@@ -16,8 +16,8 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
+from pipeline.encoders.checkpoint import load_checkpoint, load_encoder
 from pipeline.encoders.data import MediaSamples
-from pipeline.encoders.model import load_checkpoint, load_encoder
 from pipeline.encoders.probe import embed_samples, probe_weighted_f1, subset
 from pipeline.encoders.train import state_path_for, train_encoders
 from pipeline.testing.media_h5 import LABELS, write_media

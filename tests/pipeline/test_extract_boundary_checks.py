@@ -57,7 +57,8 @@ def test_a_corrupt_text_model_folder_is_one_error_naming_it(tmp_path):
 
 
 def test_encoder_checkpoints_are_loaded_and_their_weights_checked(tmp_path):
-    from pipeline.encoders.model import build_encoder, save_encoder
+    from pipeline.encoders.checkpoint import save_encoder
+    from pipeline.encoders.model import build_encoder
 
     for i, kind in enumerate(("audio", "face", "scene")):
         save_encoder(build_encoder(kind, seed=i), tmp_path / f"{kind}.pt")

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from pipeline.cache import ShardedWriter
-from pipeline.encoders.model import InputContract, build_encoder, save_encoder
+from pipeline.encoders.checkpoint import save_encoder
+from pipeline.encoders.inputs import InputContract
+from pipeline.encoders.model import build_encoder
 from pipeline.extract import ExtractError, ExtractOptions, run_extract
 from pipeline.extract.encoders import contract_mismatches
 from pipeline.extract.media import media_config_dict, media_key

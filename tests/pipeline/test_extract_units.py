@@ -11,7 +11,8 @@ import torch
 
 from pipeline.cache import ShardedWriter
 from pipeline.embed import encode_images, encode_waveforms, feature_rows, fit_to_contract
-from pipeline.encoders.model import build_encoder, load_encoder_set, save_encoder
+from pipeline.encoders.checkpoint import load_encoder_set, save_encoder
+from pipeline.encoders.model import build_encoder
 from pipeline.extract import ExtractError, ExtractOptions, encoder_identity
 from pipeline.extract.embed import feature_config
 from pipeline.extract.engine import partition

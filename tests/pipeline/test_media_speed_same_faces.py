@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.decode import decode_frames
+from pipeline.decode.frames import decode_frames
 from pipeline.media import FaceDetector, MediaConfig
 from pipeline.modalities.visual import _as_arrays, _shrink
 from pipeline.testing.av_files import write_clip

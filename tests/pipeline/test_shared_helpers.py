@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from pipeline.atomic import atomic_torch_save, atomic_write_json, content_identity
-from pipeline.encoders.model import encoder_identity
+from pipeline.encoders.checkpoint import encoder_identity
 from pipeline.metrics import weighted_f1
 from pipeline.names import ENCODER_KINDS
 
