@@ -268,16 +268,18 @@ def report_cmd(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
 
 # --- demo (trainer/demo.py) ------------------------------------------------------------------
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/sample"), help="Run directory.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/sample"),
+              help="Demo folder: corpus, runs, model, predictions.")
 @click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"), help="Cache root folder.")
 @click.option("--workers", type=int, default=2, help="Local dask worker processes.")
 @click.option("--seeds", type=int, default=2, help="Training repeats (mean ± std in the report).")
 @click.option("--epochs", type=int, default=40, help="Dialog-model epochs per seed.")
 def demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> None:
-    """Run the whole chain on the bundled sample corpus.
+    """Run the whole chain on a generated corpus, ending with a prediction.
 
-    prepare -> extract -> train-dialog -> report on 25 generated utterances (toy numbers); prints
-    where the report is.
+    Generates 216 utterances whose emotion only text + audio + visual together decide, then extract ->
+    train-dialog (text only, and fused) -> report -> export -> predict a subtitled conversation video;
+    prints the comparison, the predictions and the timeline picture's path.
     """
     from trainer.demo import run_demo
 

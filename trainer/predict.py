@@ -37,8 +37,9 @@ from pipeline.atomic import atomic_write_text
 from pipeline.manifest import Utterance
 from pipeline.names import MODALITIES
 
-# The extraction engine, imported in this one place (pipeline.extract after the package split).
-from pipeline.run import ExtractError, ExtractOptions, run_extract
+# The extraction engine, imported in this one place for export, predict and the demo (pipeline.extract
+# after the package split).
+from pipeline.run import ExtractError, ExtractOptions, format_summary, run_extract
 from trainer.export import ExportedModel, ModelFolderError, load_model_folder
 
 log = logging.getLogger(__name__)
@@ -275,7 +276,12 @@ def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
     temp = work is None
     work = Path(tempfile.mkdtemp(prefix="m2f-predict-")) if temp else Path(work)
     try:
+        if not input_path.exists():
+            raise PredictError(f"{input_path}: no such file; give a custom-corpus CSV, or a video with "
+                               "--subtitles talk.srt|talk.vtt")
         if subtitles is not None:
+            if input_path.suffix.lower() == ".csv" or input_path.is_dir():
+                raise PredictError(f"{input_path}: --subtitles goes with a video, not a CSV; drop one")
             utterances = subtitle_utterances(input_path, Path(subtitles))
             base = input_path.parent
         else:
@@ -312,4 +318,5 @@ def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
     return PredictResult(out, rows, model.class_names, plot_path, modalities, seconds)
 
 
-__all__ = ["ExtractError", "ExtractOptions", "PredictError", "PredictResult", "predict", "run_extract"]
+__all__ = ["ExtractError", "ExtractOptions", "PredictError", "PredictResult", "format_summary", "predict",
+           "run_extract"]

@@ -56,9 +56,9 @@ def plot_timeline(rows: Sequence[dict], class_names: Sequence[str], path: str | 
         dialogues.setdefault(str(r["dialogue"]), []).append(r)
     shown = list(dialogues)[:MAX_PANELS]
     colours = emotion_colours(class_names)
-    heights = [1.0 + 0.45 * len({r["speaker"] for r in dialogues[d]}) for d in shown]
-    fig, axes = plt.subplots(len(shown), 1, figsize=(11, sum(heights) + 1.2), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})
+    heights = [0.5 + 0.42 * len({r["speaker"] for r in dialogues[d]}) for d in shown]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(11, 1.1 + sum(h + 0.55 for h in heights)),
+                             squeeze=False, layout="constrained", gridspec_kw={"height_ratios": heights})
     for ax, dialogue in zip(axes[:, 0], shown, strict=True):
         drows = dialogues[dialogue]
         speakers = list(dict.fromkeys(r["speaker"] for r in drows))
@@ -68,23 +68,22 @@ def plot_timeline(rows: Sequence[dict], class_names: Sequence[str], path: str | 
         for r, (s, e) in zip(drows, spans, strict=True):
             y = speakers.index(r["speaker"])
             p = float(r[f"p_{r['predicted']}"])
-            ax.barh(y, e - s, left=s, height=0.7, color=to_rgba(colours[r["predicted"]], 0.15 + 0.85 * p),
+            ax.barh(y, e - s, left=s, height=0.72, color=to_rgba(colours[r["predicted"]], 0.15 + 0.85 * p),
                     edgecolor=colours[r["predicted"]], linewidth=1.2)
             if (e - s) > 0.06 * width:
                 ax.text((s + e) / 2, y, f"{r['predicted']}\n{100 * p:.0f}%", ha="center", va="center",
-                        fontsize=7.5, color="black" if p < 0.75 else "white", clip_on=True)
+                        fontsize=7.5, color="white" if p > 0.75 else "black", clip_on=True)
         ax.set_yticks(range(len(speakers)), speakers)
-        ax.set_ylim(len(speakers) - 0.4, -0.6)
-        ax.set_xlabel("time (s)" if timed else "utterance")
-        ax.set_title(f"dialogue {dialogue}", loc="left", fontsize=10)
+        ax.set_ylim(len(speakers) - 0.45, -0.55)
+        ax.set_xlabel("time (s)" if timed else "utterance", fontsize=8)
+        ax.set_title(f"dialogue {dialogue}", loc="left", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
         ax.set_axisbelow(True)
     handles = [Patch(facecolor=colours[c], edgecolor=colours[c], label=c) for c in class_names]
-    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 8), frameon=False,
+    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 8), frameon=False,
                title="predicted emotion (colour strength = probability)", fontsize=8, title_fontsize=8)
     if len(dialogues) > len(shown):
         fig.text(0.01, 0.005, f"{len(dialogues) - len(shown)} more dialogue(s) not shown", fontsize=7)
-    fig.tight_layout(rect=(0, 0.01, 1, 1 - 0.9 / (sum(heights) + 1.2)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -92,8 +92,10 @@ def test_encoder_checkpoints_are_the_random_encoders_the_features_used(model_dir
 
 
 def test_seed_option_and_existing_out(run, model_dir, tmp_path):
-    other = export_model(run, tmp_path / "seed1", seed=1)
-    assert json.loads((other / "m2f_model.json").read_text())["source"]["seed"] == 1
+    res = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "seed1"), "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == str(tmp_path / "seed1")
+    assert json.loads((tmp_path / "seed1" / "m2f_model.json").read_text())["source"]["seed"] == 1
     with pytest.raises(ModelFolderError, match="no finished seed 7"):
         export_model(run, tmp_path / "seed7", seed=7)
     with pytest.raises(ModelFolderError, match="exists"):
@@ -146,10 +148,7 @@ def test_pickle_format_files_are_refused(model_dir, tmp_path):
         load_model_folder(folder)
 
 
-def test_cli_export_and_refusal_are_one_line(run, model_dir, tmp_path):
-    res = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "m"), "--seed", "0"])
-    assert res.exit_code == 0, res.output
-    assert res.output.strip().endswith("m")
+def test_cli_refuses_a_tampered_folder_in_one_line(model_dir, tmp_path):
     folder = _copy(model_dir, tmp_path / "t")
     _replace(folder / "m2f_model.json", b"{}")
     res = CliRunner().invoke(main, ["predict", "--model", str(folder), "in.csv", "--out",
