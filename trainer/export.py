@@ -313,7 +313,9 @@ def export_text_model(source: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if is_local and any(folder.glob("*.safetensors")):
         for p in sorted(folder.iterdir()):
-            if p.is_file() and p.suffix.lower() not in PICKLE_SUFFIXES and not p.name.startswith("."):
+            # not pickles, hidden files, nor extract's cache marker (it holds a path of this machine)
+            if (p.is_file() and p.suffix.lower() not in PICKLE_SUFFIXES and not p.name.startswith(".")
+                    and p.name != "m2f-finetuned.json"):
                 shutil.copyfile(p, out / p.name)
         return
     tokenizer, model = load_text_model(src)
@@ -337,6 +339,11 @@ def check_text_identity(recorded: str, folder: Path) -> str:
 def _metric(summary: dict, split: str) -> dict | None:
     m = summary.get(split)
     return None if m is None else {"weighted_f1": m["weighted_f1"], "accuracy": m["accuracy"], "n": m["n"]}
+
+
+def _cell(text: str) -> str:
+    """A Markdown table cell: a ``|`` of its own would end it."""
+    return text.replace("|", "\\|")
 
 
 def model_card(meta: dict) -> str:
@@ -374,7 +381,7 @@ def model_card(meta: dict) -> str:
         "",
         "| | |",
         "|---|---|",
-        *[f"| {k} | {v} |" for k, v in rows],
+        *[f"| {k} | {_cell(v)} |" for k, v in rows],
         "",
         "The F1 figures are the run's own, on its dev and test splits; other data may score differently.",
         "",
