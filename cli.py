@@ -273,7 +273,7 @@ def report_cmd(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
 @click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"), help="Cache root folder.")
 @click.option("--workers", type=int, default=2, help="Local dask worker processes.")
 @click.option("--seeds", type=int, default=2, help="Training repeats (mean ± std in the report).")
-@click.option("--epochs", type=int, default=20, help="Dialog-model epochs per seed.")
+@click.option("--epochs", type=int, default=25, help="Dialog-model epochs per seed.")
 def demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> None:
     """Run the whole chain on a generated corpus, ending with a prediction.
 

@@ -22,7 +22,8 @@ import click
 
 #: Three frames per utterance (the paper's 15 would quintuple face detection for one-second clips).
 DEMO_MEDIA = {"n_frames": 3}
-#: Dialogs per batch: 24 train dialogues give 3 steps per epoch (the default 16 gives 2).
+#: Dialogs per batch: 24 train dialogues give 3 steps per epoch (the default 16 gives 2). Training runs on
+#: one thread: on a 2-core machine shared with other jobs, two threads made an epoch 4-8x slower.
 DEMO_BATCH = 8
 #: Dialogues per split of the generated corpus (6 utterances each).
 DEMO_DIALOGUES = {"train": 24, "dev": 6, "test": 6}
@@ -56,11 +57,11 @@ def run_demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> P
         click.echo(f"== 3/6 train-dialog: modalities {modalities}, epoch chosen on dev -> {run}", err=True)
         train_dialog(DialogTrainConfig(features=str(result.features), out=str(run), modalities=modalities,
                                        seeds=seeds, epochs=epochs, patience=epochs, batch_size=DEMO_BATCH,
-                                       progress=False))
+                                       threads=1, progress=False))
     click.echo("== 4/6 report: text only vs text + audio + visual", err=True)
     click.echo(report(list(runs.values()), out / "comparison.md"))
     click.echo("== 5/6 export the fused model", err=True)
-    model = export_model(runs["tav"], out / "model", overwrite=True)
+    model = export_model(runs["tav"], out / "model", text_model=str(text_model), overwrite=True)
     click.echo(f"model: {model}", err=True)
     click.echo("== 6/6 predict a test conversation: its clips joined into one video + subtitles", err=True)
     test = [u for u in fusion_script(DEMO_DIALOGUES) if u.split == "test"]

@@ -35,6 +35,12 @@ def _hex(rgba) -> str:
     return "#" + "".join(f"{round(255 * x):02x}" for x in rgba[:3])
 
 
+def _text_colour(fill: tuple[float, float, float, float]) -> str:
+    """Black on a light bar, white on a dark one (the bar's colour blended over white)."""
+    r, g, b = (fill[3] * c + 1 - fill[3] for c in fill[:3])
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.55 else "white"
+
+
 def _spans(rows: Sequence[dict]) -> list[tuple[float, float]]:
     """(start, end) per row; rows without times get ``[position, position + 0.9]``."""
     if all(r.get("start") is not None and r.get("end") is not None for r in rows):
@@ -68,11 +74,12 @@ def plot_timeline(rows: Sequence[dict], class_names: Sequence[str], path: str | 
         for r, (s, e) in zip(drows, spans, strict=True):
             y = speakers.index(r["speaker"])
             p = float(r[f"p_{r['predicted']}"])
-            ax.barh(y, e - s, left=s, height=0.72, color=to_rgba(colours[r["predicted"]], 0.15 + 0.85 * p),
-                    edgecolor=colours[r["predicted"]], linewidth=1.2)
+            fill = to_rgba(colours[r["predicted"]], 0.15 + 0.85 * p)
+            ax.barh(y, e - s, left=s, height=0.72, color=fill, edgecolor=colours[r["predicted"]],
+                    linewidth=1.2)
             if (e - s) > 0.06 * width:
                 ax.text((s + e) / 2, y, f"{r['predicted']}\n{100 * p:.0f}%", ha="center", va="center",
-                        fontsize=7.5, color="white" if p > 0.75 else "black", clip_on=True)
+                        fontsize=7.5, color=_text_colour(fill), clip_on=True)
         ax.set_yticks(range(len(speakers)), speakers)
         ax.set_ylim(len(speakers) - 0.45, -0.55)
         ax.set_xlabel("time (s)" if timed else "utterance", fontsize=8)
