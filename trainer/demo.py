@@ -65,8 +65,7 @@ def run_demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> P
     click.echo(f"model: {model}", err=True)
     click.echo("== 6/6 predict a test conversation: its clips joined into one video + subtitles", err=True)
     test = [u for u in fusion_script(DEMO_DIALOGUES) if u.split == "test"]
-    predictions, timeline = predict_conversation(model, corpus.parent, test[:6], out / "conversation",
-                                                 workers)
+    predictions, timeline = predict_conversation(model, corpus.parent, test[:6], out / "conversation")
     click.echo(f"predictions: {predictions}")
     click.echo(f"timeline: {timeline}")
     return runs["tav"] / "report.md"
@@ -90,8 +89,7 @@ def finetune_demo_text(corpus: Path, folder: Path) -> Path:
         torch.set_num_threads(threads)
 
 
-def predict_conversation(model: Path, corpus: Path, utterances, folder: Path,
-                         workers: int) -> tuple[Path, Path]:
+def predict_conversation(model: Path, corpus: Path, utterances, folder: Path) -> tuple[Path, Path]:
     """Join the clips of ``utterances`` into ``folder/talk.mp4`` with ``talk.srt``, predict them, and
     print each prediction beside the emotion the corpus generated; return the predictions and
     timeline paths."""
@@ -104,7 +102,7 @@ def predict_conversation(model: Path, corpus: Path, utterances, folder: Path,
     write_srt(folder / "talk.srt", [Cue(s, e, u.speaker, u.text) for u, (s, e) in
                                     zip(utterances, spans, strict=True)])
     result = predict(model, folder / "talk.mp4", folder / "predictions.csv", subtitles=folder / "talk.srt",
-                     plot=folder / "timeline.png", workers=workers)
+                     plot=folder / "timeline.png")
     right = 0
     for row, u in zip(result.rows, utterances, strict=True):
         right += row["predicted"] == u.label

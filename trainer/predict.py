@@ -159,6 +159,39 @@ def extract_options(model: ExportedModel, corpus_csv: Path, modalities: tuple[st
         media_config=model.media_config if needs_media else None)
 
 
+#: Inputs up to this many utterances are extracted in this process (see :func:`resolve_workers`).
+IN_PROCESS_MAX_UTTERANCES = 64
+
+
+def resolve_workers(workers: int | None, utterances: Sequence[Utterance]) -> int:
+    """Worker processes for extraction; 0 = one worker thread in this process.
+
+    ``None`` (auto) picks 0 for one dialogue or a few utterances: the engine partitions by whole dialogues,
+    so a single conversation is one task anyway, and starting worker processes (each importing torch
+    and loading MTCNN, the encoders and the text model) cost more than the work (measured: 35 of 51 s
+    for a 20-utterance conversation on 2 cores). Larger inputs get 2 processes.
+    """
+    if workers is not None:
+        return workers
+    dialogues = {u.dialogue_id for u in utterances}
+    return 0 if len(dialogues) == 1 or len(utterances) <= IN_PROCESS_MAX_UTTERANCES else 2
+
+
+def run_extraction(opts: ExtractOptions, workers: int):
+    """:func:`run_extract` on worker processes, or (``workers == 0``) on one worker thread in this process."""
+    if workers > 0:
+        return run_extract(opts)
+    from distributed import Client
+
+    threads = torch.get_num_threads()
+    client = Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
+    try:
+        return run_extract(opts, client=client)
+    finally:
+        client.close()
+        torch.set_num_threads(threads)  # the engine's task setup pins its process to one thread
+
+
 def conversation_tensors(model: ExportedModel, features: Path, modalities: tuple[str, ...]):
     """The predicted split as a :class:`~trainer.data.DialogSplit` with every modality the model reads;
     one that was not extracted is all missing (the model's learned vector)."""
@@ -234,7 +267,7 @@ def output_format(out: Path, fmt: str | None) -> str:
 
 def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
             subtitles: str | Path | None = None, fmt: str | None = None, plot: str | Path | None = None,
-            workers: int = 2, device: str = "cpu", work: str | Path | None = None,
+            workers: int | None = None, device: str = "cpu", work: str | Path | None = None,
             model: ExportedModel | None = None) -> PredictResult:
     """``m2f predict``: write the emotion of every utterance of ``input_path`` to ``out``.
 
@@ -252,8 +285,9 @@ def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
         None: from the suffix of ``out`` (``.jsonl`` -> JSON lines), else CSV.
     plot : path, optional
         Also draw the timeline PNG here (:func:`trainer.timeline.plot_timeline`).
-    workers : int
-        Extraction worker processes.
+    workers : int or None
+        Extraction worker processes; 0 = a worker thread in this process; None = 0 for one dialogue or a
+        few utterances, else 2 (:func:`resolve_workers`).
     device : str
         ``cpu`` or ``cuda`` for extraction and the dialog model.
     work : path, optional
@@ -292,9 +326,10 @@ def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
             base = (input_path if input_path.is_dir() else input_path.parent).resolve()
         corpus_csv = write_corpus_csv(utterances, base, work / "input" / "conversation.csv")
         modalities = modalities_to_extract(model, utterances)
+        workers = resolve_workers(workers, utterances)
         t = time.perf_counter()
-        opts = extract_options(model, corpus_csv, modalities, work, workers, device)
-        result = run_extract(opts)
+        opts = extract_options(model, corpus_csv, modalities, work, max(1, workers), device)
+        result = run_extraction(opts, workers)
         seconds["extract"] = time.perf_counter() - t
         t = time.perf_counter()
         from pipeline.manifest import read_jsonl

@@ -94,7 +94,7 @@ def test_encoder_checkpoints_are_the_random_encoders_the_features_used(model_dir
 def test_seed_option_and_existing_out(run, model_dir, tmp_path):
     res = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "seed1"), "--seed", "1"])
     assert res.exit_code == 0, res.output
-    assert res.output.strip() == str(tmp_path / "seed1")
+    assert res.stdout.strip().splitlines()[-1] == str(tmp_path / "seed1")
     assert json.loads((tmp_path / "seed1" / "m2f_model.json").read_text())["source"]["seed"] == 1
     with pytest.raises(ModelFolderError, match="no finished seed 7"):
         export_model(run, tmp_path / "seed7", seed=7)
