@@ -384,22 +384,95 @@ def report_cmd(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
 
 # --- demo (trainer/demo.py) ------------------------------------------------------------------
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/sample"), help="Run directory.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/sample"),
+              help="Demo folder: corpus, runs, model, predictions.")
 @click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"), help="Cache root folder.")
 @click.option("--workers", type=int, default=2, help="Local dask worker processes.")
 @click.option("--seeds", type=int, default=2, help="Training repeats (mean ± std in the report).")
-@click.option("--epochs", type=int, default=40, help="Dialog-model epochs per seed.")
+@click.option("--epochs", type=int, default=25, help="Dialog-model epochs per seed.")
 def demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> None:
-    """Run the whole chain on the bundled sample corpus.
+    """Run the whole chain on a generated corpus, ending with a prediction.
 
-    prepare -> extract -> train-dialog -> report on 25 generated utterances (toy numbers); prints
-    where the report is.
+    Generates 216 utterances whose emotion only text + audio + visual together decide, then extract ->
+    train-dialog (text only, and fused) -> report -> export -> predict a subtitled conversation video;
+    prints the comparison, the predictions and the timeline picture's path.
     """
     from trainer.demo import run_demo
 
     path = run_demo(out, cache, workers, seeds, epochs)
     click.echo(f"report: {path} (confusion matrix: {path.parent / 'confusion.png'})")
 # --- end demo ---
+
+
+# --- export (trainer/export.py) --------------------------------------------------------------
+@main.command("export")
+@click.argument("run", type=click.Path(path_type=Path, exists=True))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Model folder to create.")
+@click.option("--seed", type=int, default=None, help="Seed to export [default: the best on dev weighted F1].")
+@click.option("--encoders", default=None,
+              help="Folder of the encoders the features were made with, if not in the features' cache.")
+@click.option("--text-model", default=None,
+              help="Folder of the text model the features were made with, if not in the features' cache.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
+def export_cmd(run: Path, out: Path, seed: int | None, encoders: str | None, text_model: str | None,
+               overwrite: bool) -> None:
+    """Write a trained run as a self-contained model folder.
+
+    OUT gets the dialog model, encoders and text model as safetensors, the label map, the media and
+    feature settings, checksums.json and a model card (README.md); `m2f predict --model OUT` uses it.
+    """
+    from trainer.export import ModelFolderError, export_model
+
+    try:
+        path = export_model(run, out, seed=seed, encoders=encoders, text_model=text_model,
+                            overwrite=overwrite)
+    except ModelFolderError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(str(path))
+# --- end export ---
+
+
+# --- predict (trainer/predict.py) ------------------------------------------------------------
+@main.command("predict")
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True,
+              help="A folder written by `m2f export`.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Predictions file.")
+@click.option("--subtitles", type=click.Path(path_type=Path), default=None,
+              help="SRT or WebVTT of the video INPUT: each cue is one utterance.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
+              help="Output format [default: jsonl for a .jsonl --out, else csv].")
+@click.option("--plot", type=click.Path(path_type=Path), default=None,
+              help="Also draw the emotions over time (one lane per speaker) into this PNG.")
+@click.option("--workers", type=int, default=None,
+              help="Extraction worker processes; 0 = in this process [default: 0 for one conversation or a "
+                   "few utterances, else 2].")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+@click.option("--work", type=click.Path(path_type=Path), default=None,
+              help="Keep the generated CSV, media and features here [default: a temporary folder].")
+def predict_cmd(input_path: Path, model_dir: Path, out: Path, subtitles: Path | None, fmt: str | None,
+                plot: Path | None, workers: int | None, device: str, work: Path | None) -> None:
+    """Predict the emotion of every utterance of a CSV or a subtitled video.
+
+    INPUT is a custom-corpus CSV (label and split ignored; no clip column = text only) or a video with
+    --subtitles. Writes one row per utterance: dialogue, position, speaker, start, end, text,
+    predicted, p_<class>..., has_<modality> (False = missing, the model's learned vector was used).
+    """
+    from pipeline.locks import CacheLockedError
+    from pipeline.subtitles import SubtitleError
+    from trainer.export import ModelFolderError
+    from trainer.predict import ExtractError, PredictError, predict
+
+    try:
+        result = predict(model_dir, input_path, out, subtitles=subtitles, fmt=fmt, plot=plot, workers=workers,
+                         device=device, work=work)
+    except (PredictError, ModelFolderError, SubtitleError, ExtractError, CacheLockedError) as e:
+        raise click.ClickException(str(e)) from e
+    except KeyboardInterrupt:
+        _interrupted(f"nothing was written to {out}")
+    click.echo(f"{len(result.rows)} utterances -> {result.out}" + (f"; timeline {result.plot}" if result.plot
+                                                                   else ""))
+# --- end predict ---
 
 
 if __name__ == "__main__":

@@ -1,0 +1,57 @@
+"""The demo's generated corpus (trainer/demo_corpus.py): one modality leaves two emotions, two decide it."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import av
+
+from pipeline.corpora.custom import prepare_custom
+from trainer.demo_corpus import (
+    _SENTENCES,
+    FUSION_CUES,
+    PITCH_HZ,
+    build_fusion_corpus,
+    fusion_script,
+    join_clips,
+)
+
+
+def _cues(u):
+    """What each modality shows of an utterance: valence sentence, pitch band, face side."""
+    valence = next(v for v, pool in _SENTENCES.items() if any(u.text.endswith(" " + x) for x in pool))
+    arousal = next(a for a, (lo, hi) in PITCH_HZ.items() if lo <= u.tone_hz <= hi)
+    side = "left" if u.face_pos[0] < 0.5 else "right"
+    return valence, arousal, side
+
+
+def test_each_cue_alone_leaves_two_emotions_and_any_two_decide():
+    script = fusion_script({"train": 12, "dev": 2, "test": 2})
+    for u in script:
+        assert _cues(u) == FUSION_CUES[u.label]
+    for m in range(3):
+        for value in {c[m] for c in FUSION_CUES.values()}:
+            assert len({label for label, c in FUSION_CUES.items() if c[m] == value}) == 2
+    for a, b in itertools.combinations(range(3), 2):
+        assert len({(c[a], c[b]) for c in FUSION_CUES.values()}) == len(FUSION_CUES)
+    counts = Counter(u.label for u in script if u.split == "train")
+    assert max(counts.values()) - min(counts.values()) <= 6  # balanced within a dialogue's surplus
+    assert fusion_script({"train": 12, "dev": 2, "test": 2}) == script  # seeded
+
+
+def test_corpus_reads_as_a_custom_csv_and_joined_clips_have_their_spans(tmp_path):
+    sizes = {"train": 1, "dev": 1, "test": 1}
+    csv_path = build_fusion_corpus(tmp_path / "c", sizes, utterances_per_dialogue=2)
+    utts = prepare_custom(csv_path)
+    assert [u.split for u in utts] == ["train", "train", "dev", "dev", "test", "test"]
+    assert all(u.clip and u.label in FUSION_CUES for u in utts)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "c" / "clips").iterdir()}
+    build_fusion_corpus(tmp_path / "c", sizes, utterances_per_dialogue=2)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "c" / "clips").iterdir()} == before  # kept
+
+    spans = join_clips([u.clip for u in utts[:3]], tmp_path / "joined.mp4")
+    assert [round(s, 3) for s, _ in spans] == [0.0, 1.0, 2.0] and round(spans[-1][1], 3) == 3.0
+    with av.open(str(tmp_path / "joined.mp4")) as c:
+        assert c.streams.audio and c.streams.video
+        assert abs(float(c.duration) / 1e6 - 3.0) < 0.15

@@ -1,0 +1,357 @@
+"""``m2f predict``: the emotion of every utterance of new conversations, with an exported model.
+
+Input is a custom-corpus CSV (:mod:`pipeline.corpora.custom`; ``label`` and ``split`` are ignored, the
+``clip`` column may be left out for text only) or a video with its subtitles (:mod:`pipeline.subtitles`:
+one cue = one utterance of one dialogue). Either way the utterances are written, in input order, to a
+generated custom CSV in a work folder (clips reached through a ``src`` symlink, so the CSV's relative
+paths stay valid), and :func:`pipeline.extract.run_extract` (the engine of ``m2f extract``) embeds them
+with the model folder's encoders, text model and media settings, exactly as the run's features were made. The
+dialog model then gives the class probabilities of every utterance with its dialogue as context.
+
+A modality the model reads but an utterance lacks (no clip, a clip without audio or without a face
+track) is fed the model's learned missing vector, as in training, and flagged ``has_<modality>`` False
+in the output. When no utterance has a clip, audio and visual are not extracted at all.
+
+Output: one row per utterance, ``dialogue, position, speaker, start, end, text, predicted,
+p_<class>..., has_<modality>...`` as CSV, or the same keys as JSON lines.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.atomic import atomic_write_text
+
+# The extraction engine, imported in this one place for export, predict and the demo (pipeline.extract
+# after the package split).
+from pipeline.extract import ExtractError, ExtractOptions, format_summary, run_extract
+from pipeline.manifest import Utterance
+from pipeline.names import MODALITIES
+from trainer.export import ExportedModel, ModelFolderError, load_model_folder
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("csv", "jsonl")
+#: Split every predicted utterance is put in (one split; the dialog model ignores splits).
+PREDICT_SPLIT = "test"
+CSV_COLUMNS = ("dialogue_id", "utterance_index", "speaker", "text", "clip", "start", "end", "split")
+LETTER = {"text": "t", "audio": "a", "visual": "v"}
+
+
+class PredictError(ValueError):
+    """Input that cannot be predicted; the message names the file and says what to do."""
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict` wrote and measured."""
+
+    out: Path
+    rows: list[dict]
+    class_names: list[str]
+    plot: Path | None = None
+    modalities: tuple[str, ...] = ()
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# -- reading the input -------------------------------------------------------------------------------
+def csv_utterances(path: Path, work: Path) -> list[Utterance]:
+    """The utterances of a custom-corpus CSV in file order (dialogues by first appearance).
+
+    A CSV without a ``clip`` column is read as text only (a copy with an empty column goes to ``work``).
+    """
+    from pipeline.corpora import CorpusError
+    from pipeline.corpora.custom import find_custom_csv, prepare_custom, read_custom_csv
+
+    try:
+        path = find_custom_csv(path)
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            header = [h.strip() for h in next(csv.reader(f), [])]
+        if header and "clip" not in header:
+            path = _with_empty_clip_column(path, work / "no-clips" / path.name)
+        order = {}
+        for row in read_custom_csv(path):
+            order.setdefault(row["dialogue_id"], len(order))
+        utterances = prepare_custom(path)
+    except (CorpusError, UnicodeDecodeError) as e:
+        raise PredictError(str(e)) from None
+    return sorted(utterances, key=lambda u: (order[u.dialogue_id], u.position))
+
+
+def _with_empty_clip_column(src: Path, dst: Path) -> Path:
+    with open(src, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f))
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(dst, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(rows[0] + ["clip"])
+        writer.writerows(row + [""] for row in rows[1:])
+    return dst
+
+
+def subtitle_utterances(video: Path, subtitles: Path) -> list[Utterance]:
+    """One dialogue: a cue per utterance, all spans inside ``video``."""
+    from pipeline.subtitles import read_subtitles
+
+    if not video.is_file():
+        raise PredictError(f"{video}: no such video; pass the video the subtitles belong to")
+    dialogue = re.sub(r"[^\w.\-]+", "_", video.stem) or "video"
+    return [Utterance(corpus="custom", split=PREDICT_SPLIT, dialogue_id=dialogue, position=i,
+                      utterance_id=str(i), speaker=c.speaker, text=c.text, label=None,
+                      clip=str(video.resolve()), start=c.start, end=c.end)
+            for i, c in enumerate(read_subtitles(subtitles))]
+
+
+def write_corpus_csv(utterances: Sequence[Utterance], base: Path, out: Path) -> Path:
+    """The custom CSV that extraction reads: all rows in :data:`PREDICT_SPLIT`, clips via ``src`` -> ``base``.
+
+    ``base`` is the folder the clips live under (the input CSV's folder, or the video's).
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    link = out.parent / "src"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(base.resolve(), target_is_directory=True)
+    lines = []
+    for u in utterances:
+        clip = ""
+        if u.clip:
+            clip = "src/" + Path(os.path.relpath(os.path.abspath(u.clip), os.path.abspath(base))).as_posix()
+        lines.append([u.dialogue_id, u.utterance_id, u.speaker, u.text, clip,
+                      "" if u.start is None else repr(float(u.start)),
+                      "" if u.end is None else repr(float(u.end)), PREDICT_SPLIT])
+    with open(out, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(lines)
+    return out
+
+
+# -- extraction and the dialog model -----------------------------------------------------------------
+def modalities_to_extract(model: ExportedModel, utterances: Sequence[Utterance]) -> tuple[str, ...]:
+    """The model's modalities, without audio and visual when no utterance has a clip."""
+    has_clip = any(u.clip for u in utterances)
+    return tuple(m for m in MODALITIES if LETTER[m] in model.modalities and (m == "text" or has_clip))
+
+
+def extract_options(model: ExportedModel, corpus_csv: Path, modalities: tuple[str, ...], work: Path,
+                    workers: int, device: str) -> ExtractOptions:
+    """``m2f extract`` options that make features exactly as the model's run did."""
+    needs_media = any(m != "text" for m in modalities)
+    encoders = model.write_encoder_checkpoints(work / "encoders") if needs_media else None
+    return ExtractOptions(
+        dataset="custom", root=corpus_csv, modalities=modalities, splits=(PREDICT_SPLIT,), workers=workers,
+        device=device, text_model=str(model.text_model) if "text" in modalities else None,
+        encoders=str(encoders) if encoders else None, cache=work / "cache",
+        media_config=model.media_config if needs_media else None)
+
+
+#: Inputs up to this many utterances are extracted in this process (see :func:`resolve_workers`).
+IN_PROCESS_MAX_UTTERANCES = 64
+
+
+def resolve_workers(workers: int | None, utterances: Sequence[Utterance]) -> int:
+    """Worker processes for extraction; 0 = one worker thread in this process.
+
+    ``None`` (auto) picks 0 for one dialogue or a few utterances: the engine partitions by whole dialogues,
+    so a single conversation is one task anyway, and starting worker processes (each importing torch
+    and loading MTCNN, the encoders and the text model) cost more than the work (measured: 35 of 51 s
+    for a 20-utterance conversation on 2 cores). Larger inputs get 2 processes.
+    """
+    if workers is not None:
+        return workers
+    dialogues = {u.dialogue_id for u in utterances}
+    return 0 if len(dialogues) == 1 or len(utterances) <= IN_PROCESS_MAX_UTTERANCES else 2
+
+
+def run_extraction(opts: ExtractOptions, workers: int):
+    """:func:`run_extract` on worker processes, or (``workers == 0``) on one worker thread in this process."""
+    if workers > 0:
+        return run_extract(opts)
+    from distributed import Client
+
+    threads = torch.get_num_threads()
+    client = Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
+    try:
+        return run_extract(opts, client=client)
+    finally:
+        client.close()
+        torch.set_num_threads(threads)  # the engine's task setup pins its process to one thread
+
+
+def conversation_tensors(model: ExportedModel, features: Path, modalities: tuple[str, ...]):
+    """The predicted split as a :class:`~trainer.data.DialogSplit` with every modality the model reads;
+    one that was not extracted is all missing (the model's learned vector)."""
+    from trainer.data import load_split
+
+    letters = "".join(LETTER[m] for m in modalities)
+    split = load_split(features, PREDICT_SPLIT, model.class_names, letters)
+    shape = split.mask.shape
+    for m in model.modalities:
+        if m not in split.features:
+            split.features[m] = torch.zeros(*shape, model.dims[m])
+            split.present[m] = torch.zeros(*shape, dtype=torch.bool)
+        elif split.features[m].shape[-1] != model.dims[m]:
+            raise ModelFolderError(f"{features}: {m} features are {split.features[m].shape[-1]} wide, the "
+                                   f"model reads {model.dims[m]}; its folder's files do not belong together")
+    return split
+
+
+def prediction_rows(model: ExportedModel, features: Path, probs: np.ndarray,
+                    utterances: Sequence[Utterance]) -> list[dict]:
+    """One dict per utterance (file row order): identity, times, text, prediction, probabilities, flags."""
+    from pipeline.features import read_split
+
+    arrays = read_split(features, PREDICT_SPLIT)
+    by_id = {u.id: u for u in utterances}
+    rows = []
+    for i, utt_id in enumerate(arrays.utt_id):
+        u = by_id[str(utt_id)]
+        row = {"dialogue": u.dialogue_id, "position": int(arrays.position[i]), "speaker": u.speaker,
+               "start": u.start, "end": u.end, "text": u.text,
+               "predicted": model.class_names[int(probs[i].argmax())]}
+        row.update({f"p_{c}": float(p) for c, p in zip(model.class_names, probs[i], strict=True)})
+        for m in MODALITIES:
+            if LETTER[m] in model.modalities:
+                flags = getattr(arrays, f"has_{m}")
+                row[f"has_{m}"] = bool(flags[i]) if len(flags) else False
+        rows.append(row)
+    return rows
+
+
+def write_rows(rows: Sequence[dict], out: Path, fmt: str) -> Path:
+    """CSV (probabilities to 6 significant digits) or JSON lines, atomically."""
+    if fmt == "jsonl":
+        return atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: _cell(v) for k, v in r.items()})
+    return atomic_write_text(out, buf.getvalue())
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def output_format(out: Path, fmt: str | None) -> str:
+    """``fmt``, or ``jsonl`` for an ``.jsonl`` / ``.json`` output name, else ``csv``."""
+    if fmt is None:
+        fmt = "jsonl" if out.suffix.lower() in (".jsonl", ".json") else "csv"
+    if fmt not in FORMATS:
+        raise PredictError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    return fmt
+
+
+def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
+            subtitles: str | Path | None = None, fmt: str | None = None, plot: str | Path | None = None,
+            workers: int | None = None, device: str = "cpu", work: str | Path | None = None,
+            model: ExportedModel | None = None) -> PredictResult:
+    """``m2f predict``: write the emotion of every utterance of ``input_path`` to ``out``.
+
+    Parameters
+    ----------
+    model_dir : path
+        A folder written by ``m2f export`` (verified before use).
+    input_path : path
+        A custom-corpus CSV, or a video when ``subtitles`` is given.
+    out : path
+        Predictions file (CSV or JSON lines, see ``fmt``).
+    subtitles : path, optional
+        SRT / WebVTT file of the video ``input_path``.
+    fmt : {"csv", "jsonl"} or None
+        None: from the suffix of ``out`` (``.jsonl`` -> JSON lines), else CSV.
+    plot : path, optional
+        Also draw the timeline PNG here (:func:`trainer.timeline.plot_timeline`).
+    workers : int or None
+        Extraction worker processes; 0 = a worker thread in this process; None = 0 for one dialogue or a
+        few utterances, else 2 (:func:`resolve_workers`).
+    device : str
+        ``cpu`` or ``cuda`` for extraction and the dialog model.
+    work : path, optional
+        Keep the generated CSV, media and features here; default a temporary folder, removed after.
+    model : ExportedModel, optional
+        An already loaded folder (a service predicting many conversations loads it once).
+
+    Raises
+    ------
+    PredictError, ModelFolderError, ExtractError
+        Bad input, a refused model folder, an extraction that cannot go on (one-line messages).
+    """
+    t0 = time.perf_counter()
+    out, input_path = Path(out), Path(input_path)
+    fmt = output_format(out, fmt)
+    seconds: dict[str, float] = {}
+    if model is None:
+        model = load_model_folder(model_dir, device)
+    seconds["load"] = time.perf_counter() - t0
+    temp = work is None
+    work = Path(tempfile.mkdtemp(prefix="m2f-predict-")) if temp else Path(work)
+    try:
+        if not input_path.exists():
+            raise PredictError(f"{input_path}: no such file; give a custom-corpus CSV, or a video with "
+                               "--subtitles talk.srt|talk.vtt")
+        if subtitles is not None:
+            if input_path.suffix.lower() == ".csv" or input_path.is_dir():
+                raise PredictError(f"{input_path}: --subtitles goes with a video, not a CSV; drop one")
+            utterances = subtitle_utterances(input_path, Path(subtitles))
+            base = input_path.parent
+        else:
+            if input_path.suffix.lower() not in (".csv", "") and not input_path.is_dir():
+                raise PredictError(f"{input_path}: give a custom-corpus CSV, or a video with --subtitles "
+                                   "talk.srt|talk.vtt")
+            utterances = csv_utterances(input_path, work)
+            base = (input_path if input_path.is_dir() else input_path.parent).resolve()
+        corpus_csv = write_corpus_csv(utterances, base, work / "input" / "conversation.csv")
+        modalities = modalities_to_extract(model, utterances)
+        workers = resolve_workers(workers, utterances)
+        t = time.perf_counter()
+        opts = extract_options(model, corpus_csv, modalities, work, max(1, workers), device)
+        result = run_extraction(opts, workers)
+        seconds["extract"] = time.perf_counter() - t
+        t = time.perf_counter()
+        from pipeline.manifest import read_jsonl
+        from trainer.fit import predict_probs
+
+        split = conversation_tensors(model, result.features, modalities).to(device)
+        probs = predict_probs(model.model, split, 64, device)
+        rows = prediction_rows(model, result.features, probs, read_jsonl(result.manifest))
+        seconds["inference"] = time.perf_counter() - t
+    finally:
+        if temp:
+            shutil.rmtree(work, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_rows(rows, out, fmt)
+    plot_path = None
+    if plot is not None:
+        from trainer.timeline import plot_timeline
+
+        plot_path = plot_timeline(rows, model.class_names, Path(plot))
+    seconds["total"] = time.perf_counter() - t0
+    return PredictResult(out, rows, model.class_names, plot_path, modalities, seconds)
+
+
+__all__ = ["ExtractError", "ExtractOptions", "PredictError", "PredictResult", "format_summary", "predict",
+           "run_extract"]
