@@ -50,7 +50,7 @@ def run_demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> P
     click.echo(f"corpus: {corpus}", err=True)
     click.echo("== 2/6 fine-tune MiniLM on the train split (dev picks the step), then extract: decode, MTCNN "
                "faces, embed (audio/face/scene encoders: seeded random weights)", err=True)
-    text_model = finetune_demo_text(corpus, out / "text-model")
+    text_model = finetune_demo_text(corpus, out / "fine-tuned-text")
     result = run_extract(ExtractOptions(dataset="custom", root=corpus, cache=cache, workers=workers,
                                         encoders="random", text_model=str(text_model),
                                         media_config=DEMO_MEDIA))

@@ -151,7 +151,7 @@ def extract_options(model: ExportedModel, corpus_csv: Path, modalities: tuple[st
                     workers: int, device: str) -> ExtractOptions:
     """``m2f extract`` options that make features exactly as the model's run did."""
     needs_media = any(m != "text" for m in modalities)
-    encoders = model.write_encoder_checkpoints(work / "encoders") if needs_media else None
+    encoders = model.write_encoder_checkpoints(work / "model-encoders") if needs_media else None
     return ExtractOptions(
         dataset="custom", root=corpus_csv, modalities=modalities, splits=(PREDICT_SPLIT,), workers=workers,
         device=device, text_model=str(model.text_model) if "text" in modalities else None,
