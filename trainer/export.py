@@ -189,7 +189,8 @@ class ExportedModel:
             except RuntimeError as e:
                 raise ModelFolderError(f"{self.folder / ENCODER_DIR / kind}.safetensors does not fit its "
                                        f"config ({str(e).splitlines()[0]}); export the model again") from None
-            save_encoder(encoder, out / f"{kind}.pt", exported_from=str(self.folder))
+            random = {"random": True} if (info.get("meta") or {}).get("random") else {}
+            save_encoder(encoder, out / f"{kind}.pt", exported_from=str(self.folder), **random)
         return out
 
 

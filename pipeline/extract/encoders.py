@@ -145,6 +145,17 @@ def encoder_contracts(spec: str) -> dict:
         raise ExtractError(str(e).splitlines()[0]) from e
 
 
+def random_kinds(spec: str) -> set[str]:
+    """Encoder kinds whose weights are seeded random: all for ``random``, else those whose checkpoint's
+    meta says ``random`` (encoders exported from a run made with ``--encoders random``)."""
+    from pipeline.encoders.checkpoint import load_checkpoint
+
+    if spec == "random":
+        return set(ENCODER_KINDS)
+    metas = {m: load_checkpoint(Path(spec) / f"{m}.pt").get("meta") or {} for m in ENCODER_KINDS}
+    return {m for m, meta in metas.items() if meta.get("random")}
+
+
 def contract_mismatches(spec: str, contracts: dict, media_cfg: dict, modalities: Sequence[str],
                         media_name: str) -> list[str]:
     """What the encoders expect that the media does not hold, one sentence each (empty: they agree).
@@ -162,8 +173,11 @@ def contract_mismatches(spec: str, contracts: dict, media_cfg: dict, modalities:
         if float(c.max_seconds) != float(media_cfg["max_seconds"]):
             out.append(f"{where} expects clips of at most {c.max_seconds:g} s but {media_name} holds up to "
                        f"{float(media_cfg['max_seconds']):g} s")
-    if "visual" in modalities and spec != "random":
+    if "visual" in modalities:
+        resized = random_kinds(spec)  # random weights have no trained size: crops are resized to them
         for kind, key in (("face", "face_size"), ("scene", "scene_size")):
+            if kind in resized:
+                continue
             size = contracts[kind].image_size
             if int(size) != int(media_cfg[key]):
                 out.append(f"{Path(spec) / (kind + '.pt')} expects {size} px {kind} images but {media_name} "
