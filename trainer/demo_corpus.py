@@ -52,10 +52,10 @@ _SENTENCES = {
                  "thanks for bringing the coffee.", "the test results came back fine.",
                  "your sister called, she got the job.", "the weather cleared up for the trip.",
                  "I found the keys in my coat.", "the kids loved the museum."),
-    "negative": ("they cancelled the whole trip.", "the car broke down again.",
+    "negative": ("they cancelled our holiday.", "the car broke down again.",
                  "nobody told me about the meeting.", "we lost the deposit on the flat.",
                  "the dog ate my sandwich.", "my phone fell in the river.",
-                 "they gave the job to someone else.", "the heating is off all week."),
+                 "they turned down my application.", "the heating is off all week."),
 }
 SPEAKERS = ("Ann", "Ben", "Cara", "Dev", "Eli", "Fay")
 CLIP_SIZE = (160, 120)
