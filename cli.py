@@ -72,7 +72,7 @@ def configure_logging(level: int) -> None:
 def main(quiet: bool, verbose: bool) -> None:
     """m2f: M2FNet emotion recognition in conversation (text, audio, video).
 
-    Typical run: prepare -> extract -> train-dialog -> report.
+    Typical run: prepare -> extract -> train-dialog -> report; then export -> predict to apply a model.
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     configure_logging(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
@@ -391,7 +391,7 @@ def report_cmd(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
 @click.option("--seeds", type=int, default=2, help="Training repeats (mean ± std in the report).")
 @click.option("--epochs", type=int, default=25, help="Dialog-model epochs per seed.")
 def demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> None:
-    """Run the whole chain on a generated corpus, ending with a prediction.
+    """Generate a corpus, train text-only and fused, predict.
 
     Generates 216 utterances whose emotion only text + audio + visual together decide, then extract ->
     train-dialog (text only, and fused) -> report -> export -> predict a subtitled conversation video;
@@ -452,7 +452,7 @@ def export_cmd(run: Path, out: Path, seed: int | None, encoders: str | None, tex
               help="Keep the generated CSV, media and features here [default: a temporary folder].")
 def predict_cmd(input_path: Path, model_dir: Path, out: Path, subtitles: Path | None, fmt: str | None,
                 plot: Path | None, workers: int | None, device: str, work: Path | None) -> None:
-    """Predict the emotion of every utterance of a CSV or a subtitled video.
+    """Predict the emotion of each utterance (CSV or video).
 
     INPUT is a custom-corpus CSV (label and split ignored; no clip column = text only) or a video with
     --subtitles. Writes one row per utterance: dialogue, position, speaker, start, end, text,

@@ -51,10 +51,10 @@ _SENTENCES = {
                  "thanks for bringing the coffee.", "the test results came back fine.",
                  "your sister called, she got the job.", "the weather cleared up for the trip.",
                  "I found the keys in my coat.", "the kids loved the museum."),
-    "negative": ("they cancelled the whole trip.", "the car broke down again.",
+    "negative": ("they cancelled our holiday.", "the car broke down again.",
                  "nobody told me about the meeting.", "we lost the deposit on the flat.",
                  "the dog ate my sandwich.", "my phone fell in the river.",
-                 "they gave the job to someone else.", "the heating is off all week."),
+                 "they turned down my application.", "the heating is off all week."),
 }
 SPEAKERS = ("Ann", "Ben", "Cara", "Dev", "Eli", "Fay")
 CLIP_SIZE = (160, 120)
@@ -124,20 +124,28 @@ def write_fusion_clip(folder: Path, u: FusionUtterance, seed: int) -> Path:
 
 
 def build_fusion_corpus(out: str | Path, n_dialogues: dict[str, int] | None = None,
-                        utterances_per_dialogue: int = 6, seed: int = 0) -> Path:
+                        utterances_per_dialogue: int = 6, seed: int = 0, processes: int = 1) -> Path:
     """Write the corpus (``corpus.csv`` + ``clips/``) into ``out``; return the CSV's path.
 
-    A folder that already holds the complete corpus for the same arguments is left as it is.
+    Clips already written are kept (a folder holding the complete corpus is left as it is); the others
+    are encoded by ``processes`` processes (the bytes do not depend on it).
     """
     out = Path(out)
     n_dialogues = n_dialogues or {"train": 24, "dev": 6, "test": 6}
     script = fusion_script(n_dialogues, utterances_per_dialogue, seed)
     csv_path = out / "corpus.csv"
-    if csv_path.exists() and all((out / u.clip).is_file() for u in script):
+    todo = [(u, seed * 100_003 + k) for k, u in enumerate(script) if not (out / u.clip).is_file()]
+    if csv_path.exists() and not todo:
         return csv_path
-    for k, u in enumerate(script):
-        if not (out / u.clip).is_file():
-            write_fusion_clip(out, u, seed * 100_003 + k)
+    if processes > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(write_fusion_clip, [out] * len(todo), *zip(*todo, strict=True), chunksize=8))
+    else:
+        for u, clip_seed in todo:
+            write_fusion_clip(out, u, clip_seed)
     tmp = csv_path.with_name(csv_path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)

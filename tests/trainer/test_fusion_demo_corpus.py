@@ -8,6 +8,7 @@ from collections import Counter
 import av
 
 from pipeline.corpora.custom import prepare_custom
+from pipeline.corpora.sample import md5_tree
 from trainer.demo_corpus import (
     _SENTENCES,
     FUSION_CUES,
@@ -49,6 +50,8 @@ def test_corpus_reads_as_a_custom_csv_and_joined_clips_have_their_spans(tmp_path
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "c" / "clips").iterdir()}
     build_fusion_corpus(tmp_path / "c", sizes, utterances_per_dialogue=2)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "c" / "clips").iterdir()} == before  # kept
+    build_fusion_corpus(tmp_path / "p", sizes, utterances_per_dialogue=2, processes=2)
+    assert md5_tree(tmp_path / "p") == md5_tree(tmp_path / "c")  # same bytes from 2 processes
 
     spans = join_clips([u.clip for u in utts[:3]], tmp_path / "joined.mp4")
     assert [round(s, 3) for s, _ in spans] == [0.0, 1.0, 2.0] and round(spans[-1][1], 3) == 3.0

@@ -8,7 +8,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from click.testing import CliRunner
 
+from cli import main
 from pipeline.corpora.custom import prepare_custom
 from pipeline.subtitles import Cue, write_srt
 from pipeline.testing.av_files import write_clip
@@ -115,3 +117,12 @@ def test_timeline_has_a_lane_per_speaker(tmp_path):
     path = plot_timeline(ROWS + [{**ROWS[0], "dialogue": "e", "start": None, "end": None}], ["anger", "joy"],
                          tmp_path / "t.png")
     assert path.stat().st_size > 5_000
+
+
+def test_cli_help_of_export_predict_and_demo_fits_the_listing():
+    out = CliRunner().invoke(main, ["--help"]).output
+    for cmd in ("export", "predict", "demo"):
+        line = next(x for x in out.splitlines() if x.strip().startswith(cmd + " "))
+        assert not line.rstrip().endswith("..."), line
+        res = CliRunner().invoke(main, [cmd, "--help"])
+        assert res.exit_code == 0 and "[default:" in res.output
