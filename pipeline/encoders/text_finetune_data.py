@@ -28,18 +28,25 @@ class Examples:
 
 
 def default_label_map(utterances: Sequence[Utterance]) -> dict[str, int]:
-    """MELD's 7 classes or IEMOCAP's 6 (other labels dropped), by the corpus of the utterances.
+    """MELD's 7 classes or IEMOCAP's 6 (other labels dropped), by the corpus of the utterances; for a
+    custom corpus the labels of its train split, sorted (the trainer's class map for custom data).
 
     Raises
     ------
     ValueError
-        For a corpus without a default (pass ``label_map``).
+        For a corpus without a default, or a custom corpus without a labelled train utterance.
     """
     corpora = {u.corpus for u in utterances}
     if corpora <= {"meld", "sample"}:
         return {c: i for i, c in enumerate(MELD_CLASSES)}
     if corpora == {"iemocap"}:
         return {c: i for i, c in enumerate(IEMOCAP_CLASSES)}
+    if corpora == {"custom"}:
+        labels = sorted({u.label for u in utterances if u.split == "train" and u.label})
+        if not labels:
+            raise ValueError("the custom corpus has no labelled train utterance to fine-tune the text model "
+                             "on; add labels to its train split or pass --text-model")
+        return {c: i for i, c in enumerate(labels)}
     raise ValueError(f"no default label map for corpora {sorted(corpora)}; pass label_map={{label: index}}")
 
 
