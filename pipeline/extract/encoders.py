@@ -152,7 +152,8 @@ def random_kinds(spec: str) -> set[str]:
 
     if spec == "random":
         return set(ENCODER_KINDS)
-    metas = {m: load_checkpoint(Path(spec) / f"{m}.pt").get("meta") or {} for m in ENCODER_KINDS}
+    files = {m: Path(spec) / f"{m}.pt" for m in ENCODER_KINDS}
+    metas = {m: load_checkpoint(f).get("meta") or {} for m, f in files.items() if f.exists()}
     return {m for m, meta in metas.items() if meta.get("random")}
 
 

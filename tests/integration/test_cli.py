@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from cli import main
 from pipeline.testing.features_h5 import write_features, xor_rows
 
-COMMANDS = ("prepare", "extract", "train-encoders", "train-dialog", "report", "demo")
+COMMANDS = ("prepare", "extract", "train-encoders", "train-dialog", "report", "export", "predict", "demo")
 
 
 def test_help_lists_every_command_with_a_whole_line():
