@@ -25,8 +25,7 @@ def small_media(tmp_path_factory):
 def _one_epoch_batches(samples, encoder, cfg, epoch, steps):
     rng = np.random.default_rng([cfg.seed, epoch])
     batches = balanced_batches(samples.labels, cfg.batch_size, steps, rng)
-    source = TrainBatches(samples, batches, encoder.contract, cfg.seed, epoch, cfg.clip_seconds,
-                          cfg.audio_augment)
+    source = TrainBatches(samples, batches, encoder.contract, cfg.seed, epoch, cfg.audio_augment)
     return [source[b] for b in range(steps)]
 
 
@@ -45,8 +44,9 @@ def test_persistent_workers_repeat_each_epochs_batches(small_media):
             pids.append(sorted(w.pid for w in loader.loader._iterator._workers))
             want = _one_epoch_batches(samples, encoder, cfg, epoch, 3)
             assert len(got) == len(want) == 3
-            for (gx, gy), (wx, wy) in zip(got, want, strict=True):
+            for (gx, gn, gy), (wx, wn, wy) in zip(got, want, strict=True):
                 torch.testing.assert_close(gx, wx, rtol=0, atol=0)
+                torch.testing.assert_close(gn, wn, rtol=0, atol=0)  # the audio clips' real lengths
                 torch.testing.assert_close(gy, wy, rtol=0, atol=0)
         assert pids[0] == pids[1]  # the same worker processes served both epochs
     finally:
