@@ -150,8 +150,14 @@ def test_labels_default_maps_and_context_of_unlabelled_turns(tiny_roberta):
     iemocap = [Utterance("iemocap", "train", "Ses01F_impro01", 0, "Ses01F_impro01_F000", "Ses01F", "hi",
                          "xxx")]
     assert default_label_map(iemocap) == {"hap": 0, "sad": 1, "neu": 2, "ang": 3, "exc": 4, "fru": 5}
-    with pytest.raises(ValueError, match="label_map"):
-        default_label_map([Utterance("custom", "train", "0", 0, "0", "A", "hi", "x")])
+    # a custom corpus: its train split's labels, sorted; none labelled is an error naming the fix
+    custom = [Utterance("custom", s, "0", i, f"0_{i}", "A", "hi", lab)
+              for i, (s, lab) in enumerate([("train", "x"), ("train", "b"), ("dev", "z"), ("train", "")])]
+    assert default_label_map(custom) == {"b": 0, "x": 1}
+    with pytest.raises(ValueError, match="no labelled train utterance"):
+        default_label_map([Utterance("custom", "train", "0", 0, "0", "A", "hi", "")])
+    with pytest.raises(ValueError, match="label_map"):  # mixed corpora have no default
+        default_label_map(iemocap + [Utterance("custom", "train", "0", 0, "0", "A", "hi", "x")])
     tok, _ = load_text_model(str(tiny_roberta))
     ex = build_examples(utts, tok, 64, default_label_map(utts))
     assert isinstance(ex["train"], Examples) and len(ex["train"]) == 4  # only the labelled turns
