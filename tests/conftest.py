@@ -7,10 +7,18 @@ live here.
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The suite starts many Python processes (the CLI, dask workers, killed-and-rerun jobs), and each imports
+# torch, transformers and torchvision. With PYTHONDONTWRITEBYTECODE set (as on the project's own machines
+# and CI image) and a venv installed with --no-compile, every one of them compiles those libraries from
+# source again: 17 s instead of 7 s per process, measured on the 2-core machine. The suite lets Python
+# cache bytecode in the venv it runs in, for itself and for the processes it starts.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 from pathlib import Path  # noqa: E402
 

@@ -138,6 +138,7 @@ def test_ragged_rows_and_row_reader(tmp_path):
         assert list(r.column("has_audio")) == [True, True, False]
 
 
+N_BATCHES = 150  # batches of 50 rows the writer appends; the kills land after 3, 20 and 37 of them
 _KILL_SCRIPT = textwrap.dedent("""
     import sys, numpy as np
     sys.path.insert(0, {root!r})
@@ -145,7 +146,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     from pipeline.cache import FeatureWriter
     w = FeatureWriter({path!r}, "meld", {{"k": 1}})
     done = w.done_ids()
-    for b in range(400):
+    for b in range({n}):
         ids = [f"u{{b}}_{{i}}" for i in range(50)]
         if ids[0] in done:
             continue
@@ -162,7 +163,7 @@ def test_survives_kill_9_while_writing(tmp_path, after, delay):
     root = str(Path(__file__).resolve().parents[2])
     path = tmp_path / "features.h5"
     script = tmp_path / "writer.py"
-    script.write_text(_KILL_SCRIPT.format(root=root, path=str(path)))
+    script.write_text(_KILL_SCRIPT.format(root=root, path=str(path), n=N_BATCHES))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     for _ in range(after):  # wait until `after` batches are written, then kill at an odd moment
         proc.stdout.readline()
@@ -170,17 +171,17 @@ def test_survives_kill_9_while_writing(tmp_path, after, delay):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     shards_before = len(list((tmp_path / "features.h5.shards").glob("*.h5")))
-    assert 0 < shards_before < 400, "the kill should land mid-run; adjust delay"
+    assert 0 < shards_before < N_BATCHES, "the kill should land mid-run; adjust delay"
     # every shard left behind is a complete, readable file
     for p in (tmp_path / "features.h5.shards").glob("*.h5"):
         with h5py.File(p, "r") as f:
             assert len(f["utt_id"]) == 50
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("FINAL")
-    assert len(out.split()) == 400 - shards_before + 1  # nothing written before was recomputed
+    assert len(out.split()) == N_BATCHES - shards_before + 1  # nothing written before was recomputed
     assert validate_features(path) == []
     got = read_split(path, "train")
-    assert len(got) == 400 * 50
+    assert len(got) == N_BATCHES * 50
     ref = _rows([f"u7_{i}" for i in range(50)], dims=(256, 64, 128), seed=7)
     i = list(got.utt_id).index("u7_0")
     np.testing.assert_array_equal(got.text_emb[i:i + 50], ref["text_emb"].astype(np.float32))
