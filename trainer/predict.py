@@ -164,7 +164,7 @@ IN_PROCESS_MAX_UTTERANCES = 64
 
 
 def resolve_workers(workers: int | None, utterances: Sequence[Utterance]) -> int:
-    """Worker processes for extraction; 0 = one worker thread in this process.
+    """Worker processes for extraction; 0 = one worker thread in this process, using every core.
 
     ``None`` (auto) picks 0 for one dialogue or a few utterances: the engine partitions by whole dialogues,
     so a single conversation is one task anyway, and starting worker processes (each importing torch
@@ -183,13 +183,16 @@ def run_extraction(opts: ExtractOptions, workers: int):
         return run_extract(opts)
     from distributed import Client
 
+    from pipeline.extract.tasks import lone_worker_threads
+
     threads = torch.get_num_threads()
     client = Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
     try:
-        return run_extract(opts, client=client)
+        with lone_worker_threads():  # the one worker thread may use every core
+            return run_extract(opts, client=client)
     finally:
         client.close()
-        torch.set_num_threads(threads)  # the engine's task setup pins its process to one thread
+        torch.set_num_threads(threads)
 
 
 def conversation_tensors(model: ExportedModel, features: Path, modalities: tuple[str, ...]):
