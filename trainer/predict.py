@@ -183,12 +183,12 @@ def run_extraction(opts: ExtractOptions, workers: int):
         return run_extract(opts)
     from distributed import Client
 
-    from pipeline.extract.tasks import lone_worker_threads
+    from pipeline.extract.tasks import lone_worker
 
     threads = torch.get_num_threads()
     client = Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
     try:
-        with lone_worker_threads():  # the one worker thread may use every core
+        with lone_worker():  # the one worker thread may use every core and the driver's text model
             return run_extract(opts, client=client)
     finally:
         client.close()

@@ -1,7 +1,7 @@
 """Worker side of ``m2f extract``: per-process model cache and the two partition tasks.
 
 Workers use one torch thread (a lone worker thread in the driver's process may keep every core:
-:func:`lone_worker_threads`) and load each model once per process (:func:`cached_model`), never per
+:func:`lone_worker`) and load each model once per process (:func:`cached_model`), never per
 task. Models are cached under the content identity of their weights (never their path), so a
 long-lived cluster never embeds with stale weights after the files were rewritten in place; the cache
 keeps at most :data:`MAX_CACHED` objects. Every path a task receives is absolute (see
@@ -39,6 +39,7 @@ MAX_CACHED = 6
 _MODELS: OrderedDict[tuple, object] = OrderedDict()
 _LOADS: dict[str, int] = {}  # model kind -> times built in this process (the test of "once per worker")
 _THREADS_SET = False
+_LONE = False  # inside lone_worker(): the driver's process hosts the only worker
 
 
 def _worker_setup() -> None:
@@ -53,20 +54,30 @@ def _worker_setup() -> None:
 
 
 @contextmanager
-def lone_worker_threads():
-    """Within the block, tasks run in this process keep torch's thread count instead of pinning it to one.
-
-    For a single worker thread in the driver's process (``m2f predict`` on one conversation): nothing
-    else competes for the cores, and a fresh process predicting 20 utterances took 19.6 s instead of
-    26.7 s on 2 cores (its model set-up and first batches use both).
+def lone_worker():
+    """Within the block, the driver's own process hosts the only worker (``m2f predict`` on one
+    conversation): tasks keep torch's thread count instead of pinning it to one, since nothing else
+    competes for the cores, and a model the driver loads to check it (:func:`share_with_lone_worker`)
+    is handed to the worker instead of being loaded twice. A fresh process predicting 20 utterances took
+    19.6 s instead of 26.7 s on 2 cores with the threads alone (its model set-up and first batches use
+    both cores).
     """
-    global _THREADS_SET
-    before = _THREADS_SET
-    _THREADS_SET = True
+    global _THREADS_SET, _LONE
+    before = _THREADS_SET, _LONE
+    _THREADS_SET = _LONE = True
     try:
         yield
     finally:
-        _THREADS_SET = before
+        _THREADS_SET, _LONE = before
+
+
+def share_with_lone_worker(key: tuple, obj: object) -> None:
+    """Put a model the driver built into this process's model cache (under the key a task would use),
+    inside :func:`lone_worker` only: a driver of worker processes keeps nothing."""
+    if _LONE and key not in _MODELS:
+        _MODELS[key] = obj
+        while len(_MODELS) > MAX_CACHED:
+            _MODELS.popitem(last=False)
 
 
 def cached_model(key: tuple, build: Callable[[], object]) -> object:

@@ -169,6 +169,10 @@ def stage_text_model(opts: ExtractOptions, manifest: Sequence[Utterance]) -> str
 
 def text_identity(model: str | None) -> str:
     """Identity of the text model (part of the features cache key)."""
+    from pipeline.extract.tasks import share_with_lone_worker
     from pipeline.modalities.text import TextEmbedder
 
-    return TextEmbedder(model, device="cpu").identity
+    embedder = TextEmbedder(model, device="cpu")
+    # an in-process worker embeds with the same object (the key embed_partition looks it up by)
+    share_with_lone_worker(("text", embedder.identity, "cpu", embedder.batch_size), embedder)
+    return embedder.identity

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -24,6 +25,24 @@ def test_content_identity_of_a_file_is_the_former_file_identity(tmp_path):
     data = np.random.default_rng(0).bytes(3 * (1 << 20) + 17)
     big.write_bytes(data)
     assert content_identity(big) == hashlib.sha256(data).hexdigest()[:16]
+
+
+def test_content_identity_reused_only_while_the_files_are_untouched(tmp_path):
+    f = tmp_path / "w.pt"
+    f.write_bytes(b"abc")
+    first = content_identity(f)
+    st = f.stat()
+    f.write_bytes(b"xyz")  # same size, in place (same inode), times put back as they were
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert f.stat().st_mtime_ns == st.st_mtime_ns and f.stat().st_size == st.st_size
+    assert content_identity(f) == hashlib.sha256(b"xyz").hexdigest()[:16] != first  # the change time moved
+    assert content_identity(f) == content_identity(f, reuse=False)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(b"1")
+    before = content_identity(folder)
+    (folder / "b.bin").write_bytes(b"2")  # a file added to a folder
+    assert content_identity(folder) != before
 
 
 def test_encoder_folder_identity_keeps_its_formula_and_follows_the_bytes(tmp_path):
