@@ -66,35 +66,19 @@ def atomic_torch_save(obj, path: str | Path) -> Path:
     return commit_tmp(tmp, path)
 
 
-#: content_identity results of this process, keyed on the path and its files' stat (see there).
-_IDENTITIES: dict[tuple, str] = {}
-
-
-def _stat_key(p: Path) -> tuple:
-    st = p.stat()
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
-
-
-def content_identity(path: str | Path, n_hex: int = 16, *, reuse: bool = True) -> str:
+def content_identity(path: str | Path, n_hex: int = 16) -> str:
     """sha256 of a file's bytes, or of a folder's files (relative names and bytes, sorted), ``n_hex`` long.
 
     Used as the identity of weights (cache keys, worker-side model caches): it changes whenever the
-    content changes, whatever the path. With ``reuse`` a digest computed earlier in this process is
-    returned while every file keeps its size, inode and modification and change times (any write, rename
-    or ``utime`` changes the change time, which no user can set); ``reuse=False`` always reads the bytes
-    (checksum verification of files from strangers).
+    content changes, whatever the path.
     """
     path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    key = (str(path.resolve()), n_hex, tuple((str(p), *_stat_key(p)) for p in files))
-    if reuse and key in _IDENTITIES:
-        return _IDENTITIES[key]
     h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for p in files:
         if path.is_dir():
             h.update(str(p.relative_to(path)).encode() + b"\0")
         with open(p, "rb") as f:
             for block in iter(lambda f=f: f.read(1 << 20), b""):
                 h.update(block)
-    _IDENTITIES[key] = digest = h.hexdigest()[:n_hex]
-    return digest
+    return h.hexdigest()[:n_hex]

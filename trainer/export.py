@@ -62,8 +62,8 @@ def folder_files(folder: Path) -> list[str]:
 
 
 def sha256_of(path: Path) -> str:
-    """Full sha256 hex digest of a file, always read from its bytes."""
-    return content_identity(path, n_hex=64, reuse=False)
+    """Full sha256 hex digest of a file."""
+    return content_identity(path, n_hex=64)
 
 
 def write_checksums(folder: Path) -> Path:

@@ -185,14 +185,12 @@ def run_extraction(opts: ExtractOptions, workers: int):
 
     from pipeline.extract.tasks import lone_worker
 
-    threads = torch.get_num_threads()
     client = Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
     try:
         with lone_worker():  # the one worker thread may use every core and the driver's text model
             return run_extract(opts, client=client)
     finally:
         client.close()
-        torch.set_num_threads(threads)
 
 
 def conversation_tensors(model: ExportedModel, features: Path, modalities: tuple[str, ...]):

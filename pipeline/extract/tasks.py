@@ -75,9 +75,18 @@ def share_with_lone_worker(key: tuple, obj: object) -> None:
     """Put a model the driver built into this process's model cache (under the key a task would use),
     inside :func:`lone_worker` only: a driver of worker processes keeps nothing."""
     if _LONE and key not in _MODELS:
-        _MODELS[key] = obj
-        while len(_MODELS) > MAX_CACHED:
-            _MODELS.popitem(last=False)
+        _keep(key, obj)
+
+
+def _keep(key: tuple, obj: object) -> None:
+    _MODELS[key] = obj
+    while len(_MODELS) > MAX_CACHED:
+        _MODELS.popitem(last=False)
+
+
+def text_model_key(text_id: str | None, device: str, batch: int) -> tuple:
+    """The model-cache key of a text embedder (what the embed task and the driver's check share)."""
+    return ("text", text_id, device, batch)
 
 
 def cached_model(key: tuple, build: Callable[[], object]) -> object:
@@ -89,10 +98,8 @@ def cached_model(key: tuple, build: Callable[[], object]) -> object:
         _MODELS.move_to_end(key)
         return _MODELS[key]
     obj = build()
-    _MODELS[key] = obj
     _LOADS[key[0]] = _LOADS.get(key[0], 0) + 1
-    while len(_MODELS) > MAX_CACHED:
-        _MODELS.popitem(last=False)
+    _keep(key, obj)
     return obj
 
 
@@ -208,7 +215,7 @@ def embed_partition(utterances: list[Utterance], spec: EmbedSpec) -> dict:
         from pipeline.modalities.text import TextEmbedder
 
         text_id = spec.text_id or weights_identity(spec.text_model)
-        embedder = cached_model(("text", text_id, spec.device, spec.batch),
+        embedder = cached_model(text_model_key(text_id, spec.device, spec.batch),
                                 lambda: TextEmbedder(spec.text_model, device=spec.device,
                                                      batch_size=spec.batch))
         source = spec.text_model or "the default text model"
