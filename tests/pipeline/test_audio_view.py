@@ -102,8 +102,12 @@ def test_model_selection_embeds_exactly_what_extraction_writes(media):
     selected = embed_samples(enc, dev, idx, batch_size=4)
     rng = np.random.default_rng(0)
     stored = [dev.raw(int(i), False, rng) for i in idx]
+    # Same view, same encoder, same batches: the same bits.
+    np.testing.assert_array_equal(selected, encode_waveforms(enc, stored, batch_size=4))
+    # Another batch size is another convolution reduction order on some CPUs (AMD EPYC: up to 8e-8 on
+    # these unit-norm rows), not another view: equal within float32 rounding.
     extracted = encode_waveforms(enc, stored, batch_size=3)
-    np.testing.assert_array_equal(selected, extracted)
+    np.testing.assert_allclose(selected, extracted, rtol=1e-5, atol=1e-6)
     centre = audio_view(stored[0], enc.contract)
     assert len(centre) == 8000 and np.array_equal(centre, stored[0][800:8800])
     dev.close()
