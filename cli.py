@@ -475,5 +475,46 @@ def predict_cmd(input_path: Path, model_dir: Path, out: Path, subtitles: Path | 
 # --- end predict ---
 
 
+# --- doctor (pipeline/doctor.py) -------------------------------------------------------------
+@main.command("doctor")
+@click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"),
+              help="Cache root folder whose free space is checked.")
+def doctor_cmd(cache: Path) -> None:
+    """Check this environment: one line per check; exit 1 when any fails.
+
+    Python; torch, torchvision and torchaudio at m2f's pinned versions with their native libraries
+    loading together; PyAV decoding a generated H.264/AAC clip; MTCNN's weights finding a face; the
+    shipped text model's files against their pinned sha256; CUDA (optional); free disk under the cache.
+    """
+    from pipeline.doctor import run_checks
+
+    checks = run_checks(cache)
+    for check in checks:
+        click.echo(check.line())
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        click.echo(f"{len(failed)} check(s) failed: {', '.join(failed)}", err=True)
+        raise SystemExit(1)
+# --- end doctor ---
+
+
+def run() -> None:
+    """The ``m2f`` entry point: the click group, with a broken native library reported in one line.
+
+    An import of torch, torchaudio, PyAV ... that fails (e.g. torchaudio built for another torch) prints
+    what failed and points at ``m2f doctor`` instead of a traceback, and exits 1.
+    """
+    try:
+        main()
+    except (ImportError, OSError, RuntimeError, AttributeError) as e:
+        from pipeline.doctor import native_import_failure
+
+        line = native_import_failure(e)
+        if line is None:
+            raise
+        click.echo(line, err=True)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":
-    main()
+    run()

