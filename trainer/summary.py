@@ -70,6 +70,37 @@ def read_predictions(path: str | Path) -> tuple[list[str], list[str], list[str]]
     return [r["gold"] for r in rows], [r["predicted"] for r in rows], names
 
 
+def read_probabilities(path: str | Path) -> tuple[list[str], list[str], np.ndarray, list[str]]:
+    """``(utt_ids, gold, probabilities (N, C), class_names)`` of a ``predictions_*.csv``."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        names = [c[2:] for c in reader.fieldnames or [] if c.startswith("p_")]
+        rows = list(reader)
+    probs = np.array([[float(r[f"p_{c}"]) for c in names] for r in rows], dtype=np.float64)
+    return [r["utt_id"] for r in rows], [r["gold"] for r in rows], probs.reshape(len(rows), len(names)), names
+
+
+def ensemble_metrics(seed_dirs_done: Sequence[Path], split: str) -> dict | None:
+    """Metrics of the seed ensemble: the mean of the seeds' probabilities, then its most probable class.
+
+    None with fewer than two seeds, or when their prediction files do not cover the same utterances in
+    the same order with the same classes (then no ensemble is meaningful).
+    """
+    read = [read_probabilities(d / f"predictions_{split}.csv") for d in seed_dirs_done
+            if (d / f"predictions_{split}.csv").exists()]
+    if len(read) < 2:
+        return None
+    ids, gold, _, names = read[0]
+    if any(r[0] != ids or r[3] != names for r in read[1:]):
+        return None
+    mean = np.mean([r[2] for r in read], axis=0)
+    if not np.isfinite(mean).all():
+        return None
+    out = classification_metrics(gold, [names[i] for i in mean.argmax(axis=1)], names)
+    out["n_seeds"] = len(read)
+    return out
+
+
 def count_non_finite_probabilities(path: str | Path) -> int:
     """Rows of a ``predictions_*.csv`` with a probability that is NaN, infinite or not a number."""
 
@@ -168,6 +199,9 @@ def summarize_run(run_dir: str | Path) -> dict:
         "seeds_done": [s["seed"] for s in done],
         "test": aggregate([s["test"] for s in done if "test" in s], names),
         "dev": aggregate([s["dev"] for s in done if "dev" in s], names),
+        # the seed ensemble: the seeds' mean probability per utterance, then its most probable class
+        "ensemble": {split: ensemble_metrics([Path(s["dir"]) for s in done], split)
+                     for split in ("dev", "test")},
         "per_seed": seeds,
         "paper": paper_reference(
             config["dataset"], config["class_map"], config["modalities"], config["fusion"]

@@ -68,6 +68,13 @@ def render_markdown(summary: dict) -> str:
         lines.append(f"| macro F1 | {_pct(test['macro_f1'], test['macro_f1_std'])} | - |")
         if dev is not None:
             lines.append(f"| dev weighted F1 | {_pct(dev['weighted_f1'], dev['weighted_f1_std'])} | - |")
+        ens = summary.get("ensemble") or {}
+        if ens.get("test") is not None:
+            k = ens["test"]["n_seeds"]
+            lines.append(f"| weighted F1 of the {k}-seed ensemble (mean probability) | "
+                         f"{_pct(ens['test']['weighted_f1'])} | - |")
+            if ens.get("dev") is not None:
+                lines.append(f"| dev weighted F1 of the ensemble | {_pct(ens['dev']['weighted_f1'])} | - |")
         lines += [""] + ([f"Note: {paper['note']}", ""] if "note" in paper else [])
         lines += [
             "## Per class (test)",
@@ -91,11 +98,12 @@ def comparison_table(summaries: Sequence[dict]) -> str:
     """One Markdown table comparing runs (ablations), mean ± std over seeds, paper alongside."""
     lines = [
         "| run | dataset | modalities | fusion | seeds | test wF1 | test acc | macro F1 | dev wF1 | "
-        "paper acc / wF1 | state |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "ensemble test wF1 | paper acc / wF1 | state |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         t, d, p = s["test"] or {}, s["dev"] or {}, s["paper"]
+        e = (s.get("ensemble") or {}).get("test") or {}
         paper = f"{p['accuracy']} / {p['weighted_f1']}" if "accuracy" in p else "-"
         cells = [
             s["run_dir"],
@@ -107,6 +115,7 @@ def comparison_table(summaries: Sequence[dict]) -> str:
             _pct(t.get("accuracy"), t.get("accuracy_std")),
             _pct(t.get("macro_f1"), t.get("macro_f1_std")),
             _pct(d.get("weighted_f1"), d.get("weighted_f1_std")),
+            _pct(e.get("weighted_f1")),
             paper,
             s["state"],
         ]

@@ -147,3 +147,40 @@ def test_cli_compares_several_runs(meld_like, tmp_path):
     assert (root / "fused" / "report.json").exists()
     bad = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert bad.exit_code != 0 and "not a run folder" in bad.output
+
+
+def test_seed_ensemble_is_the_argmax_of_the_mean_probability(meld_like, tmp_path):
+    from trainer.summary import read_probabilities
+
+    root, _, _ = meld_like
+    text = root / "text"
+    summary = summarize_run(text)
+    seeds = [s["dir"] for s in summary["per_seed"]]
+    assert len(seeds) == 2
+    for split in ("dev", "test"):
+        read = [read_probabilities(f"{d}/predictions_{split}.csv") for d in seeds]
+        ids, gold, _, names = read[0]
+        mean = (read[0][2] + read[1][2]) / 2
+        pred = [names[i] for i in mean.argmax(1)]
+        ens = summary["ensemble"][split]
+        assert ens["n_seeds"] == 2 and ens["n"] == len(ids)
+        assert ens["weighted_f1"] == pytest.approx(f1_score(gold, pred, average="weighted", labels=names,
+                                                            zero_division=0))
+    md = report([text])
+    assert "2-seed ensemble" in (text / "report.md").read_text() and "ensemble test wF1" in md
+
+
+def test_no_ensemble_for_one_seed_or_mismatched_files(meld_like, tmp_path):
+    import shutil
+
+    from trainer.summary import ensemble_metrics
+
+    root, _, _ = meld_like
+    text, fused = root / "text", root / "fused"
+    assert summarize_run(fused)["ensemble"] == {"dev": None, "test": None}   # one seed
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(text / "seed0", a)
+    shutil.copytree(text / "seed1", b)
+    rows = (b / "predictions_test.csv").read_text().splitlines()
+    (b / "predictions_test.csv").write_text("\n".join([rows[0], *reversed(rows[1:])]) + "\n")
+    assert ensemble_metrics([a, b], "test") is None and ensemble_metrics([a, b], "dev") is not None
