@@ -137,6 +137,9 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
                    "fine-tuned with dialog context on the train split (dev selects; cached per base) and "
                    "embedded by its first token. Default: the shipped all-MiniLM-L6-v2 (CPU recipe: top "
                    "four layers, target-token pooling).")
+@click.option("--text-context", type=click.Choice(["full", "past"]), default="full",
+              help="Context of the text model fine-tuned here: past + target + next utterance, or `past` "
+                   "(no next utterance: causal, for live prediction; cached apart).")
 @click.option("--encoders", default=None,
               help="Folder with audio.pt, face.pt, scene.pt, or `random` (seeded random weights). Default: "
                    "the encoders cached for this media, trained if missing.")
@@ -150,8 +153,8 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
                    "tls_cert, tls_key) for the LocalCluster or a tls:// --scheduler. See README.")
 def extract(dataset: str, root: Path | None, modalities: str, splits: str, workers: int,
             scheduler: str | None, device: str, text_model: str | None, text_base: str | None,
-            encoders: str | None, cache: Path, limit: int | None, partition_size: int | None,
-            security: Path | None) -> None:
+            text_context: str, encoders: str | None, cache: Path, limit: int | None,
+            partition_size: int | None, security: Path | None) -> None:
     """Embed text, audio and video into features.h5 (resumable).
 
     Stages: prepare -> media (decode, MTCNN; media.h5) -> encoders (trained if missing) -> embed
@@ -161,8 +164,8 @@ def extract(dataset: str, root: Path | None, modalities: str, splits: str, worke
     """
     _run_extract_command(dataset=dataset, root=root, modalities=modalities, splits=splits, workers=workers,
                          scheduler=scheduler, device=device, text_model=text_model, text_base=text_base,
-                         encoders=encoders, cache=cache, limit=limit, partition_size=partition_size,
-                         security=security)
+                         text_context=text_context, encoders=encoders, cache=cache, limit=limit,
+                         partition_size=partition_size, security=security)
 
 
 def _run_extract_command(**kw) -> None:
@@ -204,6 +207,8 @@ def _run_extract_command(**kw) -> None:
 @click.option("--text-freeze-layers", type=int, default=None,
               help="Only for --modality text: lowest layers kept frozen. Default: 0 (full fine-tuning), "
                    "but all except the top four for MiniLM on cpu.")
+@click.option("--text-context", type=click.Choice(["full", "past"]), default="full",
+              help="Only for --modality text: with the next utterance, or `past` alone (causal).")
 @click.option("--text-pooling", type=click.Choice(["cls", "mean", "target"]), default=None,
               help="Only for --modality text: what the head and the embeddings read. Default: cls (first "
                    "token) when every layer trains, target otherwise.")
@@ -223,8 +228,8 @@ def _run_extract_command(**kw) -> None:
               help="torch CPU threads (1 is much faster on a busy, shared CPU). Default: torch's choice.")
 def train_encoders_command(dataset: str, modality: str, media: Path | None, out: Path | None,
                            root: Path | None, text_base: str | None, text_freeze_layers: int | None,
-                           text_pooling: str | None, cache: Path, epochs: int | None, device: str,
-                           batch_size: int | None, steps_per_epoch: int | None, seed: int,
+                           text_context: str, text_pooling: str | None, cache: Path, epochs: int | None,
+                           device: str, batch_size: int | None, steps_per_epoch: int | None, seed: int,
                            classes: str | None, overwrite: bool, threads: int | None) -> None:
     """Triplet-train the audio, face, scene (or text) encoders.
 
@@ -236,7 +241,8 @@ def train_encoders_command(dataset: str, modality: str, media: Path | None, out:
 
         torch.set_num_threads(threads)
     if modality == "text":
-        recipe = {"epochs": epochs, "freeze_layers": text_freeze_layers, "pooling": text_pooling}
+        recipe = {"epochs": epochs, "freeze_layers": text_freeze_layers, "pooling": text_pooling,
+                  "context": text_context}
         _train_text_model(CacheLayout(cache, dataset), root, out, device, text_base,
                           {k: v for k, v in recipe.items() if v is not None})
         return

@@ -77,7 +77,7 @@ from pipeline.locks import folder_lock
 from pipeline.manifest import Utterance
 from pipeline.metrics import weighted_f1
 from pipeline.modalities.text import POOLINGS, load_text_model, resolve_model_source
-from pipeline.modalities.text_context import pad_batch, special_layout
+from pipeline.modalities.text_context import CONTEXTS, pad_batch, special_layout
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
                   freeze_embeddings: bool = True, max_minutes: float | None = None, seed: int = 0,
                   evals_per_epoch: int = 2, limit_train: int | None = None,
                   eval_test: bool = True, threads: int | None = None, cache_frozen: bool = True,
-                  head_lr_mult: float = 10.0, pooling: str | None = None) -> Path:
+                  head_lr_mult: float = 10.0, pooling: str | None = None, context: str = "full") -> Path:
     """Fine-tune a text model for utterance emotion classification with context; return its folder.
 
     Parameters
@@ -128,6 +128,10 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
         the target utterance's tokens.
         Saved in ``m2f_text.json``; :class:`TextEmbedder` embeds a fine-tuned folder with the same
         pooling by default.
+    context : {"full", "past", "none"}
+        The context input (:func:`pipeline.modalities.text_context.build_contexts`): ``past`` leaves out
+        the next utterance, for causal (live) use. Saved in ``m2f_text.json``; the folder is always
+        embedded with it.
     max_minutes : float or None
         Wall-clock budget for training (the time of earlier attempts of a resumed run counts);
         training stops at the first step past it, evaluates, and keeps the best checkpoint.
@@ -163,6 +167,8 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
 
     if pooling is not None and pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+    if context not in CONTEXTS:
+        raise ValueError(f"unknown context {context!r}; expected one of {CONTEXTS}")
     if threads is not None:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
@@ -173,8 +179,8 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
     cfg = FinetuneConfig(base_model=source, max_length=max_length, epochs=epochs, batch_size=batch_size,
                          lr=lr, freeze_layers=freeze_layers, freeze_embeddings=freeze_embeddings,
                          cache_frozen=cache_frozen, head_lr_mult=head_lr_mult, pooling=pooling,
-                         max_minutes=max_minutes, seed=seed, device=device, evals_per_epoch=evals_per_epoch,
-                         label_map=label_map)
+                         context=context, max_minutes=max_minutes, seed=seed, device=device,
+                         evals_per_epoch=evals_per_epoch, label_map=label_map)
 
     torch.manual_seed(seed)
     tokenizer, model = load_text_model(source, for_classification=n_classes)
@@ -189,7 +195,7 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
     layout = special_layout(tokenizer)
 
     t0 = time.time()
-    examples = build_examples(utterances, tokenizer, cfg.max_length, label_map)
+    examples = build_examples(utterances, tokenizer, cfg.max_length, label_map, cfg.context)
     for split in ("train", "dev"):
         if split not in examples or len(examples[split]) == 0:
             raise ValueError(f"no labelled {split} utterances among {len(utterances)} (labels in "

@@ -51,13 +51,13 @@ def default_label_map(utterances: Sequence[Utterance]) -> dict[str, int]:
 
 
 def build_examples(utterances: Sequence[Utterance], tokenizer, max_length: int,
-                   label_map: Mapping[str, int]) -> dict[str, Examples]:
+                   label_map: Mapping[str, int], context: str = "full") -> dict[str, Examples]:
     """Context inputs per split for the utterances whose label is in ``label_map``.
 
     Every utterance (labelled or not) serves as context for its neighbours; only mapped labels
     become examples.
     """
-    contexts = build_contexts(group_dialogues(utterances), tokenizer, max_length)
+    contexts = build_contexts(group_dialogues(utterances), tokenizer, max_length, context)
     out: dict[str, Examples] = {}
     for u in utterances:
         if u.label is None or u.label not in label_map:

@@ -32,6 +32,7 @@ class FinetuneConfig:
     warmup_ratio: float = 0.1
     head_lr_mult: float = 10.0
     pooling: str | None = None
+    context: str = "full"
     freeze_embeddings: bool = True
     freeze_layers: int | None = None
     cache_frozen: bool = True
@@ -132,4 +133,6 @@ def _resume_key(cfg: FinetuneConfig) -> str:
     """The settings a resumed run must share with the killed one (the time budget may change)."""
     d = dataclasses.asdict(cfg)
     d.pop("max_minutes")
+    if d["context"] == "full":
+        d.pop("context")  # states written before the option resume as before
     return json.dumps(d, sort_keys=True, default=str)

@@ -55,6 +55,10 @@ class ExtractOptions:
         Hub id (``roberta-large``) or local folder of a RoBERTa/BERT-family model to fine-tune with
         dialog context on the train split (dev selects; cached per base and corpus). None: the shipped
         MiniLM. Not with ``text_model``.
+    text_context : {"full", "past"}
+        Context of the text model fine-tuned here: ``full`` (past + target + next utterance) or ``past``
+        (no next utterance: causal, for live use; cached apart). A ``text_model`` folder embeds with the
+        context it was fine-tuned with.
     encoders : str or None
         A folder with ``audio.pt``, ``face.pt``, ``scene.pt``, or ``random``. None: the cached encoders
         trained on this media, trained now if missing.
@@ -87,6 +91,7 @@ class ExtractOptions:
     device: str = "cpu"
     text_model: str | None = None
     text_base: str | None = None
+    text_context: str = "full"
     encoders: str | None = None
     cache: Path = Path("cache")
     limit: int | None = None
@@ -108,6 +113,11 @@ class ExtractOptions:
         if self.text_model is not None and self.text_base is not None:
             raise ExtractError("--text-model (used frozen) and --text-base (fine-tuned) exclude each other; "
                                "pass one")
+        if self.text_context not in ("full", "past"):
+            raise ExtractError(f"--text-context {self.text_context!r}: choose full or past")
+        if self.text_model is not None and self.text_context != "full":
+            raise ExtractError("--text-context applies to the text model fine-tuned here; a --text-model "
+                               "folder embeds with the context it was fine-tuned with (its m2f_text.json)")
         if self.workers < 1:
             raise ExtractError(f"--workers {self.workers}: must be at least 1")
         if self.limit is not None and self.limit < 1:

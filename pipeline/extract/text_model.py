@@ -53,21 +53,27 @@ def text_base_key(base: str | None) -> str:
     return "hub-" + re.sub(r"[^A-Za-z0-9._-]", "--", source)
 
 
+def finetune_key(manifest: Sequence[Utterance], context: str = "full") -> str:
+    """The fine-tune's key below its base: the train+dev manifest's hash, ``-past`` for the causal context."""
+    key = manifest_hash(finetune_inputs(manifest))
+    return key if context == "full" else f"{key}-{context}"
+
+
 def default_text_model_dir(layout: CacheLayout, manifest: Sequence[Utterance],
-                           base: str | None = None) -> Path:
+                           base: str | None = None, context: str = "full") -> Path:
     """Folder of the text model fine-tuned from ``base`` on this corpus's train+dev utterances."""
-    return layout.text_model_dir(manifest_hash(finetune_inputs(manifest)), text_base_key(base))
+    return layout.text_model_dir(finetune_key(manifest, context), text_base_key(base))
 
 
 def cached_text_model(layout: CacheLayout, manifest: Sequence[Utterance],
-                      base: str | None = None) -> Path | None:
+                      base: str | None = None, context: str = "full") -> Path | None:
     """The finished text model fine-tuned from ``base`` on this corpus, or None."""
-    key, base_key = manifest_hash(finetune_inputs(manifest)), text_base_key(base)
+    key, base_key = finetune_key(manifest, context), text_base_key(base)
     return layout.text_model_dir(key, base_key) if layout.text_model_marker(key, base_key).exists() else None
 
 
 def finetune_default_text_model(layout: CacheLayout, manifest: Sequence[Utterance], device: str = "cpu",
-                                base: str | None = None, **finetune_kw) -> Path:
+                                base: str | None = None, context: str = "full", **finetune_kw) -> Path:
     """Fine-tune ``base`` (None: the shipped MiniLM) on train+dev into :func:`default_text_model_dir`.
 
     ``finetune_kw`` go to :func:`pipeline.encoders.text_finetune.finetune_text` (e.g. ``epochs``); the
@@ -77,10 +83,10 @@ def finetune_default_text_model(layout: CacheLayout, manifest: Sequence[Utteranc
     from pipeline.encoders.text_finetune import finetune_text
 
     inputs = finetune_inputs(manifest)
-    key, base_key = manifest_hash(inputs), text_base_key(base)
+    key, base_key = finetune_key(manifest, context), text_base_key(base)
     source = resolve_text_base(base)[0] if base is not None else None
     out = finetune_text(inputs, layout.text_model_dir(key, base_key), base_model=source, device=device,
-                        **finetune_kw)
+                        context=context, **finetune_kw)
     atomic_write_json(layout.text_model_marker(key, base_key),
                       {"path": str(Path(out).resolve()), "base": source or "shipped all-MiniLM-L6-v2"})
     return Path(out).resolve()
@@ -141,26 +147,32 @@ def stage_text_model(opts: ExtractOptions, manifest: Sequence[Utterance]) -> str
     try:
         import pipeline.encoders.text_finetune  # noqa: F401
     except ImportError as e:
-        if base is not None:
-            raise ExtractError(f"--text-base {base}: fine-tuning is not available ({e})") from e
+        if base is not None or opts.text_context != "full":
+            raise ExtractError(f"--text-base / --text-context: fine-tuning is not available ({e})") from e
         logger.info("text: fine-tuning is not available; using the shipped all-MiniLM-L6-v2 frozen "
                     "(pass --text-model to choose)")
         return None
     if not any(u.split == "train" for u in manifest):
+        if opts.text_context != "full":  # the frozen fallback would read the next utterance
+            raise ExtractError(f"--text-context {opts.text_context}: the corpus has no train split to "
+                               "fine-tune a text model on; pass --text-model with a folder fine-tuned with "
+                               "that context")
         if base is not None:
             raise ExtractError(f"--text-base {base}: the corpus has no train split to fine-tune on; pass "
                                "--text-model to use a model frozen")
         logger.info("text: no train split to fine-tune on; using the shipped all-MiniLM-L6-v2 frozen")
         return None
-    cached = cached_text_model(opts.layout, manifest, base)
+    context = opts.text_context
+    cached = cached_text_model(opts.layout, manifest, base, context)
     if cached is not None:
         logger.info("text: using cached fine-tuned model %s", cached)
         return str(cached)
     logger.info("text: fine-tuning %s on %d train+dev utterances -> %s (pass --text-model to use a model "
                 "frozen instead)", name, len(finetune_inputs(manifest)),
-                default_text_model_dir(opts.layout, manifest, base))
+                default_text_model_dir(opts.layout, manifest, base, context))
     try:
-        return str(finetune_default_text_model(opts.layout, manifest, device=opts.device, base=base))
+        return str(finetune_default_text_model(opts.layout, manifest, device=opts.device, base=base,
+                                               context=context))
     except OSError as e:  # a hub id that cannot be fetched, a folder that is no model
         if base is None:
             raise

@@ -35,7 +35,7 @@ from pipeline.modalities.shipped_text import (
     verified_copy,
 )
 from pipeline.modalities.text_context import (
-    CONTEXT_FORMAT,
+    CONTEXT_FORMATS,
     CONTEXTS,
     build_contexts,
     length_sorted_batches,
@@ -131,13 +131,18 @@ def load_text_model(model_name_or_path: str | os.PathLike | None, *, for_classif
 
 
 def finetuned_settings(folder: str | os.PathLike) -> dict:
-    """``max_length`` and ``pooling`` a folder written by ``finetune_text`` was trained with ({} if none)."""
+    """``max_length``, ``pooling`` and ``context`` a folder written by ``finetune_text`` was trained with
+    ({} if none; ``context`` is ``full`` for folders written before it was an option)."""
     meta = Path(folder) / "m2f_text.json"
     if not meta.exists():
         return {}
     try:
         config = json.loads(meta.read_text(encoding="utf-8"))["config"]
-        return {"max_length": int(config["max_length"]), "pooling": str(config.get("pooling", "cls"))}
+        context = str(config.get("context", "full"))
+        if context not in CONTEXTS:
+            raise ValueError(f"unknown context {context!r}")
+        return {"max_length": int(config["max_length"]), "pooling": str(config.get("pooling", "cls")),
+                "context": context}
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{meta} is not a valid m2f_text.json ({e}); rerun the fine-tuning") from e
 
@@ -198,8 +203,10 @@ class TextEmbedder:
     pooling : {"cls", "mean"} or None
         ``cls`` (the paper's choice: last hidden state of the first token) or masked mean. ``None``:
         the pooling the folder was fine-tuned with (its ``m2f_text.json``), else ``cls``.
-    context : {"full", "none"}
-        ``full`` (docs/DESIGN.md 2.1) or the target utterance alone (ablation / baseline).
+    context : {"full", "past", "none"} or None
+        ``full`` (docs/DESIGN.md 2.1), ``past`` (no future utterance: causal) or the target utterance
+        alone (ablation / baseline). ``None``: the context the folder was fine-tuned with (its
+        ``m2f_text.json``), else ``full``. A folder fine-tuned with one context refuses another.
 
     Attributes
     ----------
@@ -212,12 +219,12 @@ class TextEmbedder:
 
     def __init__(self, model_name_or_path: str | None = None, device: str = "cpu",
                  max_length: int | None = None, batch_size: int = 32, pooling: str | None = None,
-                 context: str = "full") -> None:
+                 context: str | None = None) -> None:
         import torch
 
         if pooling is not None and pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
-        if context not in CONTEXTS:
+        if context is not None and context not in CONTEXTS:
             raise ValueError(f"unknown context {context!r}; expected one of {CONTEXTS}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -230,6 +237,10 @@ class TextEmbedder:
         trained = finetuned_settings(source) if is_local else {}
         max_length = max_length or trained.get("max_length", 128)
         pooling = pooling or trained.get("pooling", "cls")
+        if context is not None and "context" in trained and context != trained["context"]:
+            raise ValueError(f"{source} was fine-tuned with context {trained['context']!r}; it cannot embed "
+                             f"with context {context!r}")
+        context = context or trained.get("context", "full")
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
         limit = getattr(model.config, "max_position_embeddings", max_length)
@@ -240,8 +251,8 @@ class TextEmbedder:
         self.pooling = pooling
         self.context = context
         self.dim = int(model.config.hidden_size)
-        ctx = CONTEXT_FORMAT if context == "full" else "target-only-speaker-v1"
-        self.identity = f"{model_identity(source, is_local)}|pool={pooling}|max={self.max_length}|{ctx}"
+        self.identity = (f"{model_identity(source, is_local)}|pool={pooling}|max={self.max_length}|"
+                         f"{CONTEXT_FORMATS[context]}")
 
     def embed_ids(self, contexts: Sequence[Sequence[int]],
                   poolings: Sequence[str] | None = None) -> dict[str, np.ndarray]:

@@ -30,9 +30,14 @@ from pipeline.manifest import Dialogue
 CONTEXT_FORMAT = "past|target|future1-speaker-v1"
 
 
-#: ``full``: past + target + one future utterance (docs/DESIGN.md 2.1); ``none``: the target utterance alone
-#: (with its speaker prefix), an ablation and the usual sentence-embedding baseline.
-CONTEXTS = ("full", "none")
+#: ``full``: past + target + one future utterance (docs/DESIGN.md 2.1); ``past``: past + target, the future
+#: segment left empty (causal: an utterance is embedded from what was said up to its end, as live
+#: prediction needs); ``none``: the target utterance alone (with its speaker prefix), an ablation and the
+#: usual sentence-embedding baseline.
+CONTEXTS = ("full", "past", "none")
+
+#: Context layout of each context option, part of the text model's identity (cache keys).
+CONTEXT_FORMATS = {"full": CONTEXT_FORMAT, "past": "past|target-speaker-v1", "none": "target-only-speaker-v1"}
 
 
 @dataclass(frozen=True)
@@ -79,7 +84,7 @@ def _tokenize_utterances(dialogue: Dialogue, tokenizer) -> list[list[int]]:
 
 
 def assemble_context(utt_ids: Sequence[Sequence[int]], position: int, layout: SpecialLayout,
-                     max_length: int) -> list[int]:
+                     max_length: int, future: bool = True) -> list[int]:
     """Assemble the context ids of utterance ``position`` from per-utterance token ids.
 
     Parameters
@@ -92,6 +97,8 @@ def assemble_context(utt_ids: Sequence[Sequence[int]], position: int, layout: Sp
         The tokenizer's special tokens (:func:`special_layout`).
     max_length : int
         Maximum length of the result, special tokens included.
+    future : bool
+        Put the next utterance in the third segment; False leaves it empty (``context="past"``).
 
     Returns
     -------
@@ -106,7 +113,7 @@ def assemble_context(utt_ids: Sequence[Sequence[int]], position: int, layout: Sp
     if budget < 1:
         raise ValueError(f"max_length {max_length} leaves no room beside {layout.n_special} special tokens")
     target = list(utt_ids[position])
-    future = list(utt_ids[position + 1]) if position + 1 < len(utt_ids) else []
+    future = list(utt_ids[position + 1]) if future and position + 1 < len(utt_ids) else []
     future = future[:max(0, budget - len(target))]
     target = target[:budget - len(future)]
     room = budget - len(target) - len(future)
@@ -140,7 +147,8 @@ def build_contexts(dialogues: Iterable[Dialogue], tokenizer, max_length: int,
                    context: str = "full") -> dict[str, list[int]]:
     """:func:`build_context` for every utterance of ``dialogues``: ``utt_id -> ids``.
 
-    ``context="none"`` gives each target alone: ``prefix target suffix`` (cut to ``max_length``).
+    ``context="past"`` leaves the future segment empty; ``context="none"`` gives each target alone:
+    ``prefix target suffix`` (cut to ``max_length``).
     """
     if context not in CONTEXTS:
         raise ValueError(f"unknown context {context!r}; expected one of {CONTEXTS}")
@@ -149,8 +157,8 @@ def build_contexts(dialogues: Iterable[Dialogue], tokenizer, max_length: int,
     for d in dialogues:
         toks = _tokenize_utterances(d, tokenizer)
         for i, u in enumerate(d.utterances):
-            if context == "full":
-                out[u.id] = assemble_context(toks, i, layout, max_length)
+            if context in ("full", "past"):
+                out[u.id] = assemble_context(toks, i, layout, max_length, future=context == "full")
             else:
                 room = max_length - len(layout.prefix) - len(layout.suffix)
                 out[u.id] = [*layout.prefix, *toks[i][:room], *layout.suffix]

@@ -161,7 +161,7 @@ def test_context_none_and_one_pass_for_several_poolings(tiny_roberta):
     alone = build_contexts([DIALOGUE], tok, 128, context="none")
     assert tok.decode(alone[DIALOGUE.utterances[2].id]) == "<s>Monica: what why</s>"
     with pytest.raises(ValueError, match="context"):
-        build_contexts([DIALOGUE], tok, 128, context="past")
+        build_contexts([DIALOGUE], tok, 128, context="future")
     both = TextEmbedder(str(tiny_roberta)).embed_poolings([DIALOGUE], ("cls", "mean"))
     for pooling in ("cls", "mean"):
         single = TextEmbedder(str(tiny_roberta), pooling=pooling).embed([DIALOGUE])
@@ -210,3 +210,42 @@ def test_target_span_and_target_pooling(which, tiny_roberta):
     out = emb.embed_poolings([DIALOGUE], ("mean", "target"))
     k = DIALOGUE.utterances[2].id
     assert not np.allclose(out["mean"][k], out["target"][k])
+
+
+# --- the causal context ("past") -------------------------------------------------------------------
+
+
+def test_past_context_leaves_the_future_segment_empty():
+    layout = SpecialLayout(prefix=(100,), mid=(101, 101), suffix=(102,))
+    utts = [[1, 1], [2, 2, 2], [3], [4, 4], [5, 5, 5]]
+    assert assemble_context(utts, 3, layout, 64, future=False) == [100, 1, 1, 2, 2, 2, 3, 101, 101, 4, 4,
+                                                                   101, 101, 102]
+    # the room the future would take goes to the past
+    assert assemble_context(utts, 3, layout, 10, future=False) == [100, 3, 101, 101, 4, 4, 101, 101, 102]
+
+
+def test_past_context_embedding_ignores_later_utterances(tiny_roberta):
+    later = make_dialogue([("Joey", "hi"), ("Ross", "hey you"), ("Monica", "what why"),
+                           ("Ross", "sad cry tears"), ("Joey", "angry no")])
+    past = TextEmbedder(str(tiny_roberta), context="past")
+    full = TextEmbedder(str(tiny_roberta), context="full")
+    assert past.identity != full.identity and past.describe()["context"] == "past"
+    a, b = past.embed([DIALOGUE]), past.embed([later])
+    for i in range(3):   # utterances 0-2 are the same, and only what follows them differs
+        np.testing.assert_allclose(a[f"meld/train/dia0_utt{i}"], b[f"meld/train/dia0_utt{i}"], atol=1e-6)
+    fa, fb = full.embed([DIALOGUE]), full.embed([later])
+    assert not np.allclose(fa["meld/train/dia0_utt2"], fb["meld/train/dia0_utt2"], atol=1e-4)
+
+
+def test_a_folder_fine_tuned_with_past_embeds_with_past_and_refuses_full(tiny_roberta, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "ft"
+    shutil.copytree(tiny_roberta, folder)
+    (folder / "m2f_text.json").write_text(json.dumps({"config": {"max_length": 48, "pooling": "cls",
+                                                                 "context": "past"}}))
+    emb = TextEmbedder(str(folder))
+    assert emb.context == "past" and emb.identity.endswith("past|target-speaker-v1")
+    with pytest.raises(ValueError, match="fine-tuned with context 'past'"):
+        TextEmbedder(str(folder), context="full")

@@ -230,3 +230,21 @@ def test_recipe_follows_the_base_full_finetuning_and_cls_for_a_non_minilm_base(t
 
     assert uses_minilm_recipe(DEFAULT_TEXT_MODEL)
     assert not uses_minilm_recipe("roberta-large") and not uses_minilm_recipe(str(tiny_roberta))
+
+
+def test_past_context_is_trained_recorded_and_embedded_with(tiny_roberta, tmp_path):
+    from pipeline.extract import ExtractError, ExtractOptions
+    from pipeline.extract.text_model import finetune_key
+
+    utts = keyword_corpus(n_train=4, n_dev=2, n_test=1)
+    out = finetune_text(utts, tmp_path / "ft", base_model=str(tiny_roberta), max_length=32, epochs=1,
+                        batch_size=8, evals_per_epoch=1, eval_test=False, context="past")
+    assert read_finetune_meta(out)["config"]["context"] == "past"
+    emb = TextEmbedder(str(out))
+    assert emb.context == "past" and "past|target" in emb.identity
+    # cached apart from the full-context fine-tune; refused beside a frozen --text-model
+    assert finetune_key(utts, "past") == finetune_key(utts) + "-past"
+    with pytest.raises(ExtractError, match="--text-context"):
+        ExtractOptions("sample", None, text_model=str(out), text_context="past")
+    with pytest.raises(ExtractError, match="full or past"):
+        ExtractOptions("sample", None, text_context="future")
