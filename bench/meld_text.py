@@ -11,16 +11,22 @@ is resumed by running the same command again):
    (:func:`pipeline.encoders.text_finetune.finetune_text`; train for training, dev for selection),
    or ``--text-model FOLDER`` to reuse one.
 3. ``extract``   ``m2f extract --dataset meld --root DIR --modalities text --text-model FOLDER``.
-4. ``train``     ``m2f train-dialog --features FILE --out RUN --modalities t --seeds 3``.
+4. ``train``     ``m2f train-dialog --features FILE --out RUN --modalities t --seeds S``.
 5. ``report``    ``m2f report RUN``, plus a logistic regression on the fine-tuned embeddings of the
    features file (utterance level, no dialogue model) for reference.
 
-The last printed line is one JSON object: ``test_weighted_f1: {mean, std}`` (dialogue model over the
-seeds), ``dev_weighted_f1``, the baseline's figures, the fine-tuning figures and the wall times.
+Stages 2-5 run once per fine-tune seed (``--finetune-seeds``, each in ``OUT/ft<seed>/``, each with its
+own dialogue model of ``--seeds`` seeds), so the spread covers the fine-tuning, not only the dialogue
+model.
+
+The last printed line is one JSON object: ``test_weighted_f1: {mean, std}`` over the fine-tune seeds
+(each the mean of its dialogue-model seeds), ``dev_weighted_f1``, the fine-tuned classifiers' own test
+figures, the ensemble of every dialogue model (mean probability), the baseline's figures and the wall
+times.
 
 Usage::
 
-    python bench/meld_text.py --meld MELD_CSV_DIR [--out cache/bench/meld_text] [--seeds 3]
+    python bench/meld_text.py --meld MELD_CSV_DIR [--out cache/bench/meld_text] [--finetune-seeds 0,1,2]
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import json
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -47,6 +54,7 @@ from pipeline.names import SPLITS
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 STAGES = ("baseline", "finetune", "extract", "train", "report")
+PER_FINETUNE = STAGES[1:]
 
 
 def log(msg: str) -> None:
@@ -143,7 +151,7 @@ def stage_baseline(utterances, out: Path, max_length: int, batch_size: int,
             "wall_s": timings}
 
 
-def stage_finetune(utterances, folder: Path, args) -> dict:
+def stage_finetune(utterances, folder: Path, args, seed: int = 0) -> dict:
     """Fine-tune MiniLM with context (resumable); return its ``m2f_text.json`` figures."""
     from pipeline.encoders.text_finetune import finetune_text
     from pipeline.encoders.text_finetune_state import read_finetune_meta
@@ -151,11 +159,11 @@ def stage_finetune(utterances, folder: Path, args) -> dict:
     if not (folder / "m2f_text.json").exists():
         finetune_text(utterances, folder, max_length=args.max_length, epochs=args.epochs,
                       freeze_layers=args.freeze_layers, lr=args.lr, head_lr_mult=args.head_lr_mult,
-                      pooling=args.pooling,
+                      pooling=args.pooling, context=args.text_context,
                       max_minutes=args.max_minutes,
-                      threads=args.threads, seed=0)
+                      threads=args.threads, seed=seed)
     meta = read_finetune_meta(folder)
-    return {"folder": str(folder), "dev_weighted_f1": meta["dev_weighted_f1"],
+    return {"folder": str(folder), "seed": seed, "dev_weighted_f1": meta["dev_weighted_f1"],
             "test_weighted_f1_classifier": meta.get("test_weighted_f1"),
             "test_accuracy_classifier": meta.get("test_accuracy"),
             "train_minutes": meta["train_seconds"] / 60,
@@ -199,6 +207,7 @@ def stage_train(args, features: str, out: Path) -> dict:
         cmd += ["--epochs", str(args.train_epochs)]
     if args.patience:
         cmd += ["--patience", str(args.patience)]
+    cmd += shlex.split(args.train_args)
     run_logged(cmd, out / "train.log")
     return {"run_dir": str(run_dir), "command": " ".join(cmd)}
 
@@ -243,7 +252,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="Reuse a fine-tuned folder instead of the finetune stage's own.")
     p.add_argument("--baseline-contexts", default="none,full",
                    help="Inputs of the frozen baseline: none (utterance alone), full (the context input).")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--finetune-seeds", default="0,1,2",
+                   help="Comma list of text fine-tune seeds; each gets its own extraction and dialogue "
+                        "model.")
+    p.add_argument("--seeds", type=int, default=1, help="Dialogue-model seeds per fine-tune.")
+    p.add_argument("--text-context", default="full", choices=("full", "past"),
+                   help="Fine-tuning context: with the next utterance, or past only (causal).")
+    p.add_argument("--train-args", default="",
+                   help="More train-dialog options, e.g. '--causal' or '--positions none'.")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 was 3-4x faster per step than 2 on a shared 2-core CPU).")
@@ -280,19 +296,38 @@ def main(argv: Sequence[str] | None = None) -> dict:
     t = time.time()
     utterances = prepare_meld(args.meld)
     wall = {"prepare_s": round(time.time() - t, 1)}
+    results: dict = {"baseline": read_stage(out, "baseline")}
+    if results["baseline"] is None and "baseline" in stages:
+        t = time.time()
+        res = stage_baseline(utterances, out, args.max_length, batch_size=64,
+                             contexts=[c.strip() for c in args.baseline_contexts.split(",")])
+        res["stage_wall_s"] = round(time.time() - t, 1)
+        results["baseline"] = write_stage(out, "baseline", res)
+    ft_seeds = [0] if args.text_model else [int(x) for x in args.finetune_seeds.split(",") if x.strip()]
+    runs = []
+    for seed in ft_seeds:
+        runs.append(run_finetune_seed(args, utterances, out / f"ft{seed}", seed, stages))
+    wall["baseline_s"] = (results["baseline"] or {}).get("stage_wall_s")
+    for stage in PER_FINETUNE:  # summed over the fine-tune seeds
+        wall[f"{stage}_s"] = round(sum(r[stage]["stage_wall_s"] for r in runs if r.get(stage)), 1)
+    summary = summarize(results["baseline"], runs, wall)
+    print(json.dumps(summary))
+    return summary
+
+
+def run_finetune_seed(args, utterances, out: Path, seed: int, stages: Sequence[str]) -> dict:
+    """Stages finetune -> extract -> train -> report for one fine-tune seed, in ``out`` (resumable)."""
+    out.mkdir(parents=True, exist_ok=True)
     folder = Path(args.text_model) if args.text_model else out / "minilm-meld-context"
     results: dict = {}
-    for stage in STAGES:
+    for stage in PER_FINETUNE:
         done = read_stage(out, stage)
         if done is not None or stage not in stages:
             results[stage] = done
             continue
         t = time.time()
-        if stage == "baseline":
-            res = stage_baseline(utterances, out, args.max_length, batch_size=64,
-                                 contexts=[c.strip() for c in args.baseline_contexts.split(",")])
-        elif stage == "finetune":
-            res = stage_finetune(utterances, folder, args)
+        if stage == "finetune":
+            res = stage_finetune(utterances, folder, args, seed)
         elif stage == "extract":
             res = stage_extract(args, str(folder), out)
         elif stage == "train":
@@ -301,36 +336,56 @@ def main(argv: Sequence[str] | None = None) -> dict:
             res = stage_report(results["train"]["run_dir"], results["extract"]["features"], out)
         res["stage_wall_s"] = round(time.time() - t, 1)
         results[stage] = write_stage(out, stage, res)
-        log(f"stage {stage} done in {res['stage_wall_s']:.0f}s")
-    for stage, res in results.items():
-        if res is not None:
-            wall[f"{stage}_s"] = res.get("stage_wall_s")
-    summary = summarize(results, wall)
-    print(json.dumps(summary))
-    return summary
+        log(f"fine-tune seed {seed}: stage {stage} done in {res['stage_wall_s']:.0f}s")
+    return results
 
 
-def summarize(results: dict, wall: dict) -> dict:
-    """The final JSON line: dialogue-model figures, baseline, fine-tuning, wall times, machine."""
-    rep, base, ft = results.get("report"), results.get("baseline"), results.get("finetune")
+def _mean_std(values: Sequence[float]) -> dict | None:
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    if not len(arr):
+        return None
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else None, "n": len(arr)}
+
+
+def ensemble_of_runs(runs: Sequence[dict]) -> dict | None:
+    """Test and dev weighted F1 of the mean probability of every dialogue model of every fine-tune."""
+    from trainer.summary import ensemble_metrics, seed_dirs
+
+    dirs = [d for r in runs if r.get("train") for d in seed_dirs(r["train"]["run_dir"])]
+    out = {split: ensemble_metrics(dirs, split) for split in ("dev", "test")}
+    if out["test"] is None:
+        return None
+    return {"models": len(dirs), **{f"{s}_weighted_f1": m["weighted_f1"] for s, m in out.items() if m}}
+
+
+def summarize(base: dict | None, runs: Sequence[dict], wall: dict) -> dict:
+    """The final JSON line: dialogue-model figures over fine-tune seeds, baseline, fine-tuning, walls."""
+    reps = [r["report"] for r in runs if r.get("report")]
+    fts = [r["finetune"] for r in runs if r.get("finetune")]
     return {
-        "test_weighted_f1": rep["test_weighted_f1"] if rep else None,
-        "dev_weighted_f1": rep["dev_weighted_f1"] if rep else None,
-        "test_accuracy": rep["test_accuracy"] if rep else None,
-        "seeds": rep["seeds"] if rep else None,
+        "test_weighted_f1": _mean_std([r["test_weighted_f1"]["mean"] for r in reps]),
+        "dev_weighted_f1": _mean_std([r["dev_weighted_f1"]["mean"] for r in reps]),
+        "test_accuracy": _mean_std([r["test_accuracy"]["mean"] for r in reps]),
+        "spread_over": "text fine-tune seeds (each value the mean of its dialogue-model seeds)",
+        "finetune_seeds": [f["seed"] for f in fts],
+        "dialog_seeds_per_finetune": [r["seeds"] for r in reps],
+        "ensemble": ensemble_of_runs(runs),
         "baseline": None if base is None else {
             "what": f"{base['model']} + logistic regression ({base['selected_by_dev']}, selected on dev)",
             "dev_weighted_f1": base["dev_weighted_f1"], "test_weighted_f1": base["test_weighted_f1"],
             "test_accuracy": base["test_accuracy"],
             "variants": {k: {"dev": v["dev_weighted_f1"], "test": v["test_weighted_f1"]}
                          for k, v in base["variants"].items()}},
-        "finetune": None if ft is None else {
-            k: ft[k] for k in ("dev_weighted_f1", "test_weighted_f1_classifier", "train_minutes",
-                               "stopped_early")},
-        "finetuned_embeddings_lr": rep["finetuned_embeddings_lr"] if rep else None,
-        "stages_missing": [s for s in STAGES if results.get(s) is None],
+        "finetune": {
+            "dev_weighted_f1": _mean_std([f["dev_weighted_f1"] for f in fts]),
+            "test_weighted_f1_classifier": _mean_std([f["test_weighted_f1_classifier"] for f in fts]),
+            "train_minutes": _mean_std([f["train_minutes"] for f in fts]),
+            "stopped_early": [f["stopped_early"] for f in fts]},
+        "finetuned_embeddings_lr": [r["finetuned_embeddings_lr"] for r in reps],
+        "stages_missing": sorted({s for r in runs for s in PER_FINETUNE if r.get(s) is None}
+                                 | ({"baseline"} if base is None else set())),
         "wall_s": wall,
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs (shared), torch threads per process: 1",
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch threads per process: 1",
     }
 
 
