@@ -20,17 +20,9 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
-import numpy as np
-
-from pipeline.embed import (
-    FrontTimer,
-    StageClock,
-    encode_waveforms,
-    feature_rows,
-    text_embeddings,
-    visual_embeddings,
-)
+from pipeline.embed import StageClock
 from pipeline.extract.options import ExtractError
+from pipeline.featurize import FeatureModels, embed_utterances
 from pipeline.h5rows import RowReader
 from pipeline.manifest import Utterance
 
@@ -201,145 +193,31 @@ def _media_rows(path: str, utterances: Sequence[Utterance], names: Sequence[str]
 def embed_partition(utterances: list[Utterance], spec: EmbedSpec) -> dict:
     """Worker task: feature rows (see :func:`pipeline.embed.feature_rows`) for one partition.
 
-    Never raises on one bad utterance: an encoder call that fails for a batch is retried one utterance
-    (text: one dialogue) at a time, and an utterance whose call still fails, or whose vector is not
-    finite, gets zeros and ``has_*`` False for that modality and a line in ``"problems"`` (see
-    :func:`embed_problem`). Returns ``{"split", "rows", "problems": [dict], "seconds", "stats"}``.
+    The models are loaded once per worker process; the rows are computed by
+    :func:`pipeline.featurize.embed_utterances` from the partition's ``media.h5`` rows, the same function
+    ``m2f predict`` and the live interfaces call on media decoded in memory. Never raises on one bad
+    utterance (see there). Returns ``{"split", "rows", "problems": [dict], "seconds", "stats"}``.
     """
     _worker_setup()
     clock = StageClock()
     problems: list[dict] = []
-    text = audio = visual = None
-    n = len(utterances)
+    models = FeatureModels(tuple(spec.modalities), device=spec.device, batch=spec.batch,
+                           n_frames=spec.n_frames, text_source=spec.text_model, encoders_source=spec.encoders)
     if "text" in spec.modalities:
         from pipeline.modalities.text import TextEmbedder
 
         text_id = spec.text_id or weights_identity(spec.text_model)
-        embedder = cached_model(text_model_key(text_id, spec.device, spec.batch),
-                                lambda: TextEmbedder(spec.text_model, device=spec.device,
-                                                     batch_size=spec.batch))
-        source = spec.text_model or "the default text model"
-
-        def text_part(idx: list[int]) -> tuple:
-            return text_embeddings(embedder, [utterances[i] for i in idx])
-
-        text = clock.timed("text", isolated_embeddings, text_part, n, int(embedder.dim), 1,
-                           group_indices(utterances), problems, utterances, "text", source)
-        text = finite_or_missing(text, utterances, "text", source, problems)
-    if "audio" in spec.modalities or "visual" in spec.modalities:
+        models.text = cached_model(text_model_key(text_id, spec.device, spec.batch),
+                                   lambda: TextEmbedder(spec.text_model, device=spec.device,
+                                                        batch_size=spec.batch))
+    media = None
+    if models.media_fields:
         from pipeline.encoders.checkpoint import load_encoder_set
 
         encoders_id = spec.encoders_id or weights_identity(spec.encoders)
-        encs = cached_model(("encoders", encoders_id, spec.device),
-                            lambda: load_encoder_set(spec.encoders, spec.device))
-        names = ["has_audio", "waveform"] if "audio" in spec.modalities else []
-        if "visual" in spec.modalities:
-            names += ["has_video", "has_face", "faces", "face_frame", "face_weight", "scenes"]
-        media = clock.timed("read", _media_rows, spec.media, utterances, names)
-        singles = [[i] for i in range(n)]
-        if "audio" in spec.modalities:
-            has_audio = np.array([bool(m["has_audio"]) and len(m["waveform"]) > 0 for m in media])
-            waves = [m["waveform"] if h else np.zeros(0, np.float32)
-                     for m, h in zip(media, has_audio, strict=True)]
-
-            def audio_part(idx: list[int]) -> tuple:
-                emb = encode_waveforms(encs.audio, [waves[i] for i in idx], spec.batch, spec.device)
-                return emb, has_audio[idx]
-
-            timer = FrontTimer(encs.audio, clock)
-            try:
-                audio = clock.timed("encoders", isolated_embeddings, audio_part, n,
-                                    encs.audio.config.embed_dim, 1, singles, problems, utterances, "audio",
-                                    spec.encoders)
-            finally:
-                timer.remove()
-            audio = finite_or_missing(audio, utterances, "audio", spec.encoders, problems)
-        if "visual" in spec.modalities:
-            def visual_part(idx: list[int]) -> tuple:
-                return visual_embeddings(encs.face, encs.scene, [media[i] for i in idx], spec.n_frames,
-                                         spec.batch, spec.device, clock)
-
-            dim = encs.face.config.embed_dim + encs.scene.config.embed_dim
-            visual = isolated_embeddings(visual_part, n, dim, 2, singles, problems, utterances, "visual",
-                                         spec.encoders)
-            visual = finite_or_missing(visual, utterances, "visual", spec.encoders, problems)
-    if "mel" in clock.seconds:  # the encoders' time excludes the log-mel measured inside it
-        clock.seconds["encoders"] -= clock.seconds["mel"]
-    return {"split": utterances[0].split, "rows": feature_rows(utterances, text, audio, visual),
-            "problems": problems, "seconds": clock.seconds, "stats": _worker_stats()}
-
-
-def group_indices(utterances: Sequence[Utterance]) -> list[list[int]]:
-    """Indices of ``utterances`` grouped by dialogue (first-appearance order)."""
-    groups: dict[str, list[int]] = {}
-    for i, u in enumerate(utterances):
-        groups.setdefault(u.dialogue_id, []).append(i)
-    return list(groups.values())
-
-
-def embed_problem(u: Utterance, modality: str, problem: str, source: str | None) -> dict:
-    """A ``problems.jsonl`` line of the embed stage: utterance, file, what went wrong, what to do."""
-    fix = (f"the utterance is kept with {modality} marked missing; check {u.clip or 'its text'}"
-           f"{'' if modality == 'text' else ' (does it play?)'} and the model {source}, and report this "
-           "with the file if both look fine")
-    return {"utt_id": u.id, "split": u.split, "file": u.clip if modality != "text" else source,
-            "stage": "embed", "modality": modality, "problem": problem, "fix": fix}
-
-
-def isolated_embeddings(compute: Callable[[list[int]], tuple], n: int, dim: int, n_flags: int,
-                        groups: Sequence[list[int]], problems: list[dict] | None = None,
-                        utterances: Sequence[Utterance] = (), modality: str = "",
-                        source: str | None = None) -> tuple:
-    """``compute(range(n))``; if it raises, ``compute`` per group, so one bad input costs only its group.
-
-    Parameters
-    ----------
-    compute : callable
-        ``compute(indices) -> (emb (k, dim), flag_1 (k,), ..., flag_n_flags (k,))``.
-    groups : sequence of list of int
-        The units to retry alone (one utterance; one dialogue for text, which needs its context).
-    problems : list, optional
-        Gets one :func:`embed_problem` per utterance of a group whose call failed (zeros, flags False).
-
-    Returns
-    -------
-    tuple
-        ``(emb (n, dim) float32, *flags (n,) bool)``.
-    """
-    try:
-        return compute(list(range(n)))
-    except Exception:  # isolation: find the input that fails, keep the others
-        pass
-    emb = np.zeros((n, dim), np.float32)
-    flags = [np.zeros(n, bool) for _ in range(n_flags)]
-    for idx in groups:
-        try:
-            part = compute(list(idx))
-        except Exception as e:
-            for i in idx:
-                if problems is not None:
-                    problems.append(embed_problem(utterances[i], modality, f"{modality} embedding failed: "
-                                                  f"{type(e).__name__}: {' '.join(str(e).split())}", source))
-            continue
-        emb[idx] = part[0]
-        for f, p in zip(flags, part[1:], strict=True):
-            f[idx] = p
-    return (emb, *flags)
-
-
-def finite_or_missing(out: tuple, utterances: Sequence[Utterance], modality: str, source: str | None,
-                      problems: list[dict]) -> tuple:
-    """Rows of ``out[0]`` with a NaN or infinity become zeros with every flag False, and a problem line.
-
-    A non-finite vector must never reach ``features.h5`` (the writer refuses it, which would cost the
-    whole partition) nor the trainer.
-    """
-    emb, *flags = out
-    bad = ~np.isfinite(emb).all(axis=1)
-    for i in np.flatnonzero(bad):
-        emb[i] = 0.0
-        for f in flags:
-            f[i] = False
-        problems.append(embed_problem(utterances[i], modality, f"{modality} embedding is not finite "
-                                      "(NaN or infinity)", source))
-    return (emb, *flags)
+        models.encoders = cached_model(("encoders", encoders_id, spec.device),
+                                       lambda: load_encoder_set(spec.encoders, spec.device))
+        media = clock.timed("read", _media_rows, spec.media, utterances, models.media_fields)
+    rows = embed_utterances(utterances, media, models, problems, clock)
+    return {"split": utterances[0].split, "rows": rows, "problems": problems, "seconds": clock.seconds,
+            "stats": _worker_stats()}

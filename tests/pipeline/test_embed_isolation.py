@@ -9,7 +9,8 @@ import torch
 
 from pipeline.cache import ShardedWriter
 from pipeline.extract.media import rows_to_columns
-from pipeline.extract.tasks import EmbedSpec, embed_partition, finite_or_missing, isolated_embeddings
+from pipeline.extract.tasks import EmbedSpec, embed_partition
+from pipeline.featurize import finite_or_missing, isolated_embeddings
 from pipeline.manifest import Utterance
 
 torch.set_num_threads(1)
@@ -39,9 +40,9 @@ def _media_file(tmp_path, utts, waves) -> str:
 
 
 def test_one_failing_and_one_non_finite_audio_cost_only_their_own_audio(tmp_path, monkeypatch):
-    import pipeline.extract.tasks as tasks
+    import pipeline.featurize as featurize
 
-    real_encode = tasks.encode_waveforms
+    real_encode = featurize.encode_waveforms
     poison = 1234  # a waveform of this length makes the (real) audio encoder call raise
 
     def encode(encoder, waves, *args, **kwargs):
@@ -49,7 +50,7 @@ def test_one_failing_and_one_non_finite_audio_cost_only_their_own_audio(tmp_path
             raise RuntimeError("encoder failed on a poisoned waveform")
         return real_encode(encoder, waves, *args, **kwargs)
 
-    monkeypatch.setattr(tasks, "encode_waveforms", encode)
+    monkeypatch.setattr(featurize, "encode_waveforms", encode)
     utts = [_utt("d0", 0, "hi"), _utt("d0", 1, "bye"), _utt("d0", 2, "so"), _utt("d0", 3, "ok")]
     tone = np.sin(np.linspace(0, 400, 16000)).astype(np.float32)
     waves = [tone,
