@@ -331,6 +331,15 @@ def _train_text_model(layout: CacheLayout, root: Path | None, out: Path | None, 
 @click.option("--fusion-layers", type=int, default=5, help="Attention fusion layers m.")
 @click.option("--hidden", type=int, default=256, help="Width of the classifier's hidden layer.")
 @click.option("--ff-mult", type=int, default=2, help="Encoder feed-forward width as a multiple of D.")
+@click.option("--positions", type=click.Choice(["none", "relative"]), default=None,
+              help="Utterance order in the modality encoders: a learned attention bias by relative distance "
+                   "[default: relative].")
+@click.option("--speakers", type=click.Choice(["none", "same-other"]), default=None,
+              help="A learned attention bias for same-speaker vs other-speaker pairs of utterances "
+                   "[default: same-other].")
+@click.option("--causal", is_flag=True,
+              help="Each utterance attends only to itself and earlier ones (encoders and fusion): "
+                   "predictions never use later utterances.")
 @click.option("--class-map", type=click.Choice(DATASETS), default=None,
               help="Which labels count [default: from the file's dataset attribute].")
 @click.option("--compile/--no-compile", "compile_", default=False, help="torch.compile the model.")
@@ -341,8 +350,9 @@ def _train_text_model(layout: CacheLayout, root: Path | None, out: Path | None, 
 def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, seeds: int, first_seed: int,
                      epochs: int, patience: int, device: str, lr: float, weight_decay: float, dropout: float,
                      batch_size: int, heads: int, layers: int | None, fusion_layers: int, hidden: int,
-                     ff_mult: int, class_map: str | None, compile_: bool, threads: int | None,
-                     progress: bool, bucket: int, checkpoint_seconds: float) -> None:
+                     ff_mult: int, positions: str | None, speakers: str | None, causal: bool,
+                     class_map: str | None, compile_: bool, threads: int | None, progress: bool, bucket: int,
+                     checkpoint_seconds: float) -> None:
     """Train the dialog-level M2FNet on a features.h5.
 
     Writes RUN_DIR/seed<k>/ (config, environment, label map, metrics.jsonl, best.pt, predictions);
@@ -356,8 +366,10 @@ def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, se
         features=str(features), out=str(out), modalities=letters, fusion=fusion, seeds=seeds,
         first_seed=first_seed, epochs=epochs, patience=patience, device=device, lr=lr,
         weight_decay=weight_decay, dropout=dropout, batch_size=batch_size, heads=heads, layers=layers,
-        fusion_layers=fusion_layers, hidden=hidden, ff_mult=ff_mult, class_map=class_map, compile=compile_,
-        threads=threads, progress=progress, bucket=bucket, checkpoint_seconds=checkpoint_seconds)
+        fusion_layers=fusion_layers, hidden=hidden, ff_mult=ff_mult, causal=causal, class_map=class_map,
+        compile=compile_, threads=threads, progress=progress, bucket=bucket,
+        checkpoint_seconds=checkpoint_seconds,
+        **{k: v for k, v in (("positions", positions), ("speakers", speakers)) if v is not None})
     try:
         dirs = train_dialog(config)
     except (FileNotFoundError, ValueError) as e:

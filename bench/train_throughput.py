@@ -100,7 +100,7 @@ def flops_per_position(model, optimizer, split, index: torch.Tensor, device: str
     counter = FlopCounterMode(display=False)
     with counter:
         with autocast_for(device):
-            logits = model(batch["features"], batch["present"], batch["mask"])
+            logits = model(batch["features"], batch["present"], batch["mask"], batch["speakers"])
         logits.float().sum().backward()
     optimizer.zero_grad(set_to_none=True)
     return counter.get_total_flops() / (len(index) * length)

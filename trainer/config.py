@@ -17,6 +17,10 @@ from trainer.data import (
 )
 from trainer.model import DialogModelConfig
 
+#: Defaults of ``--positions`` / ``--speakers`` (chosen on dev: bench/RESULTS.md, dialog ablation).
+DEFAULT_POSITIONS = "relative"
+DEFAULT_SPEAKERS = "same-other"
+
 #: Options that may differ between a killed run and its resumption.
 RESUME_FREE_KEYS = ("out", "seeds", "device", "threads", "progress", "compile", "epochs", "patience",
                     "checkpoint_seconds")
@@ -44,6 +48,9 @@ class DialogTrainConfig:
     fusion_layers: int = 5
     hidden: int = 256
     ff_mult: int = 2
+    positions: str = DEFAULT_POSITIONS
+    speakers: str = DEFAULT_SPEAKERS
+    causal: bool = False
     class_map: str | None = None
     compile: bool = False
     threads: int | None = None
@@ -78,6 +85,9 @@ class ResolvedConfig:
             dropout=t.dropout,
             hidden=t.hidden,
             ff_mult=t.ff_mult,
+            positions=t.positions,
+            speakers=t.speakers,
+            causal=t.causal,
         )
 
     def to_dict(self) -> dict:

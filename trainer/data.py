@@ -11,6 +11,9 @@ moved to the training device once, and batched by indexing. Three masks travel w
 ``labels``    (n_dialogs, L) int64: class index, or :data:`IGNORE` for padding and for utterances
               whose raw label is outside the class map (IEMOCAP ``xxx``, ``sur``, ...). Those
               utterances stay in the dialog as context but count in neither loss nor metrics.
+``speakers``  (n_dialogs, L) int64: the speaker within the dialog, numbered by first appearance
+              (0, 1, ...); :data:`~trainer.model.NO_SPEAKER` for padding and an empty speaker name.
+              Only same-or-other counts (``m2f train-dialog --speakers same-other``), never the name.
 
 Class maps (which raw labels count, in which order) are trainer configuration, never decided at
 extraction: ``meld`` (7), ``iemocap`` (6), ``sample`` (MELD's 7), ``custom`` (the labels present in
@@ -30,6 +33,7 @@ import torch
 from pipeline.corpora.base import CLASS_MAPS, IEMOCAP_CLASSES, MELD_CLASSES  # noqa: F401  (re-exported)
 from pipeline.features import list_splits, read_attrs, read_split, validate_features
 from pipeline.names import DATASETS, modality_letters, parse_modalities
+from trainer.model import NO_SPEAKER
 
 #: Label index of padding and of utterances outside the class map (``ignore_index`` of the loss).
 IGNORE = -100
@@ -117,6 +121,7 @@ class DialogSplit:
     present : dict letter -> Tensor (n_dialogs, L) bool
     mask : Tensor (n_dialogs, L) bool
     labels : Tensor (n_dialogs, L) int64 (class index or :data:`IGNORE`)
+    speakers : Tensor (n_dialogs, L) int64 (speaker within the dialog, or ``NO_SPEAKER``)
     lengths : ndarray (n_dialogs,) int64, on the host (batch trimming needs no device sync)
     utt_id, raw_label : ndarray (n_rows,) of str, file row order
     flat_index : ndarray (n_rows,) int64, position of each file row in the flattened (n_dialogs * L)
@@ -127,6 +132,7 @@ class DialogSplit:
     present: dict[str, torch.Tensor]
     mask: torch.Tensor
     labels: torch.Tensor
+    speakers: torch.Tensor
     lengths: np.ndarray
     utt_id: np.ndarray
     raw_label: np.ndarray
@@ -154,6 +160,7 @@ class DialogSplit:
             present={k: v.to(device) for k, v in self.present.items()},
             mask=self.mask.to(device),
             labels=self.labels.to(device),
+            speakers=self.speakers.to(device),
             lengths=self.lengths,
             utt_id=self.utt_id,
             raw_label=self.raw_label,
@@ -169,6 +176,7 @@ class DialogSplit:
             "present": {k: v[index, :length] for k, v in self.present.items()},
             "mask": self.mask[index, :length],
             "labels": self.labels[index, :length],
+            "speakers": self.speakers[index, :length],
         }
 
 
@@ -186,6 +194,19 @@ def encode_labels(raw: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
     """Class index of each raw label, :data:`IGNORE` where it is not in ``class_names``."""
     lookup = {name: i for i, name in enumerate(class_names)}
     return np.array([lookup.get(str(x), IGNORE) for x in raw], dtype=np.int64)
+
+
+def speaker_indices(speaker: np.ndarray, blocks: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Per row, its speaker's number within its dialogue block by first appearance; ``NO_SPEAKER`` for
+    an empty name (unknown speaker)."""
+    out = np.full(len(speaker), NO_SPEAKER, dtype=np.int64)
+    for start, end in blocks:
+        seen: dict[str, int] = {}
+        for row in range(start, end):
+            name = str(speaker[row]).strip()
+            if name:
+                out[row] = seen.setdefault(name, len(seen))
+    return out
 
 
 def load_split(
@@ -242,6 +263,7 @@ def load_split(
         present=present,
         mask=scatter(np.ones(len(arrays), dtype=bool), False),
         labels=scatter(labels, IGNORE),
+        speakers=scatter(speaker_indices(arrays.speaker, blocks), NO_SPEAKER),
         lengths=lengths,
         utt_id=np.asarray(arrays.utt_id, dtype=object),
         raw_label=np.asarray(arrays.label, dtype=object),

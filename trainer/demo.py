@@ -38,28 +38,17 @@ def run_demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> P
 
     Each stage is resumable: rerunning the command skips what is already done.
     """
-    from pipeline.extract import ExtractOptions, format_summary, run_extract
-    from trainer.demo_corpus import build_fusion_corpus, fusion_script
+    from trainer.demo_corpus import fusion_script
     from trainer.export import export_model
     from trainer.fit import DialogTrainConfig, train_dialog
     from trainer.report import report
 
     out = Path(out)
-    click.echo("== 1/6 generate: 216 utterances, 4 emotions; text, audio and face each tell part of it",
-               err=True)
-    corpus = build_fusion_corpus(out / "corpus", DEMO_DIALOGUES, processes=max(1, workers))
-    click.echo(f"corpus: {corpus}", err=True)
-    click.echo("== 2/6 fine-tune MiniLM on the train split (dev picks the step), then extract: decode, MTCNN "
-               "faces, embed (audio/face/scene encoders: seeded random weights)", err=True)
-    text_model = finetune_demo_text(corpus, out / "fine-tuned-text")
-    result = run_extract(ExtractOptions(dataset="custom", root=corpus, cache=cache, workers=workers,
-                                        encoders="random", text_model=str(text_model),
-                                        media_config=DEMO_MEDIA))
-    click.echo(format_summary(result), err=True)
+    corpus, text_model, features = demo_features(out, cache, workers)
     runs = {"t": out / "text", "tav": out / "fused"}
     for modalities, run in runs.items():
         click.echo(f"== 3/6 train-dialog: modalities {modalities}, epoch chosen on dev -> {run}", err=True)
-        train_dialog(DialogTrainConfig(features=str(result.features), out=str(run), modalities=modalities,
+        train_dialog(DialogTrainConfig(features=str(features), out=str(run), modalities=modalities,
                                        seeds=seeds, epochs=epochs, patience=epochs, batch_size=DEMO_BATCH,
                                        threads=1, progress=False))
     click.echo("== 4/6 report: text only vs text + audio + visual", err=True)
@@ -73,6 +62,30 @@ def run_demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> P
     click.echo(f"predictions: {predictions}")
     click.echo(f"timeline: {timeline}")
     return runs["tav"] / "report.md"
+
+
+def demo_features(out: Path, cache: Path, workers: int) -> tuple[Path, Path, Path]:
+    """Steps 1-2 of the demo into ``out`` (resumable): generate the corpus, fine-tune MiniLM, extract.
+
+    Returns the corpus CSV, the fine-tuned text model folder and the features.h5 (``bench/dialog_ablation.py``
+    builds its corpus with this too).
+    """
+    from pipeline.extract import ExtractOptions, format_summary, run_extract
+    from trainer.demo_corpus import build_fusion_corpus
+
+    out = Path(out)
+    click.echo("== 1/6 generate: 216 utterances, 4 emotions; text, audio and face each tell part of it",
+               err=True)
+    corpus = build_fusion_corpus(out / "corpus", DEMO_DIALOGUES, processes=max(1, workers))
+    click.echo(f"corpus: {corpus}", err=True)
+    click.echo("== 2/6 fine-tune MiniLM on the train split (dev picks the step), then extract: decode, MTCNN "
+               "faces, embed (audio/face/scene encoders: seeded random weights)", err=True)
+    text_model = finetune_demo_text(corpus, out / "fine-tuned-text")
+    result = run_extract(ExtractOptions(dataset="custom", root=corpus, cache=cache, workers=workers,
+                                        encoders="random", text_model=str(text_model),
+                                        media_config=DEMO_MEDIA))
+    click.echo(format_summary(result), err=True)
+    return corpus, text_model, Path(result.features)
 
 
 def finetune_demo_text(corpus: Path, folder: Path) -> Path:

@@ -13,6 +13,14 @@ Decisions where the paper is silent (all options of :class:`DialogModelConfig`):
   before its encoder, so the zeros of the cache are never read as a signal.
 * Padding positions are excluded from every attention by key-padding masks.
 * Feed-forward width of the encoder layers = ``ff_mult * D``; classifier hidden width ``hidden``.
+* Order and speakers (options; the paper's encoders see neither, so a dialog is a bag of utterances):
+  ``positions="relative"`` adds a learned bias to every attention score of the modality encoders by
+  the clipped relative distance ``key - query`` (one value per layer, head and distance in
+  ``[-relative_clip, relative_clip]``); ``speakers="same-other"`` adds a learned bias by whether the
+  two utterances have the same speaker, different speakers, or an unknown speaker (per layer and
+  head). Both start at zero (the bag model) and enter the attention as a float mask.
+* ``causal=True``: every utterance attends only to itself and earlier ones, in the encoders and in
+  the fusion attentions, so its prediction never depends on later utterances.
 * ``fusion="concat"`` concatenates the encoded modalities (Table 2's "T+A+V concatenated"); one
   modality skips fusion. Attention fusion needs text as its query unless no text is selected, in
   which case the first selected of audio, visual is the query (an extension; the paper has no A+V row).
@@ -27,6 +35,10 @@ import torch
 from torch import nn
 
 FUSIONS = ("attention", "concat")
+POSITIONS = ("none", "relative")
+SPEAKERS = ("none", "same-other")
+#: Speaker index of padding and of an utterance whose speaker is unknown (empty in the features file).
+NO_SPEAKER = -1
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,17 @@ class DialogModelConfig:
         Width of the first classifier layer (Eq. 8).
     ff_mult : int
         Feed-forward width of encoder layers as a multiple of the modality width.
+    positions : str
+        ``none`` or ``relative`` (learned attention bias by clipped relative distance).
+    speakers : str
+        ``none`` or ``same-other`` (learned attention bias for same / other / unknown speaker pairs).
+    causal : bool
+        Each utterance attends only to itself and earlier utterances.
+    relative_clip : int
+        Relative distances beyond this share one bias.
+
+    The defaults of the last four are the model before they existed, so older checkpoints (whose
+    config lacks them) load unchanged.
     """
 
     dims: dict[str, int]
@@ -65,6 +88,10 @@ class DialogModelConfig:
     dropout: float = 0.4
     hidden: int = 256
     ff_mult: int = 2
+    positions: str = "none"
+    speakers: str = "none"
+    causal: bool = False
+    relative_clip: int = 8
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -72,6 +99,11 @@ class DialogModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> DialogModelConfig:
         return cls(**d)
+
+    @property
+    def attention_bias(self) -> bool:
+        """Whether the encoders need a per-pair float attention mask (positions, speakers or causal)."""
+        return self.positions != "none" or self.speakers != "none" or self.causal
 
     @property
     def query(self) -> str | None:
@@ -84,6 +116,12 @@ class DialogModelConfig:
         """Raise ValueError with an actionable message on an impossible shape."""
         if self.fusion not in FUSIONS:
             raise ValueError(f"--fusion {self.fusion!r}: choose one of {FUSIONS}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"--positions {self.positions!r}: choose one of {POSITIONS}")
+        if self.speakers not in SPEAKERS:
+            raise ValueError(f"--speakers {self.speakers!r}: choose one of {SPEAKERS}")
+        if self.relative_clip < 1:
+            raise ValueError(f"relative_clip {self.relative_clip}: must be at least 1")
         if self.n_classes < 2:
             raise ValueError(f"need at least 2 classes, got {self.n_classes}")
         for m in self.modalities:
@@ -108,19 +146,89 @@ class MissingEmbedding(nn.Module):
         return torch.where(present.unsqueeze(-1), x, self.missing.to(x.dtype))
 
 
+def pair_masks(mask: torch.Tensor, speakers: torch.Tensor | None, causal: bool) -> dict[str, torch.Tensor]:
+    """What the attention masks of one batch are made of (computed once per forward).
+
+    Returns ``blocked`` (B, L, L) bool: key padding, and later keys when ``causal``; ``distance``
+    (L, L) long: ``key - query``; ``speaker_pair`` (B, L, L) long: 0 other, 1 same, 2 unknown
+    (only when ``speakers`` is given).
+    """
+    length = mask.shape[1]
+    pos = torch.arange(length, device=mask.device)
+    distance = pos[None, :] - pos[:, None]
+    blocked = (~mask)[:, None, :].expand(-1, length, -1)
+    if causal:
+        blocked = blocked | (distance > 0)
+    out = {"blocked": blocked, "distance": distance}
+    if speakers is not None:
+        known = speakers != NO_SPEAKER
+        same = speakers[:, :, None] == speakers[:, None, :]
+        unknown = ~(known[:, :, None] & known[:, None, :])
+        out["speaker_pair"] = torch.where(unknown, 2, same.long())
+    return out
+
+
+class EncoderLayer(nn.TransformerEncoderLayer):
+    """``nn.TransformerEncoderLayer`` (post-norm, ReLU) with :meth:`biased`: the same computation under a
+    float attention mask ``(B * heads, L, L)``.
+
+    The parameters are those of the torch layer (old checkpoints load); :meth:`biased` calls the
+    attention itself because torch's inference fast path of the layer returns NaN under a 3-D float
+    mask (torch 2.11, CPU).
+    """
+
+    def biased(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        attended = self.self_attn(x, x, x, attn_mask=mask, need_weights=False)[0]
+        x = self.norm1(x + self.dropout1(attended))
+        return self.norm2(x + self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x))))))
+
+
 class ModalityEncoder(nn.Module):
-    """Eq. 5: N Transformer encoder layers over a dialog, each with a skip connection around it."""
+    """Eq. 5: N Transformer encoder layers over a dialog, each with a skip connection around it.
 
-    def __init__(self, dim: int, n_layers: int, heads: int, dropout: float, ff_mult: int):
+    With ``positions``/``speakers``, each layer adds learned per-head biases to its attention scores
+    (``position_bias`` (N, heads, 2 * clip + 1), ``speaker_bias`` (N, heads, 3)); these and the causal
+    mask reach the attention as a float ``(B * heads, L, L)`` mask (:class:`EncoderLayer`), so the
+    layers' parameter names are those of the plain model.
+    """
+
+    def __init__(self, dim: int, n_layers: int, heads: int, dropout: float, ff_mult: int,
+                 positions: str = "none", speakers: str = "none", relative_clip: int = 8):
         super().__init__()
+        self.heads, self.relative_clip = heads, relative_clip
         self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(dim, heads, ff_mult * dim, dropout, batch_first=True)
-            for _ in range(n_layers)
+            EncoderLayer(dim, heads, ff_mult * dim, dropout, batch_first=True) for _ in range(n_layers)
         )
+        if positions == "relative":
+            self.position_bias = nn.Parameter(torch.zeros(n_layers, heads, 2 * relative_clip + 1))
+        if speakers == "same-other":
+            self.speaker_bias = nn.Parameter(torch.zeros(n_layers, heads, 3))
 
-    def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = x + layer(x, src_key_padding_mask=padding)
+    def layer_masks(self, pairs: dict[str, torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+        """One float mask ``(B * heads, L, L)`` per layer: biases, and -inf where attention is blocked."""
+        blocked = pairs["blocked"]
+        b, length, _ = blocked.shape
+        base = torch.zeros(b, 1, length, length, dtype=dtype, device=blocked.device)
+        base = base.masked_fill(blocked[:, None], float("-inf"))
+        masks = []
+        for i in range(len(self.layers)):
+            m = base
+            if hasattr(self, "position_bias"):
+                index = pairs["distance"].clamp(-self.relative_clip, self.relative_clip) + self.relative_clip
+                m = m + self.position_bias[i][:, index].to(dtype)[None]  # (1, H, L, L)
+            if hasattr(self, "speaker_bias"):
+                m = m + self.speaker_bias[i][:, pairs["speaker_pair"]].permute(1, 0, 2, 3).to(dtype)
+            masks.append(m.expand(b, self.heads, length, length).reshape(b * self.heads, length, length))
+        return masks
+
+    def forward(self, x: torch.Tensor, padding: torch.Tensor,
+                pairs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        if pairs is None:  # the plain model: key padding only
+            for layer in self.layers:
+                x = x + layer(x, src_key_padding_mask=padding)
+            return x
+        for layer, mask in zip(self.layers, self.layer_masks(pairs, x.dtype), strict=True):
+            x = x + layer.biased(x, mask)
         return x
 
 
@@ -136,10 +244,13 @@ class AttentionFusionLayer(nn.Module):
         self.project = nn.Linear(query_dim * (1 + len(key_dims)), query_dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, query: torch.Tensor, keys: list[torch.Tensor], padding: torch.Tensor) -> torch.Tensor:
+    def forward(self, query: torch.Tensor, keys: list[torch.Tensor], padding: torch.Tensor,
+                causal: torch.Tensor | None = None) -> torch.Tensor:
+        """``causal``: an optional (L, L) bool mask, True where a query may not see a key."""
         parts = [query]
         for attention, key in zip(self.attentions, keys, strict=True):
-            out, _ = attention(query, key, query, key_padding_mask=padding, need_weights=False)
+            out, _ = attention(query, key, query, key_padding_mask=padding, attn_mask=causal,
+                               need_weights=False)
             parts.append(out)
         return self.dropout(self.project(torch.cat(parts, dim=-1)))
 
@@ -147,9 +258,10 @@ class AttentionFusionLayer(nn.Module):
 class DialogModel(nn.Module):
     """M2FNet's dialog-level network for any subset of modalities and either fusion.
 
-    ``forward(features, present, mask)`` takes dicts letter -> ``(B, L, D)`` / ``(B, L)`` and the
-    ``(B, L)`` utterance mask, and returns logits ``(B, L, n_classes)`` (padding rows are garbage;
-    the loss ignores them).
+    ``forward(features, present, mask, speakers)`` takes dicts letter -> ``(B, L, D)`` / ``(B, L)``,
+    the ``(B, L)`` utterance mask and the ``(B, L)`` speaker indices within each dialog
+    (:data:`NO_SPEAKER` for unknown; needed only with ``speakers="same-other"``), and returns logits
+    ``(B, L, n_classes)`` (padding rows are garbage; the loss ignores them).
     """
 
     def __init__(self, config: DialogModelConfig):
@@ -161,7 +273,8 @@ class DialogModel(nn.Module):
         self.encoders = nn.ModuleDict(
             {
                 m: ModalityEncoder(
-                    config.dims[m], config.layers.get(m, 1), config.heads, config.dropout, config.ff_mult
+                    config.dims[m], config.layers.get(m, 1), config.heads, config.dropout, config.ff_mult,
+                    config.positions, config.speakers, config.relative_clip,
                 )
                 for m in mods
             }
@@ -185,20 +298,31 @@ class DialogModel(nn.Module):
         )
 
     def forward(
-        self, features: dict[str, torch.Tensor], present: dict[str, torch.Tensor], mask: torch.Tensor
+        self,
+        features: dict[str, torch.Tensor],
+        present: dict[str, torch.Tensor],
+        mask: torch.Tensor,
+        speakers: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        config = self.config
         padding = ~mask
+        pairs = None
+        if config.attention_bias:
+            if config.speakers != "none" and speakers is None:
+                raise ValueError("this dialog model reads speakers (speakers='same-other'); pass speakers")
+            pairs = pair_masks(mask, speakers if config.speakers != "none" else None, config.causal)
         encoded = {
-            m: self.encoders[m](self.missing[m](features[m], present[m]), padding)
-            for m in self.config.modalities
+            m: self.encoders[m](self.missing[m](features[m], present[m]), padding, pairs)
+            for m in config.modalities
         }
-        query = self.config.query
+        query = config.query
         if query:
             fused = encoded[query]
             keys = [encoded[k] for k in self.keys]
+            causal = pairs["distance"] > 0 if config.causal else None
             for layer in self.fusion:
-                fused = layer(fused, keys, padding)
+                fused = layer(fused, keys, padding, causal)
             final = torch.cat([fused] + keys, dim=-1)  # Eq. 7
         else:
-            final = torch.cat([encoded[m] for m in self.config.modalities], dim=-1)
+            final = torch.cat([encoded[m] for m in config.modalities], dim=-1)
         return self.classifier(final)  # Eq. 8

@@ -53,7 +53,7 @@ def train_epoch(
         length = None if fixed_length else int(split.lengths[index.numpy()].max())
         batch = split.batch(index_dev, length)
         with autocast_for(device):
-            logits = model(batch["features"], batch["present"], batch["mask"])
+            logits = model(batch["features"], batch["present"], batch["mask"], batch["speakers"])
         labels = batch["labels"]
         loss_sum = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
@@ -80,7 +80,7 @@ def predict_probs(model: torch.nn.Module, split: DialogSplit, batch_size: int, d
         on_device = index.to(device)
         batch = split.batch(on_device, length)
         with autocast_for(device):
-            logits = model(batch["features"], batch["present"], batch["mask"])
+            logits = model(batch["features"], batch["present"], batch["mask"], batch["speakers"])
         if out is None:
             out = torch.zeros(split.n_dialogs, split.max_len, logits.shape[-1], device=device)
         out[on_device, :length] = torch.softmax(logits.float(), dim=-1)

@@ -81,7 +81,8 @@ def write_features(
     dialog_lengths : mapping split -> sequence of int
         Number of utterances of each dialog.
     rows : callable
-        ``rows(rng, n)`` -> the embedding, label and ``has_*`` arrays of ``n`` rows.
+        ``rows(rng, n)`` -> the embedding, label and ``has_*`` arrays of ``n`` rows, and optionally
+        ``speaker`` (default: ``A`` and ``B`` taking turns in every dialog).
     seed : int
         Seed of the generator passed to ``rows``.
     """
@@ -99,7 +100,7 @@ def write_features(
                 "utt_id": ids,
                 "dialogue_id": [str(d) for d in dia],
                 "position": pos,
-                "speaker": ["A" if p % 2 == 0 else "B" for p in pos],
+                "speaker": list(made.get("speaker", ["A" if p % 2 == 0 else "B" for p in pos])),
                 "label": list(made["label"]),
                 "text": [""] * n,
                 "text_emb": made["text_emb"],

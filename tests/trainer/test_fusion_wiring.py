@@ -90,12 +90,12 @@ def test_attention_fusion_is_wired_as_eq6_and_eq7(modalities):
     assert wiring_faults(model, *make_inputs(dims)) == []
 
 
-def rewired_forward(layer: AttentionFusionLayer, wiring, query, keys, padding):
+def rewired_forward(layer: AttentionFusionLayer, wiring, query, keys, padding, causal=None):
     """AttentionFusionLayer.forward with (Q, K, V) = ``wiring(text, key)`` instead of (text, key, text)."""
     parts = [query]
     for attention, key in zip(layer.attentions, keys, strict=True):
         q, k, v = wiring(query, key)
-        parts.append(attention(q, k, v, key_padding_mask=padding, need_weights=False)[0])
+        parts.append(attention(q, k, v, key_padding_mask=padding, attn_mask=causal, need_weights=False)[0])
     return layer.dropout(layer.project(torch.cat(parts, dim=-1)))
 
 
