@@ -37,11 +37,13 @@ from pipeline.modalities.shipped_text import (
 from pipeline.modalities.text_context import (
     CONTEXT_FORMATS,
     CONTEXTS,
+    assemble_context,
     build_contexts,
     length_sorted_batches,
     pad_batch,
     special_layout,
     target_mask_batch,
+    tokenize_utterances,
 )
 
 #: ``cls``: last hidden state of the first token (the paper's); ``mean``: masked mean over all tokens;
@@ -290,6 +292,26 @@ class TextEmbedder:
         keys = list(contexts)
         vectors = self.embed_ids([contexts[k] for k in keys], poolings)
         return {p: {k: v[i] for i, k in enumerate(keys)} for p, v in vectors.items()}
+
+    def embed_last(self, dialogue: Dialogue) -> np.ndarray:
+        """The embedding of the last utterance of ``dialogue`` (a conversation so far): ``(dim,)``.
+
+        The same context input :meth:`embed` builds for that utterance, without embedding the others
+        (live use: one forward pass per new utterance). With ``context="past"`` it is what :meth:`embed`
+        gives that utterance in the finished dialogue too; with ``full`` the next utterance is not
+        known yet, so it may differ from the finished dialogue's.
+        """
+        if not dialogue.utterances:
+            raise ValueError("an empty dialogue has no last utterance")
+        if self.context == "none":
+            ids = build_contexts([Dialogue(dialogue.corpus, dialogue.split, dialogue.dialogue_id,
+                                           dialogue.utterances[-1:])], self.tokenizer, self.max_length,
+                                 "none")[dialogue.utterances[-1].id]
+        else:
+            toks = tokenize_utterances(dialogue, self.tokenizer)
+            ids = assemble_context(toks, len(toks) - 1, self.layout, self.max_length,
+                                   future=self.context == "full")
+        return self.embed_ids([ids])[self.pooling][0]
 
     def describe(self) -> dict:
         """JSON-able description for a run's saved config."""

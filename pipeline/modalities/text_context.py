@@ -78,7 +78,8 @@ def utterance_text(speaker: str, text: str) -> str:
     return f"{speaker}: {text.strip()}" if speaker else text.strip()
 
 
-def _tokenize_utterances(dialogue: Dialogue, tokenizer) -> list[list[int]]:
+def tokenize_utterances(dialogue: Dialogue, tokenizer) -> list[list[int]]:
+    """Token ids of each utterance of ``dialogue`` as ``"Speaker: text"``, without special tokens."""
     texts = [utterance_text(u.speaker, u.text) for u in dialogue.utterances]
     return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
@@ -139,7 +140,7 @@ def build_context(dialogue: Dialogue, position: int, tokenizer, max_length: int)
     >>> tokenizer.decode(ids)
     '[CLS] joey : hi ross : hey [SEP] monica : what? [SEP] ross : nothing. [SEP]'
     """
-    return assemble_context(_tokenize_utterances(dialogue, tokenizer), position, special_layout(tokenizer),
+    return assemble_context(tokenize_utterances(dialogue, tokenizer), position, special_layout(tokenizer),
                             max_length)
 
 
@@ -155,7 +156,7 @@ def build_contexts(dialogues: Iterable[Dialogue], tokenizer, max_length: int,
     layout = special_layout(tokenizer)
     out: dict[str, list[int]] = {}
     for d in dialogues:
-        toks = _tokenize_utterances(d, tokenizer)
+        toks = tokenize_utterances(d, tokenizer)
         for i, u in enumerate(d.utterances):
             if context in ("full", "past"):
                 out[u.id] = assemble_context(toks, i, layout, max_length, future=context == "full")
