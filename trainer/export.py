@@ -18,7 +18,8 @@ that does not match ``checksums.json`` is refused with a one-line :class:`ModelF
 
 Where the encoders and the text model come from: the features file of the run records their
 *identities* (a hash of the weight files), not their paths. Export looks for the folder with that
-identity beside the features file's cache (``<cache>/<dataset>/encoders/*``, ``.../text-model/*``),
+identity in the features file's cache (:class:`pipeline.layout.CacheLayout`: its encoders folders and
+finished fine-tuned text models),
 among the shipped MiniLM, and in the folders passed as ``encoders`` / ``text_model``; ``random``
 encoders are rebuilt from their seed. A folder is used only if its identity matches.
 """
@@ -247,13 +248,12 @@ def choose_seed(run: Path, seed: int | None = None) -> tuple[Path, dict]:
 
 
 # -- finding the encoders and the text model -----------------------------------------------------------
-def _cache_folders(features: Path, name: str) -> list[Path]:
-    """Sub-folders of ``<ancestor>/<name>/`` for the few ancestors of the features file (the cache)."""
-    found: list[Path] = []
-    for parent in list(features.resolve().parents)[:3]:
-        if (parent / name).is_dir():
-            found += sorted(p for p in (parent / name).iterdir() if p.is_dir())
-    return found
+def _cache_folders(features: Path, kind: str) -> list[Path]:
+    """The encoders (``kind="encoders"``) or fine-tuned text model folders of the features file's cache."""
+    from pipeline.layout import CacheLayout
+
+    layout = CacheLayout.of_features(features)
+    return layout.all_encoders_dirs() if kind == "encoders" else layout.all_text_model_dirs()
 
 
 def find_encoders(identity: str, features: Path, given: str | None = None) -> str:
