@@ -305,6 +305,7 @@ def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
     out, input_path = Path(out), Path(input_path)
     fmt = output_format(out, fmt)
     seconds: dict[str, float] = {}
+    loaded_here = model is None
     if model is None:
         model = load_model_folder(model_dir, device)
     seconds["load"] = time.perf_counter() - t0
@@ -343,6 +344,8 @@ def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
     finally:
         if temp:
             shutil.rmtree(work, ignore_errors=True)
+        if loaded_here:
+            model.close()  # the private copy of the verified folder
     out.parent.mkdir(parents=True, exist_ok=True)
     write_rows(rows, out, fmt)
     plot_path = None

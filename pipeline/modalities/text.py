@@ -100,11 +100,13 @@ def load_text_model(model_name_or_path: str | os.PathLike | None, *, for_classif
     # the load report lists the (expected) new head or the dropped one; keep the logs for real problems
     hf_logging.set_verbosity_error()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(src)
+        # never code from the folder or the hub: an ``auto_map`` would import its .py (docs/DESIGN.md)
+        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=False)
         if for_classification is None:
-            model = AutoModel.from_pretrained(src)
+            model = AutoModel.from_pretrained(src, trust_remote_code=False)
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=for_classification)
+            model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=for_classification,
+                                                                       trust_remote_code=False)
     except (OSError, ValueError) as e:
         if is_local:
             raise OSError(f"could not load a text model from folder {src}: {e}") from e
