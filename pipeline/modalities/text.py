@@ -133,18 +133,23 @@ def finetuned_settings(folder: str | os.PathLike) -> dict:
         raise ValueError(f"{meta} is not a valid m2f_text.json ({e}); rerun the fine-tuning") from e
 
 
-def model_identity(source: str, is_local: bool) -> str:
-    """Stable id of a model: its folder or hub id plus sha256 of its weight and config files.
+#: Files of a model folder that no loader reads: extract's cache marker (it holds a path), documentation.
+NOT_LOADED = ("m2f-finetuned.json", "README.md")
 
-    For a local folder every ``*.safetensors``, ``*.bin``, ``config.json`` and ``tokenizer.json`` is
-    hashed (16 hex digits); a hub id is kept as the name alone (its files live in the HF cache).
+
+def model_identity(source: str, is_local: bool) -> str:
+    """Stable id of a model: its folder or hub id plus sha256 of every file it may be loaded from.
+
+    For a local folder every top-level file is hashed (weights, shards and their index, config, every
+    tokenizer file; 16 hex digits) except hidden files and :data:`NOT_LOADED`, so a changed tokenizer
+    never reuses features or worker caches made with the old one; a hub id is kept as the name alone
+    (its files live in the HF cache).
     """
     if not is_local:
         return f"hub:{source}"
     folder = Path(source)
-    names = ("config.json", "tokenizer.json")
     files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and (p.suffix in (".safetensors", ".bin") or p.name in names))
+                   if p.is_file() and not p.name.startswith(".") and p.name not in NOT_LOADED)
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode())
