@@ -40,6 +40,7 @@ from pipeline.atomic import atomic_write_text
 from pipeline.extract import ExtractError, ExtractOptions, format_summary, run_extract
 from pipeline.manifest import Utterance
 from pipeline.names import MODALITIES
+from pipeline.shown import shown
 from trainer.export import ExportedModel, ModelFolderError, load_model_folder
 
 log = logging.getLogger(__name__)
@@ -352,7 +353,12 @@ def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
     if plot is not None:
         from trainer.timeline import plot_timeline
 
-        plot_path = plot_timeline(rows, model.class_names, Path(plot))
+        try:
+            plot_path = plot_timeline(rows, model.class_names, Path(plot))
+        except (ValueError, RuntimeError, OSError) as e:  # the predictions are kept: say so
+            raise PredictError(f"{shown(plot)}: the timeline could not be drawn ({type(e).__name__}: "
+                               f"{shown(str(e).strip().splitlines()[-1] if str(e).strip() else '')}); the "
+                               f"predictions are written to {shown(out)}") from None
     seconds["total"] = time.perf_counter() - t0
     return PredictResult(out, rows, model.class_names, plot_path, modalities, seconds)
 
