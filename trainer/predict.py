@@ -248,7 +248,17 @@ def write_rows(rows: Sequence[dict], out: Path, fmt: str) -> Path:
     return atomic_write_text(out, buf.getvalue())
 
 
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value) -> str:
+    """A CSV cell: numbers to 6 significant digits; text that a spreadsheet would run as a formula gets a
+    leading single quote (``=HYPERLINK(...)`` from a subtitle stays text); CR becomes LF."""
+    if isinstance(value, str):
+        # a lone CR would end the row for a reader (the writer quotes only fields holding "\n")
+        text = ("'" + value if value.startswith(FORMULA_STARTS) else value)
+        return text.replace("\r\n", "\n").replace("\r", "\n")
     if value is None:
         return ""
     if isinstance(value, bool):
