@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,12 +40,15 @@ from pipeline.atomic import atomic_write_json, atomic_write_text
 from pipeline.shown import shown
 from trainer.model import DialogModel, DialogModelConfig
 from trainer.model_folder import (
+    CHECKSUMS,
     DIALOG_WEIGHTS,
     ENCODER_DIR,
     META,
     TEXT_DIR,
     ModelFolderError,
+    allowed_name,
     checksums_digest,
+    folder_files,
     private_copy,
     read_json_capped,
     text_model_file,
@@ -216,6 +220,18 @@ class ExportedModel:
             random = {"random": True} if (info.get("meta") or {}).get("random") else {}
             save_encoder(encoder, out / f"{kind}.pt", exported_from=str(origin), **random)
         return out
+
+
+def is_model_folder(path: Path) -> bool:
+    """True for a real folder (not a symlink) holding only what `m2f export` writes, with its format."""
+    try:
+        if path.is_symlink() or not path.is_dir() or not (path / CHECKSUMS).is_file():
+            return False
+        meta = read_json_capped(path / META)
+        return (isinstance(meta, dict) and meta.get("format") == MODEL_FORMAT
+                and all(allowed_name(n) for n in folder_files(path)))
+    except (ModelFolderError, OSError):
+        return False
 
 
 def load_model_folder(folder: str | Path, device: str = "cpu") -> ExportedModel:
@@ -477,8 +493,11 @@ def export_model(run: str | Path, out: str | Path, seed: int | None = None, enco
     from trainer.fit import load_model
 
     run, out = Path(run), Path(out)
-    if out.exists() and not overwrite:
-        raise ModelFolderError(f"{out} exists; choose another --out or pass --overwrite to replace it")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise ModelFolderError(f"{shown(out)} exists; choose another --out or pass --overwrite to replace it")
+    if (out.exists() or out.is_symlink()) and not is_model_folder(out):
+        raise ModelFolderError(f"{shown(out)}: --overwrite replaces only a folder written by `m2f export`, "
+                               "and this is not one; choose another --out or remove it yourself")
     seed_dir, summary = choose_seed(run, seed)
     config = _read_json(seed_dir / "config.json")
     features = Path(config["features"])
@@ -489,48 +508,54 @@ def export_model(run: str | Path, out: str | Path, seed: int | None = None, enco
     model, class_names = load_model(seed_dir / "best.pt")
     mods = model.config.modalities
 
-    tmp = out.with_name(f".{out.name}.export-tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    files = ["dialog"]
-    save_weights(tmp / DIALOG_WEIGHTS, model.state_dict(), "m2f-dialog-1")
-    shutil.copyfile(seed_dir / "label_map.json", tmp / "label_map.json")
-    if "a" in mods or "v" in mods:
-        spec = (encoders if encoders == "random"
-                else find_encoders(feature_config["encoders"], features, encoders))
-        log.info("export: encoders %s", spec)
-        if export_encoders(spec, tmp / ENCODER_DIR) != feature_config["encoders"]:
-            raise ModelFolderError(f"{spec}: not the encoders {feature_config['encoders']} of {features}")
-        files.append("encoders")
-    text_identity = None
-    if "t" in mods:
-        source = find_text_model(feature_config["text_model"], features, text_model)
-        log.info("export: text model %s", source)
-        export_text_model(source, tmp / TEXT_DIR)
-        text_identity = check_text_identity(feature_config["text_model"], tmp / TEXT_DIR)
-        files.append("text_model")
-    status = _read_json(seed_dir / "status.json")
-    meta = {
-        "format": MODEL_FORMAT,
-        "m2f_version": __version__,
-        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "dataset": config["dataset"],
-        "class_map": config["class_map"],
-        "class_names": list(class_names),
-        "dialog_model": model.config.to_dict(),
-        "features": {k: feature_config.get(k) for k in ("modalities", "media", "encoders", "text_model")},
-        "text_identity": text_identity,
-        "files": files,
-        "metrics": {"dev": _metric(summary, "dev"), "test": _metric(summary, "test")},
-        "source": {"run": str(run.resolve()), "seed": summary["seed"], "best_epoch": status.get("best_epoch"),
-                   "chosen": "--seed" if seed is not None else "best dev weighted F1",
-                   "features": str(features.resolve())},
-    }
-    atomic_write_json(tmp / META, meta)
-    atomic_write_text(tmp / "README.md", model_card(meta))
-    write_checksums(tmp)
-    if out.exists():
-        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))  # new, never a planted one
+    tmp.chmod(0o755)
+    try:
+        files = ["dialog"]
+        save_weights(tmp / DIALOG_WEIGHTS, model.state_dict(), "m2f-dialog-1")
+        shutil.copyfile(seed_dir / "label_map.json", tmp / "label_map.json")
+        if "a" in mods or "v" in mods:
+            spec = (encoders if encoders == "random"
+                    else find_encoders(feature_config["encoders"], features, encoders))
+            log.info("export: encoders %s", spec)
+            if export_encoders(spec, tmp / ENCODER_DIR) != feature_config["encoders"]:
+                raise ModelFolderError(f"{spec}: not the encoders {feature_config['encoders']} of {features}")
+            files.append("encoders")
+        text_identity = None
+        if "t" in mods:
+            source = find_text_model(feature_config["text_model"], features, text_model)
+            log.info("export: text model %s", source)
+            export_text_model(source, tmp / TEXT_DIR)
+            text_identity = check_text_identity(feature_config["text_model"], tmp / TEXT_DIR)
+            files.append("text_model")
+        status = _read_json(seed_dir / "status.json")
+        meta = {
+            "format": MODEL_FORMAT,
+            "m2f_version": __version__,
+            "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "dataset": config["dataset"],
+            "class_map": config["class_map"],
+            "class_names": list(class_names),
+            "dialog_model": model.config.to_dict(),
+            "features": {k: feature_config.get(k) for k in ("modalities", "media", "encoders", "text_model")},
+            "text_identity": text_identity,
+            "files": files,
+            "metrics": {"dev": _metric(summary, "dev"), "test": _metric(summary, "test")},
+            "source": {"run": str(run.resolve()), "seed": summary["seed"],
+                       "best_epoch": status.get("best_epoch"),
+                       "chosen": "--seed" if seed is not None else "best dev weighted F1",
+                       "features": str(features.resolve())},
+        }
+        atomic_write_json(tmp / META, meta)
+        atomic_write_text(tmp / "README.md", model_card(meta))
+        write_checksums(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists() or out.is_symlink():
+        shutil.rmtree(out)  # a model folder (checked above), never a symlink
     tmp.rename(out)
+    log.info("export: %s; sha256 of its checksums.json %s (give it with the folder: it identifies exactly "
+             "these files)", out, checksums_digest(out))
     return out

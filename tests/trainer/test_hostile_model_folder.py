@@ -171,3 +171,21 @@ def test_pickle_never_unpickled_anywhere(model_dir, tmp_path):
     rewrite_checksums(folder)
     _load_and_embed(folder)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_export_overwrite_removes_only_a_model_folder(run, model_dir, tmp_path):
+    """Issue 17.11: --overwrite never rmtree's a folder that is not recognisably an m2f model folder."""
+    from trainer.export import export_model
+
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(ModelFolderError, match="not one") as err:
+        export_model(run, precious, overwrite=True)
+    assert (precious / "thesis.tex").read_text() == "years of work" and "\n" not in str(err.value)
+    link = tmp_path / "link"
+    link.symlink_to(model_dir, target_is_directory=True)
+    with pytest.raises(ModelFolderError, match="not one"):
+        export_model(run, link, overwrite=True)
+    again = export_model(run, copy_folder(model_dir, tmp_path / "again"), overwrite=True)
+    assert load_model_folder(again).class_names and not list(tmp_path.glob(".again.export-*"))
