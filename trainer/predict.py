@@ -116,6 +116,25 @@ def subtitle_utterances(video: Path, subtitles: Path) -> list[Utterance]:
             for i, c in enumerate(read_subtitles(subtitles))]
 
 
+def input_utterances(input_path: Path, subtitles: str | Path | None,
+                     work: Path) -> tuple[list[Utterance], Path]:
+    """The utterances of a CSV (or a video with ``subtitles``) and the folder their clips live under."""
+    if subtitles is not None:
+        if input_path.suffix.lower() == ".csv" or input_path.is_dir():
+            raise PredictError(f"{shown(input_path)}: --subtitles goes with a video, not a CSV; drop one")
+        utterances = subtitle_utterances(input_path, Path(subtitles))
+        base = input_path.resolve().parent  # the clip is the resolved video: the same form, or it is lost
+    else:
+        if input_path.suffix.lower() not in (".csv", "") and not input_path.is_dir():
+            raise PredictError(f"{shown(input_path)}: give a custom-corpus CSV, or a video with --subtitles "
+                               "talk.srt|talk.vtt")
+        utterances = csv_utterances(input_path, work)
+        # the clips are <the CSV's folder as given>/<relative path>: keep that form (not resolved), or a
+        # folder reached through a symlink makes every clip "outside" and loses audio and video
+        base = Path(os.path.abspath(input_path if input_path.is_dir() else input_path.parent))
+    return utterances, base
+
+
 def write_corpus_csv(utterances: Sequence[Utterance], base: Path, out: Path) -> Path:
     """The custom CSV that extraction reads: all rows in :data:`PREDICT_SPLIT`, clips via ``src`` -> ``base``.
 
@@ -326,17 +345,7 @@ def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
         if not input_path.exists():
             raise PredictError(f"{input_path}: no such file; give a custom-corpus CSV, or a video with "
                                "--subtitles talk.srt|talk.vtt")
-        if subtitles is not None:
-            if input_path.suffix.lower() == ".csv" or input_path.is_dir():
-                raise PredictError(f"{input_path}: --subtitles goes with a video, not a CSV; drop one")
-            utterances = subtitle_utterances(input_path, Path(subtitles))
-            base = input_path.parent
-        else:
-            if input_path.suffix.lower() not in (".csv", "") and not input_path.is_dir():
-                raise PredictError(f"{input_path}: give a custom-corpus CSV, or a video with --subtitles "
-                                   "talk.srt|talk.vtt")
-            utterances = csv_utterances(input_path, work)
-            base = (input_path if input_path.is_dir() else input_path.parent).resolve()
+        utterances, base = input_utterances(input_path, subtitles, work)
         corpus_csv = write_corpus_csv(utterances, base, work / "input" / "conversation.csv")
         modalities = modalities_to_extract(model, utterances)
         workers = resolve_workers(workers, utterances)
