@@ -462,6 +462,10 @@ def model_card(meta: dict) -> str:
         + (f", `{TEXT_DIR}/`" if meta.get("text_identity") else "")
         + ". Loading checks every file against `checksums.json` and reads weights as safetensors only.",
         "",
+        "`checksums.json` proves the files are unchanged since export, not who exported them. Compare its",
+        "own sha256 (`sha256sum checksums.json`; `m2f export` and `m2f predict` print it) with the value",
+        "the publisher states through a channel you trust.",
+        "",
     ]
     return "\n".join(lines)
 

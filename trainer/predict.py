@@ -338,6 +338,8 @@ def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
     loaded_here = model is None
     if model is None:
         model = load_model_folder(model_dir, device)
+        log.info("model %s: sha256 of its checksums.json %s (integrity, not origin: compare it with the "
+                 "publisher's)", shown(model_dir), model.checksums_sha256)
     seconds["load"] = time.perf_counter() - t0
     temp = work is None
     work = Path(tempfile.mkdtemp(prefix="m2f-predict-")) if temp else Path(work)

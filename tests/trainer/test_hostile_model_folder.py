@@ -189,3 +189,11 @@ def test_export_overwrite_removes_only_a_model_folder(run, model_dir, tmp_path):
         export_model(run, link, overwrite=True)
     again = export_model(run, copy_folder(model_dir, tmp_path / "again"), overwrite=True)
     assert load_model_folder(again).class_names and not list(tmp_path.glob(".again.export-*"))
+
+
+def test_the_checksums_digest_is_known_and_the_card_says_integrity_not_origin(model_dir):
+    """Issue 17.6: a user can compare the sha256 of checksums.json with what the publisher states."""
+    loaded = load_model_folder(model_dir)
+    assert loaded.checksums_sha256 == hashlib.sha256((model_dir / "checksums.json").read_bytes()).hexdigest()
+    card = (model_dir / "README.md").read_text()
+    assert "not who exported them" in card and "sha256sum checksums.json" in card
