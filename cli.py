@@ -17,9 +17,15 @@ import click
 from pipeline import __version__
 from pipeline.layout import CacheLayout
 from pipeline.names import DATASETS, modality_letters, parse_modalities
+from pipeline.shown import shown
 
 #: the packages whose loggers print at the chosen level; every other logger prints warnings only
 _OUR_LOGGERS = ("pipeline", "trainer")
+
+
+def one_line(error: Exception) -> click.ClickException:
+    """The error every command prints: its message on one line, names' control characters escaped."""
+    return click.ClickException(shown(error))
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -181,7 +187,7 @@ def _run_extract_command(**kw) -> None:
         kw["splits"] = parse_list(kw["splits"], SPLITS, "--splits")
         result = run_extract(ExtractOptions(**kw))
     except (ExtractError, CacheError) as e:
-        raise click.ClickException(str(e)) from e
+        raise one_line(e) from e
     except KeyboardInterrupt:
         _interrupted(f"finished batches are kept under {kw['cache']}")
     click.echo(format_summary(result), err=True)
@@ -260,7 +266,7 @@ def train_encoders_command(dataset: str, modality: str, media: Path | None, out:
                                batch_size=batch_size, steps_per_epoch=steps_per_epoch, overwrite=overwrite,
                                classes=labels)
     except (FileNotFoundError, ValueError, CacheError) as e:
-        raise click.ClickException(str(e)) from e
+        raise one_line(e) from e
     for p in paths.values():
         click.echo(str(p))
 
@@ -299,7 +305,7 @@ def _train_text_model(layout: CacheLayout, root: Path | None, out: Path | None, 
             path = finetune_text(prepare_corpus(layout.dataset, root), out, base_model=source, device=device,
                                  **kw)
     except (CorpusError, ExtractError, CacheError, ValueError, OSError) as e:
-        raise click.ClickException(str(e)) from e
+        raise one_line(e) from e
     click.echo(str(path))
 # --- end train-encoders ---
 
@@ -373,7 +379,7 @@ def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, se
     try:
         dirs = train_dialog(config)
     except (FileNotFoundError, ValueError) as e:
-        raise click.ClickException(str(e)) from e
+        raise one_line(e) from e
     except KeyboardInterrupt:
         _interrupted(f"finished epochs are kept in {out} (last.pt at most --checkpoint-seconds old)")
     click.echo(f"done: {len(dirs)} seed(s) in {out}; next: m2f report {out}")
@@ -395,7 +401,7 @@ def report_cmd(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
     try:
         table = report(list(run_dirs), compare_out)
     except FileNotFoundError as e:
-        raise click.ClickException(str(e)) from e
+        raise one_line(e) from e
     click.echo(table)
 # --- end report ---
 
@@ -445,7 +451,7 @@ def export_cmd(run: Path, out: Path, seed: int | None, encoders: str | None, tex
         path = export_model(run, out, seed=seed, encoders=encoders, text_model=text_model,
                             overwrite=overwrite)
     except ModelFolderError as e:
-        raise click.ClickException(str(e)) from e
+        raise one_line(e) from e
     click.echo(str(path))
 # --- end export ---
 
@@ -485,7 +491,7 @@ def predict_cmd(input_path: Path, model_dir: Path, out: Path, subtitles: Path | 
         result = predict(model_dir, input_path, out, subtitles=subtitles, fmt=fmt, plot=plot, workers=workers,
                          device=device, work=work)
     except (PredictError, ModelFolderError, SubtitleError, ExtractError, CacheLockedError) as e:
-        raise click.ClickException(str(e)) from e
+        raise one_line(e) from e
     except KeyboardInterrupt:
         _interrupted(f"nothing was written to {out}")
     click.echo(f"{len(result.rows)} utterances -> {result.out}" + (f"; timeline {result.plot}" if result.plot

@@ -6,9 +6,11 @@ target, so a reader (or a rerun after ``kill -9``) sees either the old file or t
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import secrets
 from pathlib import Path
 
 
@@ -22,9 +24,29 @@ def fsync_path(path: str | Path) -> None:
 
 
 def tmp_path(path: str | Path) -> Path:
-    """The temporary name used while ``path`` is being written (``<name>.tmp`` beside it)."""
+    """A new, empty temporary file beside ``path`` (``.<name>.<random>.tmp``) to write ``path`` into.
+
+    It is created exclusively and without following links (``O_CREAT | O_EXCL | O_NOFOLLOW``) under a
+    random name, so a file or symlink planted in a shared folder is never written through or reused.
+    """
     path = Path(path)
-    return path.with_name(path.name + ".tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{path}: could not create a temporary file beside it")
+
+
+def stale_tmps(path: str | Path) -> list[Path]:
+    """Temporary files left beside ``path`` by a killed writer (and the old ``<name>.tmp``)."""
+    path = Path(path)
+    legacy = path.with_name(path.name + ".tmp")
+    return ([legacy] if legacy.exists() or legacy.is_symlink() else []) + sorted(
+        path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
 
 
 def commit_tmp(tmp: str | Path, path: str | Path) -> Path:
@@ -39,9 +61,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-    return commit_tmp(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        return commit_tmp(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -62,8 +88,12 @@ def atomic_torch_save(obj, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_path(path)
-    torch.save(obj, tmp)
-    return commit_tmp(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        return commit_tmp(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def content_identity(path: str | Path, n_hex: int = 16) -> str:

@@ -28,7 +28,7 @@ import h5py
 import numpy as np
 
 from pipeline import __version__
-from pipeline.atomic import commit_tmp, tmp_path
+from pipeline.atomic import commit_tmp, stale_tmps, tmp_path
 from pipeline.features import EMB_FIELDS, FEATURE_FIELDS, FLAG_FIELDS, SCHEMA_VERSION, STR_FIELDS
 from pipeline.h5rows import append_rows, concat_rows, is_ragged, read_group, write_rows
 from pipeline.locks import CacheError, acquire_lock
@@ -111,7 +111,7 @@ class ShardedWriter:
                                   " (its finished batches are kept)")
         # under the lock, nobody else is writing: a *.tmp is a half-written shard of a killed run, or the
         # half-merged final file of a merge that died (full disk, segfault), possibly GBs for media.h5
-        for tmp in [*self.shard_dir.glob("*.tmp"), tmp_path(self.path)]:
+        for tmp in [*self.shard_dir.glob("*.tmp"), *stale_tmps(self.path)]:
             tmp.unlink(missing_ok=True)
 
     def close(self) -> None:

@@ -59,6 +59,12 @@ class CacheLayout:
         """``<root>/<dataset>``."""
         return self.root / self.dataset
 
+    @classmethod
+    def of_features(cls, features_file: str | Path) -> CacheLayout:
+        """The layout of a ``<root>/<dataset>/<key>/features.h5`` (inverse of :meth:`features_file`)."""
+        folder = Path(features_file).expanduser().resolve().parent
+        return cls(folder.parent.parent, folder.parent.name)
+
     # -- prepare ----------------------------------------------------------------------------------
     def manifest(self, corpus_root: str | Path | None) -> Path:
         """The cached manifest of the corpus at ``corpus_root`` (keyed by its resolved path)."""
@@ -102,6 +108,14 @@ class CacheLayout:
     def text_model_marker(self, manifest_key: str, base_key: str) -> Path:
         """Written when the fine-tuning into :meth:`text_model_dir` has finished."""
         return self.text_model_dir(manifest_key, base_key) / TEXT_MODEL_MARKER
+
+    def all_encoders_dirs(self) -> list[Path]:
+        """Every encoders folder of this dataset (one per media key), sorted."""
+        return sorted(p for p in (self.dataset_dir / "encoders").glob("*") if p.is_dir())
+
+    def all_text_model_dirs(self) -> list[Path]:
+        """Every finished fine-tuned text model folder of this dataset (its marker written), sorted."""
+        return sorted(p.parent for p in (self.dataset_dir / "text-model").glob(f"*/*/{TEXT_MODEL_MARKER}"))
 
     # -- features ---------------------------------------------------------------------------------
     def features_dir(self, config_key: str) -> Path:

@@ -12,100 +12,53 @@ Layout of ``MODEL_DIR``::
                                     (only when the model reads text)
     checksums.json                  sha256 of every other file
 
-Loading (:func:`load_model_folder`) never unpickles: weights are read with safetensors only, JSON files
-with :mod:`json`, and a folder holding a pickle-format file (``.pt``, ``.bin``, ``.pkl``, ...) or any file
-that does not match ``checksums.json`` is refused with a one-line :class:`ModelFolderError`.
+Loading (:func:`load_model_folder`) never unpickles and never runs code from the folder: it is verified
+once by :mod:`trainer.model_folder` (checksums, an allow-list of names and formats, no symlinks, no
+``auto_map``, size caps) while its bytes are copied into a private folder, and everything is then read
+from that copy only. A refused folder is a one-line :class:`ModelFolderError`.
 
 Where the encoders and the text model come from: the features file of the run records their
 *identities* (a hash of the weight files), not their paths. Export looks for the folder with that
-identity beside the features file's cache (``<cache>/<dataset>/encoders/*``, ``.../text-model/*``),
-among the shipped MiniLM, and in the folders passed as ``encoders`` / ``text_model``; ``random``
+identity in the features file's cache (:class:`pipeline.layout.CacheLayout`: its encoders folders and
+finished fine-tuned text models), among the shipped MiniLM, and in the folders passed as ``encoders`` /
+``text_model``; ``random``
 encoders are rebuilt from their seed. A folder is used only if its identity matches.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 
-from pipeline.atomic import atomic_write_json, atomic_write_text, content_identity
+from pipeline.atomic import atomic_write_json, atomic_write_text
+from pipeline.shown import shown
 from trainer.model import DialogModel, DialogModelConfig
+from trainer.model_folder import (
+    CHECKSUMS,
+    DIALOG_WEIGHTS,
+    ENCODER_DIR,
+    META,
+    TEXT_DIR,
+    ModelFolderError,
+    allowed_name,
+    checksums_digest,
+    folder_files,
+    private_copy,
+    read_json_capped,
+    text_model_file,
+    write_checksums,
+)
 
 log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "m2f-model-1"
-CHECKSUMS = "checksums.json"
-META = "m2f_model.json"
-DIALOG_WEIGHTS = "dialog.safetensors"
-ENCODER_DIR = "encoders"
-TEXT_DIR = "text_model"
-#: Suffixes of pickle-based formats: never part of an exported folder.
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 MODALITY_NAMES = {"t": "text", "a": "audio", "v": "visual"}
-
-
-class ModelFolderError(ValueError):
-    """An exported model folder or a run that cannot be used; the message says what to do."""
-
-
-# -- checksums -------------------------------------------------------------------------------------
-def folder_files(folder: Path) -> list[str]:
-    """Relative POSIX paths of every file under ``folder`` except ``checksums.json``, sorted."""
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if p.is_file() and p.relative_to(folder).as_posix() != CHECKSUMS)
-
-
-def sha256_of(path: Path) -> str:
-    """Full sha256 hex digest of a file."""
-    return content_identity(path, n_hex=64)
-
-
-def write_checksums(folder: Path) -> Path:
-    """``checksums.json``: ``{relative path: sha256}`` of every other file of ``folder``."""
-    digests = {name: sha256_of(folder / name) for name in folder_files(folder)}
-    return atomic_write_json(folder / CHECKSUMS, digests)
-
-
-def verify_checksums(folder: Path) -> None:
-    """Check every file of ``folder`` against its ``checksums.json``.
-
-    Raises
-    ------
-    ModelFolderError
-        A missing or unreadable ``checksums.json``, a listed file that is missing, a file that is not
-        listed, a file whose sha256 differs, or any pickle-format file.
-    """
-    path = folder / CHECKSUMS
-    try:
-        listed = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelFolderError(f"{folder}: no {CHECKSUMS}; not a folder written by `m2f export` "
-                               "(export the run again)") from None
-    except (OSError, ValueError) as e:
-        raise ModelFolderError(f"{path}: unreadable ({e}); export the model again") from None
-    if not isinstance(listed, dict):
-        raise ModelFolderError(f"{path}: not a file -> sha256 mapping; export the model again")
-    present = folder_files(folder)
-    for name in present:
-        if Path(name).suffix.lower() in PICKLE_SUFFIXES:
-            raise ModelFolderError(f"{folder / name}: pickle-format file in a model folder; m2f loads "
-                                   "safetensors only, remove it or export the model again")
-        if name not in listed:
-            raise ModelFolderError(f"{folder / name}: not listed in {CHECKSUMS} (a file was added); remove "
-                                   "it or export the model again")
-    for name, digest in listed.items():
-        file = folder / name
-        if not file.is_file():
-            raise ModelFolderError(f"{file}: listed in {CHECKSUMS} but missing; export the model again")
-        if sha256_of(file) != digest:
-            raise ModelFolderError(f"{file}: sha256 does not match {CHECKSUMS} (changed or corrupted "
-                                   "after export); export the model again")
 
 
 # -- safetensors -----------------------------------------------------------------------------------
@@ -121,35 +74,103 @@ def save_weights(path: Path, state_dict: dict[str, torch.Tensor], kind: str) -> 
     return commit_tmp(tmp, path)
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors file (CPU); anything else (a pickle, a truncated file) is refused cleanly."""
+def load_weights(path: Path, name: Path | None = None) -> dict[str, torch.Tensor]:
+    """Read a safetensors file (CPU); anything else (a pickle, a truncated file) is refused cleanly.
+
+    ``name``: the path to print in errors (the user's folder, not the private copy read).
+    """
     from safetensors.torch import load_file
 
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:  # safetensors raises its own error types for every malformed header
-        raise ModelFolderError(f"{path}: not a safetensors weights file ({type(e).__name__}: {e}); m2f "
-                               "never unpickles weights, export the model again") from None
+        raise ModelFolderError(f"{shown(name or path)}: not a safetensors weights file ({type(e).__name__}: "
+                               f"{shown(e)}); m2f never unpickles weights, export the model again") from None
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, name: Path | None = None) -> dict:
+    """A JSON object (a run's or a model folder's settings) or a one-line :class:`ModelFolderError`."""
+    data = read_json_capped(path, name=name)
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{shown(name or path)}: not a JSON object; export the model again")
+    return data
+
+
+#: Caps on the dialog model's settings (checked before any tensor is allocated).
+DIALOG_CAPS = {"n_classes": 1000, "fusion_layers": 64, "heads": 64, "hidden": 16384, "ff_mult": 16}
+MAX_DIM, MAX_LAYERS = 1 << 16, 64
+
+
+def check_dialog_config(config: object, meta: dict, where: str) -> DialogModelConfig:
+    """The dialog-model config of ``m2f_model.json``: right types, sizes within caps, a name per class."""
+    fail = f"{where}: dialog_model "
+    if not isinstance(config, dict):
+        raise ModelFolderError(f"{fail}is not a JSON object; export the model again")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelFolderError(f"{path}: missing; export the model again") from None
-    except (OSError, ValueError) as e:
-        raise ModelFolderError(f"{path}: unreadable JSON ({e}); export the model again") from None
+        cfg = DialogModelConfig.from_dict(config)
+        ints = {k: getattr(cfg, k) for k in DIALOG_CAPS}
+        ints.update({f"dims.{k}": v for k, v in dict(cfg.dims).items()})
+        ints.update({f"layers.{k}": v for k, v in dict(cfg.layers).items()})
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ModelFolderError(f"{fail}is not a dialog-model config ({shown(e)}); export the model "
+                               "again") from None
+    caps = {**DIALOG_CAPS, **{k: MAX_DIM for k in ints if k.startswith("dims.")},
+            **{k: MAX_LAYERS for k in ints if k.startswith("layers.")}}
+    for key, value in ints.items():
+        if type(value) is not int or not 0 <= value <= caps[key]:
+            raise ModelFolderError(f"{fail}{key} = {shown(value)!s:.40} is not an integer in 0..{caps[key]}; "
+                                   "export the model again")
+    if not isinstance(cfg.modalities, str) or not cfg.modalities or set(cfg.modalities) - set("tav") \
+            or set(cfg.modalities) - set(cfg.dims):
+        raise ModelFolderError(f"{fail}modalities {shown(cfg.modalities)!s:.40} are not letters of tav with "
+                               "a width each; export the model again")
+    names = meta.get("class_names")
+    if not (isinstance(names, list) and all(isinstance(c, str) for c in names)
+            and len(set(names)) == len(names)):
+        raise ModelFolderError(f"{where}: class_names is missing or not a list of distinct names; export the "
+                               "model again")
+    if len(names) != cfg.n_classes:
+        raise ModelFolderError(f"{where}: {len(names)} class_names for a dialog model of {cfg.n_classes} "
+                               "classes; export the model again")
+    try:
+        cfg.validate()
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelFolderError(f"{fail}is impossible ({shown(e)}); export the model again") from None
+    return cfg
 
 
 # -- loading -----------------------------------------------------------------------------------------
 @dataclass
 class ExportedModel:
-    """A verified model folder with its dialog model built (see :func:`load_model_folder`)."""
+    """A verified model folder with its dialog model built (see :func:`load_model_folder`).
+
+    ``folder`` is the private copy of the verified bytes, the only place anything is read from after
+    verification; ``origin`` the folder the user named (for messages). :meth:`close` removes the copy
+    (also done when the object is garbage-collected).
+    """
 
     folder: Path
     meta: dict
     model: DialogModel
     class_names: list[str]
+    origin: Path | None = None
+    checksums_sha256: str = ""
+
+    def __post_init__(self) -> None:
+        if self.origin is not None and self.folder != self.origin:
+            import weakref
+
+            self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.folder), True)
+
+    def close(self) -> None:
+        """Remove the private copy (the model built from it stays usable; its folders do not)."""
+        finalizer = getattr(self, "_finalizer", None)
+        if finalizer is not None:
+            finalizer()
+
+    def shown_name(self, rel: str) -> str:
+        """``rel`` inside the user's folder, for a message."""
+        return shown((self.origin or self.folder) / rel)
 
     @property
     def modalities(self) -> str:
@@ -162,13 +183,14 @@ class ExportedModel:
 
     @property
     def text_model(self) -> Path | None:
-        """The text model folder, or None for a model that reads no text."""
+        """The text model folder (in the private copy), or None for a model that reads no text."""
         return self.folder / TEXT_DIR if "t" in self.modalities else None
 
     @property
     def media_config(self) -> dict | None:
         """The media settings the run's features were made with (None for a text-only model)."""
-        return self.meta["features"].get("media")
+        features = self.meta.get("features")
+        return features.get("media") if isinstance(features, dict) else None
 
     def write_encoder_checkpoints(self, out: str | Path) -> Path:
         """Write the encoders as the ``<kind>.pt`` checkpoints ``m2f extract --encoders DIR`` reads.
@@ -181,44 +203,73 @@ class ExportedModel:
         from pipeline.names import ENCODER_KINDS
 
         out = Path(out)
+        origin = self.origin or self.folder
         for kind in ENCODER_KINDS:
-            info = _read_json(self.folder / ENCODER_DIR / f"{kind}.json")
-            encoder = Encoder(EncoderConfig.from_dict(info["config"]))
+            rel = f"{ENCODER_DIR}/{kind}"
+            info = _read_json(self.folder / f"{rel}.json", origin / f"{rel}.json")
             try:
-                encoder.load_state_dict(load_weights(self.folder / ENCODER_DIR / f"{kind}.safetensors"))
-            except RuntimeError as e:
-                raise ModelFolderError(f"{self.folder / ENCODER_DIR / kind}.safetensors does not fit its "
-                                       f"config ({str(e).splitlines()[0]}); export the model again") from None
+                encoder = Encoder(EncoderConfig.from_dict(info["config"]))
+                encoder.load_state_dict(load_weights(self.folder / f"{rel}.safetensors",
+                                                     origin / f"{rel}.safetensors"))
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+                if isinstance(e, ModelFolderError):
+                    raise
+                raise ModelFolderError(f"{self.shown_name(rel)}.safetensors does not fit its config "
+                                       f"({shown(str(e).splitlines()[0] if str(e) else type(e).__name__)}); "
+                                       "export the model again") from None
             random = {"random": True} if (info.get("meta") or {}).get("random") else {}
-            save_encoder(encoder, out / f"{kind}.pt", exported_from=str(self.folder), **random)
+            save_encoder(encoder, out / f"{kind}.pt", exported_from=str(origin), **random)
         return out
 
 
+def is_model_folder(path: Path) -> bool:
+    """True for a real folder (not a symlink) holding only what `m2f export` writes, with its format."""
+    try:
+        if path.is_symlink() or not path.is_dir() or not (path / CHECKSUMS).is_file():
+            return False
+        meta = read_json_capped(path / META)
+        return (isinstance(meta, dict) and meta.get("format") == MODEL_FORMAT
+                and all(allowed_name(n) for n in folder_files(path)))
+    except (ModelFolderError, OSError):
+        return False
+
+
 def load_model_folder(folder: str | Path, device: str = "cpu") -> ExportedModel:
-    """Verify an exported folder (checksums, no pickles) and build its dialog model on ``device``.
+    """Verify an exported folder once, copy its verified bytes privately, build its dialog model.
+
+    Everything (settings, weights, encoders, text model) is read from the private copy only
+    (:func:`trainer.model_folder.private_copy`), so a file changed after verification is never used.
 
     Raises
     ------
     ModelFolderError
-        Not a folder, a file that does not match ``checksums.json``, unreadable weights or config.
+        Not a folder, a file that does not match ``checksums.json``, a refused file, unreadable weights
+        or config (one line).
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ModelFolderError(f"{folder}: no such model folder; create one with `m2f export RUN --out DIR`")
-    verify_checksums(folder)
-    meta = _read_json(folder / META)
-    if meta.get("format") != MODEL_FORMAT:
-        raise ModelFolderError(f"{folder / META}: format {meta.get('format')!r} is not {MODEL_FORMAT!r}; "
-                               "export the model again with this m2f")
+    origin = Path(folder)
+    copy = private_copy(origin)
     try:
-        model = DialogModel(DialogModelConfig.from_dict(meta["dialog_model"]))
-        model.load_state_dict(load_weights(folder / DIALOG_WEIGHTS))
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        if isinstance(e, ModelFolderError):
-            raise
-        raise ModelFolderError(f"{folder / DIALOG_WEIGHTS}: does not fit the dialog-model config in {META} "
-                               f"({str(e).splitlines()[0]}); export the model again") from None
-    return ExportedModel(folder, meta, model.eval().to(device), list(meta["class_names"]))
+        meta = _read_json(copy / META, origin / META)
+        where = shown(origin / META)
+        if meta.get("format") != MODEL_FORMAT:
+            raise ModelFolderError(f"{where}: format {shown(meta.get('format'))!s:.40} is not "
+                                   f"{MODEL_FORMAT!r}; "
+                                   "export the model again with this m2f")
+        if not isinstance(meta.get("features"), dict):
+            raise ModelFolderError(f"{where}: no features settings; export the model again")
+        cfg = check_dialog_config(meta.get("dialog_model"), meta, where)
+        model = DialogModel(cfg)
+        try:
+            model.load_state_dict(load_weights(copy / DIALOG_WEIGHTS, origin / DIALOG_WEIGHTS))
+        except RuntimeError as e:
+            raise ModelFolderError(f"{shown(origin / DIALOG_WEIGHTS)}: does not fit the dialog-model config "
+                                   f"in {META} ({shown(str(e).splitlines()[0])}); export the model "
+                                   "again") from None
+        digest = checksums_digest(copy)
+    except BaseException:
+        shutil.rmtree(copy, ignore_errors=True)
+        raise
+    return ExportedModel(copy, meta, model.eval().to(device), list(meta["class_names"]), origin, digest)
 
 
 # -- choosing the seed -------------------------------------------------------------------------------
@@ -247,13 +298,12 @@ def choose_seed(run: Path, seed: int | None = None) -> tuple[Path, dict]:
 
 
 # -- finding the encoders and the text model -----------------------------------------------------------
-def _cache_folders(features: Path, name: str) -> list[Path]:
-    """Sub-folders of ``<ancestor>/<name>/`` for the few ancestors of the features file (the cache)."""
-    found: list[Path] = []
-    for parent in list(features.resolve().parents)[:3]:
-        if (parent / name).is_dir():
-            found += sorted(p for p in (parent / name).iterdir() if p.is_dir())
-    return found
+def _cache_folders(features: Path, kind: str) -> list[Path]:
+    """The encoders (``kind="encoders"``) or fine-tuned text model folders of the features file's cache."""
+    from pipeline.layout import CacheLayout
+
+    layout = CacheLayout.of_features(features)
+    return layout.all_encoders_dirs() if kind == "encoders" else layout.all_text_model_dirs()
 
 
 def find_encoders(identity: str, features: Path, given: str | None = None) -> str:
@@ -318,14 +368,17 @@ def export_text_model(source: str, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if is_local and any(folder.glob("*.safetensors")):
         for p in sorted(folder.iterdir()):
-            # not pickles, hidden files, nor extract's cache marker (it holds a path of this machine)
-            if (p.is_file() and p.suffix.lower() not in PICKLE_SUFFIXES and not p.name.startswith(".")
-                    and p.name != "m2f-finetuned.json"):
+            # only the files a model folder may hold (trainer.model_folder): no pickles, no code, not
+            # extract's cache marker (it holds a path of this machine)
+            if p.is_file() and text_model_file(p.name):
                 shutil.copyfile(p, out / p.name)
         return
     tokenizer, model = load_text_model(src)
     tokenizer.save_pretrained(out)
     model.save_pretrained(out, safe_serialization=True)
+    for p in out.iterdir():  # save_pretrained may add files a model folder does not hold
+        if not text_model_file(p.name):
+            p.unlink()
     if is_local and (folder / "m2f_text.json").is_file():
         shutil.copyfile(folder / "m2f_text.json", out / "m2f_text.json")
 
@@ -409,6 +462,10 @@ def model_card(meta: dict) -> str:
         + (f", `{TEXT_DIR}/`" if meta.get("text_identity") else "")
         + ". Loading checks every file against `checksums.json` and reads weights as safetensors only.",
         "",
+        "`checksums.json` proves the files are unchanged since export, not who exported them. Compare its",
+        "own sha256 (`sha256sum checksums.json`; `m2f export` and `m2f predict` print it) with the value",
+        "the publisher states through a channel you trust.",
+        "",
     ]
     return "\n".join(lines)
 
@@ -440,8 +497,11 @@ def export_model(run: str | Path, out: str | Path, seed: int | None = None, enco
     from trainer.fit import load_model
 
     run, out = Path(run), Path(out)
-    if out.exists() and not overwrite:
-        raise ModelFolderError(f"{out} exists; choose another --out or pass --overwrite to replace it")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise ModelFolderError(f"{shown(out)} exists; choose another --out or pass --overwrite to replace it")
+    if (out.exists() or out.is_symlink()) and not is_model_folder(out):
+        raise ModelFolderError(f"{shown(out)}: --overwrite replaces only a folder written by `m2f export`, "
+                               "and this is not one; choose another --out or remove it yourself")
     seed_dir, summary = choose_seed(run, seed)
     config = _read_json(seed_dir / "config.json")
     features = Path(config["features"])
@@ -452,48 +512,54 @@ def export_model(run: str | Path, out: str | Path, seed: int | None = None, enco
     model, class_names = load_model(seed_dir / "best.pt")
     mods = model.config.modalities
 
-    tmp = out.with_name(f".{out.name}.export-tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    files = ["dialog"]
-    save_weights(tmp / DIALOG_WEIGHTS, model.state_dict(), "m2f-dialog-1")
-    shutil.copyfile(seed_dir / "label_map.json", tmp / "label_map.json")
-    if "a" in mods or "v" in mods:
-        spec = (encoders if encoders == "random"
-                else find_encoders(feature_config["encoders"], features, encoders))
-        log.info("export: encoders %s", spec)
-        if export_encoders(spec, tmp / ENCODER_DIR) != feature_config["encoders"]:
-            raise ModelFolderError(f"{spec}: not the encoders {feature_config['encoders']} of {features}")
-        files.append("encoders")
-    text_identity = None
-    if "t" in mods:
-        source = find_text_model(feature_config["text_model"], features, text_model)
-        log.info("export: text model %s", source)
-        export_text_model(source, tmp / TEXT_DIR)
-        text_identity = check_text_identity(feature_config["text_model"], tmp / TEXT_DIR)
-        files.append("text_model")
-    status = _read_json(seed_dir / "status.json")
-    meta = {
-        "format": MODEL_FORMAT,
-        "m2f_version": __version__,
-        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "dataset": config["dataset"],
-        "class_map": config["class_map"],
-        "class_names": list(class_names),
-        "dialog_model": model.config.to_dict(),
-        "features": {k: feature_config.get(k) for k in ("modalities", "media", "encoders", "text_model")},
-        "text_identity": text_identity,
-        "files": files,
-        "metrics": {"dev": _metric(summary, "dev"), "test": _metric(summary, "test")},
-        "source": {"run": str(run.resolve()), "seed": summary["seed"], "best_epoch": status.get("best_epoch"),
-                   "chosen": "--seed" if seed is not None else "best dev weighted F1",
-                   "features": str(features.resolve())},
-    }
-    atomic_write_json(tmp / META, meta)
-    atomic_write_text(tmp / "README.md", model_card(meta))
-    write_checksums(tmp)
-    if out.exists():
-        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))  # new, never a planted one
+    tmp.chmod(0o755)
+    try:
+        files = ["dialog"]
+        save_weights(tmp / DIALOG_WEIGHTS, model.state_dict(), "m2f-dialog-1")
+        shutil.copyfile(seed_dir / "label_map.json", tmp / "label_map.json")
+        if "a" in mods or "v" in mods:
+            spec = (encoders if encoders == "random"
+                    else find_encoders(feature_config["encoders"], features, encoders))
+            log.info("export: encoders %s", spec)
+            if export_encoders(spec, tmp / ENCODER_DIR) != feature_config["encoders"]:
+                raise ModelFolderError(f"{spec}: not the encoders {feature_config['encoders']} of {features}")
+            files.append("encoders")
+        text_identity = None
+        if "t" in mods:
+            source = find_text_model(feature_config["text_model"], features, text_model)
+            log.info("export: text model %s", source)
+            export_text_model(source, tmp / TEXT_DIR)
+            text_identity = check_text_identity(feature_config["text_model"], tmp / TEXT_DIR)
+            files.append("text_model")
+        status = _read_json(seed_dir / "status.json")
+        meta = {
+            "format": MODEL_FORMAT,
+            "m2f_version": __version__,
+            "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "dataset": config["dataset"],
+            "class_map": config["class_map"],
+            "class_names": list(class_names),
+            "dialog_model": model.config.to_dict(),
+            "features": {k: feature_config.get(k) for k in ("modalities", "media", "encoders", "text_model")},
+            "text_identity": text_identity,
+            "files": files,
+            "metrics": {"dev": _metric(summary, "dev"), "test": _metric(summary, "test")},
+            "source": {"run": str(run.resolve()), "seed": summary["seed"],
+                       "best_epoch": status.get("best_epoch"),
+                       "chosen": "--seed" if seed is not None else "best dev weighted F1",
+                       "features": str(features.resolve())},
+        }
+        atomic_write_json(tmp / META, meta)
+        atomic_write_text(tmp / "README.md", model_card(meta))
+        write_checksums(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists() or out.is_symlink():
+        shutil.rmtree(out)  # a model folder (checked above), never a symlink
     tmp.rename(out)
+    log.info("export: %s; sha256 of its checksums.json %s (give it with the folder: it identifies exactly "
+             "these files)", out, checksums_digest(out))
     return out

@@ -40,6 +40,7 @@ from pipeline.atomic import atomic_write_text
 from pipeline.extract import ExtractError, ExtractOptions, format_summary, run_extract
 from pipeline.manifest import Utterance
 from pipeline.names import MODALITIES
+from pipeline.shown import shown
 from trainer.export import ExportedModel, ModelFolderError, load_model_folder
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,25 @@ def subtitle_utterances(video: Path, subtitles: Path) -> list[Utterance]:
                       utterance_id=str(i), speaker=c.speaker, text=c.text, label=None,
                       clip=str(video.resolve()), start=c.start, end=c.end)
             for i, c in enumerate(read_subtitles(subtitles))]
+
+
+def input_utterances(input_path: Path, subtitles: str | Path | None,
+                     work: Path) -> tuple[list[Utterance], Path]:
+    """The utterances of a CSV (or a video with ``subtitles``) and the folder their clips live under."""
+    if subtitles is not None:
+        if input_path.suffix.lower() == ".csv" or input_path.is_dir():
+            raise PredictError(f"{shown(input_path)}: --subtitles goes with a video, not a CSV; drop one")
+        utterances = subtitle_utterances(input_path, Path(subtitles))
+        base = input_path.resolve().parent  # the clip is the resolved video: the same form, or it is lost
+    else:
+        if input_path.suffix.lower() not in (".csv", "") and not input_path.is_dir():
+            raise PredictError(f"{shown(input_path)}: give a custom-corpus CSV, or a video with --subtitles "
+                               "talk.srt|talk.vtt")
+        utterances = csv_utterances(input_path, work)
+        # the clips are <the CSV's folder as given>/<relative path>: keep that form (not resolved), or a
+        # folder reached through a symlink makes every clip "outside" and loses audio and video
+        base = Path(os.path.abspath(input_path if input_path.is_dir() else input_path.parent))
+    return utterances, base
 
 
 def write_corpus_csv(utterances: Sequence[Utterance], base: Path, out: Path) -> Path:
@@ -247,7 +267,17 @@ def write_rows(rows: Sequence[dict], out: Path, fmt: str) -> Path:
     return atomic_write_text(out, buf.getvalue())
 
 
+#: First characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value) -> str:
+    """A CSV cell: numbers to 6 significant digits; text that a spreadsheet would run as a formula gets a
+    leading single quote (``=HYPERLINK(...)`` from a subtitle stays text); CR becomes LF."""
+    if isinstance(value, str):
+        # a lone CR would end the row for a reader (the writer quotes only fields holding "\n")
+        text = ("'" + value if value.startswith(FORMULA_STARTS) else value)
+        return text.replace("\r\n", "\n").replace("\r", "\n")
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -305,8 +335,11 @@ def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
     out, input_path = Path(out), Path(input_path)
     fmt = output_format(out, fmt)
     seconds: dict[str, float] = {}
+    loaded_here = model is None
     if model is None:
         model = load_model_folder(model_dir, device)
+        log.info("model %s: sha256 of its checksums.json %s (integrity, not origin: compare it with the "
+                 "publisher's)", shown(model_dir), model.checksums_sha256)
     seconds["load"] = time.perf_counter() - t0
     temp = work is None
     work = Path(tempfile.mkdtemp(prefix="m2f-predict-")) if temp else Path(work)
@@ -314,17 +347,7 @@ def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
         if not input_path.exists():
             raise PredictError(f"{input_path}: no such file; give a custom-corpus CSV, or a video with "
                                "--subtitles talk.srt|talk.vtt")
-        if subtitles is not None:
-            if input_path.suffix.lower() == ".csv" or input_path.is_dir():
-                raise PredictError(f"{input_path}: --subtitles goes with a video, not a CSV; drop one")
-            utterances = subtitle_utterances(input_path, Path(subtitles))
-            base = input_path.parent
-        else:
-            if input_path.suffix.lower() not in (".csv", "") and not input_path.is_dir():
-                raise PredictError(f"{input_path}: give a custom-corpus CSV, or a video with --subtitles "
-                                   "talk.srt|talk.vtt")
-            utterances = csv_utterances(input_path, work)
-            base = (input_path if input_path.is_dir() else input_path.parent).resolve()
+        utterances, base = input_utterances(input_path, subtitles, work)
         corpus_csv = write_corpus_csv(utterances, base, work / "input" / "conversation.csv")
         modalities = modalities_to_extract(model, utterances)
         workers = resolve_workers(workers, utterances)
@@ -343,13 +366,20 @@ def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
     finally:
         if temp:
             shutil.rmtree(work, ignore_errors=True)
+        if loaded_here:
+            model.close()  # the private copy of the verified folder
     out.parent.mkdir(parents=True, exist_ok=True)
     write_rows(rows, out, fmt)
     plot_path = None
     if plot is not None:
         from trainer.timeline import plot_timeline
 
-        plot_path = plot_timeline(rows, model.class_names, Path(plot))
+        try:
+            plot_path = plot_timeline(rows, model.class_names, Path(plot))
+        except (ValueError, RuntimeError, OSError) as e:  # the predictions are kept: say so
+            raise PredictError(f"{shown(plot)}: the timeline could not be drawn ({type(e).__name__}: "
+                               f"{shown(str(e).strip().splitlines()[-1] if str(e).strip() else '')}); the "
+                               f"predictions are written to {shown(out)}") from None
     seconds["total"] = time.perf_counter() - t0
     return PredictResult(out, rows, model.class_names, plot_path, modalities, seconds)
 

@@ -48,6 +48,11 @@ def _spans(rows: Sequence[dict]) -> list[tuple[float, float]]:
     return [(float(r["position"]), float(r["position"]) + 0.9) for r in rows]
 
 
+def _plain(text: object) -> str:
+    """``text`` drawn as is: a ``$`` would start matplotlib's math mode (``$\\x$`` fails to draw)."""
+    return str(text).replace("$", r"\$")
+
+
 def plot_timeline(rows: Sequence[dict], class_names: Sequence[str], path: str | Path) -> Path:
     """Draw the predictions of :func:`trainer.predict.predict` (its rows) into a PNG at ``path``."""
     import matplotlib
@@ -78,15 +83,15 @@ def plot_timeline(rows: Sequence[dict], class_names: Sequence[str], path: str | 
             ax.barh(y, e - s, left=s, height=0.72, color=fill, edgecolor=colours[r["predicted"]],
                     linewidth=1.2)
             if (e - s) > 0.06 * width:
-                ax.text((s + e) / 2, y, f"{r['predicted']}\n{100 * p:.0f}%", ha="center", va="center",
+                ax.text((s + e) / 2, y, f"{_plain(r['predicted'])}\n{100 * p:.0f}%", ha="center", va="center",
                         fontsize=7.5, color=_text_colour(fill), clip_on=True)
-        ax.set_yticks(range(len(speakers)), speakers)
+        ax.set_yticks(range(len(speakers)), [_plain(sp) for sp in speakers])
         ax.set_ylim(len(speakers) - 0.45, -0.55)
         ax.set_xlabel("time (s)" if timed else "utterance", fontsize=8)
-        ax.set_title(f"dialogue {dialogue}", loc="left", fontsize=9)
+        ax.set_title(f"dialogue {_plain(dialogue)}", loc="left", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
         ax.set_axisbelow(True)
-    handles = [Patch(facecolor=colours[c], edgecolor=colours[c], label=c) for c in class_names]
+    handles = [Patch(facecolor=colours[c], edgecolor=colours[c], label=_plain(c)) for c in class_names]
     fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 8), frameon=False,
                title="predicted emotion (colour strength = probability)", fontsize=8, title_fontsize=8)
     if len(dialogues) > len(shown):

@@ -89,8 +89,9 @@ def find_custom_csv(root: str | Path) -> Path:
 
 def resolve_clip(csv_path: Path, value: str, where: str) -> Path:
     """The clip path under the CSV's folder; errors for absolute paths and ``..`` escapes."""
+    posix = value.replace("\\", "/")
     if (
-        PurePosixPath(value).is_absolute()
+        PurePosixPath(posix).is_absolute()  # also "\\etc\\passwd": no drive, but /etc/passwd once read
         or PureWindowsPath(value).is_absolute()
         or PureWindowsPath(value).drive
     ):
@@ -98,7 +99,7 @@ def resolve_clip(csv_path: Path, value: str, where: str) -> Path:
             f"{where}: clip {value!r} is an absolute path; write it relative to the CSV's folder "
             f"{csv_path.parent} (move or symlink the videos there)."
         )
-    rel = os.path.normpath(value.replace("\\", "/"))
+    rel = os.path.normpath(posix)
     if rel == ".." or rel.startswith("../") or rel == ".":
         raise CorpusError(
             f"{where}: clip {value!r} points outside the CSV's folder {csv_path.parent}; "

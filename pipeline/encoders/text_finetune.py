@@ -357,7 +357,8 @@ def _finish(out_dir: Path, best_dir: Path, cfg: FinetuneConfig, progress: dict, 
             "selection": "dev weighted F1 (test never used for selection)"}
     if eval_test and "test" in examples and len(examples["test"]):
         device = torch.device(cfg.device)
-        model = AutoModelForSequenceClassification.from_pretrained(best_dir).to(device)
+        model = AutoModelForSequenceClassification.from_pretrained(best_dir, trust_remote_code=False)
+        model = model.to(device)
         t = time.time()
         pred = predict(model, examples["test"], cfg.eval_batch_size, pad_id, device,
                        pooling=cfg.pooling, layout=layout).argmax(1)

@@ -108,14 +108,15 @@ def load_text_model(model_name_or_path: str | os.PathLike | None, *, for_classif
     # the load report lists the (expected) new head or the dropped one; keep the logs for real problems
     hf_logging.set_verbosity_error()
     try:
-        # the shipped default is loaded only from a private copy of its verified bytes
+        # the shipped default is loaded only from a private copy of its verified bytes; never code from
+        # the folder or the hub: an ``auto_map`` would import its .py (docs/DESIGN.md)
         with verified_copy() if is_local and is_shipped_model(src) else nullcontext(src) as folder:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
             if for_classification is None:
-                model = AutoModel.from_pretrained(folder)
+                model = AutoModel.from_pretrained(folder, trust_remote_code=False)
             else:
                 model = AutoModelForSequenceClassification.from_pretrained(
-                    folder, num_labels=for_classification)
+                    folder, num_labels=for_classification, trust_remote_code=False)
     except ShippedModelError:
         raise
     except (OSError, ValueError) as e:
@@ -149,18 +150,23 @@ def finetuned_settings(folder: str | os.PathLike) -> dict:
         raise ValueError(f"{meta} is not a valid m2f_text.json ({e}); rerun the fine-tuning") from e
 
 
-def model_identity(source: str, is_local: bool) -> str:
-    """Stable id of a model: its folder or hub id plus sha256 of its weight and config files.
+#: Files of a model folder that no loader reads: extract's cache marker (it holds a path), documentation.
+NOT_LOADED = ("m2f-finetuned.json", "README.md")
 
-    For a local folder every ``*.safetensors``, ``*.bin``, ``config.json`` and ``tokenizer.json`` is
-    hashed (16 hex digits); a hub id is kept as the name alone (its files live in the HF cache).
+
+def model_identity(source: str, is_local: bool) -> str:
+    """Stable id of a model: its folder or hub id plus sha256 of every file it may be loaded from.
+
+    For a local folder every top-level file is hashed (weights, shards and their index, config, every
+    tokenizer file; 16 hex digits) except hidden files and :data:`NOT_LOADED`, so a changed tokenizer
+    never reuses features or worker caches made with the old one; a hub id is kept as the name alone
+    (its files live in the HF cache).
     """
     if not is_local:
         return f"hub:{source}"
     folder = Path(source)
-    names = ("config.json", "tokenizer.json")
     files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and (p.suffix in (".safetensors", ".bin") or p.name in names))
+                   if p.is_file() and not p.name.startswith(".") and p.name not in NOT_LOADED)
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode())

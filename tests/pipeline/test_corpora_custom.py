@@ -103,6 +103,10 @@ def test_bom_and_extra_columns_are_fine(tmp_path):
         ("d,0,A,Hi,joy,../x.mp4,,,train\n", r"corpus\.csv:2: clip '../x.mp4' points outside"),
         ("d,0,A,Hi,joy,a/../../x.mp4,,,train\n", r"points outside"),
         ("d,0,A,Hi,joy,C:\\v\\x.mp4,,,train\n", r"is an absolute path"),
+        ("d,0,A,Hi,joy,\\etc\\passwd,,,train\n", r"is an absolute path"),  # issue 17.7
+        ("d,0,A,Hi,joy,\\\\host\\share\\x.mp4,,,train\n", r"is an absolute path"),
+        ("d,0,A,Hi,joy,C:x.mp4,,,train\n", r"is an absolute path"),
+        ("d,0,A,Hi,joy,a\\..\\..\\x.mp4,,,train\n", r"points outside"),
         ("d,0,A,Hi,happy,,,,train\n", r"corpus\.csv:2: unknown label 'happy'; allowed: joy, neutral"),
         ("d,x,A,Hi,joy,,,,train\n", r"corpus\.csv:2: utterance_index 'x'"),
         ("d,0,A,,joy,,,,train\n", r"corpus\.csv:2: empty text"),

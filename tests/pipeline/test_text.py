@@ -249,3 +249,30 @@ def test_a_folder_fine_tuned_with_past_embeds_with_past_and_refuses_full(tiny_ro
     assert emb.context == "past" and emb.identity.endswith("past|target-speaker-v1")
     with pytest.raises(ValueError, match="fine-tuned with context 'past'"):
         TextEmbedder(str(folder), context="full")
+
+
+def test_model_identity_hashes_every_file_the_model_loads(tiny_roberta, tmp_path):
+    """Issue 17.13: a changed tokenizer file, an index or a shard must change the identity (cache key)."""
+    import shutil
+
+    from pipeline.modalities.text import model_identity
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_roberta, folder)
+    before = model_identity(str(folder), True)
+    (folder / "m2f-finetuned.json").write_text('{"path": "/somewhere/else"}')  # extract's marker: not loaded
+    assert model_identity(str(folder), True) == before
+    seen = {before}
+    for name, text in [("tokenizer_config.json", None), ("special_tokens_map.json", '{"x": 1}'),
+                       ("model.safetensors.index.json", '{"weight_map": {}}'),
+                       ("pytorch_model-00001-of-00002.bin", "x"), ("added_tokens.json", "{}")]:
+        path = folder / name
+        if text is None:
+            data = path.read_text()
+            path.unlink()
+            path.write_text(data.replace("}", ' , "x": 1}', 1))
+        else:
+            path.write_text(text)
+        identity = model_identity(str(folder), True)
+        assert identity not in seen, name
+        seen.add(identity)

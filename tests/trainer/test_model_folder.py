@@ -1,7 +1,8 @@
 """m2f export's model folder (trainer/export.py): contents, seed choice, checksums, no unpickling.
 
-The run is trained on a generated features.h5 whose config says it was made with random encoders and
-the shipped MiniLM (frozen), so export finds and packs the real things without an extraction.
+The run (tests/trainer/conftest.py) is trained on a generated features.h5 whose config says it was made
+with random encoders and the shipped MiniLM (frozen), so export finds and packs the real things without an
+extraction.
 """
 
 from __future__ import annotations
@@ -9,55 +10,19 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import shutil
 
-import h5py
 import pytest
 import torch
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.media import MediaConfig
-from pipeline.modalities.text import DEFAULT_TEXT_MODEL, TextEmbedder
-from pipeline.testing.features_h5 import random_rows, write_features
+from pipeline.testing.model_folders import copy_folder, replace_file
 from trainer.data import load_split
-from trainer.export import CHECKSUMS, ModelFolderError, export_model, load_model_folder, write_checksums
-from trainer.fit import DialogTrainConfig, load_model, predict_probs, train_dialog
+from trainer.export import ModelFolderError, export_model, load_model_folder
+from trainer.fit import load_model, predict_probs
+from trainer.model_folder import CHECKSUMS, write_checksums
 
-DIMS = {"t": 384, "a": 300, "v": 600}
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    features = write_features(root / "cache" / "custom" / "0123abcd" / "features.h5", "custom",
-                              {"train": [4, 3, 5], "dev": [3, 4], "test": [4]},
-                              random_rows(DIMS, ["calm", "loud", "odd"]))
-    config = {"dataset": "custom", "modalities": ["audio", "text", "visual"],
-              "media": MediaConfig().to_dict(), "encoders": "random-seed0",
-              "text_model": TextEmbedder(DEFAULT_TEXT_MODEL).identity}
-    with h5py.File(features, "r+") as f:
-        f.attrs["config"] = json.dumps(config)
-    out = root / "run"
-    train_dialog(DialogTrainConfig(features=str(features), out=str(out), seeds=2, epochs=2, patience=2,
-                                   heads=2, hidden=8, fusion_layers=1, progress=False, threads=1))
-    return out
-
-
-@pytest.fixture(scope="module")
-def model_dir(run, tmp_path_factory):
-    return export_model(run, tmp_path_factory.mktemp("models") / "model")
-
-
-def _copy(folder, dst):
-    """A hard-linked copy (cheap); tamper only by replacing files, never by writing into them."""
-    shutil.copytree(folder, dst, copy_function=os.link)
-    return dst
-
-
-def _replace(path, data: bytes):
-    path.unlink()
-    path.write_bytes(data)
+_copy, _replace = copy_folder, replace_file
 
 
 def test_folder_holds_everything_listed_and_loads_as_the_best_checkpoint(run, model_dir):

@@ -126,3 +126,21 @@ def test_cli_help_of_export_predict_and_demo_fits_the_listing():
         assert not line.rstrip().endswith("..."), line
         res = CliRunner().invoke(main, [cmd, "--help"])
         assert res.exit_code == 0 and "[default:" in res.output
+
+
+def test_inputs_reached_through_a_symlinked_folder_keep_their_clips(tmp_path):
+    """Issue 17.8: a CSV or a video reached through a symlinked folder keeps its audio and video."""
+    from trainer.predict import input_utterances
+
+    write_clip(tmp_path / "real" / "videos" / "b0.mp4", duration=0.5, size=(64, 48))
+    _csv(tmp_path / "real" / "talk.csv", ["dialogue_id", "utterance_index", "speaker", "text", "clip"],
+         [["d", "0", "Al", "Hi.", "videos/b0.mp4"]])
+    write_srt(tmp_path / "real" / "videos" / "b0.srt", [Cue(0.0, 0.4, "Al", "Hi.")])
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    for given, subs in [(tmp_path / "link" / "talk.csv", None),
+                        (tmp_path / "link" / "videos" / "b0.mp4", tmp_path / "link" / "videos" / "b0.srt")]:
+        work = tmp_path / f"work-{given.suffix[1:]}"
+        utts, base = input_utterances(given, subs, work)
+        again = prepare_custom(write_corpus_csv(utts, base, work / "input" / "conversation.csv"))
+        assert Path(again[0].clip).resolve() == (tmp_path / "real" / "videos" / "b0.mp4").resolve(), given
+        assert Path(again[0].clip).is_file()
