@@ -1,0 +1,100 @@
+"""trainer.live: a causal exported model predicts each utterance as it is added, and those predictions
+are the ones train-dialog wrote for the finished conversations; a bidirectional model is refused unless
+revisions are allowed.
+
+The pipeline is real: the sample corpus's clips, extraction with random encoders and a tiny text model
+marked as fine-tuned with the past-only context, a causal dialog model, export, then the live API.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from pipeline.corpora.sample import prepare_sample
+from pipeline.extract import ExtractOptions, run_extract
+from trainer.export import export_model
+from trainer.fit import DialogTrainConfig, train_dialog
+from trainer.live import LiveError, LiveModel
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"seeds": 1, "epochs": 3, "patience": 3, "heads": 2, "hidden": 16, "fusion_layers": 1,
+         "progress": False, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, tiny_roberta):
+    root = tmp_path_factory.mktemp("live")
+    text = root / "text-past"
+    shutil.copytree(tiny_roberta, text)
+    (text / "m2f_text.json").write_text(json.dumps({"config": {"max_length": 48, "pooling": "cls",
+                                                                "context": "past"}}))
+    result = run_extract(ExtractOptions(dataset="sample", root=None, cache=root / "cache", encoders="random",
+                                        text_model=str(text), workers=1, media_config={"n_frames": 4}))
+    models = {}
+    for name, causal in (("causal", True), ("bidirectional", False)):
+        run = root / f"run-{name}"
+        train_dialog(DialogTrainConfig(features=str(result.features), out=str(run), causal=causal, **SMALL))
+        models[name] = export_model(run, root / f"model-{name}", text_model=str(text))
+    return root, models
+
+
+def _test_dialogues():
+    dialogues: dict[str, list] = {}
+    for u in prepare_sample():
+        if u.split == "test":
+            dialogues.setdefault(u.dialogue_id, []).append(u)
+    return dialogues
+
+
+def test_causal_model_live_equals_the_finished_conversation(pipeline_run):
+    root, models = pipeline_run
+    with open(root / "run-causal" / "seed0" / "predictions_test.csv", newline="") as f:
+        ref = {r["utt_id"]: r for r in csv.DictReader(f)}
+    with LiveModel.load(models["causal"]) as live:
+        assert live.causal
+        checked = 0
+        for dialogue_id, utts in _test_dialogues().items():
+            talk = live.conversation(dialogue_id)
+            for u in utts:
+                p = talk.add(speaker=u.speaker, text=u.text, clip=u.clip)
+                assert p.present == {"text": True, "audio": True, "visual": True} and not p.problems
+                want = ref[u.id]
+                assert p.predicted == want["predicted"]
+                np.testing.assert_allclose([p.probabilities[c] for c in live.class_names],
+                                           [float(want[f"p_{c}"]) for c in live.class_names], atol=1e-4)
+                checked += 1
+            # later utterances changed nothing before them
+            for early, late in zip(talk.predictions, talk.revised(), strict=True):
+                np.testing.assert_allclose(list(early.probabilities.values()),
+                                           list(late.probabilities.values()), atol=1e-5)
+        assert checked == len(ref)
+
+
+def test_bidirectional_model_is_refused_unless_revisions_are_allowed(pipeline_run):
+    _, models = pipeline_run
+    with pytest.raises(LiveError, match="--allow-revisions"):
+        LiveModel.load(models["bidirectional"])
+    with LiveModel.load(models["bidirectional"], allow_revisions=True) as live:
+        assert not live.causal
+        talk = live.conversation("x")
+        first = talk.add(speaker="Ann", text="fine, thanks")
+        assert first.present["text"] and not first.present["audio"] and "audio" in first.present
+        talk.add(speaker="Bob", text="you never listen to me")
+        assert len(talk.revised()) == 2
+
+
+def test_a_bad_clip_costs_only_its_media(pipeline_run, tmp_path):
+    _, models = pipeline_run
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    with LiveModel.load(models["causal"]) as live:
+        p = live.conversation("y").add(speaker="Ann", text="hello", clip=bad)
+        assert p.present == {"text": True, "audio": False, "visual": False}
+        assert p.problems and str(bad) in p.problems[0]
+        assert abs(sum(p.probabilities.values()) - 1) < 1e-5
