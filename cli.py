@@ -499,6 +499,101 @@ def predict_cmd(input_path: Path, model_dir: Path, out: Path, subtitles: Path | 
 # --- end predict ---
 
 
+# --- live and serve (trainer/live.py, trainer/serve.py) -------------------------------------------
+def _live_model(model_dir: Path, device: str, allow_revisions: bool):
+    from trainer.export import ModelFolderError
+    from trainer.live import LiveError, LiveModel
+
+    try:
+        model = LiveModel.load(model_dir, device=device, allow_revisions=allow_revisions)
+    except (LiveError, ModelFolderError, OSError) as e:
+        raise one_line(e) from None
+    if not model.causal:
+        click.echo("warning: a bidirectional model: each prediction is made from the past only, and would "
+                   "change once later utterances are known (--allow-revisions)", err=True)
+    return model
+
+
+@main.command("live")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              required=True, help="A folder written by `m2f export` (verified before use).")
+@click.option("--replay", "video", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Instead of stdin: feed this recorded video at its real pace, one utterance per cue of "
+                   "--subtitles, as each cue ends.")
+@click.option("--subtitles", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="SRT/WebVTT cues of --replay (speaker from `<v Ann>` or a leading `Ann:`).")
+@click.option("--speed", type=float, default=1.0, help="--replay at this many times real time.")
+@click.option("--allow-revisions", is_flag=True,
+              help="Serve a bidirectional model too (its predictions would change with later utterances).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Where the models run.")
+def live_cmd(model_dir: Path, video: Path | None, subtitles: Path | None, speed: float, allow_revisions: bool,
+             device: str) -> None:
+    """Predict each utterance as it comes, from the past only: JSON lines in, JSON lines out.
+
+    Reads stdin, one JSON object per line: dialogue, speaker, text, and optionally clip (a video or
+    audio file, relative to the working folder) with start/end in seconds, or audio (used whole).
+    Writes one JSON line per utterance as soon as it is predicted (m2f predict's fields plus seconds
+    and problems); a bad line gets {"line": n, "error": "..."} and the stream goes on.
+    """
+    from trainer.live import replay, run_jsonl
+
+    if (video is None) != (subtitles is None):
+        raise click.UsageError("--replay and --subtitles go together")
+    if speed <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--speed")
+    model = _live_model(model_dir, device, allow_revisions)
+
+    def write(line: str) -> None:
+        click.echo(line)
+        sys.stdout.flush()
+
+    try:
+        if video is not None:
+            summary = replay(model, video, subtitles, write, speed=speed)
+            click.echo(f"replayed {summary['utterances']} utterances: lag p50 {summary['lag_p50_s']:.3f} s, "
+                       f"p95 {summary['lag_p95_s']:.3f} s, max {summary['lag_max_s']:.3f} s"
+                       + ("; the backlog grew" if summary["backlog_grew"] else ""), err=True)
+        else:
+            bad = run_jsonl(model, sys.stdin, write)
+            if bad:
+                click.echo(f"{bad} input line(s) could not be taken (see their error lines)", err=True)
+    except KeyboardInterrupt:
+        pass
+    except (OSError, ValueError) as e:
+        raise one_line(e) from None
+    finally:
+        model.close()
+
+
+@main.command("serve")
+@click.option("--model", "model_dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              required=True, help="A folder written by `m2f export` (verified before use).")
+@click.option("--host", default="127.0.0.1", help="Address to listen on (loopback by default).")
+@click.option("--port", type=int, default=8000, help="TCP port.")
+@click.option("--allow-revisions", is_flag=True,
+              help="Serve a bidirectional model too (its predictions would change with later utterances).")
+@click.option("--max-upload-mb", type=float, default=50.0, help="Largest uploaded clip or audio file.")
+@click.option("--max-conversations", type=int, default=100,
+              help="Conversations kept at once (the least recently used goes).")
+@click.option("--idle-minutes", type=float, default=30.0, help="A conversation idle this long is forgotten.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Where the models run.")
+def serve_cmd(model_dir: Path, host: str, port: int, allow_revisions: bool, max_upload_mb: float,
+              max_conversations: int, idle_minutes: float, device: str) -> None:
+    """Serve a model over HTTP: POST /v1/conversations/{id}/utterances -> its prediction.
+
+    Also GET /v1/conversations/{id}, DELETE /v1/conversations/{id}, GET /health; OpenAPI docs at
+    /docs. Clips and audio come only as multipart uploads (never a path on the server).
+    """
+    from trainer.serve import serve
+
+    try:
+        serve(model_dir, host=host, port=port, device=device, allow_revisions=allow_revisions,
+              max_upload_mb=max_upload_mb, max_conversations=max_conversations, idle_minutes=idle_minutes)
+    except (ValueError, OSError) as e:
+        raise one_line(e) from None
+# --- end live and serve ---
+
+
 # --- doctor (pipeline/doctor.py) -------------------------------------------------------------
 @main.command("doctor")
 @click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"),

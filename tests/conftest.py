@@ -42,3 +42,35 @@ def tiny_roberta(tmp_path_factory) -> Path:
     from pipeline.testing.text_model import make_tiny_roberta
 
     return make_tiny_roberta(tmp_path_factory.mktemp("tiny_roberta"))
+
+
+LIVE_SMALL = {"seeds": 1, "epochs": 3, "patience": 3, "heads": 2, "hidden": 16, "fusion_layers": 1,
+              "progress": False, "threads": 1}
+
+
+@pytest.fixture(scope="session")
+def live_models(tmp_path_factory, tiny_roberta):
+    """The sample corpus extracted (random encoders, a tiny text model marked as fine-tuned with the
+    past-only context), a causal and a bidirectional dialog model trained on it, each exported:
+    ``(root, {"causal": folder, "bidirectional": folder})`` (tests/trainer/test_live.py, test_serve)."""
+    import json
+    import shutil
+
+    from pipeline.extract import ExtractOptions, run_extract
+    from trainer.export import export_model
+    from trainer.fit import DialogTrainConfig, train_dialog
+
+    root = tmp_path_factory.mktemp("live")
+    text = root / "text-past"
+    shutil.copytree(tiny_roberta, text)
+    (text / "m2f_text.json").write_text(json.dumps({"config": {"max_length": 48, "pooling": "cls",
+                                                                "context": "past"}}))
+    result = run_extract(ExtractOptions(dataset="sample", root=None, cache=root / "cache", encoders="random",
+                                        text_model=str(text), workers=1, media_config={"n_frames": 4}))
+    models = {}
+    for name, causal in (("causal", True), ("bidirectional", False)):
+        run = root / f"run-{name}"
+        train_dialog(DialogTrainConfig(features=str(result.features), out=str(run), causal=causal,
+                                       **LIVE_SMALL))
+        models[name] = export_model(run, root / f"model-{name}", text_model=str(text))
+    return root, models

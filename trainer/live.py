@@ -217,23 +217,27 @@ class Conversation:
 
     def add(self, speaker: str = "", text: str = "", clip: str | Path | None = None,
             start: float | None = None, end: float | None = None,
-            audio: str | Path | None = None) -> Prediction:
+            audio: str | Path | None = None, strict_media: bool = False) -> Prediction:
         """Take the next utterance and return its prediction (made from it and the utterances before).
 
         ``clip`` is a video (or audio) file of the utterance, ``start``/``end`` its span in seconds
         (default: the whole file); ``audio`` a separate audio file (used whole). A file that cannot be
-        decoded leaves that modality missing (``present`` False, the reason in ``problems``).
+        decoded leaves that modality missing (``present`` False, the reason in ``problems``); with
+        ``strict_media`` it raises :class:`LiveError` instead and the conversation is left unchanged.
         """
         t0 = time.perf_counter()
         if start is not None and end is not None and end < start:
             raise LiveError(f"utterance {len(self.utterances)} of {self.dialogue_id}: end {end} is before "
                             f"start {start}")
-        position = len(self.utterances)
-        utt = Utterance(CORPUS, SPLIT, self.dialogue_id, position, str(position), str(speaker or ""),
-                        str(text or ""), None, clip=None if clip is None else str(clip),
-                        start=start, end=end, audio=None if audio is None else str(audio))
-        with self.model.lock:
+        with self.model.lock:  # one utterance at a time: positions and features stay in order
+            position = len(self.utterances)
+            utt = Utterance(CORPUS, SPLIT, self.dialogue_id, position, str(position), str(speaker or ""),
+                            str(text or ""), None, clip=None if clip is None else str(clip),
+                            start=start, end=end, audio=None if audio is None else str(audio))
             vectors, present, problems = self.model.features([*self.utterances, utt])
+            media = [LETTER[m] for m in self.model.modalities if m != "text"]
+            if strict_media and (clip or audio) and media and problems and not any(present[m] for m in media):
+                raise LiveError(f"the uploaded media cannot be decoded: {problems[0]}")
             self.utterances.append(utt)
             for m in self.model.letters:
                 self.vectors[m].append(vectors[m])
@@ -261,3 +265,109 @@ class Conversation:
         return [dataclasses.replace(p, predicted=names[int(row.argmax())],
                                     probabilities={c: float(x) for c, x in zip(names, row, strict=True)})
                 for p, row in zip(self.predictions, probs, strict=True)]
+
+
+# --- m2f live: JSON lines in, JSON lines out --------------------------------------------------------
+
+#: fields an input line may have
+LINE_FIELDS = {"dialogue", "speaker", "text", "clip", "start", "end", "audio"}
+
+
+def _line_error(number: int, message: str) -> dict:
+    return {"line": number, "error": " ".join(message.split())[:500]}
+
+
+def _parse_line(raw: str, base: Path) -> dict:
+    """One input line -> keyword arguments of :meth:`Conversation.add` plus ``dialogue``.
+
+    Raises LiveError (one line) for anything malformed. Relative ``clip``/``audio`` paths are taken
+    relative to ``base`` (the working folder).
+    """
+    import json
+
+    try:
+        item = json.loads(raw)
+    except ValueError as e:
+        raise LiveError(f"not JSON ({e.msg})") from None
+    if not isinstance(item, dict):
+        raise LiveError("each line must be a JSON object")
+    unknown = set(item) - LINE_FIELDS
+    if unknown:
+        raise LiveError(f"unknown field(s) {sorted(unknown)}; expected some of {sorted(LINE_FIELDS)}")
+    out = {"dialogue": str(item.get("dialogue", "0")), "speaker": str(item.get("speaker") or ""),
+           "text": str(item.get("text") or "")}
+    for key in ("start", "end"):
+        if item.get(key) is not None:
+            if not isinstance(item[key], int | float) or isinstance(item[key], bool) or item[key] < 0:
+                raise LiveError(f"{key} must be a number of seconds >= 0")
+            out[key] = float(item[key])
+    for key in ("clip", "audio"):
+        if item.get(key):
+            path = Path(str(item[key])).expanduser()
+            path = path if path.is_absolute() else base / path
+            if not path.is_file():
+                raise LiveError(f"{key} {path} is not a file")
+            out[key] = path
+    if not out["text"].strip() and "clip" not in out and "audio" not in out:
+        raise LiveError("an utterance needs text, a clip or audio")
+    return out
+
+
+def run_jsonl(model: LiveModel, lines, write, base: Path | None = None) -> int:
+    """``m2f live``: one prediction per input line, written (and flushed) as soon as it is made.
+
+    ``lines`` yields JSON objects as text (``dialogue``, ``speaker``, ``text``, optional ``clip`` with
+    ``start``/``end``, or ``audio``); ``write`` takes one output line. A bad line gets an output line
+    ``{"line": n, "error": "..."}`` and the stream goes on. Returns the number of bad lines.
+    """
+    import json
+
+    base = base or Path.cwd()
+    talks: dict[str, Conversation] = {}
+    bad = 0
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            item = _parse_line(raw, base)
+            dialogue = item.pop("dialogue")
+            if dialogue not in talks:
+                talks[dialogue] = model.conversation(dialogue)
+            out = talks[dialogue].add(**item).to_dict()
+        except LiveError as e:
+            bad += 1
+            out = _line_error(number, str(e))
+        write(json.dumps(out, ensure_ascii=False))
+    return bad
+
+
+def replay(model: LiveModel, video: Path, subtitles: Path, write, speed: float = 1.0,
+           sleep=time.sleep, clock=time.monotonic) -> dict:
+    """Feed a recorded conversation at its real pace: each cue is added when its end is reached.
+
+    Each output line is the prediction plus ``lag_s``, the time from the cue's end (in replayed time)
+    to its prediction; the returned summary has the lags' p50 / p95 / max and whether a backlog grew.
+    """
+    import json
+
+    from trainer.predict import subtitle_utterances
+
+    utterances = subtitle_utterances(Path(video), Path(subtitles))
+    talk = model.conversation(utterances[0].dialogue_id if utterances else "0")
+    t0 = clock()
+    lags = []
+    for u in utterances:
+        due = t0 + (u.end or 0.0) / speed
+        wait = due - clock()
+        if wait > 0:
+            sleep(wait)
+        p = talk.add(speaker=u.speaker, text=u.text, clip=u.clip, start=u.start, end=u.end)
+        lag = clock() - due
+        lags.append(lag)
+        write(json.dumps({**p.to_dict(), "lag_s": round(lag, 4)}, ensure_ascii=False))
+    arr = np.asarray(lags) if lags else np.zeros(1)
+    half = len(lags) // 2
+    growing = bool(len(lags) >= 4 and np.median(arr[half:]) > np.median(arr[:half]) + 0.5)
+    return {"utterances": len(lags), "lag_p50_s": float(np.percentile(arr, 50)),
+            "lag_p95_s": float(np.percentile(arr, 95)), "lag_max_s": float(arr.max()),
+            "backlog_grew": growing}

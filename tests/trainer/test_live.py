@@ -2,47 +2,22 @@
 are the ones train-dialog wrote for the finished conversations; a bidirectional model is refused unless
 revisions are allowed.
 
-The pipeline is real: the sample corpus's clips, extraction with random encoders and a tiny text model
-marked as fine-tuned with the past-only context, a causal dialog model, export, then the live API.
+The pipeline is real (the ``live_models`` fixture in tests/conftest.py): the sample corpus's clips,
+extraction with random encoders and a tiny text model marked as fine-tuned with the past-only context,
+a causal and a bidirectional dialog model, each exported.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import shutil
 
 import numpy as np
 import pytest
 
 from pipeline.corpora.sample import prepare_sample
-from pipeline.extract import ExtractOptions, run_extract
-from trainer.export import export_model
-from trainer.fit import DialogTrainConfig, train_dialog
 from trainer.live import LiveError, LiveModel
 
 pytestmark = pytest.mark.slow
-
-SMALL = {"seeds": 1, "epochs": 3, "patience": 3, "heads": 2, "hidden": 16, "fusion_layers": 1,
-         "progress": False, "threads": 1}
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory, tiny_roberta):
-    root = tmp_path_factory.mktemp("live")
-    text = root / "text-past"
-    shutil.copytree(tiny_roberta, text)
-    (text / "m2f_text.json").write_text(json.dumps({"config": {"max_length": 48, "pooling": "cls",
-                                                                "context": "past"}}))
-    result = run_extract(ExtractOptions(dataset="sample", root=None, cache=root / "cache", encoders="random",
-                                        text_model=str(text), workers=1, media_config={"n_frames": 4}))
-    models = {}
-    for name, causal in (("causal", True), ("bidirectional", False)):
-        run = root / f"run-{name}"
-        train_dialog(DialogTrainConfig(features=str(result.features), out=str(run), causal=causal, **SMALL))
-        models[name] = export_model(run, root / f"model-{name}", text_model=str(text))
-    return root, models
-
 
 def _test_dialogues():
     dialogues: dict[str, list] = {}
@@ -52,8 +27,8 @@ def _test_dialogues():
     return dialogues
 
 
-def test_causal_model_live_equals_the_finished_conversation(pipeline_run):
-    root, models = pipeline_run
+def test_causal_model_live_equals_the_finished_conversation(live_models):
+    root, models = live_models
     with open(root / "run-causal" / "seed0" / "predictions_test.csv", newline="") as f:
         ref = {r["utt_id"]: r for r in csv.DictReader(f)}
     with LiveModel.load(models["causal"]) as live:
@@ -76,8 +51,8 @@ def test_causal_model_live_equals_the_finished_conversation(pipeline_run):
         assert checked == len(ref)
 
 
-def test_bidirectional_model_is_refused_unless_revisions_are_allowed(pipeline_run):
-    _, models = pipeline_run
+def test_bidirectional_model_is_refused_unless_revisions_are_allowed(live_models):
+    _, models = live_models
     with pytest.raises(LiveError, match="--allow-revisions"):
         LiveModel.load(models["bidirectional"])
     with LiveModel.load(models["bidirectional"], allow_revisions=True) as live:
@@ -89,8 +64,8 @@ def test_bidirectional_model_is_refused_unless_revisions_are_allowed(pipeline_ru
         assert len(talk.revised()) == 2
 
 
-def test_a_bad_clip_costs_only_its_media(pipeline_run, tmp_path):
-    _, models = pipeline_run
+def test_a_bad_clip_costs_only_its_media(live_models, tmp_path):
+    _, models = live_models
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00" * 100)
     with LiveModel.load(models["causal"]) as live:
