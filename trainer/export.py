@@ -404,6 +404,16 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _live_line(live: dict | None) -> str:
+    if not live:
+        return "-"
+    if live["causal"]:
+        return "causal: each prediction depends only on what was said up to its end (`m2f live`, `m2f serve`)"
+    why = ("a bidirectional dialog model" if not live["dialog_causal"]
+           else "a text model that reads the next utterance")
+    return f"bidirectional ({why}): live use needs `--allow-revisions`"
+
+
 def model_card(meta: dict) -> str:
     """The README.md of an exported folder."""
     from pipeline.names import MODALITIES
@@ -427,6 +437,7 @@ def model_card(meta: dict) -> str:
         ("run", f"`{src['run']}`, seed {src['seed']} ({src['chosen']}), best dev epoch {src['best_epoch']}"),
         ("features", f"`{src['features']}`: {', '.join(m for m in MODALITIES if m in feats['modalities'])}"),
         ("text model", f"`{TEXT_DIR}/` ({meta['text_identity']})" if meta.get("text_identity") else "-"),
+        ("live use", _live_line(meta.get("live"))),
         ("encoders", f"`{ENCODER_DIR}/` ({feats.get('encoders')})" if "encoders" in meta["files"] else "-"),
         ("media", ", ".join(f"{k} {media[k]}" for k in ("n_frames", "face_size", "scene_size", "sample_rate")
                             if k in media) or "-"),
@@ -534,6 +545,12 @@ def export_model(run: str | Path, out: str | Path, seed: int | None = None, enco
             text_identity = check_text_identity(feature_config["text_model"], tmp / TEXT_DIR)
             files.append("text_model")
         status = _read_json(seed_dir / "status.json")
+        text_context = "past"  # a model without text reads nothing ahead through it
+        if "t" in mods:
+            from pipeline.modalities.text import finetuned_settings
+
+            text_context = finetuned_settings(tmp / TEXT_DIR).get("context", "full")
+        causal = bool(model.config.causal) and text_context == "past"
         meta = {
             "format": MODEL_FORMAT,
             "m2f_version": __version__,
@@ -544,6 +561,9 @@ def export_model(run: str | Path, out: str | Path, seed: int | None = None, enco
             "dialog_model": model.config.to_dict(),
             "features": {k: feature_config.get(k) for k in ("modalities", "media", "encoders", "text_model")},
             "text_identity": text_identity,
+            # live use (trainer/live.py): causal = every prediction depends on the past only
+            "live": {"causal": causal, "dialog_causal": bool(model.config.causal),
+                     "text_context": text_context},
             "files": files,
             "metrics": {"dev": _metric(summary, "dev"), "test": _metric(summary, "test")},
             "source": {"run": str(run.resolve()), "seed": summary["seed"],

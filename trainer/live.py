@@ -75,6 +75,9 @@ def text_context_of(exported) -> str:
     """The context the model's text model was fine-tuned with (``full`` when it records none)."""
     from pipeline.modalities.text import finetuned_settings
 
+    recorded = (exported.meta.get("live") or {}).get("text_context")
+    if recorded:
+        return recorded
     if exported.text_model is None:
         return "past"  # no text: nothing to read ahead
     return finetuned_settings(exported.text_model).get("context", "full")

@@ -10,6 +10,7 @@ a causal and a bidirectional dialog model, each exported.
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -31,6 +32,10 @@ def test_causal_model_live_equals_the_finished_conversation(live_models):
     root, models = live_models
     with open(root / "run-causal" / "seed0" / "predictions_test.csv", newline="") as f:
         ref = {r["utt_id"]: r for r in csv.DictReader(f)}
+    meta = json.loads((models["causal"] / "m2f_model.json").read_text())
+    assert meta["live"] == {"causal": True, "dialog_causal": True, "text_context": "past"}
+    assert "causal: each prediction" in (models["causal"] / "README.md").read_text()
+    assert "live use needs `--allow-revisions`" in (models["bidirectional"] / "README.md").read_text()
     with LiveModel.load(models["causal"]) as live:
         assert live.causal
         checked = 0
