@@ -259,3 +259,12 @@ def test_the_speaker_signal_learns_a_label_that_needs_whose_utterances(tmp_path)
     blind = context_accuracy(tmp_path, "speaker", 40, positions="none", speakers="none")
     seeing = context_accuracy(tmp_path, "speaker", 40, positions="none", speakers="same-other")
     assert seeing > blind + 0.1, (blind, seeing)
+
+
+def test_the_model_card_says_how_the_model_reads_the_conversation():
+    from trainer.export import context_text
+
+    assert context_text({"positions": "none", "speakers": "none", "causal": True}) == (
+        "no positions, no speakers; causal: each utterance from itself and earlier ones only")
+    old_config = {}  # a model exported before the options
+    assert context_text(old_config).endswith("bidirectional: each utterance from the whole conversation")
