@@ -17,7 +17,9 @@ from trainer.data import (
 )
 from trainer.model import DialogModelConfig
 
-#: Defaults of ``--positions`` / ``--speakers`` (chosen on dev: bench/RESULTS.md, dialog ablation).
+#: Defaults of ``--positions`` / ``--speakers``. On the generated fusion corpus dev does not separate them
+#: from ``none`` (bench/RESULTS.md, dialog context ablation); these can use a conversation and start as the
+#: bag model (zero biases). To be revisited with the MELD text ablation.
 DEFAULT_POSITIONS = "relative"
 DEFAULT_SPEAKERS = "same-other"
 

@@ -414,6 +414,15 @@ def _live_line(live: dict | None) -> str:
     return f"bidirectional ({why}): live use needs `--allow-revisions`"
 
 
+def context_text(dialog_model: dict) -> str:
+    """How the dialog model reads a conversation: order, speakers, and whether it is causal."""
+    order = {"relative": "relative positions"}.get(dialog_model.get("positions", "none"), "no positions")
+    speakers = {"same-other": "same/other speaker"}.get(dialog_model.get("speakers", "none"), "no speakers")
+    reads = ("causal: each utterance from itself and earlier ones only" if dialog_model.get("causal")
+             else "bidirectional: each utterance from the whole conversation")
+    return f"{order}, {speakers}; {reads}"
+
+
 def model_card(meta: dict) -> str:
     """The README.md of an exported folder."""
     from pipeline.names import MODALITIES
@@ -432,6 +441,7 @@ def model_card(meta: dict) -> str:
         ("dataset", f"{meta['dataset']} (class map {meta['class_map']})"),
         ("classes", ", ".join(meta["class_names"])),
         ("modalities", ", ".join(mods) + f" ({meta['dialog_model']['fusion']} fusion)"),
+        ("context", context_text(meta["dialog_model"])),
         ("dev weighted F1", pct("dev")),
         ("test weighted F1", pct("test")),
         ("run", f"`{src['run']}`, seed {src['seed']} ({src['chosen']}), best dev epoch {src['best_epoch']}"),

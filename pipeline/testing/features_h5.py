@@ -67,6 +67,48 @@ def random_rows(dims: Mapping[str, int], labels: Sequence[str]) -> RowsFn:
     return make
 
 
+def context_rows(dims: Mapping[str, int], dialog_lengths: Mapping[str, Sequence[int]], task: str) -> RowsFn:
+    """Rows whose label needs the dialogue's order or speakers (the tests of ``--positions``/``--speakers``).
+
+    Embeddings are noise except ``text[0]``, a sign with jitter; speakers are drawn from ``A``, ``B``,
+    ``C`` per utterance. ``task``:
+
+    ``previous``  the label is the sign of the *previous* utterance's ``text[0]`` (the first utterance:
+                  its own): a bag model cannot tell which utterance came before, a model with order can.
+    ``speaker``   the label is the sign of the sum of ``text[0]`` over the utterances of the same speaker
+                  in the dialogue minus that over the other speakers': a model without the speaker
+                  signal cannot tell whose they are.
+
+    The returned function must be called once per split in ``dialog_lengths``'s order, as
+    :func:`write_features` does (it takes each split's dialogue lengths in turn).
+    """
+    splits = iter(list(dialog_lengths.values()))
+
+    def make(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+        lengths = next(splits)
+        made = random_rows(dims, ["neg", "pos"])(rng, n)
+        sign = rng.choice([-1.0, 1.0], n)
+        made["text_emb"][:, 0] = sign * (1.0 + np.abs(rng.normal(0, 0.3, n)))
+        speaker = rng.choice(np.array(["A", "B", "C"], dtype=object), n)
+        text0 = made["text_emb"][:, 0]
+        label = np.empty(n, dtype=object)
+        start = 0
+        for length in lengths:
+            rows = np.arange(start, start + length)
+            for i in rows:
+                if task == "previous":
+                    value = sign[max(i - 1, start)]
+                else:
+                    same = speaker[rows] == speaker[i]
+                    value = text0[rows[same]].sum() - text0[rows[~same]].sum()
+                label[i] = "pos" if value > 0 else "neg"
+            start += length
+        made["label"], made["speaker"] = label, speaker
+        return made
+
+    return make
+
+
 def write_features(
     path: str | Path, dataset: str, dialog_lengths: Mapping[str, Sequence[int]], rows: RowsFn, seed: int = 0
 ) -> Path:

@@ -37,6 +37,7 @@ def test_folder_holds_everything_listed_and_loads_as_the_best_checkpoint(run, mo
     assert meta["source"]["seed"] == max(devs, key=lambda s: (devs[s], -s))  # best on dev by default
     card = (model_dir / "README.md").read_text()
     assert "dev weighted F1" in card and "test weighted F1" in card and meta["m2f_version"] in card
+    assert "relative positions, same/other speaker; bidirectional" in card  # the run's defaults
 
     loaded = load_model_folder(model_dir)
     best, names = load_model(run / f"seed{meta['source']['seed']}" / "best.pt")

@@ -1,0 +1,143 @@
+"""Ablation of the dialog model's context options (order, speakers, causality) on a features.h5, as JSON.
+
+Settings (``m2f train-dialog`` options; each with and without ``--causal``):
+
+====================  ==============================================================
+none                  ``--positions none --speakers none`` (a dialog is a bag)
+position              ``--positions relative --speakers none``
+position+speaker      ``--positions relative --speakers same-other``
+====================  ==============================================================
+
+Per setting and seed, one ``train_dialog`` run (the epoch selected on dev weighted F1, as always);
+per setting the dev and test weighted F1 as mean ± sample std over the seeds, and the per-seed
+figures. Choose defaults by the dev columns only.
+
+Usage::
+
+    python bench/dialog_ablation.py FEATURES_H5 [--modalities tav] [--seeds 3] [--jobs 2]
+    python bench/dialog_ablation.py --demo DIR [...]   # build the demo's generated fusion corpus and
+                                                       # its features.h5 in DIR first (m2f demo steps 1-2)
+
+With ``--demo`` the training options default to the demo's (25 epochs, no early stop, batch 8); on
+another file to ``m2f train-dialog``'s. Each run uses one torch thread; ``--jobs`` runs go in parallel.
+Per-run lines go to stderr; the last line on stdout is one JSON object. Results: bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SETTINGS: dict[str, dict] = {
+    "none": {"positions": "none", "speakers": "none"},
+    "position": {"positions": "relative", "speakers": "none"},
+    "position+speaker": {"positions": "relative", "speakers": "same-other"},
+}
+
+
+def run_one(features: str, out: str, setting: str, causal: bool, seed: int, options: dict) -> dict:
+    """Train one seed of one setting; return its dev/test weighted F1 and selected epoch."""
+    import warnings
+
+    from trainer.fit import DialogTrainConfig, train_dialog
+    from trainer.summary import summarize_seed
+
+    warnings.filterwarnings("ignore")
+    t0 = time.perf_counter()
+    config = DialogTrainConfig(features=features, out=out, seeds=1, first_seed=seed, threads=1,
+                               progress=False, causal=causal, **SETTINGS[setting], **options)
+    (seed_dir,) = train_dialog(config)
+    summary = summarize_seed(seed_dir)
+    return {"setting": setting, "causal": causal, "seed": seed, "best_epoch": summary["best_epoch"],
+            "dev": summary["dev"]["weighted_f1"], "test": summary.get("test", {}).get("weighted_f1"),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """``{"<setting>[ causal]": {dev, dev_std, test, test_std, seeds}}`` (mean ± sample std over seeds)."""
+    out = {}
+    for key in dict.fromkeys((r["setting"], r["causal"]) for r in runs):
+        mine = [r for r in runs if (r["setting"], r["causal"]) == key]
+        entry = {"seeds": len(mine)}
+        for split in ("dev", "test"):
+            vals = [r[split] for r in mine if r[split] is not None]
+            entry[split] = round(statistics.fmean(vals), 4) if vals else None
+            entry[split + "_std"] = round(statistics.stdev(vals), 4) if len(vals) > 1 else None
+        out[key[0] + (" causal" if key[1] else "")] = entry
+    return out
+
+
+def demo_file(folder: Path) -> Path:
+    """The demo's generated corpus and features.h5 in ``folder`` (built once; reused when present)."""
+    import contextlib
+
+    from trainer.demo import demo_features
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return demo_features(folder, folder / "cache", workers=1)[2]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("features", nargs="?", type=Path, help="A features.h5 (m2f extract).")
+    ap.add_argument("--demo", type=Path, default=None,
+                    help="Build the demo's generated fusion corpus and features.h5 here and use it.")
+    ap.add_argument("--modalities", default="tav", help="As m2f train-dialog --modalities (MELD text: t).")
+    ap.add_argument("--settings", default=",".join(SETTINGS), help="Comma list of " + ", ".join(SETTINGS))
+    ap.add_argument("--causal", choices=("both", "off", "on"), default="both")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--patience", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--jobs", type=int, default=2, help="Runs in parallel (one torch thread each).")
+    ap.add_argument("--out", type=Path, default=None, help="Keep the runs here [default: a temporary one].")
+    args = ap.parse_args()
+    if (args.features is None) == (args.demo is None):
+        ap.error("give a FEATURES file or --demo DIR")
+    settings = [s for s in args.settings.split(",") if s]
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        ap.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
+    causal = {"both": (False, True), "off": (False,), "on": (True,)}[args.causal]
+    t0 = time.perf_counter()
+    if args.demo is not None:
+        from trainer.demo import DEMO_BATCH
+
+        features = demo_file(args.demo)
+        defaults = {"epochs": 25, "patience": 25, "batch_size": DEMO_BATCH}
+    else:
+        features, defaults = args.features, {}
+    given = {"epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size}
+    options = {**defaults, **{k: v for k, v in given.items() if v is not None}, "modalities": args.modalities}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or Path(tmp)
+        jobs = [(str(features), str(out / f"{s}{'-causal' * c}" / f"seed{seed}"), s, c, seed, options)
+                for c in causal for s in settings for seed in range(args.seeds)]
+        runs = []
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            for r in pool.map(run_one, *zip(*jobs, strict=True)):
+                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}),
+                      file=sys.stderr, flush=True)
+                runs.append(r)
+    result = {"features": str(features), "options": options, "seeds": args.seeds, "jobs": args.jobs,
+              "cpu": platform.processor() or platform.machine(),
+              "seconds": round(time.perf_counter() - t0, 1),
+              "settings": summarize(runs),
+              "runs": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in runs]}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
