@@ -170,7 +170,8 @@ class Featurizer:
 
         rows = []
         for u in utterances:
-            row, lines = self.clock.timed("media", process_utterance, u, self.media_config, self.detector)
+            row, lines = self.clock.timed("media", process_utterance, u, self.media_config, self.detector,
+                                          video="visual" in self.models.modalities)
             rows.append(row)
             problems += [media_problem(u, line) for line in lines]
         return rows

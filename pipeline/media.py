@@ -217,7 +217,7 @@ def _span(utt: Utterance) -> tuple[float | None, float | None]:
 
 
 def process_utterance(utt: Utterance, cfg: MediaConfig,
-                      detector: FaceDetector | None) -> tuple[dict, list[str]]:
+                      detector: FaceDetector | None, video: bool = True) -> tuple[dict, list[str]]:
     """Decode one utterance's media once and return ``(row, problems)``.
 
     Parameters
@@ -228,6 +228,9 @@ def process_utterance(utt: Utterance, cfg: MediaConfig,
     cfg : MediaConfig
     detector : FaceDetector or None
         None skips face detection (``has_face`` False, no problem reported for it).
+    video : bool
+        False skips the frames altogether (``has_video`` False, no problem reported): for a model that
+        reads audio and not video (``m2f live``), whose media row then costs the audio alone.
 
     Returns
     -------
@@ -246,7 +249,7 @@ def process_utterance(utt: Utterance, cfg: MediaConfig,
     problem line, so one bad clip cannot cost the rest of its partition.
     """
     try:
-        return _process(utt, cfg, detector)
+        return _process(utt, cfg, detector, video)
     except Exception as e:  # isolation: one utterance's failure never ends the partition
         logger.debug("media stage failed on %s", utt.clip, exc_info=True)
         return empty_row(utt, cfg), [f"processing failed on {utt.clip}: {_one_line(e)} "
@@ -257,7 +260,8 @@ def process_utterance(utt: Utterance, cfg: MediaConfig,
 _REPORT = "if the file plays in a media player, please report this with the file"
 
 
-def _process(utt: Utterance, cfg: MediaConfig, detector: FaceDetector | None) -> tuple[dict, list[str]]:
+def _process(utt: Utterance, cfg: MediaConfig, detector: FaceDetector | None,
+             video: bool = True) -> tuple[dict, list[str]]:
     row = empty_row(utt, cfg)
     problems: list[str] = []
     start, end = _span(utt)
@@ -271,7 +275,7 @@ def _process(utt: Utterance, cfg: MediaConfig, detector: FaceDetector | None) ->
         _guarded("audio decoding", audio_path, "audio marked missing", problems,
                  lambda: _fill_audio(row, problems, audio_path, *audio_span, cfg))
     frames = None
-    if clip_ok:
+    if clip_ok and video:
         frames = _guarded("video decoding", utt.clip, "visual marked missing", problems,
                           lambda: _fill_video(row, problems, utt, cfg, start, end))
     if frames is not None and detector is not None:
