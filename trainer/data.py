@@ -232,11 +232,17 @@ def load_split(
     ValueError
         If a dialogue is not one contiguous block (the file breaks the cache format).
     """
-    arrays = read_split(path, split)
+    return split_from_arrays(read_split(path, split), split, class_names, modalities, where=f"{path}/{split}")
+
+
+def split_from_arrays(arrays, split: str, class_names: Sequence[str], modalities: str = "tav",
+                      where: str = "the features") -> DialogSplit:
+    """:func:`load_split` of rows already in memory (a :class:`pipeline.features.SplitArrays`, e.g. the
+    rows ``m2f predict`` just featurized), in the same row order rules."""
     blocks = dialog_blocks(arrays.dialogue_id)
     if len({arrays.dialogue_id[s] for s, _ in blocks}) != len(blocks):
         raise ValueError(
-            f"{path}/{split}: a dialogue is split over several blocks; the file breaks the "
+            f"{where}: a dialogue is split over several blocks; the file breaks the "
             "cache format (rows sorted by dialogue then position); rebuild it with m2f extract"
         )
     lengths = np.array([e - s for s, e in blocks], dtype=np.int64)

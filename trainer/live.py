@@ -108,8 +108,6 @@ class LiveModel:
     """
 
     def __init__(self, exported, device: str = "cpu", allow_revisions: bool = False) -> None:
-        from pipeline.featurize import FeatureModels, Featurizer
-
         self.exported = exported
         self.device = device
         self.causal = is_causal(exported)
@@ -131,16 +129,10 @@ class LiveModel:
             self.text = TextEmbedder(str(exported.text_model), device=device)
         media = tuple(m for m in self.modalities if m != "text")
         self.featurizer = None
-        if media:
-            from pipeline.encoders.checkpoint import load_encoder_set
-            from pipeline.media import MediaConfig
+        if media:  # the same featurizer m2f predict builds, for the media modalities (text: embed_last)
+            from trainer.predict import FeaturizerSpec
 
-            cfg = MediaConfig(**(exported.media_config or {}))
-            folder = exported.write_encoder_checkpoints(exported.folder / "live-encoders")
-            encoders = load_encoder_set(folder, device)
-            models = FeatureModels(media, encoders=encoders, device=device, n_frames=cfg.n_frames,
-                                   encoders_source=exported.shown_name("encoders"))
-            self.featurizer = Featurizer(models, cfg)
+            self.featurizer = FeaturizerSpec.of(exported, media, device).build()
         self.lock = threading.Lock()  # one forward pass at a time: torch modules are shared
 
     @classmethod

@@ -3,10 +3,11 @@
 Input is a custom-corpus CSV (:mod:`pipeline.corpora.custom`; ``label`` and ``split`` are ignored, the
 ``clip`` column may be left out for text only) or a video with its subtitles (:mod:`pipeline.subtitles`:
 one cue = one utterance of one dialogue). Either way the utterances are written, in input order, to a
-generated custom CSV in a work folder (clips reached through a ``src`` symlink, so the CSV's relative
-paths stay valid), and :func:`pipeline.extract.run_extract` (the engine of ``m2f extract``) embeds them
-with the model folder's encoders, text model and media settings, exactly as the run's features were made. The
-dialog model then gives the class probabilities of every utterance with its dialogue as context.
+are featurized in memory, dialogue by dialogue, by :class:`pipeline.featurize.Featurizer` (the decoding and
+embedding functions of ``m2f extract``) with the model folder's encoders, text model and media settings,
+exactly as the run's features were made: no generated CSV, no media or features file. Large inputs are
+spread over worker processes (``workers``), each loading the models once. The dialog model then gives the
+class probabilities of every utterance with its dialogue as context.
 
 A modality the model reads but an utterance lacks (no clip, a clip without audio or without a face
 track) is fed the model's learned missing vector, as in training, and flagged ``has_<modality>`` False
@@ -135,61 +136,65 @@ def input_utterances(input_path: Path, subtitles: str | Path | None,
     return utterances, base
 
 
-def write_corpus_csv(utterances: Sequence[Utterance], base: Path, out: Path) -> Path:
-    """The custom CSV that extraction reads: all rows in :data:`PREDICT_SPLIT`, clips via ``src`` -> ``base``.
-
-    ``base`` is the folder the clips live under (the input CSV's folder, or the video's).
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    link = out.parent / "src"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(base.resolve(), target_is_directory=True)
-    lines = []
-    for u in utterances:
-        clip = ""
-        if u.clip:
-            clip = "src/" + Path(os.path.relpath(os.path.abspath(u.clip), os.path.abspath(base))).as_posix()
-        lines.append([u.dialogue_id, u.utterance_id, u.speaker, u.text, clip,
-                      "" if u.start is None else repr(float(u.start)),
-                      "" if u.end is None else repr(float(u.end)), PREDICT_SPLIT])
-    with open(out, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows(lines)
-    return out
-
-
-# -- extraction and the dialog model -----------------------------------------------------------------
+# -- featurizing and the dialog model -----------------------------------------------------------------
 def modalities_to_extract(model: ExportedModel, utterances: Sequence[Utterance]) -> tuple[str, ...]:
     """The model's modalities, without audio and visual when no utterance has a clip."""
     has_clip = any(u.clip for u in utterances)
     return tuple(m for m in MODALITIES if LETTER[m] in model.modalities and (m == "text" or has_clip))
 
 
-def extract_options(model: ExportedModel, corpus_csv: Path, modalities: tuple[str, ...], work: Path,
-                    workers: int, device: str) -> ExtractOptions:
-    """``m2f extract`` options that make features exactly as the model's run did."""
-    needs_media = any(m != "text" for m in modalities)
-    encoders = model.write_encoder_checkpoints(work / "model-encoders") if needs_media else None
-    return ExtractOptions(
-        dataset="custom", root=corpus_csv, modalities=modalities, splits=(PREDICT_SPLIT,), workers=workers,
-        device=device, text_model=str(model.text_model) if "text" in modalities else None,
-        encoders=str(encoders) if encoders else None, cache=work / "cache",
-        media_config=model.media_config if needs_media else None)
+@dataclass(frozen=True)
+class FeaturizerSpec:
+    """What a process needs to build the model folder's featurizer (picklable: worker processes get it)."""
+
+    modalities: tuple[str, ...]
+    text_model: str | None
+    encoders: str | None
+    media_config: dict | None
+    device: str = "cpu"
+    batch: int = 32
+
+    @classmethod
+    def of(cls, model: ExportedModel, modalities: Sequence[str], device: str = "cpu") -> FeaturizerSpec:
+        """The spec of an exported folder (its encoders written once as checkpoints in its private copy)."""
+        media = any(m != "text" for m in modalities)
+        encoders = None
+        if media:
+            folder = model.folder / "predict-encoders"
+            written = (folder / "audio.pt").exists()
+            encoders = str(folder if written else model.write_encoder_checkpoints(folder))
+        return cls(tuple(modalities), str(model.text_model) if "text" in modalities else None, encoders,
+                   model.media_config if media else None, device)
+
+    def build(self):
+        """The :class:`pipeline.featurize.Featurizer` (models loaded now)."""
+        from pipeline.featurize import FeatureModels, Featurizer
+        from pipeline.media import MediaConfig
+
+        cfg = MediaConfig(**(self.media_config or {}))
+        models = FeatureModels(self.modalities, device=self.device, batch=self.batch, n_frames=cfg.n_frames,
+                               text_source=self.text_model, encoders_source=self.encoders)
+        if "text" in self.modalities:
+            from pipeline.modalities.text import TextEmbedder
+
+            models.text = TextEmbedder(self.text_model, device=self.device, batch_size=self.batch)
+        if self.encoders is not None:
+            from pipeline.encoders.checkpoint import load_encoder_set
+
+            models.encoders = load_encoder_set(self.encoders, self.device)
+        return Featurizer(models, cfg)
 
 
-#: Inputs up to this many utterances are extracted in this process (see :func:`resolve_workers`).
+#: Inputs up to this many utterances are featurized in this process (see :func:`resolve_workers`).
 IN_PROCESS_MAX_UTTERANCES = 64
 
 
 def resolve_workers(workers: int | None, utterances: Sequence[Utterance]) -> int:
-    """Worker processes for extraction; 0 = one worker thread in this process, using every core.
+    """Worker processes for featurizing; 0 = this process, with every core.
 
-    ``None`` (auto) picks 0 for one dialogue or a few utterances: the engine partitions by whole dialogues,
-    so a single conversation is one task anyway, and starting worker processes (each importing torch
-    and loading MTCNN, the encoders and the text model) cost more than the work (measured: 35 of 51 s
-    for a 20-utterance conversation on 2 cores). Larger inputs get 2 processes.
+    ``None`` (auto) picks 0 for one dialogue or a few utterances: a worker process imports torch and
+    loads MTCNN, the encoders and the text model, which costs more than one conversation's work
+    (measured: 35 of 51 s for a 20-utterance conversation on 2 cores). Larger inputs get 2 processes.
     """
     if workers is not None:
         return workers
@@ -197,46 +202,67 @@ def resolve_workers(workers: int | None, utterances: Sequence[Utterance]) -> int
     return 0 if len(dialogues) == 1 or len(utterances) <= IN_PROCESS_MAX_UTTERANCES else 2
 
 
-def run_extraction(opts: ExtractOptions, workers: int):
-    """:func:`run_extract` on worker processes, or (``workers == 0``) on one worker thread in this process."""
-    if workers > 0:
-        return run_extract(opts)
-    from distributed import Client
-
-    from pipeline.extract.tasks import lone_worker
-
-    client = Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None)
-    try:
-        with lone_worker():  # the one worker thread may use every core and the driver's text model
-            return run_extract(opts, client=client)
-    finally:
-        client.close()
+_WORKER_FEATURIZER = None  # in a worker process of featurize(): its featurizer, built once
 
 
-def conversation_tensors(model: ExportedModel, features: Path, modalities: tuple[str, ...]):
-    """The predicted split as a :class:`~trainer.data.DialogSplit` with every modality the model reads;
+def _worker_init(spec: FeaturizerSpec) -> None:
+    global _WORKER_FEATURIZER
+    import torch
+
+    torch.set_num_threads(1)  # several busy processes on few cores: one thread each
+    _WORKER_FEATURIZER = spec.build()
+
+
+def _worker_featurize(utterances: list[Utterance]) -> tuple[dict, list[dict]]:
+    return _WORKER_FEATURIZER.featurize(utterances)
+
+
+def featurize(spec: FeaturizerSpec, utterances: Sequence[Utterance], workers: int = 0):
+    """Feature rows of every utterance (dialogue by dialogue, in input order): ``(SplitArrays, problems)``."""
+    from pipeline.features import FEATURE_FIELDS, SplitArrays
+    from pipeline.manifest import group_dialogues
+
+    dialogues = [list(d.utterances) for d in group_dialogues(utterances)]
+    if workers <= 0:
+        featurizer = spec.build()
+        parts = [featurizer.featurize(d) for d in dialogues]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_worker_init, initargs=(spec,)) as pool:
+            parts = list(pool.map(_worker_featurize, dialogues))
+    columns = {}
+    for k in FEATURE_FIELDS:
+        values = [part[0][k] for part in parts]
+        columns[k] = (np.concatenate(values) if isinstance(values[0], np.ndarray)
+                      else np.array([x for v in values for x in v], dtype=object))
+    return SplitArrays(**columns), [p for part in parts for p in part[1]]
+
+
+def conversation_tensors(model: ExportedModel, arrays, modalities: tuple[str, ...]):
+    """The featurized rows as a :class:`~trainer.data.DialogSplit` with every modality the model reads;
     one that was not extracted is all missing (the model's learned vector)."""
-    from trainer.data import load_split
+    from trainer.data import split_from_arrays
 
     letters = "".join(LETTER[m] for m in modalities)
-    split = load_split(features, PREDICT_SPLIT, model.class_names, letters)
+    split = split_from_arrays(arrays, PREDICT_SPLIT, model.class_names, letters, where="the input")
     shape = split.mask.shape
     for m in model.modalities:
         if m not in split.features:
             split.features[m] = torch.zeros(*shape, model.dims[m])
             split.present[m] = torch.zeros(*shape, dtype=torch.bool)
         elif split.features[m].shape[-1] != model.dims[m]:
-            raise ModelFolderError(f"{features}: {m} features are {split.features[m].shape[-1]} wide, the "
-                                   f"model reads {model.dims[m]}; its folder's files do not belong together")
+            width = split.features[m].shape[-1]
+            raise ModelFolderError(f"{model.shown_name('.')}: its {m} features are {width} wide, the model "
+                                   f"reads {model.dims[m]}; its files do not belong together")
     return split
 
 
-def prediction_rows(model: ExportedModel, features: Path, probs: np.ndarray,
+def prediction_rows(model: ExportedModel, arrays, probs: np.ndarray,
                     utterances: Sequence[Utterance]) -> list[dict]:
-    """One dict per utterance (file row order): identity, times, text, prediction, probabilities, flags."""
-    from pipeline.features import read_split
-
-    arrays = read_split(features, PREDICT_SPLIT)
+    """One dict per utterance (row order): identity, times, text, prediction, probabilities, flags."""
     by_id = {u.id: u for u in utterances}
     rows = []
     for i, utt_id in enumerate(arrays.utt_id):
@@ -317,12 +343,12 @@ def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
     plot : path, optional
         Also draw the timeline PNG here (:func:`trainer.timeline.plot_timeline`).
     workers : int or None
-        Extraction worker processes; 0 = a worker thread in this process; None = 0 for one dialogue or a
-        few utterances, else 2 (:func:`resolve_workers`).
+        Featurizing worker processes; 0 = this process; None = 0 for one dialogue or a few utterances,
+        else 2 (:func:`resolve_workers`).
     device : str
         ``cpu`` or ``cuda`` for extraction and the dialog model.
     work : path, optional
-        Keep the generated CSV, media and features here; default a temporary folder, removed after.
+        Scratch folder (a copy of a CSV without a clip column); default a temporary folder, removed after.
     model : ExportedModel, optional
         An already loaded folder (a service predicting many conversations loads it once).
 
@@ -347,21 +373,22 @@ def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
         if not input_path.exists():
             raise PredictError(f"{input_path}: no such file; give a custom-corpus CSV, or a video with "
                                "--subtitles talk.srt|talk.vtt")
-        utterances, base = input_utterances(input_path, subtitles, work)
-        corpus_csv = write_corpus_csv(utterances, base, work / "input" / "conversation.csv")
+        utterances, _ = input_utterances(input_path, subtitles, work)
         modalities = modalities_to_extract(model, utterances)
         workers = resolve_workers(workers, utterances)
         t = time.perf_counter()
-        opts = extract_options(model, corpus_csv, modalities, work, max(1, workers), device)
-        result = run_extraction(opts, workers)
+        arrays, problems = featurize(FeaturizerSpec.of(model, modalities, device), utterances, workers)
+        for p in problems[:20]:
+            log.warning("%s: %s", shown(p.get("file") or p["utt_id"]), shown(p["problem"]))
+        if len(problems) > 20:
+            log.warning("... and %d more media or embedding problems", len(problems) - 20)
         seconds["extract"] = time.perf_counter() - t
         t = time.perf_counter()
-        from pipeline.manifest import read_jsonl
         from trainer.fit import predict_probs
 
-        split = conversation_tensors(model, result.features, modalities).to(device)
+        split = conversation_tensors(model, arrays, modalities).to(device)
         probs = predict_probs(model.model, split, 64, device)
-        rows = prediction_rows(model, result.features, probs, read_jsonl(result.manifest))
+        rows = prediction_rows(model, arrays, probs, utterances)
         seconds["inference"] = time.perf_counter() - t
     finally:
         if temp:

@@ -1,7 +1,6 @@
 """Worker side of ``m2f extract``: per-process model cache and the two partition tasks.
 
-Workers use one torch thread (a lone worker thread in the driver's process may keep every core:
-:func:`lone_worker`) and load each model once per process (:func:`cached_model`), never per
+Workers use one torch thread and load each model once per process (:func:`cached_model`), never per
 task. Models are cached under the content identity of their weights (never their path), so a
 long-lived cluster never embeds with stale weights after the files were rewritten in place; the cache
 keeps at most :data:`MAX_CACHED` objects. Every path a task receives is absolute (see
@@ -17,7 +16,7 @@ import resource
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 
 from pipeline.embed import StageClock
@@ -31,7 +30,6 @@ MAX_CACHED = 6
 _MODELS: OrderedDict[tuple, object] = OrderedDict()
 _LOADS: dict[str, int] = {}  # model kind -> times built in this process (the test of "once per worker")
 _THREADS_SET = False
-_LONE = False  # inside lone_worker(): the driver's process hosts the only worker
 
 
 def _worker_setup() -> None:
@@ -43,31 +41,6 @@ def _worker_setup() -> None:
         with suppress(RuntimeError):
             torch.set_num_interop_threads(1)
         _THREADS_SET = True
-
-
-@contextmanager
-def lone_worker():
-    """Within the block, the driver's own process hosts the only worker (``m2f predict`` on one
-    conversation): tasks keep torch's thread count instead of pinning it to one, since nothing else
-    competes for the cores, and a model the driver loads to check it (:func:`share_with_lone_worker`)
-    is handed to the worker instead of being loaded twice. A fresh process predicting 20 utterances took
-    19.6 s instead of 26.7 s on 2 cores with the threads alone (its model set-up and first batches use
-    both cores).
-    """
-    global _THREADS_SET, _LONE
-    before = _THREADS_SET, _LONE
-    _THREADS_SET = _LONE = True
-    try:
-        yield
-    finally:
-        _THREADS_SET, _LONE = before
-
-
-def share_with_lone_worker(key: tuple, obj: object) -> None:
-    """Put a model the driver built into this process's model cache (under the key a task would use),
-    inside :func:`lone_worker` only: a driver of worker processes keeps nothing."""
-    if _LONE and key not in _MODELS:
-        _keep(key, obj)
 
 
 def _keep(key: tuple, obj: object) -> None:

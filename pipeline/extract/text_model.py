@@ -181,10 +181,6 @@ def stage_text_model(opts: ExtractOptions, manifest: Sequence[Utterance]) -> str
 
 def text_identity(model: str | None) -> str:
     """Identity of the text model (part of the features cache key)."""
-    from pipeline.extract.tasks import share_with_lone_worker, text_model_key
     from pipeline.modalities.text import TextEmbedder
 
-    embedder = TextEmbedder(model, device="cpu")
-    # an in-process worker embeds with this same object
-    share_with_lone_worker(text_model_key(embedder.identity, "cpu", embedder.batch_size), embedder)
-    return embedder.identity
+    return TextEmbedder(model, device="cpu").identity

@@ -177,26 +177,3 @@ def test_visual_embedding_pools_over_decoded_frames_only():
     assert has_visual[0] and has_face[0]
     assert (expected < 0).any()  # so zero padding would have changed the result
     np.testing.assert_allclose(emb[0, :300], expected, rtol=1e-5, atol=1e-6)
-
-
-def test_lone_worker_keeps_the_thread_count_and_shares_models_then_pinning_returns(monkeypatch):
-    from pipeline.extract import tasks
-
-    monkeypatch.setattr(tasks, "_THREADS_SET", False)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        tasks.share_with_lone_worker(("x",), object())  # outside the block: nothing is kept
-        assert ("x",) not in tasks._MODELS
-        with tasks.lone_worker():
-            shared = object()
-            tasks.share_with_lone_worker(("y",), shared)
-            assert tasks.cached_model(("y",), object) is shared
-            tasks._worker_setup()  # what every task runs first
-            assert torch.get_num_threads() == 2
-        assert tasks._THREADS_SET is False and tasks._LONE is False
-        tasks._MODELS.pop(("y",))
-        tasks._worker_setup()  # outside the block a worker is pinned to one thread again
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
