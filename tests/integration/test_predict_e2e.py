@@ -109,3 +109,14 @@ def test_csv_without_clips_predicts_from_text_alone(exported, tmp_path):
     assert len(rows) == 6 and all(r["has_text"] == "true" and r["has_audio"] == r["has_visual"] == "false"
                                   for r in rows)
     assert [r["speaker"] for r in rows] == [u.speaker for u in _test_utterances()]
+
+
+def test_worker_processes_give_the_same_predictions(exported, tmp_path):
+    _, model, _ = exported
+    src = _write_csv(tmp_path / "in", clips=True)
+    here = predict(model, src, tmp_path / "here.csv", workers=0)
+    spread = predict(model, src, tmp_path / "spread.csv", workers=2)
+    assert [r["predicted"] for r in here.rows] == [r["predicted"] for r in spread.rows]
+    keys = [k for k in here.rows[0] if k.startswith(("p_", "has_"))]
+    np.testing.assert_allclose([[float(r[k]) for k in keys] for r in here.rows],
+                               [[float(r[k]) for k in keys] for r in spread.rows], atol=1e-5)
