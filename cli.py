@@ -469,11 +469,11 @@ def export_cmd(run: Path, out: Path, seed: int | None, encoders: str | None, tex
 @click.option("--plot", type=click.Path(path_type=Path), default=None,
               help="Also draw the emotions over time (one lane per speaker) into this PNG.")
 @click.option("--workers", type=int, default=None,
-              help="Extraction worker processes; 0 = in this process [default: 0 for one conversation or a "
+              help="Featurizing worker processes; 0 = in this process [default: 0 for one conversation or a "
                    "few utterances, else 2].")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
 @click.option("--work", type=click.Path(path_type=Path), default=None,
-              help="Keep the generated CSV, media and features here [default: a temporary folder].")
+              help="Scratch folder [default: a temporary folder, removed after].")
 def predict_cmd(input_path: Path, model_dir: Path, out: Path, subtitles: Path | None, fmt: str | None,
                 plot: Path | None, workers: int | None, device: str, work: Path | None) -> None:
     """Predict the emotion of each utterance (CSV or video).
