@@ -156,7 +156,8 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
                    "on CUDA.")
 @click.option("--security", type=click.Path(path_type=Path), default=None,
               help="YAML file of dask TLS settings (distributed.security.Security keywords: tls_ca_file, "
-                   "tls_cert, tls_key) for the LocalCluster or a tls:// --scheduler. See README.")
+                   "tls_cert, tls_key) for the LocalCluster or a tls:// --scheduler. Default: the "
+                   "LocalCluster uses fresh temporary TLS certificates. See README.")
 def extract(dataset: str, root: Path | None, modalities: str, splits: str, workers: int,
             scheduler: str | None, device: str, text_model: str | None, text_base: str | None,
             text_context: str, encoders: str | None, cache: Path, limit: int | None,

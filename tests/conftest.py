@@ -42,3 +42,17 @@ def tiny_roberta(tmp_path_factory) -> Path:
     from pipeline.testing.text_model import make_tiny_roberta
 
     return make_tiny_roberta(tmp_path_factory.mktemp("tiny_roberta"))
+
+
+@pytest.fixture(scope="module")
+def one_worker_client():
+    """A client of a one-worker cluster from ``make_local_cluster`` (as m2f starts it: TLS, loopback),
+    shared by the tests of one module."""
+    from distributed import Client
+
+    from pipeline.extract import make_local_cluster
+
+    cluster = make_local_cluster(1)
+    with Client(cluster) as c:
+        yield c
+    cluster.close()

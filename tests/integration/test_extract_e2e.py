@@ -29,6 +29,7 @@ from pipeline.modalities.text import DEFAULT_TEXT_MODEL
 from pipeline.testing.av_files import write_clip, write_truncated
 from pipeline.testing.iemocap import make_iemocap_tree
 from pipeline.testing.meld import MELD_CLIP_DIRS, make_meld_tree
+from pipeline.testing.tls import security_file
 
 N_FRAMES = 6  # fewer frames than the paper's 15 keep MTCNN and the encoders quick on 2 shared cores
 SIZE = (160, 120)  # the face is then above MTCNN's min_face_size
@@ -280,7 +281,8 @@ def test_text_only_needs_no_clips_and_runs_on_a_given_scheduler(client, tmp_path
     root = make_meld_tree(tmp_path / "corpus", n_dialogues=2, utterances_per_dialogue=2, clips=False)
     opts = ExtractOptions("meld", root, cache=tmp_path / "cache", modalities=("text",),
                           text_model=DEFAULT_TEXT_MODEL, splits=("dev", "test"),
-                          scheduler=client.scheduler.address)
+                          scheduler=client.scheduler.address,
+                          security=security_file(client.security, tmp_path / "tls"))  # its TLS certificate
     with caplog.at_level(logging.INFO, logger="pipeline"):
         res = run_extract(opts)
     assert f"connected to {client.scheduler.address}; dashboard:" in caplog.text

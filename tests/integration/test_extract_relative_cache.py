@@ -17,6 +17,7 @@ from pipeline.extract.encoders import stage_encoders
 from pipeline.extract.text_model import given_text_model, stage_text_model
 from pipeline.features import read_attrs, validate_features
 from pipeline.modalities.text import DEFAULT_TEXT_MODEL
+from pipeline.testing.tls import security_file
 
 
 def _save_encoders(folder: Path) -> None:
@@ -62,10 +63,11 @@ def test_relative_cache_text_model_and_encoders_from_another_folder(tmp_path, mo
             monkeypatch.chdir(work)
             (work / "minilm").symlink_to(DEFAULT_TEXT_MODEL)
             _save_encoders(work / "enc")
+            security_file(client.security, work / "tls")  # the cluster's TLS certificate, for the command
             res = CliRunner().invoke(main, [
                 "extract", "--dataset", "sample", "--cache", "relcache", "--encoders", "enc",
                 "--text-model", "minilm", "--modalities", "ta", "--splits", "dev", "--limit", "2",
-                "--scheduler", client.scheduler.address])
+                "--scheduler", client.scheduler.address, "--security", "tls/security.yaml"])
     finally:
         cluster.close()
     assert res.exit_code == 0, res.output
