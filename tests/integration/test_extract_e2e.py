@@ -21,6 +21,7 @@ import pytest
 from pipeline.encoders.checkpoint import save_encoder
 from pipeline.encoders.model import build_encoder
 from pipeline.extract import ExtractError, ExtractOptions, encoder_identity, make_local_cluster, run_extract
+from pipeline.extract.encoders import labels_key, stored_labels
 from pipeline.features import read_split, validate_features
 from pipeline.h5rows import RowReader
 from pipeline.layout import CacheLayout
@@ -190,7 +191,7 @@ def test_rerun_is_a_noop(meld_run, client):
 
 def test_default_encoders_are_the_ones_cached_for_this_media(meld_run, client):
     opts, ref = meld_run
-    folder = opts.layout.encoders_dir(CacheLayout.media_key(ref.media))
+    folder = opts.layout.encoders_dir(CacheLayout.media_key(ref.media), labels_key(stored_labels(ref.media)))
     sizes = {"face": 80, "scene": 64}  # the media's crop sizes: the input contract is checked
     for i, m in enumerate(("audio", "face", "scene")):
         save_encoder(build_encoder(m, seed=100 + i, **({"image_size": sizes[m]} if m in sizes else {})),
@@ -216,7 +217,7 @@ def test_missing_default_encoders_are_trained_on_the_stored_media(meld_run, clie
     shutil.copytree(ref.media.parent, layout.media_dir(key))  # decoded media, reused
     shutil.copy(ref.manifest, layout.manifest(opts.root))
     res = run_extract(_opts(opts.root, cache, encoders=None), client=client)
-    folder = layout.encoders_dir(key)
+    folder = layout.encoders_dir(key, labels_key(stored_labels(ref.media)))
     assert res.encoders == str(folder.resolve())
     assert sorted(p.name for p in folder.glob("*.pt")) == ["audio.pt", "face.pt", "scene.pt"]
     assert validate_features(res.features) == []

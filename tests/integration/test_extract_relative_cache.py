@@ -35,7 +35,7 @@ def test_what_workers_get_is_absolute_when_everything_was_given_relative(tmp_pat
     (tmp_path / "textmodel").mkdir()
     opts = ExtractOptions("sample", None, cache=Path("relcache"), encoders="enc", text_model="textmodel")
     media = opts.layout.media_file("k")
-    spec = make_embed_spec(opts, media, stage_encoders(opts, media, "k"), stage_text_model(opts, []),
+    spec = make_embed_spec(opts, media, stage_encoders(opts, media, "k", {}), stage_text_model(opts, []),
                            {"n_frames": 4})
     here = tmp_path.resolve()
     assert spec.media == str(here / "relcache" / "sample" / "media-k" / "media.h5")
