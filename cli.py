@@ -156,7 +156,8 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
                    "on CUDA.")
 @click.option("--security", type=click.Path(path_type=Path), default=None,
               help="YAML file of dask TLS settings (distributed.security.Security keywords: tls_ca_file, "
-                   "tls_cert, tls_key) for the LocalCluster or a tls:// --scheduler. See README.")
+                   "tls_cert, tls_key) for the LocalCluster or a tls:// --scheduler. Default: the "
+                   "LocalCluster uses fresh temporary TLS certificates. See README.")
 def extract(dataset: str, root: Path | None, modalities: str, splits: str, workers: int,
             scheduler: str | None, device: str, text_model: str | None, text_base: str | None,
             text_context: str, encoders: str | None, cache: Path, limit: int | None,
@@ -202,9 +203,11 @@ def _run_extract_command(**kw) -> None:
 @click.option("--media", type=click.Path(path_type=Path), default=None,
               help="The media.h5 to train on. Default: the only cache/<dataset>/media-*/media.h5.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Folder for audio.pt/face.pt/scene.pt. Default: cache/<dataset>/encoders/<media hash>/, "
-                   "where `m2f extract` finds them. For text: cache/<dataset>/text-model/<hash of the "
-                   "train+dev manifest>/, the folder `m2f extract` uses by default.")
+              help="Folder for audio.pt/face.pt/scene.pt. Default: cache/<dataset>/encoders/<media hash>/"
+                   "recipe<N>-<labels hash>/, where `m2f extract` finds them while the labels stored in "
+                   "the media.h5 (its manifest's when decoded) are the corpus's. For text: "
+                   "cache/<dataset>/text-model/<base hash>/<hash of the train+dev manifest>/, the folder "
+                   "`m2f extract` uses by default.")
 @click.option("--root", type=click.Path(path_type=Path), default=None,
               help="Corpus folder; only for --modality text (the text model trains on the corpus text).")
 @click.option("--text-base", default=None,
@@ -240,7 +243,9 @@ def train_encoders_command(dataset: str, modality: str, media: Path | None, out:
     """Triplet-train the audio, face, scene (or text) encoders.
 
     Trains on a media cache written by `m2f extract` (train split; dev picks the epoch) and writes
-    <modality>.pt checkpoints carrying their config, history and a dev probe quality figure.
+    <modality>.pt checkpoints carrying their config, history and a dev probe quality figure. Labels:
+    those stored in the media.h5 when it was decoded; after a label fix, `m2f extract` trains the
+    default encoders on the corpus's current labels (the media is reused).
     """
     if threads:
         import torch
@@ -253,12 +258,14 @@ def train_encoders_command(dataset: str, modality: str, media: Path | None, out:
                           {k: v for k, v in recipe.items() if v is not None})
         return
     from pipeline.encoders.train import train_encoders
+    from pipeline.extract.encoders import labels_key, stored_labels
     from pipeline.locks import CacheError
     from pipeline.names import ENCODER_KINDS
 
     layout = CacheLayout(cache, dataset)
     media = media or _find_media(layout)
-    out = out or layout.encoders_dir(layout.media_key(media))
+    # the labels stored in media.h5 (its manifest's at decoding time) are the ones trained on and keyed
+    out = out or layout.encoders_dir(layout.media_key(media), labels_key(stored_labels(media)))
     mods = ENCODER_KINDS if modality == "all" else (modality,)
     labels = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
     try:

@@ -213,7 +213,6 @@ def run_scaling(root: Path, work: Path, counts: list[int]) -> dict:
     from pipeline.extract.engine import Engine
     from pipeline.extract.media import media_config_dict, media_key, stage_media
     from pipeline.extract.options import ExtractOptions, ExtractResult
-    from pipeline.extract.prepare import manifest_hash
 
     out = {}
     for k in counts:
@@ -228,7 +227,7 @@ def run_scaling(root: Path, work: Path, counts: list[int]) -> dict:
             warm = time.perf_counter() - t
             res = ExtractResult(features=Path(), manifest=Path(), media=None, summary={})
             t = time.perf_counter()
-            stage_media(engine, opts, utts, cfg, media_key(cfg, manifest_hash(utts)), res)
+            stage_media(engine, opts, utts, cfg, media_key(cfg, utts), res)
             wall = time.perf_counter() - t
         finally:
             engine.close()

@@ -5,7 +5,9 @@
     <root>/<dataset>/
         manifest-<hash of the resolved corpus root>.jsonl    the prepared corpus
         media-<media key>/media.h5, problems.jsonl            decoded waveforms, frames, face crops
-        encoders/<media key>/{audio,face,scene}.pt            encoders trained on that media
+        encoders/<media key>/recipe<N>-<labels key>/{audio,face,scene}.pt
+                                                              encoders trained on that media and those
+                                                              train+dev labels by recipe version N
         text-model/<base key>/<hash of the train+dev manifest>/   the text model fine-tuned from a base
             m2f-finetuned.json                                written last: the fine-tuning finished
         <features key>/features.h5, config.json               embeddings and the options that made them
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MEDIA_PREFIX = "media-"
+RECIPE_PREFIX = "recipe"
 TEXT_MODEL_MARKER = "m2f-finetuned.json"
 
 
@@ -93,9 +96,17 @@ class CacheLayout:
         return Path(media_file).parent.name.removeprefix(MEDIA_PREFIX)
 
     # -- encoders and text model ------------------------------------------------------------------
-    def encoders_dir(self, media_key: str) -> Path:
-        """Default folder of the encoders (``audio.pt``, ``face.pt``, ``scene.pt``) trained on a media."""
-        return self.dataset_dir / "encoders" / media_key
+    def encoders_dir(self, media_key: str, labels_key: str, recipe: int | None = None) -> Path:
+        """Default folder of the encoders (``audio.pt``, ``face.pt``, ``scene.pt``) trained on a media.
+
+        Keyed by everything that changes what training produces: the media cache (``media_key``), the
+        train+dev labels they learn (``labels_key``, :func:`pipeline.extract.encoders.labels_key`; the
+        media key leaves labels out) and the recipe version (default
+        :data:`pipeline.encoders.recipe.ENCODER_RECIPE_VERSION`).
+        """
+        if recipe is None:
+            from pipeline.encoders.recipe import ENCODER_RECIPE_VERSION as recipe
+        return self.dataset_dir / "encoders" / media_key / f"{RECIPE_PREFIX}{int(recipe)}-{labels_key}"
 
     def text_model_dir(self, manifest_key: str, base_key: str) -> Path:
         """Default folder of the text model fine-tuned from a base on a train+dev manifest.
@@ -110,8 +121,13 @@ class CacheLayout:
         return self.text_model_dir(manifest_key, base_key) / TEXT_MODEL_MARKER
 
     def all_encoders_dirs(self) -> list[Path]:
-        """Every encoders folder of this dataset (one per media key), sorted."""
-        return sorted(p for p in (self.dataset_dir / "encoders").glob("*") if p.is_dir())
+        """Every encoders folder of this dataset, sorted: those of :meth:`encoders_dir`, and the
+        ``encoders/<media key>/`` folders holding checkpoints that caches made before the recipe and
+        labels keys (``m2f export`` still finds the encoders of runs made with them)."""
+        base = self.dataset_dir / "encoders"
+        keyed = {p for p in base.glob(f"*/{RECIPE_PREFIX}*") if p.is_dir()}
+        legacy = {p.parent for p in base.glob("*/*.pt")}
+        return sorted(keyed | legacy)
 
     def all_text_model_dirs(self) -> list[Path]:
         """Every finished fine-tuned text model folder of this dataset (its marker written), sorted."""

@@ -74,3 +74,17 @@ def live_models(tmp_path_factory, tiny_roberta):
                                        **LIVE_SMALL))
         models[name] = export_model(run, root / f"model-{name}", text_model=str(text))
     return root, models
+
+
+@pytest.fixture(scope="module")
+def one_worker_client():
+    """A client of a one-worker cluster from ``make_local_cluster`` (as m2f starts it: TLS, loopback),
+    shared by the tests of one module."""
+    from distributed import Client
+
+    from pipeline.extract import make_local_cluster
+
+    cluster = make_local_cluster(1)
+    with Client(cluster) as c:
+        yield c
+    cluster.close()

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.atomic import commit_tmp, tmp_path
 from pipeline.testing.av_files import encode_media, write_clip
 
 #: emotion -> (valence, arousal, face side): the cue each modality carries.
@@ -146,14 +147,17 @@ def build_fusion_corpus(out: str | Path, n_dialogues: dict[str, int] | None = No
     else:
         for u, clip_seed in todo:
             write_fusion_clip(out, u, clip_seed)
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["dialogue_id", "utterance_index", "speaker", "text", "label", "clip", "split"])
-        for u in script:
-            w.writerow([u.dialogue_id, u.index, u.speaker, u.text, u.label, u.clip, u.split])
-    tmp.replace(csv_path)
-    return csv_path
+    tmp = tmp_path(csv_path)  # a new random name: nothing planted beside the CSV is written through
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["dialogue_id", "utterance_index", "speaker", "text", "label", "clip", "split"])
+            for u in script:
+                w.writerow([u.dialogue_id, u.index, u.speaker, u.text, u.label, u.clip, u.split])
+        return commit_tmp(tmp, csv_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def join_clips(clips: Sequence[str | Path], out: str | Path, sample_rate: int = SAMPLE_RATE

@@ -11,12 +11,14 @@ One sample is one utterance with a label and the modality present:
 * scene: the stored frames ``scenes``; training draws one frame at random, evaluation the middle one.
 
 Labels are the raw corpus strings; the class list is fixed from the train split (labels with at least
-two samples) and shared by dev.
+two samples) and shared by dev. They come from the ``labels`` given (utterance id -> label, the current
+manifest's: ``m2f extract`` passes them) or else from the file's ``label`` column (the labels of the
+manifest the media was decoded from, which a later label fix does not change).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,8 @@ class MediaSamples:
     classes : sequence of str, optional
         Keep only these labels (in this order = class ids). Default: every non-empty label of the
         split, sorted.
+    labels : mapping of str to str, optional
+        Utterance id -> label of every row of the split; default: the stored ``label`` column.
 
     Attributes
     ----------
@@ -57,14 +61,24 @@ class MediaSamples:
         The class names.
     """
 
-    def __init__(self, path: str | Path, split: str, modality: str, classes: Sequence[str] | None = None):
+    def __init__(self, path: str | Path, split: str, modality: str, classes: Sequence[str] | None = None,
+                 labels: Mapping[str, str] | None = None):
         if modality not in FLAG_OF:
             raise ValueError(f"unknown modality {modality!r}; expected one of {tuple(FLAG_OF)}")
         self.path = Path(path)
         self.split = split
         self.modality = modality
         self.reader = RowReader(self.path, split)
-        raw = np.asarray(self.reader.column("label"), dtype=object).astype(str)
+        self.given_labels = labels
+        if labels is None:
+            raw = np.asarray(self.reader.column("label"), dtype=object).astype(str)
+        else:
+            missing = [u for u in self.reader.utt_ids if u not in labels]
+            if missing:
+                self.reader.close()
+                raise ValueError(f"{self.path} ({split}): no label given for {len(missing)} row(s), e.g. "
+                                 f"{missing[0]!r}; give the labels of the manifest it was decoded from")
+            raw = np.array([labels[u] or "" for u in self.reader.utt_ids], dtype=object).astype(str)
         flag = self.reader.column(FLAG_OF[modality]).astype(bool)
         if classes is None:
             classes = sorted({lab for lab in raw[flag] if lab})
@@ -186,7 +200,7 @@ class TrainBatches(torch.utils.data.Dataset):
     Parameters
     ----------
     samples : MediaSamples
-        The train samples (only their path, split, modality, classes and labels are used).
+        The train samples (only their path, split, modality, classes, labels and given labels are used).
     batches : list of np.ndarray
         Sample indices of each batch (from :func:`balanced_batches`).
     contract : InputContract
@@ -199,7 +213,7 @@ class TrainBatches(torch.utils.data.Dataset):
 
     def __init__(self, samples: MediaSamples, batches: list[np.ndarray], contract: InputContract, seed: int,
                  epoch: int, audio_augment: AudioAugment | None):
-        self.where = (samples.path, samples.split, samples.modality, samples.classes)
+        self.where = (samples.path, samples.split, samples.modality, samples.classes, samples.given_labels)
         self.labels = samples.labels
         self.batches = batches
         self.contract = contract

@@ -27,7 +27,8 @@ class EpochBatches(torch.utils.data.Dataset):
     def __init__(self, train: MediaSamples, contract, cfg: EncoderTrainConfig, steps: int):
         # what TrainBatches reads of the samples, without their open HDF5 file (sent to the workers)
         self.train = SimpleNamespace(path=train.path, split=train.split, modality=train.modality,
-                                     classes=train.classes, labels=train.labels)
+                                     classes=train.classes, labels=train.labels,
+                                     given_labels=train.given_labels)
         self.contract, self.cfg, self.steps = contract, cfg, steps
         self._epoch: tuple[int, TrainBatches] | None = None
 

@@ -32,7 +32,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,8 @@ def train_encoders(media_path: str | Path, out_dir: str | Path,
                    modalities: Sequence[str] = ENCODER_KINDS, epochs: int | None = None,
                    device: str = "cpu", seed: int = 0, batch_size: int | None = None,
                    steps_per_epoch: int | None = None, overwrite: bool = False,
-                   contract_overrides: dict[str, dict] | None = None, **options) -> dict[str, Path]:
+                   contract_overrides: dict[str, dict] | None = None,
+                   labels: Mapping[str, str] | None = None, **options) -> dict[str, Path]:
     """Train the extractors of ``modalities`` on ``media.h5`` and write ``<out_dir>/<modality>.pt``.
 
     Parameters
@@ -86,6 +87,9 @@ def train_encoders(media_path: str | Path, out_dir: str | Path,
         Retrain even when ``<out_dir>/<modality>.pt`` exists.
     contract_overrides : dict, optional
         Per modality, overrides of the input contract, e.g. ``{"face": {"image_size": 64}}``.
+    labels : mapping of str to str, optional
+        Utterance id -> label for every train and dev row (the current manifest's); default: the
+        ``label`` column of ``media.h5`` (the manifest's at decoding time).
     **options
         Other :class:`EncoderTrainConfig` fields (``clip_seconds``, ``probe``, ``probe_max_train``,
         ``loss``, ``classes``, ...).
@@ -123,7 +127,7 @@ def train_encoders(media_path: str | Path, out_dir: str | Path,
                 log.info("%s exists; not retraining (pass overwrite=True / --overwrite)", target)
                 paths[m] = target
                 continue
-            paths[m] = train_encoder(media_path, target, cfg, device=device)
+            paths[m] = train_encoder(media_path, target, cfg, device=device, labels=labels)
     return paths
 
 
@@ -133,7 +137,7 @@ def state_path_for(out_path: Path) -> Path:
 
 
 def train_encoder(media_path: str | Path, out_path: str | Path, cfg: EncoderTrainConfig,
-                  device: str = "cpu") -> Path:
+                  device: str = "cpu", labels: Mapping[str, str] | None = None) -> Path:
     """Train one extractor per ``cfg`` and save it to ``out_path`` (resuming a killed run).
 
     Returns
@@ -142,12 +146,13 @@ def train_encoder(media_path: str | Path, out_path: str | Path, cfg: EncoderTrai
         ``out_path``.
     """
     media_path, out_path = Path(media_path), Path(out_path)
-    train = _open_split(media_path, "train", cfg.modality, cfg.classes)
+    train = _open_split(media_path, "train", cfg.modality, cfg.classes, labels)
     counts = train.label_counts()
     usable = [c for c, n in counts.items() if n >= 2]
     encoder = build_encoder(cfg.modality, seed=cfg.seed, **_contract(train, cfg))
     base_meta = {"modality": cfg.modality, "media": str(media_path), "train_config": cfg.to_dict(),
-                 "classes": list(train.classes), "train_counts": counts}
+                 "classes": list(train.classes), "train_counts": counts,
+                 "labels_from": "media.h5" if labels is None else "given (the manifest's)"}
     if len(usable) < 2:
         note = (f"too little {cfg.modality} data in {media_path} to train (label counts {counts}; need at "
                 "least 2 labels with >= 2 samples): the encoder keeps its seeded random weights")
@@ -155,7 +160,7 @@ def train_encoder(media_path: str | Path, out_path: str | Path, cfg: EncoderTrai
         train.close()
         return save_encoder(encoder, out_path, **plain(
             {"trained": False, "note": note, "history": [], "quality": None, **base_meta}))
-    dev = _open_split(media_path, "dev", cfg.modality, train.classes, required=False)
+    dev = _open_split(media_path, "dev", cfg.modality, train.classes, labels, required=False)
     try:
         meta = _fit(encoder, train, dev, cfg, device, state_path_for(out_path))
     finally:
@@ -173,10 +178,10 @@ def plain(obj):
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def _open_split(media_path: Path, split: str, modality: str, classes, required: bool = True
-                ) -> MediaSamples | None:
+def _open_split(media_path: Path, split: str, modality: str, classes, labels: Mapping[str, str] | None,
+                required: bool = True) -> MediaSamples | None:
     try:
-        return MediaSamples(media_path, split, modality, classes)
+        return MediaSamples(media_path, split, modality, classes, labels)
     except KeyError as e:
         if required:
             raise ValueError(f"{media_path} has no {split!r} split ({e}); encoders train on the train split "

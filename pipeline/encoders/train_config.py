@@ -2,6 +2,10 @@
 
 On CUDA the paper's epochs (:data:`PAPER_EPOCHS`, 60 audio / 100 visual); on CPU :data:`CPU_EPOCHS`;
 batches of :data:`DEFAULT_BATCH` samples per device type.
+
+A change to what these settings' defaults produce (or to the loss, mining, augmentation, selection)
+must bump :data:`ENCODER_RECIPE_VERSION` (defined in :mod:`pipeline.encoders.recipe`, which the cache
+layout imports without torch): cached default encoders are keyed by it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ import torch
 
 from pipeline.encoders.augment import AudioAugment
 from pipeline.encoders.losses import LossConfig
+from pipeline.encoders.recipe import ENCODER_RECIPE_VERSION
+
+__all__ = ["CPU_EPOCHS", "DEFAULT_BATCH", "ENCODER_RECIPE_VERSION", "PAPER_EPOCHS", "EncoderTrainConfig",
+           "default_epochs"]
 
 CPU_EPOCHS = 5
 PAPER_EPOCHS = {"audio": 60, "face": 100, "scene": 100}

@@ -2,8 +2,9 @@
 
 Workers read the clips, ``media.h5`` and the weights by the driver's absolute paths, so they must see
 the same file system; :func:`check_workers_see` asks every worker before the first task.
-``m2f extract --security FILE`` turns on dask's TLS (:func:`load_security`) for a LocalCluster and for
-``--scheduler tls://...``.
+``m2f extract --security FILE`` gives dask's TLS certificates (:func:`load_security`) for a LocalCluster
+and for ``--scheduler tls://...``; without it the LocalCluster m2f starts uses dask's temporary
+credentials (:func:`pipeline.extract.engine.make_local_cluster`).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from pipeline.extract.encoders import (
     encoder_identity,
     stage_encoders,
     stored_media_config,
+    training_labels,
 )
 from pipeline.extract.engine import Engine
 from pipeline.extract.media import media_config_dict, media_key, stage_media
@@ -57,7 +58,8 @@ def run_extract(opts: ExtractOptions, client=None,
     if not selected:
         have = sorted({u.split for u in manifest})
         raise ExtractError(f"{manifest_file} has no utterances in splits {list(opts.splits)} (it has {have})")
-    key = manifest_hash(selected)
+    key = manifest_hash(selected)  # the features key: labels and text are in features.h5
+    labels = training_labels(selected)  # what default encoders learn (the media key leaves labels out)
     media_cfg = media_config_dict(opts.media_config) if opts.needs_media else None
     if opts.needs_media:
         check_given_encoders(opts, media_cfg)  # before hours of decoding, not after
@@ -72,13 +74,13 @@ def run_extract(opts: ExtractOptions, client=None,
         media_file = None
         mkey = key
         if opts.needs_media:
-            mkey = media_key(media_cfg, key)
-            if opts.encoders is None and cached_encoders(opts, mkey)[1]:
-                check_trainable(opts, cached_encoders(opts, mkey)[0])  # fail before decoding
+            mkey = media_key(media_cfg, selected)
+            if opts.encoders is None and cached_encoders(opts, mkey, labels)[1]:
+                check_trainable(opts, cached_encoders(opts, mkey, labels)[0])  # fail before decoding
             engine.require_shared([*clip_folders(selected), layout.dataset_dir])
             media_file = stage_media(engine, opts, selected, media_cfg, mkey, result, on_written)
             result.media, result.problems = media_file, layout.problems_file(mkey)
-        enc_spec = stage_encoders(opts, media_file, mkey)
+        enc_spec = stage_encoders(opts, media_file, mkey, labels)
         if media_file is not None:
             check_input_contract(enc_spec, stored_media_config(media_file), opts.modalities, str(media_file))
         text_model = stage_text_model(opts, manifest)

@@ -1,26 +1,63 @@
 """Stage 3, encoders: which audio/face/scene encoders the workers load, and whether they fit the media.
 
 ``--encoders random`` (seeded random weights), ``--encoders DIR``, or by default the encoders cached for
-this media cache (:meth:`pipeline.layout.CacheLayout.encoders_dir`), trained now if missing. Before
-embedding, each encoder's input contract is compared with the settings stored in ``media.h5``.
+this media cache, these train+dev labels and the current training recipe
+(:meth:`pipeline.layout.CacheLayout.encoders_dir`), trained now if missing, on the labels of the
+manifest (:func:`training_labels`; the media cache's key and ``label`` column do not follow label fixes).
+Before embedding, each encoder's input contract is compared with the settings stored in ``media.h5``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from pipeline.cache import config_hash
 from pipeline.corpora.base import CLASS_MAPS
 from pipeline.extract.options import ExtractError, ExtractOptions
+from pipeline.manifest import Utterance
 from pipeline.names import ENCODER_KINDS
 
 logger = logging.getLogger(__name__)
 
 
-def stage_encoders(opts: ExtractOptions, media_path: Path | None, media_key: str) -> str | None:
-    """The encoders workers load: ``random``, or the absolute path of a given, cached or trained folder."""
+#: The splits encoder training reads (train learns, dev selects the epoch); their labels key the cache.
+TRAINING_SPLITS = ("train", "dev")
+
+
+def training_labels(utterances: Iterable[Utterance]) -> dict[str, str]:
+    """Utterance id -> label ("" for none) of the train and dev utterances: what encoder training learns."""
+    return {u.id: u.label or "" for u in utterances if u.split in TRAINING_SPLITS}
+
+
+def labels_key(labels: Mapping[str, str]) -> str:
+    """12 hex digits naming a set of training labels (order-free), part of the encoder folder's key."""
+    return config_hash({"labels": sorted(labels.items())})
+
+
+def stored_labels(media_path: str | Path) -> dict[str, str]:
+    """The train and dev labels stored in a ``media.h5`` (those of the manifest it was decoded from)."""
+    from pipeline.h5rows import RowReader
+
+    out: dict[str, str] = {}
+    for split in TRAINING_SPLITS:
+        try:
+            reader = RowReader(media_path, split)
+        except KeyError:
+            continue
+        with reader:
+            out.update(zip(map(str, reader.utt_ids), map(str, reader.column("label")), strict=True))
+    return out
+
+
+def stage_encoders(opts: ExtractOptions, media_path: Path | None, media_key: str,
+                   labels: Mapping[str, str]) -> str | None:
+    """The encoders workers load: ``random``, or the absolute path of a given, cached or trained folder.
+
+    ``labels`` (:func:`training_labels`) are what default encoders are trained on and keyed by.
+    """
     if not opts.needs_media:
         return None
     if opts.encoders == "random":
@@ -31,7 +68,7 @@ def stage_encoders(opts: ExtractOptions, media_path: Path | None, media_key: str
         folder = Path(opts.encoders).resolve()
         check_encoder_dir(folder, "--encoders")
         return str(folder)
-    folder, missing = cached_encoders(opts, media_key)
+    folder, missing = cached_encoders(opts, media_key, labels)
     if not missing:
         logger.info("encoders: using cached %s", folder)
         return str(folder)
@@ -47,14 +84,16 @@ def stage_encoders(opts: ExtractOptions, media_path: Path | None, media_key: str
                 folder)
     # triplets only over the corpus's standard classes (IEMOCAP's xxx/oth/sur are not emotions to learn)
     train_encoders(media_path, folder, modalities=tuple(missing), device=opts.device,
-                   classes=CLASS_MAPS.get(opts.dataset))
+                   classes=CLASS_MAPS.get(opts.dataset), labels=labels)
     check_encoder_dir(folder, "trained encoders")
     return str(folder)
 
 
-def cached_encoders(opts: ExtractOptions, media_key: str) -> tuple[Path, list[str]]:
-    """The default encoder folder for this media and the checkpoints it still lacks."""
-    folder = opts.layout.encoders_dir(media_key)
+def cached_encoders(opts: ExtractOptions, media_key: str, labels: Mapping[str, str]
+                    ) -> tuple[Path, list[str]]:
+    """The default encoder folder for this media, these labels and the current recipe, and the
+    checkpoints it still lacks."""
+    folder = opts.layout.encoders_dir(media_key, labels_key(labels))
     return folder, [m for m in ENCODER_KINDS if not (folder / f"{m}.pt").exists()]
 
 

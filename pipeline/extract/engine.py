@@ -51,12 +51,20 @@ def make_local_cluster(n_workers: int, security=None):
     Use this (not a bare ``LocalCluster``) to run the engine's tasks at full speed. For an external
     cluster (``--scheduler``) set ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null``
     in its dask config for the same effect. The scheduler, workers and dashboard listen on 127.0.0.1
-    only (dask sends pickled data); ``security`` (a ``distributed.security.Security``, see
-    :func:`pipeline.extract.cluster.load_security`) turns on TLS.
+    only, and the scheduler and workers speak TLS with mutual certificates: ``security`` (a
+    ``distributed.security.Security``, see :func:`pipeline.extract.cluster.load_security`) when given,
+    else dask's temporary credentials (:meth:`Security.temporary`: a fresh self-signed key and
+    certificate held in memory by this process and its workers only). dask runs whatever pickled
+    function a client sends, so without them any other user of the machine could connect to
+    127.0.0.1 and run code as this user; a client needs this cluster's certificate
+    (``Client(cluster)`` takes it from ``cluster.security``).
     """
     import dask
     from distributed import LocalCluster
+    from distributed.security import Security
 
+    if security is None:
+        security = Security.temporary()
     if os.environ.get(_DASK_TRIM) == "65536":  # left in this process's environment by an earlier nanny
         del os.environ[_DASK_TRIM]
     with dask.config.set({f"distributed.nanny.pre-spawn-environ.{_DASK_TRIM}": None}):

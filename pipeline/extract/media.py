@@ -2,6 +2,12 @@
 
 Runs on the dask workers (:func:`pipeline.extract.tasks.media_partition`); bad media never stops the
 run: each utterance's problems go into its row and into ``problems.jsonl`` beside ``media.h5``.
+
+The cache is keyed (:func:`media_key`) by the media settings and by exactly the utterance fields that
+change what is decoded (:data:`MEDIA_FIELDS`), not by labels or text: fixing a label reuses every
+decoded clip. The ``label`` column of ``media.h5`` therefore holds the labels of the manifest the media
+was first decoded from; ``m2f extract`` trains its default encoders on the current manifest's labels
+(:func:`pipeline.extract.encoders.training_labels`), never on that column.
 """
 
 from __future__ import annotations
@@ -28,9 +34,18 @@ def media_config_dict(overrides: dict | None) -> dict:
     return MediaConfig(**(overrides or {})).to_dict()
 
 
-def media_key(media_cfg: dict, manifest_key: str) -> str:
-    """Key of a media cache: hash of the media config and the selected manifest."""
-    return config_hash({"media": media_cfg, "manifest": manifest_key})
+#: What of an utterance the media stage reads: its id and row place (corpus, split, dialogue, position),
+#: the files (``clip``, ``audio``), the span (``start``, ``end``; also whether the corpus decodes whole
+#: clips) and the IEMOCAP ``side``. Not ``label``, ``sentiment``, ``text``, ``speaker``, ``session``.
+MEDIA_FIELDS = ("id", "corpus", "split", "dialogue_id", "position", "utterance_id", "clip", "audio", "start",
+                "end", "side")
+
+
+def media_key(media_cfg: dict, utterances: Sequence[Utterance]) -> str:
+    """Key of a media cache: hash of the media config and the :data:`MEDIA_FIELDS` of the selected
+    utterances (in order), so a label or transcript fix keeps the key and decodes nothing again."""
+    inputs = [[getattr(u, name) for name in MEDIA_FIELDS] for u in utterances]
+    return config_hash({"media": media_cfg, "utterances": inputs})
 
 
 def stage_media(engine: Engine, opts: ExtractOptions, selected: list[Utterance], media_cfg: dict, key: str,

@@ -80,6 +80,9 @@ class ExtractOptions:
     security : path or None
         A YAML file of ``distributed.security.Security`` keywords (TLS certificates, see
         :func:`pipeline.extract.cluster.load_security`), used for the LocalCluster and ``scheduler``.
+        None: a LocalCluster uses dask's temporary TLS credentials
+        (:func:`pipeline.extract.engine.make_local_cluster`), a ``scheduler`` is reached as its address
+        says.
     """
 
     dataset: str

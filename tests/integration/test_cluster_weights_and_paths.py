@@ -1,4 +1,4 @@
-"""A long-lived cluster: models cached by content, shared paths checked, loopback only, TLS end to end."""
+"""A long-lived cluster: models cached by content, shared paths checked, loopback and TLS only, user TLS."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.encoders.checkpoint import save_encoder
 from pipeline.encoders.model import build_encoder
-from pipeline.extract import ExtractError, ExtractOptions, make_local_cluster, run_extract
+from pipeline.extract import ExtractError, ExtractOptions, run_extract
 from pipeline.extract.cluster import check_workers_see, load_security
 from pipeline.extract.prepare import load_manifest
 from pipeline.features import read_split
@@ -33,19 +33,28 @@ def _audio(features: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def client():
-    from distributed import Client
-
-    cluster = make_local_cluster(1)  # one worker: the one whose model cache would be stale
-    with Client(cluster) as c:
-        yield c
-    cluster.close()
+def client(one_worker_client):
+    return one_worker_client  # one worker: the one whose model cache would be stale
 
 
 def test_local_cluster_listens_on_loopback_only(client):
-    assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+    assert client.scheduler.address.startswith("tls://127.0.0.1:")
     assert client.dashboard_link.startswith("http://127.0.0.1:")
-    assert all(a.startswith("tcp://127.0.0.1:") for a in client.scheduler_info()["workers"])
+    assert all(a.startswith("tls://127.0.0.1:") for a in client.scheduler_info()["workers"])
+
+
+def test_local_cluster_refuses_clients_without_its_certificate(client):
+    """Another local user cannot reach the scheduler m2f started: not in plain TCP, not with TLS
+    credentials of their own (dask would run any function such a client sent, as the m2f user)."""
+    from distributed import Client
+    from distributed.security import Security
+
+    address = client.scheduler.address
+    for other, security in ((address.replace("tls://", "tcp://", 1), None), (address, Security.temporary())):
+        with pytest.raises(OSError):  # distributed's CommClosedError and connect timeouts are OSErrors
+            Client(other, security=security, timeout=5, set_as_default=False)
+    assert client.security.require_encryption and client.security.tls_client_cert
+    assert client.submit(os.getpid).result(timeout=30) != os.getpid()  # m2f's own client still works
 
 
 @pytest.mark.slow  # three runs (~90 s on the shared machine)
@@ -124,9 +133,12 @@ def test_tls_local_cluster_end_to_end(client, tmp_path, caplog):
                           workers=1, cache=tmp_path / "cache", security=sec)
     addresses: list[str] = []
     with caplog.at_level(logging.INFO, logger="pipeline"):
-        res = run_extract(opts, on_written=lambda c, i: addresses.append(c.scheduler.address))
+        res = run_extract(opts, on_written=lambda c, i: addresses.append((c.scheduler.address,
+                                                                          c.security.tls_client_cert)))
     assert "started a LocalCluster" in caplog.text
-    assert addresses and all(a.startswith("tls://127.0.0.1:") for a in addresses)
+    # the user's certificate, not the temporary one m2f would make without --security
+    cert = str(tmp_path / "tls" / "cert.pem")
+    assert addresses and all(a.startswith("tls://127.0.0.1:") and c == cert for a, c in addresses)
     assert read_split(res.features, "dev").has_audio.all()
     plain = run_extract(ExtractOptions("sample", None, modalities=("audio",), splits=("dev",), limit=2,
                                        encoders="random", cache=tmp_path / "plain"), client=client)

@@ -21,6 +21,7 @@ import pytest
 from pipeline.encoders.checkpoint import save_encoder
 from pipeline.encoders.model import build_encoder
 from pipeline.extract import ExtractError, ExtractOptions, encoder_identity, make_local_cluster, run_extract
+from pipeline.extract.encoders import labels_key, stored_labels
 from pipeline.features import read_split, validate_features
 from pipeline.h5rows import RowReader
 from pipeline.layout import CacheLayout
@@ -29,6 +30,7 @@ from pipeline.modalities.text import DEFAULT_TEXT_MODEL
 from pipeline.testing.av_files import write_clip, write_truncated
 from pipeline.testing.iemocap import make_iemocap_tree
 from pipeline.testing.meld import MELD_CLIP_DIRS, make_meld_tree
+from pipeline.testing.tls import security_file
 
 N_FRAMES = 6  # fewer frames than the paper's 15 keep MTCNN and the encoders quick on 2 shared cores
 SIZE = (160, 120)  # the face is then above MTCNN's min_face_size
@@ -189,7 +191,7 @@ def test_rerun_is_a_noop(meld_run, client):
 
 def test_default_encoders_are_the_ones_cached_for_this_media(meld_run, client):
     opts, ref = meld_run
-    folder = opts.layout.encoders_dir(CacheLayout.media_key(ref.media))
+    folder = opts.layout.encoders_dir(CacheLayout.media_key(ref.media), labels_key(stored_labels(ref.media)))
     sizes = {"face": 80, "scene": 64}  # the media's crop sizes: the input contract is checked
     for i, m in enumerate(("audio", "face", "scene")):
         save_encoder(build_encoder(m, seed=100 + i, **({"image_size": sizes[m]} if m in sizes else {})),
@@ -215,7 +217,7 @@ def test_missing_default_encoders_are_trained_on_the_stored_media(meld_run, clie
     shutil.copytree(ref.media.parent, layout.media_dir(key))  # decoded media, reused
     shutil.copy(ref.manifest, layout.manifest(opts.root))
     res = run_extract(_opts(opts.root, cache, encoders=None), client=client)
-    folder = layout.encoders_dir(key)
+    folder = layout.encoders_dir(key, labels_key(stored_labels(ref.media)))
     assert res.encoders == str(folder.resolve())
     assert sorted(p.name for p in folder.glob("*.pt")) == ["audio.pt", "face.pt", "scene.pt"]
     assert validate_features(res.features) == []
@@ -280,7 +282,8 @@ def test_text_only_needs_no_clips_and_runs_on_a_given_scheduler(client, tmp_path
     root = make_meld_tree(tmp_path / "corpus", n_dialogues=2, utterances_per_dialogue=2, clips=False)
     opts = ExtractOptions("meld", root, cache=tmp_path / "cache", modalities=("text",),
                           text_model=DEFAULT_TEXT_MODEL, splits=("dev", "test"),
-                          scheduler=client.scheduler.address)
+                          scheduler=client.scheduler.address,
+                          security=security_file(client.security, tmp_path / "tls"))  # its TLS certificate
     with caplog.at_level(logging.INFO, logger="pipeline"):
         res = run_extract(opts)
     assert f"connected to {client.scheduler.address}; dashboard:" in caplog.text

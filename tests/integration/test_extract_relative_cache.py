@@ -17,6 +17,7 @@ from pipeline.extract.encoders import stage_encoders
 from pipeline.extract.text_model import given_text_model, stage_text_model
 from pipeline.features import read_attrs, validate_features
 from pipeline.modalities.text import DEFAULT_TEXT_MODEL
+from pipeline.testing.tls import security_file
 
 
 def _save_encoders(folder: Path) -> None:
@@ -34,7 +35,7 @@ def test_what_workers_get_is_absolute_when_everything_was_given_relative(tmp_pat
     (tmp_path / "textmodel").mkdir()
     opts = ExtractOptions("sample", None, cache=Path("relcache"), encoders="enc", text_model="textmodel")
     media = opts.layout.media_file("k")
-    spec = make_embed_spec(opts, media, stage_encoders(opts, media, "k"), stage_text_model(opts, []),
+    spec = make_embed_spec(opts, media, stage_encoders(opts, media, "k", {}), stage_text_model(opts, []),
                            {"n_frames": 4})
     here = tmp_path.resolve()
     assert spec.media == str(here / "relcache" / "sample" / "media-k" / "media.h5")
@@ -62,10 +63,11 @@ def test_relative_cache_text_model_and_encoders_from_another_folder(tmp_path, mo
             monkeypatch.chdir(work)
             (work / "minilm").symlink_to(DEFAULT_TEXT_MODEL)
             _save_encoders(work / "enc")
+            security_file(client.security, work / "tls")  # the cluster's TLS certificate, for the command
             res = CliRunner().invoke(main, [
                 "extract", "--dataset", "sample", "--cache", "relcache", "--encoders", "enc",
                 "--text-model", "minilm", "--modalities", "ta", "--splits", "dev", "--limit", "2",
-                "--scheduler", client.scheduler.address])
+                "--scheduler", client.scheduler.address, "--security", "tls/security.yaml"])
     finally:
         cluster.close()
     assert res.exit_code == 0, res.output

@@ -26,3 +26,37 @@ def test_temporary_names_are_new_files_beside_the_target(tmp_path):
 
 def tmp_path_of(path):
     return tmp_path(path)
+
+
+def test_text_model_folder_and_demo_csv_never_write_through_planted_names(tmp_path):
+    from pipeline.encoders.text_finetune_state import META_FILE, _save_model_folder
+
+    class Saves:
+        def __init__(self, name):
+            self.name = name
+
+        def save_pretrained(self, folder):
+            (folder / self.name).write_text(self.name)
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    resume = tmp_path / "resume"
+    resume.mkdir()
+    for suffix in (".tmp", ".old"):
+        (resume / f"best{suffix}").symlink_to(victim)  # the old, predictable names
+    for _ in range(2):  # a first save, then one that replaces it
+        _save_model_folder(Saves("model.bin"), Saves("tok.json"), resume / "best", {"step": 1})
+    assert sorted(p.name for p in (resume / "best").iterdir()) == [META_FILE, "model.bin", "tok.json"]
+    assert sorted(p.name for p in resume.iterdir()) == ["best"]  # the planted links went, nothing else left
+    assert (victim / "keep.txt").read_text() == "precious" and sorted(p.name for p in victim.iterdir()) == [
+        "keep.txt"]
+
+    from trainer.demo_corpus import build_fusion_corpus
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "corpus.csv.tmp").symlink_to(victim / "keep.txt")
+    csv_path = build_fusion_corpus(out, {"train": 1}, utterances_per_dialogue=2)
+    assert (victim / "keep.txt").read_text() == "precious" and not csv_path.is_symlink()
+    assert csv_path.read_text(encoding="utf-8").startswith("dialogue_id,")

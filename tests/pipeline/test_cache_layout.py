@@ -92,7 +92,7 @@ def test_every_path_is_absolute_under_the_root_even_from_a_relative_root(tmp_pat
     base = tmp_path.resolve() / "relcache" / "sample"
     assert layout.root == tmp_path.resolve() / "relcache" and layout.dataset_dir == base
     paths = [layout.manifest(None), layout.manifest("corpus"), layout.media_dir("k"), layout.media_file("k"),
-             layout.problems_file("k"), layout.encoders_dir("k"), layout.text_model_dir("t", "b"),
+             layout.problems_file("k"), layout.encoders_dir("k", "l"), layout.text_model_dir("t", "b"),
              layout.text_model_marker("t", "b"), layout.features_dir("f"), layout.features_file("f"),
              layout.features_config("f")]
     for p in paths:
@@ -119,3 +119,21 @@ def test_media_key_reads_back_and_media_files_are_found(tmp_path):
 def test_a_dataset_must_be_a_folder_name(dataset, tmp_path):
     with pytest.raises(ValueError, match="folder name"):
         CacheLayout(tmp_path, dataset)
+
+
+def test_encoder_folders_are_keyed_by_media_labels_and_recipe_and_all_are_found(tmp_path):
+    from pipeline.encoders.recipe import ENCODER_RECIPE_VERSION
+
+    layout = CacheLayout(tmp_path, "meld")
+    current = layout.encoders_dir("m1", "l1")
+    assert current == layout.encoders_dir("m1", "l1", ENCODER_RECIPE_VERSION)
+    assert current.parent == layout.dataset_dir / "encoders" / "m1"
+    others = [layout.encoders_dir("m1", "l2"), layout.encoders_dir("m1", "l1", ENCODER_RECIPE_VERSION + 1),
+              layout.encoders_dir("m2", "l1")]
+    assert len({current, *others}) == 4
+    legacy = layout.dataset_dir / "encoders" / "m0"  # a cache made before the labels and recipe keys
+    for folder in (current, *others, legacy):
+        (folder / ".train-state").mkdir(parents=True)
+        (folder / "audio.pt").touch()
+    # export finds the encoders of runs made with any of them (legacy included), never a state folder
+    assert layout.all_encoders_dirs() == sorted([current, *others, legacy])

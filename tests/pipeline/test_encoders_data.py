@@ -83,6 +83,23 @@ def test_samples_skip_unlabelled_and_missing_rows(media, modality):
     dev.close()
 
 
+def test_given_labels_replace_the_stored_column(media):
+    """A label fixed in the manifest reaches training although media.h5 keeps the decode-time label."""
+    from pipeline.h5rows import RowReader
+
+    with RowReader(media, "train") as r:
+        ids, stored = list(r.utt_ids), list(r.column("label"))
+    fixed = dict(zip(ids, stored, strict=True))
+    first = next(i for i, lab in fixed.items() if lab == LABELS[0])
+    fixed[first] = LABELS[1]
+    s = MediaSamples(media, "train", "audio", labels=fixed)
+    assert s.label_counts()[LABELS[0]] == 3 and s.label_counts()[LABELS[1]] == 5
+    s.close()
+    del fixed[first]
+    with pytest.raises(ValueError, match="no label given for 1 row"):
+        MediaSamples(media, "train", "audio", labels=fixed)
+
+
 def test_load_batch_shapes_and_views(media):
     rng = np.random.default_rng(0)
     audio = MediaSamples(media, "train", "audio")

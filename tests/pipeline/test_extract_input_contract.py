@@ -12,9 +12,9 @@ from pipeline.encoders.checkpoint import save_encoder
 from pipeline.encoders.inputs import InputContract
 from pipeline.encoders.model import build_encoder
 from pipeline.extract import ExtractError, ExtractOptions, run_extract
-from pipeline.extract.encoders import contract_mismatches
+from pipeline.extract.encoders import contract_mismatches, labels_key, training_labels
 from pipeline.extract.media import media_config_dict, media_key
-from pipeline.extract.prepare import load_manifest, manifest_hash, select
+from pipeline.extract.prepare import load_manifest, select
 
 SIZES = {"face": 80, "scene": 64}  # MediaConfig's default crop sizes
 
@@ -54,19 +54,20 @@ def test_cached_encoders_at_8_khz_stop_the_run_before_embedding_16_khz_media(tmp
     _, manifest = load_manifest(layout, None)
     selected = select(manifest, opts.splits, opts.limit)
     media_cfg = media_config_dict(None)
-    key = media_key(media_cfg, manifest_hash(selected))
+    key = media_key(media_cfg, selected)
     # a finished media cache (only what the skip check and problems.jsonl read): no decoding, no cluster
     with ShardedWriter(layout.media_file(key), {"kind": "m2f-media", "dataset": "sample",
                                                  "media_config": json.dumps(media_cfg, sort_keys=True)}) as w:
         w.append("dev", {"utt_id": np.array([u.id for u in selected], dtype=object),
                          "problems": np.array(["[]"] * len(selected), dtype=object)})
         w.finalize()
-    _save_encoders(layout.encoders_dir(key), sample_rate=8000)
+    encoders = layout.encoders_dir(key, labels_key(training_labels(selected)))
+    _save_encoders(encoders, sample_rate=8000)
     with pytest.raises(ExtractError) as err:
         run_extract(opts)
     msg = str(err.value)
     assert "\n" not in msg and "8000 Hz" in msg and "16000 Hz" in msg
-    assert str(layout.encoders_dir(key) / "audio.pt") in msg and str(layout.media_file(key)) in msg
+    assert str(encoders / "audio.pt") in msg and str(layout.media_file(key)) in msg
     assert not list(layout.dataset_dir.glob("*/features.h5*"))  # stopped before the embed stage
 
 
