@@ -36,8 +36,8 @@ from pipeline.manifest import Dialogue, Utterance
 from pipeline.names import MODALITIES
 from trainer.data import MODALITY_FIELDS
 from trainer.model import NO_SPEAKER
+from trainer.predict import LETTER
 
-LETTER = {"text": "t", "audio": "a", "visual": "v"}
 CORPUS, SPLIT = "custom", "test"
 
 
