@@ -15,9 +15,9 @@ from pathlib import Path
 import click
 
 from pipeline import __version__
-from pipeline.layout import CacheLayout
 from pipeline.names import DATASETS, modality_letters, parse_modalities
 from pipeline.shown import shown
+from pipeline.store.layout import CacheLayout
 
 #: the packages whose loggers print at the chosen level; every other logger prints warnings only
 _OUR_LOGGERS = ("pipeline", "trainer")
@@ -178,8 +178,8 @@ def extract(dataset: str, root: Path | None, modalities: str, splits: str, worke
 def _run_extract_command(**kw) -> None:
     from pipeline.extract import ExtractError, ExtractOptions, format_summary, run_extract
     from pipeline.extract.options import default_workers, parse_list
-    from pipeline.locks import CacheError
     from pipeline.names import SPLITS
+    from pipeline.store.locks import CacheError
 
     if kw.get("workers") is None:
         kw["workers"] = default_workers()
@@ -258,9 +258,9 @@ def train_encoders_command(dataset: str, modality: str, media: Path | None, out:
                           {k: v for k, v in recipe.items() if v is not None})
         return
     from pipeline.encoders.train import train_encoders
-    from pipeline.extract.encoders import labels_key, stored_labels
-    from pipeline.locks import CacheError
+    from pipeline.extract.stage_encoders import labels_key, stored_labels
     from pipeline.names import ENCODER_KINDS
+    from pipeline.store.locks import CacheError
 
     layout = CacheLayout(cache, dataset)
     media = media or _find_media(layout)
@@ -296,17 +296,17 @@ def _train_text_model(layout: CacheLayout, root: Path | None, out: Path | None, 
     """
     from pipeline.corpora import CorpusError, prepare_corpus
     from pipeline.extract import ExtractError
-    from pipeline.extract.prepare import load_manifest
-    from pipeline.extract.text_model import finetune_default_text_model
-    from pipeline.locks import CacheError
+    from pipeline.extract.stage_prepare import load_manifest
+    from pipeline.extract.stage_text import finetune_default_text_model
+    from pipeline.store.locks import CacheError
 
     try:
         if out is None:
             _, manifest = load_manifest(layout, root)
             path = finetune_default_text_model(layout, manifest, device=device, base=base, **kw)
         else:
-            from pipeline.encoders.text_finetune import finetune_text
-            from pipeline.extract.text_model import resolve_text_base
+            from pipeline.extract.stage_text import resolve_text_base
+            from pipeline.text.finetune.loop import finetune_text
 
             source = resolve_text_base(base)[0] if base is not None else None
             path = finetune_text(prepare_corpus(layout.dataset, root), out, base_model=source, device=device,
@@ -316,7 +316,7 @@ def _train_text_model(layout: CacheLayout, root: Path | None, out: Path | None, 
     click.echo(str(path))
 # --- end train-encoders ---
 
-# --- train-dialog (trainer/config.py, trainer/fit.py) ----------------------------------------
+# --- train-dialog (trainer/dialog/config.py, trainer/dialog/fit.py) ----------------------------------------
 @main.command("train-dialog")
 @click.option("--features", type=click.Path(path_type=Path), required=True,
               help="A features.h5 (m2f extract).")
@@ -371,8 +371,8 @@ def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, se
     Writes RUN_DIR/seed<k>/ (config, environment, label map, metrics.jsonl, best.pt, predictions);
     the epoch is chosen on dev weighted F1, never on test. Rerun the same command to resume.
     """
-    from trainer.config import DialogTrainConfig
-    from trainer.fit import train_dialog
+    from trainer.dialog.config import DialogTrainConfig
+    from trainer.dialog.fit import train_dialog
 
     letters = modality_letters(_modalities(modalities))  # fit takes the letters form
     config = DialogTrainConfig(
@@ -392,7 +392,7 @@ def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, se
     click.echo(f"done: {len(dirs)} seed(s) in {out}; next: m2f report {out}")
 # --- end train-dialog ---
 
-# --- report (trainer/report.py) --------------------------------------------------------------
+# --- report (trainer/report/build.py) --------------------------------------------------------------
 @main.command("report")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
 @click.option("--compare-out", type=click.Path(path_type=Path), default=None,
@@ -403,7 +403,7 @@ def report_cmd(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
     Writes report.md, report.json, confusion.png and curves.png into each RUN_DIR and prints one
     comparison table (mean ± std over seeds). A run still training is reported as such.
     """
-    from trainer.report import report
+    from trainer.report.build import report
 
     try:
         table = report(list(run_dirs), compare_out)
@@ -413,7 +413,7 @@ def report_cmd(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
 # --- end report ---
 
 
-# --- demo (trainer/demo.py) ------------------------------------------------------------------
+# --- demo (trainer/demo/chain.py) ------------------------------------------------------------------
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/sample"),
               help="Demo folder: corpus, runs, model, predictions.")
@@ -428,14 +428,14 @@ def demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> None:
     train-dialog (text only, and fused) -> report -> export -> predict a subtitled conversation video;
     prints the comparison, the predictions and the timeline picture's path.
     """
-    from trainer.demo import run_demo
+    from trainer.demo.chain import run_demo
 
     path = run_demo(out, cache, workers, seeds, epochs)
     click.echo(f"report: {path} (confusion matrix: {path.parent / 'confusion.png'})")
 # --- end demo ---
 
 
-# --- export (trainer/export.py) --------------------------------------------------------------
+# --- export (trainer/apply/export.py) --------------------------------------------------------------
 @main.command("export")
 @click.argument("run", type=click.Path(path_type=Path, exists=True))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Model folder to create.")
@@ -452,7 +452,7 @@ def export_cmd(run: Path, out: Path, seed: int | None, encoders: str | None, tex
     OUT gets the dialog model, encoders and text model as safetensors, the label map, the media and
     feature settings, checksums.json and a model card (README.md); `m2f predict --model OUT` uses it.
     """
-    from trainer.export import ModelFolderError, export_model
+    from trainer.apply.export import ModelFolderError, export_model
 
     try:
         path = export_model(run, out, seed=seed, encoders=encoders, text_model=text_model,
@@ -463,7 +463,7 @@ def export_cmd(run: Path, out: Path, seed: int | None, encoders: str | None, tex
 # --- end export ---
 
 
-# --- predict (trainer/predict.py) ------------------------------------------------------------
+# --- predict (trainer/apply/predict.py) ------------------------------------------------------------
 @main.command("predict")
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True,
@@ -489,10 +489,10 @@ def predict_cmd(input_path: Path, model_dir: Path, out: Path, subtitles: Path | 
     --subtitles. Writes one row per utterance: dialogue, position, speaker, start, end, text,
     predicted, p_<class>..., has_<modality> (False = missing, the model's learned vector was used).
     """
-    from pipeline.locks import CacheLockedError
-    from pipeline.subtitles import SubtitleError
-    from trainer.export import ModelFolderError
-    from trainer.predict import ExtractError, PredictError, predict
+    from pipeline.corpora.subtitles import SubtitleError
+    from pipeline.store.locks import CacheLockedError
+    from trainer.apply.export import ModelFolderError
+    from trainer.apply.predict import ExtractError, PredictError, predict
 
     try:
         result = predict(model_dir, input_path, out, subtitles=subtitles, fmt=fmt, plot=plot, workers=workers,
@@ -506,10 +506,11 @@ def predict_cmd(input_path: Path, model_dir: Path, out: Path, subtitles: Path | 
 # --- end predict ---
 
 
-# --- live and serve (trainer/live.py, trainer/serve.py) -------------------------------------------
+# --- live and serve (trainer/apply/live.py, trainer/apply/serve.py)
+# -------------------------------------------
 def _live_model(model_dir: Path, device: str, allow_revisions: bool):
-    from trainer.export import ModelFolderError
-    from trainer.live import LiveError, LiveModel
+    from trainer.apply.export import ModelFolderError
+    from trainer.apply.live import LiveError, LiveModel
 
     try:
         model = LiveModel.load(model_dir, device=device, allow_revisions=allow_revisions)
@@ -542,7 +543,7 @@ def live_cmd(model_dir: Path, video: Path | None, subtitles: Path | None, speed:
     Writes one JSON line per utterance as soon as it is predicted (m2f predict's fields plus seconds
     and problems); a bad line gets {"line": n, "error": "..."} and the stream goes on.
     """
-    from trainer.live import replay, run_jsonl
+    from trainer.apply.live import replay, run_jsonl
 
     if (video is None) != (subtitles is None):
         raise click.UsageError("--replay and --subtitles go together")
@@ -591,7 +592,7 @@ def serve_cmd(model_dir: Path, host: str, port: int, allow_revisions: bool, max_
     Also GET /v1/conversations/{id}, DELETE /v1/conversations/{id}, GET /health; OpenAPI docs at
     /docs. Clips and audio come only as multipart uploads (never a path on the server).
     """
-    from trainer.serve import serve
+    from trainer.apply.serve import serve
 
     try:
         serve(model_dir, host=host, port=port, device=device, allow_revisions=allow_revisions,

@@ -51,8 +51,8 @@ def run_one(features: str, out: str, setting: str, causal: bool, seed: int, opti
     """Train one seed of one setting; return its dev/test weighted F1 and selected epoch."""
     import warnings
 
-    from trainer.fit import DialogTrainConfig, train_dialog
-    from trainer.summary import summarize_seed
+    from trainer.dialog.fit import DialogTrainConfig, train_dialog
+    from trainer.report.summary import summarize_seed
 
     warnings.filterwarnings("ignore")
     t0 = time.perf_counter()
@@ -83,7 +83,7 @@ def demo_file(folder: Path) -> Path:
     """The demo's generated corpus and features.h5 in ``folder`` (built once; reused when present)."""
     import contextlib
 
-    from trainer.demo import demo_features
+    from trainer.demo.chain import demo_features
 
     with contextlib.redirect_stdout(sys.stderr):
         return demo_features(folder, folder / "cache", workers=1)[2]
@@ -113,7 +113,7 @@ def main() -> None:
     causal = {"both": (False, True), "off": (False,), "on": (True,)}[args.causal]
     t0 = time.perf_counter()
     if args.demo is not None:
-        from trainer.demo import DEMO_BATCH
+        from trainer.demo.chain import DEMO_BATCH
 
         features = demo_file(args.demo)
         defaults = {"epochs": 25, "patience": 25, "batch_size": DEMO_BATCH}

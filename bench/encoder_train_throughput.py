@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.encoders.data import MediaSamples
 from pipeline.encoders.loader import TrainLoader
-from pipeline.encoders.model import build_encoder
+from pipeline.encoders.network import build_encoder
+from pipeline.encoders.samples import MediaSamples
 from pipeline.encoders.train import train_epoch
 from pipeline.encoders.train_config import DEFAULT_BATCH, EncoderTrainConfig
 from pipeline.names import ENCODER_KINDS

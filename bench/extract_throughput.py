@@ -41,7 +41,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def make_corpus(root: Path, clips: int, size: tuple[int, int], duration: float) -> Path:
     """A dev-split MELD tree of ``clips`` clean clips (4 per dialogue)."""
-    from pipeline.testing.meld import make_meld_tree
+    from pipeline.testing.meld_tree import make_meld_tree
 
     return make_meld_tree(root, n_dialogues=-(-clips // 4), utterances_per_dialogue=4, splits=("dev",),
                           traps=False, size=size, duration=duration)
@@ -50,7 +50,7 @@ def make_corpus(root: Path, clips: int, size: tuple[int, int], duration: float) 
 def run_dask(root: Path, cache: Path, workers: int) -> dict:
     """One full ``run_extract`` with a fresh LocalCluster of ``workers`` processes."""
     from pipeline.extract import ExtractOptions, run_extract
-    from pipeline.modalities.text import DEFAULT_TEXT_MODEL
+    from pipeline.text.embedder import DEFAULT_TEXT_MODEL
 
     opts = ExtractOptions("meld", root, splits=("dev",), workers=workers, cache=cache, encoders="random",
                           text_model=DEFAULT_TEXT_MODEL)
@@ -68,8 +68,8 @@ def run_dask(root: Path, cache: Path, workers: int) -> dict:
 
 def dev_utterances(root: Path, cache: Path) -> list:
     """The dev split's utterances of the corpus at ``root`` (manifest cached under ``cache``)."""
-    from pipeline.extract.prepare import load_manifest
-    from pipeline.layout import CacheLayout
+    from pipeline.extract.stage_prepare import load_manifest
+    from pipeline.store.layout import CacheLayout
 
     return [u for u in load_manifest(CacheLayout(cache, "meld"), root)[1] if u.split == "dev"]
 
@@ -86,7 +86,7 @@ class _TimedDetector:
 
 def _media(utts: list, cfg, detector, clock) -> list[dict]:
     """Media rows clip by clip; ``decode`` = the media stage's time less MTCNN's."""
-    from pipeline.media import process_utterance
+    from pipeline.utterance.process import process_utterance
 
     rows = []
     for u in utts:
@@ -99,7 +99,7 @@ def _media(utts: list, cfg, detector, clock) -> list[dict]:
 
 def _text(text_model, utts: list, clock) -> dict[str, np.ndarray]:
     """Text vectors of whole dialogues ``utts`` by utterance id."""
-    from pipeline.embed import text_embeddings
+    from pipeline.utterance.embed import text_embeddings
 
     emb, _ = clock.timed("text", text_embeddings, text_model, utts)
     return {u.id: v for u, v in zip(utts, emb, strict=True)}
@@ -107,7 +107,7 @@ def _text(text_model, utts: list, clock) -> dict[str, np.ndarray]:
 
 def _embed(rows: list[dict], text: dict[str, np.ndarray], encs, cfg, batch: int, clock) -> np.ndarray:
     """``[text | audio | visual]`` of ``rows`` (each encoder over all of them in one call)."""
-    from pipeline.embed import FrontTimer, encode_waveforms, visual_embeddings
+    from pipeline.utterance.embed import FrontTimer, encode_waveforms, visual_embeddings
 
     waves = [r["waveform"] if r["has_audio"] else np.zeros(0, np.float32) for r in rows]
     timer = FrontTimer(encs.audio, clock)
@@ -123,8 +123,8 @@ def _load_models(cfg, clock):
     import torch
 
     from pipeline.encoders.checkpoint import load_encoder_set
-    from pipeline.media import FaceDetector
-    from pipeline.modalities.text import DEFAULT_TEXT_MODEL, TextEmbedder
+    from pipeline.text.embedder import DEFAULT_TEXT_MODEL, TextEmbedder
+    from pipeline.utterance.process import FaceDetector
 
     torch.set_num_threads(1)
     detector = clock.timed("load", FaceDetector, cfg)
@@ -135,9 +135,9 @@ def _load_models(cfg, clock):
 
 def run_loop(utts: list, clock=None, batch: int = 32) -> tuple[dict, dict[str, np.ndarray]]:
     """The fair baseline: models built once, then clip by clip; text once per dialogue. No dask."""
-    from pipeline.embed import StageClock
     from pipeline.manifest import group_dialogues
-    from pipeline.media import MediaConfig
+    from pipeline.utterance.embed import StageClock
+    from pipeline.utterance.process import MediaConfig
 
     cfg = MediaConfig()
     clock = clock or StageClock()
@@ -153,9 +153,9 @@ def run_loop(utts: list, clock=None, batch: int = 32) -> tuple[dict, dict[str, n
 
 def run_stages(utts: list, clock=None, partition_size: int = 16, batch: int = 32) -> tuple[dict, dict]:
     """The engine's stage functions in-process: media clip by clip, embedding batched per partition."""
-    from pipeline.embed import StageClock
     from pipeline.extract.engine import partition
-    from pipeline.media import MediaConfig
+    from pipeline.utterance.embed import StageClock
+    from pipeline.utterance.process import MediaConfig
 
     cfg = MediaConfig()
     clock = clock or StageClock()
@@ -183,7 +183,7 @@ def _stats(utts: list, clock, wall: float) -> dict:
 
 def run_cost(utts: list, partition_size: int, profile: Path | None) -> dict:
     """CPU seconds per clip per stage (``time.thread_time``, one torch thread) of the loop and the stages."""
-    from pipeline.embed import StageClock
+    from pipeline.utterance.embed import StageClock
 
     loop, vec_loop = run_loop(utts, StageClock(timer=time.thread_time))
     prof = None
@@ -205,14 +205,14 @@ def _warm_worker() -> None:
     """Import what the media task imports (first-task cost; a cold import compiles modules)."""
     import facenet_pytorch  # noqa: F401
 
-    import pipeline.media  # noqa: F401
+    import pipeline.utterance.process  # noqa: F401
 
 
 def run_scaling(root: Path, work: Path, counts: list[int]) -> dict:
     """The media stage alone with each worker count in ``counts``: utterances/s and speedup."""
     from pipeline.extract.engine import Engine
-    from pipeline.extract.media import media_config_dict, media_key, stage_media
     from pipeline.extract.options import ExtractOptions, ExtractResult
+    from pipeline.extract.stage_media import media_config_dict, media_key, stage_media
 
     out = {}
     for k in counts:
@@ -243,7 +243,7 @@ def run_scaling(root: Path, work: Path, counts: list[int]) -> dict:
 
 def max_diff(features: Path, naive: dict[str, np.ndarray]) -> float:
     """Largest absolute difference between the dask features and the loop's vectors."""
-    from pipeline.features import read_split
+    from pipeline.store.features import read_split
 
     a = read_split(features, "dev")
     got = np.concatenate([a.text_emb, a.audio_emb, a.visual_emb], axis=1)

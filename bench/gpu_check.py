@@ -90,7 +90,7 @@ def _text(b) -> str:
 
 
 def _make_unique_clips(args: tuple) -> None:
-    from pipeline.testing.meld import make_meld_tree
+    from pipeline.testing.meld_tree import make_meld_tree
 
     root, split, n_clips, seconds, size, seed = args
     make_meld_tree(root, n_dialogues=1, utterances_per_dialogue=n_clips, splits=(split,), layout="flat",
@@ -106,7 +106,7 @@ def make_corpus(root: Path, spec: tuple, unique_per_split: int) -> dict:
     import csv
     import shutil
 
-    from pipeline.testing.meld import MELD_CLIP_DIRS, make_meld_tree
+    from pipeline.testing.meld_tree import MELD_CLIP_DIRS, make_meld_tree
 
     n_dialogues, per_dialogue, seconds, size = spec
     started = time.perf_counter()

@@ -6,7 +6,7 @@ as fine-tuned with the past-only context (``m2f_text.json``), then a causal dial
 Latency depends on the architecture (MiniLM, ResNet18 encoders, 15 frames, MTCNN), not on the weights.
 
 Clips: ``--clip-seconds`` long, ``--size`` (default 1280x720), generated with a face, an utterance each.
-Each input gets ``--utterances`` added to one conversation through :class:`trainer.live.LiveModel`
+Each input gets ``--utterances`` added to one conversation through :class:`trainer.apply.live.LiveModel`
 (the first ``--warmup`` not counted); the latency of one is the time ``Conversation.add`` takes, which
 is the time from the utterance's end (its clip complete) to its prediction. Also CPU seconds per
 utterance (this process, every thread).
@@ -47,9 +47,9 @@ TEXTS = ["I can't believe you did that!", "Oh, come on, it was nothing.", "Nothi
 def build_models(workdir: Path) -> dict[str, Path]:
     """One exported causal model per input (built once into ``workdir``)."""
     from pipeline.extract import ExtractOptions, run_extract
-    from pipeline.modalities.text import DEFAULT_TEXT_MODEL
-    from trainer.export import export_model
-    from trainer.fit import DialogTrainConfig, train_dialog
+    from pipeline.text.embedder import DEFAULT_TEXT_MODEL
+    from trainer.apply.export import export_model
+    from trainer.dialog.fit import DialogTrainConfig, train_dialog
 
     out = {name: workdir / f"model-{letters}" for name, letters in INPUTS.items()}
     if all((m / "checksums.json").exists() for m in out.values()):
@@ -97,7 +97,7 @@ def _stats(values: list[float]) -> dict:
 
 
 def time_inputs(models: dict[str, Path], clips: list[Path], n: int, warmup: int) -> dict:
-    from trainer.live import LiveModel
+    from trainer.apply.live import LiveModel
 
     out = {}
     for name, folder in models.items():
@@ -126,8 +126,8 @@ def m2f() -> list[str]:
 
 def replay(model: Path, clips: list[Path], minutes: float, seconds: float, workdir: Path) -> dict:
     """``m2f live --replay`` of a generated conversation of ``minutes``: one clip per cue, back to back."""
-    from pipeline.subtitles import Cue, write_srt
-    from trainer.demo_corpus import join_clips
+    from pipeline.corpora.subtitles import Cue, write_srt
+    from trainer.demo.corpus import join_clips
 
     n = max(2, int(minutes * 60 / seconds))
     video, srt = workdir / f"replay-{n}.mp4", workdir / f"replay-{n}.srt"

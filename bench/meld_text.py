@@ -8,7 +8,7 @@ is resumed by running the same command again):
    tokens, then a logistic regression fitted on train, its C picked on dev; the variant with the
    best dev weighted F1 is the baseline.
 2. ``finetune``  EmoBERTa-style fine-tuning of MiniLM on the context input
-   (:func:`pipeline.encoders.text_finetune.finetune_text`; train for training, dev for selection),
+   (:func:`pipeline.text.finetune.loop.finetune_text`; train for training, dev for selection),
    or ``--text-model FOLDER`` to reuse one.
 3. ``extract``   ``m2f extract --dataset meld --root DIR --modalities text --text-model FOLDER``.
 4. ``train``     ``m2f train-dialog --features FILE --out RUN --modalities t --seeds S``.
@@ -46,10 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.atomic import atomic_write_json
 from pipeline.corpora.base import MELD_CLASSES
 from pipeline.metrics import weighted_f1
 from pipeline.names import SPLITS
+from pipeline.store.atomic import atomic_write_json
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -123,7 +123,7 @@ def stage_baseline(utterances, out: Path, max_length: int, batch_size: int,
                    contexts: Sequence[str] = ("none", "full")) -> dict:
     """Frozen shipped MiniLM (context / no context x cls / mean pooling) + logistic regression."""
     from pipeline.manifest import group_dialogues
-    from pipeline.modalities.text import TextEmbedder
+    from pipeline.text.embedder import TextEmbedder
 
     dialogues = group_dialogues(utterances)
     variants = {}
@@ -153,8 +153,8 @@ def stage_baseline(utterances, out: Path, max_length: int, batch_size: int,
 
 def stage_finetune(utterances, folder: Path, args, seed: int = 0) -> dict:
     """Fine-tune MiniLM with context (resumable); return its ``m2f_text.json`` figures."""
-    from pipeline.encoders.text_finetune import finetune_text
-    from pipeline.encoders.text_finetune_state import read_finetune_meta
+    from pipeline.text.finetune.loop import finetune_text
+    from pipeline.text.finetune.state import read_finetune_meta
 
     if not (folder / "m2f_text.json").exists():
         finetune_text(utterances, folder, max_length=args.max_length, epochs=args.epochs,
@@ -214,7 +214,7 @@ def stage_train(args, features: str, out: Path) -> dict:
 
 def finetuned_lr(features: str) -> dict:
     """Logistic regression on the text embeddings of a features file (utterance level)."""
-    from pipeline.features import read_split
+    from pipeline.store.features import read_split
 
     x, y = {}, {}
     for split in SPLITS:
@@ -349,7 +349,7 @@ def _mean_std(values: Sequence[float]) -> dict | None:
 
 def ensemble_of_runs(runs: Sequence[dict]) -> dict | None:
     """Test and dev weighted F1 of the mean probability of every dialogue model of every fine-tune."""
-    from trainer.summary import ensemble_metrics, seed_dirs
+    from trainer.report.summary import ensemble_metrics, seed_dirs
 
     dirs = [d for r in runs if r.get("train") for d in seed_dirs(r["train"]["run_dir"])]
     out = {split: ensemble_metrics(dirs, split) for split in ("dev", "test")}

@@ -1,7 +1,7 @@
 """Latency of ``m2f predict`` on a 20-utterance conversation on the CPU; prints one JSON object.
 
 The conversation is 20 clips of the bundled sample corpus joined end to end into one video
-(:func:`trainer.demo_corpus.join_clips`) with an SRT of their speakers and texts. The model is
+(:func:`trainer.demo.corpus.join_clips`) with an SRT of their speakers and texts. The model is
 ``--model DIR`` (e.g. the demo's ``runs/sample/model``) or, by default, one built once into
 ``--workdir``: the sample extracted with seeded random encoders and the shipped MiniLM, a dialog
 model trained for two epochs, exported. Latency does not depend on the weights, only on the
@@ -35,10 +35,10 @@ N_UTTERANCES = 20
 
 def build_model(workdir: Path) -> Path:
     """The default model to time (see the module docs); reused when already built."""
-    from pipeline.modalities.text import DEFAULT_TEXT_MODEL
-    from trainer.export import export_model
-    from trainer.fit import DialogTrainConfig, train_dialog
-    from trainer.predict import ExtractOptions, run_extract
+    from pipeline.text.embedder import DEFAULT_TEXT_MODEL
+    from trainer.apply.export import export_model
+    from trainer.apply.predict import ExtractOptions, run_extract
+    from trainer.dialog.fit import DialogTrainConfig, train_dialog
 
     model = workdir / "model"
     if (model / "checksums.json").exists():
@@ -53,8 +53,8 @@ def build_model(workdir: Path) -> Path:
 def build_conversation(workdir: Path) -> tuple[Path, Path]:
     """``talk.mp4`` (20 sample clips joined) and ``talk.srt``."""
     from pipeline.corpora.sample import prepare_sample
-    from pipeline.subtitles import Cue, write_srt
-    from trainer.demo_corpus import join_clips
+    from pipeline.corpora.subtitles import Cue, write_srt
+    from trainer.demo.corpus import join_clips
 
     video, srt = workdir / "talk.mp4", workdir / "talk.srt"
     if not (video.exists() and srt.exists()):
@@ -67,7 +67,7 @@ def build_conversation(workdir: Path) -> tuple[Path, Path]:
 _TIMED = """
 import json, sys, time
 t0 = time.perf_counter()
-from trainer.predict import predict
+from trainer.apply.predict import predict
 imported = time.perf_counter() - t0
 workers = None if sys.argv[5] == "auto" else int(sys.argv[5])
 r = predict(sys.argv[1], sys.argv[2], sys.argv[3], subtitles=sys.argv[4], workers=workers)
@@ -79,8 +79,8 @@ def in_process_runs(model: Path, video: Path, srt: Path, workdir: Path, workers:
                     repeats: int) -> list[dict]:
     """``predict`` called again and again in this process with the model folder loaded once (a service):
     imports and the models the engine caches per process are paid by the first call only."""
-    from trainer.export import load_model_folder
-    from trainer.predict import predict
+    from trainer.apply.export import load_model_folder
+    from trainer.apply.predict import predict
 
     loaded = load_model_folder(model)
     out = []

@@ -3,7 +3,7 @@
 The cache has MELD's real dialogue lengths (parsed from ``../shared/data/meld/*_sent_emo.csv`` with
 the csv module; a synthetic length distribution with a note when they are absent), D_T 1024,
 D_A 300, D_V 600, and is trained with N = 1, m = 5 through the trainer's own code path
-(:func:`trainer.steps.train_epoch`, :func:`trainer.steps.predict_probs`). It reports:
+(:func:`trainer.dialog.steps.train_epoch`, :func:`trainer.dialog.steps.predict_probs`). It reports:
 
 * ``train_utt_per_s``: utterances per second of training steps (forward, backward, AdamW);
 * ``model_flops_per_utt``: FLOPs of one training step per real utterance, counted with
@@ -37,10 +37,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.testing.features_h5 import random_rows, write_features
-from trainer.config import resolve_device
-from trainer.data import MELD_CLASSES, batch_order, load_split
-from trainer.model import DialogModel, DialogModelConfig
-from trainer.steps import (
+from trainer.dialog.config import resolve_device
+from trainer.dialog.data import MELD_CLASSES, batch_order, load_split
+from trainer.dialog.model import DialogModel, DialogModelConfig
+from trainer.dialog.steps import (
     autocast_for,
     compile_missing,
     compiled_or_eager,

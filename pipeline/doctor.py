@@ -97,8 +97,8 @@ def check_pyav() -> Check:
     try:
         import av
 
-        from pipeline.decode.audio import decode_audio
         from pipeline.decode.frames import decode_frames
+        from pipeline.decode.waveform import decode_audio
         from pipeline.testing.av_files import write_clip
 
         with tempfile.TemporaryDirectory(prefix="m2f-doctor-") as tmp:
@@ -119,8 +119,8 @@ def check_mtcnn() -> Check:
     try:
         from skimage.data import astronaut
 
-        from pipeline.media import MediaConfig
-        from pipeline.modalities.visual import FaceDetector
+        from pipeline.utterance.process import MediaConfig
+        from pipeline.utterance.visual import FaceDetector
 
         ((boxes, probs),) = FaceDetector(MediaConfig(), device="cpu").detect(astronaut()[None])
         if len(boxes) < 1 or probs.max() < 0.9:
@@ -133,7 +133,7 @@ def check_mtcnn() -> Check:
 
 def check_text_model() -> Check:
     """The shipped all-MiniLM-L6-v2: present, and every file it is loaded from has its pinned sha256."""
-    from pipeline.modalities.shipped_text import (
+    from pipeline.text.shipped import (
         PACKAGE,
         ShippedModelError,
         shipped_model_dir,

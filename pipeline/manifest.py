@@ -23,8 +23,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.atomic import commit_tmp, tmp_path
 from pipeline.names import SPLITS  # also imported from here by the corpus readers
+from pipeline.store.atomic import commit_tmp, tmp_path
 
 #: Keys of one JSONL manifest line, in order. Scripts rely on these names.
 JSONL_KEYS = (

@@ -57,8 +57,8 @@ def live_models(tmp_path_factory, tiny_roberta):
     import shutil
 
     from pipeline.extract import ExtractOptions, run_extract
-    from trainer.export import export_model
-    from trainer.fit import DialogTrainConfig, train_dialog
+    from trainer.apply.export import export_model
+    from trainer.dialog.fit import DialogTrainConfig, train_dialog
 
     root = tmp_path_factory.mktemp("live")
     text = root / "text-past"

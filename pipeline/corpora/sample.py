@@ -27,7 +27,7 @@ from pathlib import Path
 from pipeline.corpora.base import PrepareReport
 from pipeline.manifest import Utterance
 from pipeline.testing.av_files import write_clip
-from pipeline.testing.meld import MELD_CLIP_DIRS, MELD_SENTIMENT, format_srt_time, write_meld_csv
+from pipeline.testing.meld_tree import MELD_CLIP_DIRS, MELD_SENTIMENT, format_srt_time, write_meld_csv
 from pipeline.testing.signals import LABEL_FACE_POS, LABEL_TONE_HZ
 
 log = logging.getLogger(__name__)

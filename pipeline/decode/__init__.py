@@ -5,7 +5,7 @@ Everything goes through PyAV (FFmpeg inside the wheel), for audio and for frames
 * :func:`probe` reads stream metadata (durations, rates, channel layout) without decoding;
 * :func:`decode_audio` decodes only the needed window (seeks to it), converts each frame to planar
   float with FFmpeg's own converter, downmixes by the channel *names* of the layout (centre channel of
-  5.1, mean of stereo; :func:`pipeline.modalities.audio.downmix`), trims the AAC end padding to the
+  5.1, mean of stereo; :func:`pipeline.utterance.audio.downmix`), trims the AAC end padding to the
   stream's duration, cuts spans longer than ``max_seconds`` to their centre and resamples to 16 kHz.
   A stream that states no duration (Matroska/WebM, live recordings) gets its end from its packets
   (demuxed near the end, not decoded), so a long file is never decoded in full to be cut. A window
@@ -43,5 +43,5 @@ file and says what is wrong; :class:`TruncatedMedia` (a :class:`MediaError`) car
 decoded before the data broke off.
 
 Modules: :mod:`pipeline.decode.container` (opening, probing, stream times and spans, the errors),
-:mod:`pipeline.decode.audio` (:func:`decode_audio`), :mod:`pipeline.decode.frames` (:func:`decode_frames`).
+:mod:`pipeline.decode.waveform` (:func:`decode_audio`), :mod:`pipeline.decode.frames` (:func:`decode_frames`).
 """

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline.atomic import atomic_torch_save, content_identity
-from pipeline.encoders.model import Encoder, EncoderConfig, build_encoder
+from pipeline.encoders.network import Encoder, EncoderConfig, build_encoder
 from pipeline.names import ENCODER_KINDS
+from pipeline.store.atomic import atomic_torch_save, content_identity
 
 
 def save_encoder(encoder: Encoder, path: str | Path, **meta) -> Path:

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from pipeline.encoders.data import MediaSamples, TrainBatches, balanced_batches
-from pipeline.encoders.model import Encoder
+from pipeline.encoders.network import Encoder
+from pipeline.encoders.samples import MediaSamples, TrainBatches, balanced_batches
 from pipeline.encoders.train_config import EncoderTrainConfig
 
 

@@ -15,8 +15,8 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipeline.encoders.data import MediaSamples, load_batch
-from pipeline.encoders.model import Encoder, embed_waveforms
+from pipeline.encoders.network import Encoder, embed_waveforms
+from pipeline.encoders.samples import MediaSamples, load_batch
 from pipeline.metrics import weighted_f1
 
 PROBES = ("logreg", "knn")
@@ -59,7 +59,7 @@ def embed_samples(encoder: Encoder, samples: MediaSamples, indices: Sequence[int
                   device: str | torch.device = "cpu") -> np.ndarray:
     """Embeddings ``(N, d)`` float32 of samples ``indices`` in their evaluation view (no augmentation).
 
-    Audio goes through :func:`pipeline.encoders.model.embed_waveforms`, the function extraction uses,
+    Audio goes through :func:`pipeline.encoders.network.embed_waveforms`, the function extraction uses,
     so the model is selected on exactly the vectors extraction will write.
     """
     was_training = encoder.training

@@ -39,16 +39,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.atomic import atomic_torch_save
 from pipeline.encoders.checkpoint import save_encoder
-from pipeline.encoders.data import MediaSamples
 from pipeline.encoders.loader import TrainLoader
 from pipeline.encoders.losses import extractor_loss, mine_semihard
-from pipeline.encoders.model import Encoder, build_encoder
+from pipeline.encoders.network import Encoder, build_encoder
 from pipeline.encoders.probe import embed_samples, probe_weighted_f1, subset
+from pipeline.encoders.samples import MediaSamples
 from pipeline.encoders.train_config import DEFAULT_BATCH, EncoderTrainConfig, default_epochs
-from pipeline.locks import folder_lock
 from pipeline.names import ENCODER_KINDS
+from pipeline.store.atomic import atomic_torch_save
+from pipeline.store.locks import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def train_encoders(media_path: str | Path, out_dir: str | Path,
 
     Raises
     ------
-    pipeline.locks.CacheLockedError
+    pipeline.store.locks.CacheLockedError
         Another run is training encoders into ``out_dir``.
     """
     media_path = Path(media_path)

@@ -4,7 +4,7 @@ On CUDA the paper's epochs (:data:`PAPER_EPOCHS`, 60 audio / 100 visual); on CPU
 batches of :data:`DEFAULT_BATCH` samples per device type.
 
 A change to what these settings' defaults produce (or to the loss, mining, augmentation, selection)
-must bump :data:`ENCODER_RECIPE_VERSION` (defined in :mod:`pipeline.encoders.recipe`, which the cache
+must bump :data:`ENCODER_RECIPE_VERSION` (defined in :mod:`pipeline.encoders.recipe_version`, which the cache
 layout imports without torch): cached default encoders are keyed by it.
 """
 
@@ -17,7 +17,7 @@ import torch
 
 from pipeline.encoders.augment import AudioAugment
 from pipeline.encoders.losses import LossConfig
-from pipeline.encoders.recipe import ENCODER_RECIPE_VERSION
+from pipeline.encoders.recipe_version import ENCODER_RECIPE_VERSION
 
 __all__ = ["CPU_EPOCHS", "DEFAULT_BATCH", "ENCODER_RECIPE_VERSION", "PAPER_EPOCHS", "EncoderTrainConfig",
            "default_epochs"]

@@ -1,6 +1,6 @@
 """``m2f extract``: the dask engine that turns a corpus into ``features.h5``, resumable and crash-safe.
 
-Stages (each skipped when its output is complete; paths from :class:`pipeline.layout.CacheLayout`)::
+Stages (each skipped when its output is complete; paths from :class:`pipeline.store.layout.CacheLayout`)::
 
     prepare   corpus -> manifest (prepare.py)
     media     manifest -> media.h5 + problems.jsonl                      [dask] (media.py)
@@ -16,9 +16,9 @@ by dialogue and runs it on a given client, a scheduler address or a LocalCluster
 """
 
 from pipeline.extract.driver import run_extract
-from pipeline.extract.encoders import encoder_identity
 from pipeline.extract.engine import make_local_cluster
 from pipeline.extract.options import ExtractError, ExtractOptions, ExtractResult, format_summary
+from pipeline.extract.stage_encoders import encoder_identity
 
 __all__ = ["ExtractError", "ExtractOptions", "ExtractResult", "encoder_identity", "format_summary",
            "make_local_cluster", "run_extract"]

@@ -6,10 +6,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.cache import config_hash
 from pipeline.extract.cluster import clip_folders
-from pipeline.extract.embed import embed_inputs, feature_config, make_embed_spec, problem_ids, stage_embed
-from pipeline.extract.encoders import (
+from pipeline.extract.engine import Engine
+from pipeline.extract.options import ExtractError, ExtractOptions, ExtractResult, SplitSummary
+from pipeline.extract.stage_embed import (
+    embed_inputs,
+    feature_config,
+    make_embed_spec,
+    problem_ids,
+    stage_embed,
+)
+from pipeline.extract.stage_encoders import (
     cached_encoders,
     check_given_encoders,
     check_input_contract,
@@ -19,17 +26,16 @@ from pipeline.extract.encoders import (
     stored_media_config,
     training_labels,
 )
-from pipeline.extract.engine import Engine
-from pipeline.extract.media import media_config_dict, media_key, stage_media
-from pipeline.extract.options import ExtractError, ExtractOptions, ExtractResult, SplitSummary
-from pipeline.extract.prepare import load_manifest, manifest_hash, select
-from pipeline.extract.text_model import (
+from pipeline.extract.stage_media import media_config_dict, media_key, stage_media
+from pipeline.extract.stage_prepare import load_manifest, manifest_hash, select
+from pipeline.extract.stage_text import (
     check_text_model,
     given_text_model,
     resolve_text_base,
     stage_text_model,
     text_identity,
 )
+from pipeline.store.cache import config_hash
 
 
 def run_extract(opts: ExtractOptions, client=None,

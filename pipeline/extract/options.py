@@ -6,13 +6,9 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from pipeline.layout import CacheLayout
 from pipeline.names import MODALITIES, SPLITS
-
-if TYPE_CHECKING:
-    from pipeline.extract.tasks import EmbedSpec
+from pipeline.store.layout import CacheLayout
 
 
 class ExtractError(RuntimeError):
@@ -26,6 +22,27 @@ def default_workers() -> int:
     and the text model on the one GPU (a CUDA context is a few hundred MB beside the GPU's memory).
     """
     return max(1, (os.cpu_count() or 2) - 1)
+
+
+@dataclass(frozen=True)
+class EmbedSpec:
+    """What an embed task needs to know (picklable, small).
+
+    ``media``, ``encoders`` (unless ``"random"``) and a local ``text_model`` are absolute paths.
+    ``encoders_id`` and ``text_id`` name the content of those weights (the driver computes them once,
+    see :func:`pipeline.extract.tasks.weights_identity`); workers cache loaded models under them, never
+    under a path. When they are None a worker hashes the files itself.
+    """
+
+    modalities: tuple[str, ...]
+    device: str
+    batch: int
+    media: str | None             # media.h5; None when neither audio nor visual
+    encoders: str | None          # "random" or a folder; None when neither audio nor visual
+    text_model: str | None        # what TextEmbedder loads; None when text is not requested
+    n_frames: int = 15
+    encoders_id: str | None = None
+    text_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +92,8 @@ class ExtractOptions:
     retries : int
         Dask retries per partition task.
     media_config : dict or None
-        Overrides of :class:`pipeline.media.MediaConfig` defaults (e.g. ``{"n_frames": 8}``); part of
+        Overrides of :class:`pipeline.utterance.process.MediaConfig` defaults (e.g. ``{"n_frames": 8}``);
+        part of
         every cache key below the manifest.
     security : path or None
         A YAML file of ``distributed.security.Security`` keywords (TLS certificates, see

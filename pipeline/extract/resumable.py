@@ -1,7 +1,7 @@
 """The skeleton the media and embed stages share: skip what is written, map the rest, finalize.
 
 The driver alone writes: each partition's result becomes one atomic shard
-(:class:`pipeline.cache.ShardedWriter`), so a ``kill -9`` of the whole run loses at most the partitions
+(:class:`pipeline.store.cache.ShardedWriter`), so a ``kill -9`` of the whole run loses at most the partitions
 in flight, and a rerun skips every utterance whose row is written.
 """
 
@@ -11,10 +11,10 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from pipeline.cache import ShardedWriter
 from pipeline.extract.engine import Engine
 from pipeline.extract.options import ExtractResult
 from pipeline.manifest import Utterance
+from pipeline.store.cache import ShardedWriter
 
 logger = logging.getLogger(__name__)
 

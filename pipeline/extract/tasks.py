@@ -4,7 +4,7 @@ Workers use one torch thread and load each model once per process (:func:`cached
 task. Models are cached under the content identity of their weights (never their path), so a
 long-lived cluster never embeds with stale weights after the files were rewritten in place; the cache
 keeps at most :data:`MAX_CACHED` objects. Every path a task receives is absolute (see
-:mod:`pipeline.layout`): a worker may run in another folder, or on another machine that mounts the
+:mod:`pipeline.store.layout`): a worker may run in another folder, or on another machine that mounts the
 same file system.
 """
 
@@ -17,13 +17,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
 
-from pipeline.embed import StageClock
-from pipeline.extract.options import ExtractError
-from pipeline.featurize import FeatureModels, embed_utterances
-from pipeline.h5rows import RowReader
+from pipeline.extract.options import EmbedSpec, ExtractError
 from pipeline.manifest import Utterance
+from pipeline.store.h5rows import RowReader
+from pipeline.utterance.embed import StageClock
+from pipeline.utterance.featurize import FeatureModels, embed_utterances
 
 #: Most objects (models, open media readers) one worker process keeps; the least recently used goes.
 MAX_CACHED = 6
@@ -69,13 +68,13 @@ def cached_model(key: tuple, build: Callable[[], object]) -> object:
 
 
 def weights_identity(source: str | None) -> str | None:
-    """Content identity of a weights file or folder (:func:`pipeline.atomic.content_identity`).
+    """Content identity of a weights file or folder (:func:`pipeline.store.atomic.content_identity`).
 
     A hub id, ``"random"`` or None stands for itself.
     """
     if source is None or not os.path.exists(source):
         return source
-    from pipeline.atomic import content_identity
+    from pipeline.store.atomic import content_identity
 
     return f"content:{content_identity(source)}"
 
@@ -105,7 +104,7 @@ def media_partition(utterances: list[Utterance], media_cfg: dict, device: str) -
     "problems": {utt_id: [str]}, "seconds": {...}, "stats": {...}}``.
     """
     _worker_setup()
-    from pipeline.media import FaceDetector, MediaConfig, process_utterance
+    from pipeline.utterance.process import FaceDetector, MediaConfig, process_utterance
 
     cfg = MediaConfig(**media_cfg)
     detector = cached_model(("mtcnn", json.dumps(media_cfg, sort_keys=True), device),
@@ -127,27 +126,6 @@ def media_partition(utterances: list[Utterance], media_cfg: dict, device: str) -
             "seconds": clock.seconds, "stats": _worker_stats()}
 
 
-@dataclass(frozen=True)
-class EmbedSpec:
-    """What an embed task needs to know (picklable, small).
-
-    ``media``, ``encoders`` (unless ``"random"``) and a local ``text_model`` are absolute paths.
-    ``encoders_id`` and ``text_id`` name the content of those weights (the driver computes them once,
-    see :func:`weights_identity`); workers cache loaded models under them, never under a path. When
-    they are None a worker hashes the files itself.
-    """
-
-    modalities: tuple[str, ...]
-    device: str
-    batch: int
-    media: str | None             # media.h5; None when neither audio nor visual
-    encoders: str | None          # "random" or a folder; None when neither audio nor visual
-    text_model: str | None        # what TextEmbedder loads; None when text is not requested
-    n_frames: int = 15
-    encoders_id: str | None = None
-    text_id: str | None = None
-
-
 def _media_reader(path: str, split: str) -> RowReader:
     mtime = os.stat(path).st_mtime_ns
     return cached_model(("media", path, split, mtime), lambda: RowReader(path, split))  # type: ignore[return-value]
@@ -164,10 +142,11 @@ def _media_rows(path: str, utterances: Sequence[Utterance], names: Sequence[str]
 
 
 def embed_partition(utterances: list[Utterance], spec: EmbedSpec) -> dict:
-    """Worker task: feature rows (see :func:`pipeline.embed.feature_rows`) for one partition.
+    """Worker task: feature rows (see :func:`pipeline.utterance.embed.feature_rows`) for one partition.
 
     The models are loaded once per worker process; the rows are computed by
-    :func:`pipeline.featurize.embed_utterances` from the partition's ``media.h5`` rows, the same function
+    :func:`pipeline.utterance.featurize.embed_utterances` from the partition's ``media.h5`` rows, the same
+    function
     ``m2f predict`` and the live interfaces call on media decoded in memory. Never raises on one bad
     utterance (see there). Returns ``{"split", "rows", "problems": [dict], "seconds", "stats"}``.
     """
@@ -177,7 +156,7 @@ def embed_partition(utterances: list[Utterance], spec: EmbedSpec) -> dict:
     models = FeatureModels(tuple(spec.modalities), device=spec.device, batch=spec.batch,
                            n_frames=spec.n_frames, text_source=spec.text_model, encoders_source=spec.encoders)
     if "text" in spec.modalities:
-        from pipeline.modalities.text import TextEmbedder
+        from pipeline.text.embedder import TextEmbedder
 
         text_id = spec.text_id or weights_identity(spec.text_model)
         models.text = cached_model(text_model_key(text_id, spec.device, spec.batch),

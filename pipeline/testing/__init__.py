@@ -7,9 +7,9 @@ Each module is named after what it makes:
   face frames, split-screen frames, tones, and the pitch and face position per label.
 - :mod:`~pipeline.testing.av_files`: real media files made with PyAV: mp4 clips (H.264 + AAC), avi
   (MPEG-4 + PCM), split-screen dialog videos, wav files, truncated copies.
-- :mod:`~pipeline.testing.meld`: a miniature MELD tree in the real format (CSVs old and new, clip
+- :mod:`~pipeline.testing.meld_tree`: a miniature MELD tree in the real format (CSVs old and new, clip
   folders, the traps of real copies).
-- :mod:`~pipeline.testing.iemocap`: a miniature ``IEMOCAP_full_release`` tree (EmoEvaluation,
+- :mod:`~pipeline.testing.iemocap_tree`: a miniature ``IEMOCAP_full_release`` tree (EmoEvaluation,
   transcriptions, wavs, avi videos, the traps of real copies).
 - :mod:`~pipeline.testing.media_h5`: media.h5 files whose label is in the signal (encoder tests), or
   random (encoder benchmark).

@@ -1,6 +1,6 @@
 """Generated features.h5 files for tests and benchmarks (the real cache format, made-up numbers).
 
-:func:`write_features` writes any dialog-length layout through :class:`pipeline.cache.FeatureWriter`;
+:func:`write_features` writes any dialog-length layout through :class:`pipeline.store.cache.FeatureWriter`;
 the row content comes from a function, e.g. :func:`xor_rows` (the label is recoverable only by
 combining audio and visual) or :func:`random_rows` (noise, for throughput).
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache import FeatureWriter
+from pipeline.store.cache import FeatureWriter
 
 RowsFn = Callable[[np.random.Generator, int], dict[str, np.ndarray]]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cache import ShardedWriter
+from pipeline.store.cache import ShardedWriter
 
 LABELS = ("anger", "joy", "sadness")
 PITCH_HZ = (400.0, 800.0, 1600.0)

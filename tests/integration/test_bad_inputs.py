@@ -244,7 +244,7 @@ def test_missing_text_model_is_one_line(tmp_path, small_corpus):
 
 def _encoder_folder(folder: Path) -> Path:
     from pipeline.encoders.checkpoint import save_encoder
-    from pipeline.encoders.model import build_encoder
+    from pipeline.encoders.network import build_encoder
 
     folder.mkdir(parents=True)
     for i, kind in enumerate(("audio", "face", "scene")):

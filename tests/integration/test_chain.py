@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.features import read_split, validate_features
-from pipeline.modalities.text import DEFAULT_TEXT_MODEL
-from pipeline.testing.iemocap import make_iemocap_tree
-from pipeline.testing.meld import make_meld_tree
+from pipeline.store.features import read_split, validate_features
+from pipeline.testing.iemocap_tree import make_iemocap_tree
+from pipeline.testing.meld_tree import make_meld_tree
+from pipeline.text.embedder import DEFAULT_TEXT_MODEL
 
 
 def _run(args: list[str]) -> str:

@@ -40,7 +40,7 @@ def test_logging_is_configured_once_with_the_chosen_level():
         def record(name: str, level: int) -> logging.LogRecord:
             return logging.LogRecord(name, level, __file__, 1, "note", None, None)
 
-        assert handler.filter(record("pipeline.extract.media", logging.INFO))
+        assert handler.filter(record("pipeline.extract.stage_media", logging.INFO))
         assert not handler.filter(record("distributed.core", logging.INFO))  # dask's chatter stays out
         assert handler.filter(record("distributed.core", logging.WARNING))
         assert handler.format(record("pipeline.x", logging.INFO)) == "note"

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from pipeline.encoders.checkpoint import save_encoder
-from pipeline.encoders.model import build_encoder
+from pipeline.encoders.network import build_encoder
 from pipeline.extract import ExtractError, ExtractOptions, run_extract
 from pipeline.extract.cluster import check_workers_see, load_security
-from pipeline.extract.prepare import load_manifest
-from pipeline.features import read_split
-from pipeline.testing.meld import make_meld_tree
+from pipeline.extract.stage_prepare import load_manifest
+from pipeline.store.features import read_split
+from pipeline.testing.meld_tree import make_meld_tree
 
 
 def _save_encoders(folder: Path, seed: int) -> None:

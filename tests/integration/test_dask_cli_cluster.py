@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from pipeline.extract import ExtractOptions, run_extract
-from pipeline.modalities.text import DEFAULT_TEXT_MODEL
+from pipeline.text.embedder import DEFAULT_TEXT_MODEL
 
 pytestmark = pytest.mark.slow
 

@@ -19,18 +19,18 @@ import numpy as np
 import pytest
 
 from pipeline.encoders.checkpoint import save_encoder
-from pipeline.encoders.model import build_encoder
+from pipeline.encoders.network import build_encoder
 from pipeline.extract import ExtractError, ExtractOptions, encoder_identity, make_local_cluster, run_extract
-from pipeline.extract.encoders import labels_key, stored_labels
-from pipeline.features import read_split, validate_features
-from pipeline.h5rows import RowReader
-from pipeline.layout import CacheLayout
+from pipeline.extract.stage_encoders import labels_key, stored_labels
 from pipeline.manifest import read_jsonl
-from pipeline.modalities.text import DEFAULT_TEXT_MODEL
+from pipeline.store.features import read_split, validate_features
+from pipeline.store.h5rows import RowReader
+from pipeline.store.layout import CacheLayout
 from pipeline.testing.av_files import write_clip, write_truncated
-from pipeline.testing.iemocap import make_iemocap_tree
-from pipeline.testing.meld import MELD_CLIP_DIRS, make_meld_tree
+from pipeline.testing.iemocap_tree import make_iemocap_tree
+from pipeline.testing.meld_tree import MELD_CLIP_DIRS, make_meld_tree
 from pipeline.testing.tls import security_file
+from pipeline.text.embedder import DEFAULT_TEXT_MODEL
 
 N_FRAMES = 6  # fewer frames than the paper's 15 keep MTCNN and the encoders quick on 2 shared cores
 SIZE = (160, 120)  # the face is then above MTCNN's min_face_size

@@ -10,14 +10,14 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.encoders.checkpoint import save_encoder
-from pipeline.encoders.model import build_encoder
+from pipeline.encoders.network import build_encoder
 from pipeline.extract import ExtractOptions, make_local_cluster
-from pipeline.extract.embed import make_embed_spec
-from pipeline.extract.encoders import stage_encoders
-from pipeline.extract.text_model import given_text_model, stage_text_model
-from pipeline.features import read_attrs, validate_features
-from pipeline.modalities.text import DEFAULT_TEXT_MODEL
+from pipeline.extract.stage_embed import make_embed_spec
+from pipeline.extract.stage_encoders import stage_encoders
+from pipeline.extract.stage_text import given_text_model, stage_text_model
+from pipeline.store.features import read_attrs, validate_features
 from pipeline.testing.tls import security_file
+from pipeline.text.embedder import DEFAULT_TEXT_MODEL
 
 
 def _save_encoders(folder: Path) -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cache import ShardedWriter
-from pipeline.features import read_split, validate_features
-from pipeline.modalities.text import DEFAULT_TEXT_MODEL
-from pipeline.testing.meld import make_meld_tree
+from pipeline.store.cache import ShardedWriter
+from pipeline.store.features import read_split, validate_features
+from pipeline.testing.meld_tree import make_meld_tree
+from pipeline.text.embedder import DEFAULT_TEXT_MODEL
 
 M2F = [sys.executable, "-c", "import cli; cli.main()"]
 KILL_SEED = int(os.environ.get("M2F_KILL_SEED", "0"))

@@ -18,10 +18,10 @@ import pytest
 import requests
 
 from pipeline.corpora.sample import prepare_sample
-from pipeline.subtitles import Cue, write_srt
+from pipeline.corpora.subtitles import Cue, write_srt
 from pipeline.testing.av_files import write_truncated
-from trainer.demo_corpus import join_clips
-from trainer.live import LiveModel
+from trainer.apply.live import LiveModel
+from trainer.demo.corpus import join_clips
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

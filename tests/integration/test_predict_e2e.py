@@ -17,12 +17,12 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.corpora.sample import SAMPLE_DIR, prepare_sample
-from pipeline.modalities.text import DEFAULT_TEXT_MODEL
-from pipeline.subtitles import Cue, write_srt
-from trainer.demo_corpus import join_clips
-from trainer.export import export_model
-from trainer.fit import DialogTrainConfig, train_dialog
-from trainer.predict import ExtractOptions, predict, run_extract
+from pipeline.corpora.subtitles import Cue, write_srt
+from pipeline.text.embedder import DEFAULT_TEXT_MODEL
+from trainer.apply.export import export_model
+from trainer.apply.predict import ExtractOptions, predict, run_extract
+from trainer.demo.corpus import join_clips
+from trainer.dialog.fit import DialogTrainConfig, train_dialog
 
 pytestmark = pytest.mark.slow
 

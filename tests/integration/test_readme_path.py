@@ -1,7 +1,7 @@
 """The README path with the default (fine-tuned) text model: extract, train-dialog, export, predict.
 
 `m2f extract` without --text-model fine-tunes the text model into ``text-model/<base>/<hash>/``; export must
-find it there (through :class:`pipeline.layout.CacheLayout`) without being told. Text only and random
+find it there (through :class:`pipeline.store.layout.CacheLayout`) without being told. Text only and random
 encoders keep it short; the text model is the point.
 """
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.encoders.checkpoint import save_encoder
-from pipeline.encoders.model import build_encoder
+from pipeline.encoders.network import build_encoder
 from pipeline.extract import ExtractOptions, run_extract
-from pipeline.extract.encoders import cached_encoders, labels_key, stored_labels, training_labels
-from pipeline.extract.media import media_config_dict, media_key
-from pipeline.extract.prepare import load_manifest
-from pipeline.features import read_split
-from pipeline.layout import CacheLayout
-from pipeline.testing.meld import MELD_HEADER, make_meld_tree, write_meld_csv
+from pipeline.extract.stage_encoders import cached_encoders, labels_key, stored_labels, training_labels
+from pipeline.extract.stage_media import media_config_dict, media_key
+from pipeline.extract.stage_prepare import load_manifest
+from pipeline.store.features import read_split
+from pipeline.store.layout import CacheLayout
+from pipeline.testing.meld_tree import MELD_HEADER, make_meld_tree, write_meld_csv
 
 SPLITS = ("train", "dev")
 
@@ -55,7 +55,7 @@ def test_encoder_folder_is_keyed_by_recipe_version_and_training_labels(tmp_path,
     folder, missing = cached_encoders(opts, "m", labels)
     assert missing == ["audio", "face", "scene"]
     assert folder == opts.layout.encoders_dir("m", labels_key(labels))
-    import pipeline.encoders.recipe as recipe
+    import pipeline.encoders.recipe_version as recipe
 
     monkeypatch.setattr(recipe, "ENCODER_RECIPE_VERSION", recipe.ENCODER_RECIPE_VERSION + 1)
     bumped, _ = cached_encoders(opts, "m", labels)

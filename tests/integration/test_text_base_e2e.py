@@ -13,10 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.extract.prepare import load_manifest, manifest_hash
-from pipeline.extract.text_model import finetune_inputs, text_base_key
-from pipeline.features import read_attrs, read_split
-from pipeline.layout import CacheLayout
+from pipeline.extract.stage_prepare import load_manifest, manifest_hash
+from pipeline.extract.stage_text import finetune_inputs, text_base_key
+from pipeline.store.features import read_attrs, read_split
+from pipeline.store.layout import CacheLayout
 
 TINY_HIDDEN = 32  # make_tiny_roberta's default width (all-MiniLM-L6-v2's would be 384)
 

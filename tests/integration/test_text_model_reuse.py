@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.extract.prepare import load_manifest, manifest_hash
-from pipeline.extract.text_model import finetune_inputs, text_base_key
-from pipeline.features import read_attrs
-from pipeline.layout import CacheLayout
+from pipeline.extract.stage_prepare import load_manifest, manifest_hash
+from pipeline.extract.stage_text import finetune_inputs, text_base_key
+from pipeline.store.features import read_attrs
+from pipeline.store.layout import CacheLayout
 
 
 @pytest.mark.slow

@@ -1,8 +1,8 @@
-"""Issue 17.11: a temporary file is never a planted symlink's target (pipeline/atomic.py)."""
+"""Issue 17.11: a temporary file is never a planted symlink's target (pipeline/store/atomic.py)."""
 
 from __future__ import annotations
 
-from pipeline.atomic import atomic_torch_save, atomic_write_text, tmp_path
+from pipeline.store.atomic import atomic_torch_save, atomic_write_text, tmp_path
 
 
 def test_a_planted_tmp_symlink_is_not_followed(tmp_path):
@@ -29,7 +29,7 @@ def tmp_path_of(path):
 
 
 def test_text_model_folder_and_demo_csv_never_write_through_planted_names(tmp_path):
-    from pipeline.encoders.text_finetune_state import META_FILE, _save_model_folder
+    from pipeline.text.finetune.state import META_FILE, _save_model_folder
 
     class Saves:
         def __init__(self, name):
@@ -52,7 +52,7 @@ def test_text_model_folder_and_demo_csv_never_write_through_planted_names(tmp_pa
     assert (victim / "keep.txt").read_text() == "precious" and sorted(p.name for p in victim.iterdir()) == [
         "keep.txt"]
 
-    from trainer.demo_corpus import build_fusion_corpus
+    from trainer.demo.corpus import build_fusion_corpus
 
     out = tmp_path / "demo"
     out.mkdir()

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.embed import encode_waveforms
-from pipeline.encoders.data import MediaSamples, load_batch
 from pipeline.encoders.inputs import InputContract, audio_view, pad_waveforms
-from pipeline.encoders.model import build_encoder
+from pipeline.encoders.network import build_encoder
 from pipeline.encoders.probe import embed_samples
+from pipeline.encoders.samples import MediaSamples, load_batch
 from pipeline.testing.media_h5 import write_media
+from pipeline.utterance.embed import encode_waveforms
 
 torch.set_num_threads(1)
 

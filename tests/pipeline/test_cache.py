@@ -15,10 +15,10 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.cache import FeatureWriter, ShardedWriter, config_hash
-from pipeline.features import FEATURE_FIELDS, read_attrs, read_split, validate_features
-from pipeline.h5rows import RowReader
-from pipeline.locks import CacheLockedError
+from pipeline.store.cache import FeatureWriter, ShardedWriter, config_hash
+from pipeline.store.features import FEATURE_FIELDS, read_attrs, read_split, validate_features
+from pipeline.store.h5rows import RowReader
+from pipeline.store.locks import CacheLockedError
 
 
 def _rows(ids, dims=(8, 4, 6), seed=0, dialogue="d0"):
@@ -143,7 +143,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     import sys, numpy as np
     sys.path.insert(0, {root!r})
     from tests.pipeline.test_cache import _rows
-    from pipeline.cache import FeatureWriter
+    from pipeline.store.cache import FeatureWriter
     w = FeatureWriter({path!r}, "meld", {{"k": 1}})
     done = w.done_ids()
     for b in range({n}):
@@ -216,7 +216,7 @@ def test_a_second_live_writer_is_refused_until_the_first_closes_or_dies(tmp_path
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
-        from pipeline.cache import ShardedWriter
+        from pipeline.store.cache import ShardedWriter
         w = ShardedWriter({str(path)!r})
         print("locked", flush=True)
         time.sleep(60)

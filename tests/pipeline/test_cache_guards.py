@@ -13,10 +13,10 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline import cache
-from pipeline.cache import DiskSpaceError, FeatureWriter, NonFiniteError, ShardedWriter
-from pipeline.features import validate_features
-from pipeline.locks import CacheLockedError, folder_lock
+from pipeline.store import cache
+from pipeline.store.cache import DiskSpaceError, FeatureWriter, NonFiniteError, ShardedWriter
+from pipeline.store.features import validate_features
+from pipeline.store.locks import CacheLockedError, folder_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -166,7 +166,7 @@ def test_folder_lock_held_by_another_process_names_that_pid(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        from pipeline.locks import folder_lock
+        from pipeline.store.locks import folder_lock
         with folder_lock({str(tmp_path)!r}, ".x.lock", "x"):
             print("locked", flush=True)
             time.sleep(60)
@@ -185,8 +185,8 @@ def test_folder_lock_held_by_another_process_names_that_pid(tmp_path):
 
 def test_encoder_training_and_text_finetuning_hold_their_folder_lock(tmp_path):
     """Two extracts on one corpus would train into the same folder with the same temp names."""
-    from pipeline.encoders.text_finetune import finetune_text
     from pipeline.encoders.train import train_encoders
+    from pipeline.text.finetune.loop import finetune_text
 
     media = tmp_path / "media.h5"
     media.write_bytes(b"")  # never read: the lock is checked first

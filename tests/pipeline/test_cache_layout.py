@@ -1,4 +1,5 @@
-"""pipeline.layout.CacheLayout: every path under the cache root comes from it, absolute, and nowhere else."""
+"""pipeline.store.layout.CacheLayout: every path under the cache root comes from it, absolute, and nowhere
+else."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.layout import CacheLayout
+from pipeline.store.layout import CacheLayout
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,7 +84,7 @@ def test_no_module_but_the_layout_builds_a_cache_path():
         hits = hand_built_cache_paths(f.read_text(encoding="utf-8"))
         if hits:
             offenders[str(f.relative_to(REPO))] = hits
-    assert not offenders, f"build these paths with pipeline.layout.CacheLayout: {offenders}"
+    assert not offenders, f"build these paths with pipeline.store.layout.CacheLayout: {offenders}"
 
 
 def test_every_path_is_absolute_under_the_root_even_from_a_relative_root(tmp_path, monkeypatch):
@@ -122,7 +123,7 @@ def test_a_dataset_must_be_a_folder_name(dataset, tmp_path):
 
 
 def test_encoder_folders_are_keyed_by_media_labels_and_recipe_and_all_are_found(tmp_path):
-    from pipeline.encoders.recipe import ENCODER_RECIPE_VERSION
+    from pipeline.encoders.recipe_version import ENCODER_RECIPE_VERSION
 
     layout = CacheLayout(tmp_path, "meld")
     current = layout.encoders_dir("m1", "l1")

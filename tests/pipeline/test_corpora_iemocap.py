@@ -19,7 +19,7 @@ from pipeline.corpora.iemocap import (
     speaker_and_side,
 )
 from pipeline.manifest import Utterance, validate
-from pipeline.testing.iemocap import make_iemocap_tree
+from pipeline.testing.iemocap_tree import make_iemocap_tree
 
 SMALL = {
     "sessions": (1, 5),

@@ -1,4 +1,4 @@
-"""pipeline.decode and pipeline.modalities.audio on real files encoded with PyAV."""
+"""pipeline.decode and pipeline.utterance.audio on real files encoded with PyAV."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.decode.audio import decode_audio
 from pipeline.decode.container import MediaError, probe
 from pipeline.decode.frames import decode_frames, frame_targets
-from pipeline.modalities.audio import centre_cut, centre_window, downmix, is_silent, resample
+from pipeline.decode.waveform import decode_audio
 from pipeline.testing.av_files import encode_media, write_clip, write_wav
 from pipeline.testing.signals import tone
+from pipeline.utterance.audio import centre_cut, centre_window, downmix, is_silent, resample
 
 SR = 16000
 

@@ -1,6 +1,7 @@
 """The decode matrix: one short talking-face clip in every encoding PyAV can write here (issue 11, item 9).
 
-Each clip (0.5 s, astronaut face, 220 Hz tone) goes through :func:`pipeline.media.process_utterance`
+Each clip (0.5 s, astronaut face, 220 Hz tone) goes through
+:func:`pipeline.utterance.process.process_utterance`
 with the real MTCNN: the face and the audio must be found, with no problem line, and the frames must
 come from the whole clip (a gray bar at the bottom of each frame tells its index), which catches
 a wrongly estimated duration (MPEG-PS) or a start offset read as a span.
@@ -16,8 +17,8 @@ import pytest
 import torch
 
 from pipeline.manifest import Utterance
-from pipeline.media import FaceDetector, MediaConfig, process_utterance
 from pipeline.testing.encodings import face_frame, write_av
+from pipeline.utterance.process import FaceDetector, MediaConfig, process_utterance
 
 torch.set_num_threads(1)
 CFG = MediaConfig(n_frames=4)

@@ -1,4 +1,4 @@
-"""Odd but real media through pipeline.decode and pipeline.media.process_utterance (issue 11).
+"""Odd but real media through pipeline.decode and pipeline.utterance.process.process_utterance (issue 11).
 
 Each test reproduces one failure of the issue with a real file written by PyAV: a resolution change
 mid-stream, huge frames, a NaN sample, a stream whose timestamps start at 10 s, a long audio file
@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.decode.audio import decode_audio
 from pipeline.decode.container import MediaError
 from pipeline.decode.frames import decode_frames
+from pipeline.decode.waveform import decode_audio
 from pipeline.manifest import Utterance
-from pipeline.media import FaceDetector, MediaConfig, process_utterance
 from pipeline.testing.encodings import write_av, write_float_wav, write_resolution_change
 from pipeline.testing.signals import tone
+from pipeline.utterance.process import FaceDetector, MediaConfig, process_utterance
 
 torch.set_num_threads(1)
 SR = 16000

@@ -14,8 +14,8 @@ import torch
 
 from pipeline.decode.frames import decode_frames
 from pipeline.manifest import Utterance
-from pipeline.media import FaceDetector, MediaConfig, process_utterance
 from pipeline.testing.encodings import face_frame, write_av
+from pipeline.utterance.process import FaceDetector, MediaConfig, process_utterance
 
 torch.set_num_threads(1)
 CFG = MediaConfig(n_frames=4)

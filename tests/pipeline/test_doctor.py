@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.doctor import native_import_failure, run_checks
-from pipeline.modalities.shipped_text import (
+from pipeline.text.shipped import (
     PACKAGE,
     PINNED_SHA256,
     ShippedModelError,
@@ -119,7 +119,7 @@ def fake_site(tmp_path, monkeypatch):
 
 def test_tampered_shipped_model_is_refused_before_loading(fake_site):
     from pipeline.doctor import check_text_model
-    from pipeline.modalities.text import load_text_model
+    from pipeline.text.embedder import load_text_model
 
     folder = fake_site(tamper=True)
     with pytest.raises(ShippedModelError, match=r"refusing the shipped text model: .*model.safetensors"):
@@ -129,7 +129,7 @@ def test_tampered_shipped_model_is_refused_before_loading(fake_site):
 
 
 def test_genuine_shipped_model_loads_from_a_private_copy_of_only_the_pinned_files(fake_site):
-    from pipeline.modalities.text import load_text_model
+    from pipeline.text.embedder import load_text_model
 
     folder = fake_site(tamper=False)
     (folder / "modeling_evil.py").write_text("raise SystemExit('ran')\n")   # never copied, never seen

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cache import ShardedWriter
-from pipeline.extract.media import rows_to_columns
-from pipeline.extract.tasks import EmbedSpec, embed_partition
-from pipeline.featurize import finite_or_missing, isolated_embeddings
+from pipeline.extract.options import EmbedSpec
+from pipeline.extract.stage_media import rows_to_columns
+from pipeline.extract.tasks import embed_partition
 from pipeline.manifest import Utterance
+from pipeline.store.cache import ShardedWriter
+from pipeline.utterance.featurize import finite_or_missing, isolated_embeddings
 
 torch.set_num_threads(1)
 
@@ -40,7 +41,7 @@ def _media_file(tmp_path, utts, waves) -> str:
 
 
 def test_one_failing_and_one_non_finite_audio_cost_only_their_own_audio(tmp_path, monkeypatch):
-    import pipeline.featurize as featurize
+    import pipeline.utterance.featurize as featurize
 
     real_encode = featurize.encode_waveforms
     poison = 1234  # a waveform of this length makes the (real) audio encoder call raise

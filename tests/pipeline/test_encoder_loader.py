@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from pipeline.encoders.checkpoint import load_checkpoint
-from pipeline.encoders.data import MediaSamples, TrainBatches, balanced_batches
 from pipeline.encoders.loader import TrainLoader
-from pipeline.encoders.model import build_encoder
+from pipeline.encoders.network import build_encoder
+from pipeline.encoders.samples import MediaSamples, TrainBatches, balanced_batches
 from pipeline.encoders.train import train_encoders
 from pipeline.encoders.train_config import EncoderTrainConfig
 from pipeline.testing.media_h5 import write_media

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from pipeline.encoders.augment import AudioAugment, add_white_noise, augment_waveform, time_stretch
-from pipeline.encoders.data import MediaSamples, balanced_batches, load_batch
 from pipeline.encoders.inputs import InputContract, audio_view
 from pipeline.encoders.probe import probe_weighted_f1, subset
+from pipeline.encoders.samples import MediaSamples, balanced_batches, load_batch
 from pipeline.testing.media_h5 import LABELS, write_media
 
 torch.set_num_threads(1)
@@ -85,7 +85,7 @@ def test_samples_skip_unlabelled_and_missing_rows(media, modality):
 
 def test_given_labels_replace_the_stored_column(media):
     """A label fixed in the manifest reaches training although media.h5 keeps the decode-time label."""
-    from pipeline.h5rows import RowReader
+    from pipeline.store.h5rows import RowReader
 
     with RowReader(media, "train") as r:
         ids, stored = list(r.utt_ids), list(r.column("label"))
@@ -159,7 +159,7 @@ def test_subset_is_stratified_and_capped():
 
 @pytest.mark.parametrize("modality", ["audio", "face"])
 def test_train_batches_are_identical_with_worker_processes(media, modality):
-    from pipeline.encoders.data import TrainBatches
+    from pipeline.encoders.samples import TrainBatches
 
     s = MediaSamples(media, "train", modality)
     batches = balanced_batches(s.labels, 6, 3, np.random.default_rng(0))

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.encoders.checkpoint import load_checkpoint, load_encoder
-from pipeline.encoders.data import MediaSamples
 from pipeline.encoders.probe import embed_samples, probe_weighted_f1, subset
+from pipeline.encoders.samples import MediaSamples
 from pipeline.encoders.train import state_path_for, train_encoders
 from pipeline.testing.media_h5 import LABELS, write_media
 
@@ -179,7 +179,7 @@ def test_cli_text_modality_fine_tunes_a_loadable_text_model(tmp_path):
     """`--modality text` fine-tunes the shipped MiniLM on the sample and writes a folder extract can use."""
     import json
 
-    from pipeline.modalities.text import TextEmbedder
+    from pipeline.text.embedder import TextEmbedder
 
     out = tmp_path / "text"
     res = CliRunner().invoke(main, ["train-encoders", "--dataset", "sample", "--modality", "text",

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from pipeline.extract import ExtractError, ExtractOptions
-from pipeline.extract.encoders import check_encoder_weights
-from pipeline.extract.prepare import load_manifest
-from pipeline.extract.text_model import check_text_model, given_text_model, looks_like_path
-from pipeline.layout import CacheLayout
+from pipeline.extract.stage_encoders import check_encoder_weights
+from pipeline.extract.stage_prepare import load_manifest
+from pipeline.extract.stage_text import check_text_model, given_text_model, looks_like_path
+from pipeline.store.layout import CacheLayout
 
 torch.set_num_threads(1)
 HEADER = "dialogue_id,utterance_index,speaker,text,label,clip,start,end,split\n"
@@ -58,7 +58,7 @@ def test_a_corrupt_text_model_folder_is_one_error_naming_it(tmp_path):
 
 def test_encoder_checkpoints_are_loaded_and_their_weights_checked(tmp_path):
     from pipeline.encoders.checkpoint import save_encoder
-    from pipeline.encoders.model import build_encoder
+    from pipeline.encoders.network import build_encoder
 
     for i, kind in enumerate(("audio", "face", "scene")):
         save_encoder(build_encoder(kind, seed=i), tmp_path / f"{kind}.pt")

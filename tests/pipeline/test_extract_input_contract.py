@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.cache import ShardedWriter
 from pipeline.encoders.checkpoint import save_encoder
 from pipeline.encoders.inputs import InputContract
-from pipeline.encoders.model import build_encoder
+from pipeline.encoders.network import build_encoder
 from pipeline.extract import ExtractError, ExtractOptions, run_extract
-from pipeline.extract.encoders import contract_mismatches, labels_key, training_labels
-from pipeline.extract.media import media_config_dict, media_key
-from pipeline.extract.prepare import load_manifest, select
+from pipeline.extract.stage_encoders import contract_mismatches, labels_key, training_labels
+from pipeline.extract.stage_media import media_config_dict, media_key
+from pipeline.extract.stage_prepare import load_manifest, select
+from pipeline.store.cache import ShardedWriter
 
 SIZES = {"face": 80, "scene": 64}  # MediaConfig's default crop sizes
 

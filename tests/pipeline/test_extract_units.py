@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cache import ShardedWriter
-from pipeline.embed import encode_images, encode_waveforms, feature_rows, fit_to_contract
 from pipeline.encoders.checkpoint import load_encoder_set, save_encoder
-from pipeline.encoders.model import build_encoder
+from pipeline.encoders.network import build_encoder
 from pipeline.extract import ExtractError, ExtractOptions, encoder_identity
-from pipeline.extract.embed import feature_config
 from pipeline.extract.engine import partition
-from pipeline.extract.media import rows_to_columns, write_problems
 from pipeline.extract.options import parse_list
-from pipeline.extract.prepare import manifest_hash, order_by_split, select
-from pipeline.h5rows import RowReader
+from pipeline.extract.stage_embed import feature_config
+from pipeline.extract.stage_media import rows_to_columns, write_problems
+from pipeline.extract.stage_prepare import manifest_hash, order_by_split, select
 from pipeline.manifest import Utterance
+from pipeline.store.cache import ShardedWriter
+from pipeline.store.h5rows import RowReader
+from pipeline.utterance.embed import encode_images, encode_waveforms, feature_rows, fit_to_contract
 
 torch.set_num_threads(1)
 
@@ -162,8 +162,8 @@ def test_visual_embedding_pools_over_decoded_frames_only():
     """A clip shorter than n_frames: max-pool over its frames, not over zero padding."""
     import torch
 
-    from pipeline.embed import encode_images, visual_embeddings
-    from pipeline.encoders.model import build_encoder
+    from pipeline.encoders.network import build_encoder
+    from pipeline.utterance.embed import encode_images, visual_embeddings
 
     torch.set_num_threads(1)
     face, scene = build_encoder("face", seed=1, image_size=32), build_encoder("scene", seed=2, image_size=32)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.embed import visual_embeddings
-from pipeline.encoders.model import build_encoder
+from pipeline.encoders.network import build_encoder
+from pipeline.utterance.embed import visual_embeddings
 
 torch.set_num_threads(1)
 

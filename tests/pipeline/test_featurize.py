@@ -7,12 +7,12 @@ import pytest
 
 from pipeline.encoders.checkpoint import load_encoder_set
 from pipeline.extract import ExtractOptions, run_extract
-from pipeline.features import read_split
-from pipeline.featurize import FeatureModels, Featurizer
 from pipeline.manifest import read_jsonl
-from pipeline.media import MediaConfig
-from pipeline.modalities.text import TextEmbedder
-from pipeline.testing.meld import make_meld_tree
+from pipeline.store.features import read_split
+from pipeline.testing.meld_tree import make_meld_tree
+from pipeline.text.embedder import TextEmbedder
+from pipeline.utterance.featurize import FeatureModels, Featurizer
+from pipeline.utterance.process import MediaConfig
 
 SIZE = (160, 120)
 N_FRAMES = 4

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.embed import FrontTimer, StageClock
-from pipeline.encoders.model import build_encoder
+from pipeline.encoders.network import build_encoder
+from pipeline.utterance.embed import FrontTimer, StageClock
 
 
 def _wave(n=2, seconds=0.5):

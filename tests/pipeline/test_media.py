@@ -1,4 +1,4 @@
-"""pipeline.media.process_utterance: one row per utterance, whatever the media (faults included).
+"""pipeline.utterance.process.process_utterance: one row per utterance, whatever the media (faults included).
 
 Real files (PyAV-encoded by ``pipeline.testing.av_files``) and the real MTCNN; each fault of the
 extraction issue is one test, checking the row's flags, its arrays and the problem string.
@@ -11,20 +11,20 @@ import pytest
 import torch
 
 from pipeline.manifest import Utterance
-from pipeline.media import (
-    MEDIA_FLAGS,
-    MEDIA_RAGGED,
-    FaceDetector,
-    MediaConfig,
-    process_utterance,
-    stored_bytes,
-)
 from pipeline.testing.av_files import (
     encode_media,
     write_clip,
     write_split_screen_video,
     write_truncated,
     write_wav,
+)
+from pipeline.utterance.process import (
+    MEDIA_FLAGS,
+    MEDIA_RAGGED,
+    FaceDetector,
+    MediaConfig,
+    process_utterance,
+    stored_bytes,
 )
 
 torch.set_num_threads(1)

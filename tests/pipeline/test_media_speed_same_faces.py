@@ -1,7 +1,7 @@
 """The CPU speed-ups of face detection find the same faces as facenet-pytorch's MTCNN as shipped.
 
 Real MTCNN on 15 frames of a 1280x720 clip (MELD's size) with the astronaut face, at two face sizes and
-positions: :class:`pipeline.modalities.visual.FaceDetector` (networks in channels-last memory format)
+positions: :class:`pipeline.utterance.visual.FaceDetector` (networks in channels-last memory format)
 against the same MTCNN with its networks left in the default NCHW format.
 """
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from pipeline.decode.frames import decode_frames
-from pipeline.media import FaceDetector, MediaConfig
-from pipeline.modalities.visual import _as_arrays, _shrink
 from pipeline.testing.av_files import write_clip
+from pipeline.utterance.process import FaceDetector, MediaConfig
+from pipeline.utterance.visual import _as_arrays, _shrink
 
 torch.set_num_threads(1)
 

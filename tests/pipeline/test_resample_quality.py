@@ -1,12 +1,12 @@
-"""pipeline.modalities.audio.resample: no aliasing below the new Nyquist, flat passband, aligned output."""
+"""pipeline.utterance.audio.resample: no aliasing below the new Nyquist, flat passband, aligned output."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline.media import MediaConfig
-from pipeline.modalities.audio import RESAMPLER, resample
+from pipeline.utterance.audio import RESAMPLER, resample
+from pipeline.utterance.process import MediaConfig
 
 
 def tone(hz: float, sr: int, seconds: float = 1.0) -> np.ndarray:

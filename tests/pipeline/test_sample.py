@@ -74,7 +74,7 @@ def test_sample_csvs_are_real_meld_format(split):
 
 def test_sample_media_is_the_whole_clip_not_the_csv_times():
     """The sample is MELD-layout: its CSV times are episode times, so media must use the whole clip."""
-    from pipeline.media import FaceDetector, MediaConfig, process_utterance
+    from pipeline.utterance.process import FaceDetector, MediaConfig, process_utterance
 
     utt = prepare_sample()[0]
     assert utt.start is not None and utt.start > 2  # the CSV times lie past the clip's end

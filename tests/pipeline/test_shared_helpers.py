@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from pipeline.atomic import atomic_torch_save, atomic_write_json, content_identity
 from pipeline.encoders.checkpoint import encoder_identity
 from pipeline.metrics import weighted_f1
 from pipeline.names import ENCODER_KINDS
+from pipeline.store.atomic import atomic_torch_save, atomic_write_json, content_identity
 
 
 def test_content_identity_of_a_file_is_the_former_file_identity(tmp_path):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pipeline.testing.av_files import write_clip, write_split_screen_video, write_truncated, write_wav
-from pipeline.testing.iemocap import iemocap_dialog_turns, make_iemocap_tree
-from pipeline.testing.meld import MELD_EMOTIONS, format_srt_time, make_meld_tree
+from pipeline.testing.iemocap_tree import iemocap_dialog_turns, make_iemocap_tree
+from pipeline.testing.meld_tree import MELD_EMOTIONS, format_srt_time, make_meld_tree
 from pipeline.testing.signals import LABEL_TONE_HZ
 
 

@@ -8,7 +8,7 @@ from pipeline.testing.media_h5 import LABELS, PITCH_HZ, synthetic_image, synthet
 
 
 def test_generated_media_has_the_layout_training_reads(tmp_path):
-    from pipeline.h5rows import RowReader
+    from pipeline.store.h5rows import RowReader
 
     path = write_media(tmp_path / "media.h5", {"train": 2, "dev": 1}, seconds=0.25, image_size=16)
     with RowReader(path, "train") as r:

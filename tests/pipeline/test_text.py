@@ -9,15 +9,15 @@ import pytest
 import torch
 
 from pipeline.manifest import Dialogue, Utterance
-from pipeline.modalities.text import DEFAULT_TEXT_MODEL, TextEmbedder, load_text_model
-from pipeline.modalities.text_context import (
+from pipeline.testing.text_model import make_tiny_roberta
+from pipeline.text.context import (
     SpecialLayout,
     assemble_context,
     build_context,
     build_contexts,
     special_layout,
 )
-from pipeline.testing.text_model import make_tiny_roberta
+from pipeline.text.embedder import DEFAULT_TEXT_MODEL, TextEmbedder, load_text_model
 
 torch.set_num_threads(1)
 
@@ -191,7 +191,7 @@ def test_max_length_and_pooling_follow_the_finetuned_folder(tiny_roberta, tmp_pa
 
 @pytest.mark.parametrize("which", ["minilm", "tiny_roberta"])
 def test_target_span_and_target_pooling(which, tiny_roberta):
-    from pipeline.modalities.text_context import target_mask_batch, target_span
+    from pipeline.text.context import target_mask_batch, target_span
 
     tok, _ = load_text_model(None if which == "minilm" else str(tiny_roberta))
     layout = special_layout(tok)
@@ -255,7 +255,7 @@ def test_model_identity_hashes_every_file_the_model_loads(tiny_roberta, tmp_path
     """Issue 17.13: a changed tokenizer file, an index or a shard must change the identity (cache key)."""
     import shutil
 
-    from pipeline.modalities.text import model_identity
+    from pipeline.text.embedder import model_identity
 
     folder = tmp_path / "m"
     shutil.copytree(tiny_roberta, folder)

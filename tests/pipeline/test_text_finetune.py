@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.encoders.text_finetune import finetune_text
-from pipeline.encoders.text_finetune_data import Examples, build_examples, default_label_map
-from pipeline.encoders.text_finetune_heads import FrozenBottomCache, predict
-from pipeline.encoders.text_finetune_state import META_FILE, read_finetune_meta
 from pipeline.manifest import Utterance
-from pipeline.modalities.text import TextEmbedder, load_text_model
+from pipeline.text.embedder import TextEmbedder, load_text_model
+from pipeline.text.finetune.examples import Examples, build_examples, default_label_map
+from pipeline.text.finetune.heads import FrozenBottomCache, predict
+from pipeline.text.finetune.loop import finetune_text
+from pipeline.text.finetune.state import META_FILE, read_finetune_meta
 
 torch.set_num_threads(1)
 
@@ -69,8 +69,8 @@ def test_finetune_learns_keywords_and_writes_a_loadable_folder(tmp_path):
 
 @pytest.mark.parametrize("which", ["minilm", "tiny_roberta"])
 def test_frozen_bottom_cache_gives_the_full_models_logits(which, tiny_roberta):
-    from pipeline.encoders.text_finetune_heads import full_logits
-    from pipeline.modalities.text_context import pad_batch
+    from pipeline.text.context import pad_batch
+    from pipeline.text.finetune.heads import full_logits
 
     source = None if which == "minilm" else str(tiny_roberta)
     tok, model = load_text_model(source, for_classification=4)
@@ -91,7 +91,7 @@ def test_frozen_bottom_cache_gives_the_full_models_logits(which, tiny_roberta):
     full_mean = predict(model, ex, 4, pad, "cpu", pooling="mean")
     np.testing.assert_allclose(predict(model, ex, 4, pad, "cpu", cache, pooling="mean"), full_mean, atol=1e-5)
     assert not np.allclose(full_mean, full, atol=1e-4)
-    from pipeline.modalities.text_context import special_layout
+    from pipeline.text.context import special_layout
 
     layout = special_layout(tok)
     full_target = predict(model, ex, 4, pad, "cpu", pooling="target", layout=layout)
@@ -132,7 +132,7 @@ def test_budget_stop_then_resume_equals_an_uninterrupted_run(tiny_roberta, tmp_p
 
 
 def test_rng_states_round_trip_through_a_state_file(tmp_path):
-    from pipeline.encoders.text_finetune_state import restore_rng_states, rng_states
+    from pipeline.text.finetune.state import restore_rng_states, rng_states
 
     torch.manual_seed(5)
     saved = rng_states("cpu")
@@ -199,7 +199,7 @@ def test_finetune_on_cuda_with_amp(tiny_roberta, tmp_path, freeze_layers):
 
 
 def test_resolve_defaults_by_device_and_size(tiny_roberta):
-    from pipeline.encoders.text_finetune_recipe import FinetuneConfig, resolve_defaults
+    from pipeline.text.finetune.recipe import FinetuneConfig, resolve_defaults
 
     _, minilm = load_text_model(None, for_classification=7)
     cpu = resolve_defaults(FinetuneConfig(device="cpu"), minilm)
@@ -213,7 +213,7 @@ def test_resolve_defaults_by_device_and_size(tiny_roberta):
 
 
 def test_recipe_follows_the_base_full_finetuning_and_cls_for_a_non_minilm_base(tiny_roberta):
-    from pipeline.encoders.text_finetune_recipe import FinetuneConfig, resolve_defaults, uses_minilm_recipe
+    from pipeline.text.finetune.recipe import FinetuneConfig, resolve_defaults, uses_minilm_recipe
 
     _, model = load_text_model(str(tiny_roberta), for_classification=7)
     for device in ("cpu", "cuda"):  # the paper's recipe (EmoBERTa) on either device
@@ -226,7 +226,7 @@ def test_recipe_follows_the_base_full_finetuning_and_cls_for_a_non_minilm_base(t
                            model)
     assert cfg.pooling == "cls"
     assert uses_minilm_recipe(None) and uses_minilm_recipe("sentence-transformers/all-MiniLM-L6-v2")
-    from pipeline.modalities.text import DEFAULT_TEXT_MODEL
+    from pipeline.text.embedder import DEFAULT_TEXT_MODEL
 
     assert uses_minilm_recipe(DEFAULT_TEXT_MODEL)
     assert not uses_minilm_recipe("roberta-large") and not uses_minilm_recipe(str(tiny_roberta))
@@ -234,7 +234,7 @@ def test_recipe_follows_the_base_full_finetuning_and_cls_for_a_non_minilm_base(t
 
 def test_past_context_is_trained_recorded_and_embedded_with(tiny_roberta, tmp_path):
     from pipeline.extract import ExtractError, ExtractOptions
-    from pipeline.extract.text_model import finetune_key
+    from pipeline.extract.stage_text import finetune_key
 
     utts = keyword_corpus(n_train=4, n_dev=2, n_test=1)
     out = finetune_text(utts, tmp_path / "ft", base_model=str(tiny_roberta), max_length=32, epochs=1,

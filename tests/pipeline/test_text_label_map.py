@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.encoders.text_finetune_data import default_label_map
 from pipeline.manifest import Utterance
+from pipeline.text.finetune.examples import default_label_map
 
 
 def _utt(split: str, pos: int, label: str) -> Utterance:

@@ -1,4 +1,4 @@
-"""pipeline.modalities.visual: weighted face embedding, face selection/crops, scenes, real MTCNN."""
+"""pipeline.utterance.visual: weighted face embedding, face selection/crops, scenes, real MTCNN."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.media import MediaConfig
-from pipeline.modalities.visual import (
+from pipeline.testing.signals import render_face_frame
+from pipeline.utterance.process import MediaConfig
+from pipeline.utterance.visual import (
     FaceDetector,
     area_weights,
     box_areas,
@@ -17,7 +18,6 @@ from pipeline.modalities.visual import (
     select_faces,
     weighted_face_embedding,
 )
-from pipeline.testing.signals import render_face_frame
 
 torch.set_num_threads(1)
 

@@ -11,11 +11,11 @@ import json
 import h5py
 import pytest
 
-from pipeline.media import MediaConfig
-from pipeline.modalities.text import DEFAULT_TEXT_MODEL, TextEmbedder
 from pipeline.testing.features_h5 import random_rows, write_features
-from trainer.export import export_model
-from trainer.fit import DialogTrainConfig, train_dialog
+from pipeline.text.embedder import DEFAULT_TEXT_MODEL, TextEmbedder
+from pipeline.utterance.process import MediaConfig
+from trainer.apply.export import export_model
+from trainer.dialog.fit import DialogTrainConfig, train_dialog
 
 DIMS = {"t": 384, "a": 300, "v": 600}
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from pipeline.testing.features_h5 import context_rows, random_rows, write_features
-from trainer.config import DialogTrainConfig, resolve_config
-from trainer.data import load_split, speaker_indices
-from trainer.fit import train_dialog
-from trainer.model import NO_SPEAKER, DialogModel, DialogModelConfig, pair_masks
-from trainer.run_files import load_model
+from trainer.dialog.config import DialogTrainConfig, resolve_config
+from trainer.dialog.data import load_split, speaker_indices
+from trainer.dialog.fit import train_dialog
+from trainer.dialog.model import NO_SPEAKER, DialogModel, DialogModelConfig, pair_masks
+from trainer.dialog.run_files import load_model
 
 DIMS = {"t": 8, "a": 4, "v": 12}
 LENGTH = 6
@@ -221,7 +221,7 @@ def test_train_dialog_help_names_the_config_defaults():
     from click.testing import CliRunner
 
     from cli import main
-    from trainer.config import DEFAULT_POSITIONS, DEFAULT_SPEAKERS
+    from trainer.dialog.config import DEFAULT_POSITIONS, DEFAULT_SPEAKERS
 
     text = " ".join(CliRunner().invoke(main, ["train-dialog", "--help"]).output.split())
     assert f"[default: {DEFAULT_POSITIONS}]" in text and f"[default: {DEFAULT_SPEAKERS}]" in text
@@ -262,7 +262,7 @@ def test_the_speaker_signal_learns_a_label_that_needs_whose_utterances(tmp_path)
 
 
 def test_the_model_card_says_how_the_model_reads_the_conversation():
-    from trainer.export import context_text
+    from trainer.apply.export import context_text
 
     assert context_text({"positions": "none", "speakers": "none", "causal": True}) == (
         "no positions, no speakers; causal: each utterance from itself and earlier ones only")

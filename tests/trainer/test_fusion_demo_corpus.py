@@ -1,4 +1,4 @@
-"""The demo's generated corpus (trainer/demo_corpus.py): one modality leaves two emotions, two decide it."""
+"""The demo's generated corpus (trainer/demo/corpus.py): one modality leaves two emotions, two decide it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import av
 
 from pipeline.corpora.custom import prepare_custom
 from pipeline.corpora.sample import md5_tree
-from trainer.demo_corpus import (
+from trainer.demo.corpus import (
     _SENTENCES,
     FUSION_CUES,
     PITCH_HZ,

@@ -1,4 +1,4 @@
-"""Eq. 6-7 wiring of trainer.model's attention fusion, checked where the XOR test cannot see it.
+"""Eq. 6-7 wiring of trainer.dialog.model's attention fusion, checked where the XOR test cannot see it.
 
 The XOR task (tests/test_trainer_fit.py) is solved through Eq. 7 alone (F_A and F_V reach the head
 directly), so it passes with the fusion layers removed. Here:
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.model import AttentionFusionLayer, DialogModel, DialogModelConfig
+from trainer.dialog.model import AttentionFusionLayer, DialogModel, DialogModelConfig
 
 torch.set_num_threads(1)
 

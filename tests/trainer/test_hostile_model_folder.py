@@ -17,9 +17,9 @@ import shutil
 import pytest
 import torch
 
-from pipeline.modalities.text import TextEmbedder, load_text_model
 from pipeline.testing.model_folders import copy_folder, replace_file, rewrite_checksums
-from trainer.export import ModelFolderError, load_model_folder
+from pipeline.text.embedder import TextEmbedder, load_text_model
+from trainer.apply.export import ModelFolderError, load_model_folder
 
 EVIL_PY = """
 import pathlib
@@ -175,7 +175,7 @@ def test_pickle_never_unpickled_anywhere(model_dir, tmp_path):
 
 def test_export_overwrite_removes_only_a_model_folder(run, model_dir, tmp_path):
     """Issue 17.11: --overwrite never rmtree's a folder that is not recognisably an m2f model folder."""
-    from trainer.export import export_model
+    from trainer.apply.export import export_model
 
     precious = tmp_path / "home"
     precious.mkdir()

@@ -1,4 +1,4 @@
-"""trainer.live: a causal exported model predicts each utterance as it is added, and those predictions
+"""trainer.apply.live: a causal exported model predicts each utterance as it is added, and those predictions
 are the ones train-dialog wrote for the finished conversations; a bidirectional model is refused unless
 revisions are allowed.
 
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pipeline.corpora.sample import prepare_sample
-from trainer.live import LiveError, LiveModel
+from trainer.apply.live import LiveError, LiveModel
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""m2f export's model folder (trainer/export.py): contents, seed choice, checksums, no unpickling.
+"""m2f export's model folder (trainer/apply/export.py): contents, seed choice, checksums, no unpickling.
 
 The run (tests/trainer/conftest.py) is trained on a generated features.h5 whose config says it was made
 with random encoders and the shipped MiniLM (frozen), so export finds and packs the real things without an
@@ -17,10 +17,10 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.testing.model_folders import copy_folder, replace_file
-from trainer.data import load_split
-from trainer.export import ModelFolderError, export_model, load_model_folder
-from trainer.fit import load_model, predict_probs
-from trainer.model_folder import CHECKSUMS, write_checksums
+from trainer.apply.export import ModelFolderError, export_model, load_model_folder
+from trainer.apply.model_folder import CHECKSUMS, write_checksums
+from trainer.dialog.data import load_split
+from trainer.dialog.fit import load_model, predict_probs
 
 _copy, _replace = copy_folder, replace_file
 

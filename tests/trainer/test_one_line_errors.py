@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from pipeline.subtitles import SubtitleError, read_subtitles
+from pipeline.corpora.subtitles import SubtitleError, read_subtitles
 from pipeline.testing.model_folders import copy_folder, replace_file, rewrite_checksums
-from trainer.export import ModelFolderError, load_model_folder
-from trainer.timeline import plot_timeline
+from trainer.apply.export import ModelFolderError, load_model_folder
+from trainer.apply.timeline import plot_timeline
 
 
 @pytest.mark.parametrize("body", ['{"info": 1, "events": [{"x": 1}]}', '{"events": 3}', "[1, 2]"])

@@ -7,7 +7,7 @@ import csv
 from click.testing import CliRunner
 
 from cli import main
-from trainer.predict import write_rows
+from trainer.apply.predict import write_rows
 
 ROW = {"dialogue": "d", "position": 0, "speaker": "@boss", "start": 0.0, "end": 1.0,
        "text": '=HYPERLINK("http://evil.example","click")', "predicted": "joy", "p_joy": 0.9}

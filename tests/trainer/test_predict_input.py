@@ -1,4 +1,5 @@
-"""m2f predict's input and output handling (trainer/predict.py, trainer/timeline.py), without extraction."""
+"""m2f predict's input and output handling (trainer/apply/predict.py, trainer/apply/timeline.py), without
+extraction."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.subtitles import Cue, write_srt
+from pipeline.corpora.subtitles import Cue, write_srt
 from pipeline.testing.av_files import write_clip
-from trainer.predict import (
+from trainer.apply.predict import (
     PredictError,
     csv_utterances,
     modalities_to_extract,
@@ -22,7 +23,7 @@ from trainer.predict import (
     subtitle_utterances,
     write_rows,
 )
-from trainer.timeline import plot_timeline
+from trainer.apply.timeline import plot_timeline
 
 
 def _csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
@@ -123,7 +124,7 @@ def test_cli_help_of_export_predict_and_demo_fits_the_listing():
 
 def test_inputs_reached_through_a_symlinked_folder_keep_their_clips(tmp_path):
     """Issue 17.8: a CSV or a video reached through a symlinked folder keeps its audio and video."""
-    from trainer.predict import input_utterances
+    from trainer.apply.predict import input_utterances
 
     write_clip(tmp_path / "real" / "videos" / "b0.mp4", duration=0.5, size=(64, 48))
     _csv(tmp_path / "real" / "talk.csv", ["dialogue_id", "utterance_index", "speaker", "text", "clip"],

@@ -1,9 +1,10 @@
-"""trainer.tables.table2: the paper's Table 2 rows beside m2f's runs, every modality subset included."""
+"""trainer.report.tables.table2: the paper's Table 2 rows beside m2f's runs, every modality subset
+included."""
 
 from __future__ import annotations
 
-from trainer.paper import PAPER_RESULTS
-from trainer.tables import table2
+from trainer.report.paper import PAPER_RESULTS
+from trainer.report.tables import table2
 
 
 def summary(dataset: str, modalities: str, fusion: str, wf1: float, seeds: int = 2) -> dict:

@@ -1,10 +1,18 @@
-"""Subtitle cues as utterances (pipeline/subtitles.py): speakers from voice tags or NAME:, markup, order."""
+"""Subtitle cues as utterances (pipeline/corpora/subtitles.py): speakers from voice tags or NAME:, markup,
+order."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipeline.subtitles import UNKNOWN_SPEAKER, Cue, SubtitleError, read_subtitles, split_speaker, write_srt
+from pipeline.corpora.subtitles import (
+    UNKNOWN_SPEAKER,
+    Cue,
+    SubtitleError,
+    read_subtitles,
+    split_speaker,
+    write_srt,
+)
 
 VTT = """WEBVTT
 

@@ -1,4 +1,4 @@
-"""trainer.data: padded dialog tensors, masks, class maps, on real generated features.h5 files."""
+"""trainer.dialog.data: padded dialog tensors, masks, class maps, on real generated features.h5 files."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.features import read_split
+from pipeline.store.features import read_split
 from pipeline.testing.features_h5 import random_rows, write_features
-from trainer.data import (
+from trainer.dialog.data import (
     IGNORE,
     MELD_CLASSES,
     default_layers,
@@ -115,8 +115,8 @@ def test_inspect_reports_dims_and_refuses_a_file_without_dev(tmp_path, meld_file
 
 
 def test_training_refuses_a_class_map_that_matches_no_label(tmp_path):
-    from trainer.config import DialogTrainConfig
-    from trainer.fit import train_dialog
+    from trainer.dialog.config import DialogTrainConfig
+    from trainer.dialog.fit import train_dialog
 
     path = write_features(
         tmp_path / "f.h5", "meld", {"train": [3], "dev": [2]}, labelled_rows(["hap", "xxx"])

@@ -1,4 +1,4 @@
-"""trainer.fit: learning a cross-modal label, dev-only selection, determinism, resume after SIGKILL."""
+"""trainer.dialog.fit: learning a cross-modal label, dev-only selection, determinism, resume after SIGKILL."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from pipeline.testing.features_h5 import random_rows, write_features, xor_rows
-from trainer.config import DialogTrainConfig, resolve_config
-from trainer.data import IGNORE, MELD_CLASSES, load_split
-from trainer.fit import train_dialog
-from trainer.run_files import load_model, read_metrics
-from trainer.steps import predict_probs
+from trainer.dialog.config import DialogTrainConfig, resolve_config
+from trainer.dialog.data import IGNORE, MELD_CLASSES, load_split
+from trainer.dialog.fit import train_dialog
+from trainer.dialog.run_files import load_model, read_metrics
+from trainer.dialog.steps import predict_probs
 
 DIMS = {"t": 8, "a": 8, "v": 8}
 SMALL = {

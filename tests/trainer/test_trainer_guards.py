@@ -15,10 +15,10 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.testing.features_h5 import write_features, xor_rows
-from trainer.config import DialogTrainConfig
-from trainer.data import FeaturesError
-from trainer.fit import TrainingDivergedError, train_dialog
-from trainer.report import report
+from trainer.dialog.config import DialogTrainConfig
+from trainer.dialog.data import FeaturesError
+from trainer.dialog.fit import TrainingDivergedError, train_dialog
+from trainer.report.build import report
 
 DIMS = {"t": 8, "a": 4, "v": 6}
 TINY = ["--heads", "2", "--hidden", "16", "--threads", "1", "--no-progress", "--epochs", "2"]

@@ -1,11 +1,11 @@
-"""trainer.model: every Table 2 configuration, masking of missing modalities and padding."""
+"""trainer.dialog.model: every Table 2 configuration, masking of missing modalities and padding."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from trainer.model import DialogModel, DialogModelConfig
+from trainer.dialog.model import DialogModel, DialogModelConfig
 
 DIMS = {"t": 8, "a": 4, "v": 12}
 

@@ -1,4 +1,4 @@
-"""trainer.report: numbers equal scikit-learn on the saved predictions; status, seeds, paper, CLI."""
+"""trainer.report.build: numbers equal scikit-learn on the saved predictions; status, seeds, paper, CLI."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 from cli import main
 from pipeline.testing.features_h5 import random_rows, write_features
-from trainer.config import DialogTrainConfig
-from trainer.data import MELD_CLASSES
-from trainer.fit import train_dialog
-from trainer.paper import PAPER_RESULTS, paper_reference
-from trainer.report import report
-from trainer.run_files import write_status
-from trainer.summary import summarize_run
+from trainer.dialog.config import DialogTrainConfig
+from trainer.dialog.data import MELD_CLASSES
+from trainer.dialog.fit import train_dialog
+from trainer.dialog.run_files import write_status
+from trainer.report.build import report
+from trainer.report.paper import PAPER_RESULTS, paper_reference
+from trainer.report.summary import summarize_run
 
 DIMS = {"t": 8, "a": 4, "v": 4}
 SMALL = {
@@ -150,7 +150,7 @@ def test_cli_compares_several_runs(meld_like, tmp_path):
 
 
 def test_seed_ensemble_is_the_argmax_of_the_mean_probability(meld_like, tmp_path):
-    from trainer.summary import read_probabilities
+    from trainer.report.summary import read_probabilities
 
     root, _, _ = meld_like
     text = root / "text"
@@ -173,7 +173,7 @@ def test_seed_ensemble_is_the_argmax_of_the_mean_probability(meld_like, tmp_path
 def test_no_ensemble_for_one_seed_or_mismatched_files(meld_like, tmp_path):
     import shutil
 
-    from trainer.summary import ensemble_metrics
+    from trainer.report.summary import ensemble_metrics
 
     root, _, _ = meld_like
     text, fused = root / "text", root / "fused"

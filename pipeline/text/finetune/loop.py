@@ -1,0 +1,375 @@
+"""EmoBERTa-style fine-tuning of the text model on the context input (docs/DESIGN.md section 2.1).
+
+The model (``roberta-large`` on a GPU, the shipped all-MiniLM-L6-v2 on a CPU, or any local folder) gets
+a sequence-classification head and is trained to classify the *target* utterance of each context input
+(:func:`pipeline.text.embedder.build_context`): train split for training, dev split for selection by
+weighted F1 (never the test split). The result is a Hugging Face folder (model + tokenizer +
+``m2f_text.json`` with the config, history and dev weighted F1) that :class:`TextEmbedder` loads as its
+``model_name_or_path``; its embeddings are the fine-tuned encoder's last hidden states pooled as the
+head read them (``cls``: first token, the paper's choice, for full fine-tuning; ``target``: mean
+over the target utterance's tokens, the default when lower layers are frozen).
+
+The recipe follows the base model (:func:`pipeline.text.finetune.recipe.resolve_defaults`): a
+RoBERTa/BERT-family base other than MiniLM (``roberta-large``, a local folder) is fine-tuned whole with
+the first-token head (EmoBERTa, the paper) on any device; the shipped MiniLM gets the CPU recipe below
+on ``device="cpu"``. The CPU recipe (measured on MELD in ``bench/RESULTS.md``: about 15 min of training
+on a shared 2-core CPU, 0.575 dev / 0.613 test weighted F1 of the classifier):
+
+- context inputs capped at 64 tokens (MELD train contexts: mean 50.9 tokens; 71.7 at 96, 87.3 at 128);
+- dynamic padding in length-bucketed batches (similar lengths together, shuffled at the batch level);
+- embeddings and the lowest layers frozen (MiniLM: 2 of 6) and their outputs computed once
+  (:class:`pipeline.text.finetune.heads.FrozenBottomCache`), so a step runs only the top four
+  layers and the head;
+- the new head at 10x the body's learning rate, target-token pooling, 2 epochs;
+- one torch thread (on a CPU shared with other busy processes it was 3-4x faster per step than two);
+- a wall-clock budget (``max_minutes``): training stops cleanly at the budget and keeps the best
+  checkpoint so far.
+
+Resumable: a ``resume/state.pt`` (model, optimiser, scheduler, RNG, progress) is written atomically
+every ``checkpoint_every`` steps and at each evaluation; the same call after a kill continues from it.
+
+Examples
+--------
+>>> from pipeline.corpora.meld import prepare_meld
+>>> folder = finetune_text(prepare_meld("data/meld"), "models/minilm-meld")  # the CPU recipe
+>>> TextEmbedder(str(folder)).embed(dialogues)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.manifest import Utterance
+from pipeline.metrics import weighted_f1
+from pipeline.store.atomic import atomic_torch_save, atomic_write_json
+from pipeline.store.locks import folder_lock
+from pipeline.text.context import CONTEXTS, pad_batch, special_layout
+from pipeline.text.embedder import POOLINGS, load_text_model, resolve_model_source
+from pipeline.text.finetune.examples import Examples, build_examples, default_label_map, epoch_batches
+from pipeline.text.finetune.heads import (
+    FrozenBottomCache,
+    _pool_mask,
+    full_logits,
+    predict,
+    top_logits,
+)
+from pipeline.text.finetune.recipe import (
+    FinetuneConfig,
+    _freeze,
+    _resume_key,
+    linear_warmup_decay,
+    param_groups,
+    resolve_defaults,
+)
+from pipeline.text.finetune.state import (
+    META_FILE,
+    _save_model_folder,
+    restore_rng_states,
+    rng_states,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, base_model: str | None = None,
+                  device: str = "cpu", label_map: Mapping[str, int] | None = None,
+                  max_length: int | None = None, epochs: int | None = None, batch_size: int = 32,
+                  lr: float | None = None, freeze_layers: int | None = None,
+                  freeze_embeddings: bool = True, max_minutes: float | None = None, seed: int = 0,
+                  evals_per_epoch: int = 2, limit_train: int | None = None,
+                  eval_test: bool = True, threads: int | None = None, cache_frozen: bool = True,
+                  head_lr_mult: float = 10.0, pooling: str | None = None, context: str = "full") -> Path:
+    """Fine-tune a text model for utterance emotion classification with context; return its folder.
+
+    Parameters
+    ----------
+    utterances : sequence of Utterance
+        A corpus manifest with ``train`` and ``dev`` splits (``test`` is only evaluated after
+        selection when ``eval_test``; it never influences the choice).
+    out_dir : path
+        Output folder; ends up holding ``config.json``, the weights, the tokenizer and
+        ``m2f_text.json``. A run killed half-way is resumed from ``out_dir/resume``.
+    base_model : str or None
+        Hub id (``roberta-large``) or local folder; ``None`` is the shipped all-MiniLM-L6-v2.
+    device : str
+        ``cpu`` or ``cuda``; on CUDA training runs under bf16/fp16 autocast.
+    label_map : mapping or None
+        Raw label -> class index; ``None`` is MELD's 7 classes or IEMOCAP's 6 (others dropped).
+    max_length : int or None
+        Tokens per context input (special tokens included); ``None``: 64 on CPU, 128 on CUDA.
+    epochs : int or None
+        ``None``: 2 on CPU, 5 on CUDA (EmoBERTa).
+    batch_size, lr : int, float or None
+        AdamW with linear warm-up (10% of the steps) and linear decay; ``lr=None`` chooses by model
+        size and freezing (:func:`resolve_defaults`).
+    freeze_layers : int or None
+        Lowest transformer layers kept frozen (with all embeddings); 0 trains every layer; ``None``:
+        all but the top four for MiniLM on CPU, none otherwise (:func:`resolve_defaults`).
+    freeze_embeddings : bool
+        Keep the word-embedding matrix frozen.
+    head_lr_mult : float
+        The (new, randomly initialised) classification head learns at ``lr * head_lr_mult``.
+    pooling : {"cls", "mean", "target"} or None
+        ``None``: ``cls`` when every layer trains (the paper, EmoBERTa), ``target`` when layers are
+        frozen (a first-token head on MiniLM's top two layers reached only 0.41 dev wF1 on MELD,
+        ``target`` 0.54; bench/RESULTS.md). What the head reads (:func:`head_logits`): the first
+        token (the paper's), the masked token mean (all-MiniLM-L6-v2's trained pooling) or the mean over
+        the target utterance's tokens.
+        Saved in ``m2f_text.json``; :class:`TextEmbedder` embeds a fine-tuned folder with the same
+        pooling by default.
+    context : {"full", "past", "none"}
+        The context input (:func:`pipeline.text.context.build_contexts`): ``past`` leaves out
+        the next utterance, for causal (live) use. Saved in ``m2f_text.json``; the folder is always
+        embedded with it.
+    max_minutes : float or None
+        Wall-clock budget for training (the time of earlier attempts of a resumed run counts);
+        training stops at the first step past it, evaluates, and keeps the best checkpoint.
+    seed : int
+        Seeds the head, dropout and batch order.
+    evals_per_epoch : int
+        Dev evaluations per epoch (selection points).
+    limit_train : int or None
+        Use only the first N training examples (quick trials and tests).
+    eval_test : bool
+        After selection, record the selected model's test weighted F1 in ``m2f_text.json``.
+    cache_frozen : bool
+        With ``freeze_layers > 0``, run the frozen embeddings and layers once over the train and dev
+        inputs and keep their outputs (float16, unpadded; :class:`FrozenBottomCache`), so each step
+        runs only the trained layers.
+    threads : int or None
+        ``torch.set_num_threads`` for the run; ``None`` leaves it. On a CPU shared with other busy
+        processes 1 thread was 3-4x faster per step than 2 (measured here).
+
+    Returns
+    -------
+    Path
+        ``out_dir``, loadable by ``TextEmbedder(str(out_dir))``.
+
+    Raises
+    ------
+    ValueError
+        Missing train/dev examples or an unknown label map.
+    pipeline.store.locks.CacheLockedError
+        Another run is fine-tuning into ``out_dir``.
+    """
+    import torch
+
+    if pooling is not None and pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+    if context not in CONTEXTS:
+        raise ValueError(f"unknown context {context!r}; expected one of {CONTEXTS}")
+    if threads is not None:
+        torch.set_num_threads(threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source, _ = resolve_model_source(base_model)
+    label_map = dict(label_map) if label_map is not None else default_label_map(utterances)
+    n_classes = max(label_map.values()) + 1
+    cfg = FinetuneConfig(base_model=source, max_length=max_length, epochs=epochs, batch_size=batch_size,
+                         lr=lr, freeze_layers=freeze_layers, freeze_embeddings=freeze_embeddings,
+                         cache_frozen=cache_frozen, head_lr_mult=head_lr_mult, pooling=pooling,
+                         context=context, max_minutes=max_minutes, seed=seed, device=device,
+                         evals_per_epoch=evals_per_epoch, label_map=label_map)
+
+    torch.manual_seed(seed)
+    tokenizer, model = load_text_model(source, for_classification=n_classes)
+    resolve_defaults(cfg, model)
+    id2label = {i: lab for lab, i in sorted(label_map.items(), key=lambda kv: kv[1])}
+    model.config.id2label = id2label
+    model.config.label2id = {lab: i for i, lab in id2label.items()}
+    _freeze(model, cfg.freeze_embeddings, cfg.freeze_layers)
+    dev_t = torch.device(device)
+    model.to(dev_t)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    layout = special_layout(tokenizer)
+
+    t0 = time.time()
+    examples = build_examples(utterances, tokenizer, cfg.max_length, label_map, cfg.context)
+    for split in ("train", "dev"):
+        if split not in examples or len(examples[split]) == 0:
+            raise ValueError(f"no labelled {split} utterances among {len(utterances)} (labels in "
+                             f"{sorted(label_map)}); fine-tuning needs train and dev splits")
+    train = examples["train"]
+    if limit_train is not None:
+        train = Examples(train.ids[:limit_train], train.labels[:limit_train], train.utt_ids[:limit_train])
+    lengths = [len(x) for x in train.ids]
+    log.info(f"{len(train)} train / {len(examples['dev'])} dev inputs, mean {np.mean(lengths):.1f} tokens "
+             f"(max {cfg.max_length}); contexts built in {time.time() - t0:.1f}s")
+
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = max(1, int(cfg.warmup_ratio * total_steps))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: linear_warmup_decay(s, warmup, total_steps))
+    eval_points = {min(steps_per_epoch, round(steps_per_epoch * (k + 1) / cfg.evals_per_epoch))
+                   for k in range(cfg.evals_per_epoch)}
+
+    resume_dir = out_dir / "resume"
+    state_path = resume_dir / "state.pt"
+    best_dir = out_dir / "resume" / "best"
+    progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "elapsed_s": 0.0, "best_dev_wf1": -1.0,
+                "best_step": None, "history": [], "stopped_early": False}
+    if state_path.exists():
+        # on the CPU: torch.set_rng_state takes a CPU ByteTensor; load_state_dict moves the rest to the model
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state["config_json"] != _resume_key(cfg):
+            raise ValueError(f"{state_path} was written with a different configuration; remove {resume_dir} "
+                             f"to start over or call with the same settings to resume")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng_states(state, dev_t.type)
+        progress = json.loads(state["progress"])
+        progress["stopped_early"] = False  # a new call brings a new budget
+        log.info(f"resuming at epoch {progress['epoch']} step {progress['step_in_epoch']} "
+                 f"(best dev wF1 so far {progress['best_dev_wf1']:.4f})")
+
+    train_cache = dev_cache = None
+    if cfg.freeze_layers > 0 and cfg.cache_frozen:
+        t = time.time()
+        train_cache = FrozenBottomCache(model, train, cfg.freeze_layers, pad_id, dev_t, cfg.eval_batch_size)
+        dev_cache = FrozenBottomCache(model, examples["dev"], cfg.freeze_layers, pad_id, dev_t,
+                                      cfg.eval_batch_size)
+        log.info(f"frozen embeddings + {cfg.freeze_layers} layers run once: "
+                 f"{(train_cache.nbytes + dev_cache.nbytes) / 1e6:.0f} MB in {time.time() - t:.0f}s")
+
+    use_amp = cfg.amp and dev_t.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    run_start = time.time() - progress["elapsed_s"]
+
+    def save_state() -> None:
+        progress["elapsed_s"] = time.time() - run_start
+        resume_dir.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict(), **rng_states(dev_t.type),
+                           "progress": json.dumps(progress),
+                           "config_json": _resume_key(cfg)},
+                          state_path)
+
+    def evaluate_dev() -> None:
+        t = time.time()
+        logits = predict(model, examples["dev"], cfg.eval_batch_size, pad_id, dev_t, dev_cache, cfg.pooling,
+                         layout)
+        pred = logits.argmax(1)
+        wf1 = weighted_f1(examples["dev"].labels, pred, n_classes)
+        acc = float((pred == examples["dev"].labels).mean())
+        entry = {"epoch": progress["epoch"], "step": progress["global_step"], "dev_weighted_f1": wf1,
+                 "dev_accuracy": acc, "train_loss": progress.get("running_loss"),
+                 "elapsed_s": round(time.time() - run_start, 1)}
+        progress["history"].append(entry)
+        log.info(f"epoch {progress['epoch']} step {progress['global_step']}: dev wF1 {wf1:.4f} acc {acc:.4f} "
+                 f"(eval {time.time() - t:.0f}s, {entry['elapsed_s']:.0f}s in)")
+        if wf1 > progress["best_dev_wf1"]:
+            progress["best_dev_wf1"] = wf1
+            progress["best_step"] = progress["global_step"]
+            _save_model_folder(model, tokenizer, best_dir, {"config": dataclasses.asdict(cfg),
+                                                            "dev_weighted_f1": wf1, "step": entry["step"]})
+        model.train()
+
+    model.train()
+    budget_s = None if cfg.max_minutes is None else cfg.max_minutes * 60
+    while progress["epoch"] < cfg.epochs and not progress["stopped_early"]:
+        batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, progress["epoch"])
+        losses: list[float] = []
+        while progress["step_in_epoch"] < len(batches):
+            batch = batches[progress["step_in_epoch"]]
+            y = torch.from_numpy(train.labels[batch]).to(dev_t)
+            pmask = _pool_mask([train.ids[i] for i in batch], cfg.pooling, layout, dev_t)
+            with torch.autocast(dev_t.type, dtype=amp_dtype, enabled=use_amp):
+                if train_cache is not None:
+                    hidden, mask_t = train_cache.batch(batch, dev_t)
+                    logits = top_logits(model, hidden, mask_t, cfg.freeze_layers, cfg.pooling, pmask)
+                else:
+                    ids, mask = pad_batch([train.ids[i] for i in batch], pad_id)
+                    logits = full_logits(model, torch.from_numpy(ids).to(dev_t),
+                                         torch.from_numpy(mask).to(dev_t), cfg.pooling, pmask)
+            loss = loss_fn(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            losses.append(loss.item())
+            progress["step_in_epoch"] += 1
+            progress["global_step"] += 1
+            progress["running_loss"] = float(np.mean(losses[-50:]))
+            over_budget = budget_s is not None and time.time() - run_start > budget_s
+            if progress["global_step"] % 25 == 0:
+                log.info(f"epoch {progress['epoch']} step {progress['step_in_epoch']}/{len(batches)} "
+                         f"loss {progress['running_loss']:.4f} ({time.time() - run_start:.0f}s)")
+            if progress["step_in_epoch"] in eval_points or over_budget:
+                evaluate_dev()
+                if over_budget:
+                    progress["stopped_early"] = True
+                    log.info(f"stopping: the {cfg.max_minutes} min budget is spent")
+                save_state()
+                if over_budget:
+                    break
+            elif progress["global_step"] % cfg.checkpoint_every == 0:
+                save_state()
+        if not progress["stopped_early"]:
+            progress["epoch"] += 1
+            progress["step_in_epoch"] = 0
+            save_state()
+
+    train_s = time.time() - run_start
+    return _finish(out_dir, best_dir, cfg, progress, examples, train_s, eval_test, pad_id, n_classes,
+                   len(train), float(np.mean(lengths)), layout)
+
+
+@functools.wraps(_finetune_text)
+def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, *args, **kwargs) -> Path:
+    # two extracts of one corpus fine-tune into the same folder with the same temporary names
+    out = Path(out_dir)
+    with folder_lock(out, ".finetune-text.lock", f"fine-tuning a text model in {out}"):
+        return _finetune_text(utterances, out_dir, *args, **kwargs)
+
+
+def _finish(out_dir: Path, best_dir: Path, cfg: FinetuneConfig, progress: dict, examples: dict[str, Examples],
+            train_s: float, eval_test: bool, pad_id: int, n_classes: int, n_train: int,
+            mean_tokens: float, layout) -> Path:
+    """Copy the selected checkpoint into ``out_dir``, evaluate test if asked, write ``m2f_text.json``."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    meta = {"config": dataclasses.asdict(cfg), "history": progress["history"],
+            "dev_weighted_f1": progress["best_dev_wf1"], "selected_step": progress["best_step"],
+            "stopped_early": progress["stopped_early"], "train_seconds": round(train_s, 1),
+            "n_train": n_train, "mean_train_tokens": round(mean_tokens, 1),
+            "pooling_for_embeddings": cfg.pooling,
+            "selection": "dev weighted F1 (test never used for selection)"}
+    if eval_test and "test" in examples and len(examples["test"]):
+        device = torch.device(cfg.device)
+        model = AutoModelForSequenceClassification.from_pretrained(best_dir, trust_remote_code=False)
+        model = model.to(device)
+        t = time.time()
+        pred = predict(model, examples["test"], cfg.eval_batch_size, pad_id, device,
+                       pooling=cfg.pooling, layout=layout).argmax(1)
+        meta["test_weighted_f1"] = weighted_f1(examples["test"].labels, pred, n_classes)
+        meta["test_accuracy"] = float((pred == examples["test"].labels).mean())
+        log.info(f"selected model: test wF1 {meta['test_weighted_f1']:.4f} acc {meta['test_accuracy']:.4f} "
+                 f"({time.time() - t:.0f}s)")
+    for p in best_dir.iterdir():
+        if p.name == META_FILE:
+            continue
+        shutil.copy2(p, out_dir / p.name)
+    atomic_write_json(out_dir / META_FILE, meta, indent=2, sort_keys=False, ensure_ascii=True)
+    log.info(f"wrote {out_dir} (dev wF1 {meta['dev_weighted_f1']:.4f}, {train_s / 60:.1f} min of training)")
+    return out_dir

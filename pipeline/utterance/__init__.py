@@ -1,0 +1,1 @@
+"""The utterance level in memory: decode once, faces, audio window, embeddings of one utterance."""

@@ -1,0 +1,1 @@
+"""``m2f demo``: the generated corpus where fusion pays, and the chain run on it."""
