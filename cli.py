@@ -101,11 +101,19 @@ def _interrupted(kept: str) -> None:
 # --- prepare (pipeline/corpora) --------------------------------------------------------------
 @main.command()
 @click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Corpus format.")
-@click.option("--root", type=click.Path(path_type=Path), default=None,
-              help="Corpus folder (MELD: folder holding the CSVs and clip folders; IEMOCAP: "
-                   "IEMOCAP_full_release; custom: the CSV file or its folder). Not needed for sample.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Write the manifest here as JSONL (default: print the summary only).")
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Corpus folder (MELD: folder holding the CSVs and clip folders; IEMOCAP: "
+    "IEMOCAP_full_release; custom: the CSV file or its folder). Not needed for sample.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the manifest here as JSONL (default: print the summary only).",
+)
 def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
     """Read a corpus; print its summary; write the manifest.
 
@@ -122,46 +130,92 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
 @main.command()
 @click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Corpus format.")
 @click.option("--root", type=click.Path(path_type=Path), default=None, help="Corpus folder (as for prepare).")
-@click.option("--modalities", default="text,audio,visual",
-              help="Letters of `tav` or a comma list of text, audio, visual. `text` alone needs no clips "
-                   "(MELD CSVs suffice).")
+@click.option(
+    "--modalities",
+    default="text,audio,visual",
+    help="Letters of `tav` or a comma list of text, audio, visual. `text` alone needs no clips "
+    "(MELD CSVs suffice).",
+)
 @click.option("--splits", default="train,dev,test", help="Comma list of splits to extract.")
-@click.option("--workers", type=int, default=None,
-              help="Local dask worker processes, 1 thread each (default: cores minus one, with --device "
-                   "cpu or cuda; with cuda all workers share the GPU).")
-@click.option("--scheduler", default=None,
-              help="Address of an existing dask scheduler (e.g. tcp://host:8786, dask-jobqueue) instead of "
-                   "a LocalCluster.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu",
-              help="MTCNN, encoders and text model device; with cuda every worker uses the GPU, in larger "
-                   "batches.")
-@click.option("--text-model", default=None,
-              help="Hub id or local folder, used frozen. Default: --text-base fine-tuned on the train split "
-                   "(cached); frozen where fine-tuning is unavailable.")
-@click.option("--text-base", default=None,
-              help="Hub id (e.g. roberta-large, the paper's) or local folder of a RoBERTa/BERT-family model, "
-                   "fine-tuned with dialog context on the train split (dev selects; cached per base) and "
-                   "embedded by its first token. Default: the shipped all-MiniLM-L6-v2 (CPU recipe: top "
-                   "four layers, target-token pooling).")
-@click.option("--text-context", type=click.Choice(["full", "past"]), default="full",
-              help="Context of the text model fine-tuned here: past + target + next utterance, or `past` "
-                   "(no next utterance: causal, for live prediction; cached apart).")
-@click.option("--encoders", default=None,
-              help="Folder with audio.pt, face.pt, scene.pt, or `random` (seeded random weights). Default: "
-                   "the encoders cached for this media, trained if missing.")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Local dask worker processes, 1 thread each (default: cores minus one, with --device "
+    "cpu or cuda; with cuda all workers share the GPU).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    help="Address of an existing dask scheduler (e.g. tcp://host:8786, dask-jobqueue) instead of "
+    "a LocalCluster.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    help="MTCNN, encoders and text model device; with cuda every worker uses the GPU, in larger batches.",
+)
+@click.option(
+    "--text-model",
+    default=None,
+    help="Hub id or local folder, used frozen. Default: --text-base fine-tuned on the train split "
+    "(cached); frozen where fine-tuning is unavailable.",
+)
+@click.option(
+    "--text-base",
+    default=None,
+    help="Hub id (e.g. roberta-large, the paper's) or local folder of a RoBERTa/BERT-family model, "
+    "fine-tuned with dialog context on the train split (dev selects; cached per base) and "
+    "embedded by its first token. Default: the shipped all-MiniLM-L6-v2 (CPU recipe: top "
+    "four layers, target-token pooling).",
+)
+@click.option(
+    "--text-context",
+    type=click.Choice(["full", "past"]),
+    default="full",
+    help="Context of the text model fine-tuned here: past + target + next utterance, or `past` "
+    "(no next utterance: causal, for live prediction; cached apart).",
+)
+@click.option(
+    "--encoders",
+    default=None,
+    help="Folder with audio.pt, face.pt, scene.pt, or `random` (seeded random weights). Default: "
+    "the encoders cached for this media, trained if missing.",
+)
 @click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"), help="Cache root folder.")
 @click.option("--limit", type=int, default=None, help="At most N utterances per split (quick runs).")
-@click.option("--partition-size", type=int, default=None,
-              help="Utterances per dask task (whole dialogues); the unit of resume. Default 16 on CPU, 64 "
-                   "on CUDA.")
-@click.option("--security", type=click.Path(path_type=Path), default=None,
-              help="YAML file of dask TLS settings (distributed.security.Security keywords: tls_ca_file, "
-                   "tls_cert, tls_key) for the LocalCluster or a tls:// --scheduler. Default: the "
-                   "LocalCluster uses fresh temporary TLS certificates. See README.")
-def extract(dataset: str, root: Path | None, modalities: str, splits: str, workers: int,
-            scheduler: str | None, device: str, text_model: str | None, text_base: str | None,
-            text_context: str, encoders: str | None, cache: Path, limit: int | None,
-            partition_size: int | None, security: Path | None) -> None:
+@click.option(
+    "--partition-size",
+    type=int,
+    default=None,
+    help="Utterances per dask task (whole dialogues); the unit of resume. Default 16 on CPU, 64 on CUDA.",
+)
+@click.option(
+    "--security",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="YAML file of dask TLS settings (distributed.security.Security keywords: tls_ca_file, "
+    "tls_cert, tls_key) for the LocalCluster or a tls:// --scheduler. Default: the "
+    "LocalCluster uses fresh temporary TLS certificates. See README.",
+)
+def extract(
+    dataset: str,
+    root: Path | None,
+    modalities: str,
+    splits: str,
+    workers: int,
+    scheduler: str | None,
+    device: str,
+    text_model: str | None,
+    text_base: str | None,
+    text_context: str,
+    encoders: str | None,
+    cache: Path,
+    limit: int | None,
+    partition_size: int | None,
+    security: Path | None,
+) -> None:
     """Embed text, audio and video into features.h5 (resumable).
 
     Stages: prepare -> media (decode, MTCNN; media.h5) -> encoders (trained if missing) -> embed
@@ -169,10 +223,23 @@ def extract(dataset: str, root: Path | None, modalities: str, splits: str, worke
     resumes where it stopped when the same command is run again. Problems per utterance go to
     problems.jsonl beside media.h5. The last line printed is the path of features.h5.
     """
-    _run_extract_command(dataset=dataset, root=root, modalities=modalities, splits=splits, workers=workers,
-                         scheduler=scheduler, device=device, text_model=text_model, text_base=text_base,
-                         text_context=text_context, encoders=encoders, cache=cache, limit=limit,
-                         partition_size=partition_size, security=security)
+    _run_extract_command(
+        dataset=dataset,
+        root=root,
+        modalities=modalities,
+        splits=splits,
+        workers=workers,
+        scheduler=scheduler,
+        device=device,
+        text_model=text_model,
+        text_base=text_base,
+        text_context=text_context,
+        encoders=encoders,
+        cache=cache,
+        limit=limit,
+        partition_size=partition_size,
+        security=security,
+    )
 
 
 def _run_extract_command(**kw) -> None:
@@ -193,53 +260,121 @@ def _run_extract_command(**kw) -> None:
         _interrupted(f"finished batches are kept under {kw['cache']}")
     click.echo(format_summary(result), err=True)
     click.echo(str(result.features))
+
+
 # --- end extract ---
+
 
 # --- train-encoders (pipeline/encoders/train.py) ---------------------------------------------
 @main.command("train-encoders")
 @click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Corpus format.")
-@click.option("--modality", type=click.Choice(["audio", "face", "scene", "text", "all"]), default="all",
-              help="Which encoder to train; `all` = audio, face and scene; `text` fine-tunes the text model.")
-@click.option("--media", type=click.Path(path_type=Path), default=None,
-              help="The media.h5 to train on. Default: the only cache/<dataset>/media-*/media.h5.")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Folder for audio.pt/face.pt/scene.pt. Default: cache/<dataset>/encoders/<media hash>/"
-                   "recipe<N>-<labels hash>/, where `m2f extract` finds them while the labels stored in "
-                   "the media.h5 (its manifest's when decoded) are the corpus's. For text: "
-                   "cache/<dataset>/text-model/<base hash>/<hash of the train+dev manifest>/, the folder "
-                   "`m2f extract` uses by default.")
-@click.option("--root", type=click.Path(path_type=Path), default=None,
-              help="Corpus folder; only for --modality text (the text model trains on the corpus text).")
-@click.option("--text-base", default=None,
-              help="Only for --modality text: hub id (e.g. roberta-large) or local folder of the model to "
-                   "fine-tune. Default: the shipped all-MiniLM-L6-v2.")
-@click.option("--text-freeze-layers", type=int, default=None,
-              help="Only for --modality text: lowest layers kept frozen. Default: 0 (full fine-tuning), "
-                   "but all except the top four for MiniLM on cpu.")
-@click.option("--text-context", type=click.Choice(["full", "past"]), default="full",
-              help="Only for --modality text: with the next utterance, or `past` alone (causal).")
-@click.option("--text-pooling", type=click.Choice(["cls", "mean", "target"]), default=None,
-              help="Only for --modality text: what the head and the embeddings read. Default: cls (first "
-                   "token) when every layer trains, target otherwise.")
+@click.option(
+    "--modality",
+    type=click.Choice(["audio", "face", "scene", "text", "all"]),
+    default="all",
+    help="Which encoder to train; `all` = audio, face and scene; `text` fine-tunes the text model.",
+)
+@click.option(
+    "--media",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The media.h5 to train on. Default: the only cache/<dataset>/media-*/media.h5.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for audio.pt/face.pt/scene.pt. Default: cache/<dataset>/encoders/<media hash>/"
+    "recipe<N>-<labels hash>/, where `m2f extract` finds them while the labels stored in "
+    "the media.h5 (its manifest's when decoded) are the corpus's. For text: "
+    "cache/<dataset>/text-model/<base hash>/<hash of the train+dev manifest>/, the folder "
+    "`m2f extract` uses by default.",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Corpus folder; only for --modality text (the text model trains on the corpus text).",
+)
+@click.option(
+    "--text-base",
+    default=None,
+    help="Only for --modality text: hub id (e.g. roberta-large) or local folder of the model to "
+    "fine-tune. Default: the shipped all-MiniLM-L6-v2.",
+)
+@click.option(
+    "--text-freeze-layers",
+    type=int,
+    default=None,
+    help="Only for --modality text: lowest layers kept frozen. Default: 0 (full fine-tuning), "
+    "but all except the top four for MiniLM on cpu.",
+)
+@click.option(
+    "--text-context",
+    type=click.Choice(["full", "past"]),
+    default="full",
+    help="Only for --modality text: with the next utterance, or `past` alone (causal).",
+)
+@click.option(
+    "--text-pooling",
+    type=click.Choice(["cls", "mean", "target"]),
+    default=None,
+    help="Only for --modality text: what the head and the embeddings read. Default: cls (first "
+    "token) when every layer trains, target otherwise.",
+)
 @click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"), help="Cache root folder.")
-@click.option("--epochs", type=int, default=None,
-              help="Epochs per encoder. Default: 60 audio / 100 visual on cuda (the paper), 5 on cpu.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu",
-              help="cuda: bf16 autocast and batch 128 by default.")
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help="Epochs per encoder. Default: 60 audio / 100 visual on cuda (the paper), 5 on cpu.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    help="cuda: bf16 autocast and batch 128 by default.",
+)
 @click.option("--batch-size", type=int, default=None, help="Batch size (default 32 on cpu, 128 on cuda).")
-@click.option("--steps-per-epoch", type=int, default=None,
-              help="Batches per epoch (default: one pass over the train samples).")
+@click.option(
+    "--steps-per-epoch",
+    type=int,
+    default=None,
+    help="Batches per epoch (default: one pass over the train samples).",
+)
 @click.option("--seed", type=int, default=0, help="Initial weights and sampling.")
-@click.option("--classes", default=None,
-              help="Comma list of labels to train on (e.g. IEMOCAP's six). Default: every non-empty label.")
+@click.option(
+    "--classes",
+    default=None,
+    help="Comma list of labels to train on (e.g. IEMOCAP's six). Default: every non-empty label.",
+)
 @click.option("--overwrite", is_flag=True, help="Retrain even if a checkpoint exists.")
-@click.option("--threads", type=int, default=None,
-              help="torch CPU threads (1 is much faster on a busy, shared CPU). Default: torch's choice.")
-def train_encoders_command(dataset: str, modality: str, media: Path | None, out: Path | None,
-                           root: Path | None, text_base: str | None, text_freeze_layers: int | None,
-                           text_context: str, text_pooling: str | None, cache: Path, epochs: int | None,
-                           device: str, batch_size: int | None, steps_per_epoch: int | None, seed: int,
-                           classes: str | None, overwrite: bool, threads: int | None) -> None:
+@click.option(
+    "--threads",
+    type=int,
+    default=None,
+    help="torch CPU threads (1 is much faster on a busy, shared CPU). Default: torch's choice.",
+)
+def train_encoders_command(
+    dataset: str,
+    modality: str,
+    media: Path | None,
+    out: Path | None,
+    root: Path | None,
+    text_base: str | None,
+    text_freeze_layers: int | None,
+    text_context: str,
+    text_pooling: str | None,
+    cache: Path,
+    epochs: int | None,
+    device: str,
+    batch_size: int | None,
+    steps_per_epoch: int | None,
+    seed: int,
+    classes: str | None,
+    overwrite: bool,
+    threads: int | None,
+) -> None:
     """Triplet-train the audio, face, scene (or text) encoders.
 
     Trains on a media cache written by `m2f extract` (train split; dev picks the epoch) and writes
@@ -252,10 +387,20 @@ def train_encoders_command(dataset: str, modality: str, media: Path | None, out:
 
         torch.set_num_threads(threads)
     if modality == "text":
-        recipe = {"epochs": epochs, "freeze_layers": text_freeze_layers, "pooling": text_pooling,
-                  "context": text_context}
-        _train_text_model(CacheLayout(cache, dataset), root, out, device, text_base,
-                          {k: v for k, v in recipe.items() if v is not None})
+        recipe = {
+            "epochs": epochs,
+            "freeze_layers": text_freeze_layers,
+            "pooling": text_pooling,
+            "context": text_context,
+        }
+        _train_text_model(
+            CacheLayout(cache, dataset),
+            root,
+            out,
+            device,
+            text_base,
+            {k: v for k, v in recipe.items() if v is not None},
+        )
         return
     from pipeline.encoders.train import train_encoders
     from pipeline.extract.stage_encoders import labels_key, stored_labels
@@ -269,9 +414,18 @@ def train_encoders_command(dataset: str, modality: str, media: Path | None, out:
     mods = ENCODER_KINDS if modality == "all" else (modality,)
     labels = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
     try:
-        paths = train_encoders(media, out, modalities=mods, epochs=epochs, device=device, seed=seed,
-                               batch_size=batch_size, steps_per_epoch=steps_per_epoch, overwrite=overwrite,
-                               classes=labels)
+        paths = train_encoders(
+            media,
+            out,
+            modalities=mods,
+            epochs=epochs,
+            device=device,
+            seed=seed,
+            batch_size=batch_size,
+            steps_per_epoch=steps_per_epoch,
+            overwrite=overwrite,
+            classes=labels,
+        )
     except (FileNotFoundError, ValueError, CacheError) as e:
         raise one_line(e) from e
     for p in paths.values():
@@ -283,12 +437,14 @@ def _find_media(layout: CacheLayout) -> Path:
     if len(found) != 1:
         raise click.UsageError(
             f"found {len(found)} media caches under {layout.dataset_dir} ({[str(p) for p in found]}); pass "
-            "--media PATH (run `m2f extract` first if there is none)")
+            "--media PATH (run `m2f extract` first if there is none)"
+        )
     return found[0]
 
 
-def _train_text_model(layout: CacheLayout, root: Path | None, out: Path | None, device: str,
-                      base: str | None, kw: dict) -> None:
+def _train_text_model(
+    layout: CacheLayout, root: Path | None, out: Path | None, device: str, base: str | None, kw: dict
+) -> None:
     """Fine-tune ``base`` into ``out``, or by default where ``m2f extract --text-base`` looks for it.
 
     The default folder is keyed by the base and the corpus's cached manifest (written here if missing),
@@ -309,63 +465,130 @@ def _train_text_model(layout: CacheLayout, root: Path | None, out: Path | None, 
             from pipeline.text.finetune.loop import finetune_text
 
             source = resolve_text_base(base)[0] if base is not None else None
-            path = finetune_text(prepare_corpus(layout.dataset, root), out, base_model=source, device=device,
-                                 **kw)
+            path = finetune_text(
+                prepare_corpus(layout.dataset, root), out, base_model=source, device=device, **kw
+            )
     except (CorpusError, ExtractError, CacheError, ValueError, OSError) as e:
         raise one_line(e) from e
     click.echo(str(path))
+
+
 # --- end train-encoders ---
+
 
 # --- train-dialog (trainer/dialog/config.py, trainer/dialog/fit.py) ----------------------------------------
 @main.command("train-dialog")
-@click.option("--features", type=click.Path(path_type=Path), required=True,
-              help="A features.h5 (m2f extract).")
-@click.option("--out", type=click.Path(path_type=Path), required=True,
-              help="Run folder; seeds go to OUT/seed<k>/. Rerunning the same command resumes a killed run.")
-@click.option("--modalities", default="tav",
-              help="Letters of `tav` (t text, a audio, v visual) or a comma list of text, audio, visual.")
-@click.option("--fusion", type=click.Choice(["attention", "concat"]), default="attention",
-              help="Multi-head attention fusion (M2FNet) or plain concatenation.")
+@click.option(
+    "--features", type=click.Path(path_type=Path), required=True, help="A features.h5 (m2f extract)."
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Run folder; seeds go to OUT/seed<k>/. Rerunning the same command resumes a killed run.",
+)
+@click.option(
+    "--modalities",
+    default="tav",
+    help="Letters of `tav` (t text, a audio, v visual) or a comma list of text, audio, visual.",
+)
+@click.option(
+    "--fusion",
+    type=click.Choice(["attention", "concat"]),
+    default="attention",
+    help="Multi-head attention fusion (M2FNet) or plain concatenation.",
+)
 @click.option("--seeds", type=int, default=1, help="Number of seeds (repeats); report gives mean ± std.")
 @click.option("--first-seed", type=int, default=0, help="Seed of the first repeat.")
 @click.option("--epochs", type=int, default=100, help="Maximum epochs.")
-@click.option("--patience", type=int, default=15,
-              help="Stop after this many epochs without a better dev wF1.")
+@click.option(
+    "--patience", type=int, default=15, help="Stop after this many epochs without a better dev wF1."
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @click.option("--lr", type=float, default=5e-4, help="AdamW learning rate.")
 @click.option("--weight-decay", type=float, default=5e-4, help="AdamW weight decay.")
 @click.option("--dropout", type=float, default=0.4)
 @click.option("--batch-size", type=int, default=16, help="Dialogs per batch.")
-@click.option("--bucket", type=int, default=50,
-              help="Batch dialogs of similar length: sort inside windows of BUCKET batches (0 = off).")
+@click.option(
+    "--bucket",
+    type=int,
+    default=50,
+    help="Batch dialogs of similar length: sort inside windows of BUCKET batches (0 = off).",
+)
 @click.option("--heads", type=int, default=4, help="Attention heads (must divide D_T, D_A, D_V).")
-@click.option("--layers", type=int, default=None,
-              help="Transformer layers per modality N_T = N_A = N_V [default: 5 for iemocap, else 1].")
+@click.option(
+    "--layers",
+    type=int,
+    default=None,
+    help="Transformer layers per modality N_T = N_A = N_V [default: 5 for iemocap, else 1].",
+)
 @click.option("--fusion-layers", type=int, default=5, help="Attention fusion layers m.")
 @click.option("--hidden", type=int, default=256, help="Width of the classifier's hidden layer.")
 @click.option("--ff-mult", type=int, default=2, help="Encoder feed-forward width as a multiple of D.")
-@click.option("--positions", type=click.Choice(["none", "relative"]), default=None,
-              help="Utterance order in the modality encoders: a learned attention bias by relative distance "
-                   "[default: relative].")
-@click.option("--speakers", type=click.Choice(["none", "same-other"]), default=None,
-              help="A learned attention bias for same-speaker vs other-speaker pairs of utterances "
-                   "[default: same-other].")
-@click.option("--causal", is_flag=True,
-              help="Each utterance attends only to itself and earlier ones (encoders and fusion): "
-                   "predictions never use later utterances.")
-@click.option("--class-map", type=click.Choice(DATASETS), default=None,
-              help="Which labels count [default: from the file's dataset attribute].")
+@click.option(
+    "--positions",
+    type=click.Choice(["none", "relative"]),
+    default=None,
+    help="Utterance order in the modality encoders: a learned attention bias by relative distance "
+    "[default: relative].",
+)
+@click.option(
+    "--speakers",
+    type=click.Choice(["none", "same-other"]),
+    default=None,
+    help="A learned attention bias for same-speaker vs other-speaker pairs of utterances "
+    "[default: same-other].",
+)
+@click.option(
+    "--causal",
+    is_flag=True,
+    help="Each utterance attends only to itself and earlier ones (encoders and fusion): "
+    "predictions never use later utterances.",
+)
+@click.option(
+    "--class-map",
+    type=click.Choice(DATASETS),
+    default=None,
+    help="Which labels count [default: from the file's dataset attribute].",
+)
 @click.option("--compile/--no-compile", "compile_", default=False, help="torch.compile the model.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch [default: torch's choice].")
 @click.option("--progress/--no-progress", default=True, help="Show a tqdm bar with loss and dev wF1.")
-@click.option("--checkpoint-seconds", type=float, default=60.0,
-              help="Write the resume checkpoint (last.pt) at most this often; 0 = every epoch.")
-def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, seeds: int, first_seed: int,
-                     epochs: int, patience: int, device: str, lr: float, weight_decay: float, dropout: float,
-                     batch_size: int, heads: int, layers: int | None, fusion_layers: int, hidden: int,
-                     ff_mult: int, positions: str | None, speakers: str | None, causal: bool,
-                     class_map: str | None, compile_: bool, threads: int | None, progress: bool, bucket: int,
-                     checkpoint_seconds: float) -> None:
+@click.option(
+    "--checkpoint-seconds",
+    type=float,
+    default=60.0,
+    help="Write the resume checkpoint (last.pt) at most this often; 0 = every epoch.",
+)
+def train_dialog_cmd(
+    features: Path,
+    out: Path,
+    modalities: str,
+    fusion: str,
+    seeds: int,
+    first_seed: int,
+    epochs: int,
+    patience: int,
+    device: str,
+    lr: float,
+    weight_decay: float,
+    dropout: float,
+    batch_size: int,
+    heads: int,
+    layers: int | None,
+    fusion_layers: int,
+    hidden: int,
+    ff_mult: int,
+    positions: str | None,
+    speakers: str | None,
+    causal: bool,
+    class_map: str | None,
+    compile_: bool,
+    threads: int | None,
+    progress: bool,
+    bucket: int,
+    checkpoint_seconds: float,
+) -> None:
     """Train the dialog-level M2FNet on a features.h5.
 
     Writes RUN_DIR/seed<k>/ (config, environment, label map, metrics.jsonl, best.pt, predictions);
@@ -376,13 +599,33 @@ def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, se
 
     letters = modality_letters(_modalities(modalities))  # fit takes the letters form
     config = DialogTrainConfig(
-        features=str(features), out=str(out), modalities=letters, fusion=fusion, seeds=seeds,
-        first_seed=first_seed, epochs=epochs, patience=patience, device=device, lr=lr,
-        weight_decay=weight_decay, dropout=dropout, batch_size=batch_size, heads=heads, layers=layers,
-        fusion_layers=fusion_layers, hidden=hidden, ff_mult=ff_mult, causal=causal, class_map=class_map,
-        compile=compile_, threads=threads, progress=progress, bucket=bucket,
+        features=str(features),
+        out=str(out),
+        modalities=letters,
+        fusion=fusion,
+        seeds=seeds,
+        first_seed=first_seed,
+        epochs=epochs,
+        patience=patience,
+        device=device,
+        lr=lr,
+        weight_decay=weight_decay,
+        dropout=dropout,
+        batch_size=batch_size,
+        heads=heads,
+        layers=layers,
+        fusion_layers=fusion_layers,
+        hidden=hidden,
+        ff_mult=ff_mult,
+        causal=causal,
+        class_map=class_map,
+        compile=compile_,
+        threads=threads,
+        progress=progress,
+        bucket=bucket,
         checkpoint_seconds=checkpoint_seconds,
-        **{k: v for k, v in (("positions", positions), ("speakers", speakers)) if v is not None})
+        **{k: v for k, v in (("positions", positions), ("speakers", speakers)) if v is not None},
+    )
     try:
         dirs = train_dialog(config)
     except (FileNotFoundError, ValueError) as e:
@@ -390,13 +633,20 @@ def train_dialog_cmd(features: Path, out: Path, modalities: str, fusion: str, se
     except KeyboardInterrupt:
         _interrupted(f"finished epochs are kept in {out} (last.pt at most --checkpoint-seconds old)")
     click.echo(f"done: {len(dirs)} seed(s) in {out}; next: m2f report {out}")
+
+
 # --- end train-dialog ---
+
 
 # --- report (trainer/report/build.py) --------------------------------------------------------------
 @main.command("report")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
-@click.option("--compare-out", type=click.Path(path_type=Path), default=None,
-              help="Also write the comparison table of all RUN_DIRS to this Markdown file.")
+@click.option(
+    "--compare-out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the comparison table of all RUN_DIRS to this Markdown file.",
+)
 def report_cmd(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
     """Write metrics, plots and the paper's numbers for runs.
 
@@ -410,13 +660,19 @@ def report_cmd(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
     except FileNotFoundError as e:
         raise one_line(e) from e
     click.echo(table)
+
+
 # --- end report ---
 
 
 # --- demo (trainer/demo/chain.py) ------------------------------------------------------------------
 @main.command()
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/sample"),
-              help="Demo folder: corpus, runs, model, predictions.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("runs/sample"),
+    help="Demo folder: corpus, runs, model, predictions.",
+)
 @click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"), help="Cache root folder.")
 @click.option("--workers", type=int, default=2, help="Local dask worker processes.")
 @click.option("--seeds", type=int, default=2, help="Training repeats (mean ± std in the report).")
@@ -432,6 +688,8 @@ def demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> None:
 
     path = run_demo(out, cache, workers, seeds, epochs)
     click.echo(f"report: {path} (confusion matrix: {path.parent / 'confusion.png'})")
+
+
 # --- end demo ---
 
 
@@ -440,13 +698,20 @@ def demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> None:
 @click.argument("run", type=click.Path(path_type=Path, exists=True))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Model folder to create.")
 @click.option("--seed", type=int, default=None, help="Seed to export [default: the best on dev weighted F1].")
-@click.option("--encoders", default=None,
-              help="Folder of the encoders the features were made with, if not in the features' cache.")
-@click.option("--text-model", default=None,
-              help="Folder of the text model the features were made with, if not in the features' cache.")
+@click.option(
+    "--encoders",
+    default=None,
+    help="Folder of the encoders the features were made with, if not in the features' cache.",
+)
+@click.option(
+    "--text-model",
+    default=None,
+    help="Folder of the text model the features were made with, if not in the features' cache.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
-def export_cmd(run: Path, out: Path, seed: int | None, encoders: str | None, text_model: str | None,
-               overwrite: bool) -> None:
+def export_cmd(
+    run: Path, out: Path, seed: int | None, encoders: str | None, text_model: str | None, overwrite: bool
+) -> None:
     """Write a trained run as a self-contained model folder.
 
     OUT gets the dialog model, encoders and text model as safetensors, the label map, the media and
@@ -455,34 +720,72 @@ def export_cmd(run: Path, out: Path, seed: int | None, encoders: str | None, tex
     from trainer.apply.export import ModelFolderError, export_model
 
     try:
-        path = export_model(run, out, seed=seed, encoders=encoders, text_model=text_model,
-                            overwrite=overwrite)
+        path = export_model(
+            run, out, seed=seed, encoders=encoders, text_model=text_model, overwrite=overwrite
+        )
     except ModelFolderError as e:
         raise one_line(e) from e
     click.echo(str(path))
+
+
 # --- end export ---
 
 
 # --- predict (trainer/apply/predict.py) ------------------------------------------------------------
 @main.command("predict")
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("--model", "model_dir", type=click.Path(path_type=Path), required=True,
-              help="A folder written by `m2f export`.")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A folder written by `m2f export`.",
+)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Predictions file.")
-@click.option("--subtitles", type=click.Path(path_type=Path), default=None,
-              help="SRT or WebVTT of the video INPUT: each cue is one utterance.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None,
-              help="Output format [default: jsonl for a .jsonl --out, else csv].")
-@click.option("--plot", type=click.Path(path_type=Path), default=None,
-              help="Also draw the emotions over time (one lane per speaker) into this PNG.")
-@click.option("--workers", type=int, default=None,
-              help="Featurizing worker processes; 0 = in this process [default: 0 for one conversation or a "
-                   "few utterances, else 2].")
+@click.option(
+    "--subtitles",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="SRT or WebVTT of the video INPUT: each cue is one utterance.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"]),
+    default=None,
+    help="Output format [default: jsonl for a .jsonl --out, else csv].",
+)
+@click.option(
+    "--plot",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also draw the emotions over time (one lane per speaker) into this PNG.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="Featurizing worker processes; 0 = in this process [default: 0 for one conversation or a "
+    "few utterances, else 2].",
+)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
-@click.option("--work", type=click.Path(path_type=Path), default=None,
-              help="Scratch folder [default: a temporary folder, removed after].")
-def predict_cmd(input_path: Path, model_dir: Path, out: Path, subtitles: Path | None, fmt: str | None,
-                plot: Path | None, workers: int | None, device: str, work: Path | None) -> None:
+@click.option(
+    "--work",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Scratch folder [default: a temporary folder, removed after].",
+)
+def predict_cmd(
+    input_path: Path,
+    model_dir: Path,
+    out: Path,
+    subtitles: Path | None,
+    fmt: str | None,
+    plot: Path | None,
+    workers: int | None,
+    device: str,
+    work: Path | None,
+) -> None:
     """Predict the emotion of each utterance (CSV or video).
 
     INPUT is a custom-corpus CSV (label and split ignored; no clip column = text only) or a video with
@@ -495,14 +798,27 @@ def predict_cmd(input_path: Path, model_dir: Path, out: Path, subtitles: Path | 
     from trainer.apply.predict import ExtractError, PredictError, predict
 
     try:
-        result = predict(model_dir, input_path, out, subtitles=subtitles, fmt=fmt, plot=plot, workers=workers,
-                         device=device, work=work)
+        result = predict(
+            model_dir,
+            input_path,
+            out,
+            subtitles=subtitles,
+            fmt=fmt,
+            plot=plot,
+            workers=workers,
+            device=device,
+            work=work,
+        )
     except (PredictError, ModelFolderError, SubtitleError, ExtractError, CacheLockedError) as e:
         raise one_line(e) from e
     except KeyboardInterrupt:
         _interrupted(f"nothing was written to {out}")
-    click.echo(f"{len(result.rows)} utterances -> {result.out}" + (f"; timeline {result.plot}" if result.plot
-                                                                   else ""))
+    click.echo(
+        f"{len(result.rows)} utterances -> {result.out}"
+        + (f"; timeline {result.plot}" if result.plot else "")
+    )
+
+
 # --- end predict ---
 
 
@@ -517,25 +833,51 @@ def _live_model(model_dir: Path, device: str, allow_revisions: bool):
     except (LiveError, ModelFolderError, OSError) as e:
         raise one_line(e) from None
     if not model.causal:
-        click.echo("warning: a bidirectional model: each prediction is made from the past only, and would "
-                   "change once later utterances are known (--allow-revisions)", err=True)
+        click.echo(
+            "warning: a bidirectional model: each prediction is made from the past only, and would "
+            "change once later utterances are known (--allow-revisions)",
+            err=True,
+        )
     return model
 
 
 @main.command("live")
-@click.option("--model", "model_dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
-              required=True, help="A folder written by `m2f export` (verified before use).")
-@click.option("--replay", "video", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Instead of stdin: feed this recorded video at its real pace, one utterance per cue of "
-                   "--subtitles, as each cue ends.")
-@click.option("--subtitles", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="SRT/WebVTT cues of --replay (speaker from `<v Ann>` or a leading `Ann:`).")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    required=True,
+    help="A folder written by `m2f export` (verified before use).",
+)
+@click.option(
+    "--replay",
+    "video",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Instead of stdin: feed this recorded video at its real pace, one utterance per cue of "
+    "--subtitles, as each cue ends.",
+)
+@click.option(
+    "--subtitles",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="SRT/WebVTT cues of --replay (speaker from `<v Ann>` or a leading `Ann:`).",
+)
 @click.option("--speed", type=float, default=1.0, help="--replay at this many times real time.")
-@click.option("--allow-revisions", is_flag=True,
-              help="Serve a bidirectional model too (its predictions would change with later utterances).")
+@click.option(
+    "--allow-revisions",
+    is_flag=True,
+    help="Serve a bidirectional model too (its predictions would change with later utterances).",
+)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Where the models run.")
-def live_cmd(model_dir: Path, video: Path | None, subtitles: Path | None, speed: float, allow_revisions: bool,
-             device: str) -> None:
+def live_cmd(
+    model_dir: Path,
+    video: Path | None,
+    subtitles: Path | None,
+    speed: float,
+    allow_revisions: bool,
+    device: str,
+) -> None:
     """Predict each utterance as it comes, from the past only: JSON lines in, JSON lines out.
 
     Reads stdin, one JSON object per line: dialogue, speaker, text, and optionally clip (a video or
@@ -558,9 +900,12 @@ def live_cmd(model_dir: Path, video: Path | None, subtitles: Path | None, speed:
     try:
         if video is not None:
             summary = replay(model, video, subtitles, write, speed=speed)
-            click.echo(f"replayed {summary['utterances']} utterances: lag p50 {summary['lag_p50_s']:.3f} s, "
-                       f"p95 {summary['lag_p95_s']:.3f} s, max {summary['lag_max_s']:.3f} s"
-                       + ("; the backlog grew" if summary["backlog_grew"] else ""), err=True)
+            click.echo(
+                f"replayed {summary['utterances']} utterances: lag p50 {summary['lag_p50_s']:.3f} s, "
+                f"p95 {summary['lag_p95_s']:.3f} s, max {summary['lag_max_s']:.3f} s"
+                + ("; the backlog grew" if summary["backlog_grew"] else ""),
+                err=True,
+            )
         else:
             bad = run_jsonl(model, sys.stdin, write)
             if bad:
@@ -574,19 +919,39 @@ def live_cmd(model_dir: Path, video: Path | None, subtitles: Path | None, speed:
 
 
 @main.command("serve")
-@click.option("--model", "model_dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
-              required=True, help="A folder written by `m2f export` (verified before use).")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    required=True,
+    help="A folder written by `m2f export` (verified before use).",
+)
 @click.option("--host", default="127.0.0.1", help="Address to listen on (loopback by default).")
 @click.option("--port", type=int, default=8000, help="TCP port.")
-@click.option("--allow-revisions", is_flag=True,
-              help="Serve a bidirectional model too (its predictions would change with later utterances).")
+@click.option(
+    "--allow-revisions",
+    is_flag=True,
+    help="Serve a bidirectional model too (its predictions would change with later utterances).",
+)
 @click.option("--max-upload-mb", type=float, default=50.0, help="Largest uploaded clip or audio file.")
-@click.option("--max-conversations", type=int, default=100,
-              help="Conversations kept at once (the least recently used goes).")
+@click.option(
+    "--max-conversations",
+    type=int,
+    default=100,
+    help="Conversations kept at once (the least recently used goes).",
+)
 @click.option("--idle-minutes", type=float, default=30.0, help="A conversation idle this long is forgotten.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Where the models run.")
-def serve_cmd(model_dir: Path, host: str, port: int, allow_revisions: bool, max_upload_mb: float,
-              max_conversations: int, idle_minutes: float, device: str) -> None:
+def serve_cmd(
+    model_dir: Path,
+    host: str,
+    port: int,
+    allow_revisions: bool,
+    max_upload_mb: float,
+    max_conversations: int,
+    idle_minutes: float,
+    device: str,
+) -> None:
     """Serve a model over HTTP: POST /v1/conversations/{id}/utterances -> its prediction.
 
     Also GET /v1/conversations/{id}, DELETE /v1/conversations/{id}, GET /health; OpenAPI docs at
@@ -595,17 +960,31 @@ def serve_cmd(model_dir: Path, host: str, port: int, allow_revisions: bool, max_
     from trainer.apply.serve import serve
 
     try:
-        serve(model_dir, host=host, port=port, device=device, allow_revisions=allow_revisions,
-              max_upload_mb=max_upload_mb, max_conversations=max_conversations, idle_minutes=idle_minutes)
+        serve(
+            model_dir,
+            host=host,
+            port=port,
+            device=device,
+            allow_revisions=allow_revisions,
+            max_upload_mb=max_upload_mb,
+            max_conversations=max_conversations,
+            idle_minutes=idle_minutes,
+        )
     except (ValueError, OSError) as e:
         raise one_line(e) from None
+
+
 # --- end live and serve ---
 
 
 # --- doctor (pipeline/doctor.py) -------------------------------------------------------------
 @main.command("doctor")
-@click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"),
-              help="Cache root folder whose free space is checked.")
+@click.option(
+    "--cache",
+    type=click.Path(path_type=Path),
+    default=Path("cache"),
+    help="Cache root folder whose free space is checked.",
+)
 def doctor_cmd(cache: Path) -> None:
     """Check this environment: one line per check; exit 1 when any fails.
 
@@ -622,6 +1001,8 @@ def doctor_cmd(cache: Path) -> None:
     if failed:
         click.echo(f"{len(failed)} check(s) failed: {', '.join(failed)}", err=True)
         raise SystemExit(1)
+
+
 # --- end doctor ---
 
 

@@ -56,13 +56,28 @@ def run_one(features: str, out: str, setting: str, causal: bool, seed: int, opti
 
     warnings.filterwarnings("ignore")
     t0 = time.perf_counter()
-    config = DialogTrainConfig(features=features, out=out, seeds=1, first_seed=seed, threads=1,
-                               progress=False, causal=causal, **SETTINGS[setting], **options)
+    config = DialogTrainConfig(
+        features=features,
+        out=out,
+        seeds=1,
+        first_seed=seed,
+        threads=1,
+        progress=False,
+        causal=causal,
+        **SETTINGS[setting],
+        **options,
+    )
     (seed_dir,) = train_dialog(config)
     summary = summarize_seed(seed_dir)
-    return {"setting": setting, "causal": causal, "seed": seed, "best_epoch": summary["best_epoch"],
-            "dev": summary["dev"]["weighted_f1"], "test": summary.get("test", {}).get("weighted_f1"),
-            "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "setting": setting,
+        "causal": causal,
+        "seed": seed,
+        "best_epoch": summary["best_epoch"],
+        "dev": summary["dev"]["weighted_f1"],
+        "test": summary.get("test", {}).get("weighted_f1"),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -92,8 +107,12 @@ def demo_file(folder: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("features", nargs="?", type=Path, help="A features.h5 (m2f extract).")
-    ap.add_argument("--demo", type=Path, default=None,
-                    help="Build the demo's generated fusion corpus and features.h5 here and use it.")
+    ap.add_argument(
+        "--demo",
+        type=Path,
+        default=None,
+        help="Build the demo's generated fusion corpus and features.h5 here and use it.",
+    )
     ap.add_argument("--modalities", default="tav", help="As m2f train-dialog --modalities (MELD text: t).")
     ap.add_argument("--settings", default=",".join(SETTINGS), help="Comma list of " + ", ".join(SETTINGS))
     ap.add_argument("--causal", choices=("both", "off", "on"), default="both")
@@ -123,19 +142,31 @@ def main() -> None:
     options = {**defaults, **{k: v for k, v in given.items() if v is not None}, "modalities": args.modalities}
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
-        jobs = [(str(features), str(out / f"{s}{'-causal' * c}" / f"seed{seed}"), s, c, seed, options)
-                for c in causal for s in settings for seed in range(args.seeds)]
+        jobs = [
+            (str(features), str(out / f"{s}{'-causal' * c}" / f"seed{seed}"), s, c, seed, options)
+            for c in causal
+            for s in settings
+            for seed in range(args.seeds)
+        ]
         runs = []
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             for r in pool.map(run_one, *zip(*jobs, strict=True)):
-                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}),
-                      file=sys.stderr, flush=True)
+                print(
+                    json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}),
+                    file=sys.stderr,
+                    flush=True,
+                )
                 runs.append(r)
-    result = {"features": str(features), "options": options, "seeds": args.seeds, "jobs": args.jobs,
-              "cpu": platform.processor() or platform.machine(),
-              "seconds": round(time.perf_counter() - t0, 1),
-              "settings": summarize(runs),
-              "runs": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in runs]}
+    result = {
+        "features": str(features),
+        "options": options,
+        "seeds": args.seeds,
+        "jobs": args.jobs,
+        "cpu": platform.processor() or platform.machine(),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "settings": summarize(runs),
+        "runs": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in runs],
+    }
     print(json.dumps(result))
 
 

@@ -36,13 +36,19 @@ from pipeline.testing.media_h5 import write_random_media
 LABELS = ("anger", "joy", "neutral", "sadness")
 
 
-def measure(media: Path, modality: str, device: str, batch_size: int, steps: int,
-            audio_seconds: float) -> dict:
+def measure(
+    media: Path, modality: str, device: str, batch_size: int, steps: int, audio_seconds: float
+) -> dict:
     """Samples/s of ``steps`` timed training steps after a warm-up epoch of as many on the same loader."""
     samples = MediaSamples(media, "train", modality)
-    cfg = EncoderTrainConfig(modality=modality, epochs=1, batch_size=batch_size, clip_seconds=audio_seconds,
-                      amp=torch.device(device).type == "cuda")
-    window = {"max_seconds": audio_seconds} if modality == "audio" else {}   # the encoder's audio window
+    cfg = EncoderTrainConfig(
+        modality=modality,
+        epochs=1,
+        batch_size=batch_size,
+        clip_seconds=audio_seconds,
+        amp=torch.device(device).type == "cuda",
+    )
+    window = {"max_seconds": audio_seconds} if modality == "audio" else {}  # the encoder's audio window
     enc = build_encoder(modality, seed=0, **window).to(device)
     opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loader = TrainLoader(samples, enc, cfg, device, steps)
@@ -58,9 +64,14 @@ def measure(media: Path, modality: str, device: str, batch_size: int, steps: int
     per_class = batch_size // len(LABELS)
     n = stats["steps"] * per_class * len(LABELS)
     samples.close()
-    return {"samples_per_s": round(n / seconds, 2), "step_s": round(seconds / max(stats["steps"], 1), 3),
-            "batch": per_class * len(LABELS), "steps": stats["steps"],
-            "triplets_per_step": stats["triplets_per_step"], "loader_workers": loader.workers}
+    return {
+        "samples_per_s": round(n / seconds, 2),
+        "step_s": round(seconds / max(stats["steps"], 1), 3),
+        "batch": per_class * len(LABELS),
+        "steps": stats["steps"],
+        "triplets_per_step": stats["triplets_per_step"],
+        "loader_workers": loader.workers,
+    }
 
 
 def main() -> None:
@@ -75,13 +86,22 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     batch = args.batch_size or DEFAULT_BATCH.get(torch.device(args.device).type, 32)
-    result = {"device": args.device, "torch_threads": torch.get_num_threads(), "cpu": platform.processor()
-              or platform.machine(), "audio_seconds": args.audio_seconds, "image_size": 112}
+    result = {
+        "device": args.device,
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "audio_seconds": args.audio_seconds,
+        "image_size": 112,
+    }
     if torch.device(args.device).type == "cuda":
         result["gpu"] = torch.cuda.get_device_name()
     with tempfile.TemporaryDirectory() as tmp:
-        media = write_random_media(Path(tmp) / "media.h5", LABELS, per_class=max(batch // len(LABELS), 2) * 2,
-                                   audio_seconds=args.audio_seconds)
+        media = write_random_media(
+            Path(tmp) / "media.h5",
+            LABELS,
+            per_class=max(batch // len(LABELS), 2) * 2,
+            audio_seconds=args.audio_seconds,
+        )
         for m in args.modalities.split(","):
             result[m] = measure(media, m, args.device, batch, args.steps, args.audio_seconds)
             print(m, result[m], flush=True)

@@ -43,8 +43,15 @@ def make_corpus(root: Path, clips: int, size: tuple[int, int], duration: float) 
     """A dev-split MELD tree of ``clips`` clean clips (4 per dialogue)."""
     from pipeline.testing.meld_tree import make_meld_tree
 
-    return make_meld_tree(root, n_dialogues=-(-clips // 4), utterances_per_dialogue=4, splits=("dev",),
-                          traps=False, size=size, duration=duration)
+    return make_meld_tree(
+        root,
+        n_dialogues=-(-clips // 4),
+        utterances_per_dialogue=4,
+        splits=("dev",),
+        traps=False,
+        size=size,
+        duration=duration,
+    )
 
 
 def run_dask(root: Path, cache: Path, workers: int) -> dict:
@@ -52,18 +59,30 @@ def run_dask(root: Path, cache: Path, workers: int) -> dict:
     from pipeline.extract import ExtractOptions, run_extract
     from pipeline.text.embedder import DEFAULT_TEXT_MODEL
 
-    opts = ExtractOptions("meld", root, splits=("dev",), workers=workers, cache=cache, encoders="random",
-                          text_model=DEFAULT_TEXT_MODEL)
+    opts = ExtractOptions(
+        "meld",
+        root,
+        splits=("dev",),
+        workers=workers,
+        cache=cache,
+        encoders="random",
+        text_model=DEFAULT_TEXT_MODEL,
+    )
     t, cpu = time.perf_counter(), time.process_time()
     res = run_extract(opts)
     wall, cpu = time.perf_counter() - t, time.process_time() - cpu
     n = sum(s.total for s in res.summary.values())
-    return {"utterances": n, "wall_s": round(wall, 2), "utt_per_s": round(n / wall, 3),
-            "driver_cpu_s": round(cpu, 2), "driver_cpu_share_of_wall": round(cpu / wall, 3),
-            "stage_wall_s": {k: round(v, 2) for k, v in res.seconds.items()},
-            "stage_work_s": {k: round(v, 2) for k, v in sorted(res.work.items())},
-            "peak_rss_mb_per_worker": sorted(round(w["peak_rss_mb"]) for w in res.workers.values()),
-            "features": str(res.features)}
+    return {
+        "utterances": n,
+        "wall_s": round(wall, 2),
+        "utt_per_s": round(n / wall, 3),
+        "driver_cpu_s": round(cpu, 2),
+        "driver_cpu_share_of_wall": round(cpu / wall, 3),
+        "stage_wall_s": {k: round(v, 2) for k, v in res.seconds.items()},
+        "stage_work_s": {k: round(v, 2) for k, v in sorted(res.work.items())},
+        "peak_rss_mb_per_worker": sorted(round(w["peak_rss_mb"]) for w in res.workers.values()),
+        "features": str(res.features),
+    }
 
 
 def dev_utterances(root: Path, cache: Path) -> list:
@@ -175,10 +194,15 @@ def _stats(utts: list, clock, wall: float) -> dict:
     if "mel" in clock.seconds:  # encoders' time excludes the log-mel measured inside it
         clock.seconds["encoders"] -= clock.seconds["mel"]
     per_clip = {k: round(v / n, 4) for k, v in sorted(clock.seconds.items()) if k != "load"}
-    return {"utterances": n, "wall_s": round(wall, 2), "utt_per_s": round(n / wall, 3),
-            "stage_work_s": {k: round(v, 2) for k, v in sorted(clock.seconds.items())},
-            "per_clip_s": per_clip, "per_clip_total_s": round(sum(per_clip.values()), 4),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    return {
+        "utterances": n,
+        "wall_s": round(wall, 2),
+        "utt_per_s": round(n / wall, 3),
+        "stage_work_s": {k: round(v, 2) for k, v in sorted(clock.seconds.items())},
+        "per_clip_s": per_clip,
+        "per_clip_total_s": round(sum(per_clip.values()), 4),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
 
 
 def run_cost(utts: list, partition_size: int, profile: Path | None) -> dict:
@@ -197,8 +221,7 @@ def run_cost(utts: list, partition_size: int, profile: Path | None) -> dict:
         prof.disable()
         prof.dump_stats(str(profile))
     diff = max(float(np.abs(vec_loop[k] - vec_stages[k]).max()) for k in vec_loop)
-    return {"loop_models_once": loop, "stages_in_process": stages,
-            "max_abs_diff_loop_vs_stages": diff}
+    return {"loop_models_once": loop, "stages_in_process": stages, "max_abs_diff_loop_vs_stages": diff}
 
 
 def _warm_worker() -> None:
@@ -231,10 +254,13 @@ def run_scaling(root: Path, work: Path, counts: list[int]) -> dict:
             wall = time.perf_counter() - t
         finally:
             engine.close()
-        out[f"{k}_workers"] = {"utterances": len(utts), "start_and_warm_s": round(warm, 2),
-                               "wall_s": round(wall, 2),
-                               "utt_per_s": round(len(utts) / wall, 3),
-                               "stage_work_s": {n: round(v, 2) for n, v in sorted(res.work.items())}}
+        out[f"{k}_workers"] = {
+            "utterances": len(utts),
+            "start_and_warm_s": round(warm, 2),
+            "wall_s": round(wall, 2),
+            "utt_per_s": round(len(utts) / wall, 3),
+            "stage_work_s": {n: round(v, 2) for n, v in sorted(res.work.items())},
+        }
     base = out[f"{counts[0]}_workers"]["utt_per_s"]
     for v in out.values():
         v["speedup_vs_first"] = round(v["utt_per_s"] / base, 2)
@@ -270,15 +296,25 @@ def main() -> None:
         t = time.perf_counter()
         if not root.exists():
             make_corpus(root, args.clips, size, args.duration)
-        corpus = {"clips": args.clips, "size": list(size), "seconds_per_clip": args.duration,
-                  "generate_s": round(time.perf_counter() - t, 1)}
+        corpus = {
+            "clips": args.clips,
+            "size": list(size),
+            "seconds_per_clip": args.duration,
+            "generate_s": round(time.perf_counter() - t, 1),
+        }
         load = {"cpu_count": os.cpu_count(), "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}
         if args.cost:
-            result = {"corpus": corpus, **load,
-                      **run_cost(dev_utterances(root, work / "cache0"), args.partition, args.profile)}
+            result = {
+                "corpus": corpus,
+                **load,
+                **run_cost(dev_utterances(root, work / "cache0"), args.partition, args.profile),
+            }
         elif args.scaling:
-            result = {"corpus": corpus, **load,
-                      "media_scaling": run_scaling(root, work, [int(k) for k in args.scaling.split(",")])}
+            result = {
+                "corpus": corpus,
+                **load,
+                "media_scaling": run_scaling(root, work, [int(k) for k in args.scaling.split(",")]),
+            }
         else:
             one = run_dask(root, work / "cache1", 1)
             if args.one_worker:
@@ -287,8 +323,11 @@ def main() -> None:
             two = run_dask(root, work / "cache2", 2)
             loop, vectors = run_loop(dev_utterances(root, work / "cache2"))
             result = {
-                "corpus": corpus, **load,
-                "dask_1_worker": one, "dask_2_workers": two, "loop_models_once": loop,
+                "corpus": corpus,
+                **load,
+                "dask_1_worker": one,
+                "dask_2_workers": two,
+                "loop_models_once": loop,
                 "speedup_2w_vs_1w": round(two["utt_per_s"] / one["utt_per_s"], 2),
                 "speedup_2w_vs_loop": round(two["utt_per_s"] / loop["utt_per_s"], 2),
                 "max_abs_diff_dask_vs_loop": max_diff(Path(two["features"]), vectors),

@@ -49,13 +49,31 @@ def environment() -> dict:
 
     import torch
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-            "cuda": torch.cuda.is_available()}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
-    info["missing_imports"] = [m for m in ("av", "dask", "distributed", "facenet_pytorch", "soxr", "sklearn",
-                                           "skimage", "h5py", "cv2", "transformers", "click")
-                               if importlib.util.find_spec(m) is None]
+    info["missing_imports"] = [
+        m
+        for m in (
+            "av",
+            "dask",
+            "distributed",
+            "facenet_pytorch",
+            "soxr",
+            "sklearn",
+            "skimage",
+            "h5py",
+            "cv2",
+            "transformers",
+            "click",
+        )
+        if importlib.util.find_spec(m) is None
+    ]
     return info
 
 
@@ -65,16 +83,25 @@ def run_step(cmd: list[str], limit_s: int, parse: str | None = None) -> dict:
     Without a parsed result (or on failure) the ends of its stdout and stderr are kept instead.
     """
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": path,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     started = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit_s)
         rc, out, err = proc.returncode, proc.stdout, proc.stderr
     except subprocess.TimeoutExpired as e:
         rc, out, err = "timeout", _text(e.stdout), _text(e.stderr)
-    step = {"cmd": " ".join(cmd), "rc": rc, "wall_s": round(time.perf_counter() - started, 1),
-            "limit_s": limit_s}
+    step = {
+        "cmd": " ".join(cmd),
+        "rc": rc,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "limit_s": limit_s,
+    }
     if rc == 0 and parse in ("stdout", "last_line"):
         try:
             step["result"] = json.loads(out if parse == "stdout" else out.strip().splitlines()[-1])
@@ -93,8 +120,17 @@ def _make_unique_clips(args: tuple) -> None:
     from pipeline.testing.meld_tree import make_meld_tree
 
     root, split, n_clips, seconds, size, seed = args
-    make_meld_tree(root, n_dialogues=1, utterances_per_dialogue=n_clips, splits=(split,), layout="flat",
-                   traps=False, duration=seconds, size=size, seed=seed)
+    make_meld_tree(
+        root,
+        n_dialogues=1,
+        utterances_per_dialogue=n_clips,
+        splits=(split,),
+        layout="flat",
+        traps=False,
+        duration=seconds,
+        size=size,
+        seed=seed,
+    )
 
 
 def make_corpus(root: Path, spec: tuple, unique_per_split: int) -> dict:
@@ -110,25 +146,41 @@ def make_corpus(root: Path, spec: tuple, unique_per_split: int) -> dict:
 
     n_dialogues, per_dialogue, seconds, size = spec
     started = time.perf_counter()
-    make_meld_tree(root, n_dialogues=n_dialogues, utterances_per_dialogue=per_dialogue, clips=False,
-                   layout="flat", traps=False, seed=0)
+    make_meld_tree(
+        root,
+        n_dialogues=n_dialogues,
+        utterances_per_dialogue=per_dialogue,
+        clips=False,
+        layout="flat",
+        traps=False,
+        seed=0,
+    )
     unique = root.parent / "unique"
-    jobs = [(unique / f"{split}{k}", split, unique_per_split, seconds, size, k)
-            for split in ("train", "dev", "test") for k in range(2)]
+    jobs = [
+        (unique / f"{split}{k}", split, unique_per_split, seconds, size, k)
+        for split in ("train", "dev", "test")
+        for k in range(2)
+    ]
     with ProcessPoolExecutor(min(len(jobs), os.cpu_count() or 1)) as pool:
         list(pool.map(_make_unique_clips, jobs))
     n = 0
     for split, folder in MELD_CLIP_DIRS.items():
         sources = sorted((unique / f"{split}0" / folder).glob("*.mp4")) + sorted(
-            (unique / f"{split}1" / folder).glob("*.mp4"))
+            (unique / f"{split}1" / folder).glob("*.mp4")
+        )
         (root / folder).mkdir(exist_ok=True)
         with open(root / f"{split}_sent_emo.csv", encoding="utf-8", newline="") as f:
             for i, row in enumerate(csv.DictReader(f)):
                 dest = root / folder / f"dia{row['Dialogue_ID']}_utt{row['Utterance_ID']}.mp4"
                 shutil.copyfile(sources[i % len(sources)], dest)
                 n += 1
-    return {"clips": n, "distinct_clips": 6 * unique_per_split, "seconds_per_clip": seconds,
-            "size": list(size), "generate_s": round(time.perf_counter() - started, 1)}
+    return {
+        "clips": n,
+        "distinct_clips": 6 * unique_per_split,
+        "seconds_per_clip": seconds,
+        "size": list(size),
+        "generate_s": round(time.perf_counter() - started, 1),
+    }
 
 
 def main() -> None:
@@ -153,10 +205,15 @@ def main() -> None:
         return path
 
     # 1. the CUDA tests (smoke: one file's, all skipped without CUDA: the command itself is checked)
-    where = ["tests/trainer/test_trainer_fit.py"] if smoke else ["tests/pipeline", "tests/trainer",
-                                                                 "tests/integration"]
-    steps["pytest_gpu"] = run_step([py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *where],
-                                   SMOKE_LIMIT_S if smoke else 120)
+    where = (
+        ["tests/trainer/test_trainer_fit.py"]
+        if smoke
+        else ["tests/pipeline", "tests/trainer", "tests/integration"]
+    )
+    steps["pytest_gpu"] = run_step(
+        [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *where],
+        SMOKE_LIMIT_S if smoke else 120,
+    )
     save()
     # 2. dialog training throughput
     tt = [py, "bench/train_throughput.py", "--device", device]
@@ -171,8 +228,11 @@ def main() -> None:
     save()
     # 3. encoder training throughput (a warm-up epoch on the same loader first)
     et = [py, "bench/encoder_train_throughput.py", "--device", device]
-    et += (["--batch-size", "8", "--steps", "1", "--audio-seconds", "0.5", "--modalities", "audio,face"]
-           if smoke else ["--steps", "10"])
+    et += (
+        ["--batch-size", "8", "--steps", "1", "--audio-seconds", "0.5", "--modalities", "audio,face"]
+        if smoke
+        else ["--steps", "10"]
+    )
     steps["encoder_train_throughput"] = run_step(et, SMOKE_LIMIT_S if smoke else 60, parse="last_line")
     save()
     # 4. extract on a MELD-shaped corpus
@@ -186,8 +246,24 @@ def main() -> None:
         steps["extract"] = {"rc": "corpus", "error": f"{type(e).__name__}: {e}"}
         print(save())
         return
-    cmd = [py, "-m", "cli", "extract", "--dataset", "meld", "--root", str(corpus), "--device", device,
-           "--encoders", "random", "--text-model", str(text_model), "--cache", str(work / "cache")]
+    cmd = [
+        py,
+        "-m",
+        "cli",
+        "extract",
+        "--dataset",
+        "meld",
+        "--root",
+        str(corpus),
+        "--device",
+        device,
+        "--encoders",
+        "random",
+        "--text-model",
+        str(text_model),
+        "--cache",
+        str(work / "cache"),
+    ]
     if smoke:
         cmd += ["--workers", "2"]
     step = run_step(cmd, SMOKE_LIMIT_S if smoke else 150)

@@ -40,8 +40,14 @@ from pathlib import Path
 import numpy as np
 
 INPUTS = {"text": "t", "text+audio": "ta", "text+audio+visual": "tav"}
-TEXTS = ["I can't believe you did that!", "Oh, come on, it was nothing.", "Nothing? You call that nothing?",
-         "Fine, I'm sorry, okay?", "Whatever. Let's just go.", "Wait, are you crying?"]
+TEXTS = [
+    "I can't believe you did that!",
+    "Oh, come on, it was nothing.",
+    "Nothing? You call that nothing?",
+    "Fine, I'm sorry, okay?",
+    "Whatever. Let's just go.",
+    "Wait, are you crying?",
+]
 
 
 def build_models(workdir: Path) -> dict[str, Path]:
@@ -57,15 +63,32 @@ def build_models(workdir: Path) -> dict[str, Path]:
     text = workdir / "minilm-past"
     if not text.exists():
         shutil.copytree(DEFAULT_TEXT_MODEL, text)
-        (text / "m2f_text.json").write_text(json.dumps({"config": {"max_length": 64, "pooling": "mean",
-                                                                    "context": "past"}}))
-    result = run_extract(ExtractOptions(dataset="sample", root=None, cache=workdir / "cache",
-                                        encoders="random", text_model=str(text), workers=1))
+        (text / "m2f_text.json").write_text(
+            json.dumps({"config": {"max_length": 64, "pooling": "mean", "context": "past"}})
+        )
+    result = run_extract(
+        ExtractOptions(
+            dataset="sample",
+            root=None,
+            cache=workdir / "cache",
+            encoders="random",
+            text_model=str(text),
+            workers=1,
+        )
+    )
     for name, letters in INPUTS.items():
         run = workdir / f"run-{letters}"
         if not (run / "seed0" / "status.json").exists():
-            train_dialog(DialogTrainConfig(features=str(result.features), out=str(run), modalities=letters,
-                                           epochs=1, causal=True, progress=False))
+            train_dialog(
+                DialogTrainConfig(
+                    features=str(result.features),
+                    out=str(run),
+                    modalities=letters,
+                    epochs=1,
+                    causal=True,
+                    progress=False,
+                )
+            )
         export_model(run, out[name], text_model=str(text), overwrite=True)
     return out
 
@@ -79,8 +102,14 @@ def build_clips(workdir: Path, n: int, seconds: float, size: tuple[int, int]) ->
     for i in range(n):
         path = folder / f"u{i}.mp4"
         if not path.exists():
-            write_clip(path, duration=seconds, size=size, face_pos=(0.35 + 0.3 * (i % 2), 0.5), seed=i,
-                       tone_hz=180.0 + 40 * (i % 4))
+            write_clip(
+                path,
+                duration=seconds,
+                size=size,
+                face_pos=(0.35 + 0.3 * (i % 2), 0.5),
+                seed=i,
+                tone_hz=180.0 + 40 * (i % 4),
+            )
         clips.append(path)
     return clips
 
@@ -92,8 +121,13 @@ def _cpu() -> float:
 
 def _stats(values: list[float]) -> dict:
     a = np.asarray(values, dtype=float)
-    return {"n": len(a), "p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
-            "max": float(a.max()), "mean": float(a.mean())}
+    return {
+        "n": len(a),
+        "p50": float(np.percentile(a, 50)),
+        "p95": float(np.percentile(a, 95)),
+        "max": float(a.max()),
+        "mean": float(a.mean()),
+    }
 
 
 def time_inputs(models: dict[str, Path], clips: list[Path], n: int, warmup: int) -> dict:
@@ -115,8 +149,12 @@ def time_inputs(models: dict[str, Path], clips: list[Path], n: int, warmup: int)
                     lat.append(dt)
                     cpu.append(dc)
             out[name] = {"latency_s": _stats(lat), "cpu_s_per_utterance": float(np.mean(cpu))}
-            print(f"[live_latency] {name}: p50 {out[name]['latency_s']['p50']:.3f} s, "
-                  f"p95 {out[name]['latency_s']['p95']:.3f} s", file=sys.stderr, flush=True)
+            print(
+                f"[live_latency] {name}: p50 {out[name]['latency_s']['p50']:.3f} s, "
+                f"p95 {out[name]['latency_s']['p95']:.3f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     return out
 
 
@@ -133,16 +171,22 @@ def replay(model: Path, clips: list[Path], minutes: float, seconds: float, workd
     video, srt = workdir / f"replay-{n}.mp4", workdir / f"replay-{n}.srt"
     if not video.exists():
         spans = join_clips([str(clips[i % len(clips)]) for i in range(n)], video)
-        write_srt(srt, [Cue(s, e, "Ann" if i % 2 else "Bob", TEXTS[i % len(TEXTS)])
-                        for i, (s, e) in enumerate(spans)])
+        write_srt(
+            srt,
+            [Cue(s, e, "Ann" if i % 2 else "Bob", TEXTS[i % len(TEXTS)]) for i, (s, e) in enumerate(spans)],
+        )
     cmd = [*m2f(), "live", "--model", str(model), "--replay", str(video), "--subtitles", str(srt)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     lags = [json.loads(x)["lag_s"] for x in res.stdout.splitlines()]
     half = len(lags) // 2
-    return {"utterances": len(lags), "minutes": minutes, "lag_s": _stats(lags),
-            "median_lag_first_half": float(np.median(lags[:half])),
-            "median_lag_second_half": float(np.median(lags[half:])),
-            "backlog_grew": bool(np.median(lags[half:]) > np.median(lags[:half]) + 0.5)}
+    return {
+        "utterances": len(lags),
+        "minutes": minutes,
+        "lag_s": _stats(lags),
+        "median_lag_first_half": float(np.median(lags[:half])),
+        "median_lag_second_half": float(np.median(lags[half:])),
+        "backlog_grew": bool(np.median(lags[half:]) > np.median(lags[:half]) + 0.5),
+    }
 
 
 def _rss_mb(pid: int) -> float:
@@ -160,8 +204,11 @@ def server(model: Path, clips: list[Path], minutes: float, every: float, convers
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([*m2f(), "serve", "--model", str(model), "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*m2f(), "serve", "--model", str(model), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -186,10 +233,12 @@ def server(model: Path, clips: list[Path], minutes: float, every: float, convers
                 clip = clips[(i + k) % len(clips)]
                 t0 = time.monotonic()
                 with open(clip, "rb") as f:
-                    r = requests.post(f"{url}/v1/conversations/c{k}/utterances", timeout=120,
-                                      data={"speaker": "Ann" if i % 2 else "Bob",
-                                            "text": TEXTS[i % len(TEXTS)]},
-                                      files={"clip": (clip.name, f, "video/mp4")})
+                    r = requests.post(
+                        f"{url}/v1/conversations/c{k}/utterances",
+                        timeout=120,
+                        data={"speaker": "Ann" if i % 2 else "Bob", "text": TEXTS[i % len(TEXTS)]},
+                        files={"clip": (clip.name, f, "video/mp4")},
+                    )
                 r.raise_for_status()
                 lat.append((t0 - t_start, time.monotonic() - t0))
                 i += 1
@@ -206,9 +255,16 @@ def server(model: Path, clips: list[Path], minutes: float, every: float, convers
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    return {"conversations": conversations, "every_s": every, "minutes": minutes, "requests": len(lat),
-            "latency_s": _stats([x for _, x in lat]), "rss_mb_after_warmup": warm_rss[0],
-            "rss_mb_end": end_rss, "rss_growth": end_rss / warm_rss[0] - 1}
+    return {
+        "conversations": conversations,
+        "every_s": every,
+        "minutes": minutes,
+        "requests": len(lat),
+        "latency_s": _stats([x for _, x in lat]),
+        "rss_mb_after_warmup": warm_rss[0],
+        "rss_mb_end": end_rss,
+        "rss_growth": end_rss / warm_rss[0] - 1,
+    }
 
 
 def main(argv=None) -> dict:
@@ -229,11 +285,16 @@ def main(argv=None) -> dict:
     models = build_models(args.workdir)
     clips = build_clips(args.workdir, 6, args.clip_seconds, size)
     setup_s = time.time() - t
-    out = {"size": args.size, "clip_seconds": args.clip_seconds, "setup_s": round(setup_s, 1),
-           "inputs": time_inputs(models, clips, args.utterances, args.warmup)}
+    out = {
+        "size": args.size,
+        "clip_seconds": args.clip_seconds,
+        "setup_s": round(setup_s, 1),
+        "inputs": time_inputs(models, clips, args.utterances, args.warmup),
+    }
     if args.replay_minutes > 0:
-        out["replay"] = replay(models["text+audio+visual"], clips, args.replay_minutes, args.clip_seconds,
-                               args.workdir)
+        out["replay"] = replay(
+            models["text+audio+visual"], clips, args.replay_minutes, args.clip_seconds, args.workdir
+        )
     if args.server_minutes > 0:
         out["server"] = server(models["text+audio+visual"], clips, args.server_minutes, args.server_every)
     with open("/proc/loadavg") as f:

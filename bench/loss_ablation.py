@@ -59,12 +59,14 @@ def write_probe_corpus(path: Path, train_per_class: int, dev_per_class: int, ima
     """The generated media.h5 of the encoder tests (3 labels; tone pitch / square position carry them)."""
     from pipeline.testing.media_h5 import write_media
 
-    return write_media(path, {"train": train_per_class, "dev": dev_per_class}, seconds=0.6,
-                       image_size=image_size)
+    return write_media(
+        path, {"train": train_per_class, "dev": dev_per_class}, seconds=0.6, image_size=image_size
+    )
 
 
-def run_one(media: str, out: str, modality: str, setting: str, seed: int, epochs: int, steps: int,
-            batch_size: int) -> dict:
+def run_one(
+    media: str, out: str, modality: str, setting: str, seed: int, epochs: int, steps: int, batch_size: int
+) -> dict:
     """Train one encoder with ``SETTINGS[setting]`` and return its probe figures and last-epoch terms."""
     import torch
 
@@ -75,16 +77,31 @@ def run_one(media: str, out: str, modality: str, setting: str, seed: int, epochs
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     t0 = time.perf_counter()
-    paths = train_encoders(media, out, modalities=(modality,), epochs=epochs, batch_size=batch_size,
-                           steps_per_epoch=steps, seed=seed, overwrite=True,
-                           loss=LossConfig(**SETTINGS[setting]),
-                           **({"clip_seconds": 0.5} if modality == "audio" else {}))
+    paths = train_encoders(
+        media,
+        out,
+        modalities=(modality,),
+        epochs=epochs,
+        batch_size=batch_size,
+        steps_per_epoch=steps,
+        seed=seed,
+        overwrite=True,
+        loss=LossConfig(**SETTINGS[setting]),
+        **({"clip_seconds": 0.5} if modality == "audio" else {}),
+    )
     meta = load_checkpoint(paths[modality])["meta"]
     last = meta["history"][-1]
-    return {"setting": setting, "seed": seed, "best": meta["quality"]["trained"],
-            "untrained": meta["quality"]["untrained"], "last": last["dev_probe_wf1"],
-            "active": last["active"], "var": last["var"], "cov": last["cov"],
-            "seconds": time.perf_counter() - t0}
+    return {
+        "setting": setting,
+        "seed": seed,
+        "best": meta["quality"]["trained"],
+        "untrained": meta["quality"]["untrained"],
+        "last": last["dev_probe_wf1"],
+        "active": last["active"],
+        "var": last["var"],
+        "cov": last["cov"],
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -103,8 +120,12 @@ def summarize(runs: list[dict]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--modality", default="face", choices=("audio", "face", "scene"),
-                    help="Encoder kind (face: 32 px crops, the cheapest).")
+    ap.add_argument(
+        "--modality",
+        default="face",
+        choices=("audio", "face", "scene"),
+        help="Encoder kind (face: 32 px crops, the cheapest).",
+    )
     ap.add_argument("--settings", default=",".join(SETTINGS), help="Comma list of " + ", ".join(SETTINGS))
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=4)
@@ -121,19 +142,41 @@ def main() -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         media = write_probe_corpus(Path(tmp) / "media.h5", args.train_per_class, args.dev_per_class, 32)
-        jobs = [(str(media), str(Path(tmp) / f"{s}-{seed}"), args.modality, s, seed, args.epochs, args.steps,
-                 args.batch_size) for s in settings for seed in range(args.seeds)]
+        jobs = [
+            (
+                str(media),
+                str(Path(tmp) / f"{s}-{seed}"),
+                args.modality,
+                s,
+                seed,
+                args.epochs,
+                args.steps,
+                args.batch_size,
+            )
+            for s in settings
+            for seed in range(args.seeds)
+        ]
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             runs = []
             for r in pool.map(run_one, *zip(*jobs, strict=True)):
-                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}),
-                      flush=True)
+                print(
+                    json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}),
+                    flush=True,
+                )
                 runs.append(r)
-    result = {"modality": args.modality, "epochs": args.epochs, "steps_per_epoch": args.steps,
-              "batch_size": args.batch_size, "train_per_class": args.train_per_class,
-              "dev_per_class": args.dev_per_class, "seeds": args.seeds, "jobs": args.jobs,
-              "cpu": platform.processor() or platform.machine(),
-              "seconds": round(time.perf_counter() - t0, 1), "settings": summarize(runs)}
+    result = {
+        "modality": args.modality,
+        "epochs": args.epochs,
+        "steps_per_epoch": args.steps,
+        "batch_size": args.batch_size,
+        "train_per_class": args.train_per_class,
+        "dev_per_class": args.dev_per_class,
+        "seeds": args.seeds,
+        "jobs": args.jobs,
+        "cpu": platform.processor() or platform.machine(),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "settings": summarize(runs),
+    }
     print(json.dumps(result))
 
 

@@ -74,8 +74,9 @@ def write_stage(out: Path, stage: str, result: dict) -> dict:
 # --- logistic-regression probes --------------------------------------------------------------------
 
 
-def lr_probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray],
-             cs: Sequence[float] = (0.1, 1.0, 10.0)) -> dict:
+def lr_probe(
+    x: dict[str, np.ndarray], y: dict[str, np.ndarray], cs: Sequence[float] = (0.1, 1.0, 10.0)
+) -> dict:
     """Standardised features + multinomial logistic regression; C chosen by dev weighted F1.
 
     Parameters
@@ -105,8 +106,13 @@ def lr_probe(x: dict[str, np.ndarray], y: dict[str, np.ndarray],
     dev, c, clf = best
     pred = clf.predict(xs["test"])
     test = weighted_f1(y["test"], pred)
-    return {"C": c, "dev_weighted_f1": dev, "test_weighted_f1": test,
-            "test_accuracy": float(accuracy_score(y["test"], pred)), "dev_by_C": tried}
+    return {
+        "C": c,
+        "dev_weighted_f1": dev,
+        "test_weighted_f1": test,
+        "test_accuracy": float(accuracy_score(y["test"], pred)),
+        "dev_by_C": tried,
+    }
 
 
 def labelled_rows(utt_ids: Sequence[str], labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -119,8 +125,9 @@ def labelled_rows(utt_ids: Sequence[str], labels: Sequence[str]) -> tuple[np.nda
 # --- stages ------------------------------------------------------------------------------------------
 
 
-def stage_baseline(utterances, out: Path, max_length: int, batch_size: int,
-                   contexts: Sequence[str] = ("none", "full")) -> dict:
+def stage_baseline(
+    utterances, out: Path, max_length: int, batch_size: int, contexts: Sequence[str] = ("none", "full")
+) -> dict:
     """Frozen shipped MiniLM (context / no context x cls / mean pooling) + logistic regression."""
     from pipeline.manifest import group_dialogues
     from pipeline.text.embedder import TextEmbedder
@@ -145,10 +152,14 @@ def stage_baseline(utterances, out: Path, max_length: int, batch_size: int,
             variants[f"context={context},pooling={pooling}"] = lr_probe(x, y)
             log(f"baseline {context}/{pooling}: {variants[f'context={context},pooling={pooling}']}")
     best = max(variants, key=lambda k: variants[k]["dev_weighted_f1"])
-    return {"model": "shipped all-MiniLM-L6-v2, frozen", "max_length": max_length, "variants": variants,
-            "selected_by_dev": best, **{k: variants[best][k] for k in ("dev_weighted_f1", "test_weighted_f1",
-                                                                      "test_accuracy")},
-            "wall_s": timings}
+    return {
+        "model": "shipped all-MiniLM-L6-v2, frozen",
+        "max_length": max_length,
+        "variants": variants,
+        "selected_by_dev": best,
+        **{k: variants[best][k] for k in ("dev_weighted_f1", "test_weighted_f1", "test_accuracy")},
+        "wall_s": timings,
+    }
 
 
 def stage_finetune(utterances, folder: Path, args, seed: int = 0) -> dict:
@@ -157,17 +168,32 @@ def stage_finetune(utterances, folder: Path, args, seed: int = 0) -> dict:
     from pipeline.text.finetune.state import read_finetune_meta
 
     if not (folder / "m2f_text.json").exists():
-        finetune_text(utterances, folder, max_length=args.max_length, epochs=args.epochs,
-                      freeze_layers=args.freeze_layers, lr=args.lr, head_lr_mult=args.head_lr_mult,
-                      pooling=args.pooling, context=args.text_context,
-                      max_minutes=args.max_minutes,
-                      threads=args.threads, seed=seed)
+        finetune_text(
+            utterances,
+            folder,
+            max_length=args.max_length,
+            epochs=args.epochs,
+            freeze_layers=args.freeze_layers,
+            lr=args.lr,
+            head_lr_mult=args.head_lr_mult,
+            pooling=args.pooling,
+            context=args.text_context,
+            max_minutes=args.max_minutes,
+            threads=args.threads,
+            seed=seed,
+        )
     meta = read_finetune_meta(folder)
-    return {"folder": str(folder), "seed": seed, "dev_weighted_f1": meta["dev_weighted_f1"],
-            "test_weighted_f1_classifier": meta.get("test_weighted_f1"),
-            "test_accuracy_classifier": meta.get("test_accuracy"),
-            "train_minutes": meta["train_seconds"] / 60,
-            "stopped_early": meta["stopped_early"], "config": meta["config"], "history": meta["history"]}
+    return {
+        "folder": str(folder),
+        "seed": seed,
+        "dev_weighted_f1": meta["dev_weighted_f1"],
+        "test_weighted_f1_classifier": meta.get("test_weighted_f1"),
+        "test_accuracy_classifier": meta.get("test_accuracy"),
+        "train_minutes": meta["train_seconds"] / 60,
+        "stopped_early": meta["stopped_early"],
+        "config": meta["config"],
+        "history": meta["history"],
+    }
 
 
 def m2f_command() -> list[str]:
@@ -188,19 +214,45 @@ def run_logged(cmd: list[str], log_path: Path) -> str:
 
 
 def stage_extract(args, text_model: str, out: Path) -> dict:
-    cmd = [*m2f_command(), "extract", "--dataset", "meld", "--root", str(args.meld), "--modalities", "text",
-           "--text-model", text_model, "--cache", str(args.cache), "--workers", str(args.workers)]
+    cmd = [
+        *m2f_command(),
+        "extract",
+        "--dataset",
+        "meld",
+        "--root",
+        str(args.meld),
+        "--modalities",
+        "text",
+        "--text-model",
+        text_model,
+        "--cache",
+        str(args.cache),
+        "--workers",
+        str(args.workers),
+    ]
     features = run_logged(cmd, out / "extract.log")
     if not Path(features).exists():
-        raise SystemExit(f"m2f extract did not print a features file as its last line ({features!r}); "
-                         f"see {out / 'extract.log'}")
+        raise SystemExit(
+            f"m2f extract did not print a features file as its last line ({features!r}); "
+            f"see {out / 'extract.log'}"
+        )
     return {"features": features, "command": " ".join(cmd)}
 
 
 def stage_train(args, features: str, out: Path) -> dict:
     run_dir = out / "run-text"
-    cmd = [*m2f_command(), "train-dialog", "--features", features, "--out", str(run_dir), "--modalities", "t",
-           "--seeds", str(args.seeds)]
+    cmd = [
+        *m2f_command(),
+        "train-dialog",
+        "--features",
+        features,
+        "--out",
+        str(run_dir),
+        "--modalities",
+        "t",
+        "--seeds",
+        str(args.seeds),
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.train_epochs:
@@ -230,51 +282,83 @@ def stage_report(run_dir: str, features: str, out: Path) -> dict:
     run_logged([*m2f_command(), "report", run_dir], out / "report.log")
     summary = json.loads((Path(run_dir) / "report.json").read_text(encoding="utf-8"))
     test, dev = summary["test"], summary["dev"]
-    return {"state": summary["state"], "seeds": summary["seeds_done"],
-            "test_weighted_f1": {"mean": test["weighted_f1"], "std": test["weighted_f1_std"]},
-            "test_accuracy": {"mean": test["accuracy"], "std": test["accuracy_std"]},
-            "dev_weighted_f1": {"mean": dev["weighted_f1"], "std": dev["weighted_f1_std"]},
-            "per_class_test_f1": {c: v["f1"] for c, v in test["per_class"].items()},
-            "finetuned_embeddings_lr": finetuned_lr(features)}
+    return {
+        "state": summary["state"],
+        "seeds": summary["seeds_done"],
+        "test_weighted_f1": {"mean": test["weighted_f1"], "std": test["weighted_f1_std"]},
+        "test_accuracy": {"mean": test["accuracy"], "std": test["accuracy_std"]},
+        "dev_weighted_f1": {"mean": dev["weighted_f1"], "std": dev["weighted_f1_std"]},
+        "per_class_test_f1": {c: v["f1"] for c, v in test["per_class"].items()},
+        "finetuned_embeddings_lr": finetuned_lr(features),
+    }
 
 
 # --- main ------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--meld", type=Path, required=True, help="Folder with the MELD *_sent_emo.csv files.")
     p.add_argument("--out", type=Path, default=Path("cache/bench/meld_text"), help="Results folder.")
     p.add_argument("--cache", type=Path, default=Path("cache"), help="m2f cache root for extract.")
     p.add_argument("--stages", default=",".join(STAGES), help=f"Comma list of {STAGES}.")
-    p.add_argument("--text-model", default=None,
-                   help="Reuse a fine-tuned folder instead of the finetune stage's own.")
-    p.add_argument("--baseline-contexts", default="none,full",
-                   help="Inputs of the frozen baseline: none (utterance alone), full (the context input).")
-    p.add_argument("--finetune-seeds", default="0,1,2",
-                   help="Comma list of text fine-tune seeds; each gets its own extraction and dialogue "
-                        "model.")
+    p.add_argument(
+        "--text-model", default=None, help="Reuse a fine-tuned folder instead of the finetune stage's own."
+    )
+    p.add_argument(
+        "--baseline-contexts",
+        default="none,full",
+        help="Inputs of the frozen baseline: none (utterance alone), full (the context input).",
+    )
+    p.add_argument(
+        "--finetune-seeds",
+        default="0,1,2",
+        help="Comma list of text fine-tune seeds; each gets its own extraction and dialogue model.",
+    )
     p.add_argument("--seeds", type=int, default=1, help="Dialogue-model seeds per fine-tune.")
-    p.add_argument("--text-context", default="full", choices=("full", "past"),
-                   help="Fine-tuning context: with the next utterance, or past only (causal).")
-    p.add_argument("--train-args", default="",
-                   help="More train-dialog options, e.g. '--causal' or '--positions none'.")
+    p.add_argument(
+        "--text-context",
+        default="full",
+        choices=("full", "past"),
+        help="Fine-tuning context: with the next utterance, or past only (causal).",
+    )
+    p.add_argument(
+        "--train-args", default="", help="More train-dialog options, e.g. '--causal' or '--positions none'."
+    )
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1 was 3-4x faster per step than 2 on a shared 2-core CPU).")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 was 3-4x faster per step than 2 on a shared 2-core CPU).",
+    )
     p.add_argument("--max-length", type=int, default=64, help="Context tokens (fine-tuning and baseline).")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--freeze-layers", type=int, default=2,
-                   help="Lowest MiniLM layers kept frozen (their outputs computed once).")
+    p.add_argument(
+        "--freeze-layers",
+        type=int,
+        default=2,
+        help="Lowest MiniLM layers kept frozen (their outputs computed once).",
+    )
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--head-lr-mult", type=float, default=10.0, help="The new head's rate is lr x this.")
-    p.add_argument("--pooling", default="target", choices=("cls", "mean", "target"),
-                   help="What the classifier head (and then the embedding) reads.")
-    p.add_argument("--train-epochs", type=int, default=None,
-                   help="train-dialog --epochs (default: the trainer's); bound it on a slow CPU.")
-    p.add_argument("--patience", type=int, default=None,
-                   help="train-dialog --patience (default: the trainer's).")
+    p.add_argument(
+        "--pooling",
+        default="target",
+        choices=("cls", "mean", "target"),
+        help="What the classifier head (and then the embedding) reads.",
+    )
+    p.add_argument(
+        "--train-epochs",
+        type=int,
+        default=None,
+        help="train-dialog --epochs (default: the trainer's); bound it on a slow CPU.",
+    )
+    p.add_argument(
+        "--patience", type=int, default=None, help="train-dialog --patience (default: the trainer's)."
+    )
     p.add_argument("--max-minutes", type=float, default=55.0, help="Fine-tuning wall-clock budget.")
     return p.parse_args(argv)
 
@@ -299,8 +383,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     results: dict = {"baseline": read_stage(out, "baseline")}
     if results["baseline"] is None and "baseline" in stages:
         t = time.time()
-        res = stage_baseline(utterances, out, args.max_length, batch_size=64,
-                             contexts=[c.strip() for c in args.baseline_contexts.split(",")])
+        res = stage_baseline(
+            utterances,
+            out,
+            args.max_length,
+            batch_size=64,
+            contexts=[c.strip() for c in args.baseline_contexts.split(",")],
+        )
         res["stage_wall_s"] = round(time.time() - t, 1)
         results["baseline"] = write_stage(out, "baseline", res)
     ft_seeds = [0] if args.text_model else [int(x) for x in args.finetune_seeds.split(",") if x.strip()]
@@ -370,20 +459,29 @@ def summarize(base: dict | None, runs: Sequence[dict], wall: dict) -> dict:
         "finetune_seeds": [f["seed"] for f in fts],
         "dialog_seeds_per_finetune": [r["seeds"] for r in reps],
         "ensemble": ensemble_of_runs(runs),
-        "baseline": None if base is None else {
+        "baseline": None
+        if base is None
+        else {
             "what": f"{base['model']} + logistic regression ({base['selected_by_dev']}, selected on dev)",
-            "dev_weighted_f1": base["dev_weighted_f1"], "test_weighted_f1": base["test_weighted_f1"],
+            "dev_weighted_f1": base["dev_weighted_f1"],
+            "test_weighted_f1": base["test_weighted_f1"],
             "test_accuracy": base["test_accuracy"],
-            "variants": {k: {"dev": v["dev_weighted_f1"], "test": v["test_weighted_f1"]}
-                         for k, v in base["variants"].items()}},
+            "variants": {
+                k: {"dev": v["dev_weighted_f1"], "test": v["test_weighted_f1"]}
+                for k, v in base["variants"].items()
+            },
+        },
         "finetune": {
             "dev_weighted_f1": _mean_std([f["dev_weighted_f1"] for f in fts]),
             "test_weighted_f1_classifier": _mean_std([f["test_weighted_f1_classifier"] for f in fts]),
             "train_minutes": _mean_std([f["train_minutes"] for f in fts]),
-            "stopped_early": [f["stopped_early"] for f in fts]},
+            "stopped_early": [f["stopped_early"] for f in fts],
+        },
         "finetuned_embeddings_lr": [r["finetuned_embeddings_lr"] for r in reps],
-        "stages_missing": sorted({s for r in runs for s in PER_FINETUNE if r.get(s) is None}
-                                 | ({"baseline"} if base is None else set())),
+        "stages_missing": sorted(
+            {s for r in runs for s in PER_FINETUNE if r.get(s) is None}
+            | ({"baseline"} if base is None else set())
+        ),
         "wall_s": wall,
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch threads per process: 1",
     }

@@ -43,10 +43,18 @@ def build_model(workdir: Path) -> Path:
     model = workdir / "model"
     if (model / "checksums.json").exists():
         return model
-    result = run_extract(ExtractOptions(dataset="sample", root=None, cache=workdir / "cache",
-                                        encoders="random", text_model=DEFAULT_TEXT_MODEL))
-    train_dialog(DialogTrainConfig(features=str(result.features), out=str(workdir / "run"), epochs=2,
-                                   progress=False))
+    result = run_extract(
+        ExtractOptions(
+            dataset="sample",
+            root=None,
+            cache=workdir / "cache",
+            encoders="random",
+            text_model=DEFAULT_TEXT_MODEL,
+        )
+    )
+    train_dialog(
+        DialogTrainConfig(features=str(result.features), out=str(workdir / "run"), epochs=2, progress=False)
+    )
     return export_model(workdir / "run", model, overwrite=True)
 
 
@@ -75,8 +83,9 @@ print(json.dumps({"import_s": imported, **{k + "_s": v for k, v in r.seconds.ite
 """
 
 
-def in_process_runs(model: Path, video: Path, srt: Path, workdir: Path, workers: str,
-                    repeats: int) -> list[dict]:
+def in_process_runs(
+    model: Path, video: Path, srt: Path, workdir: Path, workers: str, repeats: int
+) -> list[dict]:
     """``predict`` called again and again in this process with the model folder loaded once (a service):
     imports and the models the engine caches per process are paid by the first call only."""
     from trainer.apply.export import load_model_folder
@@ -86,10 +95,20 @@ def in_process_runs(model: Path, video: Path, srt: Path, workdir: Path, workers:
     out = []
     for i in range(repeats):
         t = time.perf_counter()
-        r = predict(model, video, workdir / f"service-{i}.csv", subtitles=srt, model=loaded,
-                    workers=None if workers == "auto" else int(workers))
-        out.append({"wall_s": round(time.perf_counter() - t, 2), **{k + "_s": round(v, 2)
-                                                                   for k, v in r.seconds.items()}})
+        r = predict(
+            model,
+            video,
+            workdir / f"service-{i}.csv",
+            subtitles=srt,
+            model=loaded,
+            workers=None if workers == "auto" else int(workers),
+        )
+        out.append(
+            {
+                "wall_s": round(time.perf_counter() - t, 2),
+                **{k + "_s": round(v, 2) for k, v in r.seconds.items()},
+            }
+        )
     return out
 
 
@@ -108,20 +127,43 @@ def main() -> None:
     for i in range(args.repeats):
         out = args.workdir / f"predictions-{i}.csv"
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-c", _TIMED, str(model), str(video), str(out), str(srt),
-                               str(args.workers)], capture_output=True, text=True, env=env, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", _TIMED, str(model), str(video), str(out), str(srt), str(args.workers)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
         wall = time.perf_counter() - t
-        runs.append({"wall_s": round(wall, 2), "warm": i > 0,
-                     **{k: round(v, 2) if isinstance(v, float) else v
-                        for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}})
+        runs.append(
+            {
+                "wall_s": round(wall, 2),
+                "warm": i > 0,
+                **{
+                    k: round(v, 2) if isinstance(v, float) else v
+                    for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()
+                },
+            }
+        )
     warm = [r["wall_s"] for r in runs if r["warm"]] or [runs[0]["wall_s"]]
     service = in_process_runs(model, video, srt, args.workdir, args.workers, args.repeats)
-    print(json.dumps({
-        "utterances": N_UTTERANCES, "model": str(model), "workers": args.workers,
-        "warm_median_s": sorted(warm)[len(warm) // 2], "target_s": 20.0, "runs": runs,
-        "in_process_runs": service,
-        "cpu_count": os.cpu_count(), "loadavg_1min": os.getloadavg()[0], "platform": platform.platform(),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "utterances": N_UTTERANCES,
+                "model": str(model),
+                "workers": args.workers,
+                "warm_median_s": sorted(warm)[len(warm) // 2],
+                "target_s": 20.0,
+                "runs": runs,
+                "in_process_runs": service,
+                "cpu_count": os.cpu_count(),
+                "loadavg_1min": os.getloadavg()[0],
+                "platform": platform.platform(),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -219,8 +219,12 @@ def main() -> None:
     parser.add_argument("--cpu-batches", type=int, default=12, help="batches timed on CPU")
     parser.add_argument("--epochs", type=int, default=3, help="epochs timed on CUDA")
     parser.add_argument("--bucket", type=int, default=50, help="length bucketing window (0 = off)")
-    parser.add_argument("--max-dialogs", type=int, default=None,
-                        help="first N dialogues per split only (smoke runs; projections then mean nothing)")
+    parser.add_argument(
+        "--max-dialogs",
+        type=int,
+        default=None,
+        help="first N dialogues per split only (smoke runs; projections then mean nothing)",
+    )
     args = parser.parse_args()
     result = run(
         resolve_device(args.device),

@@ -44,8 +44,11 @@ def _first_line(e: BaseException) -> str:
 def check_python() -> Check:
     v = sys.version_info
     ok = v >= (3, 11)
-    return Check("python", ok, f"{sys.version.split()[0]} at {sys.executable}"
-                 + ("" if ok else "; m2f needs Python >= 3.11"))
+    return Check(
+        "python",
+        ok,
+        f"{sys.version.split()[0]} at {sys.executable}" + ("" if ok else "; m2f needs Python >= 3.11"),
+    )
 
 
 def _pinned(name: str) -> str | None:
@@ -84,11 +87,13 @@ def check_torch_family() -> Check:
         torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8]), 0.5)  # a native torchvision op
         torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=400, n_mels=64)(torch.zeros(1, 1600))
     except Exception as e:  # noqa: BLE001 - any failure here is the finding
-        return Check("torch family", False, f"{', '.join(found)} do not load together ({_first_line(e)}); "
-                     f"{REINSTALL}")
+        return Check(
+            "torch family", False, f"{', '.join(found)} do not load together ({_first_line(e)}); {REINSTALL}"
+        )
     if wrong:
-        return Check("torch family", False,
-                     f"{', '.join(wrong)}: these load only as the pinned set; {REINSTALL}")
+        return Check(
+            "torch family", False, f"{', '.join(wrong)}: these load only as the pinned set; {REINSTALL}"
+        )
     return Check("torch family", True, ", ".join(found) + "; native ops run")
 
 
@@ -108,10 +113,12 @@ def check_pyav() -> Check:
         if frames.shape[0] != 3 or audio.size < 4000:
             raise RuntimeError(f"decoded {frames.shape[0]} frames and {audio.size} samples")
     except Exception as e:  # noqa: BLE001
-        return Check("PyAV", False,
-                     f"cannot encode and decode an H.264/AAC clip ({_first_line(e)}); {REINSTALL}")
-    return Check("PyAV", True,
-                 f"av {av.__version__} (FFmpeg {av.ffmpeg_version_info}): H.264/AAC clip decoded")
+        return Check(
+            "PyAV", False, f"cannot encode and decode an H.264/AAC clip ({_first_line(e)}); {REINSTALL}"
+        )
+    return Check(
+        "PyAV", True, f"av {av.__version__} (FFmpeg {av.ffmpeg_version_info}): H.264/AAC clip decoded"
+    )
 
 
 def check_mtcnn() -> Check:
@@ -127,8 +134,11 @@ def check_mtcnn() -> Check:
             raise RuntimeError("no face found on the astronaut test image")
     except Exception as e:  # noqa: BLE001
         return Check("MTCNN", False, f"{_first_line(e)}; {REINSTALL}")
-    return Check("MTCNN", True, f"facenet-pytorch {metadata.version('facenet-pytorch')}: weights load, "
-                 f"a face found on a test image")
+    return Check(
+        "MTCNN",
+        True,
+        f"facenet-pytorch {metadata.version('facenet-pytorch')}: weights load, a face found on a test image",
+    )
 
 
 def check_text_model() -> Check:
@@ -169,15 +179,30 @@ def check_disk(cache: Path) -> Check:
         where = where.parent
     free = shutil.disk_usage(where).free / 1e9
     ok = free >= MIN_FREE_GB
-    return Check("disk", ok, f"{free:.1f} GB free under {where}"
-                 + ("" if ok else "; extraction needs more (MELD's media cache alone is about 12.7 GB): "
-                    "free space or pass --cache on a larger disk"))
+    return Check(
+        "disk",
+        ok,
+        f"{free:.1f} GB free under {where}"
+        + (
+            ""
+            if ok
+            else "; extraction needs more (MELD's media cache alone is about 12.7 GB): "
+            "free space or pass --cache on a larger disk"
+        ),
+    )
 
 
 def run_checks(cache: Path) -> list[Check]:
     """Every check, in order; a check that crashes is reported as failed, never raised."""
-    checks: list[Callable[[], Check]] = [check_python, check_torch_family, check_pyav, check_mtcnn,
-                                         check_text_model, check_cuda, lambda: check_disk(cache)]
+    checks: list[Callable[[], Check]] = [
+        check_python,
+        check_torch_family,
+        check_pyav,
+        check_mtcnn,
+        check_text_model,
+        check_cuda,
+        lambda: check_disk(cache),
+    ]
     out = []
     for check in checks:
         try:
@@ -208,5 +233,7 @@ def native_import_failure(exc: BaseException) -> str | None:
         name = (exc.name or "").partition(".")[0]
     if name not in NATIVE:
         return None
-    return (f"error: cannot load {name} ({_first_line(exc)}): the installed packages do not work together; "
-            f"run `m2f doctor` to see which, then {REINSTALL}")
+    return (
+        f"error: cannot load {name} ({_first_line(exc)}): the installed packages do not work together; "
+        f"run `m2f doctor` to see which, then {REINSTALL}"
+    )

@@ -28,8 +28,21 @@ from pipeline.store.atomic import commit_tmp, tmp_path
 
 #: Keys of one JSONL manifest line, in order. Scripts rely on these names.
 JSONL_KEYS = (
-    "id", "corpus", "split", "dialogue_id", "position", "utterance_id", "speaker", "text",
-    "label", "sentiment", "clip", "start", "end", "session", "side",
+    "id",
+    "corpus",
+    "split",
+    "dialogue_id",
+    "position",
+    "utterance_id",
+    "speaker",
+    "text",
+    "label",
+    "sentiment",
+    "clip",
+    "start",
+    "end",
+    "session",
+    "side",
 )
 
 
@@ -148,8 +161,7 @@ def group_dialogues(utterances: Iterable[Utterance]) -> list[Dialogue]:
     for u in utterances:
         groups.setdefault((u.corpus, u.split, u.dialogue_id), []).append(u)
     return [
-        Dialogue(c, s, d, tuple(sorted(us, key=lambda u: u.position)))
-        for (c, s, d), us in groups.items()
+        Dialogue(c, s, d, tuple(sorted(us, key=lambda u: u.position))) for (c, s, d), us in groups.items()
     ]
 
 
@@ -207,8 +219,11 @@ def validate(utterances: Iterable[Utterance]) -> list[str]:
             problems.append(f"{u.id}: empty text")
         if not u.speaker.strip():
             problems.append(f"{u.id}: empty speaker")
-        nul = [k for k in ("dialogue_id", "utterance_id", "speaker", "text", "label", "sentiment")
-               if "\x00" in (getattr(u, k) or "")]
+        nul = [
+            k
+            for k in ("dialogue_id", "utterance_id", "speaker", "text", "label", "sentiment")
+            if "\x00" in (getattr(u, k) or "")
+        ]
         if nul:
             problems.append(f"{u.id}: NUL character (\\x00) in {', '.join(nul)}; remove it from the corpus")
         times = [t for t in (u.start, u.end) if t is not None]

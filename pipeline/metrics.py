@@ -16,5 +16,12 @@ def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence | int |
 
     if isinstance(labels, int):
         labels = list(range(labels))
-    return float(f1_score(y_true, y_pred, labels=None if labels is None else list(labels),
-                          average="weighted", zero_division=0))
+    return float(
+        f1_score(
+            y_true,
+            y_pred,
+            labels=None if labels is None else list(labels),
+            average="weighted",
+            zero_division=0,
+        )
+    )

@@ -40,8 +40,9 @@ def parse_modalities(value: str | Iterable[str]) -> tuple[str, ...]:
     names = [_LETTERS.get(i, i) for i in items]
     bad = [n for n in names if n not in MODALITIES]
     if bad or not names:
-        raise ValueError(f"modalities {bad or value!r}: give letters of 'tav' or a comma list of "
-                         f"{', '.join(MODALITIES)}")
+        raise ValueError(
+            f"modalities {bad or value!r}: give letters of 'tav' or a comma list of {', '.join(MODALITIES)}"
+        )
     return tuple(m for m in MODALITIES if m in names)
 
 

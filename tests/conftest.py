@@ -44,8 +44,16 @@ def tiny_roberta(tmp_path_factory) -> Path:
     return make_tiny_roberta(tmp_path_factory.mktemp("tiny_roberta"))
 
 
-LIVE_SMALL = {"seeds": 1, "epochs": 3, "patience": 3, "heads": 2, "hidden": 16, "fusion_layers": 1,
-              "progress": False, "threads": 1}
+LIVE_SMALL = {
+    "seeds": 1,
+    "epochs": 3,
+    "patience": 3,
+    "heads": 2,
+    "hidden": 16,
+    "fusion_layers": 1,
+    "progress": False,
+    "threads": 1,
+}
 
 
 @pytest.fixture(scope="session")
@@ -63,15 +71,26 @@ def live_models(tmp_path_factory, tiny_roberta):
     root = tmp_path_factory.mktemp("live")
     text = root / "text-past"
     shutil.copytree(tiny_roberta, text)
-    (text / "m2f_text.json").write_text(json.dumps({"config": {"max_length": 48, "pooling": "cls",
-                                                                "context": "past"}}))
-    result = run_extract(ExtractOptions(dataset="sample", root=None, cache=root / "cache", encoders="random",
-                                        text_model=str(text), workers=1, media_config={"n_frames": 4}))
+    (text / "m2f_text.json").write_text(
+        json.dumps({"config": {"max_length": 48, "pooling": "cls", "context": "past"}})
+    )
+    result = run_extract(
+        ExtractOptions(
+            dataset="sample",
+            root=None,
+            cache=root / "cache",
+            encoders="random",
+            text_model=str(text),
+            workers=1,
+            media_config={"n_frames": 4},
+        )
+    )
     models = {}
     for name, causal in (("causal", True), ("bidirectional", False)):
         run = root / f"run-{name}"
-        train_dialog(DialogTrainConfig(features=str(result.features), out=str(run), causal=causal,
-                                       **LIVE_SMALL))
+        train_dialog(
+            DialogTrainConfig(features=str(result.features), out=str(run), causal=causal, **LIVE_SMALL)
+        )
         models[name] = export_model(run, root / f"model-{name}", text_model=str(text))
     return root, models
 

@@ -26,8 +26,15 @@ def parse_lock(text: str) -> list[dict]:
         head = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$", line)
         if head:
             name, version, marker = head.groups()
-            entries.append({"name": canonicalize_name(name), "version": version, "marker": marker,
-                            "hashes": [], "via": []})
+            entries.append(
+                {
+                    "name": canonicalize_name(name),
+                    "version": version,
+                    "marker": marker,
+                    "hashes": [],
+                    "via": [],
+                }
+            )
             in_via = False
             continue
         stripped = line.strip()

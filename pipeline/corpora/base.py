@@ -71,10 +71,13 @@ def read_csv_rows(path: Path, utf8_fix: str) -> tuple[list[str], list[tuple[int,
                     _check_nul(path, reader.line_num, row)
                     rows.append((reader.line_num, row))
             except csv.Error as e:
-                what = (f"a field runs over {CSV_FIELD_LIMIT} characters, nearly always a double quote that "
-                        "is never closed (the rest of the file became one field); close the quote, and "
-                        "double any quote inside a quoted field" if "field limit" in str(e)
-                        else f"malformed CSV ({e}); check the quoting of this row")
+                what = (
+                    f"a field runs over {CSV_FIELD_LIMIT} characters, nearly always a double quote that "
+                    "is never closed (the rest of the file became one field); close the quote, and "
+                    "double any quote inside a quoted field"
+                    if "field limit" in str(e)
+                    else f"malformed CSV ({e}); check the quoting of this row"
+                )
                 raise CorpusError(f"{path}:{start}: {what}.") from None
     except UnicodeDecodeError:
         data = path.read_bytes()  # the reader's error counts bytes from its buffer, not from the file
@@ -93,7 +96,8 @@ def _check_header(path: Path, header: list[str]) -> None:
             raise _nul_error(path, 1, "the header")
         if name in seen:
             raise CorpusError(
-                f"{path}:1: column {name!r} appears twice in the header; rename or delete one of them.")
+                f"{path}:1: column {name!r} appears twice in the header; rename or delete one of them."
+            )
         seen.add(name)
 
 
@@ -107,7 +111,8 @@ def _check_nul(path: Path, line: int, row: dict) -> None:
 def _nul_error(path: Path, line: int, where: str) -> CorpusError:
     return CorpusError(
         f"{path}:{line}: {where} holds a NUL character (\\x00), a sign of a damaged or binary file; "
-        "remove it (e.g. tr -d '\\000' < in.csv > out.csv) and check the row.")
+        "remove it (e.g. tr -d '\\000' < in.csv > out.csv) and check the row."
+    )
 
 
 @dataclass

@@ -116,8 +116,10 @@ def _float_or_none(value: str, column: str, where: str) -> float | None:
     except ValueError:
         raise CorpusError(f"{where}: {column} {value!r} is not a number of seconds.") from None
     if not math.isfinite(x):
-        raise CorpusError(f"{where}: {column} {value!r} is not a finite number of seconds; give the time in "
-                          "seconds inside the clip, e.g. 2.5.")
+        raise CorpusError(
+            f"{where}: {column} {value!r} is not a finite number of seconds; give the time in "
+            "seconds inside the clip, e.g. 2.5."
+        )
     if x < 0:
         raise CorpusError(f"{where}: {column} {value!r} must be >= 0 seconds.")
     return x

@@ -159,7 +159,8 @@ def read_meld_csv(path: str | Path) -> list[MeldRow]:
     """
     path = Path(path)
     header, records = read_csv_rows(
-        path, "MELD CSVs are UTF-8; re-download them or re-save the file as UTF-8.")
+        path, "MELD CSVs are UTF-8; re-download them or re-save the file as UTF-8."
+    )
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise CorpusError(

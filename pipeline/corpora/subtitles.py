@@ -67,7 +67,7 @@ def split_speaker(text: str) -> tuple[str | None, str]:
     cleaned = _clean(text)
     prefix = _NAME_PREFIX.match(cleaned)
     if prefix:
-        return prefix.group(1).strip(), cleaned[prefix.end():].strip()
+        return prefix.group(1).strip(), cleaned[prefix.end() :].strip()
     return None, cleaned
 
 
@@ -91,24 +91,30 @@ def read_subtitles(path: str | Path) -> list[Cue]:
 
     path = Path(path)
     if not path.is_file():
-        raise SubtitleError(f"{shown(path)}: no such subtitle file; pass an .srt or .vtt file with "
-                            "--subtitles")
+        raise SubtitleError(
+            f"{shown(path)}: no such subtitle file; pass an .srt or .vtt file with --subtitles"
+        )
     try:
         # unknown tags (the WebVTT voice tag among them) are kept so the speaker can be read from them
         subs = pysubs2.load(str(path), encoding="utf-8", keep_unknown_html_tags=True)
     except Exception as e:  # noqa: BLE001 - any parse failure (a JSON file named .srt: TypeError)
-        raise SubtitleError(f"{shown(path)}: not a subtitle file pysubs2 can read ({type(e).__name__}: "
-                            f"{shown(e)}); give an .srt or .vtt file saved as UTF-8") from None
+        raise SubtitleError(
+            f"{shown(path)}: not a subtitle file pysubs2 can read ({type(e).__name__}: "
+            f"{shown(e)}); give an .srt or .vtt file saved as UTF-8"
+        ) from None
     cues = []
     for event in sorted((e for e in subs if not e.is_comment), key=lambda e: (e.start, e.end)):
         speaker, text = split_speaker(event.text)
         if not text:
             continue
-        bad = next((c for c in (speaker or "") + text if unicodedata.category(c) == "Cc" and c not in "\n\t"),
-                   None)
+        bad = next(
+            (c for c in (speaker or "") + text if unicodedata.category(c) == "Cc" and c not in "\n\t"), None
+        )
         if bad is not None:
-            raise SubtitleError(f"{shown(path)}: cue {len(cues) + 1} (at {event.start / 1000.0:.3f} s) holds "
-                                f"the control character {bad!r}; remove it from the subtitle file")
+            raise SubtitleError(
+                f"{shown(path)}: cue {len(cues) + 1} (at {event.start / 1000.0:.3f} s) holds "
+                f"the control character {bad!r}; remove it from the subtitle file"
+            )
         start, end = event.start / 1000.0, event.end / 1000.0
         if end <= start:
             end = start + 0.001  # a zero-length cue still names an utterance; keep a 1 ms span

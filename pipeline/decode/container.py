@@ -112,8 +112,11 @@ def _origin(c) -> float:
     """
     if c.start_time is not None:
         return max(0.0, c.start_time / av.time_base)
-    starts = [float(s.start_time * s.time_base) for s in c.streams
-              if s.start_time is not None and s.time_base is not None]
+    starts = [
+        float(s.start_time * s.time_base)
+        for s in c.streams
+        if s.start_time is not None and s.time_base is not None
+    ]
     return max(0.0, min(starts)) if starts else 0.0
 
 
@@ -131,8 +134,11 @@ def _bounds(path: str, c, stream) -> tuple[float, float]:
     if c.duration is not None:
         container_end = max(0.0, (c.start_time or 0) / av.time_base) + c.duration / av.time_base
     estimated = bool(int(c.format.flags) & _TS_DISCONT)
-    if span is not None and not estimated and (
-            container_end is None or span[1] >= container_end - 0.25 - 0.05 * (container_end - span[0])):
+    if (
+        span is not None
+        and not estimated
+        and (container_end is None or span[1] >= container_end - 0.25 - 0.05 * (container_end - span[0]))
+    ):
         return span
     if span is not None:
         first = span[0]
@@ -168,7 +174,7 @@ def _packet_end(path: str, index: int, hint: float | None) -> float | None:
     with _open(path) as c:
         stream = c.streams[index]
         tb = stream.time_base
-        for seek_to in ([hint, None] if hint is not None else [None]):
+        for seek_to in [hint, None] if hint is not None else [None]:
             if seek_to is not None:
                 try:
                     c.seek(int(seek_to / tb), stream=stream, backward=True)
@@ -222,18 +228,29 @@ def probe(path: str | Path) -> ClipInfo:
         v = c.streams.video[0] if c.streams.video else None
         a = c.streams.audio[0] if c.streams.audio else None
         dur = c.duration / av.time_base if c.duration is not None else None
-        info = {"path": str(path), "duration": dur, "has_video": v is not None, "has_audio": a is not None,
-                "start": _origin(c)}
+        info = {
+            "path": str(path),
+            "duration": dur,
+            "has_video": v is not None,
+            "has_audio": a is not None,
+            "start": _origin(c),
+        }
         if v is not None:
-            info.update(video_duration=_stream_seconds(v),
-                        fps=float(v.average_rate) if v.average_rate else None,
-                        width=v.codec_context.width, height=v.codec_context.height,
-                        n_video_frames=int(v.frames or 0))
+            info.update(
+                video_duration=_stream_seconds(v),
+                fps=float(v.average_rate) if v.average_rate else None,
+                width=v.codec_context.width,
+                height=v.codec_context.height,
+                n_video_frames=int(v.frames or 0),
+            )
         if a is not None:
             layout = a.codec_context.layout
-            info.update(audio_duration=_stream_seconds(a), audio_rate=int(a.codec_context.sample_rate or 0),
-                        audio_channels=len(layout.channels) if layout else 0,
-                        audio_layout=layout.name if layout else "")
+            info.update(
+                audio_duration=_stream_seconds(a),
+                audio_rate=int(a.codec_context.sample_rate or 0),
+                audio_channels=len(layout.channels) if layout else 0,
+                audio_layout=layout.name if layout else "",
+            )
         return ClipInfo(**info)
 
 
@@ -245,14 +262,21 @@ def _check_span(path: str, start: float | None, end: float | None) -> None:
         raise MediaError(f"span end {end} before start {start} for {path} (fix the manifest times)")
 
 
-def _resolve_span(path: str, kind: str, origin: float, first: float, stream_end: float,
-                  start: float | None, end: float | None) -> tuple[float, float]:
+def _resolve_span(
+    path: str,
+    kind: str,
+    origin: float,
+    first: float,
+    stream_end: float,
+    start: float | None,
+    end: float | None,
+) -> tuple[float, float]:
     """The span ``[start, end]`` (file time, None = the stream's ends) in the stream's timestamps."""
     t0 = first if start is None else origin + start
     if t0 > stream_end or (t0 == stream_end and end != start):
-        raise MediaError(f"span start {t0 - origin:.3f} s is past the end of the {kind} "
-                         f"({stream_end - origin:.3f} s) in {path} (fix the manifest times)")
+        raise MediaError(
+            f"span start {t0 - origin:.3f} s is past the end of the {kind} "
+            f"({stream_end - origin:.3f} s) in {path} (fix the manifest times)"
+        )
     t1 = stream_end if end is None else min(origin + end, stream_end)
     return t0, t1
-
-

@@ -46,10 +46,17 @@ def frame_targets(t0: float, t1: float, n: int) -> np.ndarray:
     return t0 + (np.arange(n) + 0.5) * (t1 - t0) / n
 
 
-def decode_frames(path: str | Path, n: int = 15, start: float | None = None, end: float | None = None,
-                  seek_gap: float = SEEK_GAP, seek_tolerance: float = SEEK_TOLERANCE,
-                  stats: dict | None = None, max_pixels: int = MAX_FRAME_PIXELS,
-                  max_source_pixels: int = MAX_SOURCE_PIXELS) -> np.ndarray:
+def decode_frames(
+    path: str | Path,
+    n: int = 15,
+    start: float | None = None,
+    end: float | None = None,
+    seek_gap: float = SEEK_GAP,
+    seek_tolerance: float = SEEK_TOLERANCE,
+    stats: dict | None = None,
+    max_pixels: int = MAX_FRAME_PIXELS,
+    max_source_pixels: int = MAX_SOURCE_PIXELS,
+) -> np.ndarray:
     """Decode ``n`` upright RGB frames spread uniformly over the span (the whole video by default).
 
     Parameters
@@ -124,9 +131,11 @@ class _FrameFitter:
     def check(self, width: int, height: int) -> None:
         """Refuse a frame size the decoder should not even hold."""
         if width * height > self.max_source_pixels:
-            raise MediaError(f"video frames of {self.path} are {width}x{height}: over the limit of "
-                             f"{self.max_source_pixels} pixels (re-encode it smaller, e.g. "
-                             f"ffmpeg -i IN -vf scale=1920:-2 OUT)")
+            raise MediaError(
+                f"video frames of {self.path} are {width}x{height}: over the limit of "
+                f"{self.max_source_pixels} pixels (re-encode it smaller, e.g. "
+                f"ffmpeg -i IN -vf scale=1920:-2 OUT)"
+            )
 
     def __call__(self, frame) -> np.ndarray:
         self.check(frame.width, frame.height)
@@ -141,14 +150,18 @@ class _FrameFitter:
             rgb = frame.to_ndarray(format="rgb24")
         else:
             coded = (sw, sh) if quarter % 2 == 0 else (sh, sw)
-            rgb = frame.to_ndarray(width=coded[0], height=coded[1], format="rgb24",
-                                   interpolation="AREA" if scale < 1 else "BILINEAR")
+            rgb = frame.to_ndarray(
+                width=coded[0],
+                height=coded[1],
+                format="rgb24",
+                interpolation="AREA" if scale < 1 else "BILINEAR",
+            )
         if quarter:
             rgb = np.rot90(rgb, k=quarter)
         if (sw, sh) != (out_w, out_h):  # another shape than the first frame: centred on black
             canvas = np.zeros((out_h, out_w, 3), np.uint8)
             y, x = (out_h - sh) // 2, (out_w - sw) // 2
-            canvas[y:y + sh, x:x + sw] = rgb
+            canvas[y : y + sh, x : x + sw] = rgb
             rgb = canvas
         return np.ascontiguousarray(rgb)
 
@@ -193,9 +206,16 @@ class _FrameCursor:
         return True
 
 
-def _pick_frames(c, stream, first: float, targets: np.ndarray, seek_gap: float, fitter: _FrameFitter,
-                 tolerance: float = 0.0,
-                 stats: dict | None = None) -> tuple[list[np.ndarray], Exception | None]:
+def _pick_frames(
+    c,
+    stream,
+    first: float,
+    targets: np.ndarray,
+    seek_gap: float,
+    fitter: _FrameFitter,
+    tolerance: float = 0.0,
+    stats: dict | None = None,
+) -> tuple[list[np.ndarray], Exception | None]:
     """The decoded frame nearest to each target time, each frame at most once."""
     cursor = _FrameCursor(c, stream, first)
     try:
@@ -205,8 +225,9 @@ def _pick_frames(c, stream, first: float, targets: np.ndarray, seek_gap: float, 
             stats.update(cursor.counts)
 
 
-def _pick_with(cursor: _FrameCursor, targets: np.ndarray, seek_gap: float, fitter: _FrameFitter,
-               tolerance: float) -> tuple[list[np.ndarray], Exception | None]:
+def _pick_with(
+    cursor: _FrameCursor, targets: np.ndarray, seek_gap: float, fitter: _FrameFitter, tolerance: float
+) -> tuple[list[np.ndarray], Exception | None]:
     picked: list[np.ndarray] = []
     last_t = None
     ended = False

@@ -24,9 +24,14 @@ from pipeline.utterance.audio import centre_window, downmix, resample
 MAX_AUDIO_PEAK = 1000.0
 
 
-def decode_audio(path: str | Path, start: float | None = None, end: float | None = None,
-                 sr: int = 16000, max_seconds: float = 10.0,
-                 stats: dict | None = None) -> tuple[np.ndarray, bool]:
+def decode_audio(
+    path: str | Path,
+    start: float | None = None,
+    end: float | None = None,
+    sr: int = 16000,
+    max_seconds: float = 10.0,
+    stats: dict | None = None,
+) -> tuple[np.ndarray, bool]:
     """Decode the audio of ``path`` (or of its span ``[start, end]``) to mono float32 at ``sr`` Hz.
 
     Parameters
@@ -80,8 +85,10 @@ def decode_audio(path: str | Path, start: float | None = None, end: float | None
         with np.errstate(invalid="ignore"):
             bad = int(np.count_nonzero(~(np.abs(wave) <= MAX_AUDIO_PEAK)))  # NaN compares False
         if bad:
-            raise MediaError(f"{bad} non-finite or out-of-range audio sample(s) (NaN, inf or beyond "
-                             f"+-{MAX_AUDIO_PEAK:g}) in {path} (a corrupt float recording? re-export it)")
+            raise MediaError(
+                f"{bad} non-finite or out-of-range audio sample(s) (NaN, inf or beyond "
+                f"+-{MAX_AUDIO_PEAK:g}) in {path} (a corrupt float recording? re-export it)"
+            )
         out = resample(wave, rate, sr) if rate else wave
         if error is not None:
             msg = f"audio of {path} broke off after {len(out) / sr:.2f} s: {error}"
@@ -89,8 +96,9 @@ def decode_audio(path: str | Path, start: float | None = None, end: float | None
         return out, cut
 
 
-def _decode_mono(c, stream, t0: float, t1: float, first: float,
-                 counts: dict) -> tuple[np.ndarray, int, float, Exception | None]:
+def _decode_mono(
+    c, stream, t0: float, t1: float, first: float, counts: dict
+) -> tuple[np.ndarray, int, float, Exception | None]:
     """Decode frames covering ``[t0, t1]`` to native-rate mono; returns (mono, rate, first_time, error).
 
     Frames that end before ``t0`` are decoded but not kept, so memory stays within the window even
@@ -130,5 +138,4 @@ def _slice_window(mono: np.ndarray, rate: int, first_time: float, t0: float, t1:
     if rate == 0:
         return mono
     i0 = max(0, int(round((t0 - first_time) * rate)))
-    return mono[i0:i0 + int(round((t1 - t0) * rate))]
-
+    return mono[i0 : i0 + int(round((t1 - t0) * rate))]

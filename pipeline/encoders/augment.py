@@ -40,8 +40,12 @@ class AudioAugment:
     hop_length: int = 128
 
     def to_dict(self) -> dict:
-        return {"snr_db": list(self.snr_db), "stretch": list(self.stretch),
-                "n_fft": self.n_fft, "hop_length": self.hop_length}
+        return {
+            "snr_db": list(self.snr_db),
+            "stretch": list(self.stretch),
+            "n_fft": self.n_fft,
+            "hop_length": self.hop_length,
+        }
 
 
 def time_stretch(wave: torch.Tensor, rate: float, n_fft: int = 512, hop_length: int = 128) -> torch.Tensor:
@@ -58,15 +62,17 @@ def time_stretch(wave: torch.Tensor, rate: float, n_fft: int = 512, hop_length: 
     return torch.istft(stretched, n_fft, hop_length, window=window, length=round(wave.numel() / rate))
 
 
-def add_white_noise(wave: torch.Tensor, snr_db: float,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+def add_white_noise(
+    wave: torch.Tensor, snr_db: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Add white Gaussian noise at ``snr_db`` to a waveform ``(T,)`` (a silent input stays silent)."""
     noise = torch.randn(wave.shape, generator=generator, dtype=wave.dtype)
     return AF.add_noise(wave[None], noise[None], torch.tensor([snr_db], dtype=wave.dtype))[0]
 
 
-def augment_waveform(wave: np.ndarray, max_samples: int, rng: np.random.Generator,
-                     cfg: AudioAugment = AudioAugment()) -> np.ndarray:
+def augment_waveform(
+    wave: np.ndarray, max_samples: int, rng: np.random.Generator, cfg: AudioAugment = AudioAugment()
+) -> np.ndarray:
     """Random crop of a clip, time stretch and AWGN: at most ``max_samples`` samples, never padded.
 
     A segment of ``min(len(wave), max_samples * rate)`` samples is cut at a random place, stretched
@@ -76,7 +82,7 @@ def augment_waveform(wave: np.ndarray, max_samples: int, rng: np.random.Generato
     rate = float(np.exp(rng.uniform(np.log(cfg.stretch[0]), np.log(cfg.stretch[1]))))
     seg = min(len(wave), int(round(max_samples * rate)))
     start = int(rng.integers(0, len(wave) - seg + 1))
-    piece = torch.from_numpy(np.ascontiguousarray(wave[start:start + seg], dtype=np.float32))
+    piece = torch.from_numpy(np.ascontiguousarray(wave[start : start + seg], dtype=np.float32))
     piece = time_stretch(piece, rate, cfg.n_fft, cfg.hop_length)[:max_samples]
     gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
     return add_white_noise(piece, float(rng.uniform(*cfg.snr_db)), gen).numpy().astype(np.float32, copy=False)
@@ -84,8 +90,10 @@ def augment_waveform(wave: np.ndarray, max_samples: int, rng: np.random.Generato
 
 def image_augmenter(size: int) -> v2.Compose:
     """Random image augmentation of a uint8 ``(3, S, S)`` tensor, output ``(3, size, size)`` uint8."""
-    return v2.Compose([
-        v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.ColorJitter(brightness=0.2, contrast=0.2),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.2, contrast=0.2),
+        ]
+    )

@@ -20,8 +20,15 @@ from pipeline.store.atomic import atomic_torch_save, content_identity
 
 def save_encoder(encoder: Encoder, path: str | Path, **meta) -> Path:
     """Save weights, config/contract and any JSON-able ``meta`` (history, quality, ...) atomically."""
-    return atomic_torch_save({"format": "m2f-encoder-1", "config": encoder.config.to_dict(),
-                              "state_dict": encoder.state_dict(), "meta": meta}, path)
+    return atomic_torch_save(
+        {
+            "format": "m2f-encoder-1",
+            "config": encoder.config.to_dict(),
+            "state_dict": encoder.state_dict(),
+            "meta": meta,
+        },
+        path,
+    )
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -32,8 +39,10 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, truncation, foreign objects
-        raise ValueError(f"{path} is not a loadable m2f encoder checkpoint ({e}); "
-                         "re-run `m2f train-encoders` to rebuild it") from e
+        raise ValueError(
+            f"{path} is not a loadable m2f encoder checkpoint ({e}); "
+            "re-run `m2f train-encoders` to rebuild it"
+        ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != "m2f-encoder-1":
         raise ValueError(f"{path} is not an m2f encoder checkpoint (format {ckpt.get('format')!r})")
     return ckpt
@@ -80,8 +89,12 @@ class EncoderSet:
         return self
 
 
-def load_encoder_set(spec: str | Path, device: str | torch.device = "cpu", seed: int = 0,
-                     image_sizes: dict[str, int] | None = None) -> EncoderSet:
+def load_encoder_set(
+    spec: str | Path,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    image_sizes: dict[str, int] | None = None,
+) -> EncoderSet:
     """Load ``audio.pt``, ``face.pt``, ``scene.pt`` from folder ``spec``, or random weights for ``"random"``.
 
     ``"random"`` draws each encoder from a fixed seed (``seed``, ``seed + 1``, ``seed + 2``), so two
@@ -91,19 +104,23 @@ def load_encoder_set(spec: str | Path, device: str | torch.device = "cpu", seed:
     """
     image_sizes = dict(image_sizes or {})
     if str(spec) == "random":
-        encs = {m: build_encoder(m, seed=seed + i, **({"image_size": image_sizes[m]}
-                                                      if m in image_sizes else {}))
-                for i, m in enumerate(ENCODER_KINDS)}
+        encs = {
+            m: build_encoder(m, seed=seed + i, **({"image_size": image_sizes[m]} if m in image_sizes else {}))
+            for i, m in enumerate(ENCODER_KINDS)
+        }
         return EncoderSet(**encs, identity=encoder_identity(spec, seed, image_sizes), random=True).to(device)
     folder = Path(spec)
     missing = [m for m in ENCODER_KINDS if not (folder / f"{m}.pt").exists()]
     if missing:
         raise FileNotFoundError(
             f"{folder} lacks encoder checkpoints {[m + '.pt' for m in missing]}; train them with "
-            f"`m2f train-encoders --modality all ...` or pass `--encoders random` for random weights")
+            f"`m2f train-encoders --modality all ...` or pass `--encoders random` for random weights"
+        )
     encs = {m: load_encoder(folder / f"{m}.pt", device) for m in ENCODER_KINDS}
     for m, size in image_sizes.items():
         if encs[m].contract.image_size != size:
-            raise ValueError(f"{folder / (m + '.pt')} expects {encs[m].contract.image_size} px images but "
-                             f"the media cache stores {size} px; retrain the encoders on this media cache")
+            raise ValueError(
+                f"{folder / (m + '.pt')} expects {encs[m].contract.image_size} px images but "
+                f"the media cache stores {size} px; retrain the encoders on this media cache"
+            )
     return EncoderSet(**encs, identity=encoder_identity(folder))

@@ -89,8 +89,13 @@ class LogMel(nn.Module):
             # 128 bands on a 400-point FFT (the paper's settings) leave a few low bands empty
             warnings.filterwarnings("ignore", message="At least one mel filterbank")
             self.mel = torchaudio.transforms.MelSpectrogram(
-                sample_rate=contract.sample_rate, n_fft=contract.n_fft, win_length=contract.n_fft,
-                hop_length=contract.hop_length, n_mels=contract.n_mels, power=2.0)
+                sample_rate=contract.sample_rate,
+                n_fft=contract.n_fft,
+                win_length=contract.n_fft,
+                hop_length=contract.hop_length,
+                n_mels=contract.n_mels,
+                power=2.0,
+            )
 
     def frames(self, lengths: torch.Tensor) -> torch.Tensor:
         """Number of log-mel frames of clips of ``lengths`` samples."""
@@ -113,8 +118,8 @@ class LogMel(nn.Module):
             frames = self.frames(lengths)
             spec = wave.new_zeros((len(wave), self.mel.n_mels, int(frames.max())), dtype=torch.float32)
             for i, n in enumerate(lengths.tolist()):
-                row = self._standardised(wave[i:i + 1, :n])[0]
-                spec[i, :, :row.shape[-1]] = row
+                row = self._standardised(wave[i : i + 1, :n])[0]
+                spec[i, :, : row.shape[-1]] = row
         return spec.unsqueeze(1).expand(-1, 3, -1, -1)
 
 
@@ -130,8 +135,9 @@ class ImageNorm(nn.Module):
         return (img.float() / 255.0 - self.mean) / self.std
 
 
-def audio_view(wave: np.ndarray, contract: InputContract, rng: np.random.Generator | None = None
-               ) -> np.ndarray:
+def audio_view(
+    wave: np.ndarray, contract: InputContract, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """The part of a clip the audio encoder sees: at most ``contract.max_seconds``, never padded.
 
     Parameters
@@ -152,7 +158,7 @@ def audio_view(wave: np.ndarray, contract: InputContract, rng: np.random.Generat
     if len(wave) <= limit:
         return wave
     start = int(rng.integers(0, len(wave) - limit + 1)) if rng is not None else (len(wave) - limit) // 2
-    return wave[start:start + limit]
+    return wave[start : start + limit]
 
 
 def pad_waveforms(waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,5 +166,5 @@ def pad_waveforms(waves: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tens
     lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
     x = torch.zeros((len(waves), int(lengths.max()) if len(waves) else 0), dtype=torch.float32)
     for i, w in enumerate(waves):
-        x[i, :len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+        x[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
     return x, lengths

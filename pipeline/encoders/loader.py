@@ -26,9 +26,14 @@ class EpochBatches(torch.utils.data.Dataset):
 
     def __init__(self, train: MediaSamples, contract, cfg: EncoderTrainConfig, steps: int):
         # what TrainBatches reads of the samples, without their open HDF5 file (sent to the workers)
-        self.train = SimpleNamespace(path=train.path, split=train.split, modality=train.modality,
-                                     classes=train.classes, labels=train.labels,
-                                     given_labels=train.given_labels)
+        self.train = SimpleNamespace(
+            path=train.path,
+            split=train.split,
+            modality=train.modality,
+            classes=train.classes,
+            labels=train.labels,
+            given_labels=train.given_labels,
+        )
         self.contract, self.cfg, self.steps = contract, cfg, steps
         self._epoch: tuple[int, TrainBatches] | None = None
 
@@ -38,10 +43,13 @@ class EpochBatches(torch.utils.data.Dataset):
     def for_epoch(self, epoch: int) -> TrainBatches:
         if self._epoch is None or self._epoch[0] != epoch:
             cfg = self.cfg
-            batches = balanced_batches(self.train.labels, cfg.batch_size, self.steps,
-                                       np.random.default_rng([cfg.seed, epoch]))
-            self._epoch = (epoch, TrainBatches(self.train, batches, self.contract, cfg.seed, epoch,
-                                               cfg.audio_augment))
+            batches = balanced_batches(
+                self.train.labels, cfg.batch_size, self.steps, np.random.default_rng([cfg.seed, epoch])
+            )
+            self._epoch = (
+                epoch,
+                TrainBatches(self.train, batches, self.contract, cfg.seed, epoch, cfg.audio_augment),
+            )
         return self._epoch[1]
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -72,15 +80,21 @@ class TrainLoader:
     deadlock) and run single-threaded.
     """
 
-    def __init__(self, train: MediaSamples, encoder: Encoder, cfg: EncoderTrainConfig, device: str,
-                 steps: int):
+    def __init__(
+        self, train: MediaSamples, encoder: Encoder, cfg: EncoderTrainConfig, device: str, steps: int
+    ):
         self.workers = resolve_workers(cfg.num_workers, device)
         self.keys = _EpochKeys(steps)
         self.loader = torch.utils.data.DataLoader(
-            EpochBatches(train, encoder.contract, cfg, steps), batch_size=None, sampler=self.keys,
-            num_workers=self.workers, worker_init_fn=_single_thread if self.workers else None,
+            EpochBatches(train, encoder.contract, cfg, steps),
+            batch_size=None,
+            sampler=self.keys,
+            num_workers=self.workers,
+            worker_init_fn=_single_thread if self.workers else None,
             multiprocessing_context="forkserver" if self.workers else None,
-            persistent_workers=self.workers > 0, pin_memory=torch.device(device).type == "cuda")
+            persistent_workers=self.workers > 0,
+            pin_memory=torch.device(device).type == "cuda",
+        )
 
     def epoch(self, epoch: int):
         """An iterator over epoch ``epoch``'s ``(x, y)`` batches."""

@@ -149,8 +149,10 @@ class LossParts:
     margin: torch.Tensor
 
     def as_floats(self) -> dict[str, float]:
-        return {k: float(getattr(self, k).detach())
-                for k in ("total", "triplet", "var", "cov", "active", "margin")}
+        return {
+            k: float(getattr(self, k).detach())
+            for k in ("total", "triplet", "var", "cov", "active", "margin")
+        }
 
 
 def euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -186,15 +188,17 @@ def triplet_margin(d_ap: torch.Tensor, d_an: torch.Tensor, config: LossConfig) -
     return rescaled_adaptive_margin(d_ap, d_an, config.margin_max)
 
 
-def triplet_brackets(d_ap: torch.Tensor, d_an: torch.Tensor, d_pn: torch.Tensor,
-                     config: LossConfig = LossConfig()) -> tuple[torch.Tensor, torch.Tensor]:
+def triplet_brackets(
+    d_ap: torch.Tensor, d_an: torch.Tensor, d_pn: torch.Tensor, config: LossConfig = LossConfig()
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 10's bracket ``D_ap - (D_an + D_pn) / 2 + m`` per triplet, and the margins ``m``."""
     margin = triplet_margin(d_ap, d_an, config)
     return d_ap - (d_an + d_pn) / 2.0 + margin, margin
 
 
-def triplet_from_distances(d_ap: torch.Tensor, d_an: torch.Tensor, d_pn: torch.Tensor,
-                           config: LossConfig = LossConfig()) -> torch.Tensor:
+def triplet_from_distances(
+    d_ap: torch.Tensor, d_an: torch.Tensor, d_pn: torch.Tensor, config: LossConfig = LossConfig()
+) -> torch.Tensor:
     """Eq. 10 averaged over triplets, from the three distance vectors ``(T,)``.
 
     Parameters
@@ -228,11 +232,12 @@ def covariance_term(z: torch.Tensor) -> torch.Tensor:
     zc = z - z.mean(dim=0)
     cov = zc.T @ zc / max(n - 1, 1)
     off = cov - torch.diag(torch.diagonal(cov))
-    return (off ** 2).sum() / d
+    return (off**2).sum() / d
 
 
-def extractor_loss(z_a: torch.Tensor, z_p: torch.Tensor, z_n: torch.Tensor,
-                   config: LossConfig = LossConfig()) -> LossParts:
+def extractor_loss(
+    z_a: torch.Tensor, z_p: torch.Tensor, z_n: torch.Tensor, config: LossConfig = LossConfig()
+) -> LossParts:
     """Eq. 9: ``w_triplet * L_AMT + w_cov * L_Cov + w_var * L_Var`` over anchor/positive/negative rows.
 
     Parameters
@@ -264,17 +269,27 @@ def extractor_loss(z_a: torch.Tensor, z_p: torch.Tensor, z_n: torch.Tensor,
     triplet = (F.relu(bracket) if config.hinge else bracket).mean()
     regularized = raw if config.regularize == "projector" else unit
     zero = triplet.new_zeros(())
-    var = (sum((variance_term(z, config.eps, config.hinge) for z in regularized), zero)
-           if config.use_var else zero)
+    var = (
+        sum((variance_term(z, config.eps, config.hinge) for z in regularized), zero)
+        if config.use_var
+        else zero
+    )
     cov = sum((covariance_term(z) for z in regularized), zero) if config.use_cov else zero
     total = config.w_triplet * triplet + config.w_cov * cov + config.w_var * var
-    return LossParts(total=total, triplet=triplet, var=var, cov=cov,
-                     active=(bracket.detach() > 0).float().mean(), margin=margin.detach().mean())
+    return LossParts(
+        total=total,
+        triplet=triplet,
+        var=var,
+        cov=cov,
+        active=(bracket.detach() > 0).float().mean(),
+        margin=margin.detach().mean(),
+    )
 
 
 @torch.no_grad()
-def mine_semihard(embeddings: torch.Tensor, labels: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mine_semihard(
+    embeddings: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Online semi-hard triplets inside a batch (FaceNet; the rule of TF-Addons' semi-hard loss).
 
     Every ordered pair (anchor, positive) of equal label is used; its negative is the closest one
@@ -302,8 +317,8 @@ def mine_semihard(embeddings: torch.Tensor, labels: torch.Tensor
     if len(anchor) == 0:
         empty = labels.new_zeros(0, dtype=torch.long)
         return empty, empty, empty
-    d_an = dist[anchor]                                   # (T, B)
-    is_neg = ~same[anchor]                                # (T, B)
+    d_an = dist[anchor]  # (T, B)
+    is_neg = ~same[anchor]  # (T, B)
     has_neg = is_neg.any(dim=1)
     d_ap = dist[anchor, positive][:, None]
     semi = is_neg & (d_an > d_ap)

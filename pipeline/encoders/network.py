@@ -40,13 +40,21 @@ class EncoderConfig:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"contract": self.contract.to_dict(), "embed_dim": self.embed_dim,
-                "backbone": self.backbone, "extra": dict(self.extra)}
+        return {
+            "contract": self.contract.to_dict(),
+            "embed_dim": self.embed_dim,
+            "backbone": self.backbone,
+            "extra": dict(self.extra),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> EncoderConfig:
-        return cls(InputContract.from_dict(d["contract"]), d.get("embed_dim", 300),
-                   d.get("backbone", "resnet18"), dict(d.get("extra", {})))
+        return cls(
+            InputContract.from_dict(d["contract"]),
+            d.get("embed_dim", 300),
+            d.get("backbone", "resnet18"),
+            dict(d.get("extra", {})),
+        )
 
 
 #: The projector's default initial weights are scaled by this. Training regularises the projector output
@@ -104,7 +112,7 @@ class Encoder(nn.Module):
         return F.normalize(self.project(x, lengths), dim=-1)
 
 
-_MapAndValid = tuple[torch.Tensor, torch.Tensor]   # a feature map and its real time steps per row
+_MapAndValid = tuple[torch.Tensor, torch.Tensor]  # a feature map and its real time steps per row
 
 
 def _time_keep(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -122,7 +130,7 @@ def _masked_bn(bn: nn.BatchNorm2d, x: torch.Tensor, keep: torch.Tensor) -> torch
     """BatchNorm whose training statistics (and running averages) come from the kept positions only."""
     if not bn.training:
         return bn(x)
-    x, keep = x.float(), keep.float()             # batch statistics in fp32, as autocast runs BatchNorm
+    x, keep = x.float(), keep.float()  # batch statistics in fp32, as autocast runs BatchNorm
     count = keep.sum() * x.shape[2]
     mean = (x * keep).sum(dim=(0, 2, 3)) / count
     var = (((x - mean[None, :, None, None]) ** 2) * keep).sum(dim=(0, 2, 3)) / count
@@ -161,7 +169,7 @@ def _masked_trunk(trunk: nn.Module, h: torch.Tensor, valid: torch.Tensor) -> _Ma
     valid = _halve(valid)
     keep = _time_keep(h, valid)
     h = trunk.relu(_masked_bn(trunk.bn1, h, keep)) * keep
-    h = trunk.maxpool(h)          # values are >= 0 after ReLU, so the zeros act as the pool's -inf padding
+    h = trunk.maxpool(h)  # values are >= 0 after ReLU, so the zeros act as the pool's -inf padding
     valid = _halve(valid)
     h = h * _time_keep(h, valid)
     for layer in (trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4):
@@ -171,8 +179,9 @@ def _masked_trunk(trunk: nn.Module, h: torch.Tensor, valid: torch.Tensor) -> _Ma
 
 
 @torch.inference_mode()
-def embed_waveforms(encoder: Encoder, waveforms: Sequence[np.ndarray], batch_size: int,
-                    device: str | torch.device = "cpu") -> np.ndarray:
+def embed_waveforms(
+    encoder: Encoder, waveforms: Sequence[np.ndarray], batch_size: int, device: str | torch.device = "cpu"
+) -> np.ndarray:
     """The audio encoder over clips in their extraction view -> ``(N, D)`` float32.
 
     Each clip is cut to the encoder's window (:func:`audio_view`, centre) and batched only with clips
@@ -188,7 +197,7 @@ def embed_waveforms(encoder: Encoder, waveforms: Sequence[np.ndarray], batch_siz
             by_len.setdefault(len(w), []).append(i)
     for idx in by_len.values():
         for j in range(0, len(idx), batch_size):
-            chunk = idx[j:j + batch_size]
+            chunk = idx[j : j + batch_size]
             x = torch.from_numpy(np.stack([views[i] for i in chunk])).to(device)
             out[chunk] = encoder(x).float().cpu().numpy()
     return out

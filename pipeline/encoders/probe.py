@@ -22,8 +22,14 @@ from pipeline.metrics import weighted_f1
 PROBES = ("logreg", "knn")
 
 
-def probe_weighted_f1(train_x: np.ndarray, train_y: np.ndarray, dev_x: np.ndarray, dev_y: np.ndarray,
-                      kind: str = "logreg", seed: int = 0) -> float:
+def probe_weighted_f1(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    dev_x: np.ndarray,
+    dev_y: np.ndarray,
+    kind: str = "logreg",
+    seed: int = 0,
+) -> float:
     """Fit a probe on ``(train_x, train_y)``; weighted F1 on ``(dev_x, dev_y)``.
 
     Parameters
@@ -55,8 +61,13 @@ def probe_weighted_f1(train_x: np.ndarray, train_y: np.ndarray, dev_x: np.ndarra
 
 
 @torch.no_grad()
-def embed_samples(encoder: Encoder, samples: MediaSamples, indices: Sequence[int], batch_size: int = 32,
-                  device: str | torch.device = "cpu") -> np.ndarray:
+def embed_samples(
+    encoder: Encoder,
+    samples: MediaSamples,
+    indices: Sequence[int],
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
     """Embeddings ``(N, d)`` float32 of samples ``indices`` in their evaluation view (no augmentation).
 
     Audio goes through :func:`pipeline.encoders.network.embed_waveforms`, the function extraction uses,
@@ -73,7 +84,7 @@ def embed_samples(encoder: Encoder, samples: MediaSamples, indices: Sequence[int
     use_amp = torch.device(device).type == "cuda"
     parts = []
     for s in range(0, len(indices), batch_size):
-        x, _ = load_batch(samples, indices[s:s + batch_size], encoder.contract, train=False, rng=rng)
+        x, _ = load_batch(samples, indices[s : s + batch_size], encoder.contract, train=False, rng=rng)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
             parts.append(encoder(x.to(device)).float().cpu().numpy())
     encoder.train(was_training)

@@ -61,8 +61,14 @@ class MediaSamples:
         The class names.
     """
 
-    def __init__(self, path: str | Path, split: str, modality: str, classes: Sequence[str] | None = None,
-                 labels: Mapping[str, str] | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        split: str,
+        modality: str,
+        classes: Sequence[str] | None = None,
+        labels: Mapping[str, str] | None = None,
+    ):
         if modality not in FLAG_OF:
             raise ValueError(f"unknown modality {modality!r}; expected one of {tuple(FLAG_OF)}")
         self.path = Path(path)
@@ -76,8 +82,10 @@ class MediaSamples:
             missing = [u for u in self.reader.utt_ids if u not in labels]
             if missing:
                 self.reader.close()
-                raise ValueError(f"{self.path} ({split}): no label given for {len(missing)} row(s), e.g. "
-                                 f"{missing[0]!r}; give the labels of the manifest it was decoded from")
+                raise ValueError(
+                    f"{self.path} ({split}): no label given for {len(missing)} row(s), e.g. "
+                    f"{missing[0]!r}; give the labels of the manifest it was decoded from"
+                )
             raw = np.array([labels[u] or "" for u in self.reader.utt_ids], dtype=object).astype(str)
         flag = self.reader.column(FLAG_OF[modality]).astype(bool)
         if classes is None:
@@ -114,9 +122,14 @@ class MediaSamples:
         self.reader.close()
 
 
-def load_batch(samples: MediaSamples, indices: Sequence[int], contract: InputContract, train: bool,
-               rng: np.random.Generator, audio_augment: AudioAugment | None = DEFAULT_AUDIO_AUGMENT
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def load_batch(
+    samples: MediaSamples,
+    indices: Sequence[int],
+    contract: InputContract,
+    train: bool,
+    rng: np.random.Generator,
+    audio_augment: AudioAugment | None = DEFAULT_AUDIO_AUGMENT,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A model-ready batch and, for audio, the real length of each clip.
 
     Parameters
@@ -158,13 +171,20 @@ def load_batch(samples: MediaSamples, indices: Sequence[int], contract: InputCon
         return torch.stack([aug(img) for img in imgs]), None
     batch = torch.stack(imgs)
     if batch.shape[-1] != size or batch.shape[-2] != size:
-        batch = F.interpolate(batch.float(), size=(size, size), mode="bilinear", antialias=True,
-                              align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        batch = (
+            F.interpolate(
+                batch.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)
+        )
     return batch, None
 
 
-def balanced_batches(labels: np.ndarray, batch_size: int, n_batches: int,
-                     rng: np.random.Generator) -> list[np.ndarray]:
+def balanced_batches(
+    labels: np.ndarray, batch_size: int, n_batches: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Class-balanced batches of sample indices (P classes x K samples, FaceNet style).
 
     Only classes with at least two samples take part. P = all of them when ``batch_size`` allows
@@ -185,8 +205,11 @@ def balanced_batches(labels: np.ndarray, batch_size: int, n_batches: int,
     batches = []
     for _ in range(n_batches):
         chosen = rng.choice(len(by_class), size=p, replace=False)
-        batches.append(np.concatenate([rng.choice(by_class[c], size=min(k, len(by_class[c])), replace=False)
-                                       for c in chosen]))
+        batches.append(
+            np.concatenate(
+                [rng.choice(by_class[c], size=min(k, len(by_class[c])), replace=False) for c in chosen]
+            )
+        )
     return batches
 
 
@@ -211,8 +234,15 @@ class TrainBatches(torch.utils.data.Dataset):
         Waveform augmentation.
     """
 
-    def __init__(self, samples: MediaSamples, batches: list[np.ndarray], contract: InputContract, seed: int,
-                 epoch: int, audio_augment: AudioAugment | None):
+    def __init__(
+        self,
+        samples: MediaSamples,
+        batches: list[np.ndarray],
+        contract: InputContract,
+        seed: int,
+        epoch: int,
+        audio_augment: AudioAugment | None,
+    ):
         self.where = (samples.path, samples.split, samples.modality, samples.classes, samples.given_labels)
         self.labels = samples.labels
         self.batches = batches
@@ -232,9 +262,10 @@ class TrainBatches(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, b])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(0, 2**62)))  # torchvision's random image transforms
-            x, lengths = load_batch(self._samples, idx, self.contract, train=True, rng=rng,
-                                    audio_augment=self.audio_augment)
+            x, lengths = load_batch(
+                self._samples, idx, self.contract, train=True, rng=rng, audio_augment=self.audio_augment
+            )
         return x, lengths, torch.from_numpy(self.labels[idx])
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_samples": None}   # workers open their own reader
+        return {**self.__dict__, "_samples": None}  # workers open their own reader

@@ -56,12 +56,20 @@ STATE_FORMAT = "m2f-encoder-train-state-1"
 _PART_NAMES = ("triplet", "var", "cov", "active", "margin")
 
 
-def train_encoders(media_path: str | Path, out_dir: str | Path,
-                   modalities: Sequence[str] = ENCODER_KINDS, epochs: int | None = None,
-                   device: str = "cpu", seed: int = 0, batch_size: int | None = None,
-                   steps_per_epoch: int | None = None, overwrite: bool = False,
-                   contract_overrides: dict[str, dict] | None = None,
-                   labels: Mapping[str, str] | None = None, **options) -> dict[str, Path]:
+def train_encoders(
+    media_path: str | Path,
+    out_dir: str | Path,
+    modalities: Sequence[str] = ENCODER_KINDS,
+    epochs: int | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    batch_size: int | None = None,
+    steps_per_epoch: int | None = None,
+    overwrite: bool = False,
+    contract_overrides: dict[str, dict] | None = None,
+    labels: Mapping[str, str] | None = None,
+    **options,
+) -> dict[str, Path]:
     """Train the extractors of ``modalities`` on ``media.h5`` and write ``<out_dir>/<modality>.pt``.
 
     Parameters
@@ -106,8 +114,10 @@ def train_encoders(media_path: str | Path, out_dir: str | Path,
     """
     media_path = Path(media_path)
     if not media_path.exists():
-        raise FileNotFoundError(f"media file {media_path} does not exist; run `m2f extract` (media stage) "
-                                "first or pass the right --media path")
+        raise FileNotFoundError(
+            f"media file {media_path} does not exist; run `m2f extract` (media stage) "
+            "first or pass the right --media path"
+        )
     unknown = [m for m in modalities if m not in ENCODER_KINDS]
     if unknown:
         raise ValueError(f"unknown modalities {unknown}; expected some of {ENCODER_KINDS}")
@@ -118,10 +128,15 @@ def train_encoders(media_path: str | Path, out_dir: str | Path,
     with folder_lock(out_dir, ".train-encoders.lock", f"training encoders into {out_dir}"):
         for m in modalities:
             cfg = EncoderTrainConfig(
-                modality=m, epochs=epochs if epochs is not None else default_epochs(m, device),
-                batch_size=batch_size or DEFAULT_BATCH.get(kind, 32), steps_per_epoch=steps_per_epoch,
-                seed=seed, amp=(kind == "cuda"),
-                contract_overrides=dict((contract_overrides or {}).get(m, {})), **options)
+                modality=m,
+                epochs=epochs if epochs is not None else default_epochs(m, device),
+                batch_size=batch_size or DEFAULT_BATCH.get(kind, 32),
+                steps_per_epoch=steps_per_epoch,
+                seed=seed,
+                amp=(kind == "cuda"),
+                contract_overrides=dict((contract_overrides or {}).get(m, {})),
+                **options,
+            )
             target = out_dir / f"{m}.pt"
             if target.exists() and not overwrite:
                 log.info("%s exists; not retraining (pass overwrite=True / --overwrite)", target)
@@ -136,8 +151,13 @@ def state_path_for(out_path: Path) -> Path:
     return out_path.parent / ".train-state" / out_path.name
 
 
-def train_encoder(media_path: str | Path, out_path: str | Path, cfg: EncoderTrainConfig,
-                  device: str = "cpu", labels: Mapping[str, str] | None = None) -> Path:
+def train_encoder(
+    media_path: str | Path,
+    out_path: str | Path,
+    cfg: EncoderTrainConfig,
+    device: str = "cpu",
+    labels: Mapping[str, str] | None = None,
+) -> Path:
     """Train one extractor per ``cfg`` and save it to ``out_path`` (resuming a killed run).
 
     Returns
@@ -150,16 +170,26 @@ def train_encoder(media_path: str | Path, out_path: str | Path, cfg: EncoderTrai
     counts = train.label_counts()
     usable = [c for c, n in counts.items() if n >= 2]
     encoder = build_encoder(cfg.modality, seed=cfg.seed, **_contract(train, cfg))
-    base_meta = {"modality": cfg.modality, "media": str(media_path), "train_config": cfg.to_dict(),
-                 "classes": list(train.classes), "train_counts": counts,
-                 "labels_from": "media.h5" if labels is None else "given (the manifest's)"}
+    base_meta = {
+        "modality": cfg.modality,
+        "media": str(media_path),
+        "train_config": cfg.to_dict(),
+        "classes": list(train.classes),
+        "train_counts": counts,
+        "labels_from": "media.h5" if labels is None else "given (the manifest's)",
+    }
     if len(usable) < 2:
-        note = (f"too little {cfg.modality} data in {media_path} to train (label counts {counts}; need at "
-                "least 2 labels with >= 2 samples): the encoder keeps its seeded random weights")
+        note = (
+            f"too little {cfg.modality} data in {media_path} to train (label counts {counts}; need at "
+            "least 2 labels with >= 2 samples): the encoder keeps its seeded random weights"
+        )
         log.warning(note)
         train.close()
-        return save_encoder(encoder, out_path, **plain(
-            {"trained": False, "note": note, "history": [], "quality": None, **base_meta}))
+        return save_encoder(
+            encoder,
+            out_path,
+            **plain({"trained": False, "note": note, "history": [], "quality": None, **base_meta}),
+        )
     dev = _open_split(media_path, "dev", cfg.modality, train.classes, labels, required=False)
     try:
         meta = _fit(encoder, train, dev, cfg, device, state_path_for(out_path))
@@ -178,16 +208,26 @@ def plain(obj):
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
-def _open_split(media_path: Path, split: str, modality: str, classes, labels: Mapping[str, str] | None,
-                required: bool = True) -> MediaSamples | None:
+def _open_split(
+    media_path: Path,
+    split: str,
+    modality: str,
+    classes,
+    labels: Mapping[str, str] | None,
+    required: bool = True,
+) -> MediaSamples | None:
     try:
         return MediaSamples(media_path, split, modality, classes, labels)
     except KeyError as e:
         if required:
-            raise ValueError(f"{media_path} has no {split!r} split ({e}); encoders train on the train split "
-                             "of the media cache: rebuild it with `m2f extract`") from e
-        log.warning(f"{media_path} has no {split!r} split: model selection and the quality figure use a "
-                    "held-out fifth of train")
+            raise ValueError(
+                f"{media_path} has no {split!r} split ({e}); encoders train on the train split "
+                "of the media cache: rebuild it with `m2f extract`"
+            ) from e
+        log.warning(
+            f"{media_path} has no {split!r} split: model selection and the quality figure use a "
+            "held-out fifth of train"
+        )
         return None
 
 
@@ -201,9 +241,14 @@ def _contract(train: MediaSamples, cfg: EncoderTrainConfig) -> dict:
     return over
 
 
-def _fit(encoder: Encoder, train: MediaSamples, dev: MediaSamples | None, cfg: EncoderTrainConfig,
-         device: str,
-         state_path: Path) -> dict:
+def _fit(
+    encoder: Encoder,
+    train: MediaSamples,
+    dev: MediaSamples | None,
+    cfg: EncoderTrainConfig,
+    device: str,
+    state_path: Path,
+) -> dict:
     """The epoch loop with per-epoch probe, best-epoch selection and resumable state. Returns meta."""
     encoder.to(device)
     opt = torch.optim.Adam(encoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -211,8 +256,14 @@ def _fit(encoder: Encoder, train: MediaSamples, dev: MediaSamples | None, cfg: E
     state = _load_state(state_path, cfg)
     if state is None:
         untrained = _probe(encoder, probe_sets, cfg, device)
-        state = {"epoch": 0, "history": [], "best_score": -math.inf, "best_epoch": 0,
-                 "best": _cpu_state(encoder), "untrained": untrained}
+        state = {
+            "epoch": 0,
+            "history": [],
+            "best_score": -math.inf,
+            "best_epoch": 0,
+            "best": _cpu_state(encoder),
+            "untrained": untrained,
+        }
         log.info("%s: untrained probe %s wF1 %.4f", cfg.modality, cfg.probe, untrained)
     else:
         encoder.load_state_dict(state["model"])
@@ -231,21 +282,45 @@ def _fit(encoder: Encoder, train: MediaSamples, dev: MediaSamples | None, cfg: E
             state.update(best_score=score, best_epoch=epoch, best=_cpu_state(encoder))
         state["epoch"] = epoch
         _save_state(state_path, state, encoder, opt, cfg)
-        log.info("%s epoch %d/%d: loss %.4f, dev probe wF1 %s (%.1f s)", cfg.modality, epoch, cfg.epochs,
-                 losses["loss"], "-" if score is None else f"{score:.4f}", entry["seconds"])
+        log.info(
+            "%s epoch %d/%d: loss %.4f, dev probe wF1 %s (%.1f s)",
+            cfg.modality,
+            epoch,
+            cfg.epochs,
+            losses["loss"],
+            "-" if score is None else f"{score:.4f}",
+            entry["seconds"],
+        )
     loader.close()
     encoder.load_state_dict(state["best"])
     n_tr, n_dev = len(probe_sets[0][1]), len(probe_sets[1][1])
     held_out = "dev weighted F1" if probe_sets[1][0] is dev else "weighted F1 on a held-out fifth of train"
-    quality = {"probe": cfg.probe, "metric": held_out,
-               "trained": state["best_score"], "untrained": state["untrained"],
-               "n_probe_train": n_tr, "n_probe_dev": n_dev}
-    return {"history": state["history"], "best_epoch": state["best_epoch"], "quality": quality,
-            "dev_counts": dev.label_counts() if dev is not None else None}
+    quality = {
+        "probe": cfg.probe,
+        "metric": held_out,
+        "trained": state["best_score"],
+        "untrained": state["untrained"],
+        "n_probe_train": n_tr,
+        "n_probe_dev": n_dev,
+    }
+    return {
+        "history": state["history"],
+        "best_epoch": state["best_epoch"],
+        "quality": quality,
+        "dev_counts": dev.label_counts() if dev is not None else None,
+    }
 
 
-def train_epoch(encoder: Encoder, opt: torch.optim.Optimizer, train: MediaSamples, cfg: EncoderTrainConfig,
-                device: str, epoch: int, steps: int, loader: TrainLoader | None = None) -> dict[str, float]:
+def train_epoch(
+    encoder: Encoder,
+    opt: torch.optim.Optimizer,
+    train: MediaSamples,
+    cfg: EncoderTrainConfig,
+    device: str,
+    epoch: int,
+    steps: int,
+    loader: TrainLoader | None = None,
+) -> dict[str, float]:
     """One epoch of ``steps`` semi-hard triplet steps; its random stream depends only on (seed, epoch).
 
     ``loader``: the run's :class:`TrainLoader` (one is made for this epoch alone without it).
@@ -319,10 +394,19 @@ def _resume_key(cfg: EncoderTrainConfig) -> dict:
     return d
 
 
-def _save_state(path: Path, state: dict, encoder: Encoder, opt: torch.optim.Optimizer,
-                cfg: EncoderTrainConfig) -> None:
-    atomic_torch_save({**state, "format": STATE_FORMAT, "config": _resume_key(cfg),
-                       "model": _cpu_state(encoder), "optim": opt.state_dict()}, path)
+def _save_state(
+    path: Path, state: dict, encoder: Encoder, opt: torch.optim.Optimizer, cfg: EncoderTrainConfig
+) -> None:
+    atomic_torch_save(
+        {
+            **state,
+            "format": STATE_FORMAT,
+            "config": _resume_key(cfg),
+            "model": _cpu_state(encoder),
+            "optim": opt.state_dict(),
+        },
+        path,
+    )
 
 
 def _load_state(path: Path, cfg: EncoderTrainConfig) -> dict | None:
@@ -332,11 +416,14 @@ def _load_state(path: Path, cfg: EncoderTrainConfig) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"training state {path} is unreadable ({e}); delete it to start this encoder "
-                         "from scratch") from e
+        raise ValueError(
+            f"training state {path} is unreadable ({e}); delete it to start this encoder from scratch"
+        ) from e
     if state.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not an m2f encoder training state; delete it to start from scratch")
     if state["config"] != _resume_key(cfg):
-        raise ValueError(f"training state {path} was made with other settings ({state['config']}); rerun "
-                         "with the same options, or delete it to start from scratch")
+        raise ValueError(
+            f"training state {path} was made with other settings ({state['config']}); rerun "
+            "with the same options, or delete it to start from scratch"
+        )
     return state

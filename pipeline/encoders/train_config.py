@@ -19,8 +19,14 @@ from pipeline.encoders.augment import AudioAugment
 from pipeline.encoders.losses import LossConfig
 from pipeline.encoders.recipe_version import ENCODER_RECIPE_VERSION
 
-__all__ = ["CPU_EPOCHS", "DEFAULT_BATCH", "ENCODER_RECIPE_VERSION", "PAPER_EPOCHS", "EncoderTrainConfig",
-           "default_epochs"]
+__all__ = [
+    "CPU_EPOCHS",
+    "DEFAULT_BATCH",
+    "ENCODER_RECIPE_VERSION",
+    "PAPER_EPOCHS",
+    "EncoderTrainConfig",
+    "default_epochs",
+]
 
 CPU_EPOCHS = 5
 PAPER_EPOCHS = {"audio": 60, "face": 100, "scene": 100}

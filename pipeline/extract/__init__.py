@@ -20,5 +20,12 @@ from pipeline.extract.engine import make_local_cluster
 from pipeline.extract.options import ExtractError, ExtractOptions, ExtractResult, format_summary
 from pipeline.extract.stage_encoders import encoder_identity
 
-__all__ = ["ExtractError", "ExtractOptions", "ExtractResult", "encoder_identity", "format_summary",
-           "make_local_cluster", "run_extract"]
+__all__ = [
+    "ExtractError",
+    "ExtractOptions",
+    "ExtractResult",
+    "encoder_identity",
+    "format_summary",
+    "make_local_cluster",
+    "run_extract",
+]

@@ -47,8 +47,10 @@ def check_workers_see(client, paths: Iterable[str]) -> None:
     if missing:
         addr, miss = next(iter(missing.items()))
         more = f" (and {len(missing) - 1} other worker(s))" if len(missing) > 1 else ""
-        raise ExtractError(f"dask worker {addr}{more} cannot read {miss[0]}: the workers need the driver's "
-                           "file paths; run them on a shared file system mounted at the same path")
+        raise ExtractError(
+            f"dask worker {addr}{more} cannot read {miss[0]}: the workers need the driver's "
+            "file paths; run them on a shared file system mounted at the same path"
+        )
 
 
 def clip_folders(utterances: Iterable[Utterance], most: int = 16) -> list[str]:

@@ -38,8 +38,9 @@ from pipeline.extract.stage_text import (
 from pipeline.store.cache import config_hash
 
 
-def run_extract(opts: ExtractOptions, client=None,
-                on_written: Callable[[object, int], None] | None = None) -> ExtractResult:
+def run_extract(
+    opts: ExtractOptions, client=None, on_written: Callable[[object, int], None] | None = None
+) -> ExtractResult:
     """Run every stage of ``m2f extract``; returns the features path and what was measured.
 
     Parameters
@@ -100,8 +101,9 @@ def run_extract(opts: ExtractOptions, client=None,
         spec = make_embed_spec(opts, media_file, enc_spec, text_model, media_cfg, enc_id, txt_id)
         result.embed_spec = spec
         engine.require_shared([layout.dataset_dir, *embed_inputs(spec)])
-        result.features = stage_embed(engine, opts, selected, spec, config, config_hash(config), result,
-                                      on_written)
+        result.features = stage_embed(
+            engine, opts, selected, spec, config, config_hash(config), result, on_written
+        )
     finally:
         engine.close()
     ids = problem_ids(result.problems)

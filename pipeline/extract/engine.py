@@ -68,8 +68,15 @@ def make_local_cluster(n_workers: int, security=None):
     if os.environ.get(_DASK_TRIM) == "65536":  # left in this process's environment by an earlier nanny
         del os.environ[_DASK_TRIM]
     with dask.config.set({f"distributed.nanny.pre-spawn-environ.{_DASK_TRIM}": None}):
-        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                            dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, security=security)
+        return LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            silence_logs=logging.ERROR,
+            security=security,
+        )
 
 
 def local_worker_count(opts: ExtractOptions) -> int:
@@ -94,7 +101,7 @@ class Engine:
 
     def __init__(self, opts: ExtractOptions, client=None):
         self.opts, self._client, self._own = opts, client, []
-        self._shared: set[str] = set()   # paths every worker must read, checked before the next task
+        self._shared: set[str] = set()  # paths every worker must read, checked before the next task
         self._security = load_security(opts.security)  # a bad --security file fails before any work
 
     @property
@@ -104,8 +111,9 @@ class Engine:
 
             if self.opts.scheduler:
                 self._client = Client(self.opts.scheduler, security=self._security)
-                logger.info("connected to %s; dashboard: %s", self.opts.scheduler,
-                            self._client.dashboard_link)
+                logger.info(
+                    "connected to %s; dashboard: %s", self.opts.scheduler, self._client.dashboard_link
+                )
             else:
                 n = local_worker_count(self.opts)
                 cluster = make_local_cluster(n, self._security)
@@ -141,9 +149,15 @@ class Engine:
                 obj.close()
         self._own = []
 
-    def map_partitions(self, fn: Callable, parts: Sequence[list[Utterance]], *args,
-                       desc: str, on_result: Callable[[dict], None],
-                       on_written: Callable[[object, int], None] | None = None) -> None:
+    def map_partitions(
+        self,
+        fn: Callable,
+        parts: Sequence[list[Utterance]],
+        *args,
+        desc: str,
+        on_result: Callable[[dict], None],
+        on_written: Callable[[object, int], None] | None = None,
+    ) -> None:
         """Submit ``fn(part, *args)`` per partition; call ``on_result`` in completion order.
 
         A tqdm bar on stderr counts utterances. ``on_written(client, i)`` runs after the i-th result
@@ -156,11 +170,21 @@ class Engine:
             return
         client = self.client
         self._check_shared()
-        futures = [client.submit(fn, p, *args, retries=self.opts.retries, pure=False,
-                                 key=f"{desc}-{i}-{os.urandom(4).hex()}") for i, p in enumerate(parts)]
+        futures = [
+            client.submit(
+                fn, p, *args, retries=self.opts.retries, pure=False, key=f"{desc}-{i}-{os.urandom(4).hex()}"
+            )
+            for i, p in enumerate(parts)
+        ]
         sizes = {f.key: len(p) for f, p in zip(futures, parts, strict=True)}
-        with tqdm(total=sum(sizes.values()), desc=desc, unit="utt", file=sys.stderr,
-                  dynamic_ncols=True, mininterval=0.5) as bar:
+        with tqdm(
+            total=sum(sizes.values()),
+            desc=desc,
+            unit="utt",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        ) as bar:
             for i, fut in enumerate(as_completed(futures)):
                 on_result(fut.result())
                 bar.update(sizes[fut.key])

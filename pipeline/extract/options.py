@@ -37,9 +37,9 @@ class EmbedSpec:
     modalities: tuple[str, ...]
     device: str
     batch: int
-    media: str | None             # media.h5; None when neither audio nor visual
-    encoders: str | None          # "random" or a folder; None when neither audio nor visual
-    text_model: str | None        # what TextEmbedder loads; None when text is not requested
+    media: str | None  # media.h5; None when neither audio nor visual
+    encoders: str | None  # "random" or a folder; None when neither audio nor visual
+    text_model: str | None  # what TextEmbedder loads; None when text is not requested
     n_frames: int = 15
     encoders_id: str | None = None
     text_id: str | None = None
@@ -132,13 +132,16 @@ class ExtractOptions:
         if self.device not in ("cpu", "cuda"):
             raise ExtractError(f"device {self.device!r}: choose cpu or cuda")
         if self.text_model is not None and self.text_base is not None:
-            raise ExtractError("--text-model (used frozen) and --text-base (fine-tuned) exclude each other; "
-                               "pass one")
+            raise ExtractError(
+                "--text-model (used frozen) and --text-base (fine-tuned) exclude each other; pass one"
+            )
         if self.text_context not in ("full", "past"):
             raise ExtractError(f"--text-context {self.text_context!r}: choose full or past")
         if self.text_model is not None and self.text_context != "full":
-            raise ExtractError("--text-context applies to the text model fine-tuned here; a --text-model "
-                               "folder embeds with the context it was fine-tuned with (its m2f_text.json)")
+            raise ExtractError(
+                "--text-context applies to the text model fine-tuned here; a --text-model "
+                "folder embeds with the context it was fine-tuned with (its m2f_text.json)"
+            )
         if self.workers < 1:
             raise ExtractError(f"--workers {self.workers}: must be at least 1")
         if self.limit is not None and self.limit < 1:
@@ -181,14 +184,14 @@ class ExtractResult:
     manifest: Path
     media: Path | None
     summary: dict[str, SplitSummary]
-    seconds: dict[str, float] = field(default_factory=dict)      # wall time per driver stage
-    work: dict[str, float] = field(default_factory=dict)         # summed worker time per sub-stage
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per driver stage
+    work: dict[str, float] = field(default_factory=dict)  # summed worker time per sub-stage
     workers: dict[str, dict] = field(default_factory=dict)  # pid -> {loads: {kind: n}, peak_rss_mb, tasks}
     text_model: str | None = None
     encoders: str | None = None
-    problems: Path | None = None                 # problems.jsonl of the media cache
-    embed_problems: Path | None = None           # problems.jsonl of the embed stage, beside features.h5
-    embed_spec: EmbedSpec | None = None          # what every embed task was given
+    problems: Path | None = None  # problems.jsonl of the media cache
+    embed_problems: Path | None = None  # problems.jsonl of the embed stage, beside features.h5
+    embed_spec: EmbedSpec | None = None  # what every embed task was given
 
     def merge_work(self, seconds: dict[str, float]) -> None:
         """Add a task's seconds per sub-stage to :attr:`work`."""

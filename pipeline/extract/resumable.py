@@ -19,10 +19,20 @@ from pipeline.store.cache import ShardedWriter
 logger = logging.getLogger(__name__)
 
 
-def run_resumable_stage(engine: Engine, writer: ShardedWriter, selected: Sequence[Utterance],
-                        result: ExtractResult, *, stage: str, label: str, task: Callable, task_args: tuple,
-                        write: Callable[[dict], None], order: Mapping[str, Sequence[str]] | None = None,
-                        on_written: Callable[[object, int], None] | None = None) -> set[str]:
+def run_resumable_stage(
+    engine: Engine,
+    writer: ShardedWriter,
+    selected: Sequence[Utterance],
+    result: ExtractResult,
+    *,
+    stage: str,
+    label: str,
+    task: Callable,
+    task_args: tuple,
+    write: Callable[[dict], None],
+    order: Mapping[str, Sequence[str]] | None = None,
+    on_written: Callable[[object, int], None] | None = None,
+) -> set[str]:
     """Run ``task(partition, *task_args)`` over the selected utterances ``writer`` does not hold yet.
 
     Parameters
@@ -57,8 +67,13 @@ def run_resumable_stage(engine: Engine, writer: ShardedWriter, selected: Sequenc
     if not todo and writer.is_complete():
         logger.info("%s: complete, %s", label, writer.path)
         return done
-    logger.info("%s: %d of %d utterances already written, %d to do", label, len(selected) - len(todo),
-                len(selected), len(todo))
+    logger.info(
+        "%s: %d of %d utterances already written, %d to do",
+        label,
+        len(selected) - len(todo),
+        len(selected),
+        len(todo),
+    )
 
     def on_result(res: dict) -> None:
         t = time.perf_counter()
@@ -67,8 +82,9 @@ def run_resumable_stage(engine: Engine, writer: ShardedWriter, selected: Sequenc
         result.note_worker(res["stats"])
 
     t0 = time.perf_counter()
-    engine.map_partitions(task, engine.partitions(todo), *task_args, desc=stage, on_result=on_result,
-                          on_written=on_written)
+    engine.map_partitions(
+        task, engine.partitions(todo), *task_args, desc=stage, on_result=on_result, on_written=on_written
+    )
     t = time.perf_counter()
     writer.finalize(order)  # merged shard by shard, never the whole file in memory
     result.merge_work({"write": time.perf_counter() - t})

@@ -16,19 +16,35 @@ from pipeline.store.atomic import atomic_write_json, atomic_write_text
 from pipeline.store.cache import FeatureWriter
 
 
-def feature_config(opts: ExtractOptions, manifest_key: str, media_cfg: dict | None, encoders_id: str | None,
-                   text_id: str | None) -> dict:
+def feature_config(
+    opts: ExtractOptions,
+    manifest_key: str,
+    media_cfg: dict | None,
+    encoders_id: str | None,
+    text_id: str | None,
+) -> dict:
     """Every option that changes the numbers of ``features.h5``; its hash names the folder."""
     return {
-        "dataset": opts.dataset, "manifest": manifest_key, "splits": list(opts.splits), "limit": opts.limit,
-        "modalities": sorted(opts.modalities), "media": media_cfg, "encoders": encoders_id,
+        "dataset": opts.dataset,
+        "manifest": manifest_key,
+        "splits": list(opts.splits),
+        "limit": opts.limit,
+        "modalities": sorted(opts.modalities),
+        "media": media_cfg,
+        "encoders": encoders_id,
         "text_model": text_id,
     }
 
 
-def make_embed_spec(opts: ExtractOptions, media_file: Path | None, encoders: str | None,
-                    text_model: str | None, media_cfg: dict | None, encoders_id: str | None = None,
-                    text_id: str | None = None) -> EmbedSpec:
+def make_embed_spec(
+    opts: ExtractOptions,
+    media_file: Path | None,
+    encoders: str | None,
+    text_model: str | None,
+    media_cfg: dict | None,
+    encoders_id: str | None = None,
+    text_id: str | None = None,
+) -> EmbedSpec:
     """What each embed task gets; the media file is made absolute (a worker may run in another folder).
 
     ``encoders_id`` and ``text_id`` are the content identities of the weights (workers cache loaded
@@ -36,8 +52,17 @@ def make_embed_spec(opts: ExtractOptions, media_file: Path | None, encoders: str
     """
     n_frames = int(media_cfg["n_frames"]) if media_cfg else 15
     media = str(Path(media_file).resolve()) if media_file is not None else None
-    return EmbedSpec(tuple(opts.modalities), opts.device, opts.batch, media, encoders, text_model, n_frames,
-                     encoders_id, text_id)
+    return EmbedSpec(
+        tuple(opts.modalities),
+        opts.device,
+        opts.batch,
+        media,
+        encoders,
+        text_model,
+        n_frames,
+        encoders_id,
+        text_id,
+    )
 
 
 def embed_inputs(spec: EmbedSpec) -> list[str]:
@@ -46,9 +71,16 @@ def embed_inputs(spec: EmbedSpec) -> list[str]:
     return [p for p in paths if p is not None and Path(p).is_absolute()]
 
 
-def stage_embed(engine: Engine, opts: ExtractOptions, selected: list[Utterance], spec: EmbedSpec,
-                config: dict, config_key: str, result: ExtractResult,
-                on_written: Callable[[object, int], None] | None = None) -> Path:
+def stage_embed(
+    engine: Engine,
+    opts: ExtractOptions,
+    selected: list[Utterance],
+    spec: EmbedSpec,
+    config: dict,
+    config_key: str,
+    result: ExtractResult,
+    on_written: Callable[[object, int], None] | None = None,
+) -> Path:
     """Encoders and text model over the selection -> ``features.h5`` (skip what is written)."""
     path = opts.layout.features_file(config_key)
     problems_log = opts.layout.features_problems(config_key)
@@ -65,9 +97,19 @@ def stage_embed(engine: Engine, opts: ExtractOptions, selected: list[Utterance],
 
         for u in selected:  # every split in the summary before the first result arrives
             result.summary.setdefault(u.split, SplitSummary())
-        done = run_resumable_stage(engine, writer, selected, result, stage="embed", label="features",
-                                   task=embed_partition, task_args=(spec,), write=write,
-                                   order=order_by_split(selected), on_written=on_written)
+        done = run_resumable_stage(
+            engine,
+            writer,
+            selected,
+            result,
+            stage="embed",
+            label="features",
+            task=embed_partition,
+            task_args=(spec,),
+            write=write,
+            order=order_by_split(selected),
+            on_written=on_written,
+        )
         for u in selected:
             s = result.summary[u.split]
             s.total += 1

@@ -52,8 +52,9 @@ def stored_labels(media_path: str | Path) -> dict[str, str]:
     return out
 
 
-def stage_encoders(opts: ExtractOptions, media_path: Path | None, media_key: str,
-                   labels: Mapping[str, str]) -> str | None:
+def stage_encoders(
+    opts: ExtractOptions, media_path: Path | None, media_key: str, labels: Mapping[str, str]
+) -> str | None:
     """The encoders workers load: ``random``, or the absolute path of a given, cached or trained folder.
 
     ``labels`` (:func:`training_labels`) are what default encoders are trained on and keyed by.
@@ -61,8 +62,9 @@ def stage_encoders(opts: ExtractOptions, media_path: Path | None, media_key: str
     if not opts.needs_media:
         return None
     if opts.encoders == "random":
-        logger.info("encoders: RANDOM weights (seeded, reproducible) -- features carry no learned "
-                    "information")
+        logger.info(
+            "encoders: RANDOM weights (seeded, reproducible) -- features carry no learned information"
+        )
         return "random"
     if opts.encoders is not None:
         folder = Path(opts.encoders).resolve()
@@ -79,18 +81,27 @@ def stage_encoders(opts: ExtractOptions, media_path: Path | None, media_key: str
         raise ExtractError(
             f"no trained encoders in {folder} (missing {missing}) and encoder training is not available "
             f"({e}); pass `--encoders random` for seeded random weights or `--encoders DIR` with "
-            "audio.pt, face.pt, scene.pt") from e
-    logger.info("encoders: training %s on %s -> %s (pass --encoders DIR|random to skip)", missing, media_path,
-                folder)
+            "audio.pt, face.pt, scene.pt"
+        ) from e
+    logger.info(
+        "encoders: training %s on %s -> %s (pass --encoders DIR|random to skip)", missing, media_path, folder
+    )
     # triplets only over the corpus's standard classes (IEMOCAP's xxx/oth/sur are not emotions to learn)
-    train_encoders(media_path, folder, modalities=tuple(missing), device=opts.device,
-                   classes=CLASS_MAPS.get(opts.dataset), labels=labels)
+    train_encoders(
+        media_path,
+        folder,
+        modalities=tuple(missing),
+        device=opts.device,
+        classes=CLASS_MAPS.get(opts.dataset),
+        labels=labels,
+    )
     check_encoder_dir(folder, "trained encoders")
     return str(folder)
 
 
-def cached_encoders(opts: ExtractOptions, media_key: str, labels: Mapping[str, str]
-                    ) -> tuple[Path, list[str]]:
+def cached_encoders(
+    opts: ExtractOptions, media_key: str, labels: Mapping[str, str]
+) -> tuple[Path, list[str]]:
     """The default encoder folder for this media, these labels and the current recipe, and the
     checkpoints it still lacks."""
     folder = opts.layout.encoders_dir(media_key, labels_key(labels))
@@ -100,17 +111,21 @@ def cached_encoders(opts: ExtractOptions, media_key: str, labels: Mapping[str, s
 def check_trainable(opts: ExtractOptions, folder: Path) -> None:
     """Encoders can be trained only with the train split selected."""
     if "train" not in opts.splits:
-        raise ExtractError(f"no trained encoders in {folder}, and they are trained on the train split, which "
-                           f"--splits {','.join(opts.splits)} leaves out; add train to --splits, or pass "
-                           "`--encoders DIR` or `--encoders random`")
+        raise ExtractError(
+            f"no trained encoders in {folder}, and they are trained on the train split, which "
+            f"--splits {','.join(opts.splits)} leaves out; add train to --splits, or pass "
+            "`--encoders DIR` or `--encoders random`"
+        )
 
 
 def check_encoder_dir(folder: Path, what: str) -> None:
     """``folder`` holds ``audio.pt``, ``face.pt``, ``scene.pt``, or :class:`ExtractError` says what to do."""
     missing = [f"{m}.pt" for m in ENCODER_KINDS if not (folder / f"{m}.pt").exists()]
     if missing:
-        raise ExtractError(f"{what} {folder} lacks {missing}; train them with `m2f train-encoders` "
-                           "or pass `--encoders random`")
+        raise ExtractError(
+            f"{what} {folder} lacks {missing}; train them with `m2f train-encoders` "
+            "or pass `--encoders random`"
+        )
 
 
 def check_given_encoders(opts: ExtractOptions, media_cfg: dict) -> None:
@@ -142,13 +157,20 @@ def check_encoder_weights(folder: Path) -> None:
             encoder = load_encoder(path)
         except Exception as e:  # a foreign pickle, truncated bytes, wrong shapes: all mean "not usable"
             first = " ".join(str(e).split())[:300]
-            raise ExtractError(f"--encoders: {path} cannot be loaded ({type(e).__name__}: {first}); "
-                               "retrain it with `m2f train-encoders` or pass `--encoders random`") from e
-        bad = [name for name, t in encoder.state_dict().items()
-               if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+            raise ExtractError(
+                f"--encoders: {path} cannot be loaded ({type(e).__name__}: {first}); "
+                "retrain it with `m2f train-encoders` or pass `--encoders random`"
+            ) from e
+        bad = [
+            name
+            for name, t in encoder.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())
+        ]
         if bad:
-            raise ExtractError(f"--encoders: {path} holds NaN or infinite weights (in {bad[0]}); retrain it "
-                               "with `m2f train-encoders` or pass `--encoders random`")
+            raise ExtractError(
+                f"--encoders: {path} holds NaN or infinite weights (in {bad[0]}); retrain it "
+                "with `m2f train-encoders` or pass `--encoders random`"
+            )
 
 
 def encoder_identity(spec: str | None, seed: int = 0) -> str | None:
@@ -178,8 +200,10 @@ def encoder_contracts(spec: str) -> dict:
         return {m: InputContract(m) for m in ENCODER_KINDS}
     folder = Path(spec)
     try:
-        return {m: EncoderConfig.from_dict(load_checkpoint(folder / f"{m}.pt")["config"]).contract
-                for m in ENCODER_KINDS}
+        return {
+            m: EncoderConfig.from_dict(load_checkpoint(folder / f"{m}.pt")["config"]).contract
+            for m in ENCODER_KINDS
+        }
     except (FileNotFoundError, ValueError) as e:
         raise ExtractError(str(e).splitlines()[0]) from e
 
@@ -196,8 +220,9 @@ def random_kinds(spec: str) -> set[str]:
     return {m for m, meta in metas.items() if meta.get("random")}
 
 
-def contract_mismatches(spec: str, contracts: dict, media_cfg: dict, modalities: Sequence[str],
-                        media_name: str) -> list[str]:
+def contract_mismatches(
+    spec: str, contracts: dict, media_cfg: dict, modalities: Sequence[str], media_name: str
+) -> list[str]:
     """What the encoders expect that the media does not hold, one sentence each (empty: they agree).
 
     Audio: sample rate and longest clip (``max_seconds``). Face and scene: the image size, for trained
@@ -208,11 +233,15 @@ def contract_mismatches(spec: str, contracts: dict, media_cfg: dict, modalities:
     if "audio" in modalities:
         c = contracts["audio"]
         if int(c.sample_rate) != int(media_cfg["sample_rate"]):
-            out.append(f"{where} expects {c.sample_rate} Hz audio but {media_name} holds "
-                       f"{media_cfg['sample_rate']} Hz")
+            out.append(
+                f"{where} expects {c.sample_rate} Hz audio but {media_name} holds "
+                f"{media_cfg['sample_rate']} Hz"
+            )
         if float(c.max_seconds) != float(media_cfg["max_seconds"]):
-            out.append(f"{where} expects clips of at most {c.max_seconds:g} s but {media_name} holds up to "
-                       f"{float(media_cfg['max_seconds']):g} s")
+            out.append(
+                f"{where} expects clips of at most {c.max_seconds:g} s but {media_name} holds up to "
+                f"{float(media_cfg['max_seconds']):g} s"
+            )
     if "visual" in modalities:
         resized = random_kinds(spec)  # random weights have no trained size: crops are resized to them
         for kind, key in (("face", "face_size"), ("scene", "scene_size")):
@@ -220,8 +249,10 @@ def contract_mismatches(spec: str, contracts: dict, media_cfg: dict, modalities:
                 continue
             size = contracts[kind].image_size
             if int(size) != int(media_cfg[key]):
-                out.append(f"{Path(spec) / (kind + '.pt')} expects {size} px {kind} images but {media_name} "
-                           f"holds {media_cfg[key]} px")
+                out.append(
+                    f"{Path(spec) / (kind + '.pt')} expects {size} px {kind} images but {media_name} "
+                    f"holds {media_cfg[key]} px"
+                )
     return out
 
 
@@ -236,8 +267,9 @@ def stored_media_config(media_file: Path) -> dict:
     return json.loads(stored)
 
 
-def check_input_contract(spec: str | None, media_cfg: dict, modalities: Sequence[str],
-                         media_name: str) -> None:
+def check_input_contract(
+    spec: str | None, media_cfg: dict, modalities: Sequence[str], media_name: str
+) -> None:
     """Compare the encoders' input contracts with a media config (see :func:`contract_mismatches`).
 
     Raises
@@ -250,5 +282,7 @@ def check_input_contract(spec: str | None, media_cfg: dict, modalities: Sequence
     bad = contract_mismatches(spec, encoder_contracts(spec), media_cfg, modalities, media_name)
     if bad:
         more = f" ({len(bad) - 1} more mismatch(es))" if len(bad) > 1 else ""
-        raise ExtractError(f"{bad[0]}{more}; use encoders trained on this media (`m2f train-encoders`) or "
-                           "extract the media with the encoders' settings")
+        raise ExtractError(
+            f"{bad[0]}{more}; use encoders trained on this media (`m2f train-encoders`) or "
+            "extract the media with the encoders' settings"
+        )

@@ -37,8 +37,19 @@ def media_config_dict(overrides: dict | None) -> dict:
 #: What of an utterance the media stage reads: its id and row place (corpus, split, dialogue, position),
 #: the files (``clip``, ``audio``), the span (``start``, ``end``; also whether the corpus decodes whole
 #: clips) and the IEMOCAP ``side``. Not ``label``, ``sentiment``, ``text``, ``speaker``, ``session``.
-MEDIA_FIELDS = ("id", "corpus", "split", "dialogue_id", "position", "utterance_id", "clip", "audio", "start",
-                "end", "side")
+MEDIA_FIELDS = (
+    "id",
+    "corpus",
+    "split",
+    "dialogue_id",
+    "position",
+    "utterance_id",
+    "clip",
+    "audio",
+    "start",
+    "end",
+    "side",
+)
 
 
 def media_key(media_cfg: dict, utterances: Sequence[Utterance]) -> str:
@@ -48,12 +59,22 @@ def media_key(media_cfg: dict, utterances: Sequence[Utterance]) -> str:
     return config_hash({"media": media_cfg, "utterances": inputs})
 
 
-def stage_media(engine: Engine, opts: ExtractOptions, selected: list[Utterance], media_cfg: dict, key: str,
-                result: ExtractResult, on_written: Callable[[object, int], None] | None = None) -> Path:
+def stage_media(
+    engine: Engine,
+    opts: ExtractOptions,
+    selected: list[Utterance],
+    media_cfg: dict,
+    key: str,
+    result: ExtractResult,
+    on_written: Callable[[object, int], None] | None = None,
+) -> Path:
     """Decode every selected utterance once into ``media.h5``; skip what its shards hold."""
     path, problems_log = opts.layout.media_file(key), opts.layout.problems_file(key)
-    attrs = {"kind": "m2f-media", "media_config": json.dumps(media_cfg, sort_keys=True),
-             "dataset": opts.dataset}
+    attrs = {
+        "kind": "m2f-media",
+        "media_config": json.dumps(media_cfg, sort_keys=True),
+        "dataset": opts.dataset,
+    }
     # the writer holds the cache lock until the stage ends, also when it fails
     with ShardedWriter(path, attrs) as writer:
 
@@ -63,9 +84,18 @@ def stage_media(engine: Engine, opts: ExtractOptions, selected: list[Utterance],
                 for uid, probs in res["problems"].items():
                     f.write(json.dumps({"utt_id": uid, "problems": probs}, ensure_ascii=False) + "\n")
 
-        run_resumable_stage(engine, writer, selected, result, stage="media", label="media",
-                            task=media_partition, task_args=(media_cfg, opts.device), write=write,
-                            on_written=on_written)
+        run_resumable_stage(
+            engine,
+            writer,
+            selected,
+            result,
+            stage="media",
+            label="media",
+            task=media_partition,
+            task_args=(media_cfg, opts.device),
+            write=write,
+            on_written=on_written,
+        )
         # whole and free of duplicates again, also should a kill have cut its last rewrite
         write_problems(path, problems_log)
     return path
@@ -102,8 +132,10 @@ def write_problems(media_path: Path, out: Path) -> dict[str, int]:
             for uid, p in zip(ids, probs, strict=True):
                 items = json.loads(p) if p else []
                 if items:
-                    dst.write(json.dumps({"utt_id": uid, "split": split, "problems": items},
-                                         ensure_ascii=False) + "\n")
+                    dst.write(
+                        json.dumps({"utt_id": uid, "split": split, "problems": items}, ensure_ascii=False)
+                        + "\n"
+                    )
                     counts[split] = counts.get(split, 0) + 1
     commit_tmp(tmp, out)
     return counts

@@ -59,21 +59,29 @@ def finetune_key(manifest: Sequence[Utterance], context: str = "full") -> str:
     return key if context == "full" else f"{key}-{context}"
 
 
-def default_text_model_dir(layout: CacheLayout, manifest: Sequence[Utterance],
-                           base: str | None = None, context: str = "full") -> Path:
+def default_text_model_dir(
+    layout: CacheLayout, manifest: Sequence[Utterance], base: str | None = None, context: str = "full"
+) -> Path:
     """Folder of the text model fine-tuned from ``base`` on this corpus's train+dev utterances."""
     return layout.text_model_dir(finetune_key(manifest, context), text_base_key(base))
 
 
-def cached_text_model(layout: CacheLayout, manifest: Sequence[Utterance],
-                      base: str | None = None, context: str = "full") -> Path | None:
+def cached_text_model(
+    layout: CacheLayout, manifest: Sequence[Utterance], base: str | None = None, context: str = "full"
+) -> Path | None:
     """The finished text model fine-tuned from ``base`` on this corpus, or None."""
     key, base_key = finetune_key(manifest, context), text_base_key(base)
     return layout.text_model_dir(key, base_key) if layout.text_model_marker(key, base_key).exists() else None
 
 
-def finetune_default_text_model(layout: CacheLayout, manifest: Sequence[Utterance], device: str = "cpu",
-                                base: str | None = None, context: str = "full", **finetune_kw) -> Path:
+def finetune_default_text_model(
+    layout: CacheLayout,
+    manifest: Sequence[Utterance],
+    device: str = "cpu",
+    base: str | None = None,
+    context: str = "full",
+    **finetune_kw,
+) -> Path:
     """Fine-tune ``base`` (None: the shipped MiniLM) on train+dev into :func:`default_text_model_dir`.
 
     ``finetune_kw`` go to :func:`pipeline.text.finetune.loop.finetune_text` (e.g. ``epochs``); the
@@ -85,10 +93,18 @@ def finetune_default_text_model(layout: CacheLayout, manifest: Sequence[Utteranc
     inputs = finetune_inputs(manifest)
     key, base_key = finetune_key(manifest, context), text_base_key(base)
     source = resolve_text_base(base)[0] if base is not None else None
-    out = finetune_text(inputs, layout.text_model_dir(key, base_key), base_model=source, device=device,
-                        context=context, **finetune_kw)
-    atomic_write_json(layout.text_model_marker(key, base_key),
-                      {"path": str(Path(out).resolve()), "base": source or "shipped all-MiniLM-L6-v2"})
+    out = finetune_text(
+        inputs,
+        layout.text_model_dir(key, base_key),
+        base_model=source,
+        device=device,
+        context=context,
+        **finetune_kw,
+    )
+    atomic_write_json(
+        layout.text_model_marker(key, base_key),
+        {"path": str(Path(out).resolve()), "base": source or "shipped all-MiniLM-L6-v2"},
+    )
     return Path(out).resolve()
 
 
@@ -100,9 +116,11 @@ def given_text_model(opts: ExtractOptions) -> str | None:
     if local.exists():
         return str(local.resolve())
     if looks_like_path(opts.text_model):
-        raise ExtractError(f"--text-model {opts.text_model}: no such folder ({local.resolve()}); pass a "
-                           "folder saved with save_pretrained, or a hub id such as "
-                           "sentence-transformers/all-MiniLM-L6-v2")
+        raise ExtractError(
+            f"--text-model {opts.text_model}: no such folder ({local.resolve()}); pass a "
+            "folder saved with save_pretrained, or a hub id such as "
+            "sentence-transformers/all-MiniLM-L6-v2"
+        )
     return opts.text_model
 
 
@@ -127,8 +145,10 @@ def check_text_model(model: str) -> str:
         return text_identity(model)
     except Exception as e:  # missing files, a corrupt weights file, no network for a hub id
         first = " ".join(str(e).split())[:300]
-        raise ExtractError(f"--text-model {model} cannot be loaded ({type(e).__name__}: {first}); pass a "
-                           "folder saved with save_pretrained, or a hub id in the local cache") from e
+        raise ExtractError(
+            f"--text-model {model} cannot be loaded ({type(e).__name__}: {first}); pass a "
+            "folder saved with save_pretrained, or a hub id in the local cache"
+        ) from e
 
 
 def stage_text_model(opts: ExtractOptions, manifest: Sequence[Utterance]) -> str | None:
@@ -149,17 +169,23 @@ def stage_text_model(opts: ExtractOptions, manifest: Sequence[Utterance]) -> str
     except ImportError as e:
         if base is not None or opts.text_context != "full":
             raise ExtractError(f"--text-base / --text-context: fine-tuning is not available ({e})") from e
-        logger.info("text: fine-tuning is not available; using the shipped all-MiniLM-L6-v2 frozen "
-                    "(pass --text-model to choose)")
+        logger.info(
+            "text: fine-tuning is not available; using the shipped all-MiniLM-L6-v2 frozen "
+            "(pass --text-model to choose)"
+        )
         return None
     if not any(u.split == "train" for u in manifest):
         if opts.text_context != "full":  # the frozen fallback would read the next utterance
-            raise ExtractError(f"--text-context {opts.text_context}: the corpus has no train split to "
-                               "fine-tune a text model on; pass --text-model with a folder fine-tuned with "
-                               "that context")
+            raise ExtractError(
+                f"--text-context {opts.text_context}: the corpus has no train split to "
+                "fine-tune a text model on; pass --text-model with a folder fine-tuned with "
+                "that context"
+            )
         if base is not None:
-            raise ExtractError(f"--text-base {base}: the corpus has no train split to fine-tune on; pass "
-                               "--text-model to use a model frozen")
+            raise ExtractError(
+                f"--text-base {base}: the corpus has no train split to fine-tune on; pass "
+                "--text-model to use a model frozen"
+            )
         logger.info("text: no train split to fine-tune on; using the shipped all-MiniLM-L6-v2 frozen")
         return None
     context = opts.text_context
@@ -167,12 +193,17 @@ def stage_text_model(opts: ExtractOptions, manifest: Sequence[Utterance]) -> str
     if cached is not None:
         logger.info("text: using cached fine-tuned model %s", cached)
         return str(cached)
-    logger.info("text: fine-tuning %s on %d train+dev utterances -> %s (pass --text-model to use a model "
-                "frozen instead)", name, len(finetune_inputs(manifest)),
-                default_text_model_dir(opts.layout, manifest, base, context))
+    logger.info(
+        "text: fine-tuning %s on %d train+dev utterances -> %s (pass --text-model to use a model "
+        "frozen instead)",
+        name,
+        len(finetune_inputs(manifest)),
+        default_text_model_dir(opts.layout, manifest, base, context),
+    )
     try:
-        return str(finetune_default_text_model(opts.layout, manifest, device=opts.device, base=base,
-                                               context=context))
+        return str(
+            finetune_default_text_model(opts.layout, manifest, device=opts.device, base=base, context=context)
+        )
     except OSError as e:  # a hub id that cannot be fetched, a folder that is no model
         if base is None:
             raise

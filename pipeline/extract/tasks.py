@@ -80,8 +80,11 @@ def weights_identity(source: str | None) -> str | None:
 
 
 def _worker_stats() -> dict:
-    return {"pid": os.getpid(), "loads": dict(_LOADS),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "pid": os.getpid(),
+        "loads": dict(_LOADS),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 class TimedDetector:
@@ -107,8 +110,9 @@ def media_partition(utterances: list[Utterance], media_cfg: dict, device: str) -
     from pipeline.utterance.process import FaceDetector, MediaConfig, process_utterance
 
     cfg = MediaConfig(**media_cfg)
-    detector = cached_model(("mtcnn", json.dumps(media_cfg, sort_keys=True), device),
-                            lambda: FaceDetector(cfg, device=device))
+    detector = cached_model(
+        ("mtcnn", json.dumps(media_cfg, sort_keys=True), device), lambda: FaceDetector(cfg, device=device)
+    )
     clock = StageClock()
     timed = TimedDetector(detector, clock)
     rows, problems = [], {}
@@ -122,8 +126,13 @@ def media_partition(utterances: list[Utterance], media_cfg: dict, device: str) -
             problems[u.id] = list(probs)
     total = time.perf_counter() - t0
     clock.add("decode", total - clock.seconds.get("mtcnn", 0.0))
-    return {"split": utterances[0].split, "rows": rows, "problems": problems,
-            "seconds": clock.seconds, "stats": _worker_stats()}
+    return {
+        "split": utterances[0].split,
+        "rows": rows,
+        "problems": problems,
+        "seconds": clock.seconds,
+        "stats": _worker_stats(),
+    }
 
 
 def _media_reader(path: str, split: str) -> RowReader:
@@ -133,8 +142,10 @@ def _media_reader(path: str, split: str) -> RowReader:
 
 def _media_rows(path: str, utterances: Sequence[Utterance], names: Sequence[str]) -> list[dict]:
     reader = _media_reader(path, utterances[0].split)
-    index = cached_model(("media_index", path, utterances[0].split, os.stat(path).st_mtime_ns),
-                         lambda: {u: i for i, u in enumerate(reader.utt_ids)})
+    index = cached_model(
+        ("media_index", path, utterances[0].split, os.stat(path).st_mtime_ns),
+        lambda: {u: i for i, u in enumerate(reader.utt_ids)},
+    )
     missing = [u.id for u in utterances if u.id not in index]
     if missing:
         raise ExtractError(f"{path} has no media rows for {missing[:3]}; delete it and rerun")
@@ -153,23 +164,36 @@ def embed_partition(utterances: list[Utterance], spec: EmbedSpec) -> dict:
     _worker_setup()
     clock = StageClock()
     problems: list[dict] = []
-    models = FeatureModels(tuple(spec.modalities), device=spec.device, batch=spec.batch,
-                           n_frames=spec.n_frames, text_source=spec.text_model, encoders_source=spec.encoders)
+    models = FeatureModels(
+        tuple(spec.modalities),
+        device=spec.device,
+        batch=spec.batch,
+        n_frames=spec.n_frames,
+        text_source=spec.text_model,
+        encoders_source=spec.encoders,
+    )
     if "text" in spec.modalities:
         from pipeline.text.embedder import TextEmbedder
 
         text_id = spec.text_id or weights_identity(spec.text_model)
-        models.text = cached_model(text_model_key(text_id, spec.device, spec.batch),
-                                   lambda: TextEmbedder(spec.text_model, device=spec.device,
-                                                        batch_size=spec.batch))
+        models.text = cached_model(
+            text_model_key(text_id, spec.device, spec.batch),
+            lambda: TextEmbedder(spec.text_model, device=spec.device, batch_size=spec.batch),
+        )
     media = None
     if models.media_fields:
         from pipeline.encoders.checkpoint import load_encoder_set
 
         encoders_id = spec.encoders_id or weights_identity(spec.encoders)
-        models.encoders = cached_model(("encoders", encoders_id, spec.device),
-                                       lambda: load_encoder_set(spec.encoders, spec.device))
+        models.encoders = cached_model(
+            ("encoders", encoders_id, spec.device), lambda: load_encoder_set(spec.encoders, spec.device)
+        )
         media = clock.timed("read", _media_rows, spec.media, utterances, models.media_fields)
     rows = embed_utterances(utterances, media, models, problems, clock)
-    return {"split": utterances[0].split, "rows": rows, "problems": problems, "seconds": clock.seconds,
-            "stats": _worker_stats()}
+    return {
+        "split": utterances[0].split,
+        "rows": rows,
+        "problems": problems,
+        "seconds": clock.seconds,
+        "stats": _worker_stats(),
+    }

@@ -46,7 +46,8 @@ def stale_tmps(path: str | Path) -> list[Path]:
     path = Path(path)
     legacy = path.with_name(path.name + ".tmp")
     return ([legacy] if legacy.exists() or legacy.is_symlink() else []) + sorted(
-        path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+        path.parent.glob(f".{glob.escape(path.name)}.*.tmp")
+    )
 
 
 def commit_tmp(tmp: str | Path, path: str | Path) -> Path:

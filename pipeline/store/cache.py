@@ -108,8 +108,9 @@ class ShardedWriter:
         self.path = Path(path)
         self.shard_dir = self.path.with_name(self.path.name + ".shards")
         self.attrs = dict(attrs or {})
-        self._lock = acquire_lock(self.shard_dir / ".lock", f"writing {self.path}",
-                                  " (its finished batches are kept)")
+        self._lock = acquire_lock(
+            self.shard_dir / ".lock", f"writing {self.path}", " (its finished batches are kept)"
+        )
         # under the lock, nobody else is writing: a *.tmp is a half-written shard of a killed run, or the
         # half-merged final file of a merge that died (full disk, segfault), possibly GBs for media.h5
         for tmp in [*self.shard_dir.glob("*.tmp"), *stale_tmps(self.path)]:
@@ -172,7 +173,8 @@ class ShardedWriter:
                 raise error(
                     f"{name} of {utt!r} (split {split!r}, row {row} of the batch) {what}; "
                     f"nothing of this batch was written to {self.path}: mark the utterance's modality "
-                    "missing instead of writing such a value")
+                    "missing instead of writing such a value"
+                )
         existing = self.shards()
         last = max((int(_SHARD_RE.match(p.name)["n"]) for p in existing), default=-1)
         final = self.shard_dir / f"{split}-{last + 1:06d}.h5"
@@ -217,7 +219,8 @@ class ShardedWriter:
             raise DiskSpaceError(
                 f"not enough free space to merge {len(parts)} file(s) into {self.path}: it needs about "
                 f"{_human_size(needed)}, {_human_size(free)} free on {self.path.parent}; free some space "
-                f"(the finished shards in {self.shard_dir} are kept) and run this command again")
+                f"(the finished shards in {self.shard_dir} are kept) and run this command again"
+            )
 
     def _merge(self, tmp: Path, splits: set[str], order: Mapping[str, Sequence[str]] | None) -> None:
         with h5py.File(tmp, "w") as out:
@@ -233,11 +236,13 @@ class ShardedWriter:
                     where = {u: i for i, u in enumerate(ids)}
                     missing = [u for u in order[split] if u not in where]
                     if missing:
-                        raise ValueError(f"{len(missing)} ids of split {split!r} were never written, "
-                                         f"e.g. {missing[:3]}")
+                        raise ValueError(
+                            f"{len(missing)} ids of split {split!r} were never written, e.g. {missing[:3]}"
+                        )
                     idx = np.array([where[u] for u in order[split]], dtype=np.int64)
-                    rows = {k: ([v[i] for i in idx] if isinstance(v, list) else v[idx])
-                            for k, v in rows.items()}
+                    rows = {
+                        k: ([v[i] for i in idx] if isinstance(v, list) else v[idx]) for k, v in rows.items()
+                    }
                 write_rows(out.create_group(split), rows)
 
     def _parts(self, split: str) -> list[Path]:
@@ -307,10 +312,15 @@ class FeatureWriter(ShardedWriter):
     """
 
     def __init__(self, path: str | Path, dataset: str, config: Mapping):
-        super().__init__(path, {
-            "schema_version": SCHEMA_VERSION, "dataset": dataset,
-            "config": json.dumps(config, sort_keys=True, default=str), "m2f_version": __version__,
-        })
+        super().__init__(
+            path,
+            {
+                "schema_version": SCHEMA_VERSION,
+                "dataset": dataset,
+                "config": json.dumps(config, sort_keys=True, default=str),
+                "m2f_version": __version__,
+            },
+        )
 
     def append(self, split: str, rows: Mapping[str, object]) -> Path | None:
         missing = [k for k in FEATURE_FIELDS if k not in rows]

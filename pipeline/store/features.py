@@ -107,9 +107,11 @@ def validate_features(path: str | Path) -> list[str]:
         reason = " ".join(str(e).split())
         return [f"{path}: not a readable HDF5 file ({reason})"]
     with f:
-        problems = [f"{path}: missing file attribute {key!r}"
-                    for key in ("schema_version", "dataset", "created_utc", "config", "m2f_version")
-                    if key not in f.attrs]
+        problems = [
+            f"{path}: missing file attribute {key!r}"
+            for key in ("schema_version", "dataset", "created_utc", "config", "m2f_version")
+            if key not in f.attrs
+        ]
         if f.attrs.get("schema_version") not in (SCHEMA_VERSION,):
             problems.append(f"{path}: schema_version {f.attrs.get('schema_version')!r} != {SCHEMA_VERSION}")
         widths: dict[str, tuple[int, str]] = {}  # from train first, so train is the reference
@@ -167,8 +169,10 @@ def _split_problems(path: Path, split: str, g, widths: dict[str, tuple[int, str]
     falling = np.flatnonzero((dia[1:] == dia[:-1]) & (pos[1:] <= pos[:-1])) + 1
     if len(falling):
         row = int(falling[0])
-        problems.append(f"{at('position', row, ids)}: positions of dialogue {dia[row]!r} do not rise "
-                        f"({pos[row]} after {pos[row - 1]})")
+        problems.append(
+            f"{at('position', row, ids)}: positions of dialogue {dia[row]!r} do not rise "
+            f"({pos[row]} after {pos[row - 1]})"
+        )
     for emb, flag in (("text_emb", "has_text"), ("audio_emb", "has_audio"), ("visual_emb", "has_visual")):
         e, h = g[emb][()], g[flag][()].astype(bool)
         finite = np.isfinite(e).all(axis=1)

@@ -30,8 +30,11 @@ def write_rows(group: h5py.Group, rows: Mapping[str, object]) -> None:
     for name, value in rows.items():
         if is_ragged(value):
             lengths = np.array([len(v) for v in value], dtype=np.int64)
-            data = np.concatenate(value, axis=0) if lengths.sum() else np.zeros(
-                (0,) + value[0].shape[1:], dtype=value[0].dtype)
+            data = (
+                np.concatenate(value, axis=0)
+                if lengths.sum()
+                else np.zeros((0,) + value[0].shape[1:], dtype=value[0].dtype)
+            )
             group.create_dataset(name + _OFFSETS, data=np.concatenate([[0], np.cumsum(lengths)]))
             _create(group, name, data)
         else:
@@ -59,7 +62,7 @@ def read_group(group: h5py.Group, index: np.ndarray | None = None) -> dict[str, 
             off = group[name + _OFFSETS][()]
             rows = range(len(off) - 1) if index is None else index
             data = ds
-            out[name] = [data[off[i]:off[i + 1]] for i in rows]
+            out[name] = [data[off[i] : off[i + 1]] for i in rows]
         elif h5py.check_string_dtype(ds.dtype):
             vals = ds.asstr()[()]
             out[name] = np.asarray(vals if index is None else vals[index], dtype=object)
@@ -85,8 +88,9 @@ def append_rows(group: h5py.Group, rows: Mapping[str, object]) -> None:
                 off = group[name + _OFFSETS]
                 start = off[-1]
             else:
-                off = group.create_dataset(name + _OFFSETS, data=np.zeros(1, np.int64), maxshape=(None,),
-                                           chunks=True)
+                off = group.create_dataset(
+                    name + _OFFSETS, data=np.zeros(1, np.int64), maxshape=(None,), chunks=True
+                )
                 start = 0
             _extend(off, start + np.cumsum(lengths))
             _extend_or_create(group, name, data)
@@ -102,8 +106,9 @@ def _extend_or_create(group: h5py.Group, name: str, arr: np.ndarray) -> None:
         _extend(group[name], arr)
         return
     kw = {"dtype": _STR} if arr.dtype == object else {}
-    group.create_dataset(name, data=arr, maxshape=(None,) + arr.shape[1:], chunks=True, compression="lzf",
-                         **kw)
+    group.create_dataset(
+        name, data=arr, maxshape=(None,) + arr.shape[1:], chunks=True, compression="lzf", **kw
+    )
 
 
 def _extend(ds: h5py.Dataset, arr: np.ndarray) -> None:
@@ -152,7 +157,7 @@ class RowReader:
             ds = self._g[n]
             if n in self._offsets:
                 off = self._offsets[n]
-                out[n] = ds[off[i]:off[i + 1]]
+                out[n] = ds[off[i] : off[i + 1]]
             elif h5py.check_string_dtype(ds.dtype):
                 out[n] = ds.asstr()[i]
             else:

@@ -62,7 +62,8 @@ def acquire_lock(lock_path: str | Path, doing: str, kept: str = "") -> TextIO:
         lock.close()
         raise CacheLockedError(
             f"another m2f process is {doing}: locked by another run (pid {_lock_holder(lock_path)}, lock "
-            f"{lock_path}); let it finish or stop it{kept}, then run this command again") from None
+            f"{lock_path}); let it finish or stop it{kept}, then run this command again"
+        ) from None
     lock.truncate(0)
     lock.write(f"{os.getpid()}\n")
     lock.flush()

@@ -19,16 +19,30 @@ from pipeline.testing.signals import render_face_frame, tone
 
 def face_frame(i: int, size: tuple[int, int] = (160, 120), face_scale: float = 0.8) -> np.ndarray:
     """Frame ``i`` of a talking-head clip: the astronaut face centred on a flat background."""
-    return render_face_frame(i, size=size, face=True, face_scale=face_scale, face_pos=(0.5, 0.5),
-                             background=(40, 60, 90))
+    return render_face_frame(
+        i, size=size, face=True, face_scale=face_scale, face_pos=(0.5, 0.5), background=(40, 60, 90)
+    )
 
 
-def write_av(path, *, vcodec: str | None = "libx264", acodec: str | None = "aac",
-             fmt: str | None = None, seconds: float = 1.0, fps: int = 24, size: tuple[int, int] = (160, 120),
-             frame: Callable[[int], np.ndarray] | None = None, pix_fmt: str = "yuv420p",
-             vopts: dict | None = None, sample_rate: int = 48000, channels: int = 1,
-             sample_format: str = "fltp", audio: np.ndarray | None = None, start: float = 0.0,
-             rotation: int | None = None) -> Path:
+def write_av(
+    path,
+    *,
+    vcodec: str | None = "libx264",
+    acodec: str | None = "aac",
+    fmt: str | None = None,
+    seconds: float = 1.0,
+    fps: int = 24,
+    size: tuple[int, int] = (160, 120),
+    frame: Callable[[int], np.ndarray] | None = None,
+    pix_fmt: str = "yuv420p",
+    vopts: dict | None = None,
+    sample_rate: int = 48000,
+    channels: int = 1,
+    sample_format: str = "fltp",
+    audio: np.ndarray | None = None,
+    start: float = 0.0,
+    rotation: int | None = None,
+) -> Path:
     """Encode a clip with a sine tone and (by default) the astronaut face.
 
     Parameters
@@ -100,14 +114,16 @@ def _encode_audio(stream, mono: np.ndarray, channels: int, sample_format: str, s
     layout = "mono" if channels == 1 else "stereo"
     step = stream.codec_context.frame_size or 1024
     rate = stream.codec_context.sample_rate
-    resampler = av.AudioResampler(format=stream.codec_context.format.name, layout=layout, rate=rate,
-                                  frame_size=step)
+    resampler = av.AudioResampler(
+        format=stream.codec_context.format.name, layout=layout, rate=rate, frame_size=step
+    )
     packets = []
     for s in range(0, len(mono), step):
-        planar = np.repeat(mono[None, s:s + step], channels, axis=0)
+        planar = np.repeat(mono[None, s : s + step], channels, axis=0)
         data = planar if sample_format.endswith("p") else planar.T.reshape(1, -1)  # packed: interleaved
-        af = av.AudioFrame.from_ndarray(np.ascontiguousarray(data, np.float32), format=sample_format,
-                                        layout=layout)
+        af = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(data, np.float32), format=sample_format, layout=layout
+        )
         af.sample_rate = rate
         af.pts = int(round(start * rate)) + s
         af.time_base = Fraction(1, rate)
@@ -122,8 +138,14 @@ def write_resolution_change(path: Path) -> Path:
     """An MPEG-TS whose video goes from 160x120 to 128x128 after 1 s (two encodes, one stream)."""
     path = Path(path)
     a = write_av(path.with_suffix(".a.ts"), fmt="mpegts", seconds=1.0, size=(160, 120))
-    b = write_av(path.with_suffix(".b.ts"), fmt="mpegts", seconds=1.0, size=(128, 128), start=1.0,
-                 frame=lambda i: face_frame(i, (128, 128)))
+    b = write_av(
+        path.with_suffix(".b.ts"),
+        fmt="mpegts",
+        seconds=1.0,
+        size=(128, 128),
+        start=1.0,
+        frame=lambda i: face_frame(i, (128, 128)),
+    )
     path.write_bytes(a.read_bytes() + b.read_bytes())
     return path
 

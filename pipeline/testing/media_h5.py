@@ -31,7 +31,7 @@ def synthetic_waveform(c: int, rng: np.random.Generator, seconds: float, sr: int
     tone = rng.uniform(0.05, 0.5) * np.sin(2 * np.pi * f * t + rng.uniform(0, 6.3))
     distract = sum(rng.uniform(0.05, 0.5) * np.sin(2 * np.pi * rng.uniform(200, 3000) * t) for _ in range(3))
     snr = 10 ** (rng.uniform(-5, 5) / 10)
-    noise = rng.standard_normal(len(t)) * np.sqrt(np.mean(tone ** 2) / snr)
+    noise = rng.standard_normal(len(t)) * np.sqrt(np.mean(tone**2) / snr)
     return (tone + distract + noise).astype(np.float32)
 
 
@@ -42,12 +42,19 @@ def synthetic_image(c: int, rng: np.random.Generator, size: int) -> np.ndarray:
     band = size // 3
     y = c * band + int(rng.integers(0, max(band - side, 1)))
     x = int(rng.integers(0, size - side))
-    img[:, y:y + side, x:x + side] = rng.uniform(150, 255, size=3)[:, None, None]
+    img[:, y : y + side, x : x + side] = rng.uniform(150, 255, size=3)[:, None, None]
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def write_media(path: str | Path, n_per_class: dict[str, int] | None = None, seconds: float = 0.6,
-                image_size: int = 32, n_frames: int = 3, seed: int = 0, faces: bool = True) -> Path:
+def write_media(
+    path: str | Path,
+    n_per_class: dict[str, int] | None = None,
+    seconds: float = 0.6,
+    image_size: int = 32,
+    n_frames: int = 3,
+    seed: int = 0,
+    faces: bool = True,
+) -> Path:
     """Write a finished media.h5 with ``train``/``dev`` splits (rows per ``n_per_class[split]`` per label).
 
     One unlabelled train row (label "") and one train row without audio/video are added: both must
@@ -57,8 +64,21 @@ def write_media(path: str | Path, n_per_class: dict[str, int] | None = None, sec
     rng = np.random.default_rng(seed)
     w = ShardedWriter(path, {"kind": "media"})
     for split, n in n_per_class.items():
-        rows = {k: [] for k in ("utt_id", "label", "waveform", "has_audio", "scenes", "has_video", "faces",
-                                "face_frame", "face_weight", "has_face")}
+        rows = {
+            k: []
+            for k in (
+                "utt_id",
+                "label",
+                "waveform",
+                "has_audio",
+                "scenes",
+                "has_video",
+                "faces",
+                "face_frame",
+                "face_weight",
+                "has_face",
+            )
+        }
         plan = [(c, i) for c in range(len(LABELS)) for i in range(n)] + [(-1, 0), (-2, 0)]
         for c, i in plan:
             present = c != -2
@@ -66,14 +86,21 @@ def write_media(path: str | Path, n_per_class: dict[str, int] | None = None, sec
             k = int(rng.integers(1, 3)) if (faces and present) else 0
             rows["utt_id"].append(f"{split}_{c}_{i}")
             rows["label"].append(LABELS[c] if c >= 0 else ("" if c == -1 else LABELS[0]))
-            rows["waveform"].append(synthetic_waveform(cls, rng, seconds) if present
-                                    else np.zeros(0, np.float32))
+            rows["waveform"].append(
+                synthetic_waveform(cls, rng, seconds) if present else np.zeros(0, np.float32)
+            )
             rows["has_audio"].append(present)
-            rows["scenes"].append(np.stack([synthetic_image(cls, rng, image_size) for _ in range(n_frames)])
-                                  if present else np.zeros((0, 3, image_size, image_size), np.uint8))
+            rows["scenes"].append(
+                np.stack([synthetic_image(cls, rng, image_size) for _ in range(n_frames)])
+                if present
+                else np.zeros((0, 3, image_size, image_size), np.uint8)
+            )
             rows["has_video"].append(present)
-            rows["faces"].append(np.stack([synthetic_image(cls, rng, image_size) for _ in range(k)]) if k
-                                 else np.zeros((0, 3, image_size, image_size), np.uint8))
+            rows["faces"].append(
+                np.stack([synthetic_image(cls, rng, image_size) for _ in range(k)])
+                if k
+                else np.zeros((0, 3, image_size, image_size), np.uint8)
+            )
             rows["face_frame"].append(np.arange(k, dtype=np.int16))
             rows["face_weight"].append(np.full(k, 1.0, np.float32))
             rows["has_face"].append(k > 0)
@@ -86,8 +113,15 @@ def write_media(path: str | Path, n_per_class: dict[str, int] | None = None, sec
     return w.finalize()
 
 
-def write_random_media(path: str | Path, labels: Sequence[str], per_class: int, audio_seconds: float,
-                       size: int = 112, n_frames: int = 15, seed: int = 0) -> Path:
+def write_random_media(
+    path: str | Path,
+    labels: Sequence[str],
+    per_class: int,
+    audio_seconds: float,
+    size: int = 112,
+    n_frames: int = 15,
+    seed: int = 0,
+) -> Path:
     """A media.h5 ``train`` split of random clips, crops and frames (2 faces per utterance).
 
     Parameters
@@ -118,8 +152,11 @@ def write_random_media(path: str | Path, labels: Sequence[str], per_class: int, 
         "utt_id": np.array([f"u{i}" for i in range(n)], dtype=object),
         "label": np.array([labels[i % len(labels)] for i in range(n)], dtype=object),
         "waveform": [rng.normal(0, 0.1, clip).astype(np.float32) for _ in range(n)],
-        "has_audio": np.ones(n, bool), "has_video": np.ones(n, bool), "has_face": np.ones(n, bool),
-        "scenes": [img(n_frames) for _ in range(n)], "faces": [img(2) for _ in range(n)],
+        "has_audio": np.ones(n, bool),
+        "has_video": np.ones(n, bool),
+        "has_face": np.ones(n, bool),
+        "scenes": [img(n_frames) for _ in range(n)],
+        "faces": [img(2) for _ in range(n)],
         "face_frame": [np.array([0, 1], np.int16) for _ in range(n)],
         "face_weight": [np.array([1.0, 1.0], np.float32) for _ in range(n)],
     }

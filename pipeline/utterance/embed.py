@@ -102,26 +102,32 @@ def fit_to_contract(images: torch.Tensor, size: int) -> torch.Tensor:
     """
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
-    return F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False).round().clamp(0, 255).to(torch.uint8)
+    return (
+        F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        .round()
+        .clamp(0, 255)
+        .to(torch.uint8)
+    )
 
 
 @torch.inference_mode()
-def encode_images(encoder: torch.nn.Module, images: np.ndarray, batch_size: int,
-                  device: str = "cpu") -> np.ndarray:
+def encode_images(
+    encoder: torch.nn.Module, images: np.ndarray, batch_size: int, device: str = "cpu"
+) -> np.ndarray:
     """Run an image encoder over ``images`` ``(N, 3, S, S)`` uint8 in batches -> ``(N, D)`` float32."""
     dim = encoder.config.embed_dim
     if len(images) == 0:
         return np.zeros((0, dim), np.float32)
     out = []
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])).to(device)
+        x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device)
         out.append(encoder(fit_to_contract(x, encoder.contract.image_size)).float().cpu().numpy())
     return np.concatenate(out).astype(np.float32, copy=False)
 
 
-def encode_waveforms(encoder: torch.nn.Module, waveforms: Sequence[np.ndarray], batch_size: int,
-                     device: str = "cpu") -> np.ndarray:
+def encode_waveforms(
+    encoder: torch.nn.Module, waveforms: Sequence[np.ndarray], batch_size: int, device: str = "cpu"
+) -> np.ndarray:
     """Audio encoder over 1-D waveforms -> ``(N, D)``, in the view the encoder was trained and selected on.
 
     :func:`pipeline.encoders.network.embed_waveforms`: each clip cut to the encoder's window (centre),
@@ -132,9 +138,15 @@ def encode_waveforms(encoder: torch.nn.Module, waveforms: Sequence[np.ndarray], 
     return embed_waveforms(encoder, waveforms, batch_size, device)
 
 
-def visual_embeddings(face_encoder: torch.nn.Module, scene_encoder: torch.nn.Module,
-                      media: Sequence[dict], n_frames: int, batch_size: int, device: str = "cpu",
-                      clock: StageClock | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def visual_embeddings(
+    face_encoder: torch.nn.Module,
+    scene_encoder: torch.nn.Module,
+    media: Sequence[dict],
+    n_frames: int,
+    batch_size: int,
+    device: str = "cpu",
+    clock: StageClock | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``[weighted face | max-pooled scene]`` per utterance from stored media rows.
 
     Parameters
@@ -170,13 +182,16 @@ def visual_embeddings(face_encoder: torch.nn.Module, scene_encoder: torch.nn.Mod
     for i, m in enumerate(media):
         if not has_visual[i]:
             continue
-        emb[i, d_face:] = scene_emb[s_off[i]:s_off[i + 1]].max(axis=0)
+        emb[i, d_face:] = scene_emb[s_off[i] : s_off[i + 1]].max(axis=0)
         if has_face[i]:
             # max-pool over the frames that have a face (weighted_face_embedding leaves the others out)
             decoded = len(scenes[i]) or n_frames
             emb[i, :d_face] = weighted_face_embedding(
-                face_emb[f_off[i]:f_off[i + 1]], np.asarray(m["face_frame"]), np.asarray(m["face_weight"]),
-                decoded)
+                face_emb[f_off[i] : f_off[i + 1]],
+                np.asarray(m["face_frame"]),
+                np.asarray(m["face_weight"]),
+                decoded,
+            )
     return emb, has_visual, has_face
 
 
@@ -205,9 +220,12 @@ def text_embeddings(embedder, utterances: Sequence[Utterance]) -> tuple[np.ndarr
     return emb, has
 
 
-def feature_rows(utterances: Sequence[Utterance], text: tuple[np.ndarray, np.ndarray] | None,
-                 audio: tuple[np.ndarray, np.ndarray] | None,
-                 visual: tuple[np.ndarray, np.ndarray, np.ndarray] | None) -> dict[str, object]:
+def feature_rows(
+    utterances: Sequence[Utterance],
+    text: tuple[np.ndarray, np.ndarray] | None,
+    audio: tuple[np.ndarray, np.ndarray] | None,
+    visual: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+) -> dict[str, object]:
     """Assemble the ``features.h5`` row batch; ``None`` for a modality that was not requested."""
     n = len(utterances)
     none2 = (np.zeros((n, 0), np.float32), np.zeros(n, bool))
@@ -221,6 +239,11 @@ def feature_rows(utterances: Sequence[Utterance], text: tuple[np.ndarray, np.nda
         "speaker": [u.speaker for u in utterances],
         "label": ["" if u.label is None else u.label for u in utterances],
         "text": [u.text for u in utterances],
-        "text_emb": text_emb, "audio_emb": audio_emb, "visual_emb": visual_emb,
-        "has_text": has_text, "has_audio": has_audio, "has_visual": has_visual, "has_face": has_face,
+        "text_emb": text_emb,
+        "audio_emb": audio_emb,
+        "visual_emb": visual_emb,
+        "has_text": has_text,
+        "has_audio": has_audio,
+        "has_visual": has_visual,
+        "has_face": has_face,
     }

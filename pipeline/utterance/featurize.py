@@ -40,8 +40,10 @@ from pipeline.utterance.embed import (
 )
 
 #: the media row fields the embed step reads, per modality
-MEDIA_FIELDS = {"audio": ("has_audio", "waveform"),
-                "visual": ("has_video", "has_face", "faces", "face_frame", "face_weight", "scenes")}
+MEDIA_FIELDS = {
+    "audio": ("has_audio", "waveform"),
+    "visual": ("has_video", "has_face", "faces", "face_frame", "face_weight", "scenes"),
+}
 
 
 @dataclass
@@ -67,9 +69,13 @@ class FeatureModels:
         return [f for m in ("audio", "visual") if m in self.modalities for f in MEDIA_FIELDS[m]]
 
 
-def embed_utterances(utterances: Sequence[Utterance], media: Sequence[dict] | None, models: FeatureModels,
-                     problems: list[dict] | None = None,
-                     clock: StageClock | None = None) -> dict[str, object]:
+def embed_utterances(
+    utterances: Sequence[Utterance],
+    media: Sequence[dict] | None,
+    models: FeatureModels,
+    problems: list[dict] | None = None,
+    clock: StageClock | None = None,
+) -> dict[str, object]:
     """Feature rows (:func:`pipeline.utterance.embed.feature_rows`) of ``utterances`` (whole dialogues, in
     order).
 
@@ -101,14 +107,26 @@ def embed_utterances(utterances: Sequence[Utterance], media: Sequence[dict] | No
         def text_part(idx: list[int]) -> tuple:
             return text_embeddings(models.text, [utterances[i] for i in idx])
 
-        text = clock.timed("text", isolated_embeddings, text_part, n, int(models.text.dim), 1,
-                           group_indices(utterances), problems, utterances, "text", source)
+        text = clock.timed(
+            "text",
+            isolated_embeddings,
+            text_part,
+            n,
+            int(models.text.dim),
+            1,
+            group_indices(utterances),
+            problems,
+            utterances,
+            "text",
+            source,
+        )
         text = finite_or_missing(text, utterances, "text", source, problems)
     encs, singles = models.encoders, [[i] for i in range(n)]
     if "audio" in models.modalities:
         has_audio = np.array([bool(m["has_audio"]) and len(m["waveform"]) > 0 for m in media])
-        waves = [m["waveform"] if h else np.zeros(0, np.float32)
-                 for m, h in zip(media, has_audio, strict=True)]
+        waves = [
+            m["waveform"] if h else np.zeros(0, np.float32) for m, h in zip(media, has_audio, strict=True)
+        ]
 
         def audio_part(idx: list[int]) -> tuple:
             emb = encode_waveforms(encs.audio, [waves[i] for i in idx], models.batch, models.device)
@@ -116,20 +134,39 @@ def embed_utterances(utterances: Sequence[Utterance], media: Sequence[dict] | No
 
         timer = FrontTimer(encs.audio, clock)
         try:
-            audio = clock.timed("encoders", isolated_embeddings, audio_part, n,
-                                encs.audio.config.embed_dim, 1, singles, problems, utterances, "audio",
-                                models.encoders_source)
+            audio = clock.timed(
+                "encoders",
+                isolated_embeddings,
+                audio_part,
+                n,
+                encs.audio.config.embed_dim,
+                1,
+                singles,
+                problems,
+                utterances,
+                "audio",
+                models.encoders_source,
+            )
         finally:
             timer.remove()
         audio = finite_or_missing(audio, utterances, "audio", models.encoders_source, problems)
     if "visual" in models.modalities:
+
         def visual_part(idx: list[int]) -> tuple:
-            return visual_embeddings(encs.face, encs.scene, [media[i] for i in idx], models.n_frames,
-                                     models.batch, models.device, clock)
+            return visual_embeddings(
+                encs.face,
+                encs.scene,
+                [media[i] for i in idx],
+                models.n_frames,
+                models.batch,
+                models.device,
+                clock,
+            )
 
         dim = encs.face.config.embed_dim + encs.scene.config.embed_dim
-        visual = isolated_embeddings(visual_part, n, dim, 2, singles, problems, utterances, "visual",
-                                     models.encoders_source)
+        visual = isolated_embeddings(
+            visual_part, n, dim, 2, singles, problems, utterances, "visual", models.encoders_source
+        )
         visual = finite_or_missing(visual, utterances, "visual", models.encoders_source, problems)
     if "mel" in clock.seconds:  # the encoders' time excludes the log-mel measured inside it
         clock.seconds["encoders"] -= clock.seconds["mel"]
@@ -174,8 +211,14 @@ class Featurizer:
 
         rows = []
         for u in utterances:
-            row, lines = self.clock.timed("media", process_utterance, u, self.media_config, self.detector,
-                                          video="visual" in self.models.modalities)
+            row, lines = self.clock.timed(
+                "media",
+                process_utterance,
+                u,
+                self.media_config,
+                self.detector,
+                video="visual" in self.models.modalities,
+            )
             rows.append(row)
             problems += [media_problem(u, line) for line in lines]
         return rows
@@ -201,17 +244,33 @@ def group_indices(utterances: Sequence[Utterance]) -> list[list[int]]:
 
 def embed_problem(u: Utterance, modality: str, problem: str, source: str | None) -> dict:
     """A ``problems.jsonl`` line of the embed stage: utterance, file, what went wrong, what to do."""
-    fix = (f"the utterance is kept with {modality} marked missing; check {u.clip or 'its text'}"
-           f"{'' if modality == 'text' else ' (does it play?)'} and the model {source}, and report this "
-           "with the file if both look fine")
-    return {"utt_id": u.id, "split": u.split, "file": u.clip if modality != "text" else source,
-            "stage": "embed", "modality": modality, "problem": problem, "fix": fix}
+    fix = (
+        f"the utterance is kept with {modality} marked missing; check {u.clip or 'its text'}"
+        f"{'' if modality == 'text' else ' (does it play?)'} and the model {source}, and report this "
+        "with the file if both look fine"
+    )
+    return {
+        "utt_id": u.id,
+        "split": u.split,
+        "file": u.clip if modality != "text" else source,
+        "stage": "embed",
+        "modality": modality,
+        "problem": problem,
+        "fix": fix,
+    }
 
 
-def isolated_embeddings(compute: Callable[[list[int]], tuple], n: int, dim: int, n_flags: int,
-                        groups: Sequence[list[int]], problems: list[dict] | None = None,
-                        utterances: Sequence[Utterance] = (), modality: str = "",
-                        source: str | None = None) -> tuple:
+def isolated_embeddings(
+    compute: Callable[[list[int]], tuple],
+    n: int,
+    dim: int,
+    n_flags: int,
+    groups: Sequence[list[int]],
+    problems: list[dict] | None = None,
+    utterances: Sequence[Utterance] = (),
+    modality: str = "",
+    source: str | None = None,
+) -> tuple:
     """``compute(range(n))``; if it raises, ``compute`` per group, so one bad input costs only its group.
 
     Parameters
@@ -240,8 +299,14 @@ def isolated_embeddings(compute: Callable[[list[int]], tuple], n: int, dim: int,
         except Exception as e:
             for i in idx:
                 if problems is not None:
-                    problems.append(embed_problem(utterances[i], modality, f"{modality} embedding failed: "
-                                                  f"{type(e).__name__}: {' '.join(str(e).split())}", source))
+                    problems.append(
+                        embed_problem(
+                            utterances[i],
+                            modality,
+                            f"{modality} embedding failed: {type(e).__name__}: {' '.join(str(e).split())}",
+                            source,
+                        )
+                    )
             continue
         emb[idx] = part[0]
         for f, p in zip(flags, part[1:], strict=True):
@@ -249,8 +314,9 @@ def isolated_embeddings(compute: Callable[[list[int]], tuple], n: int, dim: int,
     return (emb, *flags)
 
 
-def finite_or_missing(out: tuple, utterances: Sequence[Utterance], modality: str, source: str | None,
-                      problems: list[dict]) -> tuple:
+def finite_or_missing(
+    out: tuple, utterances: Sequence[Utterance], modality: str, source: str | None, problems: list[dict]
+) -> tuple:
     """Rows of ``out[0]`` with a NaN or infinity become zeros with every flag False, and a problem line.
 
     A non-finite vector must never reach ``features.h5`` (the writer refuses it, which would cost the
@@ -262,6 +328,9 @@ def finite_or_missing(out: tuple, utterances: Sequence[Utterance], modality: str
         emb[i] = 0.0
         for f in flags:
             f[i] = False
-        problems.append(embed_problem(utterances[i], modality, f"{modality} embedding is not finite "
-                                      "(NaN or infinity)", source))
+        problems.append(
+            embed_problem(
+                utterances[i], modality, f"{modality} embedding is not finite (NaN or infinity)", source
+            )
+        )
     return (emb, *flags)

@@ -79,8 +79,15 @@ from pipeline.utterance.visual import (
     select_faces,
 )
 
-__all__ = ["MEDIA_FLAGS", "MEDIA_RAGGED", "FaceDetector", "MediaConfig", "empty_row", "process_utterance",
-           "stored_bytes"]
+__all__ = [
+    "MEDIA_FLAGS",
+    "MEDIA_RAGGED",
+    "FaceDetector",
+    "MediaConfig",
+    "empty_row",
+    "process_utterance",
+    "stored_bytes",
+]
 
 #: Row fields with a per-utterance length (stored as data + offsets).
 MEDIA_RAGGED = ("waveform", "scenes", "faces", "face_frame", "face_weight", "face_prob", "face_box")
@@ -155,8 +162,9 @@ class MediaConfig:
 
     def __post_init__(self) -> None:
         if self.resampler != RESAMPLER:
-            raise ValueError(f"media config resampler {self.resampler!r}: this m2f resamples audio with "
-                             f"{RESAMPLER!r} only")
+            raise ValueError(
+                f"media config resampler {self.resampler!r}: this m2f resamples audio with {RESAMPLER!r} only"
+            )
 
     def to_dict(self) -> dict:
         """Plain dict of every setting (JSON-able), for the cache config."""
@@ -183,9 +191,9 @@ def stored_bytes(cfg: MediaConfig, seconds: float = 3.13, faces_per_frame: float
     ~1.9 MB raw, ~1.75 MB stored (~24 GB): too much.
     """
     n_audio = int(min(seconds, cfg.max_seconds) * cfg.sample_rate) * 4
-    n_scene = cfg.n_frames * 3 * cfg.scene_size ** 2
+    n_scene = cfg.n_frames * 3 * cfg.scene_size**2
     k = cfg.n_frames * min(faces_per_frame, cfg.max_faces)
-    n_faces = int(k * (3 * cfg.face_size ** 2 + 2 + 4 + 4 + 16))
+    n_faces = int(k * (3 * cfg.face_size**2 + 2 + 4 + 4 + 16))
     return n_audio + n_scene + n_faces
 
 
@@ -216,8 +224,9 @@ def _span(utt: Utterance) -> tuple[float | None, float | None]:
     return utt.start, utt.end
 
 
-def process_utterance(utt: Utterance, cfg: MediaConfig,
-                      detector: FaceDetector | None, video: bool = True) -> tuple[dict, list[str]]:
+def process_utterance(
+    utt: Utterance, cfg: MediaConfig, detector: FaceDetector | None, video: bool = True
+) -> tuple[dict, list[str]]:
     """Decode one utterance's media once and return ``(row, problems)``.
 
     Parameters
@@ -252,35 +261,56 @@ def process_utterance(utt: Utterance, cfg: MediaConfig,
         return _process(utt, cfg, detector, video)
     except Exception as e:  # isolation: one utterance's failure never ends the partition
         logger.debug("media stage failed on %s", utt.clip, exc_info=True)
-        return empty_row(utt, cfg), [f"processing failed on {utt.clip}: {_one_line(e)} "
-                                     f"(utterance kept, audio/visual marked missing; {_REPORT})"]
+        return empty_row(utt, cfg), [
+            f"processing failed on {utt.clip}: {_one_line(e)} "
+            f"(utterance kept, audio/visual marked missing; {_REPORT})"
+        ]
 
 
 #: What to do about an unexpected error: it is not a known fault of the file.
 _REPORT = "if the file plays in a media player, please report this with the file"
 
 
-def _process(utt: Utterance, cfg: MediaConfig, detector: FaceDetector | None,
-             video: bool = True) -> tuple[dict, list[str]]:
+def _process(
+    utt: Utterance, cfg: MediaConfig, detector: FaceDetector | None, video: bool = True
+) -> tuple[dict, list[str]]:
     row = empty_row(utt, cfg)
     problems: list[str] = []
     start, end = _span(utt)
     clip_ok = _check_clip(utt, problems)
     if clip_ok and start is not None and start == end:
-        problems.append(f"zero-length span [{start}, {end}] in {utt.clip}: kept the one frame at {start} s"
-                        + ("" if utt.audio else ", no audio") + " (check the corpus times)")
+        problems.append(
+            f"zero-length span [{start}, {end}] in {utt.clip}: kept the one frame at {start} s"
+            + ("" if utt.audio else ", no audio")
+            + " (check the corpus times)"
+        )
     audio_path = utt.audio if utt.audio is not None else (utt.clip if clip_ok else None)
     if audio_path is not None:  # a separate per-utterance file (IEMOCAP wav) is used whole
         audio_span = (None, None) if utt.audio is not None else (start, end)
-        _guarded("audio decoding", audio_path, "audio marked missing", problems,
-                 lambda: _fill_audio(row, problems, audio_path, *audio_span, cfg))
+        _guarded(
+            "audio decoding",
+            audio_path,
+            "audio marked missing",
+            problems,
+            lambda: _fill_audio(row, problems, audio_path, *audio_span, cfg),
+        )
     frames = None
     if clip_ok and video:
-        frames = _guarded("video decoding", utt.clip, "visual marked missing", problems,
-                          lambda: _fill_video(row, problems, utt, cfg, start, end))
+        frames = _guarded(
+            "video decoding",
+            utt.clip,
+            "visual marked missing",
+            problems,
+            lambda: _fill_video(row, problems, utt, cfg, start, end),
+        )
     if frames is not None and detector is not None:
-        _guarded("face detection", utt.clip, "has_face False", problems,
-                 lambda: _fill_faces(row, problems, utt, cfg, frames, detector))
+        _guarded(
+            "face detection",
+            utt.clip,
+            "has_face False",
+            problems,
+            lambda: _fill_faces(row, problems, utt, cfg, frames, detector),
+        )
     return row, problems
 
 
@@ -313,13 +343,16 @@ def _check_clip(utt: Utterance, problems: list[str]) -> bool:
     if info.fps and info.n_video_frames and info.video_duration is not None:
         promised = info.n_video_frames / info.fps
         if info.video_duration < 0.9 * promised - 0.1:
-            problems.append(f"truncated clip {utt.clip}: its header promises {promised:.2f} s of video but "
-                            f"the data ends at {info.video_duration:.2f} s (kept what decodes; re-extract)")
+            problems.append(
+                f"truncated clip {utt.clip}: its header promises {promised:.2f} s of video but "
+                f"the data ends at {info.video_duration:.2f} s (kept what decodes; re-extract)"
+            )
     return True
 
 
-def _fill_audio(row: dict, problems: list[str], path: str, start: float | None, end: float | None,
-                cfg: MediaConfig) -> None:
+def _fill_audio(
+    row: dict, problems: list[str], path: str, start: float | None, end: float | None, cfg: MediaConfig
+) -> None:
     try:
         wave, cut = decode_audio(path, start, end, sr=cfg.sample_rate, max_seconds=cfg.max_seconds)
     except TruncatedMedia as e:
@@ -333,8 +366,10 @@ def _fill_audio(row: dict, problems: list[str], path: str, start: float | None, 
             problems.append(f"empty audio in {path} (audio marked missing)")
         return
     if wave.size < MIN_AUDIO_SECONDS * cfg.sample_rate:
-        problems.append(f"audio of {wave.size / cfg.sample_rate:.4f} s in {path} is shorter than one "
-                        f"{1000 * MIN_AUDIO_SECONDS:g} ms analysis frame (audio marked missing)")
+        problems.append(
+            f"audio of {wave.size / cfg.sample_rate:.4f} s in {path} is shorter than one "
+            f"{1000 * MIN_AUDIO_SECONDS:g} ms analysis frame (audio marked missing)"
+        )
         return
     if is_silent(wave, cfg.silence_peak):
         problems.append(f"silent audio in {path}: peak below {cfg.silence_peak:g} (audio marked missing)")
@@ -344,8 +379,9 @@ def _fill_audio(row: dict, problems: list[str], path: str, start: float | None, 
     row.update(waveform=np.ascontiguousarray(wave, np.float32), has_audio=True, audio_cut=bool(cut))
 
 
-def _fill_video(row: dict, problems: list[str], utt: Utterance, cfg: MediaConfig,
-                start: float | None, end: float | None) -> np.ndarray | None:
+def _fill_video(
+    row: dict, problems: list[str], utt: Utterance, cfg: MediaConfig, start: float | None, end: float | None
+) -> np.ndarray | None:
     try:
         frames = decode_frames(utt.clip, cfg.n_frames, start, end, max_pixels=cfg.max_frame_pixels)
     except TruncatedMedia as e:
@@ -355,20 +391,30 @@ def _fill_video(row: dict, problems: list[str], utt: Utterance, cfg: MediaConfig
         problems.append(f"{e}; visual marked missing")
         return None
     if len(frames) < cfg.n_frames and not (start is not None and start == end):
-        problems.append(f"short clip {utt.clip}: only {len(frames)} distinct frames in the span "
-                        f"(< {cfg.n_frames}; all kept)")
+        problems.append(
+            f"short clip {utt.clip}: only {len(frames)} distinct frames in the span "
+            f"(< {cfg.n_frames}; all kept)"
+        )
     frames = crop_side(frames, utt.side)
     row.update(scenes=resize_scenes(frames, cfg.scene_size), has_video=True)
     return frames
 
 
-def _fill_faces(row: dict, problems: list[str], utt: Utterance, cfg: MediaConfig,
-                frames: np.ndarray, detector: FaceDetector) -> None:
+def _fill_faces(
+    row: dict,
+    problems: list[str],
+    utt: Utterance,
+    cfg: MediaConfig,
+    frames: np.ndarray,
+    detector: FaceDetector,
+) -> None:
     h, w = frames.shape[1:3]
     shrink = max(1.0, max(h, w) / cfg.detect_max_side) if cfg.detect_max_side > 0 else 1.0
     if min(h, w) / shrink < cfg.min_face_size:  # MTCNN has no scale to search at (it would raise)
-        problems.append(f"frames of {utt.clip} are {w}x{h}: too small to find a face of "
-                        f"{cfg.min_face_size} px (has_face False)")
+        problems.append(
+            f"frames of {utt.clip} are {w}x{h}: too small to find a face of "
+            f"{cfg.min_face_size} px (has_face False)"
+        )
         return
     faces, frame_idx, weights, probs, boxes = [], [], [], [], []
     for i, (b, p) in enumerate(detector.detect(frames)):
@@ -383,7 +429,11 @@ def _fill_faces(row: dict, problems: list[str], utt: Utterance, cfg: MediaConfig
     if not faces:
         problems.append(f"no face in any of the {len(frames)} frames of {utt.clip} (has_face False)")
         return
-    row.update(faces=np.concatenate(faces), face_frame=np.concatenate(frame_idx),
-               face_weight=np.concatenate(weights).astype(np.float32),
-               face_prob=np.concatenate(probs).astype(np.float32),
-               face_box=np.concatenate(boxes).astype(np.float32), has_face=True)
+    row.update(
+        faces=np.concatenate(faces),
+        face_frame=np.concatenate(frame_idx),
+        face_weight=np.concatenate(weights).astype(np.float32),
+        face_prob=np.concatenate(probs).astype(np.float32),
+        face_box=np.concatenate(boxes).astype(np.float32),
+        has_face=True,
+    )

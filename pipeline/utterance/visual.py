@@ -54,8 +54,12 @@ class FaceDetector:
         self.batch = max(1, int(cfg.mtcnn_batch))
         self.max_side = int(getattr(cfg, "detect_max_side", 0) or 0)
         self.device = device
-        self.mtcnn = MTCNN(keep_all=True, select_largest=False, device=torch.device(device),
-                           min_face_size=int(getattr(cfg, "min_face_size", 20)))
+        self.mtcnn = MTCNN(
+            keep_all=True,
+            select_largest=False,
+            device=torch.device(device),
+            min_face_size=int(getattr(cfg, "min_face_size", 20)),
+        )
         if device == "cpu":  # channels-last max-pooling is ~8x faster on CPU, and exact
             for net in (self.mtcnn.pnet, self.mtcnn.rnet, self.mtcnn.onet):
                 net.to(memory_format=torch.channels_last)
@@ -82,7 +86,7 @@ class FaceDetector:
         small, scale = _shrink(frames, self.max_side)
         out: list[tuple[np.ndarray, np.ndarray]] = []
         for i in range(0, len(small), self.batch):
-            boxes, probs = self.mtcnn.detect(small[i:i + self.batch])
+            boxes, probs = self.mtcnn.detect(small[i : i + self.batch])
             out += [_as_arrays(b, p, scale) for b, p in zip(boxes, probs, strict=True)]
         return out
 
@@ -149,7 +153,7 @@ def crop_faces(frame: np.ndarray, boxes: np.ndarray, size: int, margin: float = 
         sx0, sy0 = max(0, left), max(0, top)
         sx1, sy1 = min(w, left + s), min(h, top + s)
         if sx1 > sx0 and sy1 > sy0:
-            patch[sy0 - top:sy1 - top, sx0 - left:sx1 - left] = frame[sy0:sy1, sx0:sx1]
+            patch[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = frame[sy0:sy1, sx0:sx1]
         interp = cv2.INTER_AREA if s > size else cv2.INTER_LINEAR
         out[i] = cv2.resize(patch, (size, size), interpolation=interp).transpose(2, 0, 1)
     return out
@@ -177,8 +181,9 @@ def crop_side(frames: np.ndarray, side: str | None) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ embedding
-def weighted_face_embedding(face_emb: np.ndarray | torch.Tensor, face_frame, face_weight,
-                            n_frames: int) -> np.ndarray | torch.Tensor:
+def weighted_face_embedding(
+    face_emb: np.ndarray | torch.Tensor, face_frame, face_weight, n_frames: int
+) -> np.ndarray | torch.Tensor:
     """Per-face embeddings -> one face vector for the utterance (M2FNet's weighted face branch).
 
     Parameters

@@ -39,8 +39,14 @@ TABLE: list[tuple[str, str, str, str]] = []  # input, exit code, message (stderr
 
 def m2f(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd or REPO, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or REPO,
+        timeout=600,
+    )
 
 
 def last_line(res: subprocess.CompletedProcess) -> str:
@@ -108,8 +114,9 @@ def write_bad_clips(folder: Path) -> None:
 def write_csv(path: Path, label0: str = "joy") -> Path:
     lines = [HEADER]
     for i, (_, clip, start, end) in CLIPS.items():
-        lines.append(f"call,{i},Ann,line number {i},{label0 if i == 0 else 'neutral'},{clip},{start},{end},"
-                     "train")
+        lines.append(
+            f"call,{i},Ann,line number {i},{label0 if i == 0 else 'neutral'},{clip},{start},{end},train"
+        )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -128,9 +135,23 @@ def test_per_utterance_faults_are_isolated_and_a_corrected_csv_is_used(tmp_path,
     corpus = tmp_path / "corpus"
     write_bad_clips(corpus)
     csv = write_csv(corpus / "corpus.csv")
-    args = ["extract", "--dataset", "custom", "--root", str(csv), "--modalities", "text,audio,visual",
-            "--encoders", "random", "--text-model", str(tiny_text), "--workers", "1",
-            "--cache", str(tmp_path / "cache")]
+    args = [
+        "extract",
+        "--dataset",
+        "custom",
+        "--root",
+        str(csv),
+        "--modalities",
+        "text,audio,visual",
+        "--encoders",
+        "random",
+        "--text-model",
+        str(tiny_text),
+        "--workers",
+        "1",
+        "--cache",
+        str(tmp_path / "cache"),
+    ]
     res = m2f(*args)
     assert "Traceback" not in res.stderr, res.stderr[-4000:]
     assert res.returncode == 0, res.stderr[-4000:]
@@ -141,13 +162,15 @@ def test_per_utterance_faults_are_isolated_and_a_corrected_csv_is_used(tmp_path,
     with h5py.File(features, "r") as f:
         g = f["train"]
         ids = [x.decode() for x in g["utt_id"][()]]
-        flags = {k: dict(zip(ids, g[k][()].tolist(), strict=True))
-                 for k in ("has_text", "has_audio", "has_visual", "has_face")}
+        flags = {
+            k: dict(zip(ids, g[k][()].tolist(), strict=True))
+            for k in ("has_text", "has_audio", "has_visual", "has_face")
+        }
         labels = dict(zip(ids, [x.decode() for x in g["label"][()]], strict=True))
         for k in ("text_emb", "audio_emb", "visual_emb"):
             assert np.isfinite(g[k][()]).all()
     uid = {i: f"custom/train/diacall_utt{i}" for i in CLIPS}
-    assert len(ids) == len(CLIPS)                     # every utterance kept, the bad ones too
+    assert len(ids) == len(CLIPS)  # every utterance kept, the bad ones too
 
     def outcome(i: int) -> dict:
         return {k: flags[k][uid[i]] for k in flags}
@@ -169,8 +192,15 @@ def test_per_utterance_faults_are_isolated_and_a_corrected_csv_is_used(tmp_path,
     for i, (name, *_) in CLIPS.items():
         lines = probs.get(uid[i], []) + probs_embed.get(uid[i], [])
         shown = "; ".join(lines) if lines else "-"
-        TABLE.append((name, "0", f"{', '.join(k for k, v in outcome(i).items() if not v) or 'all'}"
-                      f"{' missing' if not all(outcome(i).values()) else ' present'}", shown))
+        TABLE.append(
+            (
+                name,
+                "0",
+                f"{', '.join(k for k, v in outcome(i).items() if not v) or 'all'}"
+                f"{' missing' if not all(outcome(i).values()) else ' present'}",
+                shown,
+            )
+        )
 
     # the run used a manifest saved beside its features
     saved = [json.loads(x) for x in (features.parent / "manifest.jsonl").read_text().splitlines()]
@@ -182,12 +212,23 @@ def test_per_utterance_faults_are_isolated_and_a_corrected_csv_is_used(tmp_path,
     assert res2.returncode == 0 and "Traceback" not in res2.stderr, res2.stderr[-4000:]
     features2 = Path(res2.stdout.strip().splitlines()[-1])
     with h5py.File(features2, "r") as f:
-        labels2 = dict(zip([x.decode() for x in f["train"]["utt_id"][()]],
-                           [x.decode() for x in f["train"]["label"][()]], strict=True))
+        labels2 = dict(
+            zip(
+                [x.decode() for x in f["train"]["utt_id"][()]],
+                [x.decode() for x in f["train"]["label"][()]],
+                strict=True,
+            )
+        )
     assert labels[uid[0]] == "joy" and labels2[uid[0]] == "anger"
     assert json.loads((features2.parent / "manifest.jsonl").read_text().splitlines()[0])["label"] == "anger"
-    TABLE.append(("label corrected in the CSV after a run", "0", "next run uses the new label "
-                  "(features, saved manifest.jsonl)", "-"))
+    TABLE.append(
+        (
+            "label corrected in the CSV after a run",
+            "0",
+            "next run uses the new label (features, saved manifest.jsonl)",
+            "-",
+        )
+    )
 
 
 # --------------------------------------------------------------------------------- whole-input faults
@@ -200,7 +241,7 @@ def _csv_with(tmp_path: Path, body: str, header: str = HEADER) -> Path:
 
 BAD_CSVS = {
     "NUL in the CSV": (HEADER, "call,0,Ann,hi\x00there,joy,a.mp4,,,train\n", "NUL"),
-    "field > 128 KiB": (HEADER, 'call,0,Ann,"' + "x" * (140 * 1024) + ',joy,a.mp4,,,train\n', "131072"),
+    "field > 128 KiB": (HEADER, 'call,0,Ann,"' + "x" * (140 * 1024) + ",joy,a.mp4,,,train\n", "131072"),
     "end=inf": (HEADER, "call,0,Ann,hi,joy,a.mp4,0,inf,train\n", "end"),
     "duplicated header": (HEADER + ",text", "call,0,Ann,hi,joy,a.mp4,,,train,again\n", "text"),
 }
@@ -210,8 +251,21 @@ BAD_CSVS = {
 def test_a_bad_csv_stops_extract_with_one_line_before_any_work(tmp_path, name):
     header, body, needle = BAD_CSVS[name]
     csv = _csv_with(tmp_path, body, header)
-    res = m2f("extract", "--dataset", "custom", "--root", str(csv), "--modalities", "audio,visual",
-              "--encoders", "random", "--workers", "1", "--cache", str(tmp_path / "cache"))
+    res = m2f(
+        "extract",
+        "--dataset",
+        "custom",
+        "--root",
+        str(csv),
+        "--modalities",
+        "audio,visual",
+        "--encoders",
+        "random",
+        "--workers",
+        "1",
+        "--cache",
+        str(tmp_path / "cache"),
+    )
     line = assert_one_line_error(res, str(csv))
     assert needle.lower() in line.lower()
     assert not list((tmp_path / "cache").glob("custom/media-*"))
@@ -219,8 +273,19 @@ def test_a_bad_csv_stops_extract_with_one_line_before_any_work(tmp_path, name):
 
 
 def test_wrong_root_is_one_line(tmp_path):
-    res = m2f("extract", "--dataset", "meld", "--root", str(tmp_path / "nowhere"), "--modalities", "text",
-              "--workers", "1", "--cache", str(tmp_path / "cache"))
+    res = m2f(
+        "extract",
+        "--dataset",
+        "meld",
+        "--root",
+        str(tmp_path / "nowhere"),
+        "--modalities",
+        "text",
+        "--workers",
+        "1",
+        "--cache",
+        str(tmp_path / "cache"),
+    )
     line = assert_one_line_error(res, "nowhere")
     TABLE.append(("wrong --root", str(res.returncode), line, "-"))
 
@@ -235,9 +300,22 @@ def small_corpus(tmp_path_factory) -> Path:
 
 
 def test_missing_text_model_is_one_line(tmp_path, small_corpus):
-    res = m2f("extract", "--dataset", "custom", "--root", str(small_corpus), "--modalities", "text",
-              "--text-model", "./missing", "--workers", "1", "--cache", str(tmp_path / "cache"),
-              cwd=tmp_path)
+    res = m2f(
+        "extract",
+        "--dataset",
+        "custom",
+        "--root",
+        str(small_corpus),
+        "--modalities",
+        "text",
+        "--text-model",
+        "./missing",
+        "--workers",
+        "1",
+        "--cache",
+        str(tmp_path / "cache"),
+        cwd=tmp_path,
+    )
     line = assert_one_line_error(res, "--text-model ./missing", "no such folder")
     TABLE.append(("--text-model ./missing", str(res.returncode), line, "-"))
 
@@ -252,8 +330,9 @@ def _encoder_folder(folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("name", ["random bytes in face.pt", "a pickle disguised as face.pt",
-                                  "NaN weights in face.pt"])
+@pytest.mark.parametrize(
+    "name", ["random bytes in face.pt", "a pickle disguised as face.pt", "NaN weights in face.pt"]
+)
 def test_bad_encoder_checkpoint_is_found_before_the_media_stage(tmp_path, small_corpus, name):
     import torch
 
@@ -267,8 +346,21 @@ def test_bad_encoder_checkpoint_is_found_before_the_media_stage(tmp_path, small_
         ckpt = torch.load(face, weights_only=True)
         next(v for v in ckpt["state_dict"].values() if v.is_floating_point()).view(-1)[0] = float("nan")
         torch.save(ckpt, face)
-    res = m2f("extract", "--dataset", "custom", "--root", str(small_corpus), "--modalities", "audio,visual",
-              "--encoders", str(folder), "--workers", "1", "--cache", str(tmp_path / "cache"))
+    res = m2f(
+        "extract",
+        "--dataset",
+        "custom",
+        "--root",
+        str(small_corpus),
+        "--modalities",
+        "audio,visual",
+        "--encoders",
+        str(folder),
+        "--workers",
+        "1",
+        "--cache",
+        str(tmp_path / "cache"),
+    )
     line = assert_one_line_error(res, str(face))
     assert not list((tmp_path / "cache").glob("custom/media-*")), "the media stage ran first"
     TABLE.append((name + " (--encoders)", str(res.returncode), line, "-"))
@@ -297,17 +389,29 @@ def _not_hdf5(path: Path) -> str:
     return "HDF5"
 
 
-FEATURE_FAULTS = {"features.h5 with NaN in text_emb": _nan_in_text,
-                  "features.h5 missing audio_emb": _drop_audio,
-                  "non-HDF5 features file": _not_hdf5}
+FEATURE_FAULTS = {
+    "features.h5 with NaN in text_emb": _nan_in_text,
+    "features.h5 missing audio_emb": _drop_audio,
+    "non-HDF5 features file": _not_hdf5,
+}
 
 
 @pytest.mark.parametrize("name", list(FEATURE_FAULTS))
 def test_bad_features_stop_train_dialog_with_one_line(tmp_path, name):
     path = _features(tmp_path)
     needle = FEATURE_FAULTS[name](path)
-    res = m2f("train-dialog", "--features", str(path), "--out", str(tmp_path / "run"), "--epochs", "1",
-              "--threads", "1", "--no-progress")
+    res = m2f(
+        "train-dialog",
+        "--features",
+        str(path),
+        "--out",
+        str(tmp_path / "run"),
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+        "--no-progress",
+    )
     line = assert_one_line_error(res, str(path.name))
     assert needle.lower() in line.lower(), line
     TABLE.append((name + " (train-dialog)", str(res.returncode), line, "-"))

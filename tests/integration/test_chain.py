@@ -27,19 +27,58 @@ def test_prepare_extract_train_report(dataset, tmp_path):
         root = make_meld_tree(tmp_path / "corpus", n_dialogues=2, utterances_per_dialogue=3)
         classes = {"neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"}
     else:
-        root = make_iemocap_tree(tmp_path / "corpus", sessions=(1, 5), dialogs_per_session=2,
-                                 utterances_per_dialog=4, video_size=(320, 240), fps=15.0)
+        root = make_iemocap_tree(
+            tmp_path / "corpus",
+            sessions=(1, 5),
+            dialogs_per_session=2,
+            utterances_per_dialog=4,
+            video_size=(320, 240),
+            fps=15.0,
+        )
         classes = {"hap", "sad", "neu", "ang", "exc", "fru"}
     assert "total" in _run(["prepare", "--dataset", dataset, "--root", str(root)])
-    out = _run(["extract", "--dataset", dataset, "--root", str(root), "--cache", str(tmp_path / "cache"),
-                "--encoders", "random", "--text-model", DEFAULT_TEXT_MODEL, "--workers", "2"])
+    out = _run(
+        [
+            "extract",
+            "--dataset",
+            dataset,
+            "--root",
+            str(root),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--encoders",
+            "random",
+            "--text-model",
+            DEFAULT_TEXT_MODEL,
+            "--workers",
+            "2",
+        ]
+    )
     features = out.strip().splitlines()[-1]
     assert features.endswith("features.h5") and validate_features(features) == []
     assert read_split(features, "test").has_text.all()
 
     run = tmp_path / "run"
-    _run(["train-dialog", "--features", features, "--out", str(run), "--epochs", "3", "--seeds", "2",
-          "--heads", "2", "--hidden", "32", "--threads", "1", "--no-progress"])
+    _run(
+        [
+            "train-dialog",
+            "--features",
+            features,
+            "--out",
+            str(run),
+            "--epochs",
+            "3",
+            "--seeds",
+            "2",
+            "--heads",
+            "2",
+            "--hidden",
+            "32",
+            "--threads",
+            "1",
+            "--no-progress",
+        ]
+    )
     table = _run(["report", str(run)])
     assert dataset in table
     report = json.loads((run / "report.json").read_text())

@@ -73,11 +73,32 @@ def test_ctrl_c_says_how_to_resume_and_report_says_still_training(tmp_path):
     errors = tmp_path / "stderr.txt"  # a file, not a pipe: a full pipe buffer would stall the child
     with open(errors, "w") as err_file, _children_take_sigint():
         proc = subprocess.Popen(
-            _m2f() + ["train-dialog", "--features", str(features), "--out", str(out), "--epochs", "500",
-                      "--patience", "500", "--heads", "2", "--hidden", "16", "--threads", "1",
-                      "--no-progress", "--checkpoint-seconds", "0"],
-            stdout=subprocess.DEVNULL, stderr=err_file, text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"})
+            _m2f()
+            + [
+                "train-dialog",
+                "--features",
+                str(features),
+                "--out",
+                str(out),
+                "--epochs",
+                "500",
+                "--patience",
+                "500",
+                "--heads",
+                "2",
+                "--hidden",
+                "16",
+                "--threads",
+                "1",
+                "--no-progress",
+                "--checkpoint-seconds",
+                "0",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
     try:
         # Ctrl-C only once training runs (status.json at epoch 2), however long start-up takes on a
         # loaded machine: a fixed wait could send it during the imports instead

@@ -13,14 +13,17 @@ from cli import _StderrHandler, main
 @pytest.mark.parametrize("form", ["ta", "text,audio", "audio, text", "t,a"])
 def test_train_dialog_takes_both_modality_forms(form, tmp_path):
     missing = tmp_path / "none.h5"
-    res = CliRunner().invoke(main, ["train-dialog", "--features", str(missing),
-                                    "--out", str(tmp_path / "run"), "--modalities", form])
+    res = CliRunner().invoke(
+        main,
+        ["train-dialog", "--features", str(missing), "--out", str(tmp_path / "run"), "--modalities", form],
+    )
     # the option was accepted: the run got as far as looking for the features file
     assert res.exit_code == 1 and str(missing) in res.output and "modalities" not in res.output
 
 
-@pytest.mark.parametrize("cmd", [["train-dialog", "--features", "x.h5", "--out", "r"],
-                                 ["extract", "--dataset", "sample"]])
+@pytest.mark.parametrize(
+    "cmd", [["train-dialog", "--features", "x.h5", "--out", "r"], ["extract", "--dataset", "sample"]]
+)
 def test_unknown_modalities_are_a_usage_error_naming_both_forms(cmd):
     res = CliRunner().invoke(main, [*cmd, "--modalities", "text,smell"])
     assert res.exit_code == 2 and "--modalities" in res.output and "tav" in res.output

@@ -63,8 +63,15 @@ def test_encoders_rewritten_in_place_are_reloaded_by_a_long_lived_worker(client,
     _save_encoders(enc, seed=0)
 
     def run(folder: Path):
-        opts = ExtractOptions("sample", None, modalities=("audio",), splits=("dev",), limit=2,
-                              encoders=str(folder), cache=tmp_path / "cache")
+        opts = ExtractOptions(
+            "sample",
+            None,
+            modalities=("audio",),
+            splits=("dev",),
+            limit=2,
+            encoders=str(folder),
+            cache=tmp_path / "cache",
+        )
         return run_extract(opts, client=client).features
 
     first = _audio(run(enc))
@@ -89,10 +96,17 @@ def test_workers_that_cannot_read_a_path_stop_the_run_with_one_line(client, tmp_
 
 
 def test_clip_folder_hidden_from_workers_stops_before_decoding(client, tmp_path, monkeypatch):
-    root = make_meld_tree(tmp_path / "meld", n_dialogues=1, utterances_per_dialogue=2, splits=("dev",),
-                          size=(64, 48), duration=0.5)
-    opts = ExtractOptions("meld", root, modalities=("audio",), splits=("dev",), encoders="random",
-                          cache=tmp_path / "cache")
+    root = make_meld_tree(
+        tmp_path / "meld",
+        n_dialogues=1,
+        utterances_per_dialogue=2,
+        splits=("dev",),
+        size=(64, 48),
+        duration=0.5,
+    )
+    opts = ExtractOptions(
+        "meld", root, modalities=("audio",), splits=("dev",), encoders="random", cache=tmp_path / "cache"
+    )
     manifest, utterances = load_manifest(opts.layout, root)
     # clips under /proc/self/cwd: the driver (run in the corpus folder) sees them, the worker (started
     # in another folder) does not, as with a corpus on a disk only the driver's machine mounts
@@ -112,10 +126,29 @@ def test_clip_folder_hidden_from_workers_stops_before_decoding(client, tmp_path,
 def _self_signed(folder: Path) -> Path:
     """A self-signed certificate for 127.0.0.1 and a security file that names it."""
     folder.mkdir()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem")],
-                   check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(folder / "key.pem"),
+            "-out",
+            str(folder / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     sec = folder / "security.yaml"
     sec.write_text("tls_ca_file: cert.pem\ntls_cert: cert.pem\ntls_key: key.pem\n")
     return sec
@@ -129,19 +162,39 @@ def test_tls_local_cluster_end_to_end(client, tmp_path, caplog):
     sec = _self_signed(tmp_path / "tls")
     security = load_security(sec)
     assert security.require_encryption and security.tls_worker_cert == str(tmp_path / "tls" / "cert.pem")
-    opts = ExtractOptions("sample", None, modalities=("audio",), splits=("dev",), limit=2, encoders="random",
-                          workers=1, cache=tmp_path / "cache", security=sec)
+    opts = ExtractOptions(
+        "sample",
+        None,
+        modalities=("audio",),
+        splits=("dev",),
+        limit=2,
+        encoders="random",
+        workers=1,
+        cache=tmp_path / "cache",
+        security=sec,
+    )
     addresses: list[str] = []
     with caplog.at_level(logging.INFO, logger="pipeline"):
-        res = run_extract(opts, on_written=lambda c, i: addresses.append((c.scheduler.address,
-                                                                          c.security.tls_client_cert)))
+        res = run_extract(
+            opts, on_written=lambda c, i: addresses.append((c.scheduler.address, c.security.tls_client_cert))
+        )
     assert "started a LocalCluster" in caplog.text
     # the user's certificate, not the temporary one m2f would make without --security
     cert = str(tmp_path / "tls" / "cert.pem")
     assert addresses and all(a.startswith("tls://127.0.0.1:") and c == cert for a, c in addresses)
     assert read_split(res.features, "dev").has_audio.all()
-    plain = run_extract(ExtractOptions("sample", None, modalities=("audio",), splits=("dev",), limit=2,
-                                       encoders="random", cache=tmp_path / "plain"), client=client)
+    plain = run_extract(
+        ExtractOptions(
+            "sample",
+            None,
+            modalities=("audio",),
+            splits=("dev",),
+            limit=2,
+            encoders="random",
+            cache=tmp_path / "plain",
+        ),
+        client=client,
+    )
     assert np.array_equal(_audio(res.features), _audio(plain.features))
 
 
@@ -152,8 +205,22 @@ def test_cli_bad_security_file_is_one_line_before_any_work(tmp_path, monkeypatch
 
     monkeypatch.chdir(tmp_path)
     Path("tls.yaml").write_text("tls_ca_file: ca.pem\n")
-    res = CliRunner().invoke(main, ["extract", "--dataset", "sample", "--modalities", "a",
-                                    "--encoders", "random", "--cache", "c", "--security", "tls.yaml"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "extract",
+            "--dataset",
+            "sample",
+            "--modalities",
+            "a",
+            "--encoders",
+            "random",
+            "--cache",
+            "c",
+            "--security",
+            "tls.yaml",
+        ],
+    )
     assert res.exit_code == 1 and res.exception is not None and not res.stdout.strip()
     last = res.output.strip().splitlines()[-1]
     assert last.startswith("Error: --security ") and "ca.pem does not exist" in last

@@ -26,8 +26,15 @@ pytestmark = pytest.mark.slow
 
 DASK = Path(sys.executable).with_name("dask")
 REPO = Path(__file__).resolve().parents[2]
-ARGS = {"dataset": "sample", "root": None, "encoders": "random", "text_model": str(DEFAULT_TEXT_MODEL),
-        "splits": ("train", "dev"), "limit": 3, "partition_size": 1}
+ARGS = {
+    "dataset": "sample",
+    "root": None,
+    "encoders": "random",
+    "text_model": str(DEFAULT_TEXT_MODEL),
+    "splits": ("train", "dev"),
+    "limit": 3,
+    "partition_size": 1,
+}
 
 
 def _free_port() -> int:
@@ -37,8 +44,14 @@ def _free_port() -> int:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        OMP_NUM_THREADS="1",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
     env.pop("MALLOC_TRIM_THRESHOLD_", None)
     return env
 
@@ -46,8 +59,9 @@ def _env() -> dict[str, str]:
 def _start(cmd: list[str], cwd: Path) -> subprocess.Popen:
     cwd.mkdir(parents=True, exist_ok=True)
     log = open(cwd / "log.txt", "wb")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -78,12 +92,40 @@ def scheduler(tmp_path_factory):
 
     base = tmp_path_factory.mktemp("cluster")
     address = f"tcp://127.0.0.1:{_free_port()}"
-    procs = [_start([str(DASK), "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
-                     "--no-dashboard"], base / "scheduler")]
+    procs = [
+        _start(
+            [
+                str(DASK),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                address.rsplit(":", 1)[1],
+                "--no-dashboard",
+            ],
+            base / "scheduler",
+        )
+    ]
     try:
-        procs.append(_start([str(DASK), "worker", address, "--nworkers", "2", "--nthreads", "1",
-                             "--host", "127.0.0.1", "--no-dashboard", "--death-timeout", "60"],
-                            base / "workers"))
+        procs.append(
+            _start(
+                [
+                    str(DASK),
+                    "worker",
+                    address,
+                    "--nworkers",
+                    "2",
+                    "--nthreads",
+                    "1",
+                    "--host",
+                    "127.0.0.1",
+                    "--no-dashboard",
+                    "--death-timeout",
+                    "60",
+                ],
+                base / "workers",
+            )
+        )
         with Client(address, timeout=60) as client:
             client.wait_for_workers(2, timeout=120)
             assert all(a.startswith("tcp://127.0.0.1:") for a in client.scheduler_info()["workers"])
@@ -118,9 +160,28 @@ def reference(tmp_path_factory) -> Path:
 def test_cli_from_a_third_folder_with_relative_cache_equals_local_cluster(scheduler, reference, tmp_path):
     work = tmp_path / "driver"
     work.mkdir()
-    cmd = [sys.executable, "-m", "cli", "extract", "--dataset", "sample", "--encoders", "random",
-           "--text-model", ARGS["text_model"], "--splits", "train,dev", "--limit", "3",
-           "--partition-size", "1", "--cache", "relcache", "--scheduler", scheduler]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli",
+        "extract",
+        "--dataset",
+        "sample",
+        "--encoders",
+        "random",
+        "--text-model",
+        ARGS["text_model"],
+        "--splits",
+        "train,dev",
+        "--limit",
+        "3",
+        "--partition-size",
+        "1",
+        "--cache",
+        "relcache",
+        "--scheduler",
+        scheduler,
+    ]
     res = subprocess.run(cmd, cwd=work, env=_env(), capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
     features = Path(res.stdout.strip().splitlines()[-1])
@@ -143,8 +204,9 @@ def test_worker_process_killed_mid_run_completes_and_equals(scheduler, reference
 
     t0 = time.monotonic()
     with Client(scheduler, timeout=60) as client:
-        res = run_extract(ExtractOptions(cache=tmp_path / "cache", **ARGS), client=client,
-                          on_written=kill_busy_worker)
+        res = run_extract(
+            ExtractOptions(cache=tmp_path / "cache", **ARGS), client=client, on_written=kill_busy_worker
+        )
         assert killed, "no worker was busy when the first partition was written"
         client.wait_for_workers(2, timeout=120)
         assert killed[0] not in client.run(os.getpid).values()

@@ -71,8 +71,12 @@ def _write_faults(root: Path) -> None:
 
 
 def _opts(root: Path, cache: Path, **kw) -> ExtractOptions:
-    base = {"encoders": "random", "text_model": DEFAULT_TEXT_MODEL, "partition_size": 3,
-            "media_config": {"n_frames": N_FRAMES}}
+    base = {
+        "encoders": "random",
+        "text_model": DEFAULT_TEXT_MODEL,
+        "partition_size": 3,
+        "media_config": {"n_frames": N_FRAMES},
+    }
     return ExtractOptions("meld", root, cache=cache, **{**base, **kw})
 
 
@@ -88,8 +92,9 @@ def client():
 
 @pytest.fixture(scope="module")
 def meld_tree(tmp_path_factory) -> Path:
-    root = make_meld_tree(tmp_path_factory.mktemp("meld"), n_dialogues=2, utterances_per_dialogue=3,
-                          size=SIZE, duration=1.0)
+    root = make_meld_tree(
+        tmp_path_factory.mktemp("meld"), n_dialogues=2, utterances_per_dialogue=3, size=SIZE, duration=1.0
+    )
     _write_faults(root)
     return root
 
@@ -136,8 +141,13 @@ def test_meld_faults_are_flagged_in_features_and_problems(meld_run):
     for split in ("train", "dev", "test"):
         a = read_split(res.features, split)
         for i, uid in enumerate(a.utt_id):
-            feats[uid] = {"has_audio": a.has_audio[i], "has_visual": a.has_visual[i],
-                          "has_face": a.has_face[i], "audio": a.audio_emb[i], "visual": a.visual_emb[i]}
+            feats[uid] = {
+                "has_audio": a.has_audio[i],
+                "has_visual": a.has_visual[i],
+                "has_face": a.has_face[i],
+                "audio": a.audio_emb[i],
+                "visual": a.visual_emb[i],
+            }
     for uid, m in media.items():  # features flags are the media flags, and zeros go with False
         f = feats[uid]
         assert f["has_audio"] == m["has_audio"] and f["has_visual"] == m["has_video"], uid
@@ -156,16 +166,23 @@ def test_meld_faults_are_flagged_in_features_and_problems(meld_run):
     # corpus traps: missing clip (train dia2_utt2), zero-byte clip (train dia0_utt1), 5.1 audio (dev)
     assert flags("meld/train/dia2_utt2") == (False, False, False) and "meld/train/dia2_utt2" in logged
     assert flags("meld/train/dia0_utt1") == (False, False, False) and "meld/train/dia0_utt1" in logged
-    assert flags("meld/dev/dia0_utt0")[:2] == (True, True)        # 5.1 audio: centre channel
-    assert sum(f["has_face"] for f in feats.values()) >= 10          # the face path ran on most clips
-    assert flags("meld/dev/dia1_utt0")[:2] == (False, True)        # no audio stream
-    assert flags("meld/dev/dia1_utt1")[:2] == (True, False)        # no video stream
-    assert flags("meld/dev/dia1_utt2")[:2] == (False, True)        # silent audio
-    assert flags("meld/test/dia1_utt1") == (True, True, False)     # no face
-    assert flags("meld/test/dia1_utt2")[1]                         # short clip: frames kept
+    assert flags("meld/dev/dia0_utt0")[:2] == (True, True)  # 5.1 audio: centre channel
+    assert sum(f["has_face"] for f in feats.values()) >= 10  # the face path ran on most clips
+    assert flags("meld/dev/dia1_utt0")[:2] == (False, True)  # no audio stream
+    assert flags("meld/dev/dia1_utt1")[:2] == (True, False)  # no video stream
+    assert flags("meld/dev/dia1_utt2")[:2] == (False, True)  # silent audio
+    assert flags("meld/test/dia1_utt1") == (True, True, False)  # no face
+    assert flags("meld/test/dia1_utt2")[1]  # short clip: frames kept
     assert media["meld/train/dia2_utt0"]["audio_cut"] and flags("meld/train/dia2_utt0")[0]  # 4 minutes
-    for uid in ("meld/dev/dia1_utt0", "meld/dev/dia1_utt1", "meld/dev/dia1_utt2", "meld/test/dia1_utt0",
-                "meld/test/dia1_utt1", "meld/test/dia1_utt2", "meld/train/dia2_utt0"):
+    for uid in (
+        "meld/dev/dia1_utt0",
+        "meld/dev/dia1_utt1",
+        "meld/dev/dia1_utt2",
+        "meld/test/dia1_utt0",
+        "meld/test/dia1_utt1",
+        "meld/test/dia1_utt2",
+        "meld/train/dia2_utt0",
+    ):
         assert uid in logged, uid
     assert res.summary["dev"].problems >= 3 and res.summary["test"].problems >= 3
 
@@ -194,8 +211,10 @@ def test_default_encoders_are_the_ones_cached_for_this_media(meld_run, client):
     folder = opts.layout.encoders_dir(CacheLayout.media_key(ref.media), labels_key(stored_labels(ref.media)))
     sizes = {"face": 80, "scene": 64}  # the media's crop sizes: the input contract is checked
     for i, m in enumerate(("audio", "face", "scene")):
-        save_encoder(build_encoder(m, seed=100 + i, **({"image_size": sizes[m]} if m in sizes else {})),
-                     folder / f"{m}.pt")
+        save_encoder(
+            build_encoder(m, seed=100 + i, **({"image_size": sizes[m]} if m in sizes else {})),
+            folder / f"{m}.pt",
+        )
     res = run_extract(_opts(opts.root, opts.cache, encoders=None), client=client)
     assert res.encoders == str(folder.resolve()) and res.media == ref.media
     assert res.features != ref.features  # other weights, other cache key
@@ -246,8 +265,11 @@ def test_worker_killed_mid_run_is_replaced_and_result_is_the_same(meld_tree, mel
             killed.append(pid)
 
     before = set(client.run(os.getpid).values())
-    res = run_extract(_opts(meld_tree, tmp_path, media_config={"n_frames": N_FRAMES}), client=client,
-                      on_written=kill_busy_worker)
+    res = run_extract(
+        _opts(meld_tree, tmp_path, media_config={"n_frames": N_FRAMES}),
+        client=client,
+        on_written=kill_busy_worker,
+    )
     assert killed, "no worker was busy when the first partition was written"
     client.wait_for_workers(2, timeout=60)
     after = set(client.run(os.getpid).values())
@@ -261,11 +283,23 @@ def test_worker_killed_mid_run_is_replaced_and_result_is_the_same(meld_tree, mel
 
 
 def test_iemocap_end_to_end(client, tmp_path):
-    root = make_iemocap_tree(tmp_path / "corpus", sessions=(1, 5), dialogs_per_session=1,
-                             utterances_per_dialog=3, video_size=(320, 240), fps=15.0)
-    opts = ExtractOptions("iemocap", root, cache=tmp_path / "cache", encoders="random",
-                          text_model=DEFAULT_TEXT_MODEL, partition_size=2,
-                          media_config={"n_frames": N_FRAMES})
+    root = make_iemocap_tree(
+        tmp_path / "corpus",
+        sessions=(1, 5),
+        dialogs_per_session=1,
+        utterances_per_dialog=3,
+        video_size=(320, 240),
+        fps=15.0,
+    )
+    opts = ExtractOptions(
+        "iemocap",
+        root,
+        cache=tmp_path / "cache",
+        encoders="random",
+        text_model=DEFAULT_TEXT_MODEL,
+        partition_size=2,
+        media_config={"n_frames": N_FRAMES},
+    )
     res = run_extract(opts, client=client)
     assert validate_features(res.features) == []
     manifest = read_jsonl(res.manifest)
@@ -280,10 +314,16 @@ def test_iemocap_end_to_end(client, tmp_path):
 
 def test_text_only_needs_no_clips_and_runs_on_a_given_scheduler(client, tmp_path, caplog):
     root = make_meld_tree(tmp_path / "corpus", n_dialogues=2, utterances_per_dialogue=2, clips=False)
-    opts = ExtractOptions("meld", root, cache=tmp_path / "cache", modalities=("text",),
-                          text_model=DEFAULT_TEXT_MODEL, splits=("dev", "test"),
-                          scheduler=client.scheduler.address,
-                          security=security_file(client.security, tmp_path / "tls"))  # its TLS certificate
+    opts = ExtractOptions(
+        "meld",
+        root,
+        cache=tmp_path / "cache",
+        modalities=("text",),
+        text_model=DEFAULT_TEXT_MODEL,
+        splits=("dev", "test"),
+        scheduler=client.scheduler.address,
+        security=security_file(client.security, tmp_path / "tls"),
+    )  # its TLS certificate
     with caplog.at_level(logging.INFO, logger="pipeline"):
         res = run_extract(opts)
     assert f"connected to {client.scheduler.address}; dashboard:" in caplog.text
@@ -308,8 +348,9 @@ def test_encoders_folder_without_checkpoints_stops_before_decoding(meld_tree, tm
 @pytest.mark.gpu
 def test_cuda_run_matches_cpu(tmp_path, tiny_roberta):
     # the tiny local text model: the GPU machine has no MiniLM package; 2 workers share the GPU
-    root = make_meld_tree(tmp_path / "corpus", n_dialogues=2, utterances_per_dialogue=2, splits=("dev",),
-                          traps=False, size=SIZE)
+    root = make_meld_tree(
+        tmp_path / "corpus", n_dialogues=2, utterances_per_dialogue=2, splits=("dev",), traps=False, size=SIZE
+    )
     text = {"text_model": str(tiny_roberta)}
     cpu = run_extract(_opts(root, tmp_path / "cpu", splits=("dev",), workers=1, **text))
     gpu = run_extract(_opts(root, tmp_path / "gpu", splits=("dev",), device="cuda", workers=2, **text))

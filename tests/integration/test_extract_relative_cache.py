@@ -23,8 +23,10 @@ from pipeline.text.embedder import DEFAULT_TEXT_MODEL
 def _save_encoders(folder: Path) -> None:
     sizes = {"face": 80, "scene": 64}  # the media's crop sizes (MediaConfig defaults)
     for i, kind in enumerate(("audio", "face", "scene")):
-        save_encoder(build_encoder(kind, seed=i, **({"image_size": sizes[kind]} if kind in sizes else {})),
-                     folder / f"{kind}.pt")
+        save_encoder(
+            build_encoder(kind, seed=i, **({"image_size": sizes[kind]} if kind in sizes else {})),
+            folder / f"{kind}.pt",
+        )
 
 
 def test_what_workers_get_is_absolute_when_everything_was_given_relative(tmp_path, monkeypatch):
@@ -35,8 +37,9 @@ def test_what_workers_get_is_absolute_when_everything_was_given_relative(tmp_pat
     (tmp_path / "textmodel").mkdir()
     opts = ExtractOptions("sample", None, cache=Path("relcache"), encoders="enc", text_model="textmodel")
     media = opts.layout.media_file("k")
-    spec = make_embed_spec(opts, media, stage_encoders(opts, media, "k", {}), stage_text_model(opts, []),
-                           {"n_frames": 4})
+    spec = make_embed_spec(
+        opts, media, stage_encoders(opts, media, "k", {}), stage_text_model(opts, []), {"n_frames": 4}
+    )
     here = tmp_path.resolve()
     assert spec.media == str(here / "relcache" / "sample" / "media-k" / "media.h5")
     assert spec.encoders == str(here / "enc") and spec.text_model == str(here / "textmodel")
@@ -64,10 +67,30 @@ def test_relative_cache_text_model_and_encoders_from_another_folder(tmp_path, mo
             (work / "minilm").symlink_to(DEFAULT_TEXT_MODEL)
             _save_encoders(work / "enc")
             security_file(client.security, work / "tls")  # the cluster's TLS certificate, for the command
-            res = CliRunner().invoke(main, [
-                "extract", "--dataset", "sample", "--cache", "relcache", "--encoders", "enc",
-                "--text-model", "minilm", "--modalities", "ta", "--splits", "dev", "--limit", "2",
-                "--scheduler", client.scheduler.address, "--security", "tls/security.yaml"])
+            res = CliRunner().invoke(
+                main,
+                [
+                    "extract",
+                    "--dataset",
+                    "sample",
+                    "--cache",
+                    "relcache",
+                    "--encoders",
+                    "enc",
+                    "--text-model",
+                    "minilm",
+                    "--modalities",
+                    "ta",
+                    "--splits",
+                    "dev",
+                    "--limit",
+                    "2",
+                    "--scheduler",
+                    client.scheduler.address,
+                    "--security",
+                    "tls/security.yaml",
+                ],
+            )
     finally:
         cluster.close()
     assert res.exit_code == 0, res.output

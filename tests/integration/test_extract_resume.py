@@ -26,14 +26,34 @@ KILL_SEED = int(os.environ.get("M2F_KILL_SEED", "0"))
 
 
 def _command(root: Path, cache: Path) -> list[str]:
-    return M2F + ["extract", "--dataset", "meld", "--root", str(root), "--cache", str(cache),
-                  "--splits", "dev", "--encoders", "random", "--text-model", DEFAULT_TEXT_MODEL,
-                  "--workers", "2", "--partition-size", "1"]
+    return M2F + [
+        "extract",
+        "--dataset",
+        "meld",
+        "--root",
+        str(root),
+        "--cache",
+        str(cache),
+        "--splits",
+        "dev",
+        "--encoders",
+        "random",
+        "--text-model",
+        DEFAULT_TEXT_MODEL,
+        "--workers",
+        "2",
+        "--partition-size",
+        "1",
+    ]
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
 
 
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
@@ -48,8 +68,9 @@ def _shards(cache: Path) -> list[Path]:
 
 def _kill_mid_run(cmd: list[str], cache: Path, rng: random.Random) -> None:
     """Start the run in its own process group; once a shard is written, wait a random moment, kill all."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(), start_new_session=True
+    )
     deadline = time.monotonic() + 300
     while not _shards(cache) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -85,8 +106,14 @@ def _resumed_count(stderr: str, stage: str, total: int) -> int:
 
 @pytest.mark.slow
 def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
-    root = make_meld_tree(tmp_path / "corpus", n_dialogues=4, utterances_per_dialogue=3, splits=("dev",),
-                          size=(128, 96), duration=1.0)
+    root = make_meld_tree(
+        tmp_path / "corpus",
+        n_dialogues=4,
+        utterances_per_dialogue=3,
+        splits=("dev",),
+        size=(128, 96),
+        duration=1.0,
+    )
     reference = _run(_command(root, tmp_path / "ref"))
     ref_path = Path(reference.stdout.strip().splitlines()[-1])
     n = len(read_split(ref_path, "dev"))
@@ -100,7 +127,7 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
     again = _run(_command(root, cache))
     path = Path(again.stdout.strip().splitlines()[-1])  # the last line is the features path
     assert path.relative_to(cache) == ref_path.relative_to(tmp_path / "ref")
-    assert _resumed_count(again.stderr, "media", n) == len(media_done)        # nothing written is redone
+    assert _resumed_count(again.stderr, "media", n) == len(media_done)  # nothing written is redone
     assert _resumed_count(again.stderr, "features", n) == len(feature_done)
     assert validate_features(path) == []
     a, b = read_split(ref_path, "dev"), read_split(path, "dev")

@@ -18,8 +18,14 @@ REPO = Path(__file__).resolve().parents[2]
 def test_gpu_check_cpu_smoke_writes_one_json_of_all_steps(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), str(out), "--cpu-smoke"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_check.sh"), str(out), "--cpu-smoke"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     path = Path(proc.stdout.strip().splitlines()[-1])
     assert path == out / "gpu_check.json" and sorted(p.name for p in out.glob("*.json")) == ["gpu_check.json"]
@@ -37,6 +43,7 @@ def test_gpu_check_cpu_smoke_writes_one_json_of_all_steps(tmp_path):
 
 
 def test_gpu_check_without_out_dir_prints_usage():
-    proc = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh")], capture_output=True, text=True,
-                          timeout=30)
+    proc = subprocess.run(
+        ["bash", str(REPO / "bench" / "gpu_check.sh")], capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 2 and "usage" in proc.stderr

@@ -42,12 +42,20 @@ def _env() -> dict:
 def test_live_jsonl_predicts_each_line_and_survives_a_bad_one(live_models, tmp_path):
     _, models = live_models
     utts = _test_utterances()[:3]
-    lines = [json.dumps({"dialogue": "a", "speaker": u.speaker, "text": u.text, "clip": u.clip})
-             for u in utts]
+    lines = [
+        json.dumps({"dialogue": "a", "speaker": u.speaker, "text": u.text, "clip": u.clip}) for u in utts
+    ]
     lines.insert(1, "{not json")
     lines.insert(2, json.dumps({"dialogue": "b", "speaker": "Ann", "text": "hello there"}))
-    res = subprocess.run([*M2F, "live", "--model", str(models["causal"])], input="\n".join(lines) + "\n",
-                         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
+    res = subprocess.run(
+        [*M2F, "live", "--model", str(models["causal"])],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     out = [json.loads(x) for x in res.stdout.splitlines()]
     assert len(out) == len(lines)
@@ -60,14 +68,24 @@ def test_live_jsonl_predicts_each_line_and_survives_a_bad_one(live_models, tmp_p
         for u, o in zip(utts, a, strict=True):
             p = talk.add(speaker=u.speaker, text=u.text, clip=u.clip)
             assert o["predicted"] == p.predicted and o["has_audio"] is True
-            np.testing.assert_allclose([o[f"p_{c}"] for c in live.class_names],
-                                       [p.probabilities[c] for c in live.class_names], atol=1e-5)
+            np.testing.assert_allclose(
+                [o[f"p_{c}"] for c in live.class_names],
+                [p.probabilities[c] for c in live.class_names],
+                atol=1e-5,
+            )
 
 
 def test_live_refuses_a_bidirectional_model_in_one_line(live_models, tmp_path):
     _, models = live_models
-    res = subprocess.run([*M2F, "live", "--model", str(models["bidirectional"])], input="",
-                         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=300)
+    res = subprocess.run(
+        [*M2F, "live", "--model", str(models["bidirectional"])],
+        input="",
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "--allow-revisions" in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
@@ -78,8 +96,18 @@ def test_live_replay_keeps_pace(live_models, tmp_path):
     spans = join_clips([u.clip for u in utts], tmp_path / "talk.mp4")
     cues = [Cue(s, e, u.speaker, u.text) for u, (s, e) in zip(utts, spans, strict=True)]
     srt = write_srt(tmp_path / "talk.srt", cues)
-    cmd = [*M2F, "live", "--model", str(models["causal"]), "--replay", str(tmp_path / "talk.mp4"),
-           "--subtitles", str(srt), "--speed", "4"]
+    cmd = [
+        *M2F,
+        "live",
+        "--model",
+        str(models["causal"]),
+        "--replay",
+        str(tmp_path / "talk.mp4"),
+        "--subtitles",
+        str(srt),
+        "--speed",
+        "4",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
     assert res.returncode == 0, res.stderr
     out = [json.loads(x) for x in res.stdout.splitlines()]
@@ -102,9 +130,13 @@ def server(live_models, tmp_path_factory):
     _, models = live_models
     port = _free_port()
     log = open(tmp_path_factory.mktemp("serve") / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([*M2F, "serve", "--model", str(models["causal"]), "--port", str(port),
-                             "--max-upload-mb", "0.2"], stdout=log, stderr=subprocess.STDOUT, env=_env(),
-                            cwd=ROOT)
+    proc = subprocess.Popen(
+        [*M2F, "serve", "--model", str(models["causal"]), "--port", str(port), "--max-upload-mb", "0.2"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_env(),
+        cwd=ROOT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -126,9 +158,12 @@ def server(live_models, tmp_path_factory):
 
 def _post_clip(url: str, dialogue: str, u, **extra) -> requests.Response:
     with open(u.clip, "rb") as f:
-        return requests.post(f"{url}/v1/conversations/{dialogue}/utterances", timeout=120,
-                             data={"speaker": u.speaker, "text": u.text, **extra},
-                             files={"clip": ("clip.mp4", f, "video/mp4")})
+        return requests.post(
+            f"{url}/v1/conversations/{dialogue}/utterances",
+            timeout=120,
+            data={"speaker": u.speaker, "text": u.text, **extra},
+            files={"clip": ("clip.mp4", f, "video/mp4")},
+        )
 
 
 def test_a_conversation_end_to_end(server):
@@ -138,8 +173,9 @@ def test_a_conversation_end_to_end(server):
     paths = requests.get(f"{server}/openapi.json", timeout=10).json()["paths"]
     assert "/v1/conversations/{dialogue}/utterances" in paths
     u0, u1 = _test_utterances()[:2]
-    r = requests.post(f"{server}/v1/conversations/c1/utterances",
-                      json={"speaker": u0.speaker, "text": u0.text}, timeout=60)
+    r = requests.post(
+        f"{server}/v1/conversations/c1/utterances", json={"speaker": u0.speaker, "text": u0.text}, timeout=60
+    )
     assert r.status_code == 200, r.text
     assert r.json()["position"] == 0 and r.json()["has_text"] and not r.json()["has_audio"]
     r = _post_clip(server, "c1", u1)
@@ -170,15 +206,18 @@ def test_bad_requests_get_a_4xx_line_and_serving_goes_on(server, tmp_path):
         if "files" in kw:
             kw = {**kw, "data": {"speaker": "Ann", "text": "hi"}}
         r = requests.post(url, timeout=60, **kw)
-        if status is None:   # truncated: refused as media, or decoded as far as it goes
+        if status is None:  # truncated: refused as media, or decoded as far as it goes
             assert r.status_code in (200, 415, 422), (name, r.text)
         else:
             assert r.status_code == status, (name, r.status_code, r.text)
         if r.status_code >= 400:
             detail = r.json()["detail"]
             assert isinstance(detail, str) and "\n" not in detail and detail, name
-        ok = requests.post(f"{server}/v1/conversations/after-{len(name)}/utterances",
-                           json={"speaker": "Bob", "text": "still there?"}, timeout=60)
+        ok = requests.post(
+            f"{server}/v1/conversations/after-{len(name)}/utterances",
+            json={"speaker": "Bob", "text": "still there?"},
+            timeout=60,
+        )
         assert ok.status_code == 200, (name, ok.text)
 
 
@@ -190,8 +229,11 @@ def test_concurrent_conversations_do_not_mix(server):
     def talk(key: str) -> None:
         try:
             for t in texts[key]:
-                r = requests.post(f"{server}/v1/conversations/{key}/utterances",
-                                  json={"speaker": "Ann" if len(t) % 2 else "Bob", "text": t}, timeout=120)
+                r = requests.post(
+                    f"{server}/v1/conversations/{key}/utterances",
+                    json={"speaker": "Ann" if len(t) % 2 else "Bob", "text": t},
+                    timeout=120,
+                )
                 assert r.status_code == 200, r.text
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)

@@ -30,12 +30,31 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
-    result = run_extract(ExtractOptions(dataset="sample", root=None, cache=root / "cache", encoders="random",
-                                        text_model=DEFAULT_TEXT_MODEL, workers=2,
-                                        media_config={"n_frames": 4}))
-    train_dialog(DialogTrainConfig(features=str(result.features), out=str(root / "run"), seeds=2, epochs=4,
-                                   patience=4, heads=2, hidden=16, fusion_layers=2, progress=False,
-                                   threads=1))
+    result = run_extract(
+        ExtractOptions(
+            dataset="sample",
+            root=None,
+            cache=root / "cache",
+            encoders="random",
+            text_model=DEFAULT_TEXT_MODEL,
+            workers=2,
+            media_config={"n_frames": 4},
+        )
+    )
+    train_dialog(
+        DialogTrainConfig(
+            features=str(result.features),
+            out=str(root / "run"),
+            seeds=2,
+            epochs=4,
+            patience=4,
+            heads=2,
+            hidden=16,
+            fusion_layers=2,
+            progress=False,
+            threads=1,
+        )
+    )
     model = export_model(root / "run", root / "model")
     seed = json.loads((model / "m2f_model.json").read_text())["source"]["seed"]
     return root, model, root / "run" / f"seed{seed}"
@@ -72,8 +91,12 @@ def test_custom_csv_of_the_test_split_gives_train_dialogs_predictions(exported, 
     assert ids == [r["utt_id"] for r in theirs]
     assert [r["predicted"] for r in ours] == [r["predicted"] for r in theirs]
     classes = [c for c in theirs[0] if c.startswith("p_")]
-    np.testing.assert_allclose([[float(r[c]) for c in classes] for r in ours],
-                               [[float(r[c]) for c in classes] for r in theirs], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        [[float(r[c]) for c in classes] for r in ours],
+        [[float(r[c]) for c in classes] for r in theirs],
+        atol=1e-5,
+        rtol=0,
+    )
     assert all(r["has_audio"] == r["has_visual"] == "true" for r in ours)
 
 
@@ -84,9 +107,21 @@ def test_joined_video_with_subtitles_predicts_end_to_end(exported, tmp_path):
     assert spans[0][0] == 0.0 and all(abs(b[0] - a[1]) < 1e-9 for a, b in zip(spans, spans[1:], strict=False))
     cues = [Cue(s, e, u.speaker, u.text) for u, (s, e) in zip(utts, spans, strict=True)]
     srt = write_srt(tmp_path / "talk.srt", cues)
-    res = CliRunner().invoke(main, ["predict", "--model", str(model), str(tmp_path / "talk.mp4"),
-                                    "--subtitles", str(srt), "--out", str(tmp_path / "p.jsonl"),
-                                    "--plot", str(tmp_path / "t.png")])
+    res = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            "--model",
+            str(model),
+            str(tmp_path / "talk.mp4"),
+            "--subtitles",
+            str(srt),
+            "--out",
+            str(tmp_path / "p.jsonl"),
+            "--plot",
+            str(tmp_path / "t.png"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert [r["speaker"] for r in rows] == [u.speaker for u in utts]
@@ -106,8 +141,9 @@ def test_csv_without_clips_predicts_from_text_alone(exported, tmp_path):
     result = predict(model, _write_csv(tmp_path / "in", clips=False), tmp_path / "p.csv")
     assert result.modalities == ("text",)
     rows = _read_csv(tmp_path / "p.csv")
-    assert len(rows) == 6 and all(r["has_text"] == "true" and r["has_audio"] == r["has_visual"] == "false"
-                                  for r in rows)
+    assert len(rows) == 6 and all(
+        r["has_text"] == "true" and r["has_audio"] == r["has_visual"] == "false" for r in rows
+    )
     assert [r["speaker"] for r in rows] == [u.speaker for u in _test_utterances()]
 
 
@@ -118,5 +154,8 @@ def test_worker_processes_give_the_same_predictions(exported, tmp_path):
     spread = predict(model, src, tmp_path / "spread.csv", workers=2)
     assert [r["predicted"] for r in here.rows] == [r["predicted"] for r in spread.rows]
     keys = [k for k in here.rows[0] if k.startswith(("p_", "has_"))]
-    np.testing.assert_allclose([[float(r[k]) for k in keys] for r in here.rows],
-                               [[float(r[k]) for k in keys] for r in spread.rows], atol=1e-5)
+    np.testing.assert_allclose(
+        [[float(r[k]) for k in keys] for r in here.rows],
+        [[float(r[k]) for k in keys] for r in spread.rows],
+        atol=1e-5,
+    )

@@ -27,11 +27,37 @@ def _ok(args: list[str]) -> str:
 
 def test_extract_train_export_predict_with_the_default_text_model(tmp_path):
     cache = tmp_path / "cache"
-    features = _ok(["extract", "--dataset", "sample", "--cache", str(cache), "--modalities", "text",
-                    "--encoders", "random", "--workers", "1"])
+    features = _ok(
+        [
+            "extract",
+            "--dataset",
+            "sample",
+            "--cache",
+            str(cache),
+            "--modalities",
+            "text",
+            "--encoders",
+            "random",
+            "--workers",
+            "1",
+        ]
+    )
     assert (cache / "sample" / "text-model").is_dir()  # the default: fine-tuned into the cache
-    _ok(["train-dialog", "--features", features, "--out", str(tmp_path / "run"), "--seeds", "1",
-         "--epochs", "2", "--modalities", "t"])
+    _ok(
+        [
+            "train-dialog",
+            "--features",
+            features,
+            "--out",
+            str(tmp_path / "run"),
+            "--seeds",
+            "1",
+            "--epochs",
+            "2",
+            "--modalities",
+            "t",
+        ]
+    )
     model = _ok(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model")])
     assert Path(model) == tmp_path / "model"
     talk = tmp_path / "talk.csv"

@@ -27,8 +27,9 @@ SPLITS = ("train", "dev")
 
 
 def _utterances(tmp_path: Path):
-    root = make_meld_tree(tmp_path / "meld", n_dialogues=1, utterances_per_dialogue=3, splits=SPLITS,
-                          clips=False, traps=False)
+    root = make_meld_tree(
+        tmp_path / "meld", n_dialogues=1, utterances_per_dialogue=3, splits=SPLITS, clips=False, traps=False
+    )
     _, manifest = load_manifest(CacheLayout(tmp_path / "cache", "meld"), root)
     return manifest
 
@@ -37,12 +38,22 @@ def test_media_key_ignores_labels_text_and_speaker_but_not_what_is_decoded(tmp_p
     utts = _utterances(tmp_path)
     cfg = media_config_dict(None)
     key = media_key(cfg, utts)
-    relabelled = [replace(u, label="joy" if u.label != "joy" else "anger", text=u.text + "!", speaker="X",
-                          sentiment=None) for u in utts]
+    relabelled = [
+        replace(
+            u, label="joy" if u.label != "joy" else "anger", text=u.text + "!", speaker="X", sentiment=None
+        )
+        for u in utts
+    ]
     assert media_key(cfg, relabelled) == key  # on the old code the key hashed the whole manifest
     first = utts[0]
-    for change in ({"clip": "/other/clip.mp4"}, {"audio": "/x.wav"}, {"start": 1.0}, {"end": 9.0},
-                   {"side": "left"}, {"position": 7}):
+    for change in (
+        {"clip": "/other/clip.mp4"},
+        {"audio": "/x.wav"},
+        {"start": 1.0},
+        {"end": 9.0},
+        {"side": "left"},
+        {"position": 7},
+    ):
         assert media_key(cfg, [replace(first, **change), *utts[1:]]) != key, change
     assert media_key(cfg, utts[:-1]) != key
     assert media_key(media_config_dict({"n_frames": 3}), utts) != key
@@ -78,13 +89,21 @@ def _set_first_train_label(root: Path, label: str) -> str:
 
 
 @pytest.mark.slow  # decodes 6 small clips once, embeds twice (~60 s on the shared machine)
-def test_label_fix_reuses_the_decoded_media_and_retrains_the_encoders_on_the_new_label(tmp_path, monkeypatch,
-                                                                                     one_worker_client):
+def test_label_fix_reuses_the_decoded_media_and_retrains_the_encoders_on_the_new_label(
+    tmp_path, monkeypatch, one_worker_client
+):
     client = one_worker_client
     import pipeline.encoders.train as train
 
-    root = make_meld_tree(tmp_path / "meld", n_dialogues=1, utterances_per_dialogue=3, splits=SPLITS,
-                          traps=False, size=(64, 48), duration=0.5)
+    root = make_meld_tree(
+        tmp_path / "meld",
+        n_dialogues=1,
+        utterances_per_dialogue=3,
+        splits=SPLITS,
+        traps=False,
+        size=(64, 48),
+        duration=0.5,
+    )
     calls: list[tuple[Path, dict]] = []
 
     def fake_train(media, out, modalities, labels=None, **kw):  # records what training would learn

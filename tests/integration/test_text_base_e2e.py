@@ -22,8 +22,23 @@ TINY_HIDDEN = 32  # make_tiny_roberta's default width (all-MiniLM-L6-v2's would 
 
 
 def _extract(cache: Path, *extra: str):
-    return CliRunner().invoke(main, ["extract", "--dataset", "sample", "--cache", str(cache), "--modalities",
-                                     "text", "--encoders", "random", "--workers", "1", *extra])
+    return CliRunner().invoke(
+        main,
+        [
+            "extract",
+            "--dataset",
+            "sample",
+            "--cache",
+            str(cache),
+            "--modalities",
+            "text",
+            "--encoders",
+            "random",
+            "--workers",
+            "1",
+            *extra,
+        ],
+    )
 
 
 @pytest.mark.slow

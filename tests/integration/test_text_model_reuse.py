@@ -19,8 +19,20 @@ from pipeline.store.layout import CacheLayout
 def test_train_encoders_text_then_extract_uses_that_model(tmp_path):
     cache = tmp_path / "cache"
     runner = CliRunner()
-    res = runner.invoke(main, ["train-encoders", "--dataset", "sample", "--modality", "text",
-                               "--cache", str(cache), "--epochs", "1"])
+    res = runner.invoke(
+        main,
+        [
+            "train-encoders",
+            "--dataset",
+            "sample",
+            "--modality",
+            "text",
+            "--cache",
+            str(cache),
+            "--epochs",
+            "1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     trained = Path(res.stdout.strip().splitlines()[-1])
     layout = CacheLayout(cache, "sample")
@@ -31,8 +43,24 @@ def test_train_encoders_text_then_extract_uses_that_model(tmp_path):
     assert json.loads((trained / "m2f_text.json").read_text())["config"]["epochs"] == 1
     stamp = (trained / "m2f_text.json").stat().st_mtime_ns
 
-    res = runner.invoke(main, ["extract", "--dataset", "sample", "--cache", str(cache),
-                               "--modalities", "text", "--splits", "dev", "--limit", "2", "--workers", "1"])
+    res = runner.invoke(
+        main,
+        [
+            "extract",
+            "--dataset",
+            "sample",
+            "--cache",
+            str(cache),
+            "--modalities",
+            "text",
+            "--splits",
+            "dev",
+            "--limit",
+            "2",
+            "--workers",
+            "1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert f"text: using cached fine-tuned model {trained}" in res.stderr
     assert "fine-tuning the shipped MiniLM" not in res.stderr

@@ -50,7 +50,8 @@ def test_text_model_folder_and_demo_csv_never_write_through_planted_names(tmp_pa
     assert sorted(p.name for p in (resume / "best").iterdir()) == [META_FILE, "model.bin", "tok.json"]
     assert sorted(p.name for p in resume.iterdir()) == ["best"]  # the planted links went, nothing else left
     assert (victim / "keep.txt").read_text() == "precious" and sorted(p.name for p in victim.iterdir()) == [
-        "keep.txt"]
+        "keep.txt"
+    ]
 
     from trainer.demo.corpus import build_fusion_corpus
 

@@ -28,11 +28,18 @@ def _rows(ids, dims=(8, 4, 6), seed=0, dialogue="d0"):
     audio = rng.normal(size=(n, dims[1])).astype(np.float32)
     audio[~has_audio] = 0
     return {
-        "utt_id": list(ids), "dialogue_id": [dialogue] * n, "position": list(range(n)),
-        "speaker": ["Ross"] * n, "label": ["joy"] * (n - 1) + [None], "text": ["héllo ’ world"] * n,
-        "text_emb": rng.normal(size=(n, dims[0])), "audio_emb": audio,
+        "utt_id": list(ids),
+        "dialogue_id": [dialogue] * n,
+        "position": list(range(n)),
+        "speaker": ["Ross"] * n,
+        "label": ["joy"] * (n - 1) + [None],
+        "text": ["héllo ’ world"] * n,
+        "text_emb": rng.normal(size=(n, dims[0])),
+        "audio_emb": audio,
         "visual_emb": rng.normal(size=(n, dims[2])),
-        "has_text": np.ones(n, bool), "has_audio": has_audio, "has_visual": np.ones(n, bool),
+        "has_text": np.ones(n, bool),
+        "has_audio": has_audio,
+        "has_visual": np.ones(n, bool),
         "has_face": np.zeros(n, bool),
     }
 
@@ -123,12 +130,31 @@ def test_ragged_rows_and_row_reader(tmp_path):
     path = tmp_path / "media.h5"
     w = ShardedWriter(path, {"kind": "media"})
     waves = [np.arange(5, dtype=np.float32), np.zeros(0, np.float32), np.ones(3, np.float32)]
-    faces = [np.zeros((2, 3, 4, 4), np.uint8), np.zeros((0, 3, 4, 4), np.uint8),
-             np.full((1, 3, 4, 4), 7, np.uint8)]
-    w.append("train", {"utt_id": ["x", "y"], "label": ["joy", "sad"], "waveform": waves[:2],
-                       "faces": faces[:2], "has_audio": np.array([True, False])})
-    w.append("train", {"utt_id": ["z"], "label": ["neu"], "waveform": waves[2:], "faces": faces[2:],
-                       "has_audio": np.array([True])})
+    faces = [
+        np.zeros((2, 3, 4, 4), np.uint8),
+        np.zeros((0, 3, 4, 4), np.uint8),
+        np.full((1, 3, 4, 4), 7, np.uint8),
+    ]
+    w.append(
+        "train",
+        {
+            "utt_id": ["x", "y"],
+            "label": ["joy", "sad"],
+            "waveform": waves[:2],
+            "faces": faces[:2],
+            "has_audio": np.array([True, False]),
+        },
+    )
+    w.append(
+        "train",
+        {
+            "utt_id": ["z"],
+            "label": ["neu"],
+            "waveform": waves[2:],
+            "faces": faces[2:],
+            "has_audio": np.array([True]),
+        },
+    )
     w.finalize({"train": ["z", "x", "y"]})
     with RowReader(path, "train") as r:
         assert len(r) == 3 and list(r.utt_ids) == ["z", "x", "y"]
@@ -184,7 +210,7 @@ def test_survives_kill_9_while_writing(tmp_path, after, delay):
     assert len(got) == N_BATCHES * 50
     ref = _rows([f"u7_{i}" for i in range(50)], dims=(256, 64, 128), seed=7)
     i = list(got.utt_id).index("u7_0")
-    np.testing.assert_array_equal(got.text_emb[i:i + 50], ref["text_emb"].astype(np.float32))
+    np.testing.assert_array_equal(got.text_emb[i : i + 50], ref["text_emb"].astype(np.float32))
     assert json.loads(h5py.File(path, "r").attrs["config"]) == {"k": 1}
 
 
@@ -213,14 +239,22 @@ def test_a_second_live_writer_is_refused_until_the_first_closes_or_dies(tmp_path
     with FeatureWriter(path, "meld", {}) as again:
         again.append("dev", _rows(["a"]))
     # a holder killed with SIGKILL releases the lock (the kernel drops flocks of dead processes)
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         from pipeline.store.cache import ShardedWriter
         w = ShardedWriter({str(path)!r})
         print("locked", flush=True)
         time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(CacheLockedError):
         ShardedWriter(path)

@@ -25,11 +25,18 @@ def _rows(ids, dialogue="d0"):
     n = len(ids)
     rng = np.random.default_rng(0)
     return {
-        "utt_id": list(ids), "dialogue_id": [dialogue] * n, "position": list(range(n)),
-        "speaker": ["Ann"] * n, "label": ["joy"] * n, "text": ["hi"] * n,
-        "text_emb": rng.normal(size=(n, 8)), "audio_emb": rng.normal(size=(n, 4)),
+        "utt_id": list(ids),
+        "dialogue_id": [dialogue] * n,
+        "position": list(range(n)),
+        "speaker": ["Ann"] * n,
+        "label": ["joy"] * n,
+        "text": ["hi"] * n,
+        "text_emb": rng.normal(size=(n, 8)),
+        "audio_emb": rng.normal(size=(n, 4)),
         "visual_emb": rng.normal(size=(n, 6)),
-        "has_text": np.ones(n, bool), "has_audio": np.ones(n, bool), "has_visual": np.ones(n, bool),
+        "has_text": np.ones(n, bool),
+        "has_audio": np.ones(n, bool),
+        "has_visual": np.ones(n, bool),
         "has_face": np.ones(n, bool),
     }
 
@@ -91,8 +98,9 @@ def test_validate_features_names_the_row_of_a_nan(tmp_path):
         emb[1, 3] = np.nan
         f["dev/text_emb"][...] = emb
     problems = validate_features(path)
-    assert any("split 'dev', dataset 'text_emb', row 1 (utt_id 'v1'): not finite" in p
-               for p in problems), problems
+    assert any("split 'dev', dataset 'text_emb', row 1 (utt_id 'v1'): not finite" in p for p in problems), (
+        problems
+    )
 
 
 def test_a_stale_merge_tmp_is_removed_under_the_lock(tmp_path):
@@ -137,8 +145,7 @@ def test_merge_stops_before_writing_when_the_disk_is_too_full(tmp_path, monkeypa
         w.append("train", _rows(["u2"], dialogue="d1"))
         shard_bytes = sum(p.stat().st_size for p in w.shards())
         real = shutil.disk_usage(tmp_path)
-        monkeypatch.setattr(cache.shutil, "disk_usage",
-                            lambda p: real._replace(free=shard_bytes // 2))
+        monkeypatch.setattr(cache.shutil, "disk_usage", lambda p: real._replace(free=shard_bytes // 2))
         with pytest.raises(DiskSpaceError) as e:
             w.finalize()
         msg = str(e.value)
@@ -163,14 +170,22 @@ def test_folder_lock_refuses_a_second_holder_naming_its_pid(tmp_path):
 
 
 def test_folder_lock_held_by_another_process_names_that_pid(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
         from pipeline.store.locks import folder_lock
         with folder_lock({str(tmp_path)!r}, ".x.lock", "x"):
             print("locked", flush=True)
             time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(CacheLockedError, match=rf"pid {holder.pid}\b"):

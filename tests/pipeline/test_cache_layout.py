@@ -31,22 +31,28 @@ def _is_cache_root(node: ast.AST) -> bool:
     if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Path" and node.args:
         node = node.args[0]
     return (isinstance(node, ast.Name) and node.id == "cache") or (
-        isinstance(node, ast.Attribute) and node.attr == "cache")
+        isinstance(node, ast.Attribute) and node.attr == "cache"
+    )
 
 
 def hand_built_cache_paths(source: str) -> list[str]:
     """Code (docstrings left out) that joins a cache path by hand: ``cache / ...``, ``... / "encoders"``,
     a ``"media-..."`` or ``"manifest-..."`` name."""
     tree = ast.parse(source)
-    docstrings = {id(n.value) for n in ast.walk(tree)
-                  if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    docstrings = {
+        id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)
+    }
     hits = []
     for node in ast.walk(tree):
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
             if _is_cache_root(node.left) or _is_cache_part(node.left) or _is_cache_part(node.right):
                 hits.append(f"line {node.lineno}: {ast.unparse(node)}")
-        elif (isinstance(node, ast.Constant | ast.JoinedStr) and id(node) not in docstrings
-              and _is_cache_part(node) and getattr(node, "value", None) not in CACHE_PARTS):
+        elif (
+            isinstance(node, ast.Constant | ast.JoinedStr)
+            and id(node) not in docstrings
+            and _is_cache_part(node)
+            and getattr(node, "value", None) not in CACHE_PARTS
+        ):
             hits.append(f"line {node.lineno}: {ast.unparse(node)}")
     return hits
 
@@ -75,8 +81,11 @@ def test_the_detector_finds_hand_built_paths():
 
 
 def test_no_module_but_the_layout_builds_a_cache_path():
-    files = [REPO / "cli.py", *sorted((REPO / "pipeline").rglob("*.py")),
-             *sorted((REPO / "trainer").rglob("*.py"))]
+    files = [
+        REPO / "cli.py",
+        *sorted((REPO / "pipeline").rglob("*.py")),
+        *sorted((REPO / "trainer").rglob("*.py")),
+    ]
     offenders = {}
     for f in files:
         if f == REPO / "pipeline" / "layout.py":
@@ -92,10 +101,19 @@ def test_every_path_is_absolute_under_the_root_even_from_a_relative_root(tmp_pat
     layout = CacheLayout(Path("relcache"), "sample")
     base = tmp_path.resolve() / "relcache" / "sample"
     assert layout.root == tmp_path.resolve() / "relcache" and layout.dataset_dir == base
-    paths = [layout.manifest(None), layout.manifest("corpus"), layout.media_dir("k"), layout.media_file("k"),
-             layout.problems_file("k"), layout.encoders_dir("k", "l"), layout.text_model_dir("t", "b"),
-             layout.text_model_marker("t", "b"), layout.features_dir("f"), layout.features_file("f"),
-             layout.features_config("f")]
+    paths = [
+        layout.manifest(None),
+        layout.manifest("corpus"),
+        layout.media_dir("k"),
+        layout.media_file("k"),
+        layout.problems_file("k"),
+        layout.encoders_dir("k", "l"),
+        layout.text_model_dir("t", "b"),
+        layout.text_model_marker("t", "b"),
+        layout.features_dir("f"),
+        layout.features_file("f"),
+        layout.features_config("f"),
+    ]
     for p in paths:
         assert p.is_absolute() and p.is_relative_to(base), p
     assert len(set(paths)) == len(paths)
@@ -129,8 +147,11 @@ def test_encoder_folders_are_keyed_by_media_labels_and_recipe_and_all_are_found(
     current = layout.encoders_dir("m1", "l1")
     assert current == layout.encoders_dir("m1", "l1", ENCODER_RECIPE_VERSION)
     assert current.parent == layout.dataset_dir / "encoders" / "m1"
-    others = [layout.encoders_dir("m1", "l2"), layout.encoders_dir("m1", "l1", ENCODER_RECIPE_VERSION + 1),
-              layout.encoders_dir("m2", "l1")]
+    others = [
+        layout.encoders_dir("m1", "l2"),
+        layout.encoders_dir("m1", "l1", ENCODER_RECIPE_VERSION + 1),
+        layout.encoders_dir("m2", "l1"),
+    ]
     assert len({current, *others}) == 4
     legacy = layout.dataset_dir / "encoders" / "m0"  # a cache made before the labels and recipe keys
     for folder in (current, *others, legacy):

@@ -13,8 +13,9 @@ from pipeline.corpora.meld import read_meld_csv
 from pipeline.manifest import Utterance, validate
 
 HEADER = "dialogue_id,utterance_index,speaker,text,label,clip,start,end,split\n"
-MELD_HEADER = ("Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,"
-               "StartTime,EndTime\n")
+MELD_HEADER = (
+    "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
+)
 
 
 def _custom(tmp_path: Path, body: str, header: str = HEADER) -> Path:
@@ -95,6 +96,14 @@ def test_a_duplicated_header_column_is_an_error_naming_it(tmp_path):
 
 
 def test_manifest_validate_flags_a_nul_character():
-    u = Utterance(corpus="iemocap", split="train", dialogue_id="Ses01F_impro01", position=0,
-                  utterance_id="Ses01F_impro01_F000", speaker="Ses01F", text="a\x00b", label="neu")
+    u = Utterance(
+        corpus="iemocap",
+        split="train",
+        dialogue_id="Ses01F_impro01",
+        position=0,
+        utterance_id="Ses01F_impro01_F000",
+        speaker="Ses01F",
+        text="a\x00b",
+        label="neu",
+    )
     assert any("NUL" in p for p in validate([u]))

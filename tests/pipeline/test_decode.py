@@ -45,8 +45,11 @@ def write_gop_clip(path: Path, seconds: float, fps: int = 24, gop: int = 48, siz
         vs = c.add_stream("libx264", rate=fps)
         vs.width, vs.height = size
         vs.pix_fmt = "yuv420p"
-        vs.options = {"preset": "ultrafast", "threads": "1",
-                      "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0"}
+        vs.options = {
+            "preset": "ultrafast",
+            "threads": "1",
+            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
+        }
         frame = gray_frames(size)
         for i in range(int(seconds * fps)):
             vf = av.VideoFrame.from_ndarray(frame((i // fps) % 80), format="rgb24")
@@ -96,16 +99,17 @@ def test_51_48k_decodes_to_16k_centre_channel(tmp_path):
     assert 2.0 * SR <= len(wave) <= 2.03 * SR
     assert abs(dominant_hz(wave) - 440.0) < 3
     # the centre channel carries amplitude 0.3 (rms ~0.21); a mean of the 6 channels would be ~0.06
-    assert 0.17 < rms(wave[SR // 4:-SR // 4]) < 0.25
+    assert 0.17 < rms(wave[SR // 4 : -SR // 4]) < 0.25
 
 
 def test_stereo_is_the_mean_of_both_channels(tmp_path):
     left = tone(2.0, 48000, 330.0, amplitude=0.4, noise=0.0)
     audio = np.stack([left, np.zeros_like(left)])
-    path = encode_media(tmp_path / "st.mp4", frames=None, n_frames=0, fps=24, size=(64, 48),
-                        audio=audio, sample_rate=48000)
+    path = encode_media(
+        tmp_path / "st.mp4", frames=None, n_frames=0, fps=24, size=(64, 48), audio=audio, sample_rate=48000
+    )
     wave, _ = decode_audio(path)
-    assert abs(rms(wave[SR // 4:-SR // 4]) - 0.2 / np.sqrt(2)) < 0.02  # half the left channel's amplitude
+    assert abs(rms(wave[SR // 4 : -SR // 4]) - 0.2 / np.sqrt(2)) < 0.02  # half the left channel's amplitude
 
 
 def test_wav_16k_mono_roundtrips(tmp_path):
@@ -119,9 +123,16 @@ def test_wav_16k_mono_roundtrips(tmp_path):
 def test_span_and_long_audio_keep_the_centre(tmp_path):
     sr = 48000
     a, b = tone(1.0, sr, 200.0, noise=0.0), tone(10.0, sr, 600.0, noise=0.0)
-    audio = np.concatenate([a, b, a])[None, :]          # 12 s: 200 Hz | 600 Hz (10 s) | 200 Hz
-    path = encode_media(tmp_path / "long.mp4", frames=None, n_frames=0, fps=24, size=(64, 48),
-                        audio=np.ascontiguousarray(audio), sample_rate=sr)
+    audio = np.concatenate([a, b, a])[None, :]  # 12 s: 200 Hz | 600 Hz (10 s) | 200 Hz
+    path = encode_media(
+        tmp_path / "long.mp4",
+        frames=None,
+        n_frames=0,
+        fps=24,
+        size=(64, 48),
+        audio=np.ascontiguousarray(audio),
+        sample_rate=sr,
+    )
     wave, cut = decode_audio(path, max_seconds=10.0)
     assert cut and len(wave) == 10 * SR
     assert abs(dominant_hz(wave[2000:6000]) - 600) < 10 and abs(dominant_hz(wave[-6000:-2000]) - 600) < 10
@@ -155,17 +166,31 @@ def test_frame_targets_are_bin_centres():
 
 
 def test_15_frames_spread_uniformly_over_the_clip(tmp_path):
-    path = encode_media(tmp_path / "g.mp4", frames=gray_frames(), n_frames=72, fps=24, size=(64, 48),
-                        audio=None, sample_rate=48000)
+    path = encode_media(
+        tmp_path / "g.mp4",
+        frames=gray_frames(),
+        n_frames=72,
+        fps=24,
+        size=(64, 48),
+        audio=None,
+        sample_rate=48000,
+    )
     frames = decode_frames(path, n=15)
     assert frames.shape == (15, 48, 64, 3) and frames.dtype == np.uint8
-    expected = [round(24 * t) for t in frame_targets(0.0, 3.0, 15)]     # nearest frame to each centre
+    expected = [round(24 * t) for t in frame_targets(0.0, 3.0, 15)]  # nearest frame to each centre
     assert [frame_index(f) for f in frames] == expected
 
 
 def test_span_inside_a_longer_video_and_zero_length_span(tmp_path):
-    path = encode_media(tmp_path / "g.mp4", frames=gray_frames(), n_frames=72, fps=24, size=(64, 48),
-                        audio=None, sample_rate=48000)
+    path = encode_media(
+        tmp_path / "g.mp4",
+        frames=gray_frames(),
+        n_frames=72,
+        fps=24,
+        size=(64, 48),
+        audio=None,
+        sample_rate=48000,
+    )
     frames = decode_frames(path, n=5, start=1.0, end=2.0)
     assert [frame_index(f) for f in frames] == [round(24 * t) for t in frame_targets(1.0, 2.0, 5)]
     one = decode_frames(path, n=15, start=1.5, end=1.5)
@@ -175,8 +200,15 @@ def test_span_inside_a_longer_video_and_zero_length_span(tmp_path):
 
 
 def test_short_clip_gives_each_frame_once(tmp_path):
-    path = encode_media(tmp_path / "s.mp4", frames=gray_frames(), n_frames=8, fps=24, size=(64, 48),
-                        audio=None, sample_rate=48000)
+    path = encode_media(
+        tmp_path / "s.mp4",
+        frames=gray_frames(),
+        n_frames=8,
+        fps=24,
+        size=(64, 48),
+        audio=None,
+        sample_rate=48000,
+    )
     frames = decode_frames(path, n=15)
     assert [frame_index(f) for f in frames] == list(range(8))
 
@@ -204,8 +236,10 @@ def _reset_peak_rss() -> None:
 def long_and_short(tmp_path_factory):
     d = tmp_path_factory.mktemp("long")
     # 150 s at 128x96 (all frames held in memory: 133 MB as RGB), a keyframe every 10 s (x264's default)
-    return (write_gop_clip(d / "long.mp4", seconds=150.0, size=(128, 96), gop=240),
-            write_gop_clip(d / "short.mp4", seconds=3.0, size=(128, 96), gop=240))
+    return (
+        write_gop_clip(d / "long.mp4", seconds=150.0, size=(128, 96), gop=240),
+        write_gop_clip(d / "short.mp4", seconds=3.0, size=(128, 96), gop=240),
+    )
 
 
 def test_long_clip_costs_about_what_a_short_one_does(long_and_short):
@@ -236,4 +270,4 @@ def test_exact_nearest_frames_without_tolerance(long_and_short):
     stats: dict = {}
     frames = decode_frames(long_clip, n=15, seek_tolerance=0.0, stats=stats)
     assert [frame_index(f) for f in frames] == [int(t) % 80 for t in frame_targets(0.0, 150.0, 15)]
-    assert stats["decoded"] > 15 * 100          # exactness costs: 5 s of frames per target
+    assert stats["decoded"] > 15 * 100  # exactness costs: 5 s of frames per target

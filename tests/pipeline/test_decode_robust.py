@@ -32,9 +32,20 @@ def detector():
 
 
 def custom(clip, start=None, end=None, audio=None) -> Utterance:
-    return Utterance(corpus="custom", split="test", dialogue_id="d1", position=0, utterance_id="u1",
-                     speaker="A", text="x", label=None, clip=None if clip is None else str(clip),
-                     start=start, end=end, audio=None if audio is None else str(audio))
+    return Utterance(
+        corpus="custom",
+        split="test",
+        dialogue_id="d1",
+        position=0,
+        utterance_id="u1",
+        speaker="A",
+        text="x",
+        label=None,
+        clip=None if clip is None else str(clip),
+        start=start,
+        end=end,
+        audio=None if audio is None else str(audio),
+    )
 
 
 def check_flags(row: dict) -> None:
@@ -63,7 +74,7 @@ def test_resolution_change_mid_stream_gives_frames_of_the_first_size(tmp_path, d
     clip = write_resolution_change(tmp_path / "call.ts")
     with av.open(str(clip)) as c:
         sizes = {(f.width, f.height) for f in c.decode(video=0)}
-    assert sizes == {(160, 120), (128, 128)}                # the file really changes size
+    assert sizes == {(160, 120), (128, 128)}  # the file really changes size
     frames = decode_frames(clip, n=8)
     assert frames.shape == (8, 120, 160, 3)
     # the 128x128 frames are scaled to 120x120 and centred: 20 black columns on each side
@@ -79,12 +90,18 @@ def test_huge_frames_are_scaled_to_the_pixel_cap(tmp_path):
     w, h = 4000, 3000
     ramp = np.linspace(0, 250, w, dtype=np.float32)[None, :, None]
     ramp = np.broadcast_to(ramp, (h, w, 3)).astype(np.uint8)
-    clip = write_av(tmp_path / "big.mp4", acodec=None, seconds=4 / 24, size=(w, h), frame=lambda i: ramp,
-                    vopts={"preset": "ultrafast", "threads": "1"})
+    clip = write_av(
+        tmp_path / "big.mp4",
+        acodec=None,
+        seconds=4 / 24,
+        size=(w, h),
+        frame=lambda i: ramp,
+        vopts={"preset": "ultrafast", "threads": "1"},
+    )
     frames = decode_frames(clip, n=2)
     f, fh, fw, _ = frames.shape
     assert f == 2 and fh * fw <= MAX_PIXELS and abs(fw / fh - 4 / 3) < 0.01
-    assert fw >= 1100                                       # scaled to the cap, not far below it
+    assert fw >= 1100  # scaled to the cap, not far below it
     row = frames[0].mean(axis=(0, 2))
     assert row[:20].mean() < 20 and row[-20:].mean() > 220  # the picture is the ramp, scaled
     small = decode_frames(clip, n=2, max_pixels=64 * 48)
@@ -110,7 +127,7 @@ def test_non_finite_sample_marks_the_audio_missing(tmp_path, bad):
     check_flags(row)
     assert not row["has_audio"] and len(row["waveform"]) == 0
     assert any("non-finite" in p and str(wav) in p and "audio marked missing" in p for p in problems)
-    wave[SR // 2] = 0.0                                    # the same file without it is fine
+    wave[SR // 2] = 0.0  # the same file without it is fine
     row, _ = process_utterance(custom(None, audio=write_float_wav(tmp_path / "ok.wav", wave)), CFG, None)
     assert row["has_audio"]
 
@@ -125,9 +142,16 @@ def two_tones(seconds: float, sr: int, switch: float) -> np.ndarray:
 
 @pytest.mark.parametrize("name,fmt", [("cut.mkv", None), ("cut.ts", "mpegts"), ("cut.mp4", None)])
 def test_timestamps_starting_at_10_s(tmp_path, name, fmt):
-    clip = write_av(tmp_path / name, fmt=fmt, seconds=3.0, start=10.0, size=(64, 48), frame=gray,
-                    audio=two_tones(3.0, 48000, 1.5))
-    frames = decode_frames(clip, n=15)                   # whole clip (MELD-like): 72 frames
+    clip = write_av(
+        tmp_path / name,
+        fmt=fmt,
+        seconds=3.0,
+        start=10.0,
+        size=(64, 48),
+        frame=gray,
+        audio=two_tones(3.0, 48000, 1.5),
+    )
+    frames = decode_frames(clip, n=15)  # whole clip (MELD-like): 72 frames
     assert len(frames) == 15
     idx = [frame_index(f) for f in frames]
     assert idx[0] <= 4 and idx[-1] >= 66 and idx == sorted(idx)
@@ -149,14 +173,21 @@ def test_timestamps_starting_at_10_s(tmp_path, name, fmt):
 
 def test_mpegts_with_one_keyframe_seeks_back_when_the_demuxer_lands_late(tmp_path):
     # x264's default keyframe interval (250) gives a single keyframe: a seek lands after it
-    clip = write_av(tmp_path / "one_gop.ts", fmt="mpegts", acodec=None, seconds=8.0, size=(64, 48),
-                    frame=lambda i: gray(i, step=1), start=10.0)
+    clip = write_av(
+        tmp_path / "one_gop.ts",
+        fmt="mpegts",
+        acodec=None,
+        seconds=8.0,
+        size=(64, 48),
+        frame=lambda i: gray(i, step=1),
+        start=10.0,
+    )
     stats: dict = {}
     frames = decode_frames(clip, n=4, start=5.0, end=8.0, stats=stats)
     idx = [frame_index(f, step=1) for f in frames]
     # bin centres 5.375 .. 7.625 s = frames 129 .. 183; after a seek, up to a quarter bin (4.5 frames) off
     assert len(idx) == 4 and abs(idx[0] - 129) <= 5 and abs(idx[-1] - 183) <= 5, idx
-    assert stats["seeks"] >= 2                                # the first seek landed late and was redone
+    assert stats["seeks"] >= 2  # the first seek landed late and was redone
 
 
 # ------------------------------------------------------------------ long audio without a duration
@@ -174,7 +205,7 @@ class Pipe:
 def test_long_audio_without_a_stated_duration_decodes_only_the_window(tmp_path, live):
     sr = 16000
     side, mid = tone(25.0, sr, 200.0, noise=0.0), tone(10.0, sr, 600.0, noise=0.0)
-    mono = np.concatenate([side, mid, side])             # 60 s: 200 Hz | 600 Hz (10 s) | 200 Hz
+    mono = np.concatenate([side, mid, side])  # 60 s: 200 Hz | 600 Hz (10 s) | 200 Hz
     path = tmp_path / "long.mkv"
     if live:
         with open(path, "wb") as fh:
@@ -222,8 +253,19 @@ def test_an_error_inside_a_stage_becomes_a_problem(tmp_path):
 
 def test_an_unexpected_error_anywhere_gives_an_empty_row(tmp_path):
     clip = write_av(tmp_path / "ok.mp4", seconds=0.5)
-    bad = Utterance(corpus="custom", split="test", dialogue_id="d1", position=0, utterance_id="u1",
-                    speaker="A", text="x", label=None, clip=str(clip), start="0.1", end=0.4)  # a str time
+    bad = Utterance(
+        corpus="custom",
+        split="test",
+        dialogue_id="d1",
+        position=0,
+        utterance_id="u1",
+        speaker="A",
+        text="x",
+        label=None,
+        clip=str(clip),
+        start="0.1",
+        end=0.4,
+    )  # a str time
     row, problems = process_utterance(bad, CFG, None)
     check_flags(row)
     assert not (row["has_audio"] or row["has_video"] or row["has_face"])

@@ -42,7 +42,7 @@ def test_frames_come_back_upright(tmp_path, name, rotation):
     clip = write_phone_clip(tmp_path / name, corner_mark, rotation)
     with av.open(str(clip)) as c:
         first = next(c.decode(video=0))
-        assert (first.rotation - rotation) % 360 == 0      # the file really is stored turned
+        assert (first.rotation - rotation) % 360 == 0  # the file really is stored turned
     frames = decode_frames(clip, n=3)
     assert frames.shape == (3, UPRIGHT[1], UPRIGHT[0], 3)
     for f in frames:
@@ -57,13 +57,24 @@ def detector():
 
 def test_sideways_face_is_found_after_rotation(tmp_path, detector):
     clip = write_phone_clip(tmp_path / "portrait.mp4", lambda i: face_frame(i, UPRIGHT, 0.6), -90)
-    with av.open(str(clip)) as c:                         # as stored, the face lies on its side
+    with av.open(str(clip)) as c:  # as stored, the face lies on its side
         stored = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
     assert stored.shape[1:] == (UPRIGHT[0], UPRIGHT[1], 3)
     # MTCNN (at the stage's threshold) misses the sideways face in every stored frame (p <= 0.75 measured)
     assert all((p < CFG.min_face_prob).all() for b, p in detector.detect(stored))
-    utt = Utterance(corpus="custom", split="test", dialogue_id="d1", position=0, utterance_id="u1",
-                    speaker="A", text="x", label=None, clip=str(clip), start=None, end=None)
+    utt = Utterance(
+        corpus="custom",
+        split="test",
+        dialogue_id="d1",
+        position=0,
+        utterance_id="u1",
+        speaker="A",
+        text="x",
+        label=None,
+        clip=str(clip),
+        start=None,
+        end=None,
+    )
     row, problems = process_utterance(utt, CFG, detector)
     assert problems == [] and row["has_video"] and row["has_face"]
     assert (row["face_frame"] >= 0).all() and len(np.unique(row["face_frame"])) == len(row["scenes"])

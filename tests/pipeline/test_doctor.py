@@ -23,8 +23,10 @@ from pipeline.text.shipped import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-BROKEN_TORCHAUDIO = ('raise OSError("/x/site-packages/torchaudio/lib/libtorchaudio.so: undefined symbol: '
-                     'torch_exception_get_what_without_backtrace")\n')
+BROKEN_TORCHAUDIO = (
+    'raise OSError("/x/site-packages/torchaudio/lib/libtorchaudio.so: undefined symbol: '
+    'torch_exception_get_what_without_backtrace")\n'
+)
 
 
 def test_doctor_passes_here(tmp_path):
@@ -32,7 +34,14 @@ def test_doctor_passes_here(tmp_path):
     assert res.exit_code == 0, res.output
     lines = res.output.strip().splitlines()
     assert [ln.split(":")[0].split(None, 1)[1] for ln in lines] == [
-        "python", "torch family", "PyAV", "MTCNN", "default text model", "CUDA", "disk"]
+        "python",
+        "torch family",
+        "PyAV",
+        "MTCNN",
+        "default text model",
+        "CUDA",
+        "disk",
+    ]
     assert all(ln.startswith("ok") for ln in lines)
 
 
@@ -53,16 +62,38 @@ def test_broken_torchaudio_is_one_line_pointing_at_doctor(tmp_path):
     """torchaudio built for another torch (2.11.1 beside 2.11.0): one line, no traceback, exit 1."""
     env = _broken_torchaudio(tmp_path)
     cmd = [sys.executable, "-c", "import cli; cli.run()"]
-    res = subprocess.run([*cmd, "extract", "--dataset", "sample", "--encoders", "random", "--workers", "1",
-                          "--cache", str(tmp_path / "cache")], capture_output=True, text=True, env=env,
-                         cwd=ROOT, timeout=300)
+    res = subprocess.run(
+        [
+            *cmd,
+            "extract",
+            "--dataset",
+            "sample",
+            "--encoders",
+            "random",
+            "--workers",
+            "1",
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert res.returncode == 1, res.stderr
     assert "Traceback" not in res.stderr
     (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert "cannot load torchaudio" in line and "undefined symbol" in line and "m2f doctor" in line
 
-    doc = subprocess.run([*cmd, "doctor", "--cache", str(tmp_path)], capture_output=True, text=True, env=env,
-                         cwd=ROOT, timeout=300)
+    doc = subprocess.run(
+        [*cmd, "doctor", "--cache", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert doc.returncode == 1 and "Traceback" not in doc.stderr
     fam = [ln for ln in doc.stdout.splitlines() if "torch family" in ln]
     assert fam and fam[0].startswith("FAIL") and "requirements.lock" in fam[0]
@@ -71,7 +102,7 @@ def test_broken_torchaudio_is_one_line_pointing_at_doctor(tmp_path):
 
 def test_native_import_failure_names_only_native_imports(tmp_path):
     def importing(line: str, exc: BaseException) -> BaseException:
-        src = tmp_path / f"mod{abs(hash(line))}.py"   # a real file: the traceback reads the import line
+        src = tmp_path / f"mod{abs(hash(line))}.py"  # a real file: the traceback reads the import line
         src.write_text(f"{line}\n")
         code = compile(src.read_text(), str(src), "exec")
         try:
@@ -82,8 +113,8 @@ def test_native_import_failure_names_only_native_imports(tmp_path):
 
     assert "cannot load av" in native_import_failure(importing("import av", OSError("libavcodec.so.61")))
     assert native_import_failure(ImportError("no module", name="torchvision")) is not None
-    assert native_import_failure(importing("import json", OSError("x"))) is None   # not a native library
-    assert native_import_failure(OSError("disk full")) is None                     # not an import at all
+    assert native_import_failure(importing("import json", OSError("x"))) is None  # not a native library
+    assert native_import_failure(OSError("disk full")) is None  # not an import at all
 
 
 # --- the shipped text model ---------------------------------------------------------------------
@@ -111,8 +142,9 @@ def fake_site(tmp_path, monkeypatch):
         folder = _fake_package(tmp_path, tamper)
         monkeypatch.syspath_prepend(str(tmp_path / "site"))
         importlib.invalidate_caches()
-        assert shipped_model_dir() == folder.resolve()   # found without importing the package
+        assert shipped_model_dir() == folder.resolve()  # found without importing the package
         return folder
+
     yield make
     assert not (tmp_path / "ran").exists(), "the package's code ran"
 
@@ -132,7 +164,7 @@ def test_genuine_shipped_model_loads_from_a_private_copy_of_only_the_pinned_file
     from pipeline.text.embedder import load_text_model
 
     folder = fake_site(tamper=False)
-    (folder / "modeling_evil.py").write_text("raise SystemExit('ran')\n")   # never copied, never seen
+    (folder / "modeling_evil.py").write_text("raise SystemExit('ran')\n")  # never copied, never seen
     with verified_copy() as private:
         assert sorted(p.name for p in private.iterdir()) == sorted(PINNED_SHA256)
         assert private != folder and (private.stat().st_mode & 0o077) == 0

@@ -25,13 +25,22 @@ def _utt(d: str, p: int, text: str, split: str = "train") -> Utterance:
 
 def _media_row(uid: str, waveform: np.ndarray, frames: int = 2) -> dict:
     rng = np.random.default_rng(len(uid))
-    return {"utt_id": uid, "label": "joy", "waveform": waveform.astype(np.float32),
-            "has_audio": len(waveform) > 0, "audio_cut": False,
-            "scenes": rng.integers(0, 255, (frames, 3, S, S), dtype=np.uint8), "has_video": frames > 0,
-            "faces": rng.integers(0, 255, (1, 3, S, S), dtype=np.uint8),
-            "face_frame": np.zeros(1, np.int16), "face_weight": np.ones(1, np.float32),
-            "face_prob": np.ones(1, np.float32), "face_box": np.zeros((1, 4), np.float32),
-            "has_face": True, "problems": "[]"}
+    return {
+        "utt_id": uid,
+        "label": "joy",
+        "waveform": waveform.astype(np.float32),
+        "has_audio": len(waveform) > 0,
+        "audio_cut": False,
+        "scenes": rng.integers(0, 255, (frames, 3, S, S), dtype=np.uint8),
+        "has_video": frames > 0,
+        "faces": rng.integers(0, 255, (1, 3, S, S), dtype=np.uint8),
+        "face_frame": np.zeros(1, np.int16),
+        "face_weight": np.ones(1, np.float32),
+        "face_prob": np.ones(1, np.float32),
+        "face_box": np.zeros((1, 4), np.float32),
+        "has_face": True,
+        "problems": "[]",
+    }
 
 
 def _media_file(tmp_path, utts, waves) -> str:
@@ -54,10 +63,12 @@ def test_one_failing_and_one_non_finite_audio_cost_only_their_own_audio(tmp_path
     monkeypatch.setattr(featurize, "encode_waveforms", encode)
     utts = [_utt("d0", 0, "hi"), _utt("d0", 1, "bye"), _utt("d0", 2, "so"), _utt("d0", 3, "ok")]
     tone = np.sin(np.linspace(0, 400, 16000)).astype(np.float32)
-    waves = [tone,
-             tone[:poison],                       # the encoder raises on this one (fault injection)
-             np.full(16000, 3e38, np.float32),    # finite samples, but their power overflows: NaN vector
-             tone[:8000]]
+    waves = [
+        tone,
+        tone[:poison],  # the encoder raises on this one (fault injection)
+        np.full(16000, 3e38, np.float32),  # finite samples, but their power overflows: NaN vector
+        tone[:8000],
+    ]
     spec = EmbedSpec(("audio", "visual"), "cpu", 8, _media_file(tmp_path, utts, waves), "random", None, 2)
     out = embed_partition(utts, spec)
     rows = out["rows"]
@@ -98,8 +109,9 @@ def test_finite_or_missing_clears_every_flag_of_a_non_finite_visual_row():
     has_visual, has_face = np.ones(3, bool), np.ones(3, bool)
     problems: list[dict] = []
     utts = [_utt("d", i, "x") for i in range(3)]
-    emb, has_visual, has_face = finite_or_missing((emb, has_visual, has_face), utts, "visual", "random",
-                                                  problems)
+    emb, has_visual, has_face = finite_or_missing(
+        (emb, has_visual, has_face), utts, "visual", "random", problems
+    )
     assert np.isfinite(emb).all() and not emb[1].any()
     assert has_visual.tolist() == [True, False, True] and has_face.tolist() == [True, False, True]
     assert len(problems) == 1
@@ -126,8 +138,12 @@ def _poisoned_text_model(folder, poison: str, clean: list[str]) -> str:
 @pytest.mark.filterwarnings("ignore")
 def test_a_text_model_giving_nan_for_one_dialogue_marks_only_its_text_missing(tmp_path):
     clean = ["Ann: hello there", "Ann: fine thanks", "Ann: see you"]
-    utts = [_utt("d0", 0, "hello there"), _utt("d0", 1, "fine thanks"), _utt("d1", 0, "QZQZ"),
-            _utt("d2", 0, "see you")]
+    utts = [
+        _utt("d0", 0, "hello there"),
+        _utt("d0", 1, "fine thanks"),
+        _utt("d1", 0, "QZQZ"),
+        _utt("d2", 0, "see you"),
+    ]
     model = _poisoned_text_model(tmp_path / "tiny", "Ann: QZQZ", clean)
     out = embed_partition(utts, EmbedSpec(("text",), "cpu", 8, None, None, model))
     rows = out["rows"]

@@ -18,8 +18,9 @@ from pipeline.testing.media_h5 import write_media
 
 @pytest.fixture(scope="module")
 def small_media(tmp_path_factory):
-    return write_media(tmp_path_factory.mktemp("small") / "media.h5", {"train": 6, "dev": 3}, seconds=0.2,
-                       image_size=16)
+    return write_media(
+        tmp_path_factory.mktemp("small") / "media.h5", {"train": 6, "dev": 3}, seconds=0.2, image_size=16
+    )
 
 
 def _one_epoch_batches(samples, encoder, cfg, epoch, steps):
@@ -55,8 +56,9 @@ def test_persistent_workers_repeat_each_epochs_batches(small_media):
 
 
 def test_probe_every_k_epochs_and_after_the_last(small_media, tmp_path):
-    paths = train_encoders(small_media, tmp_path, modalities=("scene",), epochs=3, batch_size=8,
-                           steps_per_epoch=1, probe_every=2)
+    paths = train_encoders(
+        small_media, tmp_path, modalities=("scene",), epochs=3, batch_size=8, steps_per_epoch=1, probe_every=2
+    )
     meta = load_checkpoint(paths["scene"])["meta"]
     probed = [h["dev_probe_wf1"] is not None for h in meta["history"]]
     assert probed == [False, True, True]

@@ -43,15 +43,15 @@ def test_hinge_is_on_for_some_but_not_all_triplets_and_follows_the_geometry():
         triplets = mined(*clustered_batch(separation))
         fractions[separation] = extractor_loss(*triplets).active.item()
         printed = extractor_loss(*triplets, LossConfig(margin="eq11")).active.item()
-        assert printed == 1.0                        # Eq. 11 as printed: every triplet, always
-    assert fractions[0.0] > 0.9                      # no class structure: almost every triplet pushes
-    assert 0.2 < fractions[0.6] < 0.8                # partly separated (a typical batch): some do
-    assert fractions[1.5] == 0.0                     # separated by more than the margin: none do
+        assert printed == 1.0  # Eq. 11 as printed: every triplet, always
+    assert fractions[0.0] > 0.9  # no class structure: almost every triplet pushes
+    assert 0.2 < fractions[0.6] < 0.8  # partly separated (a typical batch): some do
+    assert fractions[1.5] == 0.0  # separated by more than the margin: none do
 
 
 def test_variance_term_separates_collapsed_from_spread_embeddings():
     g = torch.Generator().manual_seed(1)
-    spread = torch.randn(64, D, generator=g)                                 # per-dimension std ~1
+    spread = torch.randn(64, D, generator=g)  # per-dimension std ~1
     collapsed = torch.randn(1, D, generator=g) + 1e-3 * torch.randn(64, D, generator=g)
     v_spread, v_collapsed = variance_term(spread).item(), variance_term(collapsed).item()
     assert v_collapsed > 0.98 and v_collapsed > 10 * v_spread, (v_spread, v_collapsed)
@@ -61,22 +61,23 @@ def test_variance_term_separates_collapsed_from_spread_embeddings():
     assert u_collapsed / u_spread < 1.1
     # and through the loss: Var is computed on the projector output, not on the unit vectors
     parts = extractor_loss(spread[:20], spread[20:40], spread[40:60])
-    assert parts.var.item() == pytest.approx(sum(variance_term(z).item() for z in
-                                                 (spread[:20], spread[20:40], spread[40:60])), rel=1e-6)
+    assert parts.var.item() == pytest.approx(
+        sum(variance_term(z).item() for z in (spread[:20], spread[20:40], spread[40:60])), rel=1e-6
+    )
 
 
 def test_variance_gradient_spreads_a_collapsed_batch():
     g = torch.Generator().manual_seed(2)
     z = (torch.randn(1, D, generator=g) + 1e-2 * torch.randn(32, D, generator=g)).requires_grad_()
     variance_term(z).backward()
-    stepped = z.detach() - 10.0 * z.grad                                      # one gradient step
-    assert stepped.std(dim=0).mean() > 1.05 * z.detach().std(dim=0).mean()     # rows pushed apart
+    stepped = z.detach() - 10.0 * z.grad  # one gradient step
+    assert stepped.std(dim=0).mean() > 1.05 * z.detach().std(dim=0).mean()  # rows pushed apart
 
 
 def test_covariance_term_responds_to_correlated_dimensions():
     g = torch.Generator().manual_seed(3)
     independent = torch.randn(64, D, generator=g)
-    low_rank = torch.randn(64, 3, generator=g) @ torch.randn(3, D, generator=g) / 3 ** 0.5   # same scale
+    low_rank = torch.randn(64, 3, generator=g) @ torch.randn(3, D, generator=g) / 3**0.5  # same scale
     assert low_rank.std(dim=0).mean().item() == pytest.approx(independent.std(dim=0).mean().item(), rel=0.3)
     c_ind, c_cor = covariance_term(independent).item(), covariance_term(low_rank).item()
     assert c_cor > 10 * c_ind, (c_ind, c_cor)
@@ -91,10 +92,12 @@ def test_covariance_term_responds_to_correlated_dimensions():
 def test_the_margin_changes_the_gradient():
     z, labels = clustered_batch(0.6)
     grads = {}
-    triplet_only = {"use_var": False, "use_cov": False}         # the margin acts on Eq. 10
-    for name, cfg in {"adaptive": LossConfig(**triplet_only),
-                      "zero": LossConfig(margin="fixed", fixed_margin=0.0, **triplet_only),
-                      "fixed": LossConfig(margin="fixed", **triplet_only)}.items():
+    triplet_only = {"use_var": False, "use_cov": False}  # the margin acts on Eq. 10
+    for name, cfg in {
+        "adaptive": LossConfig(**triplet_only),
+        "zero": LossConfig(margin="fixed", fixed_margin=0.0, **triplet_only),
+        "fixed": LossConfig(margin="fixed", **triplet_only),
+    }.items():
         leaf = z.clone().requires_grad_()
         a, p, n = mine_semihard(F.normalize(leaf.detach(), dim=-1), labels)
         extractor_loss(leaf[a], leaf[p], leaf[n], cfg).total.backward()

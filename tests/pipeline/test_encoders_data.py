@@ -54,29 +54,30 @@ def test_augment_waveform_is_seeded_fits_the_window_and_keeps_pitch():
     clean = augment_waveform(wave, 8000, np.random.default_rng(3), AudioAugment(snr_db=(80.0, 80.0)))
     assert dominant_hz(clean) == pytest.approx(700.0, abs=10)
     short = augment_waveform(wave[:1000], 8000, np.random.default_rng(0))
-    assert 800 <= len(short) <= 1250 and np.all(short != 0)    # the stretched clip, not zero padded
+    assert 800 <= len(short) <= 1250 and np.all(short != 0)  # the stretched clip, not zero padded
 
 
 def test_audio_view_cuts_to_the_window_and_never_pads():
-    contract = InputContract("audio", sample_rate=10, max_seconds=0.4)   # a 4-sample window
+    contract = InputContract("audio", sample_rate=10, max_seconds=0.4)  # a 4-sample window
     w = np.arange(10, dtype=np.float32)
-    assert audio_view(w, contract).tolist() == [3, 4, 5, 6]               # evaluation: the centre
+    assert audio_view(w, contract).tolist() == [3, 4, 5, 6]  # evaluation: the centre
     starts = {int(audio_view(w, contract, np.random.default_rng(s))[0]) for s in range(40)}
-    assert starts == set(range(7))                                        # training: anywhere
-    assert audio_view(w[:3], contract).tolist() == [0, 1, 2]              # shorter: as it is
+    assert starts == set(range(7))  # training: anywhere
+    assert audio_view(w[:3], contract).tolist() == [0, 1, 2]  # shorter: as it is
 
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
-    return write_media(tmp_path_factory.mktemp("m") / "media.h5", {"train": 4, "dev": 2}, seconds=0.3,
-                       image_size=24)
+    return write_media(
+        tmp_path_factory.mktemp("m") / "media.h5", {"train": 4, "dev": 2}, seconds=0.3, image_size=24
+    )
 
 
 @pytest.mark.parametrize("modality", ["audio", "face", "scene"])
 def test_samples_skip_unlabelled_and_missing_rows(media, modality):
     s = MediaSamples(media, "train", modality)
     assert s.classes == LABELS
-    assert s.label_counts() == dict.fromkeys(LABELS, 4)    # the "" row and the no-media row are left out
+    assert s.label_counts() == dict.fromkeys(LABELS, 4)  # the "" row and the no-media row are left out
     dev = MediaSamples(media, "dev", modality, classes=("joy", "anger"))
     assert dev.classes == ("joy", "anger") and dev.label_counts() == {"joy": 2, "anger": 2}
     s.close()
@@ -106,12 +107,12 @@ def test_load_batch_shapes_and_views(media):
     window = InputContract("audio", max_seconds=0.25)
     x, lengths = load_batch(audio, [0, 1, 2], window, train=True, rng=rng)
     assert x.shape[0] == 3 and x.dtype == torch.float32 and x.shape[1] == int(lengths.max()) <= 4000
-    assert all(x[i, n:].abs().sum() == 0 for i, n in enumerate(lengths.tolist()))   # zeros past the clip
+    assert all(x[i, n:].abs().sum() == 0 for i, n in enumerate(lengths.tolist()))  # zeros past the clip
     ev1, n1 = load_batch(audio, [0], window, train=False, rng=rng)
     ev2, _ = load_batch(audio, [0], window, train=False, rng=np.random.default_rng(9))
-    assert torch.equal(ev1, ev2) and n1.tolist() == [4000]     # evaluation view is fixed: the centre 0.25 s
+    assert torch.equal(ev1, ev2) and n1.tolist() == [4000]  # evaluation view is fixed: the centre 0.25 s
     whole, n = load_batch(audio, [0], InputContract("audio"), train=False, rng=rng)
-    assert n.tolist() == [4800]                                 # a 0.3 s clip fits the 10 s window: as is
+    assert n.tolist() == [4800]  # a 0.3 s clip fits the 10 s window: as is
     face = MediaSamples(media, "train", "face")
     contract = InputContract("face", image_size=16)
     for train in (True, False):
@@ -130,8 +131,8 @@ def test_balanced_batches_take_k_distinct_per_class():
     for b in batches:
         assert len(set(b.tolist())) == len(b)
         counts = np.bincount(labels[b], minlength=4)
-        assert counts[2] == 0                                    # a single-sample class cannot give a pair
-        assert counts[0] == 4 and counts[1] == 3 and counts[3] == 4   # K = 12 // 3 = 4, class 1 has only 3
+        assert counts[2] == 0  # a single-sample class cannot give a pair
+        assert counts[0] == 4 and counts[1] == 3 and counts[3] == 4  # K = 12 // 3 = 4, class 1 has only 3
     with pytest.raises(ValueError, match="at least 2 labels"):
         balanced_batches(np.array([0, 0, 1]), 8, 1, np.random.default_rng(0))
 
@@ -173,4 +174,4 @@ def test_train_batches_are_identical_with_worker_processes(media, modality):
         assert (na is None and nb is None) if modality == "face" else torch.equal(na, nb)
         assert ya.tolist() == s.labels[idx].tolist()
     other_epoch = TrainBatches(s, batches, contract, seed=1, epoch=3, audio_augment=AudioAugment())
-    assert not torch.equal(other_epoch[0][0], serial[0][0])          # each epoch draws anew
+    assert not torch.equal(other_epoch[0][0], serial[0][0])  # each epoch draws anew

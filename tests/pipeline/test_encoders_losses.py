@@ -56,7 +56,7 @@ def test_rescaled_adaptive_margin_by_hand():
     assert rescaled_adaptive_margin(t(d_ap), t(d_an)).item() == pytest.approx(expected, rel=1e-12)
     assert expected == pytest.approx(0.286, abs=1e-3)
     assert rescaled_adaptive_margin(t(d_ap), t(d_an), margin_max=0.5).item() == pytest.approx(expected / 2)
-    assert rescaled_adaptive_margin(t(2.0), t(0.0)).item() == pytest.approx(0.0, abs=1e-12)   # its range
+    assert rescaled_adaptive_margin(t(2.0), t(0.0)).item() == pytest.approx(0.0, abs=1e-12)  # its range
     assert rescaled_adaptive_margin(t(0.0), t(2.0)).item() == pytest.approx(1.0, abs=1e-12)
     # the default triplet term uses it, hinged: a = (1,0), p = (0.8, 0.6), n = (0, 1)
     a, p, n = t(1.0, 0.0)[None], t(0.8, 0.6)[None], t(0.0, 1.0)[None]
@@ -91,11 +91,11 @@ def test_detached_margin_gets_no_gradient_and_literal_form_pushes_positives_apar
     # close positive (D_ap = 0.1), far-ish negative (D_an = 1); Eq. 11 as printed keeps the hinge on
     d_ap, d_an, d_pn = (x.requires_grad_() for x in (t(0.1), t(1.0), t(1.0)))
     triplet_from_distances(d_ap, d_an, d_pn, LossConfig(margin="eq11")).backward()
-    assert d_ap.grad.item() == pytest.approx(1.0)     # only the D_ap term: pull positives together
+    assert d_ap.grad.item() == pytest.approx(1.0)  # only the D_ap term: pull positives together
     assert d_an.grad.item() == pytest.approx(-0.5)
     d_ap, d_an, d_pn = (x.requires_grad_() for x in (t(0.1), t(1.0), t(1.0)))
     triplet_from_distances(d_ap, d_an, d_pn, LossConfig.literal()).backward()
-    assert d_ap.grad.item() == pytest.approx(1 - 8 * math.exp(-0.4))   # < 0: pushes apart
+    assert d_ap.grad.item() == pytest.approx(1 - 8 * math.exp(-0.4))  # < 0: pushes apart
     assert d_ap.grad.item() < 0
     assert d_an.grad.item() == pytest.approx(-0.5 + 8 * math.exp(0.0))  # > 0: pulls negative closer
 
@@ -106,8 +106,9 @@ def test_printed_eq11_margin_never_lets_the_hinge_switch_off_on_unit_vectors():
     z = torch.randn(3, 2000, 3, dtype=torch.float64)
     printed = LossConfig(margin="eq11", use_var=False, use_cov=False)
     parts = extractor_loss(z[0], z[1], z[2], printed)
-    lit = extractor_loss(z[0], z[1], z[2], LossConfig(margin="eq11", use_var=False, use_cov=False,
-                                                      hinge=False))
+    lit = extractor_loss(
+        z[0], z[1], z[2], LossConfig(margin="eq11", use_var=False, use_cov=False, hinge=False)
+    )
     assert parts.triplet.item() == pytest.approx(lit.triplet.item())
     assert parts.triplet.item() > 1.7 and parts.active.item() == 1.0
     rescaled = extractor_loss(z[0], z[1], z[2], LossConfig(use_var=False, use_cov=False))
@@ -115,7 +116,7 @@ def test_printed_eq11_margin_never_lets_the_hinge_switch_off_on_unit_vectors():
 
 
 def test_variance_term_by_hand_with_and_without_hinge():
-    z = t(0.0, 0.0, 2.0, 0.0).view(2, 2)   # unbiased var: col0 = 2, col1 = 0
+    z = t(0.0, 0.0, 2.0, 0.0).view(2, 2)  # unbiased var: col0 = 2, col1 = 0
     eps = 1e-4
     hinged = variance_term(z, eps, hinge=True)
     assert hinged.item() == pytest.approx((0 + (1 - math.sqrt(eps))) / 2)
@@ -126,27 +127,27 @@ def test_variance_term_by_hand_with_and_without_hinge():
 def test_variance_hinge_zeroes_gradient_of_spread_dimensions():
     z = t(0.0, 0.0, 2.0, 0.1).view(2, 2).requires_grad_()
     variance_term(z, hinge=True).backward()
-    assert torch.all(z.grad[:, 0] == 0)          # std sqrt2 > 1: nothing to do
-    assert z.grad[1, 1] < 0 < z.grad[0, 1]       # std < 1: push the two rows apart
+    assert torch.all(z.grad[:, 0] == 0)  # std sqrt2 > 1: nothing to do
+    assert z.grad[1, 1] < 0 < z.grad[0, 1]  # std < 1: push the two rows apart
 
 
 def test_covariance_term_by_hand():
-    z = t(1.0, 1.0, -1.0, -1.0).view(2, 2)     # cov = [[2, 2], [2, 2]]: off-diagonal 2^2 + 2^2 = 8, / d=2
+    z = t(1.0, 1.0, -1.0, -1.0).view(2, 2)  # cov = [[2, 2], [2, 2]]: off-diagonal 2^2 + 2^2 = 8, / d=2
     assert covariance_term(z).item() == pytest.approx(4.0)
-    diag_only = t(1.0, 0.0, -1.0, 0.0, 0.0, 1.0, 0.0, -1.0).view(4, 2)   # uncorrelated columns
+    diag_only = t(1.0, 0.0, -1.0, 0.0, 0.0, 1.0, 0.0, -1.0).view(4, 2)  # uncorrelated columns
     assert covariance_term(diag_only).item() == pytest.approx(0.0)
 
 
 def test_total_is_eq9_weighted_sum_and_switches_drop_terms():
     torch.manual_seed(1)
-    z = 0.5 * torch.randn(3, 6, 4, dtype=torch.float64)         # projector outputs, not unit vectors
+    z = 0.5 * torch.randn(3, 6, 4, dtype=torch.float64)  # projector outputs, not unit vectors
     parts = extractor_loss(z[0], z[1], z[2])
-    var = sum(variance_term(z[k]) for k in range(3))             # Eq. 12-13 see the projector output
+    var = sum(variance_term(z[k]) for k in range(3))  # Eq. 12-13 see the projector output
     cov = sum(covariance_term(z[k]) for k in range(3))
     assert parts.var.item() == pytest.approx(var.item())
     assert parts.cov.item() == pytest.approx(cov.item())
     assert parts.total.item() == pytest.approx(20 * parts.triplet.item() + 5 * cov.item() + var.item())
-    unit = torch.nn.functional.normalize(z, dim=-1)               # the triplet term sees unit vectors
+    unit = torch.nn.functional.normalize(z, dim=-1)  # the triplet term sees unit vectors
     assert extractor_loss(unit[0], unit[1], unit[2]).triplet.item() == pytest.approx(parts.triplet.item())
     on_unit = extractor_loss(z[0], z[1], z[2], LossConfig(regularize="unit"))
     assert on_unit.var.item() == pytest.approx(sum(variance_term(unit[k]) for k in range(3)).item())
@@ -178,7 +179,7 @@ def test_mine_semihard_picks_closest_farther_negative_else_farthest():
     assert chosen[(3, 2)] == 1
     # anchor 4, positive 3 (d=2.5): negatives at d 0.5, 0.5: none farther -> the farthest (tie: first)
     assert chosen[(4, 3)] == 0
-    assert len(a) == 2 + 6   # ordered positive pairs: 2 of class 0, 6 of class 1
+    assert len(a) == 2 + 6  # ordered positive pairs: 2 of class 0, 6 of class 1
 
 
 def test_mine_semihard_without_negatives_is_empty():

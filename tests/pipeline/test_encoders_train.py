@@ -28,14 +28,16 @@ TESTS = Path(__file__).parents[1]
 
 @pytest.fixture(scope="module")
 def small_media(tmp_path_factory):
-    return write_media(tmp_path_factory.mktemp("small") / "media.h5", {"train": 6, "dev": 3}, seconds=0.2,
-                       image_size=16)
+    return write_media(
+        tmp_path_factory.mktemp("small") / "media.h5", {"train": 6, "dev": 3}, seconds=0.2, image_size=16
+    )
 
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
-    return write_media(tmp_path_factory.mktemp("media") / "media.h5", {"train": 24, "dev": 12}, seconds=0.6,
-                       image_size=32)
+    return write_media(
+        tmp_path_factory.mktemp("media") / "media.h5", {"train": 24, "dev": 12}, seconds=0.6, image_size=32
+    )
 
 
 def reprobe(ckpt: Path, media_path: Path, meta: dict) -> float:
@@ -81,15 +83,24 @@ def test_audio_and_scene_training_beat_the_untrained_encoder(media, tmp_path, mo
     # 4 epochs of 10 steps, audio on 64 mel bands (a quarter of the default's cost: the label is a pitch,
     # which 64 bands keep): 29 s and 16 s on the 2-core machine; the gains were +0.17 and +0.30
     over = {"audio": {"n_mels": 64}} if modality == "audio" else None
-    paths = train_encoders(media, tmp_path, modalities=(modality,), epochs=4, batch_size=24,
-                           steps_per_epoch=10, clip_seconds=0.5, contract_overrides=over)
+    paths = train_encoders(
+        media,
+        tmp_path,
+        modalities=(modality,),
+        epochs=4,
+        batch_size=24,
+        steps_per_epoch=10,
+        clip_seconds=0.5,
+        contract_overrides=over,
+    )
     q = load_checkpoint(paths[modality])["meta"]["quality"]
     assert q["trained"] >= q["untrained"] + 0.1, q
 
 
 def test_too_little_data_saves_the_untrained_encoder_with_a_note(tmp_path, caplog):
-    no_faces = write_media(tmp_path / "nf" / "media.h5", {"train": 3, "dev": 1}, seconds=0.2, image_size=16,
-                           faces=False)
+    no_faces = write_media(
+        tmp_path / "nf" / "media.h5", {"train": 3, "dev": 1}, seconds=0.2, image_size=16, faces=False
+    )
     with caplog.at_level(logging.WARNING, logger="pipeline.encoders.train"):
         paths = train_encoders(no_faces, tmp_path / "out", modalities=("face",), epochs=1)
     assert "too little face data" in caplog.text
@@ -117,8 +128,11 @@ def test_resume_after_sigkill_follows_the_uninterrupted_run(small_media, tmp_pat
     media = small_media
     out = tmp_path / "killed"
     state = state_path_for(out / "face.pt")
-    proc = subprocess.Popen([sys.executable, "-c", RUN, str(media), str(out)], cwd=TESTS.parent,
-                            env={**os.environ, "PYTHONPATH": str(TESTS.parent)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN, str(media), str(out)],
+        cwd=TESTS.parent,
+        env={**os.environ, "PYTHONPATH": str(TESTS.parent)},
+    )
     done_at_kill = 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -133,8 +147,12 @@ def test_resume_after_sigkill_follows_the_uninterrupted_run(small_media, tmp_pat
     assert not (out / "face.pt").exists()
     saved = torch.load(state, weights_only=True)
     assert 2 <= saved["epoch"] < 8
-    kw = {"modalities": ("face",), "epochs": 8, "steps_per_epoch": 2,
-          "contract_overrides": {"face": {"image_size": 16}}}
+    kw = {
+        "modalities": ("face",),
+        "epochs": 8,
+        "steps_per_epoch": 2,
+        "contract_overrides": {"face": {"image_size": 16}},
+    }
     with pytest.raises(ValueError, match="other settings"):
         train_encoders(media, out, batch_size=16, **kw)
     resumed = train_encoders(media, out, batch_size=12, **kw)["face"]
@@ -143,7 +161,7 @@ def test_resume_after_sigkill_follows_the_uninterrupted_run(small_media, tmp_pat
     hist_a, hist_b = a["meta"]["history"], b["meta"]["history"]
     assert [h["epoch"] for h in hist_a] == list(range(1, 9))
     # finished epochs were kept, not redone (their wall times come from the killed run)
-    assert [h["seconds"] for h in hist_a[:saved["epoch"]]] == [h["seconds"] for h in saved["history"]]
+    assert [h["seconds"] for h in hist_a[: saved["epoch"]]] == [h["seconds"] for h in saved["history"]]
     strip = [{k: v for k, v in h.items() if k != "seconds"} for h in hist_a]
     assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in hist_b]
     for k, v in a["state_dict"].items():
@@ -154,9 +172,27 @@ def test_resume_after_sigkill_follows_the_uninterrupted_run(small_media, tmp_pat
 def test_cli_trains_prints_paths_and_skips_finished(small_media, tmp_path):
     media = small_media
     runner = CliRunner()
-    args = ["train-encoders", "--dataset", "custom", "--modality", "scene", "--media", str(media),
-            "--out", str(tmp_path), "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "6",
-            "--classes", "joy,anger", "--threads", "1"]
+    args = [
+        "train-encoders",
+        "--dataset",
+        "custom",
+        "--modality",
+        "scene",
+        "--media",
+        str(media),
+        "--out",
+        str(tmp_path),
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "1",
+        "--batch-size",
+        "6",
+        "--classes",
+        "joy,anger",
+        "--threads",
+        "1",
+    ]
     res = runner.invoke(main, args)
     assert res.exit_code == 0, res.output
     ckpt = tmp_path / "scene.pt"
@@ -165,7 +201,7 @@ def test_cli_trains_prints_paths_and_skips_finished(small_media, tmp_path):
     assert meta["train_config"]["epochs"] == 1 and meta["classes"] == ["joy", "anger"]
     mtime = ckpt.stat().st_mtime_ns
     assert runner.invoke(main, args).exit_code == 0
-    assert ckpt.stat().st_mtime_ns == mtime                       # finished work is not redone
+    assert ckpt.stat().st_mtime_ns == mtime  # finished work is not redone
     res = runner.invoke(main, [*args[:6], str(tmp_path / "nope.h5"), *args[7:]])
     assert res.exit_code == 1 and "does not exist" in res.output and "nope.h5" in res.output
 
@@ -182,8 +218,10 @@ def test_cli_text_modality_fine_tunes_a_loadable_text_model(tmp_path):
     from pipeline.text.embedder import TextEmbedder
 
     out = tmp_path / "text"
-    res = CliRunner().invoke(main, ["train-encoders", "--dataset", "sample", "--modality", "text",
-                                    "--out", str(out), "--epochs", "1"])
+    res = CliRunner().invoke(
+        main,
+        ["train-encoders", "--dataset", "sample", "--modality", "text", "--out", str(out), "--epochs", "1"],
+    )
     assert res.exit_code == 0, res.output
     meta = json.loads((out / "m2f_text.json").read_text())
     assert meta["history"] and "dev_weighted_f1" in json.dumps(meta)
@@ -192,8 +230,15 @@ def test_cli_text_modality_fine_tunes_a_loadable_text_model(tmp_path):
 
 @pytest.mark.gpu
 def test_cuda_training_with_bf16_autocast(media, tmp_path):
-    paths = train_encoders(media, tmp_path, modalities=("face", "audio"), epochs=2, device="cuda",
-                           steps_per_epoch=10, clip_seconds=0.5)
+    paths = train_encoders(
+        media,
+        tmp_path,
+        modalities=("face", "audio"),
+        epochs=2,
+        device="cuda",
+        steps_per_epoch=10,
+        clip_seconds=0.5,
+    )
     for p in paths.values():
         meta = load_checkpoint(p)["meta"]
         assert meta["train_config"]["amp"] is True and meta["train_config"]["batch_size"] == 128
@@ -204,8 +249,9 @@ def test_cuda_training_with_bf16_autocast(media, tmp_path):
 def test_without_a_dev_split_selection_uses_held_out_train(tmp_path, caplog):
     train_only = write_media(tmp_path / "m" / "media.h5", {"train": 5}, seconds=0.2, image_size=16)
     with caplog.at_level(logging.WARNING, logger="pipeline.encoders.train"):
-        paths = train_encoders(train_only, tmp_path / "out", modalities=("scene",), epochs=1, batch_size=6,
-                               steps_per_epoch=1)
+        paths = train_encoders(
+            train_only, tmp_path / "out", modalities=("scene",), epochs=1, batch_size=6, steps_per_epoch=1
+        )
     assert "no 'dev' split" in caplog.text
     q = load_checkpoint(paths["scene"])["meta"]["quality"]
     assert q["metric"].startswith("weighted F1 on a held-out fifth") and q["n_probe_dev"] == 3

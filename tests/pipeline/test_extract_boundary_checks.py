@@ -30,11 +30,11 @@ def test_the_manifest_follows_the_corpus_and_a_fixed_row_no_longer_breaks(tmp_pa
     assert load_manifest(layout, csv)[1] == first and path.stat().st_mtime_ns == stamp  # unchanged: kept
     _csv(csv, ["d,0,Ann,hi,anger,a.mp4,,,train", "d,1,Bob,yes,joy,a.mp4,,,train"])  # a corrected label
     assert [u.label for u in load_manifest(layout, csv)[1]] == ["anger", "joy"]
-    assert '"anger"' in path.read_text()                                                 # the cache too
-    _csv(csv, ["d,0,Ann,hi,anger,a.mp4,0,inf,train"])                                    # a broken row
+    assert '"anger"' in path.read_text()  # the cache too
+    _csv(csv, ["d,0,Ann,hi,anger,a.mp4,0,inf,train"])  # a broken row
     with pytest.raises(ExtractError, match="inf"):
         load_manifest(layout, csv)
-    _csv(csv, ["d,0,Ann,hi,anger,a.mp4,0,1.5,train"])                                    # fixed
+    _csv(csv, ["d,0,Ann,hi,anger,a.mp4,0,1.5,train"])  # fixed
     assert [u.end for u in load_manifest(layout, csv)[1]] == [1.5]
 
 
@@ -49,9 +49,9 @@ def test_a_corrupt_text_model_folder_is_one_error_naming_it(tmp_path):
     from pipeline.testing.text_model import make_tiny_roberta
 
     folder = make_tiny_roberta(tmp_path / "tiny")
-    assert check_text_model(str(folder))                     # loads: its identity
+    assert check_text_model(str(folder))  # loads: its identity
     weights = next(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
-    weights.write_bytes(weights.read_bytes()[:200])           # truncated
+    weights.write_bytes(weights.read_bytes()[:200])  # truncated
     with pytest.raises(ExtractError, match=rf"--text-model {folder} cannot be loaded"):
         check_text_model(str(folder))
 
@@ -65,6 +65,6 @@ def test_encoder_checkpoints_are_loaded_and_their_weights_checked(tmp_path):
     check_encoder_weights(tmp_path)
     ckpt = torch.load(tmp_path / "scene.pt", weights_only=True)
     ckpt["state_dict"] = {k: v[..., :1] if v.ndim == 4 else v for k, v in ckpt["state_dict"].items()}
-    torch.save(ckpt, tmp_path / "scene.pt")                   # loadable file, wrong shapes
+    torch.save(ckpt, tmp_path / "scene.pt")  # loadable file, wrong shapes
     with pytest.raises(ExtractError, match=r"scene\.pt cannot be loaded \(RuntimeError"):
         check_encoder_weights(tmp_path)

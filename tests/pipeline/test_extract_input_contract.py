@@ -26,8 +26,11 @@ def _save_encoders(folder, **audio_contract) -> None:
 
 
 def _contracts(**audio) -> dict:
-    return {"audio": InputContract("audio", **audio), "face": InputContract("face", image_size=80),
-            "scene": InputContract("scene", image_size=64)}
+    return {
+        "audio": InputContract("audio", **audio),
+        "face": InputContract("face", image_size=80),
+        "scene": InputContract("scene", image_size=64),
+    }
 
 
 def test_each_mismatch_names_both_values():
@@ -56,10 +59,17 @@ def test_cached_encoders_at_8_khz_stop_the_run_before_embedding_16_khz_media(tmp
     media_cfg = media_config_dict(None)
     key = media_key(media_cfg, selected)
     # a finished media cache (only what the skip check and problems.jsonl read): no decoding, no cluster
-    with ShardedWriter(layout.media_file(key), {"kind": "m2f-media", "dataset": "sample",
-                                                 "media_config": json.dumps(media_cfg, sort_keys=True)}) as w:
-        w.append("dev", {"utt_id": np.array([u.id for u in selected], dtype=object),
-                         "problems": np.array(["[]"] * len(selected), dtype=object)})
+    with ShardedWriter(
+        layout.media_file(key),
+        {"kind": "m2f-media", "dataset": "sample", "media_config": json.dumps(media_cfg, sort_keys=True)},
+    ) as w:
+        w.append(
+            "dev",
+            {
+                "utt_id": np.array([u.id for u in selected], dtype=object),
+                "problems": np.array(["[]"] * len(selected), dtype=object),
+            },
+        )
         w.finalize()
     encoders = layout.encoders_dir(key, labels_key(training_labels(selected)))
     _save_encoders(encoders, sample_rate=8000)
@@ -73,9 +83,16 @@ def test_cached_encoders_at_8_khz_stop_the_run_before_embedding_16_khz_media(tmp
 
 def test_given_encoders_that_do_not_fit_stop_before_decoding(tmp_path):
     _save_encoders(tmp_path / "enc", sample_rate=8000)
-    opts = ExtractOptions("sample", None, cache=tmp_path / "cache", modalities=("audio",), splits=("dev",),
-                          encoders=str(tmp_path / "enc"))
-    with pytest.raises(ExtractError, match="expects 8000 Hz audio but the media config of this run holds "
-                                           "16000 Hz"):
+    opts = ExtractOptions(
+        "sample",
+        None,
+        cache=tmp_path / "cache",
+        modalities=("audio",),
+        splits=("dev",),
+        encoders=str(tmp_path / "enc"),
+    )
+    with pytest.raises(
+        ExtractError, match="expects 8000 Hz audio but the media config of this run holds 16000 Hz"
+    ):
         run_extract(opts)
     assert opts.layout.media_files() == []

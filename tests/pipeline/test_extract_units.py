@@ -26,8 +26,11 @@ torch.set_num_threads(1)
 
 
 def _utts(split: str, dialogues: list[int]) -> list[Utterance]:
-    return [Utterance("meld", split, str(d), p, str(p), "Ross", f"line {d}.{p}", "joy")
-            for d, n in enumerate(dialogues) for p in range(n)]
+    return [
+        Utterance("meld", split, str(d), p, str(p), "Ross", f"line {d}.{p}", "joy")
+        for d, n in enumerate(dialogues)
+        for p in range(n)
+    ]
 
 
 def test_select_keeps_splits_in_order_and_limits_per_split():
@@ -35,8 +38,13 @@ def test_select_keeps_splits_in_order_and_limits_per_split():
     sel = select(utts, ("train", "test"), limit=5)
     assert [u.split for u in sel] == ["train"] * 5 + ["test"] * 5
     train = [u.id for u in sel if u.split == "train"]
-    assert train == ["meld/train/dia0_utt0", "meld/train/dia0_utt1", "meld/train/dia0_utt2",
-                     "meld/train/dia1_utt0", "meld/train/dia2_utt0"]
+    assert train == [
+        "meld/train/dia0_utt0",
+        "meld/train/dia0_utt1",
+        "meld/train/dia0_utt2",
+        "meld/train/dia1_utt0",
+        "meld/train/dia2_utt0",
+    ]
     assert len(select(utts, ("dev",), None)) == 0
     assert len(select(utts, ("train",), None)) == 8
 
@@ -62,11 +70,14 @@ def test_keys_change_with_every_number_changing_option():
     assert key != manifest_hash(utts[:3])
     opts = ExtractOptions("meld", None)
     base = feature_config(opts, key, {"n_frames": 15}, "random-seed0", "minilm")
-    for changed in (feature_config(opts, key, {"n_frames": 8}, "random-seed0", "minilm"),
-                    feature_config(opts, key, {"n_frames": 15}, "abc", "minilm"),
-                    feature_config(opts, key, {"n_frames": 15}, "random-seed0", "other"),
-                    feature_config(ExtractOptions("meld", None, limit=3), key, {"n_frames": 15},
-                                   "random-seed0", "minilm")):
+    for changed in (
+        feature_config(opts, key, {"n_frames": 8}, "random-seed0", "minilm"),
+        feature_config(opts, key, {"n_frames": 15}, "abc", "minilm"),
+        feature_config(opts, key, {"n_frames": 15}, "random-seed0", "other"),
+        feature_config(
+            ExtractOptions("meld", None, limit=3), key, {"n_frames": 15}, "random-seed0", "minilm"
+        ),
+    ):
         assert json.dumps(changed, sort_keys=True) != json.dumps(base, sort_keys=True)
 
 
@@ -84,11 +95,17 @@ def test_media_rows_round_trip_through_sharded_writer(tmp_path):
     rng = np.random.default_rng(0)
 
     def row(uid, k, f, n):
-        return {"utt_id": uid, "label": None if k == 0 else "joy",
-                "waveform": rng.normal(size=n).astype(np.float32),
-                "has_audio": n > 0, "faces": rng.integers(0, 255, (k, 3, 8, 8), dtype=np.uint8),
-                "face_frame": np.arange(k, dtype=np.int16), "scenes": np.zeros((f, 3, 8, 8), np.uint8),
-                "has_face": k > 0, "problems": json.dumps(["no face"] if k == 0 else [])}
+        return {
+            "utt_id": uid,
+            "label": None if k == 0 else "joy",
+            "waveform": rng.normal(size=n).astype(np.float32),
+            "has_audio": n > 0,
+            "faces": rng.integers(0, 255, (k, 3, 8, 8), dtype=np.uint8),
+            "face_frame": np.arange(k, dtype=np.int16),
+            "scenes": np.zeros((f, 3, 8, 8), np.uint8),
+            "has_face": k > 0,
+            "problems": json.dumps(["no face"] if k == 0 else []),
+        }
 
     rows = [row("a", 2, 3, 10), row("b", 0, 3, 0), row("c", 1, 0, 5)]
     w = ShardedWriter(tmp_path / "media.h5")
@@ -133,8 +150,10 @@ def test_image_batches_and_feature_rows():
 
 def test_order_by_split():
     utts = _utts("train", [1]) + _utts("dev", [2])
-    assert order_by_split(utts) == {"train": ["meld/train/dia0_utt0"],
-                                    "dev": ["meld/dev/dia0_utt0", "meld/dev/dia0_utt1"]}
+    assert order_by_split(utts) == {
+        "train": ["meld/train/dia0_utt0"],
+        "dev": ["meld/dev/dia0_utt0", "meld/dev/dia0_utt1"],
+    }
 
 
 def test_problems_file_is_rebuilt_from_media_without_duplicates(tmp_path):
@@ -170,8 +189,14 @@ def test_visual_embedding_pools_over_decoded_frames_only():
     rng = np.random.default_rng(0)
     crops = rng.integers(0, 255, (3, 3, 32, 32), dtype=np.uint8)
     scenes = rng.integers(0, 255, (3, 3, 32, 32), dtype=np.uint8)
-    row = {"faces": crops, "face_frame": np.array([0, 1, 2], np.int16), "face_weight": np.ones(3, np.float32),
-           "scenes": scenes, "has_video": True, "has_face": True}
+    row = {
+        "faces": crops,
+        "face_frame": np.array([0, 1, 2], np.int16),
+        "face_weight": np.ones(3, np.float32),
+        "scenes": scenes,
+        "has_video": True,
+        "has_face": True,
+    }
     emb, has_visual, has_face = visual_embeddings(face, scene, [row], n_frames=15, batch_size=8)
     expected = encode_images(face, crops, 8, "cpu").max(axis=0)
     assert has_visual[0] and has_face[0]

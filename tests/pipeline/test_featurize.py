@@ -22,10 +22,20 @@ N_FRAMES = 4
 def extracted(tmp_path_factory, tiny_roberta):
     """A 2-dialogue MELD dev split with clips (a face in each), extracted by the dask engine."""
     base = tmp_path_factory.mktemp("featurize")
-    root = make_meld_tree(base / "corpus", n_dialogues=2, utterances_per_dialogue=3, splits=("dev",),
-                          traps=False, size=SIZE)
-    opts = ExtractOptions("meld", root, cache=base / "cache", splits=("dev",), workers=1, encoders="random",
-                          text_model=str(tiny_roberta), partition_size=3, media_config={"n_frames": N_FRAMES})
+    root = make_meld_tree(
+        base / "corpus", n_dialogues=2, utterances_per_dialogue=3, splits=("dev",), traps=False, size=SIZE
+    )
+    opts = ExtractOptions(
+        "meld",
+        root,
+        cache=base / "cache",
+        splits=("dev",),
+        workers=1,
+        encoders="random",
+        text_model=str(tiny_roberta),
+        partition_size=3,
+        media_config={"n_frames": N_FRAMES},
+    )
     res = run_extract(opts)
     manifest = [u for u in read_jsonl(res.manifest) if u.split == "dev"]
     return res, manifest
@@ -34,8 +44,12 @@ def extracted(tmp_path_factory, tiny_roberta):
 def test_featurizer_equals_extract(extracted, tiny_roberta):
     res, manifest = extracted
     cfg = MediaConfig(n_frames=N_FRAMES)
-    models = FeatureModels(("text", "audio", "visual"), text=TextEmbedder(str(tiny_roberta)),
-                           encoders=load_encoder_set("random"), n_frames=N_FRAMES)
+    models = FeatureModels(
+        ("text", "audio", "visual"),
+        text=TextEmbedder(str(tiny_roberta)),
+        encoders=load_encoder_set("random"),
+        n_frames=N_FRAMES,
+    )
     rows, problems = Featurizer(models, cfg).featurize(manifest)
     assert problems == []
     ref = read_split(res.features, "dev")
@@ -55,8 +69,9 @@ def test_a_bad_clip_is_a_problem_and_missing_flags_not_an_exception(extracted, t
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video at all")
     utts = [dataclasses.replace(manifest[0], clip=str(broken))]
-    models = FeatureModels(("text", "audio"), text=TextEmbedder(str(tiny_roberta)),
-                           encoders=load_encoder_set("random"))
+    models = FeatureModels(
+        ("text", "audio"), text=TextEmbedder(str(tiny_roberta)), encoders=load_encoder_set("random")
+    )
     rows, problems = Featurizer(models, MediaConfig()).featurize(utts)
     assert rows["has_text"].tolist() == [True] and rows["has_audio"].tolist() == [False]
     assert not rows["audio_emb"].any()

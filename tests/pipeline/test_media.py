@@ -38,14 +38,36 @@ def detector():
 
 def meld(clip) -> Utterance:
     # MELD start/end are episode times: process_utterance must ignore them
-    return Utterance(corpus="meld", split="train", dialogue_id="7", position=0, utterance_id="3",
-                     speaker="Joey", text="Hi.", label="joy", clip=None if clip is None else str(clip),
-                     start=1250.5, end=1253.5)
+    return Utterance(
+        corpus="meld",
+        split="train",
+        dialogue_id="7",
+        position=0,
+        utterance_id="3",
+        speaker="Joey",
+        text="Hi.",
+        label="joy",
+        clip=None if clip is None else str(clip),
+        start=1250.5,
+        end=1253.5,
+    )
 
 
 def custom(clip, start, end, **kw) -> Utterance:
-    return Utterance(corpus="custom", split="test", dialogue_id="d1", position=0, utterance_id="u1",
-                     speaker="A", text="x", label=None, clip=str(clip), start=start, end=end, **kw)
+    return Utterance(
+        corpus="custom",
+        split="test",
+        dialogue_id="d1",
+        position=0,
+        utterance_id="u1",
+        speaker="A",
+        text="x",
+        label=None,
+        clip=str(clip),
+        start=start,
+        end=end,
+        **kw,
+    )
 
 
 def check_row(row: dict, cfg: MediaConfig = CFG) -> None:
@@ -80,9 +102,9 @@ def test_typical_clip_full_row(tmp_path, detector):
     assert problems == []
     assert row["utt_id"] == "meld/train/dia7_utt3" and row["label"] == "joy"
     assert row["has_audio"] and row["has_video"] and row["has_face"] and not row["audio_cut"]
-    assert 3.0 * 16000 <= len(row["waveform"]) <= 3.03 * 16000    # the whole clip, not the CSV times
+    assert 3.0 * 16000 <= len(row["waveform"]) <= 3.03 * 16000  # the whole clip, not the CSV times
     assert row["scenes"].shape[0] == 15
-    assert sorted(set(row["face_frame"].tolist())) == list(range(15))   # one face in every frame
+    assert sorted(set(row["face_frame"].tolist())) == list(range(15))  # one face in every frame
     assert (row["face_weight"] == 1.0).all() and (row["face_prob"] > 0.99).all()
     # the face box sits around the frame centre, where write_clip puts it
     cx = (row["face_box"][:, 0] + row["face_box"][:, 2]) / 2
@@ -230,27 +252,52 @@ def test_clip_many_minutes_long(tmp_path, detector):
 def test_iemocap_half_frame_span_and_wav(tmp_path, detector):
     video = write_split_screen_video(tmp_path / "Ses01F_impro01.avi", duration=4.0, fps=30, size=(360, 240))
     wav = write_wav(tmp_path / "Ses01F_impro01_M000.wav", duration=1.2)
-    utt = Utterance(corpus="iemocap", split="train", dialogue_id="Ses01F_impro01", position=1,
-                    utterance_id="Ses01F_impro01_M000", speaker="Ses01M", text="Hi.", label="neu",
-                    clip=str(video), start=1.0, end=2.2, session=1, side="right", audio=str(wav))
+    utt = Utterance(
+        corpus="iemocap",
+        split="train",
+        dialogue_id="Ses01F_impro01",
+        position=1,
+        utterance_id="Ses01F_impro01_M000",
+        speaker="Ses01M",
+        text="Hi.",
+        label="neu",
+        clip=str(video),
+        start=1.0,
+        end=2.2,
+        session=1,
+        side="right",
+        audio=str(wav),
+    )
     row, problems = process_utterance(utt, CFG, detector)
     check_row(row)
     assert problems == []
-    assert len(row["waveform"]) == round(1.2 * 16000)      # the utterance's own wav, all of it
+    assert len(row["waveform"]) == round(1.2 * 16000)  # the utterance's own wav, all of it
     assert row["scenes"].shape[0] == 15 and row["has_face"]
-    corner = row["scenes"][:, :, 2, 2]                        # right half: blue background
+    corner = row["scenes"][:, :, 2, 2]  # right half: blue background
     assert (corner[:, 2] > 150).all() and (corner[:, 0] < 90).all()
-    assert (row["face_box"][:, 2] <= 180 + 1).all()           # boxes in the half frame's coordinates
+    assert (row["face_box"][:, 2] <= 180 + 1).all()  # boxes in the half frame's coordinates
     left = Utterance(**{**utt.__dict__, "utterance_id": "Ses01F_impro01_F000", "side": "left"})
     row_l, _ = process_utterance(left, CFG, None)
-    assert (row_l["scenes"][:, 0, 2, 2] > 150).all()          # left half: red
+    assert (row_l["scenes"][:, 0, 2, 2] > 150).all()  # left half: red
 
 
 def test_iemocap_missing_video_keeps_the_wav(tmp_path, detector):
     wav = write_wav(tmp_path / "u.wav", duration=1.0)
-    utt = Utterance(corpus="iemocap", split="train", dialogue_id="Ses01F_impro01", position=0,
-                    utterance_id="Ses01F_impro01_F000", speaker="Ses01F", text="Hi.", label="neu",
-                    clip=str(tmp_path / "missing.avi"), start=0.0, end=1.0, side="left", audio=str(wav))
+    utt = Utterance(
+        corpus="iemocap",
+        split="train",
+        dialogue_id="Ses01F_impro01",
+        position=0,
+        utterance_id="Ses01F_impro01_F000",
+        speaker="Ses01F",
+        text="Hi.",
+        label="neu",
+        clip=str(tmp_path / "missing.avi"),
+        start=0.0,
+        end=1.0,
+        side="left",
+        audio=str(wav),
+    )
     row, problems = process_utterance(utt, CFG, detector)
     check_row(row)
     assert row["has_audio"] and not row["has_video"]
@@ -260,8 +307,15 @@ def test_iemocap_missing_video_keeps_the_wav(tmp_path, detector):
 def test_stereo_mean_through_process_utterance(tmp_path):
     t = np.arange(48000) / 48000
     left = (0.4 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
-    clip = encode_media(tmp_path / "st.mp4", frames=None, n_frames=0, fps=24, size=(64, 48),
-                        audio=np.stack([left, -left]), sample_rate=48000)
+    clip = encode_media(
+        tmp_path / "st.mp4",
+        frames=None,
+        n_frames=0,
+        fps=24,
+        size=(64, 48),
+        audio=np.stack([left, -left]),
+        sample_rate=48000,
+    )
     row, problems = process_utterance(meld(clip), CFG, None)
     # L and -R cancel in the mean: silent, hence marked missing (a centre pick would not cancel)
     assert not row["has_audio"] and problems[0].startswith("silent audio")

@@ -38,8 +38,9 @@ def _shipped_detect(detector: FaceDetector, frames: np.ndarray) -> list[tuple[np
 @pytest.mark.parametrize(("face_scale", "face_pos"), [(0.5, (0.5, 0.5)), (0.3, (0.3, 0.4))])
 def test_same_faces_at_720p(tmp_path, detectors, face_scale, face_pos):
     cfg, fast, shipped = detectors
-    clip = write_clip(tmp_path / "c.mp4", duration=0.7, size=(1280, 720), face_scale=face_scale,
-                      face_pos=face_pos)
+    clip = write_clip(
+        tmp_path / "c.mp4", duration=0.7, size=(1280, 720), face_scale=face_scale, face_pos=face_pos
+    )
     frames = decode_frames(clip, cfg.n_frames)
     assert frames.shape[1:] == (720, 1280, 3)
     assert fast.mtcnn.pnet.conv1.weight.is_contiguous(memory_format=torch.channels_last)

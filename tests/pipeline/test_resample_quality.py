@@ -15,11 +15,11 @@ def tone(hz: float, sr: int, seconds: float = 1.0) -> np.ndarray:
 
 def amplitude_db(wave: np.ndarray, sr: int, hz: float) -> float:
     """Level (dB re full scale) of the component at ``hz``: Hann-windowed DFT of the middle half."""
-    mid = wave[len(wave) // 4: 3 * len(wave) // 4]
+    mid = wave[len(wave) // 4 : 3 * len(wave) // 4]
     w = np.hanning(len(mid))
     spec = np.abs(np.fft.rfft(mid * w)) * 2 / w.sum()
     k = int(np.argmin(np.abs(np.fft.rfftfreq(len(mid), 1 / sr) - hz)))
-    return 20 * np.log10(max(spec[max(k - 3, 0): k + 4].max(), 1e-12))
+    return 20 * np.log10(max(spec[max(k - 3, 0) : k + 4].max(), 1e-12))
 
 
 @pytest.mark.parametrize("sr_in", [48000, 44100])
@@ -40,6 +40,7 @@ def test_passband_is_flat_and_output_aligned():
     i0 = 997 * 24  # a click in the middle: it must land at i0 / 3, not delayed by the filter
     around = np.arange(i0 // 3 - 40, i0 // 3 + 40)
     assert abs(int(around[np.argmax(y[around])]) - round(i0 / 3)) <= 1
+
 
 def test_media_config_records_the_resampler():
     assert MediaConfig().to_dict()["resampler"] == RESAMPLER

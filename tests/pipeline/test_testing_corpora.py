@@ -155,9 +155,7 @@ def test_meld_tree_layout_and_traps(tmp_path):
 
 
 def test_meld_tree_old_encoding_uses_c1_and_lf(tmp_path):
-    make_meld_tree(
-        tmp_path, n_dialogues=1, splits=("train",), clips=False, layout="flat", old_encoding=True
-    )
+    make_meld_tree(tmp_path, n_dialogues=1, splits=("train",), clips=False, layout="flat", old_encoding=True)
     data = (tmp_path / "train_sent_emo.csv").read_bytes()
     assert b"\r\n" not in data
     assert "\x92".encode() in data and "\u2019".encode() not in data

@@ -30,7 +30,7 @@ def test_signal_carries_the_label():
     assert spectrum[near].max() > np.median(spectrum) * 20
     for c in range(3):
         img = synthetic_image(c, rng, 30)
-        flat = np.all(img[:, :, 1:] == img[:, :, :-1], axis=0).sum(axis=1)   # runs of one colour per row
+        flat = np.all(img[:, :, 1:] == img[:, :, :-1], axis=0).sum(axis=1)  # runs of one colour per row
         square_rows = np.flatnonzero(flat >= 30 // 4 - 1)
         assert len(square_rows) == 30 // 4
-        assert np.all((square_rows >= 10 * c) & (square_rows < 10 * (c + 1)))   # the label's band
+        assert np.all((square_rows >= 10 * c) & (square_rows < 10 * (c + 1)))  # the label's band

@@ -25,14 +25,21 @@ torch.set_num_threads(1)
 def make_dialogue(texts_and_speakers, split="train", dialogue_id="0", labels=None) -> Dialogue:
     """A MELD-style dialogue from ``[(speaker, text), ...]``."""
     utts = tuple(
-        Utterance("meld", split, dialogue_id, i, str(i), spk, txt,
-                  None if labels is None else labels[i])
-        for i, (spk, txt) in enumerate(texts_and_speakers))
+        Utterance("meld", split, dialogue_id, i, str(i), spk, txt, None if labels is None else labels[i])
+        for i, (spk, txt) in enumerate(texts_and_speakers)
+    )
     return Dialogue("meld", split, dialogue_id, utts)
 
 
-DIALOGUE = make_dialogue([("Joey", "hi"), ("Ross", "hey you"), ("Monica", "what why"),
-                          ("Ross", "oh my god"), ("Joey", "okay fine")])
+DIALOGUE = make_dialogue(
+    [
+        ("Joey", "hi"),
+        ("Ross", "hey you"),
+        ("Monica", "what why"),
+        ("Ross", "oh my god"),
+        ("Joey", "okay fine"),
+    ]
+)
 
 
 # --- the context input ---------------------------------------------------------------------------
@@ -50,8 +57,25 @@ def test_assemble_context_layout_and_far_past_truncation():
     assert assemble_context(utts, 3, layout, max_length=10) == [100, 101, 101, 4, 4, 101, 101, 5, 5, 102]
     # first utterance: empty past segment; last: empty future segment; the target stays in segment 2
     assert assemble_context(utts, 0, layout, 64) == [100, 101, 101, 1, 1, 101, 101, 2, 2, 2, 102]
-    assert assemble_context(utts, 4, layout, 64) == [100, 1, 1, 2, 2, 2, 3, 4, 4, 101, 101, 5, 5, 5,
-                                                     101, 101, 102]
+    assert assemble_context(utts, 4, layout, 64) == [
+        100,
+        1,
+        1,
+        2,
+        2,
+        2,
+        3,
+        4,
+        4,
+        101,
+        101,
+        5,
+        5,
+        5,
+        101,
+        101,
+        102,
+    ]
     with pytest.raises(IndexError):
         assemble_context(utts, 5, layout, 64)
     with pytest.raises(ValueError, match="no room"):
@@ -81,8 +105,9 @@ def test_build_context_roberta_layout(tiny_roberta):
     layout = special_layout(tok)
     assert layout == SpecialLayout((tok.bos_token_id,), (tok.eos_token_id,) * 2, (tok.eos_token_id,))
     ids = build_context(DIALOGUE, 4, tok, max_length=128)
-    assert tok.decode(ids) == ("<s>Joey: hiRoss: hey youMonica: what whyRoss: oh my god</s></s>"
-                               "Joey: okay fine</s></s></s>")
+    assert tok.decode(ids) == (
+        "<s>Joey: hiRoss: hey youMonica: what whyRoss: oh my god</s></s>Joey: okay fine</s></s></s>"
+    )
     assert max(len(v) for v in build_contexts([DIALOGUE], tok, 20).values()) <= 20
 
 
@@ -218,20 +243,41 @@ def test_target_span_and_target_pooling(which, tiny_roberta):
 def test_past_context_leaves_the_future_segment_empty():
     layout = SpecialLayout(prefix=(100,), mid=(101, 101), suffix=(102,))
     utts = [[1, 1], [2, 2, 2], [3], [4, 4], [5, 5, 5]]
-    assert assemble_context(utts, 3, layout, 64, future=False) == [100, 1, 1, 2, 2, 2, 3, 101, 101, 4, 4,
-                                                                   101, 101, 102]
+    assert assemble_context(utts, 3, layout, 64, future=False) == [
+        100,
+        1,
+        1,
+        2,
+        2,
+        2,
+        3,
+        101,
+        101,
+        4,
+        4,
+        101,
+        101,
+        102,
+    ]
     # the room the future would take goes to the past
     assert assemble_context(utts, 3, layout, 10, future=False) == [100, 3, 101, 101, 4, 4, 101, 101, 102]
 
 
 def test_past_context_embedding_ignores_later_utterances(tiny_roberta):
-    later = make_dialogue([("Joey", "hi"), ("Ross", "hey you"), ("Monica", "what why"),
-                           ("Ross", "sad cry tears"), ("Joey", "angry no")])
+    later = make_dialogue(
+        [
+            ("Joey", "hi"),
+            ("Ross", "hey you"),
+            ("Monica", "what why"),
+            ("Ross", "sad cry tears"),
+            ("Joey", "angry no"),
+        ]
+    )
     past = TextEmbedder(str(tiny_roberta), context="past")
     full = TextEmbedder(str(tiny_roberta), context="full")
     assert past.identity != full.identity and past.describe()["context"] == "past"
     a, b = past.embed([DIALOGUE]), past.embed([later])
-    for i in range(3):   # utterances 0-2 are the same, and only what follows them differs
+    for i in range(3):  # utterances 0-2 are the same, and only what follows them differs
         np.testing.assert_allclose(a[f"meld/train/dia0_utt{i}"], b[f"meld/train/dia0_utt{i}"], atol=1e-6)
     fa, fb = full.embed([DIALOGUE]), full.embed([later])
     assert not np.allclose(fa["meld/train/dia0_utt2"], fb["meld/train/dia0_utt2"], atol=1e-4)
@@ -243,8 +289,9 @@ def test_a_folder_fine_tuned_with_past_embeds_with_past_and_refuses_full(tiny_ro
 
     folder = tmp_path / "ft"
     shutil.copytree(tiny_roberta, folder)
-    (folder / "m2f_text.json").write_text(json.dumps({"config": {"max_length": 48, "pooling": "cls",
-                                                                 "context": "past"}}))
+    (folder / "m2f_text.json").write_text(
+        json.dumps({"config": {"max_length": 48, "pooling": "cls", "context": "past"}})
+    )
     emb = TextEmbedder(str(folder))
     assert emb.context == "past" and emb.identity.endswith("past|target-speaker-v1")
     with pytest.raises(ValueError, match="fine-tuned with context 'past'"):
@@ -263,9 +310,13 @@ def test_model_identity_hashes_every_file_the_model_loads(tiny_roberta, tmp_path
     (folder / "m2f-finetuned.json").write_text('{"path": "/somewhere/else"}')  # extract's marker: not loaded
     assert model_identity(str(folder), True) == before
     seen = {before}
-    for name, text in [("tokenizer_config.json", None), ("special_tokens_map.json", '{"x": 1}'),
-                       ("model.safetensors.index.json", '{"weight_map": {}}'),
-                       ("pytorch_model-00001-of-00002.bin", "x"), ("added_tokens.json", "{}")]:
+    for name, text in [
+        ("tokenizer_config.json", None),
+        ("special_tokens_map.json", '{"x": 1}'),
+        ("model.safetensors.index.json", '{"weight_map": {}}'),
+        ("pytorch_model-00001-of-00002.bin", "x"),
+        ("added_tokens.json", "{}"),
+    ]:
         path = folder / name
         if text is None:
             data = path.read_text()

@@ -35,16 +35,27 @@ def keyword_corpus(n_train: int = 48, n_dev: int = 16, n_test: int = 16, seed: i
                 words = list(rng.choice(FILLER, size=3))
                 if pos == 2:
                     words.insert(int(rng.integers(0, 3)), KEYWORDS[label])
-                out.append(Utterance("meld", split, str(d), pos, str(pos), ("Joey", "Ross")[pos % 2],
-                                     " ".join(words), label if pos == 2 else None))
+                out.append(
+                    Utterance(
+                        "meld",
+                        split,
+                        str(d),
+                        pos,
+                        str(pos),
+                        ("Joey", "Ross")[pos % 2],
+                        " ".join(words),
+                        label if pos == 2 else None,
+                    )
+                )
     return out
 
 
 def test_finetune_learns_keywords_and_writes_a_loadable_folder(tmp_path):
     # the shipped MiniLM (a random tiny model needs far more steps to learn anything)
     utts = keyword_corpus()
-    out = finetune_text(utts, tmp_path / "ft", max_length=32, epochs=3, batch_size=8, lr=2e-4,
-                        evals_per_epoch=1, seed=0)
+    out = finetune_text(
+        utts, tmp_path / "ft", max_length=32, epochs=3, batch_size=8, lr=2e-4, evals_per_epoch=1, seed=0
+    )
     meta = read_finetune_meta(out)
     assert len(meta["history"]) == 3
     assert meta["dev_weighted_f1"] >= 0.9, meta["history"]
@@ -85,8 +96,11 @@ def test_frozen_bottom_cache_gives_the_full_models_logits(which, tiny_roberta):
     # cls through full_logits is the HF model's own head
     ids, mask = (torch.from_numpy(a) for a in pad_batch(ex.ids[:3], pad))
     with torch.no_grad():
-        np.testing.assert_allclose(full_logits(model, ids, mask).numpy(),
-                                   model(input_ids=ids, attention_mask=mask).logits.numpy(), atol=1e-6)
+        np.testing.assert_allclose(
+            full_logits(model, ids, mask).numpy(),
+            model(input_ids=ids, attention_mask=mask).logits.numpy(),
+            atol=1e-6,
+        )
     # mean pooling: cached and full paths agree, and differ from cls
     full_mean = predict(model, ex, 4, pad, "cpu", pooling="mean")
     np.testing.assert_allclose(predict(model, ex, 4, pad, "cpu", cache, pooling="mean"), full_mean, atol=1e-5)
@@ -95,8 +109,9 @@ def test_frozen_bottom_cache_gives_the_full_models_logits(which, tiny_roberta):
 
     layout = special_layout(tok)
     full_target = predict(model, ex, 4, pad, "cpu", pooling="target", layout=layout)
-    np.testing.assert_allclose(predict(model, ex, 4, pad, "cpu", cache, pooling="target", layout=layout),
-                               full_target, atol=1e-5)
+    np.testing.assert_allclose(
+        predict(model, ex, 4, pad, "cpu", cache, pooling="target", layout=layout), full_target, atol=1e-5
+    )
     assert not np.allclose(full_target, full_mean, atol=1e-4)
     with pytest.raises(ValueError, match="layout"):
         predict(model, ex, 4, pad, "cpu", pooling="target")
@@ -111,8 +126,18 @@ def _final_weights(folder: Path) -> dict:
 def test_budget_stop_then_resume_equals_an_uninterrupted_run(tiny_roberta, tmp_path, device):
     # on cuda: the state file holds the CUDA generator (dropout) and its CPU one goes back on the CPU
     utts = keyword_corpus(n_train=24, n_dev=8, n_test=0)
-    kw = {"base_model": str(tiny_roberta), "max_length": 32, "epochs": 2, "batch_size": 8, "lr": 1e-3,
-          "freeze_layers": 1, "evals_per_epoch": 1, "seed": 3, "eval_test": False, "device": device}
+    kw = {
+        "base_model": str(tiny_roberta),
+        "max_length": 32,
+        "epochs": 2,
+        "batch_size": 8,
+        "lr": 1e-3,
+        "freeze_layers": 1,
+        "evals_per_epoch": 1,
+        "seed": 3,
+        "eval_test": False,
+        "device": device,
+    }
     finetune_text(utts, tmp_path / "a", **kw)
     finetune_text(utts, tmp_path / "b", max_minutes=0.0, **kw)  # stops after its first step
     stopped = read_finetune_meta(tmp_path / "b")
@@ -147,12 +172,15 @@ def test_rng_states_round_trip_through_a_state_file(tmp_path):
 def test_labels_default_maps_and_context_of_unlabelled_turns(tiny_roberta):
     utts = keyword_corpus(n_train=4, n_dev=2, n_test=0)
     assert default_label_map(utts)["neutral"] == 0 and len(default_label_map(utts)) == 7
-    iemocap = [Utterance("iemocap", "train", "Ses01F_impro01", 0, "Ses01F_impro01_F000", "Ses01F", "hi",
-                         "xxx")]
+    iemocap = [
+        Utterance("iemocap", "train", "Ses01F_impro01", 0, "Ses01F_impro01_F000", "Ses01F", "hi", "xxx")
+    ]
     assert default_label_map(iemocap) == {"hap": 0, "sad": 1, "neu": 2, "ang": 3, "exc": 4, "fru": 5}
     # a custom corpus: its train split's labels, sorted; none labelled is an error naming the fix
-    custom = [Utterance("custom", s, "0", i, f"0_{i}", "A", "hi", lab)
-              for i, (s, lab) in enumerate([("train", "x"), ("train", "b"), ("dev", "z"), ("train", "")])]
+    custom = [
+        Utterance("custom", s, "0", i, f"0_{i}", "A", "hi", lab)
+        for i, (s, lab) in enumerate([("train", "x"), ("train", "b"), ("dev", "z"), ("train", "")])
+    ]
     assert default_label_map(custom) == {"b": 0, "x": 1}
     with pytest.raises(ValueError, match="no labelled train utterance"):
         default_label_map([Utterance("custom", "train", "0", 0, "0", "A", "hi", "")])
@@ -164,8 +192,9 @@ def test_labels_default_maps_and_context_of_unlabelled_turns(tiny_roberta):
     # the unlabelled turns are in the context: the input holds more than the target's own tokens
     target = tok(f"{utts[2].speaker}: {utts[2].text}", add_special_tokens=False)["input_ids"]
     assert len(ex["train"].ids[0]) > len(target) + 6
-    assert list(ex["train"].labels) == [default_label_map(utts)[u.label] for u in utts if u.label and
-                                        u.split == "train"]
+    assert list(ex["train"].labels) == [
+        default_label_map(utts)[u.label] for u in utts if u.label and u.split == "train"
+    ]
 
 
 def test_missing_dev_and_offline_hub_id_raise(tiny_roberta, tmp_path, monkeypatch):
@@ -184,8 +213,18 @@ def test_missing_dev_and_offline_hub_id_raise(tiny_roberta, tmp_path, monkeypatc
 def test_finetune_on_cuda_with_amp(tiny_roberta, tmp_path, freeze_layers):
     # the tiny random model (the MiniLM package is not on the GPU machine): it runs, selects, saves
     utts = keyword_corpus()
-    out = finetune_text(utts, tmp_path / "gpu", base_model=str(tiny_roberta), device="cuda", max_length=32,
-                        epochs=3, batch_size=8, lr=1e-3, freeze_layers=freeze_layers, evals_per_epoch=1)
+    out = finetune_text(
+        utts,
+        tmp_path / "gpu",
+        base_model=str(tiny_roberta),
+        device="cuda",
+        max_length=32,
+        epochs=3,
+        batch_size=8,
+        lr=1e-3,
+        freeze_layers=freeze_layers,
+        evals_per_epoch=1,
+    )
     meta = json.loads((out / META_FILE).read_text())
     assert meta["config"]["device"] == "cuda" and len(meta["history"]) == 3
     assert 0.0 <= meta["dev_weighted_f1"] <= 1.0 and "test_weighted_f1" in meta
@@ -222,8 +261,9 @@ def test_recipe_follows_the_base_full_finetuning_and_cls_for_a_non_minilm_base(t
     # overridable: frozen layers bring target pooling unless pooling is given too
     cfg = resolve_defaults(FinetuneConfig(base_model=str(tiny_roberta), freeze_layers=1), model)
     assert (cfg.freeze_layers, cfg.pooling) == (1, "target")
-    cfg = resolve_defaults(FinetuneConfig(base_model=str(tiny_roberta), freeze_layers=1, pooling="cls"),
-                           model)
+    cfg = resolve_defaults(
+        FinetuneConfig(base_model=str(tiny_roberta), freeze_layers=1, pooling="cls"), model
+    )
     assert cfg.pooling == "cls"
     assert uses_minilm_recipe(None) and uses_minilm_recipe("sentence-transformers/all-MiniLM-L6-v2")
     from pipeline.text.embedder import DEFAULT_TEXT_MODEL
@@ -237,8 +277,17 @@ def test_past_context_is_trained_recorded_and_embedded_with(tiny_roberta, tmp_pa
     from pipeline.extract.stage_text import finetune_key
 
     utts = keyword_corpus(n_train=4, n_dev=2, n_test=1)
-    out = finetune_text(utts, tmp_path / "ft", base_model=str(tiny_roberta), max_length=32, epochs=1,
-                        batch_size=8, evals_per_epoch=1, eval_test=False, context="past")
+    out = finetune_text(
+        utts,
+        tmp_path / "ft",
+        base_model=str(tiny_roberta),
+        max_length=32,
+        epochs=1,
+        batch_size=8,
+        evals_per_epoch=1,
+        eval_test=False,
+        context="past",
+    )
     assert read_finetune_meta(out)["config"]["context"] == "past"
     emb = TextEmbedder(str(out))
     assert emb.context == "past" and "past|target" in emb.identity

@@ -24,9 +24,13 @@ torch.set_num_threads(1)
 
 # ---------------------------------------------------------------------- weighted_face_embedding
 def test_weighted_face_embedding_by_hand():
-    emb = np.array([[1.0, -2.0, 0.0],     # frame 0, w 0.5
-                    [3.0, -2.0, 1.0],     # frame 0, w 0.5
-                    [-1.0, -4.0, 5.0]])   # frame 2, w 1.0
+    emb = np.array(
+        [
+            [1.0, -2.0, 0.0],  # frame 0, w 0.5
+            [3.0, -2.0, 1.0],  # frame 0, w 0.5
+            [-1.0, -4.0, 5.0],
+        ]
+    )  # frame 2, w 1.0
     out = weighted_face_embedding(emb, [0, 0, 2], [0.5, 0.5, 1.0], n_frames=3)
     # per frame: f0 = [2, -2, 0.5], f1 has no face (left out), f2 = [-1, -4, 5]; max over f0, f2
     assert np.allclose(out, [2.0, -2.0, 5.0])
@@ -58,7 +62,7 @@ def test_weighted_face_embedding_rejects_bad_input():
 def test_select_faces_threshold_order_and_cap():
     boxes = np.array([[0, 0, 10, 10], [0, 0, 20, 20], [5, 5, 5, 9], [0, 0, 4, 4], [1, 1, 3, 3]], np.float32)
     probs = np.array([0.95, 0.99, 0.999, 0.5, 0.97], np.float32)
-    assert select_faces(boxes, probs, 0.9, 4).tolist() == [1, 4, 0]   # degenerate box and p=0.5 dropped
+    assert select_faces(boxes, probs, 0.9, 4).tolist() == [1, 4, 0]  # degenerate box and p=0.5 dropped
     assert select_faces(boxes, probs, 0.9, 2).tolist() == [1, 4]
     assert select_faces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.9, 4).size == 0
 
@@ -72,13 +76,13 @@ def test_area_weights_sum_to_one_per_frame():
 
 def test_crop_faces_takes_the_box_with_margin_and_pads_black():
     frame = np.zeros((100, 200, 3), np.uint8)
-    frame[40:60, 90:110] = (255, 0, 0)                      # a red 20x20 "face"
+    frame[40:60, 90:110] = (255, 0, 0)  # a red 20x20 "face"
     crops = crop_faces(frame, np.array([[90, 40, 110, 60]], np.float32), size=28, margin=0.2)
     assert crops.shape == (1, 3, 28, 28) and crops.dtype == np.uint8
     c = crops[0]
-    assert c[0, 14, 14] == 255 and c[1, 14, 14] == 0        # centre is red (CHW)
-    assert c[0, 0, 0] == 0                                  # the margin is background
-    edge = crop_faces(frame, np.array([[-10, -10, 10, 10]], np.float32), size=16)   # half outside
+    assert c[0, 14, 14] == 255 and c[1, 14, 14] == 0  # centre is red (CHW)
+    assert c[0, 0, 0] == 0  # the margin is background
+    edge = crop_faces(frame, np.array([[-10, -10, 10, 10]], np.float32), size=16)  # half outside
     assert edge.shape == (1, 3, 16, 16) and edge[0, :, 0, 0].tolist() == [0, 0, 0]
 
 
@@ -103,19 +107,25 @@ def detector():
 
 
 def face_frames(n: int, size=(320, 240), face=True) -> np.ndarray:
-    return np.stack([render_face_frame(i, size=size, face=face, face_scale=0.6, face_pos=(0.5, 0.5),
-                                       background=(40, 60, 90)) for i in range(n)])
+    return np.stack(
+        [
+            render_face_frame(
+                i, size=size, face=face, face_scale=0.6, face_pos=(0.5, 0.5), background=(40, 60, 90)
+            )
+            for i in range(n)
+        ]
+    )
 
 
 def test_mtcnn_finds_the_face_in_each_frame_and_nothing_in_blank_frames(detector):
     frames = np.concatenate([face_frames(3), face_frames(1, face=False)])
-    out = detector.detect(frames)                           # 2 MTCNN batches (mtcnn_batch=2)
+    out = detector.detect(frames)  # 2 MTCNN batches (mtcnn_batch=2)
     assert len(out) == 4
     for boxes, probs in out[:3]:
         assert boxes.dtype == np.float32 and probs.dtype == np.float32 and boxes.shape[1] == 4
         assert probs[0] > 0.99
         cx, cy = (boxes[0, 0] + boxes[0, 2]) / 2, (boxes[0, 1] + boxes[0, 3]) / 2
-        assert abs(cx - 160) < 30 and abs(cy - 120) < 40       # the face sits at the frame centre
+        assert abs(cx - 160) < 30 and abs(cy - 120) < 40  # the face sits at the frame centre
     assert out[3][0].shape == (0, 4) and out[3][1].shape == (0,)
 
 

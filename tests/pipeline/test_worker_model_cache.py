@@ -52,7 +52,10 @@ def test_clip_folders_are_the_distinct_folders_the_driver_sees(tmp_path):
     def utt(i, clip, audio=None):
         return Utterance("meld", "dev", "0", i, str(i), "s", "t", "neutral", clip=clip, audio=audio)
 
-    utts = [utt(0, str(tmp_path / "a" / "x.mp4")),
-            utt(1, str(tmp_path / "a" / "y.mp4"), str(tmp_path / "wav" / "y.wav")),
-            utt(2, str(tmp_path / "gone" / "z.mp4")), utt(3, None)]
+    utts = [
+        utt(0, str(tmp_path / "a" / "x.mp4")),
+        utt(1, str(tmp_path / "a" / "y.mp4"), str(tmp_path / "wav" / "y.wav")),
+        utt(2, str(tmp_path / "gone" / "z.mp4")),
+        utt(3, None),
+    ]
     assert clip_folders(utts) == [str(tmp_path / "a"), str(tmp_path / "wav")]

@@ -23,17 +23,36 @@ DIMS = {"t": 384, "a": 300, "v": 600}
 @pytest.fixture(scope="session")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    features = write_features(root / "cache" / "custom" / "0123abcd" / "features.h5", "custom",
-                              {"train": [4, 3, 5], "dev": [3, 4], "test": [4]},
-                              random_rows(DIMS, ["calm", "loud", "odd"]))
-    config = {"dataset": "custom", "modalities": ["audio", "text", "visual"],
-              "media": MediaConfig().to_dict(), "encoders": "random-seed0",
-              "text_model": TextEmbedder(DEFAULT_TEXT_MODEL).identity}
+    features = write_features(
+        root / "cache" / "custom" / "0123abcd" / "features.h5",
+        "custom",
+        {"train": [4, 3, 5], "dev": [3, 4], "test": [4]},
+        random_rows(DIMS, ["calm", "loud", "odd"]),
+    )
+    config = {
+        "dataset": "custom",
+        "modalities": ["audio", "text", "visual"],
+        "media": MediaConfig().to_dict(),
+        "encoders": "random-seed0",
+        "text_model": TextEmbedder(DEFAULT_TEXT_MODEL).identity,
+    }
     with h5py.File(features, "r+") as f:
         f.attrs["config"] = json.dumps(config)
     out = root / "run"
-    train_dialog(DialogTrainConfig(features=str(features), out=str(out), seeds=2, epochs=2, patience=2,
-                                   heads=2, hidden=8, fusion_layers=1, progress=False, threads=1))
+    train_dialog(
+        DialogTrainConfig(
+            features=str(features),
+            out=str(out),
+            seeds=2,
+            epochs=2,
+            patience=2,
+            heads=2,
+            hidden=8,
+            fusion_layers=1,
+            progress=False,
+            threads=1,
+        )
+    )
     return out
 
 

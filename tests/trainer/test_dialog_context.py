@@ -26,8 +26,16 @@ def make_model(seed=0, modalities="tav", fusion="attention", randomize=True, **k
     """A small model in eval mode; ``randomize`` gives the (zero-initialised) context biases random values,
     as training would."""
     torch.manual_seed(seed)
-    config = DialogModelConfig(dims=DIMS, n_classes=3, modalities=modalities, fusion=fusion,
-                               layers=dict.fromkeys(modalities, 2), heads=2, hidden=16, **kw)
+    config = DialogModelConfig(
+        dims=DIMS,
+        n_classes=3,
+        modalities=modalities,
+        fusion=fusion,
+        layers=dict.fromkeys(modalities, 2),
+        heads=2,
+        hidden=16,
+        **kw,
+    )
     model = DialogModel(config).eval()
     if randomize:
         with torch.no_grad():
@@ -57,8 +65,13 @@ def permutation_gap(model) -> float:
     moved together) and the permuted output: 0 for a permutation-equivariant model."""
     features, present, mask, speakers = make_inputs()
     out = run(model, features, present, mask, speakers)
-    out_perm = run(model, {m: f[:, PERM] for m, f in features.items()},
-                   {m: p[:, PERM] for m, p in present.items()}, mask[:, PERM], speakers[:, PERM])
+    out_perm = run(
+        model,
+        {m: f[:, PERM] for m, f in features.items()},
+        {m: p[:, PERM] for m, p in present.items()},
+        mask[:, PERM],
+        speakers[:, PERM],
+    )
     return float((out_perm - out[:, PERM]).abs().max())
 
 
@@ -78,16 +91,20 @@ def test_the_speaker_signal_changes_the_output_when_speakers_are_swapped():
     swapped = speakers.clone()
     swapped[0, 1], swapped[0, 2] = speakers[0, 2], speakers[0, 1]  # 0 1 0 1 1 0 -> 0 0 1 1 1 0
     with_speakers = make_model(positions="relative", speakers="same-other")
-    delta = run(with_speakers, features, present, mask, swapped) - run(with_speakers, features, present, mask,
-                                                                      speakers)
+    delta = run(with_speakers, features, present, mask, swapped) - run(
+        with_speakers, features, present, mask, speakers
+    )
     assert delta[0].abs().max() > 1e-3
     assert delta[1].abs().max() == 0  # the other dialog's speakers did not change
     renamed = torch.where(speakers == 0, 1, torch.where(speakers == 1, 0, speakers))  # names never count
-    torch.testing.assert_close(run(with_speakers, features, present, mask, renamed),
-                               run(with_speakers, features, present, mask, speakers))
+    torch.testing.assert_close(
+        run(with_speakers, features, present, mask, renamed),
+        run(with_speakers, features, present, mask, speakers),
+    )
     without = make_model(positions="relative", speakers="none")
-    torch.testing.assert_close(run(without, features, present, mask, swapped),
-                               run(without, features, present, mask, speakers))
+    torch.testing.assert_close(
+        run(without, features, present, mask, swapped), run(without, features, present, mask, speakers)
+    )
 
 
 def test_speaker_pairs_are_same_other_or_unknown():
@@ -137,12 +154,15 @@ def test_causal_outputs_do_not_depend_on_later_utterances(modalities, fusion, op
             assert (base[:, :k] - changed[:, :k]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("options", [
-    {"positions": "relative"},
-    {"positions": "relative", "speakers": "same-other"},
-    {"positions": "relative", "speakers": "same-other", "causal": True},
-    {"causal": True},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"positions": "relative"},
+        {"positions": "relative", "speakers": "same-other"},
+        {"positions": "relative", "speakers": "same-other", "causal": True},
+        {"causal": True},
+    ],
+)
 def test_padding_does_not_change_the_real_utterances(options):
     model = make_model(**options)
     features, present, mask, speakers = make_inputs()
@@ -153,8 +173,13 @@ def test_padding_does_not_change_the_real_utterances(options):
     for f in features.values():
         f[0, 3:] = 50.0  # whatever sits in padding must not matter
     padded = run(model, features, present, mask, speakers)[0, :3]
-    alone = run(model, {m: f[:1, :3] for m, f in features.items()},
-                {m: p[:1, :3] for m, p in present.items()}, mask[:1, :3], speakers[:1, :3])[0]
+    alone = run(
+        model,
+        {m: f[:1, :3] for m, f in features.items()},
+        {m: p[:1, :3] for m, p in present.items()},
+        mask[:1, :3],
+        speakers[:1, :3],
+    )[0]
     torch.testing.assert_close(padded, alone, atol=1e-5, rtol=1e-4)
     model.train()  # the training path (no inference fast path) gives finite outputs too
     torch.manual_seed(0)
@@ -195,11 +220,26 @@ def test_speakers_are_numbered_per_dialog_by_first_appearance(tmp_path):
 
 
 def test_options_are_recorded_in_the_run_config_and_round_trip(tmp_path):
-    path = write_features(tmp_path / "f.h5", "custom", {"train": [4, 3, 5, 2], "dev": [3, 4]},
-                          random_rows(DIMS, ["joy", "anger"]))
-    config = DialogTrainConfig(features=str(path), out=str(tmp_path / "run"), modalities="ta",
-                               positions="relative", speakers="same-other", causal=True, epochs=2, heads=2,
-                               hidden=8, batch_size=2, threads=1, progress=False)
+    path = write_features(
+        tmp_path / "f.h5",
+        "custom",
+        {"train": [4, 3, 5, 2], "dev": [3, 4]},
+        random_rows(DIMS, ["joy", "anger"]),
+    )
+    config = DialogTrainConfig(
+        features=str(path),
+        out=str(tmp_path / "run"),
+        modalities="ta",
+        positions="relative",
+        speakers="same-other",
+        causal=True,
+        epochs=2,
+        heads=2,
+        hidden=8,
+        batch_size=2,
+        threads=1,
+        progress=False,
+    )
     resolved = resolve_config(config)
     model_config = resolved.model_config()
     chosen = (model_config.positions, model_config.speakers, model_config.causal)
@@ -228,8 +268,10 @@ def test_train_dialog_help_names_the_config_defaults():
     assert "--causal" in text
 
 
-CONTEXT_LENGTHS = {s: np.random.default_rng(0).integers(3, 10, n).tolist()
-                   for s, n in (("train", 120), ("dev", 20), ("test", 30))}
+CONTEXT_LENGTHS = {
+    s: np.random.default_rng(0).integers(3, 10, n).tolist()
+    for s, n in (("train", 120), ("dev", 20), ("test", 30))
+}
 
 
 def context_accuracy(tmp_path, task: str, epochs: int, **options) -> float:
@@ -238,9 +280,23 @@ def context_accuracy(tmp_path, task: str, epochs: int, **options) -> float:
     if not path.exists():
         write_features(path, "custom", CONTEXT_LENGTHS, context_rows(DIMS, CONTEXT_LENGTHS, task))
     name = "-".join([task, *options.values()])
-    (run_dir,) = train_dialog(DialogTrainConfig(
-        features=str(path), out=str(tmp_path / name), modalities="t", epochs=epochs, patience=epochs, heads=2,
-        hidden=32, batch_size=8, dropout=0.1, lr=3e-3, threads=1, progress=False, **options))
+    (run_dir,) = train_dialog(
+        DialogTrainConfig(
+            features=str(path),
+            out=str(tmp_path / name),
+            modalities="t",
+            epochs=epochs,
+            patience=epochs,
+            heads=2,
+            hidden=32,
+            batch_size=8,
+            dropout=0.1,
+            lr=3e-3,
+            threads=1,
+            progress=False,
+            **options,
+        )
+    )
     with open(run_dir / "predictions_test.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     return float(np.mean([r["gold"] == r["predicted"] for r in rows]))
@@ -265,6 +321,7 @@ def test_the_model_card_says_how_the_model_reads_the_conversation():
     from trainer.apply.export import context_text
 
     assert context_text({"positions": "none", "speakers": "none", "causal": True}) == (
-        "no positions, no speakers; causal: each utterance from itself and earlier ones only")
+        "no positions, no speakers; causal: each utterance from itself and earlier ones only"
+    )
     old_config = {}  # a model exported before the options
     assert context_text(old_config).endswith("bidirectional: each utterance from the whole conversation")

@@ -26,12 +26,21 @@ from trainer.dialog.model import AttentionFusionLayer, DialogModel, DialogModelC
 torch.set_num_threads(1)
 
 
-def make_model(modalities: str, dims: dict[str, int], fusion: str = "attention", fusion_layers: int = 3,
-               seed: int = 0) -> DialogModel:
+def make_model(
+    modalities: str, dims: dict[str, int], fusion: str = "attention", fusion_layers: int = 3, seed: int = 0
+) -> DialogModel:
     torch.manual_seed(seed)
-    config = DialogModelConfig(dims=dims, n_classes=3, modalities=modalities, fusion=fusion,
-                               layers=dict.fromkeys(modalities, 1), fusion_layers=fusion_layers, heads=2,
-                               hidden=16, dropout=0.0)
+    config = DialogModelConfig(
+        dims=dims,
+        n_classes=3,
+        modalities=modalities,
+        fusion=fusion,
+        layers=dict.fromkeys(modalities, 1),
+        fusion_layers=fusion_layers,
+        heads=2,
+        hidden=16,
+        dropout=0.0,
+    )
     return DialogModel(config).eval()
 
 
@@ -48,13 +57,18 @@ def wiring_faults(model: DialogModel, features, present, mask) -> list[str]:
     """Run ``model`` once with hooks; list every way its fusion departs from Eq. 6-7 (empty: none)."""
     query_mod, key_mods = model.config.query, model.keys
     encoded, calls, layer_out, head_in = {}, {}, [], []
-    hooks = [model.encoders[m].register_forward_hook(
-        lambda _mod, _inp, out, m=m: encoded.__setitem__(m, out)) for m in model.config.modalities]
+    hooks = [
+        model.encoders[m].register_forward_hook(lambda _mod, _inp, out, m=m: encoded.__setitem__(m, out))
+        for m in model.config.modalities
+    ]
     for i, layer in enumerate(getattr(model, "fusion", [])):
         hooks.append(layer.register_forward_hook(lambda _mod, _inp, out: layer_out.append(out)))
         for j, attention in enumerate(layer.attentions):
-            hooks.append(attention.register_forward_pre_hook(
-                lambda _mod, args, i=i, j=j: calls.__setitem__((i, j), args[:3])))
+            hooks.append(
+                attention.register_forward_pre_hook(
+                    lambda _mod, args, i=i, j=j: calls.__setitem__((i, j), args[:3])
+                )
+            )
     hooks.append(model.classifier.register_forward_pre_hook(lambda _mod, args: head_in.append(args[0])))
     try:
         with torch.no_grad():
@@ -103,6 +117,7 @@ def rewire(wiring):
     def breakage(model: DialogModel) -> None:
         for layer in model.fusion:
             layer.forward = functools.partial(rewired_forward, layer, wiring)
+
     return breakage
 
 
@@ -114,10 +129,12 @@ swap_qk = rewire(lambda text, key: (key, text, text))
 value_from_key = rewire(lambda text, key: (text, key, key))
 
 
-@pytest.mark.parametrize(("breakage", "fault"), [(swap_qk, "query is not"), (value_from_key, "value is not"),
-                                                 (remove_fusion, "0 fusion layers ran")])
+@pytest.mark.parametrize(
+    ("breakage", "fault"),
+    [(swap_qk, "query is not"), (value_from_key, "value is not"), (remove_fusion, "0 fusion layers ran")],
+)
 def test_the_wiring_check_finds_a_broken_fusion(breakage, fault):
-    dims = {"t": 8, "a": 8, "v": 8}          # equal widths, so a swapped model still runs
+    dims = {"t": 8, "a": 8, "v": 8}  # equal widths, so a swapped model still runs
     model = make_model("tav", dims)
     inputs = make_inputs(dims)
     assert wiring_faults(model, *inputs) == []
@@ -159,9 +176,17 @@ def retrieval_batch(g: torch.Generator, batch: int = 32, length: int = 6):
 
 def retrieval_accuracy(fusion: str, steps: int = 150) -> float:
     torch.manual_seed(0)
-    config = DialogModelConfig(dims=RETRIEVAL_DIMS, n_classes=2, modalities="tav", fusion=fusion,
-                               layers={"t": 1, "a": 1, "v": 1}, fusion_layers=1, heads=1, hidden=32,
-                               dropout=0.0)
+    config = DialogModelConfig(
+        dims=RETRIEVAL_DIMS,
+        n_classes=2,
+        modalities="tav",
+        fusion=fusion,
+        layers={"t": 1, "a": 1, "v": 1},
+        fusion_layers=1,
+        heads=1,
+        hidden=32,
+        dropout=0.0,
+    )
     model = DialogModel(config)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
@@ -180,4 +205,4 @@ def retrieval_accuracy(fusion: str, steps: int = 150) -> float:
 def test_a_retrieval_across_modalities_needs_the_attention_fusion():
     fused, concat = retrieval_accuracy("attention"), retrieval_accuracy("concat")
     assert fused > 0.9, fused
-    assert concat < 0.66, concat             # pooling the other payloads gives at most 0.6
+    assert concat < 0.66, concat  # pooling the other payloads gives at most 0.6

@@ -46,11 +46,14 @@ def _auto_map_folder(model_dir, tmp_path):
     marker = tmp_path / "code-ran"
     text = folder / "text_model"
     config = json.loads((text / "config.json").read_text())
-    config.update(model_type="evil-unknown", auto_map={"AutoModel": "evil_model.EvilModel",
-                                                       "AutoConfig": "evil_model.EvilConfig"})
+    config.update(
+        model_type="evil-unknown",
+        auto_map={"AutoModel": "evil_model.EvilModel", "AutoConfig": "evil_model.EvilConfig"},
+    )
     replace_file(text / "config.json", json.dumps(config).encode())
-    (text / "evil_model.py").write_text(EVIL_PY.format(marker=str(marker)) + "from transformers import "
-                                        "BertConfig as EvilConfig\n")
+    (text / "evil_model.py").write_text(
+        EVIL_PY.format(marker=str(marker)) + "from transformers import BertConfig as EvilConfig\n"
+    )
     return rewrite_checksums(folder), marker
 
 
@@ -78,8 +81,9 @@ def _index_folder(model_dir, tmp_path, shard: str, shard_bytes: bytes | None):
     with safe_open(str(text / "model.safetensors"), "pt") as f:
         keys = list(f.keys())
     (text / "model.safetensors").unlink()
-    (text / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {}, "weight_map": dict.fromkeys(keys, shard)}))
+    (text / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": dict.fromkeys(keys, shard)})
+    )
     if shard_bytes is not None:
         (text / shard).write_bytes(shard_bytes)
     return folder
@@ -113,8 +117,9 @@ def test_symlinked_text_model_folder_is_refused(model_dir, tmp_path):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["/etc/hostname", "../outside.txt", "text_model/../../outside.txt",
-                                  "C:\\outside.txt"])
+@pytest.mark.parametrize(
+    "name", ["/etc/hostname", "../outside.txt", "text_model/../../outside.txt", "C:\\outside.txt"]
+)
 def test_checksums_naming_files_outside_the_folder_are_refused(model_dir, tmp_path, name):
     folder = copy_folder(model_dir, tmp_path / "m" / "inner")
     (tmp_path / "m" / "outside.txt").write_text("secret")

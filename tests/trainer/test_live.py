@@ -20,6 +20,7 @@ from trainer.apply.live import LiveError, LiveModel
 
 pytestmark = pytest.mark.slow
 
+
 def _test_dialogues():
     dialogues: dict[str, list] = {}
     for u in prepare_sample():
@@ -46,13 +47,17 @@ def test_causal_model_live_equals_the_finished_conversation(live_models):
                 assert p.present == {"text": True, "audio": True, "visual": True} and not p.problems
                 want = ref[u.id]
                 assert p.predicted == want["predicted"]
-                np.testing.assert_allclose([p.probabilities[c] for c in live.class_names],
-                                           [float(want[f"p_{c}"]) for c in live.class_names], atol=1e-4)
+                np.testing.assert_allclose(
+                    [p.probabilities[c] for c in live.class_names],
+                    [float(want[f"p_{c}"]) for c in live.class_names],
+                    atol=1e-4,
+                )
                 checked += 1
             # later utterances changed nothing before them
             for early, late in zip(talk.predictions, talk.revised(), strict=True):
-                np.testing.assert_allclose(list(early.probabilities.values()),
-                                           list(late.probabilities.values()), atol=1e-5)
+                np.testing.assert_allclose(
+                    list(early.probabilities.values()), list(late.probabilities.values()), atol=1e-5
+                )
         assert checked == len(ref)
 
 

@@ -27,13 +27,21 @@ _copy, _replace = copy_folder, replace_file
 
 def test_folder_holds_everything_listed_and_loads_as_the_best_checkpoint(run, model_dir):
     names = json.loads((model_dir / CHECKSUMS).read_text())
-    assert {"dialog.safetensors", "m2f_model.json", "label_map.json", "README.md",
-            "encoders/face.safetensors", "encoders/face.json", "text_model/model.safetensors",
-            "text_model/tokenizer.json"} <= set(names)
+    assert {
+        "dialog.safetensors",
+        "m2f_model.json",
+        "label_map.json",
+        "README.md",
+        "encoders/face.safetensors",
+        "encoders/face.json",
+        "text_model/model.safetensors",
+        "text_model/tokenizer.json",
+    } <= set(names)
     assert not [n for n in names if n.endswith((".pt", ".bin"))]
     meta = json.loads((model_dir / "m2f_model.json").read_text())
-    devs = {s: json.loads((run / f"seed{s}" / "status.json").read_text())["best_dev_weighted_f1"]
-            for s in (0, 1)}
+    devs = {
+        s: json.loads((run / f"seed{s}" / "status.json").read_text())["best_dev_weighted_f1"] for s in (0, 1)
+    }
     assert meta["source"]["seed"] == max(devs, key=lambda s: (devs[s], -s))  # best on dev by default
     card = (model_dir / "README.md").read_text()
     assert "dev weighted F1" in card and "test weighted F1" in card and meta["m2f_version"] in card
@@ -43,8 +51,10 @@ def test_folder_holds_everything_listed_and_loads_as_the_best_checkpoint(run, mo
     best, names = load_model(run / f"seed{meta['source']['seed']}" / "best.pt")
     assert loaded.class_names == names == ["calm", "loud", "odd"]
     split = load_split(meta["source"]["features"], "test", names, "tav")
-    assert torch.equal(torch.from_numpy(predict_probs(loaded.model, split, 8, "cpu")),
-                       torch.from_numpy(predict_probs(best, split, 8, "cpu")))
+    assert torch.equal(
+        torch.from_numpy(predict_probs(loaded.model, split, 8, "cpu")),
+        torch.from_numpy(predict_probs(best, split, 8, "cpu")),
+    )
 
 
 def test_encoder_checkpoints_are_the_random_encoders_the_features_used(model_dir, tmp_path):
@@ -68,11 +78,14 @@ def test_seed_option_and_existing_out(run, model_dir, tmp_path):
         export_model(run, model_dir)
 
 
-@pytest.mark.parametrize("tamper, message", [
-    ("flip", "sha256 does not match"),
-    ("add", "not listed"),
-    ("remove", "listed in checksums.json but missing"),
-])
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        ("flip", "sha256 does not match"),
+        ("add", "not listed"),
+        ("remove", "listed in checksums.json but missing"),
+    ],
+)
 def test_tampered_folder_is_refused(model_dir, tmp_path, tamper, message):
     folder = _copy(model_dir, tmp_path / "m")
     label_map = folder / "label_map.json"
@@ -117,7 +130,8 @@ def test_pickle_format_files_are_refused(model_dir, tmp_path):
 def test_cli_refuses_a_tampered_folder_in_one_line(model_dir, tmp_path):
     folder = _copy(model_dir, tmp_path / "t")
     _replace(folder / "m2f_model.json", b"{}")
-    res = CliRunner().invoke(main, ["predict", "--model", str(folder), "in.csv", "--out",
-                                    str(tmp_path / "p.csv")])
+    res = CliRunner().invoke(
+        main, ["predict", "--model", str(folder), "in.csv", "--out", str(tmp_path / "p.csv")]
+    )
     assert res.exit_code == 1 and "sha256 does not match" in res.output
     assert len(res.output.strip().splitlines()) == 1

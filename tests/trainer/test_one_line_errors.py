@@ -30,8 +30,19 @@ def test_a_nul_byte_in_a_cue_blames_the_subtitle_file(tmp_path):
 
 
 def test_dollar_signs_in_speakers_and_classes_are_drawn_as_text(tmp_path):
-    rows = [{"dialogue": "$\\x$", "position": 0, "speaker": "$\\x$", "start": 0.0, "end": 1.0, "text": "hi",
-             "predicted": "$\\y$", "p_$\\y$": 0.9, "p_ok": 0.1}]
+    rows = [
+        {
+            "dialogue": "$\\x$",
+            "position": 0,
+            "speaker": "$\\x$",
+            "start": 0.0,
+            "end": 1.0,
+            "text": "hi",
+            "predicted": "$\\y$",
+            "p_$\\y$": 0.9,
+            "p_ok": 0.1,
+        }
+    ]
     assert plot_timeline(rows, ["$\\y$", "ok"], tmp_path / "t.png").stat().st_size > 1000
 
 
@@ -42,13 +53,16 @@ def _with_meta(model_dir, tmp_path, change):
     return rewrite_checksums(folder)
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda m: [m], "not a JSON object"),
-    (lambda m: {k: v for k, v in m.items() if k != "class_names"}, "class_names"),
-    (lambda m: {**m, "class_names": m["class_names"][:2]}, "2 class_names for a dialog model of 3"),
-    (lambda m: {**m, "dialog_model": {**m["dialog_model"], "hidden": 1 << 40}}, "hidden"),
-    (lambda m: {**m, "dialog_model": {**m["dialog_model"], "bogus": 1}}, "not a dialog-model config"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: [m], "not a JSON object"),
+        (lambda m: {k: v for k, v in m.items() if k != "class_names"}, "class_names"),
+        (lambda m: {**m, "class_names": m["class_names"][:2]}, "2 class_names for a dialog model of 3"),
+        (lambda m: {**m, "dialog_model": {**m["dialog_model"], "hidden": 1 << 40}}, "hidden"),
+        (lambda m: {**m, "dialog_model": {**m["dialog_model"], "bogus": 1}}, "not a dialog-model config"),
+    ],
+)
 def test_a_bad_m2f_model_json_is_one_line(model_dir, tmp_path, change, message):
     with pytest.raises(ModelFolderError, match=message) as err:
         load_model_folder(_with_meta(model_dir, tmp_path, change))

@@ -9,8 +9,14 @@ from trainer.report.tables import table2
 
 def summary(dataset: str, modalities: str, fusion: str, wf1: float, seeds: int = 2) -> dict:
     test = {"accuracy": wf1 + 0.01, "accuracy_std": 0.002, "weighted_f1": wf1, "weighted_f1_std": 0.003}
-    return {"dataset": dataset, "modalities": modalities, "fusion": fusion, "test": test,
-            "seeds_done": list(range(seeds)), "run_dir": f"runs/{dataset}-{modalities}-{fusion}"}
+    return {
+        "dataset": dataset,
+        "modalities": modalities,
+        "fusion": fusion,
+        "test": test,
+        "seeds_done": list(range(seeds)),
+        "run_dir": f"runs/{dataset}-{modalities}-{fusion}",
+    }
 
 
 def rows_of(table: str) -> dict[tuple[str, str], list[str]]:
@@ -28,7 +34,7 @@ def test_every_subset_run_gets_a_row_and_unreported_pairs_say_so():
     for name in ("T+A attention fusion", "T+V attention fusion", "A+V attention fusion"):
         acc, wf1, seeds, paper, run = rows[("meld", name)]
         assert paper == "not reported by the paper" and seeds == "2" and run.startswith("runs/meld-")
-    assert rows[("meld", "T+A attention fusion")][1] == "61.00 ± 0.30"      # m2f's own number, in percent
+    assert rows[("meld", "T+A attention fusion")][1] == "61.00 ± 0.30"  # m2f's own number, in percent
     assert rows[("meld", "text only")][:2] == ["61.00 ± 0.20", "60.00 ± 0.30"]
     assert rows[("meld", "text only")][3] == "67.24 / 66.23"
     # the paper's rows are listed even where m2f has no run, and say so
@@ -40,8 +46,13 @@ def test_every_subset_run_gets_a_row_and_unreported_pairs_say_so():
     assert ("meld", "T+A concatenated") not in rows
     # the paper rows themselves: exactly the five inputs of each corpus
     paper_rows = {k for k in PAPER_RESULTS if k[0] == "meld"}
-    assert {(m, f) for _, m, f in paper_rows} == {("a", None), ("v", None), ("t", None), ("tav", "concat"),
-                                                 ("tav", "attention")}
+    assert {(m, f) for _, m, f in paper_rows} == {
+        ("a", None),
+        ("v", None),
+        ("t", None),
+        ("tav", "concat"),
+        ("tav", "attention"),
+    }
 
 
 def test_several_corpora_and_non_paper_corpora():

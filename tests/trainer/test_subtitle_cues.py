@@ -52,8 +52,12 @@ def test_vtt_voice_tags_name_prefix_unknown_markup_and_time_order(tmp_path):
     path.write_text(VTT, encoding="utf-8")
     cues = read_subtitles(path)
     assert [c.speaker for c in cues] == ["Ann", "Bob Smith", "Carl", UNKNOWN_SPEAKER]  # empty cue skipped
-    assert [c.text for c in cues] == ["Hello there, how are you?", "I'm fine!", "What's up? second line",
-                                      "At 10: we leave."]
+    assert [c.text for c in cues] == [
+        "Hello there, how are you?",
+        "I'm fine!",
+        "What's up? second line",
+        "At 10: we leave.",
+    ]
     assert [(c.start, c.end) for c in cues] == [(0.0, 1.5), (1.6, 3.0), (3.1, 4.0), (4.1, 5.0)]
 
 
@@ -66,12 +70,15 @@ def test_srt_prefix_override_tags_and_zero_length_cue(tmp_path):
     assert cues[2].speaker == "Dr. Who" and cues[2].end > cues[2].start == 2.5
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("Here's the thing: no", (None, "Here's the thing: no")),
-    ("Mary-Jane: ok", ("Mary-Jane", "ok")),
-    ("O'Neil: hey", ("O'Neil", "hey")),
-    ("ratio 3:2 is fine", (None, "ratio 3:2 is fine")),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Here's the thing: no", (None, "Here's the thing: no")),
+        ("Mary-Jane: ok", ("Mary-Jane", "ok")),
+        ("O'Neil: hey", ("O'Neil", "hey")),
+        ("ratio 3:2 is fine", (None, "ratio 3:2 is fine")),
+    ],
+)
 def test_name_prefix_only_for_capitalised_names(text, expected):
     assert split_speaker(text) == expected
 

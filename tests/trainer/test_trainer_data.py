@@ -122,6 +122,7 @@ def test_training_refuses_a_class_map_that_matches_no_label(tmp_path):
         tmp_path / "f.h5", "meld", {"train": [3], "dev": [2]}, labelled_rows(["hap", "xxx"])
     )
     with pytest.raises(ValueError, match=r"f\.h5: no train utterance has a label of the class map"):
-        train_dialog(DialogTrainConfig(features=str(path), out=str(tmp_path / "run"), heads=1,
-                                       progress=False))
+        train_dialog(
+            DialogTrainConfig(features=str(path), out=str(tmp_path / "run"), heads=1, progress=False)
+        )
     assert not (tmp_path / "run").exists()

@@ -94,8 +94,9 @@ def test_train_dialog_refuses_a_malformed_features_file_in_one_line(features, tm
     break_file(features)
     out = tmp_path / "run"
     with pytest.raises(FeaturesError) as e:
-        train_dialog(DialogTrainConfig(features=str(features), out=str(out), heads=2, hidden=16,
-                                       progress=False))
+        train_dialog(
+            DialogTrainConfig(features=str(features), out=str(out), heads=2, hidden=16, progress=False)
+        )
     msg = str(e.value)
     assert str(features) in msg and "\n" not in msg and "m2f extract" in msg
     for word in expected:
@@ -109,8 +110,18 @@ def test_train_dialog_refuses_a_malformed_features_file_in_one_line(features, tm
 def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoints(features, tmp_path):
     """lr 30 on this file: epoch 1 is finite, the weights blow up after it (measured: NaN by epoch 2-3)."""
     out = tmp_path / "run"
-    config = DialogTrainConfig(features=str(features), out=str(out), lr=30.0, epochs=20, patience=20,
-                               heads=2, hidden=16, threads=1, progress=False, checkpoint_seconds=0)
+    config = DialogTrainConfig(
+        features=str(features),
+        out=str(out),
+        lr=30.0,
+        epochs=20,
+        patience=20,
+        heads=2,
+        hidden=16,
+        threads=1,
+        progress=False,
+        checkpoint_seconds=0,
+    )
     with pytest.raises(TrainingDivergedError) as e:
         train_dialog(config)
     msg = str(e.value)
@@ -133,8 +144,11 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoints(fea
 
 def test_report_warns_about_non_finite_probabilities(features, tmp_path, caplog):
     out = tmp_path / "run"
-    train_dialog(DialogTrainConfig(features=str(features), out=str(out), epochs=1, heads=2, hidden=16,
-                                   threads=1, progress=False))
+    train_dialog(
+        DialogTrainConfig(
+            features=str(features), out=str(out), epochs=1, heads=2, hidden=16, threads=1, progress=False
+        )
+    )
     pred = out / "seed0" / "predictions_test.csv"
     with open(pred, newline="") as f:
         rows = list(csv.reader(f))

@@ -40,8 +40,9 @@ def meld_like(tmp_path_factory):
     lengths = {s: rng.integers(2, 8, n).tolist() for s, n in (("train", 24), ("dev", 10), ("test", 12))}
     path = write_features(root / "features.h5", "meld", lengths, random_rows(DIMS, list(MELD_CLASSES)))
     text = train_dialog(
-        DialogTrainConfig(features=str(path), out=str(root / "text"), modalities="t", epochs=3, seeds=2,
-                          **SMALL)
+        DialogTrainConfig(
+            features=str(path), out=str(root / "text"), modalities="t", epochs=3, seeds=2, **SMALL
+        )
     )
     fused = train_dialog(
         DialogTrainConfig(
@@ -127,7 +128,8 @@ def test_paper_reference():
     assert paper_reference("iemocap", "iemocap", "tav", "concat") == {"accuracy": 67.16, "weighted_f1": 67.12}
     assert paper_reference("iemocap", "iemocap", "a", "attention")["weighted_f1"] == 21.79
     assert paper_reference("meld", "meld", "ta", "attention")["note"] == (
-        "not reported by the paper (meld, T+A attention fusion)")
+        "not reported by the paper (meld, T+A attention fusion)"
+    )
     toy = paper_reference("sample", "sample", "tav", "attention")
     assert "meaningless" in toy["note"] and toy["weighted_f1"] == 66.71  # MELD's, shown beside the toy run
     assert "weighted_f1" not in paper_reference("custom", "custom", "tav", "attention")
@@ -164,8 +166,9 @@ def test_seed_ensemble_is_the_argmax_of_the_mean_probability(meld_like, tmp_path
         pred = [names[i] for i in mean.argmax(1)]
         ens = summary["ensemble"][split]
         assert ens["n_seeds"] == 2 and ens["n"] == len(ids)
-        assert ens["weighted_f1"] == pytest.approx(f1_score(gold, pred, average="weighted", labels=names,
-                                                            zero_division=0))
+        assert ens["weighted_f1"] == pytest.approx(
+            f1_score(gold, pred, average="weighted", labels=names, zero_division=0)
+        )
     md = report([text])
     assert "2-seed ensemble" in (text / "report.md").read_text() and "ensemble test wF1" in md
 
@@ -177,7 +180,7 @@ def test_no_ensemble_for_one_seed_or_mismatched_files(meld_like, tmp_path):
 
     root, _, _ = meld_like
     text, fused = root / "text", root / "fused"
-    assert summarize_run(fused)["ensemble"] == {"dev": None, "test": None}   # one seed
+    assert summarize_run(fused)["ensemble"] == {"dev": None, "test": None}  # one seed
     a, b = tmp_path / "a", tmp_path / "b"
     shutil.copytree(text / "seed0", a)
     shutil.copytree(text / "seed1", b)

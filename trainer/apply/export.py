@@ -84,8 +84,10 @@ def load_weights(path: Path, name: Path | None = None) -> dict[str, torch.Tensor
     try:
         return load_file(str(path), device="cpu")
     except Exception as e:  # safetensors raises its own error types for every malformed header
-        raise ModelFolderError(f"{shown(name or path)}: not a safetensors weights file ({type(e).__name__}: "
-                               f"{shown(e)}); m2f never unpickles weights, export the model again") from None
+        raise ModelFolderError(
+            f"{shown(name or path)}: not a safetensors weights file ({type(e).__name__}: "
+            f"{shown(e)}); m2f never unpickles weights, export the model again"
+        ) from None
 
 
 def _read_json(path: Path, name: Path | None = None) -> dict:
@@ -112,26 +114,42 @@ def check_dialog_config(config: object, meta: dict, where: str) -> DialogModelCo
         ints.update({f"dims.{k}": v for k, v in dict(cfg.dims).items()})
         ints.update({f"layers.{k}": v for k, v in dict(cfg.layers).items()})
     except (TypeError, ValueError, AttributeError) as e:
-        raise ModelFolderError(f"{fail}is not a dialog-model config ({shown(e)}); export the model "
-                               "again") from None
-    caps = {**DIALOG_CAPS, **{k: MAX_DIM for k in ints if k.startswith("dims.")},
-            **{k: MAX_LAYERS for k in ints if k.startswith("layers.")}}
+        raise ModelFolderError(
+            f"{fail}is not a dialog-model config ({shown(e)}); export the model again"
+        ) from None
+    caps = {
+        **DIALOG_CAPS,
+        **{k: MAX_DIM for k in ints if k.startswith("dims.")},
+        **{k: MAX_LAYERS for k in ints if k.startswith("layers.")},
+    }
     for key, value in ints.items():
         if type(value) is not int or not 0 <= value <= caps[key]:
-            raise ModelFolderError(f"{fail}{key} = {shown(value)!s:.40} is not an integer in 0..{caps[key]}; "
-                                   "export the model again")
-    if not isinstance(cfg.modalities, str) or not cfg.modalities or set(cfg.modalities) - set("tav") \
-            or set(cfg.modalities) - set(cfg.dims):
-        raise ModelFolderError(f"{fail}modalities {shown(cfg.modalities)!s:.40} are not letters of tav with "
-                               "a width each; export the model again")
+            raise ModelFolderError(
+                f"{fail}{key} = {shown(value)!s:.40} is not an integer in 0..{caps[key]}; "
+                "export the model again"
+            )
+    if (
+        not isinstance(cfg.modalities, str)
+        or not cfg.modalities
+        or set(cfg.modalities) - set("tav")
+        or set(cfg.modalities) - set(cfg.dims)
+    ):
+        raise ModelFolderError(
+            f"{fail}modalities {shown(cfg.modalities)!s:.40} are not letters of tav with "
+            "a width each; export the model again"
+        )
     names = meta.get("class_names")
-    if not (isinstance(names, list) and all(isinstance(c, str) for c in names)
-            and len(set(names)) == len(names)):
-        raise ModelFolderError(f"{where}: class_names is missing or not a list of distinct names; export the "
-                               "model again")
+    if not (
+        isinstance(names, list) and all(isinstance(c, str) for c in names) and len(set(names)) == len(names)
+    ):
+        raise ModelFolderError(
+            f"{where}: class_names is missing or not a list of distinct names; export the model again"
+        )
     if len(names) != cfg.n_classes:
-        raise ModelFolderError(f"{where}: {len(names)} class_names for a dialog model of {cfg.n_classes} "
-                               "classes; export the model again")
+        raise ModelFolderError(
+            f"{where}: {len(names)} class_names for a dialog model of {cfg.n_classes} "
+            "classes; export the model again"
+        )
     try:
         cfg.validate()
     except (ValueError, KeyError, TypeError) as e:
@@ -209,14 +227,17 @@ class ExportedModel:
             info = _read_json(self.folder / f"{rel}.json", origin / f"{rel}.json")
             try:
                 encoder = Encoder(EncoderConfig.from_dict(info["config"]))
-                encoder.load_state_dict(load_weights(self.folder / f"{rel}.safetensors",
-                                                     origin / f"{rel}.safetensors"))
+                encoder.load_state_dict(
+                    load_weights(self.folder / f"{rel}.safetensors", origin / f"{rel}.safetensors")
+                )
             except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
                 if isinstance(e, ModelFolderError):
                     raise
-                raise ModelFolderError(f"{self.shown_name(rel)}.safetensors does not fit its config "
-                                       f"({shown(str(e).splitlines()[0] if str(e) else type(e).__name__)}); "
-                                       "export the model again") from None
+                raise ModelFolderError(
+                    f"{self.shown_name(rel)}.safetensors does not fit its config "
+                    f"({shown(str(e).splitlines()[0] if str(e) else type(e).__name__)}); "
+                    "export the model again"
+                ) from None
             random = {"random": True} if (info.get("meta") or {}).get("random") else {}
             save_encoder(encoder, out / f"{kind}.pt", exported_from=str(origin), **random)
         return out
@@ -228,8 +249,11 @@ def is_model_folder(path: Path) -> bool:
         if path.is_symlink() or not path.is_dir() or not (path / CHECKSUMS).is_file():
             return False
         meta = read_json_capped(path / META)
-        return (isinstance(meta, dict) and meta.get("format") == MODEL_FORMAT
-                and all(allowed_name(n) for n in folder_files(path)))
+        return (
+            isinstance(meta, dict)
+            and meta.get("format") == MODEL_FORMAT
+            and all(allowed_name(n) for n in folder_files(path))
+        )
     except (ModelFolderError, OSError):
         return False
 
@@ -252,9 +276,11 @@ def load_model_folder(folder: str | Path, device: str = "cpu") -> ExportedModel:
         meta = _read_json(copy / META, origin / META)
         where = shown(origin / META)
         if meta.get("format") != MODEL_FORMAT:
-            raise ModelFolderError(f"{where}: format {shown(meta.get('format'))!s:.40} is not "
-                                   f"{MODEL_FORMAT!r}; "
-                                   "export the model again with this m2f")
+            raise ModelFolderError(
+                f"{where}: format {shown(meta.get('format'))!s:.40} is not "
+                f"{MODEL_FORMAT!r}; "
+                "export the model again with this m2f"
+            )
         if not isinstance(meta.get("features"), dict):
             raise ModelFolderError(f"{where}: no features settings; export the model again")
         cfg = check_dialog_config(meta.get("dialog_model"), meta, where)
@@ -262,9 +288,11 @@ def load_model_folder(folder: str | Path, device: str = "cpu") -> ExportedModel:
         try:
             model.load_state_dict(load_weights(copy / DIALOG_WEIGHTS, origin / DIALOG_WEIGHTS))
         except RuntimeError as e:
-            raise ModelFolderError(f"{shown(origin / DIALOG_WEIGHTS)}: does not fit the dialog-model config "
-                                   f"in {META} ({shown(str(e).splitlines()[0])}); export the model "
-                                   "again") from None
+            raise ModelFolderError(
+                f"{shown(origin / DIALOG_WEIGHTS)}: does not fit the dialog-model config "
+                f"in {META} ({shown(str(e).splitlines()[0])}); export the model "
+                "again"
+            ) from None
         digest = checksums_digest(copy)
     except BaseException:
         shutil.rmtree(copy, ignore_errors=True)
@@ -290,8 +318,10 @@ def choose_seed(run: Path, seed: int | None = None) -> tuple[Path, dict]:
         for d, s in done:
             if s["seed"] == seed:
                 return d, s
-        raise ModelFolderError(f"{run}: no finished seed {seed} (finished: {[s['seed'] for _, s in done]}); "
-                               "pick one of those with --seed")
+        raise ModelFolderError(
+            f"{run}: no finished seed {seed} (finished: {[s['seed'] for _, s in done]}); "
+            "pick one of those with --seed"
+        )
     if not done:
         raise ModelFolderError(f"{run}: no finished seed with best.pt yet; let `m2f train-dialog` finish")
     return max(done, key=lambda ds: (ds[1].get("dev", {}).get("weighted_f1", -1.0), -ds[1]["seed"]))
@@ -320,7 +350,8 @@ def find_encoders(identity: str, features: Path, given: str | None = None) -> st
                 return str(folder)
     raise ModelFolderError(
         f"{features}: made with encoders {identity}, found in none of {[str(c) for c in candidates]}; pass "
-        "--encoders DIR (the folder given to `m2f extract --encoders`)")
+        "--encoders DIR (the folder given to `m2f extract --encoders`)"
+    )
 
 
 def find_text_model(identity: str, features: Path, given: str | None = None) -> str:
@@ -331,14 +362,16 @@ def find_text_model(identity: str, features: Path, given: str | None = None) -> 
     if name.startswith("hub:"):
         return given or name.removeprefix("hub:")
     wanted = name.split(":", 1)[-1]
-    candidates = ([Path(given)] if given else []) + [Path(DEFAULT_TEXT_MODEL)] + _cache_folders(features,
-                                                                                               "text-model")
+    candidates = (
+        ([Path(given)] if given else []) + [Path(DEFAULT_TEXT_MODEL)] + _cache_folders(features, "text-model")
+    )
     for folder in candidates:
         if (folder / "config.json").is_file() and model_identity(str(folder), True).endswith(":" + wanted):
             return str(folder)
     raise ModelFolderError(
         f"{features}: made with text model {name}, found in none of {[str(c) for c in candidates]}; pass "
-        "--text-model DIR (the folder given to `m2f extract --text-model`)")
+        "--text-model DIR (the folder given to `m2f extract --text-model`)"
+    )
 
 
 # -- writing -----------------------------------------------------------------------------------------
@@ -351,8 +384,11 @@ def export_encoders(spec: str, out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     for i, kind in enumerate(ENCODER_KINDS):
         encoder = getattr(encoders, kind)
-        meta = ({"random": True, "seed": i} if encoders.random
-                else load_checkpoint(Path(spec) / f"{kind}.pt")["meta"])
+        meta = (
+            {"random": True, "seed": i}
+            if encoders.random
+            else load_checkpoint(Path(spec) / f"{kind}.pt")["meta"]
+        )
         save_weights(out / f"{kind}.safetensors", encoder.state_dict(), "m2f-encoder-1")
         atomic_write_json(out / f"{kind}.json", {"config": encoder.config.to_dict(), "meta": meta})
     return encoders.identity
@@ -389,8 +425,10 @@ def check_text_identity(recorded: str, folder: Path) -> str:
 
     copied = TextEmbedder(str(folder)).identity
     if copied.split("|", 1)[1] != recorded.split("|", 1)[1]:
-        raise ModelFolderError(f"{folder}: embeds as {copied!r}, but the run's features were made as "
-                               f"{recorded!r}; export cannot reproduce its text features")
+        raise ModelFolderError(
+            f"{folder}: embeds as {copied!r}, but the run's features were made as "
+            f"{recorded!r}; export cannot reproduce its text features"
+        )
     return copied
 
 
@@ -409,8 +447,11 @@ def _live_line(live: dict | None) -> str:
         return "-"
     if live["causal"]:
         return "causal: each prediction depends only on what was said up to its end (`m2f live`, `m2f serve`)"
-    why = ("a bidirectional dialog model" if not live["dialog_causal"]
-           else "a text model that reads the next utterance")
+    why = (
+        "a bidirectional dialog model"
+        if not live["dialog_causal"]
+        else "a text model that reads the next utterance"
+    )
     return f"bidirectional ({why}): live use needs `--allow-revisions`"
 
 
@@ -418,8 +459,11 @@ def context_text(dialog_model: dict) -> str:
     """How the dialog model reads a conversation: order, speakers, and whether it is causal."""
     order = {"relative": "relative positions"}.get(dialog_model.get("positions", "none"), "no positions")
     speakers = {"same-other": "same/other speaker"}.get(dialog_model.get("speakers", "none"), "no speakers")
-    reads = ("causal: each utterance from itself and earlier ones only" if dialog_model.get("causal")
-             else "bidirectional: each utterance from the whole conversation")
+    reads = (
+        "causal: each utterance from itself and earlier ones only"
+        if dialog_model.get("causal")
+        else "bidirectional: each utterance from the whole conversation"
+    )
     return f"{order}, {speakers}; {reads}"
 
 
@@ -449,8 +493,15 @@ def model_card(meta: dict) -> str:
         ("text model", f"`{TEXT_DIR}/` ({meta['text_identity']})" if meta.get("text_identity") else "-"),
         ("live use", _live_line(meta.get("live"))),
         ("encoders", f"`{ENCODER_DIR}/` ({feats.get('encoders')})" if "encoders" in meta["files"] else "-"),
-        ("media", ", ".join(f"{k} {media[k]}" for k in ("n_frames", "face_size", "scene_size", "sample_rate")
-                            if k in media) or "-"),
+        (
+            "media",
+            ", ".join(
+                f"{k} {media[k]}"
+                for k in ("n_frames", "face_size", "scene_size", "sample_rate")
+                if k in media
+            )
+            or "-",
+        ),
         ("exported", f"{meta['created_utc'][:10]} with m2f {meta['m2f_version']}"),
     ]
     lines = [
@@ -491,8 +542,14 @@ def model_card(meta: dict) -> str:
     return "\n".join(lines)
 
 
-def export_model(run: str | Path, out: str | Path, seed: int | None = None, encoders: str | None = None,
-                 text_model: str | None = None, overwrite: bool = False) -> Path:
+def export_model(
+    run: str | Path,
+    out: str | Path,
+    seed: int | None = None,
+    encoders: str | None = None,
+    text_model: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """``m2f export``: write the model folder of one seed of ``run`` into ``out`` (see the module docs).
 
     Parameters
@@ -521,14 +578,18 @@ def export_model(run: str | Path, out: str | Path, seed: int | None = None, enco
     if (out.exists() or out.is_symlink()) and not overwrite:
         raise ModelFolderError(f"{shown(out)} exists; choose another --out or pass --overwrite to replace it")
     if (out.exists() or out.is_symlink()) and not is_model_folder(out):
-        raise ModelFolderError(f"{shown(out)}: --overwrite replaces only a folder written by `m2f export`, "
-                               "and this is not one; choose another --out or remove it yourself")
+        raise ModelFolderError(
+            f"{shown(out)}: --overwrite replaces only a folder written by `m2f export`, "
+            "and this is not one; choose another --out or remove it yourself"
+        )
     seed_dir, summary = choose_seed(run, seed)
     config = _read_json(seed_dir / "config.json")
     features = Path(config["features"])
     if not features.is_file():
-        raise ModelFolderError(f"{features}: the run's features file is gone; export needs it (it records "
-                               "how features were made); rebuild it with the same `m2f extract` command")
+        raise ModelFolderError(
+            f"{features}: the run's features file is gone; export needs it (it records "
+            "how features were made); rebuild it with the same `m2f extract` command"
+        )
     feature_config = read_attrs(features)["config"]
     model, class_names = load_model(seed_dir / "best.pt")
     mods = model.config.modalities
@@ -541,8 +602,11 @@ def export_model(run: str | Path, out: str | Path, seed: int | None = None, enco
         save_weights(tmp / DIALOG_WEIGHTS, model.state_dict(), "m2f-dialog-1")
         shutil.copyfile(seed_dir / "label_map.json", tmp / "label_map.json")
         if "a" in mods or "v" in mods:
-            spec = (encoders if encoders == "random"
-                    else find_encoders(feature_config["encoders"], features, encoders))
+            spec = (
+                encoders
+                if encoders == "random"
+                else find_encoders(feature_config["encoders"], features, encoders)
+            )
             log.info("export: encoders %s", spec)
             if export_encoders(spec, tmp / ENCODER_DIR) != feature_config["encoders"]:
                 raise ModelFolderError(f"{spec}: not the encoders {feature_config['encoders']} of {features}")
@@ -572,14 +636,20 @@ def export_model(run: str | Path, out: str | Path, seed: int | None = None, enco
             "features": {k: feature_config.get(k) for k in ("modalities", "media", "encoders", "text_model")},
             "text_identity": text_identity,
             # live use (trainer/apply/live.py): causal = every prediction depends on the past only
-            "live": {"causal": causal, "dialog_causal": bool(model.config.causal),
-                     "text_context": text_context},
+            "live": {
+                "causal": causal,
+                "dialog_causal": bool(model.config.causal),
+                "text_context": text_context,
+            },
             "files": files,
             "metrics": {"dev": _metric(summary, "dev"), "test": _metric(summary, "test")},
-            "source": {"run": str(run.resolve()), "seed": summary["seed"],
-                       "best_epoch": status.get("best_epoch"),
-                       "chosen": "--seed" if seed is not None else "best dev weighted F1",
-                       "features": str(features.resolve())},
+            "source": {
+                "run": str(run.resolve()),
+                "seed": summary["seed"],
+                "best_epoch": status.get("best_epoch"),
+                "chosen": "--seed" if seed is not None else "best dev weighted F1",
+                "features": str(features.resolve()),
+            },
         }
         atomic_write_json(tmp / META, meta)
         atomic_write_text(tmp / "README.md", model_card(meta))
@@ -590,6 +660,10 @@ def export_model(run: str | Path, out: str | Path, seed: int | None = None, enco
     if out.exists() or out.is_symlink():
         shutil.rmtree(out)  # a model folder (checked above), never a symlink
     tmp.rename(out)
-    log.info("export: %s; sha256 of its checksums.json %s (give it with the folder: it identifies exactly "
-             "these files)", out, checksums_digest(out))
+    log.info(
+        "export: %s; sha256 of its checksums.json %s (give it with the folder: it identifies exactly "
+        "these files)",
+        out,
+        checksums_digest(out),
+    )
     return out

@@ -63,8 +63,15 @@ class Prediction:
 
     def to_dict(self) -> dict:
         """``m2f predict``'s row (``p_<class>``, ``has_<modality>``) plus ``seconds`` and ``problems``."""
-        row = {"dialogue": self.dialogue, "position": self.position, "speaker": self.speaker,
-               "start": self.start, "end": self.end, "text": self.text, "predicted": self.predicted}
+        row = {
+            "dialogue": self.dialogue,
+            "position": self.position,
+            "speaker": self.speaker,
+            "start": self.start,
+            "end": self.end,
+            "text": self.text,
+            "predicted": self.predicted,
+        }
         row.update({f"p_{c}": p for c, p in self.probabilities.items()})
         row.update({f"has_{m}": v for m, v in self.present.items()})
         row.update({"seconds": round(self.seconds, 4), "problems": self.problems})
@@ -117,7 +124,8 @@ class LiveModel:
                 f"{name} is a bidirectional model (dialog model without --causal, or a text model "
                 f"fine-tuned with the next utterance): its predictions would change once later utterances "
                 f"are known; export a model trained with `m2f extract --text-context past` and `m2f "
-                f"train-dialog --causal`, or pass --allow-revisions to predict from the past anyway")
+                f"train-dialog --causal`, or pass --allow-revisions to predict from the past anyway"
+            )
         self.class_names = list(exported.class_names)
         self.letters = exported.modalities
         self.modalities = tuple(m for m in MODALITIES if LETTER[m] in self.letters)
@@ -186,8 +194,9 @@ class LiveModel:
     def probabilities(self, conversation: Conversation) -> np.ndarray:
         """Class probabilities of every utterance of ``conversation`` so far: ``(n, n_classes)``."""
         n = len(conversation.utterances)
-        features = {m: torch.from_numpy(np.stack(conversation.vectors[m]))[None].to(self.device)
-                    for m in self.letters}
+        features = {
+            m: torch.from_numpy(np.stack(conversation.vectors[m]))[None].to(self.device) for m in self.letters
+        }
         present = {m: torch.tensor(conversation.present[m])[None].to(self.device) for m in self.letters}
         mask = torch.ones(1, n, dtype=torch.bool, device=self.device)
         speakers = torch.tensor([conversation.speaker_ids], dtype=torch.long, device=self.device)
@@ -210,9 +219,16 @@ class Conversation:
         self._speakers: dict[str, int] = {}
         self.last_used = time.monotonic()
 
-    def add(self, speaker: str = "", text: str = "", clip: str | Path | None = None,
-            start: float | None = None, end: float | None = None,
-            audio: str | Path | None = None, strict_media: bool = False) -> Prediction:
+    def add(
+        self,
+        speaker: str = "",
+        text: str = "",
+        clip: str | Path | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        audio: str | Path | None = None,
+        strict_media: bool = False,
+    ) -> Prediction:
         """Take the next utterance and return its prediction (made from it and the utterances before).
 
         ``clip`` is a video (or audio) file of the utterance, ``start``/``end`` its span in seconds
@@ -222,13 +238,25 @@ class Conversation:
         """
         t0 = time.perf_counter()
         if start is not None and end is not None and end < start:
-            raise LiveError(f"utterance {len(self.utterances)} of {self.dialogue_id}: end {end} is before "
-                            f"start {start}")
+            raise LiveError(
+                f"utterance {len(self.utterances)} of {self.dialogue_id}: end {end} is before start {start}"
+            )
         with self.model.lock:  # one utterance at a time: positions and features stay in order
             position = len(self.utterances)
-            utt = Utterance(CORPUS, SPLIT, self.dialogue_id, position, str(position), str(speaker or ""),
-                            str(text or ""), None, clip=None if clip is None else str(clip),
-                            start=start, end=end, audio=None if audio is None else str(audio))
+            utt = Utterance(
+                CORPUS,
+                SPLIT,
+                self.dialogue_id,
+                position,
+                str(position),
+                str(speaker or ""),
+                str(text or ""),
+                None,
+                clip=None if clip is None else str(clip),
+                start=start,
+                end=end,
+                audio=None if audio is None else str(audio),
+            )
             vectors, present, problems = self.model.features([*self.utterances, utt])
             media = [LETTER[m] for m in self.model.modalities if m != "text"]
             if strict_media and (clip or audio) and media and problems and not any(present[m] for m in media):
@@ -238,15 +266,24 @@ class Conversation:
                 self.vectors[m].append(vectors[m])
                 self.present[m].append(present[m])
             name = utt.speaker.strip()
-            self.speaker_ids.append(self._speakers.setdefault(name, len(self._speakers)) if name
-                                    else NO_SPEAKER)
+            self.speaker_ids.append(
+                self._speakers.setdefault(name, len(self._speakers)) if name else NO_SPEAKER
+            )
             probs = self.model.probabilities(self)[-1]
         names = self.model.class_names
-        pred = Prediction(self.dialogue_id, position, utt.speaker, utt.text, start, end,
-                          names[int(probs.argmax())],
-                          {c: float(p) for c, p in zip(names, probs, strict=True)},
-                          {m: present[LETTER[m]] for m in self.model.modalities},
-                          time.perf_counter() - t0, problems)
+        pred = Prediction(
+            self.dialogue_id,
+            position,
+            utt.speaker,
+            utt.text,
+            start,
+            end,
+            names[int(probs.argmax())],
+            {c: float(p) for c, p in zip(names, probs, strict=True)},
+            {m: present[LETTER[m]] for m in self.model.modalities},
+            time.perf_counter() - t0,
+            problems,
+        )
         self.predictions.append(pred)
         self.last_used = time.monotonic()
         return pred
@@ -257,9 +294,14 @@ class Conversation:
         with self.model.lock:
             probs = self.model.probabilities(self)
         names = self.model.class_names
-        return [dataclasses.replace(p, predicted=names[int(row.argmax())],
-                                    probabilities={c: float(x) for c, x in zip(names, row, strict=True)})
-                for p, row in zip(self.predictions, probs, strict=True)]
+        return [
+            dataclasses.replace(
+                p,
+                predicted=names[int(row.argmax())],
+                probabilities={c: float(x) for c, x in zip(names, row, strict=True)},
+            )
+            for p, row in zip(self.predictions, probs, strict=True)
+        ]
 
 
 # --- m2f live: JSON lines in, JSON lines out --------------------------------------------------------
@@ -289,8 +331,11 @@ def _parse_line(raw: str, base: Path) -> dict:
     unknown = set(item) - LINE_FIELDS
     if unknown:
         raise LiveError(f"unknown field(s) {sorted(unknown)}; expected some of {sorted(LINE_FIELDS)}")
-    out = {"dialogue": str(item.get("dialogue", "0")), "speaker": str(item.get("speaker") or ""),
-           "text": str(item.get("text") or "")}
+    out = {
+        "dialogue": str(item.get("dialogue", "0")),
+        "speaker": str(item.get("speaker") or ""),
+        "text": str(item.get("text") or ""),
+    }
     for key in ("start", "end"):
         if item.get(key) is not None:
             if not isinstance(item[key], int | float) or isinstance(item[key], bool) or item[key] < 0:
@@ -336,8 +381,15 @@ def run_jsonl(model: LiveModel, lines, write, base: Path | None = None) -> int:
     return bad
 
 
-def replay(model: LiveModel, video: Path, subtitles: Path, write, speed: float = 1.0,
-           sleep=time.sleep, clock=time.monotonic) -> dict:
+def replay(
+    model: LiveModel,
+    video: Path,
+    subtitles: Path,
+    write,
+    speed: float = 1.0,
+    sleep=time.sleep,
+    clock=time.monotonic,
+) -> dict:
     """Feed a recorded conversation at its real pace: each cue is added when its end is reached.
 
     Each output line is the prediction plus ``lag_s``, the time from the cue's end (in replayed time)
@@ -363,6 +415,10 @@ def replay(model: LiveModel, video: Path, subtitles: Path, write, speed: float =
     arr = np.asarray(lags) if lags else np.zeros(1)
     half = len(lags) // 2
     growing = bool(len(lags) >= 4 and np.median(arr[half:]) > np.median(arr[:half]) + 0.5)
-    return {"utterances": len(lags), "lag_p50_s": float(np.percentile(arr, 50)),
-            "lag_p95_s": float(np.percentile(arr, 95)), "lag_max_s": float(arr.max()),
-            "backlog_grew": growing}
+    return {
+        "utterances": len(lags),
+        "lag_p50_s": float(np.percentile(arr, 50)),
+        "lag_p95_s": float(np.percentile(arr, 95)),
+        "lag_max_s": float(arr.max()),
+        "backlog_grew": growing,
+    }

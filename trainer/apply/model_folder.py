@@ -42,11 +42,24 @@ TEXT_DIR = "text_model"
 #: Suffixes of pickle-based formats: never part of an exported folder.
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt")
 #: Files of a text model folder that transformers reads and that hold no code nor pickles.
-TEXT_MODEL_FILES = frozenset({
-    "config.json", "generation_config.json", "m2f_text.json", "model.safetensors",
-    "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-    "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model",
-})
+TEXT_MODEL_FILES = frozenset(
+    {
+        "config.json",
+        "generation_config.json",
+        "m2f_text.json",
+        "model.safetensors",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "vocab.txt",
+        "vocab.json",
+        "merges.txt",
+        "sentencepiece.bpe.model",
+        "spiece.model",
+    }
+)
 SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 TOP_FILES = frozenset({CHECKSUMS, META, DIALOG_WEIGHTS, "label_map.json", "README.md"})
 ENCODER_FILES = frozenset(f"{k}.{s}" for k in ("audio", "face", "scene") for s in ("safetensors", "json"))
@@ -56,8 +69,14 @@ MAX_JSON_BYTES = 64 << 20
 MAX_FILES = 256
 MAX_TOTAL_BYTES = 16 << 30
 #: Caps on a text model's ``config.json`` sizes (roberta-large: 1024 wide, 24 layers, 50265 tokens).
-TEXT_CONFIG_CAPS = {"hidden_size": 8192, "num_hidden_layers": 96, "num_attention_heads": 128,
-                    "intermediate_size": 65536, "vocab_size": 1 << 20, "max_position_embeddings": 1 << 16}
+TEXT_CONFIG_CAPS = {
+    "hidden_size": 8192,
+    "num_hidden_layers": 96,
+    "num_attention_heads": 128,
+    "intermediate_size": 65536,
+    "vocab_size": 1 << 20,
+    "max_position_embeddings": 1 << 16,
+}
 #: Keys of a transformers config that import code from the folder (refused).
 CODE_KEYS = ("auto_map", "custom_pipelines")
 
@@ -110,15 +129,19 @@ def folder_files(folder: Path) -> list[str]:
             path = Path(dirpath) / name
             st = os.lstat(path)
             if stat.S_ISLNK(st.st_mode):
-                raise ModelFolderError(f"{shown(path)}: a symlink in a model folder (it could point "
-                                       "anywhere); replace it by the file itself or export the model again")
+                raise ModelFolderError(
+                    f"{shown(path)}: a symlink in a model folder (it could point "
+                    "anywhere); replace it by the file itself or export the model again"
+                )
             if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
                 raise ModelFolderError(f"{shown(path)}: not a regular file; remove it from the model folder")
             if stat.S_ISREG(st.st_mode):
                 found.append(path.relative_to(folder).as_posix())
             if len(found) > MAX_FILES:
-                raise ModelFolderError(f"{shown(folder)}: more than {MAX_FILES} files; not a model folder "
-                                       "written by `m2f export`")
+                raise ModelFolderError(
+                    f"{shown(folder)}: more than {MAX_FILES} files; not a model folder "
+                    "written by `m2f export`"
+                )
     return sorted(n for n in found if n != CHECKSUMS)
 
 
@@ -161,18 +184,22 @@ def read_checksums(folder: Path) -> dict[str, str]:
     """``checksums.json`` of ``folder``, checked to be a flat mapping of safe names to sha256 digests."""
     path = folder / CHECKSUMS
     if not path.exists() and not path.is_symlink():
-        raise ModelFolderError(f"{shown(folder)}: no {CHECKSUMS}; not a folder written by `m2f export` "
-                               "(export the run again)")
+        raise ModelFolderError(
+            f"{shown(folder)}: no {CHECKSUMS}; not a folder written by `m2f export` (export the run again)"
+        )
     listed = read_json_capped(path)
     if not isinstance(listed, dict) or len(listed) > MAX_FILES:
         raise ModelFolderError(f"{shown(path)}: not a file -> sha256 mapping; export the model again")
     for name, digest in listed.items():
         if not safe_relative(name):
-            raise ModelFolderError(f"{shown(path)}: names {shown(name)}, not a plain relative path inside "
-                                   "the folder (absolute, '..' or backslash); export the model again")
+            raise ModelFolderError(
+                f"{shown(path)}: names {shown(name)}, not a plain relative path inside "
+                "the folder (absolute, '..' or backslash); export the model again"
+            )
         if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
-            raise ModelFolderError(f"{shown(path)}: the entry of {shown(name)} is not a sha256 digest; "
-                                   "export the model again")
+            raise ModelFolderError(
+                f"{shown(path)}: the entry of {shown(name)} is not a sha256 digest; export the model again"
+            )
     return listed
 
 
@@ -185,22 +212,31 @@ def _check_names(folder: Path, listed: dict[str, str]) -> None:
     present = folder_files(folder)
     for name in present:
         if Path(name).suffix.lower() in PICKLE_SUFFIXES:
-            raise ModelFolderError(f"{shown(folder / name)}: pickle-format file in a model folder; m2f loads "
-                                   "safetensors only, remove it or export the model again")
+            raise ModelFolderError(
+                f"{shown(folder / name)}: pickle-format file in a model folder; m2f loads "
+                "safetensors only, remove it or export the model again"
+            )
         if name not in listed:
-            raise ModelFolderError(f"{shown(folder / name)}: not listed in {CHECKSUMS} (a file was added); "
-                                   "remove it or export the model again")
+            raise ModelFolderError(
+                f"{shown(folder / name)}: not listed in {CHECKSUMS} (a file was added); "
+                "remove it or export the model again"
+            )
     for name in listed:
         if name not in present:
-            raise ModelFolderError(f"{shown(folder / name)}: listed in {CHECKSUMS} but missing; export the "
-                                   "model again")
+            raise ModelFolderError(
+                f"{shown(folder / name)}: listed in {CHECKSUMS} but missing; export the model again"
+            )
         if name.endswith(".py"):
-            raise ModelFolderError(f"{shown(folder / name)}: Python code in a model folder; m2f never runs "
-                                   "code from a model folder, remove it or export the model again")
+            raise ModelFolderError(
+                f"{shown(folder / name)}: Python code in a model folder; m2f never runs "
+                "code from a model folder, remove it or export the model again"
+            )
         if not allowed_name(name):
-            raise ModelFolderError(f"{shown(folder / name)}: not a file `m2f export` writes (allowed: "
-                                   "safetensors weights, JSON settings, tokenizer files); remove it or "
-                                   "export the model again")
+            raise ModelFolderError(
+                f"{shown(folder / name)}: not a file `m2f export` writes (allowed: "
+                "safetensors weights, JSON settings, tokenizer files); remove it or "
+                "export the model again"
+            )
 
 
 def _copy_hashed(src: Path, dst: Path, digest: str, budget: int) -> int:
@@ -214,13 +250,17 @@ def _copy_hashed(src: Path, dst: Path, digest: str, budget: int) -> int:
         for block in iter(lambda: f.read(1 << 20), b""):
             size += len(block)
             if size > cap or size > budget:
-                raise ModelFolderError(f"{shown(src)}: larger than the {min(cap, budget) >> 20} MiB allowed "
-                                       "for it; not a model folder written by `m2f export`")
+                raise ModelFolderError(
+                    f"{shown(src)}: larger than the {min(cap, budget) >> 20} MiB allowed "
+                    "for it; not a model folder written by `m2f export`"
+                )
             h.update(block)
             out.write(block)
     if h.hexdigest() != digest:
-        raise ModelFolderError(f"{shown(src)}: sha256 does not match {CHECKSUMS} (changed or corrupted "
-                               "after export); export the model again")
+        raise ModelFolderError(
+            f"{shown(src)}: sha256 does not match {CHECKSUMS} (changed or corrupted "
+            "after export); export the model again"
+        )
     return size
 
 
@@ -233,30 +273,43 @@ def _check_text_model(copy: Path, origin: Path) -> None:
         if (text / name).is_file():
             config = read_json_capped(text / name)
             if not isinstance(config, dict):
-                raise ModelFolderError(f"{shown(origin / TEXT_DIR / name)}: not a JSON object; export the "
-                                       "model again")
+                raise ModelFolderError(
+                    f"{shown(origin / TEXT_DIR / name)}: not a JSON object; export the model again"
+                )
             for key, cap in TEXT_CONFIG_CAPS.items():
                 value = config.get(key, 0) if name == "config.json" else 0
                 if type(value) is not int or not 0 <= value <= cap:
-                    raise ModelFolderError(f"{shown(origin / TEXT_DIR / name)}: {key} = "
-                                           f"{shown(value)!s:.40} is not an integer in 0..{cap}; export the "
-                                           "model again")
+                    raise ModelFolderError(
+                        f"{shown(origin / TEXT_DIR / name)}: {key} = "
+                        f"{shown(value)!s:.40} is not an integer in 0..{cap}; export the "
+                        "model again"
+                    )
             for key in CODE_KEYS:
                 if key in config:
-                    raise ModelFolderError(f"{shown(origin / TEXT_DIR / name)}: has {key!r} (code to import "
-                                           "from the folder); m2f never runs code from a model folder")
+                    raise ModelFolderError(
+                        f"{shown(origin / TEXT_DIR / name)}: has {key!r} (code to import "
+                        "from the folder); m2f never runs code from a model folder"
+                    )
     for index in sorted(text.glob("*.index.json")):
         data = read_json_capped(index)
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
-            raise ModelFolderError(f"{shown(origin / TEXT_DIR / index.name)}: no weight_map; export the "
-                                   "model again")
+            raise ModelFolderError(
+                f"{shown(origin / TEXT_DIR / index.name)}: no weight_map; export the model again"
+            )
         for shard in set(weight_map.values()):
-            if not (isinstance(shard, str) and "/" not in shard and text_model_file(shard)
-                    and shard.endswith(".safetensors") and (text / shard).is_file()):
-                raise ModelFolderError(f"{shown(origin / TEXT_DIR / index.name)}: names shard "
-                                       f"{shown(shard)}, not a checked .safetensors file of the folder; "
-                                       "export the model again")
+            if not (
+                isinstance(shard, str)
+                and "/" not in shard
+                and text_model_file(shard)
+                and shard.endswith(".safetensors")
+                and (text / shard).is_file()
+            ):
+                raise ModelFolderError(
+                    f"{shown(origin / TEXT_DIR / index.name)}: names shard "
+                    f"{shown(shard)}, not a checked .safetensors file of the folder; "
+                    "export the model again"
+                )
 
 
 def private_copy(folder: str | Path) -> Path:
@@ -267,8 +320,9 @@ def private_copy(folder: str | Path) -> Path:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ModelFolderError(f"{shown(folder)}: no such model folder; create one with "
-                               "`m2f export RUN --out DIR`")
+        raise ModelFolderError(
+            f"{shown(folder)}: no such model folder; create one with `m2f export RUN --out DIR`"
+        )
     listed = read_checksums(folder)
     _check_names(folder, listed)
     copy = Path(tempfile.mkdtemp(prefix="m2f-model-"))
@@ -279,8 +333,9 @@ def private_copy(folder: str | Path) -> Path:
             budget -= _copy_hashed(folder / name, copy / name, listed[name], budget)
         shutil.copyfile(folder / CHECKSUMS, copy / CHECKSUMS, follow_symlinks=False)
         if read_checksums(copy) != listed:
-            raise ModelFolderError(f"{shown(folder / CHECKSUMS)}: changed while the folder was verified; "
-                                   "try again")
+            raise ModelFolderError(
+                f"{shown(folder / CHECKSUMS)}: changed while the folder was verified; try again"
+            )
         _check_text_model(copy, folder)
     except BaseException:
         shutil.rmtree(copy, ignore_errors=True)
@@ -293,6 +348,19 @@ def verify_checksums(folder: Path) -> None:
     shutil.rmtree(private_copy(folder), ignore_errors=True)
 
 
-__all__ = ["CHECKSUMS", "ModelFolderError", "PICKLE_SUFFIXES", "allowed_name", "checksums_digest",
-           "folder_files", "private_copy", "read_checksums", "read_json_capped", "safe_relative", "sha256_of",
-           "text_model_file", "verify_checksums", "write_checksums"]
+__all__ = [
+    "CHECKSUMS",
+    "ModelFolderError",
+    "PICKLE_SUFFIXES",
+    "allowed_name",
+    "checksums_digest",
+    "folder_files",
+    "private_copy",
+    "read_checksums",
+    "read_json_capped",
+    "safe_relative",
+    "sha256_of",
+    "text_model_file",
+    "verify_checksums",
+    "write_checksums",
+]

@@ -112,14 +112,27 @@ def subtitle_utterances(video: Path, subtitles: Path) -> list[Utterance]:
     if not video.is_file():
         raise PredictError(f"{video}: no such video; pass the video the subtitles belong to")
     dialogue = re.sub(r"[^\w.\-]+", "_", video.stem) or "video"
-    return [Utterance(corpus="custom", split=PREDICT_SPLIT, dialogue_id=dialogue, position=i,
-                      utterance_id=str(i), speaker=c.speaker, text=c.text, label=None,
-                      clip=str(video.resolve()), start=c.start, end=c.end)
-            for i, c in enumerate(read_subtitles(subtitles))]
+    return [
+        Utterance(
+            corpus="custom",
+            split=PREDICT_SPLIT,
+            dialogue_id=dialogue,
+            position=i,
+            utterance_id=str(i),
+            speaker=c.speaker,
+            text=c.text,
+            label=None,
+            clip=str(video.resolve()),
+            start=c.start,
+            end=c.end,
+        )
+        for i, c in enumerate(read_subtitles(subtitles))
+    ]
 
 
-def input_utterances(input_path: Path, subtitles: str | Path | None,
-                     work: Path) -> tuple[list[Utterance], Path]:
+def input_utterances(
+    input_path: Path, subtitles: str | Path | None, work: Path
+) -> tuple[list[Utterance], Path]:
     """The utterances of a CSV (or a video with ``subtitles``) and the folder their clips live under."""
     if subtitles is not None:
         if input_path.suffix.lower() == ".csv" or input_path.is_dir():
@@ -128,8 +141,10 @@ def input_utterances(input_path: Path, subtitles: str | Path | None,
         base = input_path.resolve().parent  # the clip is the resolved video: the same form, or it is lost
     else:
         if input_path.suffix.lower() not in (".csv", "") and not input_path.is_dir():
-            raise PredictError(f"{shown(input_path)}: give a custom-corpus CSV, or a video with --subtitles "
-                               "talk.srt|talk.vtt")
+            raise PredictError(
+                f"{shown(input_path)}: give a custom-corpus CSV, or a video with --subtitles "
+                "talk.srt|talk.vtt"
+            )
         utterances = csv_utterances(input_path, work)
         # the clips are <the CSV's folder as given>/<relative path>: keep that form (not resolved), or a
         # folder reached through a symlink makes every clip "outside" and loses audio and video
@@ -164,8 +179,13 @@ class FeaturizerSpec:
             folder = model.folder / "predict-encoders"
             written = (folder / "audio.pt").exists()
             encoders = str(folder if written else model.write_encoder_checkpoints(folder))
-        return cls(tuple(modalities), str(model.text_model) if "text" in modalities else None, encoders,
-                   model.media_config if media else None, device)
+        return cls(
+            tuple(modalities),
+            str(model.text_model) if "text" in modalities else None,
+            encoders,
+            model.media_config if media else None,
+            device,
+        )
 
     def build(self):
         """The :class:`pipeline.utterance.featurize.Featurizer` (models loaded now)."""
@@ -173,8 +193,14 @@ class FeaturizerSpec:
         from pipeline.utterance.process import MediaConfig
 
         cfg = MediaConfig(**(self.media_config or {}))
-        models = FeatureModels(self.modalities, device=self.device, batch=self.batch, n_frames=cfg.n_frames,
-                               text_source=self.text_model, encoders_source=self.encoders)
+        models = FeatureModels(
+            self.modalities,
+            device=self.device,
+            batch=self.batch,
+            n_frames=cfg.n_frames,
+            text_source=self.text_model,
+            encoders_source=self.encoders,
+        )
         if "text" in self.modalities:
             from pipeline.text.embedder import TextEmbedder
 
@@ -231,14 +257,21 @@ def featurize(spec: FeaturizerSpec, utterances: Sequence[Utterance], workers: in
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_worker_init, initargs=(spec,)) as pool:
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(spec,),
+        ) as pool:
             parts = list(pool.map(_worker_featurize, dialogues))
     columns = {}
     for k in FEATURE_FIELDS:
         values = [part[0][k] for part in parts]
-        columns[k] = (np.concatenate(values) if isinstance(values[0], np.ndarray)
-                      else np.array([x for v in values for x in v], dtype=object))
+        columns[k] = (
+            np.concatenate(values)
+            if isinstance(values[0], np.ndarray)
+            else np.array([x for v in values for x in v], dtype=object)
+        )
     return SplitArrays(**columns), [p for part in parts for p in part[1]]
 
 
@@ -256,21 +289,30 @@ def conversation_tensors(model: ExportedModel, arrays, modalities: tuple[str, ..
             split.present[m] = torch.zeros(*shape, dtype=torch.bool)
         elif split.features[m].shape[-1] != model.dims[m]:
             width = split.features[m].shape[-1]
-            raise ModelFolderError(f"{model.shown_name('.')}: its {m} features are {width} wide, the model "
-                                   f"reads {model.dims[m]}; its files do not belong together")
+            raise ModelFolderError(
+                f"{model.shown_name('.')}: its {m} features are {width} wide, the model "
+                f"reads {model.dims[m]}; its files do not belong together"
+            )
     return split
 
 
-def prediction_rows(model: ExportedModel, arrays, probs: np.ndarray,
-                    utterances: Sequence[Utterance]) -> list[dict]:
+def prediction_rows(
+    model: ExportedModel, arrays, probs: np.ndarray, utterances: Sequence[Utterance]
+) -> list[dict]:
     """One dict per utterance (row order): identity, times, text, prediction, probabilities, flags."""
     by_id = {u.id: u for u in utterances}
     rows = []
     for i, utt_id in enumerate(arrays.utt_id):
         u = by_id[str(utt_id)]
-        row = {"dialogue": u.dialogue_id, "position": int(arrays.position[i]), "speaker": u.speaker,
-               "start": u.start, "end": u.end, "text": u.text,
-               "predicted": model.class_names[int(probs[i].argmax())]}
+        row = {
+            "dialogue": u.dialogue_id,
+            "position": int(arrays.position[i]),
+            "speaker": u.speaker,
+            "start": u.start,
+            "end": u.end,
+            "text": u.text,
+            "predicted": model.class_names[int(probs[i].argmax())],
+        }
         row.update({f"p_{c}": float(p) for c, p in zip(model.class_names, probs[i], strict=True)})
         for m in MODALITIES:
             if LETTER[m] in model.modalities:
@@ -303,7 +345,7 @@ def _cell(value) -> str:
     leading single quote (``=HYPERLINK(...)`` from a subtitle stays text); CR becomes LF."""
     if isinstance(value, str):
         # a lone CR would end the row for a reader (the writer quotes only fields holding "\n")
-        text = ("'" + value if value.startswith(FORMULA_STARTS) else value)
+        text = "'" + value if value.startswith(FORMULA_STARTS) else value
         return text.replace("\r\n", "\n").replace("\r", "\n")
     if value is None:
         return ""
@@ -323,10 +365,18 @@ def output_format(out: Path, fmt: str | None) -> str:
     return fmt
 
 
-def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
-            subtitles: str | Path | None = None, fmt: str | None = None, plot: str | Path | None = None,
-            workers: int | None = None, device: str = "cpu", work: str | Path | None = None,
-            model: ExportedModel | None = None) -> PredictResult:
+def predict(
+    model_dir: str | Path,
+    input_path: str | Path,
+    out: str | Path,
+    subtitles: str | Path | None = None,
+    fmt: str | None = None,
+    plot: str | Path | None = None,
+    workers: int | None = None,
+    device: str = "cpu",
+    work: str | Path | None = None,
+    model: ExportedModel | None = None,
+) -> PredictResult:
     """``m2f predict``: write the emotion of every utterance of ``input_path`` to ``out``.
 
     Parameters
@@ -365,15 +415,21 @@ def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
     loaded_here = model is None
     if model is None:
         model = load_model_folder(model_dir, device)
-        log.info("model %s: sha256 of its checksums.json %s (integrity, not origin: compare it with the "
-                 "publisher's)", shown(model_dir), model.checksums_sha256)
+        log.info(
+            "model %s: sha256 of its checksums.json %s (integrity, not origin: compare it with the "
+            "publisher's)",
+            shown(model_dir),
+            model.checksums_sha256,
+        )
     seconds["load"] = time.perf_counter() - t0
     temp = work is None
     work = Path(tempfile.mkdtemp(prefix="m2f-predict-")) if temp else Path(work)
     try:
         if not input_path.exists():
-            raise PredictError(f"{input_path}: no such file; give a custom-corpus CSV, or a video with "
-                               "--subtitles talk.srt|talk.vtt")
+            raise PredictError(
+                f"{input_path}: no such file; give a custom-corpus CSV, or a video with "
+                "--subtitles talk.srt|talk.vtt"
+            )
         utterances, _ = input_utterances(input_path, subtitles, work)
         modalities = modalities_to_extract(model, utterances)
         workers = resolve_workers(workers, utterances)
@@ -405,12 +461,21 @@ def predict(model_dir: str | Path, input_path: str | Path, out: str | Path,
         try:
             plot_path = plot_timeline(rows, model.class_names, Path(plot))
         except (ValueError, RuntimeError, OSError) as e:  # the predictions are kept: say so
-            raise PredictError(f"{shown(plot)}: the timeline could not be drawn ({type(e).__name__}: "
-                               f"{shown(str(e).strip().splitlines()[-1] if str(e).strip() else '')}); the "
-                               f"predictions are written to {shown(out)}") from None
+            raise PredictError(
+                f"{shown(plot)}: the timeline could not be drawn ({type(e).__name__}: "
+                f"{shown(str(e).strip().splitlines()[-1] if str(e).strip() else '')}); the "
+                f"predictions are written to {shown(out)}"
+            ) from None
     seconds["total"] = time.perf_counter() - t0
     return PredictResult(out, rows, model.class_names, plot_path, modalities, seconds)
 
 
-__all__ = ["ExtractError", "ExtractOptions", "PredictError", "PredictResult", "format_summary", "predict",
-           "run_extract"]
+__all__ = [
+    "ExtractError",
+    "ExtractOptions",
+    "PredictError",
+    "PredictResult",
+    "format_summary",
+    "predict",
+    "run_extract",
+]

@@ -40,18 +40,37 @@ MAX_ID_CHARS = 200
 CHUNK = 1 << 20
 
 
-_FIELDS = {"speaker": {"type": "string", "description": "who speaks (same name = same speaker)"},
-           "text": {"type": "string", "description": "what was said"}}
+_FIELDS = {
+    "speaker": {"type": "string", "description": "who speaks (same name = same speaker)"},
+    "text": {"type": "string", "description": "what was said"},
+}
 #: the request body of POST .../utterances, for the OpenAPI documentation (parsed by hand: JSON or a form)
-UTTERANCE_BODY = {"required": True, "content": {
-    "application/json": {"schema": {"type": "object", "properties": _FIELDS}},
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
-        **_FIELDS,
-        "clip": {"type": "string", "format": "binary", "description": "video or audio of the utterance"},
-        "start": {"type": "number", "description": "span start in the clip, seconds"},
-        "end": {"type": "number", "description": "span end in the clip, seconds"},
-        "audio": {"type": "string", "format": "binary", "description": "a separate audio file, used whole"},
-    }}}}}
+UTTERANCE_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"type": "object", "properties": _FIELDS}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    **_FIELDS,
+                    "clip": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "video or audio of the utterance",
+                    },
+                    "start": {"type": "number", "description": "span start in the clip, seconds"},
+                    "end": {"type": "number", "description": "span end in the clip, seconds"},
+                    "audio": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "a separate audio file, used whole",
+                    },
+                },
+            }
+        },
+    },
+}
 
 
 class Conversations:
@@ -90,11 +109,18 @@ class Conversations:
             return len(self._items)
 
 
-def make_app(model: LiveModel, max_upload_mb: float = MAX_UPLOAD_MB,
-             max_conversations: int = MAX_CONVERSATIONS, idle_minutes: float = IDLE_MINUTES):
+def make_app(
+    model: LiveModel,
+    max_upload_mb: float = MAX_UPLOAD_MB,
+    max_conversations: int = MAX_CONVERSATIONS,
+    idle_minutes: float = IDLE_MINUTES,
+):
     """The FastAPI application serving ``model``."""
-    app = FastAPI(title="m2f", summary="Emotion recognition in conversation, one utterance at a time",
-                  version=_version())
+    app = FastAPI(
+        title="m2f",
+        summary="Emotion recognition in conversation, one utterance at a time",
+        version=_version(),
+    )
     talks = Conversations(model, max_conversations, idle_minutes * 60)
     cap = int(max_upload_mb * 1e6)
     uploads = Path(tempfile.mkdtemp(prefix="m2f-serve-"))  # mode 0700; each upload a fresh name in it
@@ -109,8 +135,13 @@ def make_app(model: LiveModel, max_upload_mb: float = MAX_UPLOAD_MB,
     @app.get("/health")
     def health() -> dict:
         """The model this server runs."""
-        return {"status": "ok", "classes": model.class_names, "modalities": list(model.modalities),
-                "causal": model.causal, "conversations": len(talks)}
+        return {
+            "status": "ok",
+            "classes": model.class_names,
+            "modalities": list(model.modalities),
+            "causal": model.causal,
+            "conversations": len(talks),
+        }
 
     def check_id(dialogue: str) -> str:
         if not dialogue or len(dialogue) > MAX_ID_CHARS or not dialogue.isprintable():
@@ -174,8 +205,11 @@ def make_app(model: LiveModel, max_upload_mb: float = MAX_UPLOAD_MB,
         try:
             info = probe(path)
         except (MediaError, OSError, ValueError) as e:
-            fail(415, f"upload {shown!r} is not a media file FFmpeg can open ({type(e).__name__}); send a "
-                      "video or audio file (mp4, mkv, avi, wav, ...)")
+            fail(
+                415,
+                f"upload {shown!r} is not a media file FFmpeg can open ({type(e).__name__}); send a "
+                "video or audio file (mp4, mkv, avi, wav, ...)",
+            )
         if not info.has_audio and not info.has_video:
             fail(415, f"upload {shown!r} has no audio or video stream")
 
@@ -224,9 +258,16 @@ def make_app(model: LiveModel, max_upload_mb: float = MAX_UPLOAD_MB,
             start, end = number(form, "start"), number(form, "end")
             conv = talks.get(dialogue, create=True)
             try:  # CPU work: off the event loop, so /health and other requests are answered meanwhile
-                pred = await run_in_threadpool(conv.add, speaker=speaker, text=text, clip=media.get("clip"),
-                                               start=start, end=end, audio=media.get("audio"),
-                                               strict_media=True)
+                pred = await run_in_threadpool(
+                    conv.add,
+                    speaker=speaker,
+                    text=text,
+                    clip=media.get("clip"),
+                    start=start,
+                    end=end,
+                    audio=media.get("audio"),
+                    strict_media=True,
+                )
             except LiveError as e:
                 fail(422, str(e))
             return pred.to_dict()
@@ -239,10 +280,16 @@ def make_app(model: LiveModel, max_upload_mb: float = MAX_UPLOAD_MB,
         """The predictions made so far in a conversation."""
         conv = talks.get(check_id(dialogue))
         if conv is None:
-            fail(404, f"no conversation {dialogue!r} (never started, deleted, or idle for over "
-                      f"{idle_minutes:g} minutes)")
-        return {"dialogue": dialogue, "causal": model.causal,
-                "predictions": [p.to_dict() for p in conv.predictions]}
+            fail(
+                404,
+                f"no conversation {dialogue!r} (never started, deleted, or idle for over "
+                f"{idle_minutes:g} minutes)",
+            )
+        return {
+            "dialogue": dialogue,
+            "causal": model.causal,
+            "predictions": [p.to_dict() for p in conv.predictions],
+        }
 
     @app.delete("/v1/conversations/{dialogue}", status_code=204)
     def forget(dialogue: str):
@@ -262,9 +309,16 @@ def _version() -> str:
     return __version__
 
 
-def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
-          allow_revisions: bool = False, max_upload_mb: float = MAX_UPLOAD_MB,
-          max_conversations: int = MAX_CONVERSATIONS, idle_minutes: float = IDLE_MINUTES) -> None:
+def serve(
+    model_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    device: str = "cpu",
+    allow_revisions: bool = False,
+    max_upload_mb: float = MAX_UPLOAD_MB,
+    max_conversations: int = MAX_CONVERSATIONS,
+    idle_minutes: float = IDLE_MINUTES,
+) -> None:
     """Load ``model_dir`` once and serve it until interrupted."""
     import shutil
 

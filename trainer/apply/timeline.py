@@ -13,11 +13,18 @@ from pathlib import Path
 
 #: Fixed colours for the emotions of MELD and IEMOCAP (and the demo), so a colour means one thing.
 EMOTION_COLOURS = {
-    "anger": "#d62728", "ang": "#d62728", "fru": "#ff7f0e",
-    "disgust": "#8c564b", "fear": "#9467bd",
-    "joy": "#f2b701", "hap": "#f2b701", "exc": "#ffd92f",
-    "neutral": "#7f7f7f", "neu": "#7f7f7f",
-    "sadness": "#1f77b4", "sad": "#1f77b4",
+    "anger": "#d62728",
+    "ang": "#d62728",
+    "fru": "#ff7f0e",
+    "disgust": "#8c564b",
+    "fear": "#9467bd",
+    "joy": "#f2b701",
+    "hap": "#f2b701",
+    "exc": "#ffd92f",
+    "neutral": "#7f7f7f",
+    "neu": "#7f7f7f",
+    "sadness": "#1f77b4",
+    "sad": "#1f77b4",
     "surprise": "#17becf",
 }
 MAX_PANELS = 6
@@ -68,8 +75,14 @@ def plot_timeline(rows: Sequence[dict], class_names: Sequence[str], path: str | 
     shown = list(dialogues)[:MAX_PANELS]
     colours = emotion_colours(class_names)
     heights = [0.5 + 0.42 * len({r["speaker"] for r in dialogues[d]}) for d in shown]
-    fig, axes = plt.subplots(len(shown), 1, figsize=(11, 1.1 + sum(h + 0.55 for h in heights)),
-                             squeeze=False, layout="constrained", gridspec_kw={"height_ratios": heights})
+    fig, axes = plt.subplots(
+        len(shown),
+        1,
+        figsize=(11, 1.1 + sum(h + 0.55 for h in heights)),
+        squeeze=False,
+        layout="constrained",
+        gridspec_kw={"height_ratios": heights},
+    )
     for ax, dialogue in zip(axes[:, 0], shown, strict=True):
         drows = dialogues[dialogue]
         speakers = list(dict.fromkeys(r["speaker"] for r in drows))
@@ -80,11 +93,20 @@ def plot_timeline(rows: Sequence[dict], class_names: Sequence[str], path: str | 
             y = speakers.index(r["speaker"])
             p = float(r[f"p_{r['predicted']}"])
             fill = to_rgba(colours[r["predicted"]], 0.15 + 0.85 * p)
-            ax.barh(y, e - s, left=s, height=0.72, color=fill, edgecolor=colours[r["predicted"]],
-                    linewidth=1.2)
+            ax.barh(
+                y, e - s, left=s, height=0.72, color=fill, edgecolor=colours[r["predicted"]], linewidth=1.2
+            )
             if (e - s) > 0.06 * width:
-                ax.text((s + e) / 2, y, f"{_plain(r['predicted'])}\n{100 * p:.0f}%", ha="center", va="center",
-                        fontsize=7.5, color=_text_colour(fill), clip_on=True)
+                ax.text(
+                    (s + e) / 2,
+                    y,
+                    f"{_plain(r['predicted'])}\n{100 * p:.0f}%",
+                    ha="center",
+                    va="center",
+                    fontsize=7.5,
+                    color=_text_colour(fill),
+                    clip_on=True,
+                )
         ax.set_yticks(range(len(speakers)), [_plain(sp) for sp in speakers])
         ax.set_ylim(len(speakers) - 0.45, -0.55)
         ax.set_xlabel("time (s)" if timed else "utterance", fontsize=8)
@@ -92,8 +114,15 @@ def plot_timeline(rows: Sequence[dict], class_names: Sequence[str], path: str | 
         ax.grid(axis="x", alpha=0.3)
         ax.set_axisbelow(True)
     handles = [Patch(facecolor=colours[c], edgecolor=colours[c], label=_plain(c)) for c in class_names]
-    fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 8), frameon=False,
-               title="predicted emotion (colour strength = probability)", fontsize=8, title_fontsize=8)
+    fig.legend(
+        handles=handles,
+        loc="outside upper center",
+        ncol=min(len(handles), 8),
+        frameon=False,
+        title="predicted emotion (colour strength = probability)",
+        fontsize=8,
+        title_fontsize=8,
+    )
     if len(dialogues) > len(shown):
         fig.text(0.01, 0.005, f"{len(dialogues) - len(shown)} more dialogue(s) not shown", fontsize=7)
     path = Path(path)

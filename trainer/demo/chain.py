@@ -48,9 +48,19 @@ def run_demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> P
     runs = {"t": out / "text", "tav": out / "fused"}
     for modalities, run in runs.items():
         click.echo(f"== 3/6 train-dialog: modalities {modalities}, epoch chosen on dev -> {run}", err=True)
-        train_dialog(DialogTrainConfig(features=str(features), out=str(run), modalities=modalities,
-                                       seeds=seeds, epochs=epochs, patience=epochs, batch_size=DEMO_BATCH,
-                                       threads=1, progress=False))
+        train_dialog(
+            DialogTrainConfig(
+                features=str(features),
+                out=str(run),
+                modalities=modalities,
+                seeds=seeds,
+                epochs=epochs,
+                patience=epochs,
+                batch_size=DEMO_BATCH,
+                threads=1,
+                progress=False,
+            )
+        )
     click.echo("== 4/6 report: text only vs text + audio + visual", err=True)
     click.echo(report(list(runs.values()), out / "comparison.md"))
     click.echo("== 5/6 export the fused model", err=True)
@@ -74,16 +84,28 @@ def demo_features(out: Path, cache: Path, workers: int) -> tuple[Path, Path, Pat
     from trainer.demo.corpus import build_fusion_corpus
 
     out = Path(out)
-    click.echo("== 1/6 generate: 216 utterances, 4 emotions; text, audio and face each tell part of it",
-               err=True)
+    click.echo(
+        "== 1/6 generate: 216 utterances, 4 emotions; text, audio and face each tell part of it", err=True
+    )
     corpus = build_fusion_corpus(out / "corpus", DEMO_DIALOGUES, processes=max(1, workers))
     click.echo(f"corpus: {corpus}", err=True)
-    click.echo("== 2/6 fine-tune MiniLM on the train split (dev picks the step), then extract: decode, MTCNN "
-               "faces, embed (audio/face/scene encoders: seeded random weights)", err=True)
+    click.echo(
+        "== 2/6 fine-tune MiniLM on the train split (dev picks the step), then extract: decode, MTCNN "
+        "faces, embed (audio/face/scene encoders: seeded random weights)",
+        err=True,
+    )
     text_model = finetune_demo_text(corpus, out / "fine-tuned-text")
-    result = run_extract(ExtractOptions(dataset="custom", root=corpus, cache=cache, workers=workers,
-                                        encoders="random", text_model=str(text_model),
-                                        media_config=DEMO_MEDIA))
+    result = run_extract(
+        ExtractOptions(
+            dataset="custom",
+            root=corpus,
+            cache=cache,
+            workers=workers,
+            encoders="random",
+            text_model=str(text_model),
+            media_config=DEMO_MEDIA,
+        )
+    )
     click.echo(format_summary(result), err=True)
     return corpus, text_model, Path(result.features)
 
@@ -116,15 +138,25 @@ def predict_conversation(model: Path, corpus: Path, utterances, folder: Path) ->
 
     folder.mkdir(parents=True, exist_ok=True)
     spans = join_clips([corpus / u.clip for u in utterances], folder / "talk.mp4")
-    write_srt(folder / "talk.srt", [Cue(s, e, u.speaker, u.text) for u, (s, e) in
-                                    zip(utterances, spans, strict=True)])
-    result = predict(model, folder / "talk.mp4", folder / "predictions.csv", subtitles=folder / "talk.srt",
-                     plot=folder / "timeline.png")
+    write_srt(
+        folder / "talk.srt",
+        [Cue(s, e, u.speaker, u.text) for u, (s, e) in zip(utterances, spans, strict=True)],
+    )
+    result = predict(
+        model,
+        folder / "talk.mp4",
+        folder / "predictions.csv",
+        subtitles=folder / "talk.srt",
+        plot=folder / "timeline.png",
+    )
     right = 0
     for row, u in zip(result.rows, utterances, strict=True):
         right += row["predicted"] == u.label
         p = row["p_" + row["predicted"]]
-        click.echo(f"  {row['start']:5.1f}-{row['end']:4.1f} s {row['speaker']:<5} {row['text']:<48} "
-                   f"{row['predicted']:<8} {100 * p:3.0f}%  (generated as {u.label})", err=True)
+        click.echo(
+            f"  {row['start']:5.1f}-{row['end']:4.1f} s {row['speaker']:<5} {row['text']:<48} "
+            f"{row['predicted']:<8} {100 * p:3.0f}%  (generated as {u.label})",
+            err=True,
+        )
     click.echo(f"  {right} of {len(utterances)} as generated", err=True)
     return result.out, result.plot

@@ -48,14 +48,26 @@ _OPENERS = {
     "negative": ("Well,", "Honestly,", "You know,", "Okay,", "So,", "Look,"),
 }
 _SENTENCES = {
-    "positive": ("the new place is really nice.", "we finished the project on time.",
-                 "thanks for bringing the coffee.", "the test results came back fine.",
-                 "your sister called, she got the job.", "the weather cleared up for the trip.",
-                 "I found the keys in my coat.", "the kids loved the museum."),
-    "negative": ("they cancelled our holiday.", "the car broke down again.",
-                 "nobody told me about the meeting.", "we lost the deposit on the flat.",
-                 "the dog ate my sandwich.", "my phone fell in the river.",
-                 "they turned down my application.", "the heating is off all week."),
+    "positive": (
+        "the new place is really nice.",
+        "we finished the project on time.",
+        "thanks for bringing the coffee.",
+        "the test results came back fine.",
+        "your sister called, she got the job.",
+        "the weather cleared up for the trip.",
+        "I found the keys in my coat.",
+        "the kids loved the museum.",
+    ),
+    "negative": (
+        "they cancelled our holiday.",
+        "the car broke down again.",
+        "nobody told me about the meeting.",
+        "we lost the deposit on the flat.",
+        "the dog ate my sandwich.",
+        "my phone fell in the river.",
+        "they turned down my application.",
+        "the heating is off all week.",
+    ),
 }
 SPEAKERS = ("Ann", "Ben", "Cara", "Dev", "Eli", "Fay")
 CLIP_SIZE = (160, 120)
@@ -85,8 +97,9 @@ class FusionUtterance:
         return f"clips/{self.dialogue_id}_{self.index}.mp4"
 
 
-def fusion_script(n_dialogues: dict[str, int], utterances_per_dialogue: int = 6,
-                  seed: int = 0) -> list[FusionUtterance]:
+def fusion_script(
+    n_dialogues: dict[str, int], utterances_per_dialogue: int = 6, seed: int = 0
+) -> list[FusionUtterance]:
     """The utterances of the corpus (no files): labels balanced per dialogue, cues jittered.
 
     Parameters
@@ -108,24 +121,50 @@ def fusion_script(n_dialogues: dict[str, int], utterances_per_dialogue: int = 6,
             for i, label in enumerate(seq):
                 valence, arousal, side = FUSION_CUES[label]
                 text = f"{rng.choice(_OPENERS[valence])} {rng.choice(_SENTENCES[valence])}"
-                out.append(FusionUtterance(
-                    split=split, dialogue_id=f"{split}{d:02d}", index=i, speaker=str(speakers[i % 2]),
-                    text=text, label=label, tone_hz=float(rng.uniform(*PITCH_HZ[arousal])),
-                    face_pos=(FACE_X[side] + float(rng.uniform(-0.04, 0.04)), float(rng.uniform(0.42, 0.58))),
-                    face_scale=float(rng.uniform(0.55, 0.65)),
-                    background=tuple(int(x) for x in rng.integers(20, 110, size=3))))
+                out.append(
+                    FusionUtterance(
+                        split=split,
+                        dialogue_id=f"{split}{d:02d}",
+                        index=i,
+                        speaker=str(speakers[i % 2]),
+                        text=text,
+                        label=label,
+                        tone_hz=float(rng.uniform(*PITCH_HZ[arousal])),
+                        face_pos=(
+                            FACE_X[side] + float(rng.uniform(-0.04, 0.04)),
+                            float(rng.uniform(0.42, 0.58)),
+                        ),
+                        face_scale=float(rng.uniform(0.55, 0.65)),
+                        background=tuple(int(x) for x in rng.integers(20, 110, size=3)),
+                    )
+                )
     return out
 
 
 def write_fusion_clip(folder: Path, u: FusionUtterance, seed: int) -> Path:
     """Render one utterance's clip under ``folder``."""
-    return write_clip(folder / u.clip, duration=CLIP_SECONDS, fps=CLIP_FPS, size=CLIP_SIZE,
-                      sample_rate=SAMPLE_RATE, audio_channels=1, tone_hz=u.tone_hz, face_pos=u.face_pos,
-                      face_scale=u.face_scale, background=u.background, seed=seed)
+    return write_clip(
+        folder / u.clip,
+        duration=CLIP_SECONDS,
+        fps=CLIP_FPS,
+        size=CLIP_SIZE,
+        sample_rate=SAMPLE_RATE,
+        audio_channels=1,
+        tone_hz=u.tone_hz,
+        face_pos=u.face_pos,
+        face_scale=u.face_scale,
+        background=u.background,
+        seed=seed,
+    )
 
 
-def build_fusion_corpus(out: str | Path, n_dialogues: dict[str, int] | None = None,
-                        utterances_per_dialogue: int = 6, seed: int = 0, processes: int = 1) -> Path:
+def build_fusion_corpus(
+    out: str | Path,
+    n_dialogues: dict[str, int] | None = None,
+    utterances_per_dialogue: int = 6,
+    seed: int = 0,
+    processes: int = 1,
+) -> Path:
     """Write the corpus (``corpus.csv`` + ``clips/``) into ``out``; return the CSV's path.
 
     Clips already written are kept (a folder holding the complete corpus is left as it is); the others
@@ -160,8 +199,9 @@ def build_fusion_corpus(out: str | Path, n_dialogues: dict[str, int] | None = No
         raise
 
 
-def join_clips(clips: Sequence[str | Path], out: str | Path, sample_rate: int = SAMPLE_RATE
-               ) -> list[tuple[float, float]]:
+def join_clips(
+    clips: Sequence[str | Path], out: str | Path, sample_rate: int = SAMPLE_RATE
+) -> list[tuple[float, float]]:
     """Join clips end to end into one H.264 + AAC mp4 (PyAV); return each clip's (start, end) in it.
 
     Every clip must have the same frame size and rate. Each clip's audio is decoded to mono at
@@ -190,6 +230,13 @@ def join_clips(clips: Sequence[str | Path], out: str | Path, sample_rate: int = 
         wave, _ = decode_audio(clip, sr=sample_rate)
         n = int(round(len(clip_frames) / fps * sample_rate))
         audio.append(np.pad(wave[:n], (0, max(0, n - len(wave)))))
-    encode_media(out, frames=frames.__getitem__, n_frames=len(frames), fps=fps, size=size,
-                 audio=np.concatenate(audio)[None, :].astype(np.float32), sample_rate=sample_rate)
+    encode_media(
+        out,
+        frames=frames.__getitem__,
+        n_frames=len(frames),
+        fps=fps,
+        size=size,
+        audio=np.concatenate(audio)[None, :].astype(np.float32),
+        sample_rate=sample_rate,
+    )
     return spans

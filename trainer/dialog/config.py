@@ -24,8 +24,17 @@ DEFAULT_POSITIONS = "relative"
 DEFAULT_SPEAKERS = "same-other"
 
 #: Options that may differ between a killed run and its resumption.
-RESUME_FREE_KEYS = ("out", "seeds", "device", "threads", "progress", "compile", "epochs", "patience",
-                    "checkpoint_seconds")
+RESUME_FREE_KEYS = (
+    "out",
+    "seeds",
+    "device",
+    "threads",
+    "progress",
+    "compile",
+    "epochs",
+    "patience",
+    "checkpoint_seconds",
+)
 
 
 @dataclass(frozen=True)

@@ -235,8 +235,9 @@ def load_split(
     return split_from_arrays(read_split(path, split), split, class_names, modalities, where=f"{path}/{split}")
 
 
-def split_from_arrays(arrays, split: str, class_names: Sequence[str], modalities: str = "tav",
-                      where: str = "the features") -> DialogSplit:
+def split_from_arrays(
+    arrays, split: str, class_names: Sequence[str], modalities: str = "tav", where: str = "the features"
+) -> DialogSplit:
     """:func:`load_split` of rows already in memory (a :class:`pipeline.store.features.SplitArrays`, e.g. the
     rows ``m2f predict`` just featurized), in the same row order rules."""
     blocks = dialog_blocks(arrays.dialogue_id)

@@ -99,8 +99,16 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
     step_model = compiled_or_eager(model) if t.compile else model
 
     def report_status(state_name: str, **extra) -> None:
-        write_status(run_dir, state_name, epoch=state.epoch, epochs=t.epochs, seed=seed,
-                     best_epoch=state.best_epoch, best_dev_weighted_f1=state.best_f1, **extra)
+        write_status(
+            run_dir,
+            state_name,
+            epoch=state.epoch,
+            epochs=t.epochs,
+            seed=seed,
+            best_epoch=state.best_epoch,
+            best_dev_weighted_f1=state.best_f1,
+            **extra,
+        )
 
     report_status("training")
 
@@ -169,8 +177,7 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
     return json.loads(status_path.read_text())
 
 
-def _diverged_message(run_dir: Path, state: LoopState, saved_epoch: int, train_loss: float,
-                      lr: float) -> str:
+def _diverged_message(run_dir: Path, state: LoopState, saved_epoch: int, train_loss: float, lr: float) -> str:
     what = "training loss" if not math.isfinite(train_loss) else "dev predictions after the epoch"
     kept = [f"best.pt (epoch {state.best_epoch})"] if state.best_epoch else []
     kept += [f"last.pt (epoch {saved_epoch})"] if saved_epoch else []
@@ -178,9 +185,11 @@ def _diverged_message(run_dir: Path, state: LoopState, saved_epoch: int, train_l
         kept_text = " and ".join(kept) + " are from before it, untouched"
     else:
         kept_text = "no checkpoint is written yet"
-    return (f"{run_dir}: epoch {state.epoch + 1}: the {what} is not finite (NaN or inf), the weights "
-            f"diverged; training stopped, {kept_text}. Train into a new --out with a lower --lr "
-            f"(now {lr:g}): the same command would diverge again")
+    return (
+        f"{run_dir}: epoch {state.epoch + 1}: the {what} is not finite (NaN or inf), the weights "
+        f"diverged; training stopped, {kept_text}. Train into a new --out with a lower --lr "
+        f"(now {lr:g}): the same command would diverge again"
+    )
 
 
 def load_splits(resolved: ResolvedConfig) -> dict[str, DialogSplit]:

@@ -192,8 +192,17 @@ class ModalityEncoder(nn.Module):
     layers' parameter names are those of the plain model.
     """
 
-    def __init__(self, dim: int, n_layers: int, heads: int, dropout: float, ff_mult: int,
-                 positions: str = "none", speakers: str = "none", relative_clip: int = 8):
+    def __init__(
+        self,
+        dim: int,
+        n_layers: int,
+        heads: int,
+        dropout: float,
+        ff_mult: int,
+        positions: str = "none",
+        speakers: str = "none",
+        relative_clip: int = 8,
+    ):
         super().__init__()
         self.heads, self.relative_clip = heads, relative_clip
         self.layers = nn.ModuleList(
@@ -221,8 +230,9 @@ class ModalityEncoder(nn.Module):
             masks.append(m.expand(b, self.heads, length, length).reshape(b * self.heads, length, length))
         return masks
 
-    def forward(self, x: torch.Tensor, padding: torch.Tensor,
-                pairs: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, padding: torch.Tensor, pairs: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         if pairs is None:  # the plain model: key padding only
             for layer in self.layers:
                 x = x + layer(x, src_key_padding_mask=padding)
@@ -244,13 +254,19 @@ class AttentionFusionLayer(nn.Module):
         self.project = nn.Linear(query_dim * (1 + len(key_dims)), query_dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, query: torch.Tensor, keys: list[torch.Tensor], padding: torch.Tensor,
-                causal: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        keys: list[torch.Tensor],
+        padding: torch.Tensor,
+        causal: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``causal``: an optional (L, L) bool mask, True where a query may not see a key."""
         parts = [query]
         for attention, key in zip(self.attentions, keys, strict=True):
-            out, _ = attention(query, key, query, key_padding_mask=padding, attn_mask=causal,
-                               need_weights=False)
+            out, _ = attention(
+                query, key, query, key_padding_mask=padding, attn_mask=causal, need_weights=False
+            )
             parts.append(out)
         return self.dropout(self.project(torch.cat(parts, dim=-1)))
 
@@ -273,8 +289,14 @@ class DialogModel(nn.Module):
         self.encoders = nn.ModuleDict(
             {
                 m: ModalityEncoder(
-                    config.dims[m], config.layers.get(m, 1), config.heads, config.dropout, config.ff_mult,
-                    config.positions, config.speakers, config.relative_clip,
+                    config.dims[m],
+                    config.layers.get(m, 1),
+                    config.heads,
+                    config.dropout,
+                    config.ff_mult,
+                    config.positions,
+                    config.speakers,
+                    config.relative_clip,
                 )
                 for m in mods
             }

@@ -101,7 +101,6 @@ def score(split: DialogSplit, probs: np.ndarray) -> dict[str, float]:
     }
 
 
-
 def make_optimizer(
     model: torch.nn.Module, lr: float, weight_decay: float, device: str
 ) -> torch.optim.Optimizer:

@@ -34,7 +34,6 @@ TOY_NOTE = (
 )
 
 
-
 #: Table 2's rows in the paper's order, (modalities, fusion or None), then the subsets it does not report.
 TABLE2_ROWS: tuple[tuple[str, str | None], ...] = (
     ("a", None),
@@ -58,7 +57,6 @@ def input_name(modalities: str, fusion: str | None) -> str:
         return {"t": "text", "a": "audio", "v": "visual"}[modalities] + " only"
     letters = "+".join(_LETTER_NAMES[m] for m in modalities)
     return f"{letters} " + ("concatenated" if fusion == "concat" else "attention fusion")
-
 
 
 def paper_reference(dataset: str, class_map: str, modalities: str, fusion: str) -> dict:

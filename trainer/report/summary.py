@@ -86,8 +86,11 @@ def ensemble_metrics(seed_dirs_done: Sequence[Path], split: str) -> dict | None:
     None with fewer than two seeds, or when their prediction files do not cover the same utterances in
     the same order with the same classes (then no ensemble is meaningful).
     """
-    read = [read_probabilities(d / f"predictions_{split}.csv") for d in seed_dirs_done
-            if (d / f"predictions_{split}.csv").exists()]
+    read = [
+        read_probabilities(d / f"predictions_{split}.csv")
+        for d in seed_dirs_done
+        if (d / f"predictions_{split}.csv").exists()
+    ]
     if len(read) < 2:
         return None
     ids, gold, _, names = read[0]
@@ -171,7 +174,8 @@ def summarize_seed(seed_dir: Path) -> dict:
                 out["warnings"].append(
                     f"{path}: {bad} row(s) with probabilities that are not finite (NaN or inf); their "
                     "predicted class is meaningless and so are this seed's numbers: check the features "
-                    "(m2f train-dialog checks them) and train again")
+                    "(m2f train-dialog checks them) and train again"
+                )
     return out
 
 
@@ -200,8 +204,9 @@ def summarize_run(run_dir: str | Path) -> dict:
         "test": aggregate([s["test"] for s in done if "test" in s], names),
         "dev": aggregate([s["dev"] for s in done if "dev" in s], names),
         # the seed ensemble: the seeds' mean probability per utterance, then its most probable class
-        "ensemble": {split: ensemble_metrics([Path(s["dir"]) for s in done], split)
-                     for split in ("dev", "test")},
+        "ensemble": {
+            split: ensemble_metrics([Path(s["dir"]) for s in done], split) for split in ("dev", "test")
+        },
         "per_seed": seeds,
         "paper": paper_reference(
             config["dataset"], config["class_map"], config["modalities"], config["fusion"]

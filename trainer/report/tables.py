@@ -71,8 +71,10 @@ def render_markdown(summary: dict) -> str:
         ens = summary.get("ensemble") or {}
         if ens.get("test") is not None:
             k = ens["test"]["n_seeds"]
-            lines.append(f"| weighted F1 of the {k}-seed ensemble (mean probability) | "
-                         f"{_pct(ens['test']['weighted_f1'])} | - |")
+            lines.append(
+                f"| weighted F1 of the {k}-seed ensemble (mean probability) | "
+                f"{_pct(ens['test']['weighted_f1'])} | - |"
+            )
             if ens.get("dev") is not None:
                 lines.append(f"| dev weighted F1 of the ensemble | {_pct(ens['dev']['weighted_f1'])} | - |")
         lines += [""] + ([f"Note: {paper['note']}", ""] if "note" in paper else [])
@@ -136,8 +138,10 @@ def table2(summaries: Sequence[dict]) -> str:
         fusion = None if len(s["modalities"]) == 1 else s["fusion"]
         by_key[(s["dataset"], s["modalities"], fusion)] = s
     datasets = list(dict.fromkeys(s["dataset"] for s in summaries))
-    lines = ["| dataset | input | m2f test acc | m2f test wF1 | seeds | paper acc / wF1 | run |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| dataset | input | m2f test acc | m2f test wF1 | seeds | paper acc / wF1 | run |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for ds in datasets:
         for mods, fusion in TABLE2_ROWS:
             run = by_key.get((ds, mods, fusion))
@@ -154,8 +158,12 @@ def table2(summaries: Sequence[dict]) -> str:
                 cells = ["not run", "not run", "0", paper_cell, "-"]
             else:
                 t = run["test"] or {}
-                cells = [_pct(t.get("accuracy"), t.get("accuracy_std")),
-                         _pct(t.get("weighted_f1"), t.get("weighted_f1_std")),
-                         str(len(run["seeds_done"])), paper_cell, run["run_dir"]]
+                cells = [
+                    _pct(t.get("accuracy"), t.get("accuracy_std")),
+                    _pct(t.get("weighted_f1"), t.get("weighted_f1_std")),
+                    str(len(run["seeds_done"])),
+                    paper_cell,
+                    run["run_dir"],
+                ]
             lines.append("| " + " | ".join([ds, input_name(mods, fusion), *cells]) + " |")
     return "\n".join(lines) + "\n"

@@ -44,14 +44,21 @@ def default_label_map(utterances: Sequence[Utterance]) -> dict[str, int]:
     if corpora == {"custom"}:
         labels = sorted({u.label for u in utterances if u.split == "train" and u.label})
         if not labels:
-            raise ValueError("the custom corpus has no labelled train utterance to fine-tune the text model "
-                             "on; add labels to its train split or pass --text-model")
+            raise ValueError(
+                "the custom corpus has no labelled train utterance to fine-tune the text model "
+                "on; add labels to its train split or pass --text-model"
+            )
         return {c: i for i, c in enumerate(labels)}
     raise ValueError(f"no default label map for corpora {sorted(corpora)}; pass label_map={{label: index}}")
 
 
-def build_examples(utterances: Sequence[Utterance], tokenizer, max_length: int,
-                   label_map: Mapping[str, int], context: str = "full") -> dict[str, Examples]:
+def build_examples(
+    utterances: Sequence[Utterance],
+    tokenizer,
+    max_length: int,
+    label_map: Mapping[str, int],
+    context: str = "full",
+) -> dict[str, Examples]:
     """Context inputs per split for the utterances whose label is in ``label_map``.
 
     Every utterance (labelled or not) serves as context for its neighbours; only mapped labels
@@ -82,7 +89,7 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
     chunk = batch_size * 50
     batches: list[list[int]] = []
     for start in range(0, len(order), chunk):
-        part = sorted(order[start:start + chunk], key=lambda i: lengths[i])
-        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+        part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
     rng.shuffle(batches)
     return batches

@@ -88,8 +88,9 @@ class FrozenBottomCache:
     evaluation.
     """
 
-    def __init__(self, model, examples: Examples, n_layers: int, pad_id: int, device, batch_size: int = 64,
-                 dtype=None) -> None:
+    def __init__(
+        self, model, examples: Examples, n_layers: int, pad_id: int, device, batch_size: int = 64, dtype=None
+    ) -> None:
         import torch
 
         self.n_layers = n_layers
@@ -99,10 +100,11 @@ class FrozenBottomCache:
         model.eval()
         for batch in length_sorted_batches([len(x) for x in examples.ids], batch_size):
             ids, mask = pad_batch([examples.ids[i] for i in batch], pad_id)
-            hidden = bottom_states(model, torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device),
-                                   n_layers)
+            hidden = bottom_states(
+                model, torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), n_layers
+            )
             for row, i in enumerate(batch):
-                self.states[i] = hidden[row, :len(examples.ids[i])].to(dtype).cpu()
+                self.states[i] = hidden[row, : len(examples.ids[i])].to(dtype).cpu()
         model.train(was_training)
 
     def batch(self, index: Sequence[int], device):
@@ -114,8 +116,8 @@ class FrozenBottomCache:
         hidden = torch.zeros((len(seqs), width, seqs[0].shape[1]), dtype=torch.float32)
         mask = torch.zeros((len(seqs), width), dtype=torch.int64)
         for row, x in enumerate(seqs):
-            hidden[row, :len(x)] = x.float()
-            mask[row, :len(x)] = 1
+            hidden[row, : len(x)] = x.float()
+            mask[row, : len(x)] = 1
         return hidden.to(device), mask.to(device)
 
     @property
@@ -124,8 +126,16 @@ class FrozenBottomCache:
         return sum(x.numel() * x.element_size() for x in self.states)
 
 
-def predict(model, examples: Examples, batch_size: int, pad_id: int, device,
-            cache: FrozenBottomCache | None = None, pooling: str = "cls", layout=None) -> np.ndarray:
+def predict(
+    model,
+    examples: Examples,
+    batch_size: int,
+    pad_id: int,
+    device,
+    cache: FrozenBottomCache | None = None,
+    pooling: str = "cls",
+    layout=None,
+) -> np.ndarray:
     """Class logits ``(N, C)`` float32 for ``examples`` (length-sorted batches, inference mode).
 
     With ``cache`` (the examples' frozen-bottom states) only the upper layers and the head run.

@@ -82,14 +82,29 @@ from pipeline.text.finetune.state import (
 log = logging.getLogger(__name__)
 
 
-def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, base_model: str | None = None,
-                  device: str = "cpu", label_map: Mapping[str, int] | None = None,
-                  max_length: int | None = None, epochs: int | None = None, batch_size: int = 32,
-                  lr: float | None = None, freeze_layers: int | None = None,
-                  freeze_embeddings: bool = True, max_minutes: float | None = None, seed: int = 0,
-                  evals_per_epoch: int = 2, limit_train: int | None = None,
-                  eval_test: bool = True, threads: int | None = None, cache_frozen: bool = True,
-                  head_lr_mult: float = 10.0, pooling: str | None = None, context: str = "full") -> Path:
+def _finetune_text(
+    utterances: Sequence[Utterance],
+    out_dir: str | os.PathLike,
+    base_model: str | None = None,
+    device: str = "cpu",
+    label_map: Mapping[str, int] | None = None,
+    max_length: int | None = None,
+    epochs: int | None = None,
+    batch_size: int = 32,
+    lr: float | None = None,
+    freeze_layers: int | None = None,
+    freeze_embeddings: bool = True,
+    max_minutes: float | None = None,
+    seed: int = 0,
+    evals_per_epoch: int = 2,
+    limit_train: int | None = None,
+    eval_test: bool = True,
+    threads: int | None = None,
+    cache_frozen: bool = True,
+    head_lr_mult: float = 10.0,
+    pooling: str | None = None,
+    context: str = "full",
+) -> Path:
     """Fine-tune a text model for utterance emotion classification with context; return its folder.
 
     Parameters
@@ -176,11 +191,24 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
     source, _ = resolve_model_source(base_model)
     label_map = dict(label_map) if label_map is not None else default_label_map(utterances)
     n_classes = max(label_map.values()) + 1
-    cfg = FinetuneConfig(base_model=source, max_length=max_length, epochs=epochs, batch_size=batch_size,
-                         lr=lr, freeze_layers=freeze_layers, freeze_embeddings=freeze_embeddings,
-                         cache_frozen=cache_frozen, head_lr_mult=head_lr_mult, pooling=pooling,
-                         context=context, max_minutes=max_minutes, seed=seed, device=device,
-                         evals_per_epoch=evals_per_epoch, label_map=label_map)
+    cfg = FinetuneConfig(
+        base_model=source,
+        max_length=max_length,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        freeze_layers=freeze_layers,
+        freeze_embeddings=freeze_embeddings,
+        cache_frozen=cache_frozen,
+        head_lr_mult=head_lr_mult,
+        pooling=pooling,
+        context=context,
+        max_minutes=max_minutes,
+        seed=seed,
+        device=device,
+        evals_per_epoch=evals_per_epoch,
+        label_map=label_map,
+    )
 
     torch.manual_seed(seed)
     tokenizer, model = load_text_model(source, for_classification=n_classes)
@@ -198,14 +226,18 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
     examples = build_examples(utterances, tokenizer, cfg.max_length, label_map, cfg.context)
     for split in ("train", "dev"):
         if split not in examples or len(examples[split]) == 0:
-            raise ValueError(f"no labelled {split} utterances among {len(utterances)} (labels in "
-                             f"{sorted(label_map)}); fine-tuning needs train and dev splits")
+            raise ValueError(
+                f"no labelled {split} utterances among {len(utterances)} (labels in "
+                f"{sorted(label_map)}); fine-tuning needs train and dev splits"
+            )
     train = examples["train"]
     if limit_train is not None:
         train = Examples(train.ids[:limit_train], train.labels[:limit_train], train.utt_ids[:limit_train])
     lengths = [len(x) for x in train.ids]
-    log.info(f"{len(train)} train / {len(examples['dev'])} dev inputs, mean {np.mean(lengths):.1f} tokens "
-             f"(max {cfg.max_length}); contexts built in {time.time() - t0:.1f}s")
+    log.info(
+        f"{len(train)} train / {len(examples['dev'])} dev inputs, mean {np.mean(lengths):.1f} tokens "
+        f"(max {cfg.max_length}); contexts built in {time.time() - t0:.1f}s"
+    )
 
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
@@ -213,38 +245,56 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: linear_warmup_decay(s, warmup, total_steps))
-    eval_points = {min(steps_per_epoch, round(steps_per_epoch * (k + 1) / cfg.evals_per_epoch))
-                   for k in range(cfg.evals_per_epoch)}
+        optimizer, lambda s: linear_warmup_decay(s, warmup, total_steps)
+    )
+    eval_points = {
+        min(steps_per_epoch, round(steps_per_epoch * (k + 1) / cfg.evals_per_epoch))
+        for k in range(cfg.evals_per_epoch)
+    }
 
     resume_dir = out_dir / "resume"
     state_path = resume_dir / "state.pt"
     best_dir = out_dir / "resume" / "best"
-    progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "elapsed_s": 0.0, "best_dev_wf1": -1.0,
-                "best_step": None, "history": [], "stopped_early": False}
+    progress = {
+        "epoch": 0,
+        "step_in_epoch": 0,
+        "global_step": 0,
+        "elapsed_s": 0.0,
+        "best_dev_wf1": -1.0,
+        "best_step": None,
+        "history": [],
+        "stopped_early": False,
+    }
     if state_path.exists():
         # on the CPU: torch.set_rng_state takes a CPU ByteTensor; load_state_dict moves the rest to the model
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         if state["config_json"] != _resume_key(cfg):
-            raise ValueError(f"{state_path} was written with a different configuration; remove {resume_dir} "
-                             f"to start over or call with the same settings to resume")
+            raise ValueError(
+                f"{state_path} was written with a different configuration; remove {resume_dir} "
+                f"to start over or call with the same settings to resume"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         restore_rng_states(state, dev_t.type)
         progress = json.loads(state["progress"])
         progress["stopped_early"] = False  # a new call brings a new budget
-        log.info(f"resuming at epoch {progress['epoch']} step {progress['step_in_epoch']} "
-                 f"(best dev wF1 so far {progress['best_dev_wf1']:.4f})")
+        log.info(
+            f"resuming at epoch {progress['epoch']} step {progress['step_in_epoch']} "
+            f"(best dev wF1 so far {progress['best_dev_wf1']:.4f})"
+        )
 
     train_cache = dev_cache = None
     if cfg.freeze_layers > 0 and cfg.cache_frozen:
         t = time.time()
         train_cache = FrozenBottomCache(model, train, cfg.freeze_layers, pad_id, dev_t, cfg.eval_batch_size)
-        dev_cache = FrozenBottomCache(model, examples["dev"], cfg.freeze_layers, pad_id, dev_t,
-                                      cfg.eval_batch_size)
-        log.info(f"frozen embeddings + {cfg.freeze_layers} layers run once: "
-                 f"{(train_cache.nbytes + dev_cache.nbytes) / 1e6:.0f} MB in {time.time() - t:.0f}s")
+        dev_cache = FrozenBottomCache(
+            model, examples["dev"], cfg.freeze_layers, pad_id, dev_t, cfg.eval_batch_size
+        )
+        log.info(
+            f"frozen embeddings + {cfg.freeze_layers} layers run once: "
+            f"{(train_cache.nbytes + dev_cache.nbytes) / 1e6:.0f} MB in {time.time() - t:.0f}s"
+        )
 
     use_amp = cfg.amp and dev_t.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
@@ -255,30 +305,48 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
     def save_state() -> None:
         progress["elapsed_s"] = time.time() - run_start
         resume_dir.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), **rng_states(dev_t.type),
-                           "progress": json.dumps(progress),
-                           "config_json": _resume_key(cfg)},
-                          state_path)
+        atomic_torch_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                **rng_states(dev_t.type),
+                "progress": json.dumps(progress),
+                "config_json": _resume_key(cfg),
+            },
+            state_path,
+        )
 
     def evaluate_dev() -> None:
         t = time.time()
-        logits = predict(model, examples["dev"], cfg.eval_batch_size, pad_id, dev_t, dev_cache, cfg.pooling,
-                         layout)
+        logits = predict(
+            model, examples["dev"], cfg.eval_batch_size, pad_id, dev_t, dev_cache, cfg.pooling, layout
+        )
         pred = logits.argmax(1)
         wf1 = weighted_f1(examples["dev"].labels, pred, n_classes)
         acc = float((pred == examples["dev"].labels).mean())
-        entry = {"epoch": progress["epoch"], "step": progress["global_step"], "dev_weighted_f1": wf1,
-                 "dev_accuracy": acc, "train_loss": progress.get("running_loss"),
-                 "elapsed_s": round(time.time() - run_start, 1)}
+        entry = {
+            "epoch": progress["epoch"],
+            "step": progress["global_step"],
+            "dev_weighted_f1": wf1,
+            "dev_accuracy": acc,
+            "train_loss": progress.get("running_loss"),
+            "elapsed_s": round(time.time() - run_start, 1),
+        }
         progress["history"].append(entry)
-        log.info(f"epoch {progress['epoch']} step {progress['global_step']}: dev wF1 {wf1:.4f} acc {acc:.4f} "
-                 f"(eval {time.time() - t:.0f}s, {entry['elapsed_s']:.0f}s in)")
+        log.info(
+            f"epoch {progress['epoch']} step {progress['global_step']}: dev wF1 {wf1:.4f} acc {acc:.4f} "
+            f"(eval {time.time() - t:.0f}s, {entry['elapsed_s']:.0f}s in)"
+        )
         if wf1 > progress["best_dev_wf1"]:
             progress["best_dev_wf1"] = wf1
             progress["best_step"] = progress["global_step"]
-            _save_model_folder(model, tokenizer, best_dir, {"config": dataclasses.asdict(cfg),
-                                                            "dev_weighted_f1": wf1, "step": entry["step"]})
+            _save_model_folder(
+                model,
+                tokenizer,
+                best_dir,
+                {"config": dataclasses.asdict(cfg), "dev_weighted_f1": wf1, "step": entry["step"]},
+            )
         model.train()
 
     model.train()
@@ -296,8 +364,13 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
                     logits = top_logits(model, hidden, mask_t, cfg.freeze_layers, cfg.pooling, pmask)
                 else:
                     ids, mask = pad_batch([train.ids[i] for i in batch], pad_id)
-                    logits = full_logits(model, torch.from_numpy(ids).to(dev_t),
-                                         torch.from_numpy(mask).to(dev_t), cfg.pooling, pmask)
+                    logits = full_logits(
+                        model,
+                        torch.from_numpy(ids).to(dev_t),
+                        torch.from_numpy(mask).to(dev_t),
+                        cfg.pooling,
+                        pmask,
+                    )
             loss = loss_fn(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -312,8 +385,10 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
             progress["running_loss"] = float(np.mean(losses[-50:]))
             over_budget = budget_s is not None and time.time() - run_start > budget_s
             if progress["global_step"] % 25 == 0:
-                log.info(f"epoch {progress['epoch']} step {progress['step_in_epoch']}/{len(batches)} "
-                         f"loss {progress['running_loss']:.4f} ({time.time() - run_start:.0f}s)")
+                log.info(
+                    f"epoch {progress['epoch']} step {progress['step_in_epoch']}/{len(batches)} "
+                    f"loss {progress['running_loss']:.4f} ({time.time() - run_start:.0f}s)"
+                )
             if progress["step_in_epoch"] in eval_points or over_budget:
                 evaluate_dev()
                 if over_budget:
@@ -330,8 +405,20 @@ def _finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, 
             save_state()
 
     train_s = time.time() - run_start
-    return _finish(out_dir, best_dir, cfg, progress, examples, train_s, eval_test, pad_id, n_classes,
-                   len(train), float(np.mean(lengths)), layout)
+    return _finish(
+        out_dir,
+        best_dir,
+        cfg,
+        progress,
+        examples,
+        train_s,
+        eval_test,
+        pad_id,
+        n_classes,
+        len(train),
+        float(np.mean(lengths)),
+        layout,
+    )
 
 
 @functools.wraps(_finetune_text)
@@ -342,30 +429,50 @@ def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, *
         return _finetune_text(utterances, out_dir, *args, **kwargs)
 
 
-def _finish(out_dir: Path, best_dir: Path, cfg: FinetuneConfig, progress: dict, examples: dict[str, Examples],
-            train_s: float, eval_test: bool, pad_id: int, n_classes: int, n_train: int,
-            mean_tokens: float, layout) -> Path:
+def _finish(
+    out_dir: Path,
+    best_dir: Path,
+    cfg: FinetuneConfig,
+    progress: dict,
+    examples: dict[str, Examples],
+    train_s: float,
+    eval_test: bool,
+    pad_id: int,
+    n_classes: int,
+    n_train: int,
+    mean_tokens: float,
+    layout,
+) -> Path:
     """Copy the selected checkpoint into ``out_dir``, evaluate test if asked, write ``m2f_text.json``."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    meta = {"config": dataclasses.asdict(cfg), "history": progress["history"],
-            "dev_weighted_f1": progress["best_dev_wf1"], "selected_step": progress["best_step"],
-            "stopped_early": progress["stopped_early"], "train_seconds": round(train_s, 1),
-            "n_train": n_train, "mean_train_tokens": round(mean_tokens, 1),
-            "pooling_for_embeddings": cfg.pooling,
-            "selection": "dev weighted F1 (test never used for selection)"}
+    meta = {
+        "config": dataclasses.asdict(cfg),
+        "history": progress["history"],
+        "dev_weighted_f1": progress["best_dev_wf1"],
+        "selected_step": progress["best_step"],
+        "stopped_early": progress["stopped_early"],
+        "train_seconds": round(train_s, 1),
+        "n_train": n_train,
+        "mean_train_tokens": round(mean_tokens, 1),
+        "pooling_for_embeddings": cfg.pooling,
+        "selection": "dev weighted F1 (test never used for selection)",
+    }
     if eval_test and "test" in examples and len(examples["test"]):
         device = torch.device(cfg.device)
         model = AutoModelForSequenceClassification.from_pretrained(best_dir, trust_remote_code=False)
         model = model.to(device)
         t = time.time()
-        pred = predict(model, examples["test"], cfg.eval_batch_size, pad_id, device,
-                       pooling=cfg.pooling, layout=layout).argmax(1)
+        pred = predict(
+            model, examples["test"], cfg.eval_batch_size, pad_id, device, pooling=cfg.pooling, layout=layout
+        ).argmax(1)
         meta["test_weighted_f1"] = weighted_f1(examples["test"].labels, pred, n_classes)
         meta["test_accuracy"] = float((pred == examples["test"].labels).mean())
-        log.info(f"selected model: test wF1 {meta['test_weighted_f1']:.4f} acc {meta['test_accuracy']:.4f} "
-                 f"({time.time() - t:.0f}s)")
+        log.info(
+            f"selected model: test wF1 {meta['test_weighted_f1']:.4f} acc {meta['test_accuracy']:.4f} "
+            f"({time.time() - t:.0f}s)"
+        )
     for p in best_dir.iterdir():
         if p.name == META_FILE:
             continue

@@ -27,8 +27,12 @@ def _save_model_folder(model, tokenizer, folder: Path, meta: dict) -> None:
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     name = glob.escape(folder.name)
-    for stale in [*folder.parent.glob(f".{name}.*.tmp"), *folder.parent.glob(f".{name}.*.old"),
-                  folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")]:
+    for stale in [
+        *folder.parent.glob(f".{name}.*.tmp"),
+        *folder.parent.glob(f".{name}.*.old"),
+        folder.with_name(folder.name + ".tmp"),
+        folder.with_name(folder.name + ".old"),
+    ]:
         _remove(stale)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
