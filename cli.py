@@ -166,7 +166,7 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
     "--text-base",
     default=None,
     help="Hub id (e.g. roberta-large, the paper's) or local folder of a RoBERTa/BERT-family model, "
-    "fine-tuned with dialog context on the train split (dev selects; cached per base) and "
+    "fine-tuned with dialogue context on the train split (dev selects; cached per base) and "
     "embedded by its first token. Default: the shipped all-MiniLM-L6-v2 (CPU recipe: top "
     "four layers, target-token pooling).",
 )
@@ -476,7 +476,7 @@ def _train_text_model(
 # --- end train-encoders ---
 
 
-# --- train-dialog (trainer/dialog/config.py, trainer/dialog/fit.py) ----------------------------------------
+# --- train-dialog (trainer/dialogue/config.py, trainer/dialogue/fit.py) ---------------------------------
 @main.command("train-dialog")
 @click.option(
     "--features", type=click.Path(path_type=Path), required=True, help="A features.h5 (m2f extract)."
@@ -508,12 +508,12 @@ def _train_text_model(
 @click.option("--lr", type=float, default=5e-4, help="AdamW learning rate.")
 @click.option("--weight-decay", type=float, default=5e-4, help="AdamW weight decay.")
 @click.option("--dropout", type=float, default=0.4)
-@click.option("--batch-size", type=int, default=16, help="Dialogs per batch.")
+@click.option("--batch-size", type=int, default=16, help="Dialogues per batch.")
 @click.option(
     "--bucket",
     type=int,
     default=50,
-    help="Batch dialogs of similar length: sort inside windows of BUCKET batches (0 = off).",
+    help="Batch dialogues of similar length: sort inside windows of BUCKET batches (0 = off).",
 )
 @click.option("--heads", type=int, default=4, help="Attention heads (must divide D_T, D_A, D_V).")
 @click.option(
@@ -560,7 +560,7 @@ def _train_text_model(
     default=60.0,
     help="Write the resume checkpoint (last.pt) at most this often; 0 = every epoch.",
 )
-def train_dialog_cmd(
+def train_dialogue_cmd(
     features: Path,
     out: Path,
     modalities: str,
@@ -589,16 +589,16 @@ def train_dialog_cmd(
     bucket: int,
     checkpoint_seconds: float,
 ) -> None:
-    """Train the dialog-level M2FNet on a features.h5.
+    """Train the dialogue-level M2FNet on a features.h5.
 
     Writes RUN_DIR/seed<k>/ (config, environment, label map, metrics.jsonl, best.pt, predictions);
     the epoch is chosen on dev weighted F1, never on test. Rerun the same command to resume.
     """
-    from trainer.dialog.config import DialogTrainConfig
-    from trainer.dialog.fit import train_dialog
+    from trainer.dialogue.config import DialogueTrainConfig
+    from trainer.dialogue.fit import train_dialogue
 
     letters = modality_letters(_modalities(modalities))  # fit takes the letters form
-    config = DialogTrainConfig(
+    config = DialogueTrainConfig(
         features=str(features),
         out=str(out),
         modalities=letters,
@@ -627,7 +627,7 @@ def train_dialog_cmd(
         **{k: v for k, v in (("positions", positions), ("speakers", speakers)) if v is not None},
     )
     try:
-        dirs = train_dialog(config)
+        dirs = train_dialogue(config)
     except (FileNotFoundError, ValueError) as e:
         raise one_line(e) from e
     except KeyboardInterrupt:
@@ -676,7 +676,7 @@ def report_cmd(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
 @click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"), help="Cache root folder.")
 @click.option("--workers", type=int, default=2, help="Local dask worker processes.")
 @click.option("--seeds", type=int, default=2, help="Training repeats (mean ± std in the report).")
-@click.option("--epochs", type=int, default=25, help="Dialog-model epochs per seed.")
+@click.option("--epochs", type=int, default=25, help="Dialogue-model epochs per seed.")
 def demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> None:
     """Generate a corpus, train text-only and fused, predict.
 
@@ -714,7 +714,7 @@ def export_cmd(
 ) -> None:
     """Write a trained run as a self-contained model folder.
 
-    OUT gets the dialog model, encoders and text model as safetensors, the label map, the media and
+    OUT gets the dialogue model, encoders and text model as safetensors, the label map, the media and
     feature settings, checksums.json and a model card (README.md); `m2f predict --model OUT` uses it.
     """
     from trainer.apply.export import ModelFolderError, export_model

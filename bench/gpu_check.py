@@ -215,10 +215,10 @@ def main() -> None:
         SMOKE_LIMIT_S if smoke else 120,
     )
     save()
-    # 2. dialog training throughput
+    # 2. dialogue training throughput
     tt = [py, "bench/train_throughput.py", "--device", device]
     if smoke:
-        tt += ["--cpu-batches", "2", "--max-dialogs", "40"]
+        tt += ["--cpu-batches", "2", "--max-dialogues", "40"]
     steps["train_throughput"] = run_step(tt, SMOKE_LIMIT_S if smoke else 60, parse="stdout")
     save()
     if smoke:

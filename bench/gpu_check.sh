@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check (issue 10): pytest -m gpu, dialog and encoder training throughput, extract on a
+# The prepared GPU check (issue 10): pytest -m gpu, dialogue and encoder training throughput, extract on a
 # generated 720p MELD-shaped corpus; ONE JSON file of results in OUT_DIR (OUT_DIR/gpu_check.json).
 # Within 8 minutes on one H100 (each step has its own limit; see bench/gpu_check.py).
 #

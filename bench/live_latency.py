@@ -1,7 +1,7 @@
 """Live latency: from an utterance's end to its prediction, warm, on this machine; prints one JSON object.
 
 Models: the sample corpus extracted with seeded random encoders and a copy of the shipped MiniLM marked
-as fine-tuned with the past-only context (``m2f_text.json``), then a causal dialog model per input
+as fine-tuned with the past-only context (``m2f_text.json``), then a causal dialogue model per input
 (text; text + audio; text + audio + visual) trained for one epoch and exported into ``--workdir``.
 Latency depends on the architecture (MiniLM, ResNet18 encoders, 15 frames, MTCNN), not on the weights.
 
@@ -55,7 +55,7 @@ def build_models(workdir: Path) -> dict[str, Path]:
     from pipeline.extract import ExtractOptions, run_extract
     from pipeline.text.embedder import DEFAULT_TEXT_MODEL
     from trainer.apply.export import export_model
-    from trainer.dialog.fit import DialogTrainConfig, train_dialog
+    from trainer.dialogue.fit import DialogueTrainConfig, train_dialogue
 
     out = {name: workdir / f"model-{letters}" for name, letters in INPUTS.items()}
     if all((m / "checksums.json").exists() for m in out.values()):
@@ -79,8 +79,8 @@ def build_models(workdir: Path) -> dict[str, Path]:
     for name, letters in INPUTS.items():
         run = workdir / f"run-{letters}"
         if not (run / "seed0" / "status.json").exists():
-            train_dialog(
-                DialogTrainConfig(
+            train_dialogue(
+                DialogueTrainConfig(
                     features=str(result.features),
                     out=str(run),
                     modalities=letters,

@@ -457,7 +457,7 @@ def summarize(base: dict | None, runs: Sequence[dict], wall: dict) -> dict:
         "test_accuracy": _mean_std([r["test_accuracy"]["mean"] for r in reps]),
         "spread_over": "text fine-tune seeds (each value the mean of its dialogue-model seeds)",
         "finetune_seeds": [f["seed"] for f in fts],
-        "dialog_seeds_per_finetune": [r["seeds"] for r in reps],
+        "dialogue_seeds_per_finetune": [r["seeds"] for r in reps],
         "ensemble": ensemble_of_runs(runs),
         "baseline": None
         if base is None

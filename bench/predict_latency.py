@@ -3,14 +3,14 @@
 The conversation is 20 clips of the bundled sample corpus joined end to end into one video
 (:func:`trainer.demo.corpus.join_clips`) with an SRT of their speakers and texts. The model is
 ``--model DIR`` (e.g. the demo's ``runs/sample/model``) or, by default, one built once into
-``--workdir``: the sample extracted with seeded random encoders and the shipped MiniLM, a dialog
+``--workdir``: the sample extracted with seeded random encoders and the shipped MiniLM, a dialogue
 model trained for two epochs, exported. Latency does not depend on the weights, only on the
 architecture, which is the default one (15 frames per utterance, ResNet18 encoders, MiniLM).
 
 Each repeat runs the command as a user does, ``m2f predict --model DIR talk.mp4 --subtitles talk.srt``
 in a fresh process; the first repeat is cold (files not in the page cache yet), the others warm. The
 JSON holds every repeat's wall time and the breakdown measured inside ``predict`` (model load with
-checksum verification, extraction with its worker start, dialog-model inference). ``in_process_runs``
+checksum verification, extraction with its worker start, dialogue-model inference). ``in_process_runs``
 then calls ``predict`` repeatedly in one process with the folder loaded once, as a service would.
 
 Usage::
@@ -38,7 +38,7 @@ def build_model(workdir: Path) -> Path:
     from pipeline.text.embedder import DEFAULT_TEXT_MODEL
     from trainer.apply.export import export_model
     from trainer.apply.predict import ExtractOptions, run_extract
-    from trainer.dialog.fit import DialogTrainConfig, train_dialog
+    from trainer.dialogue.fit import DialogueTrainConfig, train_dialogue
 
     model = workdir / "model"
     if (model / "checksums.json").exists():
@@ -52,8 +52,8 @@ def build_model(workdir: Path) -> Path:
             text_model=DEFAULT_TEXT_MODEL,
         )
     )
-    train_dialog(
-        DialogTrainConfig(features=str(result.features), out=str(workdir / "run"), epochs=2, progress=False)
+    train_dialogue(
+        DialogueTrainConfig(features=str(result.features), out=str(workdir / "run"), epochs=2, progress=False)
     )
     return export_model(workdir / "run", model, overwrite=True)
 

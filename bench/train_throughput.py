@@ -1,9 +1,9 @@
-"""Dialog-training throughput on a MELD-shaped generated cache; prints one JSON object.
+"""Dialogue-training throughput on a MELD-shaped generated cache; prints one JSON object.
 
 The cache has MELD's real dialogue lengths (parsed from ``../shared/data/meld/*_sent_emo.csv`` with
 the csv module; a synthetic length distribution with a note when they are absent), D_T 1024,
 D_A 300, D_V 600, and is trained with N = 1, m = 5 through the trainer's own code path
-(:func:`trainer.dialog.steps.train_epoch`, :func:`trainer.dialog.steps.predict_probs`). It reports:
+(:func:`trainer.dialogue.steps.train_epoch`, :func:`trainer.dialogue.steps.predict_probs`). It reports:
 
 * ``train_utt_per_s``: utterances per second of training steps (forward, backward, AdamW);
 * ``model_flops_per_utt``: FLOPs of one training step per real utterance, counted with
@@ -37,10 +37,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.testing.features_h5 import random_rows, write_features
-from trainer.dialog.config import resolve_device
-from trainer.dialog.data import MELD_CLASSES, batch_order, load_split
-from trainer.dialog.model import DialogModel, DialogModelConfig
-from trainer.dialog.steps import (
+from trainer.dialogue.config import resolve_device
+from trainer.dialogue.data import MELD_CLASSES, batch_order, load_split
+from trainer.dialogue.model import DialogueModel, DialogueModelConfig
+from trainer.dialogue.steps import (
     autocast_for,
     compile_missing,
     compiled_or_eager,
@@ -54,7 +54,7 @@ MELD_FILES = {"train": "train_sent_emo.csv", "dev": "dev_sent_emo.csv", "test": 
 DEFAULT_MELD_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "meld"
 
 
-def meld_dialog_lengths(meld_dir: Path) -> tuple[dict[str, list[int]], str]:
+def meld_dialogue_lengths(meld_dir: Path) -> tuple[dict[str, list[int]], str]:
     """Utterances per dialogue of each MELD split, from the annotation CSVs, or a synthetic stand-in."""
     if all((meld_dir / name).is_file() for name in MELD_FILES.values()):
         lengths = {}
@@ -114,27 +114,27 @@ def run(
     cpu_batches: int,
     epochs: int,
     bucket: int,
-    max_dialogs: int | None = None,
+    max_dialogues: int | None = None,
 ) -> dict:
-    lengths, lengths_note = meld_dialog_lengths(meld_dir)
-    if max_dialogs:  # a smoke run (bench/gpu_check.py --cpu-smoke): the first dialogues of each split
-        lengths = {s: v[:max_dialogs] for s, v in lengths.items()}
-        lengths_note += f"; first {max_dialogs} dialogues per split"
+    lengths, lengths_note = meld_dialogue_lengths(meld_dir)
+    if max_dialogues:  # a smoke run (bench/gpu_check.py --cpu-smoke): the first dialogues of each split
+        lengths = {s: v[:max_dialogues] for s, v in lengths.items()}
+        lengths_note += f"; first {max_dialogues} dialogues per split"
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         path = write_features(Path(tmp) / "features.h5", "meld", lengths, random_rows(DIMS, MELD_CLASSES))
         splits = {s: load_split(path, s, MELD_CLASSES).to(device) for s in ("train", "dev")}
         prepare_s = time.perf_counter() - started
     torch.manual_seed(0)
-    config = DialogModelConfig(dims=DIMS, n_classes=7, layers={"t": 1, "a": 1, "v": 1}, fusion_layers=5)
-    model = DialogModel(config).to(device)
+    config = DialogueModelConfig(dims=DIMS, n_classes=7, layers={"t": 1, "a": 1, "v": 1}, fusion_layers=5)
+    model = DialogueModel(config).to(device)
     optimizer = make_optimizer(model, 5e-4, 5e-4, device)
     compile_note = compile_missing() if compile_model else None
     step_model = compiled_or_eager(model) if compile_model else model
     train = splits["train"]
     batches = None if device == "cuda" else cpu_batches
     seed_order = torch.Generator().manual_seed(0)
-    order = batch_order(train.n_dialogs, batch_size, seed_order, train.lengths if bucket else None, bucket)
+    order = batch_order(train.n_dialogues, batch_size, seed_order, train.lengths if bucket else None, bucket)
     order = order[:batches]
     timed_utts = int(sum(train.lengths[i.numpy()].sum() for i in order))
     executed = int(
@@ -187,10 +187,10 @@ def run(
         "N": 1,
         "m": 5,
         "heads": config.heads,
-        "batch_size_dialogs": batch_size,
+        "batch_size_dialogues": batch_size,
         "lengths": lengths_note,
         "train_utterances": int(train.lengths.sum()),
-        "train_dialogs": train.n_dialogs,
+        "train_dialogues": train.n_dialogues,
         "dev_utterances": int(splits["dev"].lengths.sum()),
         "bucket": bucket,
         "padding_overhead": executed / timed_utts,
@@ -215,12 +215,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--meld-dir", type=Path, default=DEFAULT_MELD_DIR)
-    parser.add_argument("--batch-size", type=int, default=16, help="dialogs per batch")
+    parser.add_argument("--batch-size", type=int, default=16, help="dialogues per batch")
     parser.add_argument("--cpu-batches", type=int, default=12, help="batches timed on CPU")
     parser.add_argument("--epochs", type=int, default=3, help="epochs timed on CUDA")
     parser.add_argument("--bucket", type=int, default=50, help="length bucketing window (0 = off)")
     parser.add_argument(
-        "--max-dialogs",
+        "--max-dialogues",
         type=int,
         default=None,
         help="first N dialogues per split only (smoke runs; projections then mean nothing)",
@@ -234,7 +234,7 @@ def main() -> None:
         args.cpu_batches,
         args.epochs,
         args.bucket,
-        args.max_dialogs,
+        args.max_dialogues,
     )
     print(json.dumps(result, indent=2))
 

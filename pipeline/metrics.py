@@ -1,4 +1,4 @@
-"""Metrics shared by the encoder probe, text fine-tuning and the dialog trainer (one definition)."""
+"""Metrics shared by the encoder probe, text fine-tuning and the dialogue trainer (one definition)."""
 
 from __future__ import annotations
 

@@ -59,14 +59,14 @@ LIVE_SMALL = {
 @pytest.fixture(scope="session")
 def live_models(tmp_path_factory, tiny_roberta):
     """The sample corpus extracted (random encoders, a tiny text model marked as fine-tuned with the
-    past-only context), a causal and a bidirectional dialog model trained on it, each exported:
+    past-only context), a causal and a bidirectional dialogue model trained on it, each exported:
     ``(root, {"causal": folder, "bidirectional": folder})`` (tests/trainer/test_live.py, test_serve)."""
     import json
     import shutil
 
     from pipeline.extract import ExtractOptions, run_extract
     from trainer.apply.export import export_model
-    from trainer.dialog.fit import DialogTrainConfig, train_dialog
+    from trainer.dialogue.fit import DialogueTrainConfig, train_dialogue
 
     root = tmp_path_factory.mktemp("live")
     text = root / "text-past"
@@ -88,8 +88,8 @@ def live_models(tmp_path_factory, tiny_roberta):
     models = {}
     for name, causal in (("causal", True), ("bidirectional", False)):
         run = root / f"run-{name}"
-        train_dialog(
-            DialogTrainConfig(features=str(result.features), out=str(run), causal=causal, **LIVE_SMALL)
+        train_dialogue(
+            DialogueTrainConfig(features=str(result.features), out=str(run), causal=causal, **LIVE_SMALL)
         )
         models[name] = export_model(run, root / f"model-{name}", text_model=str(text))
     return root, models

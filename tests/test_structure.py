@@ -110,6 +110,6 @@ def test_imports_have_no_cycle():
 def test_the_rules_see_what_they_check(tmp_path):
     """The checks read real files: the cli module and a known import edge are found."""
     modules = _modules()
-    assert "trainer.dialog.fit" in modules and "pipeline.store.cache" in modules
+    assert "trainer.dialogue.fit" in modules and "pipeline.store.cache" in modules
     imported = {t for t, _ in _imports(modules["cli"])}
     assert any(t.startswith("trainer.") for t in imported)

@@ -1,1 +1,1 @@
-"""m2f dialog-level trainer: reads features.h5, trains M2FNet's dialog model, reports."""
+"""m2f dialogue-level trainer: reads features.h5, trains M2FNet's dialogue model, reports."""

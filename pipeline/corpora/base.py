@@ -134,9 +134,9 @@ class PrepareReport:
     sources : dict
         What was used, e.g. ``{"train csv": ".../train_sent_emo.csv"}``.
     notes : list of str
-        Decisions worth printing (dev dialogs drawn, twins preferred, skipped rows...).
+        Decisions worth printing (dev dialogues drawn, twins preferred, skipped rows...).
     unlabelled_lines : dict
-        IEMOCAP: dialog -> number of transcription lines that have no label (skipped).
+        IEMOCAP: dialogue -> number of transcription lines that have no label (skipped).
     """
 
     corpus: str

@@ -1,29 +1,29 @@
-"""IEMOCAP reader: ``IEMOCAP_full_release/Session1..5`` -> utterances with dialog video and turn audio.
+"""IEMOCAP reader: ``IEMOCAP_full_release/Session1..5`` -> utterances with dialogue video and turn audio.
 
 Decisions (see ``docs/CORPORA.md`` section 3):
 
 * ``root`` may be ``IEMOCAP_full_release``, its parent, or a copy nested as
   ``IEMOCAP_full_release/IEMOCAP_full_release``: the ``Session1``..``Session5`` folders are found by
   name (up to 4 levels deep, shallowest wins). Hidden and ``._`` AppleDouble entries are ignored.
-* Labels come from the **top-level** ``dialog/EmoEvaluation/<dialog>.txt`` files only (not the
+* Labels come from the **top-level** ``dialog/EmoEvaluation/<dialogue>.txt`` files only (not the
   ``Categorical/``, ``Attribute/`` or ``Self-evaluation/`` sub-folders): the consensus code of each
   ``[start - end]\\t<utt>\\t<code>\\t[V, A, D]`` line. **All raw codes are kept**, ``xxx`` included;
   the trainer's class map decides what counts.
-* Text and **dialog order** come from ``dialog/transcriptions/<dialog>.txt`` (``<utt> [s-e]: text``).
+* Text and **dialogue order** come from ``dialog/transcriptions/<dialogue>.txt`` (``<utt> [s-e]: text``).
   Bracketed tags such as ``[LAUGHTER]`` are removed and whitespace collapsed; when a turn is only a
   tag, the tag text is kept so the utterance keeps a non-empty text. Transcription lines without a
   label (``_MXX0``-style ids, unlabelled turns) are skipped; labelled turns with no transcription line
   are skipped too, and both are counted in the report's notes.
 * Speaker = ``Ses0N`` + the F/M letter of the utterance's **last** group (``Ses01F_impro01_M000`` ->
-  ``Ses01M``), not the dialog's letter. ``side`` = ``left`` when that letter equals the dialog's
+  ``Ses01M``), not the dialogue's letter. ``side`` = ``left`` when that letter equals the dialogue's
   letter (the MoCap wearer sits left), else ``right`` (docs/CORPORA.md 3.4).
-* ``clip`` = ``dialog/avi/DivX/<dialog>.avi`` with ``start``/``end`` from EmoEvaluation (seconds in
-  the dialog video); ``audio`` = ``sentences/wav/<dialog>/<utt>.wav``. Missing or zero-byte media are
+* ``clip`` = ``dialog/avi/DivX/<dialogue>.avi`` with ``start``/``end`` from EmoEvaluation (seconds in
+  the dialogue video); ``audio`` = ``sentences/wav/<dialogue>/<utt>.wav``. Missing or zero-byte media are
   reported (``clip_status``/``audio_status``), never fatal.
-* Splits: Session 5 = test. Dev = :func:`choose_dev_dialogs`: ``min(20, max(1, round(n / 6)))``
-  dialogs of the ``n`` Session 1-4 dialogs (20 of 120 on the full corpus; 1 when a miniature copy has
+* Splits: Session 5 = test. Dev = :func:`choose_dev_dialogues`: ``min(20, max(1, round(n / 6)))``
+  dialogues of the ``n`` Session 1-4 dialogues (20 of 120 on the full corpus; 1 when a miniature copy has
   2-8), drawn with ``random.Random(2022)`` from the sorted names. The list is recorded in the report
-  (``sources["dev dialogs"]``) and in every record's ``split``. The rest of Sessions 1-4 = train.
+  (``sources["dev dialogues"]``) and in every record's ``split``. The rest of Sessions 1-4 = train.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from pipeline.manifest import SPLITS, Utterance
 SESSIONS = (1, 2, 3, 4, 5)
 TEST_SESSION = 5
 DEV_SEED = 2022
-DEV_DIALOGS = 20
+DEV_DIALOGUES = 20
 
 #: The 6-class ERC codes (for reference; the reader keeps every code).
 ERC6 = IEMOCAP_CLASSES
@@ -83,7 +83,7 @@ def read_text_lenient(path: Path) -> str:
 
 
 def parse_emo_evaluation(path: str | Path) -> list[EmoLine]:
-    """Consensus lines of one ``EmoEvaluation/<dialog>.txt`` (evaluator lines are skipped).
+    """Consensus lines of one ``EmoEvaluation/<dialogue>.txt`` (evaluator lines are skipped).
 
     Raises
     ------
@@ -144,18 +144,18 @@ def speaker_and_side(utt_id: str) -> tuple[str, str]:
     m = UTT_RE.match(utt_id)
     if not m:
         raise ValueError(f"{utt_id!r} is not an IEMOCAP utterance id like Ses01F_impro01_M000")
-    session, dialog_letter, letter = m[2], m[3], m[4]
-    return f"Ses{session}{letter}", "left" if letter == dialog_letter else "right"
+    session, dialogue_letter, letter = m[2], m[3], m[4]
+    return f"Ses{session}{letter}", "left" if letter == dialogue_letter else "right"
 
 
-def choose_dev_dialogs(dialogs: list[str], *, n: int | None = None, seed: int = DEV_SEED) -> list[str]:
-    """Draw the dev dialogs from Session 1-4 dialog names (sorted result).
+def choose_dev_dialogues(dialogues: list[str], *, n: int | None = None, seed: int = DEV_SEED) -> list[str]:
+    """Draw the dev dialogues from Session 1-4 dialogue names (sorted result).
 
-    ``n`` defaults to ``min(20, max(1, round(len(dialogs) / 6)))`` (0 when fewer than 2 dialogs).
+    ``n`` defaults to ``min(20, max(1, round(len(dialogues) / 6)))`` (0 when fewer than 2 dialogues).
     """
-    pool = sorted(dialogs)
+    pool = sorted(dialogues)
     if n is None:
-        n = 0 if len(pool) < 2 else min(DEV_DIALOGS, max(1, round(len(pool) / 6)))
+        n = 0 if len(pool) < 2 else min(DEV_DIALOGUES, max(1, round(len(pool) / 6)))
     return sorted(random.Random(seed).sample(pool, n))
 
 
@@ -183,7 +183,7 @@ def locate_sessions(root: str | Path) -> dict[int, Path]:
     if not sessions:
         raise CorpusError(
             f"no IEMOCAP session under {root}. Expected IEMOCAP_full_release/Session1..Session5, each with "
-            "dialog/EmoEvaluation/<dialog>.txt, dialog/transcriptions/, sentences/wav/ and "
+            "dialog/EmoEvaluation/<dialogue>.txt, dialog/transcriptions/, sentences/wav/ and "
             "dialog/avi/DivX/. "
             f"Found at the top: {list_root(root)}"
         )
@@ -200,22 +200,22 @@ def _media_status(path: Path, folder: Path) -> tuple[str | None, str]:
     return os.path.abspath(path), FOUND
 
 
-def read_dialog(
-    session_dir: Path, dialog: str, session: int, split: str, report: PrepareReport
+def read_dialogue(
+    session_dir: Path, dialogue: str, session: int, split: str, report: PrepareReport
 ) -> list[Utterance]:
-    """The utterances of one dialog, in transcription order, with media paths and statuses."""
-    emo_path = session_dir / "dialog" / "EmoEvaluation" / f"{dialog}.txt"
-    trn_path = session_dir / "dialog" / "transcriptions" / f"{dialog}.txt"
+    """The utterances of one dialogue, in transcription order, with media paths and statuses."""
+    emo_path = session_dir / "dialog" / "EmoEvaluation" / f"{dialogue}.txt"
+    trn_path = session_dir / "dialog" / "transcriptions" / f"{dialogue}.txt"
     if not trn_path.is_file():
         raise CorpusError(
             f"{trn_path} is missing but {emo_path} exists: the transcription gives the text and "
-            "dialog order. Restore it from the IEMOCAP release."
+            "dialogue order. Restore it from the IEMOCAP release."
         )
     labels = {e.utt_id: e for e in parse_emo_evaluation(emo_path)}
     transcript = parse_transcription(trn_path)
     avi_dir = session_dir / "dialog" / "avi" / "DivX"
-    wav_dir = session_dir / "sentences" / "wav" / dialog
-    clip, clip_status = _media_status(avi_dir / f"{dialog}.avi", avi_dir)
+    wav_dir = session_dir / "sentences" / "wav" / dialogue
+    clip, clip_status = _media_status(avi_dir / f"{dialogue}.avi", avi_dir)
     out, unlabelled = [], 0
     for utt_id, raw_text in transcript:
         e = labels.pop(utt_id, None)
@@ -230,7 +230,7 @@ def read_dialog(
         u = Utterance(
             corpus="iemocap",
             split=split,
-            dialogue_id=dialog,
+            dialogue_id=dialogue,
             position=len(out),
             utterance_id=utt_id,
             speaker=speaker,
@@ -248,11 +248,11 @@ def read_dialog(
         out.append(u)
     if labels:
         report.notes.append(
-            f"{dialog}: {len(labels)} labelled turn(s) with no transcription line skipped: "
+            f"{dialogue}: {len(labels)} labelled turn(s) with no transcription line skipped: "
             f"{', '.join(sorted(labels))}"
         )
     if unlabelled:
-        report.unlabelled_lines[dialog] = unlabelled
+        report.unlabelled_lines[dialogue] = unlabelled
     if wav_dir.is_dir():
         known = {u.utterance_id for u in out}
         extra = sorted(
@@ -262,8 +262,8 @@ def read_dialog(
     return out
 
 
-def list_dialogs(session_dir: Path) -> list[str]:
-    """Dialog names of a session: top-level ``EmoEvaluation/*.txt`` files, junk skipped, sorted."""
+def list_dialogues(session_dir: Path) -> list[str]:
+    """Dialogue names of a session: top-level ``EmoEvaluation/*.txt`` files, junk skipped, sorted."""
     emo_dir = session_dir / "dialog" / "EmoEvaluation"
     return sorted(
         p.stem for p in emo_dir.iterdir() if p.is_file() and p.suffix == ".txt" and not is_junk(p.name)
@@ -280,14 +280,14 @@ def prepare_iemocap(
     root : str or Path
         ``IEMOCAP_full_release`` or a folder above it.
     report : PrepareReport, optional
-        Filled with clip/audio statuses, ignored wavs, the dev dialogs and notes.
+        Filled with clip/audio statuses, ignored wavs, the dev dialogues and notes.
     dev_seed : int
-        Seed of the dev-dialog draw (:func:`choose_dev_dialogs`).
+        Seed of the dev-dialogue draw (:func:`choose_dev_dialogues`).
 
     Returns
     -------
     list of Utterance
-        Ordered by split (train, dev, test), session, dialog name, transcription order.
+        Ordered by split (train, dev, test), session, dialogue name, transcription order.
 
     Raises
     ------
@@ -297,21 +297,25 @@ def prepare_iemocap(
     sessions = locate_sessions(root)
     report = report if report is not None else PrepareReport(corpus="iemocap")
     report.root = Path(root)
-    dialogs = {s: list_dialogs(d) for s, d in sessions.items()}
+    dialogues = {s: list_dialogues(d) for s, d in sessions.items()}
     dev = set(
-        choose_dev_dialogs([g for s, gs in dialogs.items() if s != TEST_SESSION for g in gs], seed=dev_seed)
+        choose_dev_dialogues(
+            [g for s, gs in dialogues.items() if s != TEST_SESSION for g in gs], seed=dev_seed
+        )
     )
     report.sources["sessions"] = ", ".join(str(p) for p in sessions.values())
-    report.sources["dev dialogs"] = ", ".join(sorted(dev)) or "(none: fewer than 2 dialogs in Sessions 1-4)"
+    report.sources["dev dialogues"] = (
+        ", ".join(sorted(dev)) or "(none: fewer than 2 dialogues in Sessions 1-4)"
+    )
     out: list[Utterance] = []
     for s, session_dir in sessions.items():
-        for dialog in dialogs[s]:
-            split = "test" if s == TEST_SESSION else ("dev" if dialog in dev else "train")
-            out += read_dialog(session_dir, dialog, s, split, report)
+        for dialogue in dialogues[s]:
+            split = "test" if s == TEST_SESSION else ("dev" if dialogue in dev else "train")
+            out += read_dialogue(session_dir, dialogue, s, split, report)
     if report.unlabelled_lines:
         report.notes.append(
             f"{sum(report.unlabelled_lines.values())} transcription line(s) without a label skipped "
-            f"(_XX ids, unlabelled turns) in {len(report.unlabelled_lines)} dialog(s)"
+            f"(_XX ids, unlabelled turns) in {len(report.unlabelled_lines)} dialogue(s)"
         )
     order = {s: i for i, s in enumerate(SPLITS)}
-    return sorted(out, key=lambda u: order[u.split])  # stable: keeps session/dialog/position order
+    return sorted(out, key=lambda u: order[u.split])  # stable: keeps session/dialogue/position order

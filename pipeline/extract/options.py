@@ -70,7 +70,7 @@ class ExtractOptions:
         Hub id or local folder, used frozen. None: fine-tune ``text_base`` on the train split.
     text_base : str or None
         Hub id (``roberta-large``) or local folder of a RoBERTa/BERT-family model to fine-tune with
-        dialog context on the train split (dev selects; cached per base and corpus). None: the shipped
+        dialogue context on the train split (dev selects; cached per base and corpus). None: the shipped
         MiniLM. Not with ``text_model``.
     text_context : {"full", "past"}
         Context of the text model fine-tuned here: ``full`` (past + target + next utterance) or ``past``

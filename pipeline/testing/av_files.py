@@ -276,7 +276,7 @@ def write_split_screen_video(
     audio: bool = False,
     sample_rate: int = 16000,
 ) -> Path:
-    """An IEMOCAP-like dialog video: two halves of distinct colour, a face in each half.
+    """An IEMOCAP-like dialogue video: two halves of distinct colour, a face in each half.
 
     The left half is ``left_color`` and the right half ``right_color``, so a crop can be checked
     against the left/right rule of docs/CORPORA.md 3.4.

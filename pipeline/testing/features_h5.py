@@ -1,6 +1,6 @@
 """Generated features.h5 files for tests and benchmarks (the real cache format, made-up numbers).
 
-:func:`write_features` writes any dialog-length layout through :class:`pipeline.store.cache.FeatureWriter`;
+:func:`write_features` writes any dialogue-length layout through :class:`pipeline.store.cache.FeatureWriter`;
 the row content comes from a function, e.g. :func:`xor_rows` (the label is recoverable only by
 combining audio and visual) or :func:`random_rows` (noise, for throughput).
 """
@@ -67,7 +67,7 @@ def random_rows(dims: Mapping[str, int], labels: Sequence[str]) -> RowsFn:
     return make
 
 
-def context_rows(dims: Mapping[str, int], dialog_lengths: Mapping[str, Sequence[int]], task: str) -> RowsFn:
+def context_rows(dims: Mapping[str, int], dialogue_lengths: Mapping[str, Sequence[int]], task: str) -> RowsFn:
     """Rows whose label needs the dialogue's order or speakers (the tests of ``--positions``/``--speakers``).
 
     Embeddings are noise except ``text[0]``, a sign with jitter; speakers are drawn from ``A``, ``B``,
@@ -79,10 +79,10 @@ def context_rows(dims: Mapping[str, int], dialog_lengths: Mapping[str, Sequence[
                   in the dialogue minus that over the other speakers': a model without the speaker
                   signal cannot tell whose they are.
 
-    The returned function must be called once per split in ``dialog_lengths``'s order, as
+    The returned function must be called once per split in ``dialogue_lengths``'s order, as
     :func:`write_features` does (it takes each split's dialogue lengths in turn).
     """
-    splits = iter(list(dialog_lengths.values()))
+    splits = iter(list(dialogue_lengths.values()))
 
     def make(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
         lengths = next(splits)
@@ -110,9 +110,9 @@ def context_rows(dims: Mapping[str, int], dialog_lengths: Mapping[str, Sequence[
 
 
 def write_features(
-    path: str | Path, dataset: str, dialog_lengths: Mapping[str, Sequence[int]], rows: RowsFn, seed: int = 0
+    path: str | Path, dataset: str, dialogue_lengths: Mapping[str, Sequence[int]], rows: RowsFn, seed: int = 0
 ) -> Path:
-    """Write a finished features.h5 with the given dialogs per split.
+    """Write a finished features.h5 with the given dialogues per split.
 
     Parameters
     ----------
@@ -120,17 +120,17 @@ def write_features(
         The features.h5 to create.
     dataset : str
         The ``dataset`` file attribute (selects the class map by default).
-    dialog_lengths : mapping split -> sequence of int
-        Number of utterances of each dialog.
+    dialogue_lengths : mapping split -> sequence of int
+        Number of utterances of each dialogue.
     rows : callable
         ``rows(rng, n)`` -> the embedding, label and ``has_*`` arrays of ``n`` rows, and optionally
-        ``speaker`` (default: ``A`` and ``B`` taking turns in every dialog).
+        ``speaker`` (default: ``A`` and ``B`` taking turns in every dialogue).
     seed : int
         Seed of the generator passed to ``rows``.
     """
     rng = np.random.default_rng(seed)
     writer = FeatureWriter(path, dataset, {"generated": True, "seed": seed})
-    for split, lengths in dialog_lengths.items():
+    for split, lengths in dialogue_lengths.items():
         n = int(sum(lengths))
         made = rows(rng, n)
         dia = np.repeat(np.arange(len(lengths)), lengths)

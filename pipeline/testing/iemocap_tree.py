@@ -1,5 +1,5 @@
 """A miniature ``IEMOCAP_full_release`` tree in the real format: EmoEvaluation and transcription
-files, per-utterance wavs and per-dialog split-screen avi videos.
+files, per-utterance wavs and per-dialogue split-screen avi videos.
 
 The tree carries the traps of real IEMOCAP copies (EmoEvaluation blocks out of temporal order, ``xxx``
 labels, unlabelled ``_MXX0`` transcription lines, ``Categorical/`` files to ignore, AppleDouble junk,
@@ -37,8 +37,8 @@ _IEMOCAP_TEXTS = (
 )
 
 
-def iemocap_dialog_names(session: int, count: int) -> list[str]:
-    """Dialog names for a session: alternating F/M markers, impro/script, e.g. ``Ses01M_script01_1``."""
+def iemocap_dialogue_names(session: int, count: int) -> list[str]:
+    """Dialogue names for a session: alternating F/M markers, impro/script, e.g. ``Ses01M_script01_1``."""
     names = []
     for j in range(count):
         letter = "F" if j % 2 == 0 else "M"
@@ -49,10 +49,10 @@ def iemocap_dialog_names(session: int, count: int) -> list[str]:
     return names
 
 
-def iemocap_dialog_turns(dialog: str, n_utts: int, *, seed: int, offset: int) -> list[dict]:
-    """The turns of one synthetic dialog in temporal order.
+def iemocap_dialogue_turns(dialogue: str, n_utts: int, *, seed: int, offset: int) -> list[dict]:
+    """The turns of one synthetic dialogue in temporal order.
 
-    Speakers alternate F, M, F, M ... (ids ``<dialog>_F000``, ``<dialog>_M000``, ``<dialog>_F001`` ...);
+    Speakers alternate F, M, F, M ... (ids ``<dialogue>_F000``, ``<dialogue>_M000``, ``<dialogue>_F001`` ...);
     each turn lasts 1.0 s with 0.5 s between turns, starting at 1.5 s; codes cycle through
     :data:`IEMOCAP_CODES` from ``offset + seed``.
     """
@@ -60,7 +60,7 @@ def iemocap_dialog_turns(dialog: str, n_utts: int, *, seed: int, offset: int) ->
     t = 1.5
     for i in range(n_utts):
         letter = "F" if i % 2 == 0 else "M"
-        utt = f"{dialog}_{letter}{counts[letter]:03d}"
+        utt = f"{dialogue}_{letter}{counts[letter]:03d}"
         counts[letter] += 1
         code = IEMOCAP_CODES[(offset + seed + i) % len(IEMOCAP_CODES)]
         turns.append(
@@ -95,9 +95,9 @@ def _emo_block(turn: dict) -> str:
 
 
 def write_emo_evaluation(path: Path, turns: Sequence[dict]) -> Path:
-    """EmoEvaluation/<dialog>.txt: header, blank line, TAB blocks; **F turns first, then M**.
+    """EmoEvaluation/<dialogue>.txt: header, blank line, TAB blocks; **F turns first, then M**.
 
-    The block order differs from temporal order on purpose: dialog order must come from the
+    The block order differs from temporal order on purpose: dialogue order must come from the
     transcription file.
     """
     ordered = [t for t in turns if t["letter"] == "F"] + [t for t in turns if t["letter"] == "M"]
@@ -108,13 +108,13 @@ def write_emo_evaluation(path: Path, turns: Sequence[dict]) -> Path:
     return path
 
 
-def write_transcription(path: Path, dialog: str, turns: Sequence[dict]) -> Path:
-    """transcriptions/<dialog>.txt in temporal order, with an extra unlabelled ``_MXX0`` line."""
+def write_transcription(path: Path, dialogue: str, turns: Sequence[dict]) -> Path:
+    """transcriptions/<dialogue>.txt in temporal order, with an extra unlabelled ``_MXX0`` line."""
     lines = []
     for i, t in enumerate(turns):
         lines.append(f"{t['utt_id']} [{t['start']:08.4f}-{t['end']:08.4f}]: {t['text']}")
         if i == 0:
-            lines.append(f"{dialog}_MXX0 [{t['end']:08.4f}-{t['end'] + 0.2:08.4f}]: Mm-hmm.")
+            lines.append(f"{dialogue}_MXX0 [{t['end']:08.4f}-{t['end'] + 0.2:08.4f}]: Mm-hmm.")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -124,8 +124,8 @@ def make_iemocap_tree(
     root: str | Path,
     *,
     sessions: Sequence[int] = (1, 5),
-    dialogs_per_session: int = 2,
-    utterances_per_dialog: int = 4,
+    dialogues_per_session: int = 2,
+    utterances_per_dialogue: int = 4,
     video: bool = True,
     wavs: bool = True,
     nested: bool = False,
@@ -137,19 +137,19 @@ def make_iemocap_tree(
 ) -> Path:
     """Build a miniature ``IEMOCAP_full_release`` tree in the real format; return the ``--root`` folder.
 
-    Per session ``N`` in ``sessions`` and dialog (names from :func:`iemocap_dialog_names`, turns from
-    :func:`iemocap_dialog_turns`, offset = running dialog index * utterances_per_dialog):
+    Per session ``N`` in ``sessions`` and dialogue (names from :func:`iemocap_dialogue_names`, turns from
+    :func:`iemocap_dialogue_turns`, offset = running dialogue index * utterances_per_dialogue):
 
-    * ``SessionN/dialog/EmoEvaluation/<dialog>.txt`` (:func:`write_emo_evaluation`: blocks F-first,
+    * ``SessionN/dialog/EmoEvaluation/<dialogue>.txt`` (:func:`write_emo_evaluation`: blocks F-first,
       one ``xxx`` whenever the code cycle reaches it, TAB separators, ``dom  N;``);
-    * ``SessionN/dialog/EmoEvaluation/Categorical/<dialog>_e2_cat.txt`` (must be ignored);
-    * ``SessionN/dialog/transcriptions/<dialog>.txt`` (:func:`write_transcription`: a ``[LAUGHTER]``
+    * ``SessionN/dialog/EmoEvaluation/Categorical/<dialogue>_e2_cat.txt`` (must be ignored);
+    * ``SessionN/dialog/transcriptions/<dialogue>.txt`` (:func:`write_transcription`: a ``[LAUGHTER]``
       tag, an ``_MXX0`` line);
-    * ``SessionN/sentences/wav/<dialog>/<utt>.wav`` (16 kHz mono int16, 1 s; pitch per label with
+    * ``SessionN/sentences/wav/<dialogue>/<utt>.wav`` (16 kHz mono int16, 1 s; pitch per label with
       ``tone_for_label``) when ``wavs``;
-    * ``SessionN/dialog/avi/DivX/<dialog>.avi`` (``video_size`` at ``fps``, red left half, blue right
+    * ``SessionN/dialog/avi/DivX/<dialogue>.avi`` (``video_size`` at ``fps``, red left half, blue right
       half, a face in each) when ``video``;
-    * with ``junk``: ``._<dialog>.txt`` AppleDouble files next to EmoEvaluation and transcription
+    * with ``junk``: ``._<dialogue>.txt`` AppleDouble files next to EmoEvaluation and transcription
       files and a ``._<utt>.wav`` beside the first wav; ``._IEMOCAP_full_release`` next to the root.
 
     Parameters
@@ -172,12 +172,12 @@ def make_iemocap_tree(
     offset = 0
     for session in sessions:
         sdir = base / f"Session{session}"
-        for dialog in iemocap_dialog_names(session, dialogs_per_session):
-            turns = iemocap_dialog_turns(dialog, utterances_per_dialog, seed=seed, offset=offset)
-            offset += utterances_per_dialog
-            _write_iemocap_dialog(
+        for dialogue in iemocap_dialogue_names(session, dialogues_per_session):
+            turns = iemocap_dialogue_turns(dialogue, utterances_per_dialogue, seed=seed, offset=offset)
+            offset += utterances_per_dialogue
+            _write_iemocap_dialogue(
                 sdir,
-                dialog,
+                dialogue,
                 turns,
                 video=video,
                 wavs=wavs,
@@ -190,9 +190,9 @@ def make_iemocap_tree(
     return top
 
 
-def _write_iemocap_dialog(
+def _write_iemocap_dialogue(
     sdir: Path,
-    dialog: str,
+    dialogue: str,
     turns: Sequence[dict],
     *,
     video: bool,
@@ -203,11 +203,11 @@ def _write_iemocap_dialog(
     fps: float,
     seed: int,
 ) -> None:
-    emo = write_emo_evaluation(sdir / "dialog" / "EmoEvaluation" / f"{dialog}.txt", turns)
-    cat = sdir / "dialog" / "EmoEvaluation" / "Categorical" / f"{dialog}_e2_cat.txt"
+    emo = write_emo_evaluation(sdir / "dialog" / "EmoEvaluation" / f"{dialogue}.txt", turns)
+    cat = sdir / "dialog" / "EmoEvaluation" / "Categorical" / f"{dialogue}_e2_cat.txt"
     cat.parent.mkdir(parents=True, exist_ok=True)
     cat.write_text("".join(f"{t['utt_id']} :Other;\n" for t in turns), encoding="utf-8")
-    trn = write_transcription(sdir / "dialog" / "transcriptions" / f"{dialog}.txt", dialog, turns)
+    trn = write_transcription(sdir / "dialog" / "transcriptions" / f"{dialogue}.txt", dialogue, turns)
     if junk:
         for p in (emo, trn):
             p.with_name("._" + p.name).write_bytes(b"\x00\x05\x16\x07\x00\x02junk")
@@ -215,7 +215,7 @@ def _write_iemocap_dialog(
         for i, t in enumerate(turns):
             hz = LABEL_TONE_HZ[t["label"]] if tone_for_label else 200.0 + 40.0 * (i % 7)
             wav = write_wav(
-                sdir / "sentences" / "wav" / dialog / f"{t['utt_id']}.wav",
+                sdir / "sentences" / "wav" / dialogue / f"{t['utt_id']}.wav",
                 duration=t["end"] - t["start"],
                 tone_hz=hz,
                 seed=seed + i,
@@ -224,7 +224,7 @@ def _write_iemocap_dialog(
                 wav.with_name("._" + wav.name).write_bytes(b"\x00\x05\x16\x07junk")
     if video:
         write_split_screen_video(
-            sdir / "dialog" / "avi" / "DivX" / f"{dialog}.avi",
+            sdir / "dialog" / "avi" / "DivX" / f"{dialogue}.avi",
             duration=turns[-1]["end"] + 0.5,
             fps=fps,
             size=video_size,

@@ -127,7 +127,7 @@ def render_split_screen_frame(
     right_color: tuple[int, int, int],
     face: bool,
 ) -> np.ndarray:
-    """One RGB frame of an IEMOCAP-like dialog video: two halves of distinct colour, a face in each.
+    """One RGB frame of an IEMOCAP-like dialogue video: two halves of distinct colour, a face in each.
 
     Parameters
     ----------

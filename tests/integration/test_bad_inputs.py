@@ -397,7 +397,7 @@ FEATURE_FAULTS = {
 
 
 @pytest.mark.parametrize("name", list(FEATURE_FAULTS))
-def test_bad_features_stop_train_dialog_with_one_line(tmp_path, name):
+def test_bad_features_stop_train_dialogue_with_one_line(tmp_path, name):
     path = _features(tmp_path)
     needle = FEATURE_FAULTS[name](path)
     res = m2f(

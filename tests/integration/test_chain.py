@@ -30,8 +30,8 @@ def test_prepare_extract_train_report(dataset, tmp_path):
         root = make_iemocap_tree(
             tmp_path / "corpus",
             sessions=(1, 5),
-            dialogs_per_session=2,
-            utterances_per_dialog=4,
+            dialogues_per_session=2,
+            utterances_per_dialogue=4,
             video_size=(320, 240),
             fps=15.0,
         )

@@ -11,7 +11,7 @@ from cli import _StderrHandler, main
 
 
 @pytest.mark.parametrize("form", ["ta", "text,audio", "audio, text", "t,a"])
-def test_train_dialog_takes_both_modality_forms(form, tmp_path):
+def test_train_dialogue_takes_both_modality_forms(form, tmp_path):
     missing = tmp_path / "none.h5"
     res = CliRunner().invoke(
         main,

@@ -286,8 +286,8 @@ def test_iemocap_end_to_end(client, tmp_path):
     root = make_iemocap_tree(
         tmp_path / "corpus",
         sessions=(1, 5),
-        dialogs_per_session=1,
-        utterances_per_dialog=3,
+        dialogues_per_session=1,
+        utterances_per_dialogue=3,
         video_size=(320, 240),
         fps=15.0,
     )

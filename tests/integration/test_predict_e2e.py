@@ -22,7 +22,7 @@ from pipeline.text.embedder import DEFAULT_TEXT_MODEL
 from trainer.apply.export import export_model
 from trainer.apply.predict import ExtractOptions, predict, run_extract
 from trainer.demo.corpus import join_clips
-from trainer.dialog.fit import DialogTrainConfig, train_dialog
+from trainer.dialogue.fit import DialogueTrainConfig, train_dialogue
 
 pytestmark = pytest.mark.slow
 
@@ -41,8 +41,8 @@ def exported(tmp_path_factory):
             media_config={"n_frames": 4},
         )
     )
-    train_dialog(
-        DialogTrainConfig(
+    train_dialogue(
+        DialogueTrainConfig(
             features=str(result.features),
             out=str(root / "run"),
             seeds=2,
@@ -82,7 +82,7 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_custom_csv_of_the_test_split_gives_train_dialogs_predictions(exported, tmp_path):
+def test_custom_csv_of_the_test_split_gives_train_dialogues_predictions(exported, tmp_path):
     _, model, seed_dir = exported
     result = predict(model, _write_csv(tmp_path / "in", clips=True), tmp_path / "preds.csv")
     assert result.modalities == ("text", "audio", "visual")

@@ -12,7 +12,7 @@ import pytest
 from pipeline.corpora import PrepareReport, summarize
 from pipeline.corpora.base import FOUND, MISSING, NO_FOLDER, ZERO_BYTE, CorpusError
 from pipeline.corpora.iemocap import (
-    choose_dev_dialogs,
+    choose_dev_dialogues,
     clean_text,
     parse_emo_evaluation,
     prepare_iemocap,
@@ -23,8 +23,8 @@ from pipeline.testing.iemocap_tree import make_iemocap_tree
 
 SMALL = {
     "sessions": (1, 5),
-    "dialogs_per_session": 2,
-    "utterances_per_dialog": 4,
+    "dialogues_per_session": 2,
+    "utterances_per_dialogue": 4,
     "video_size": (96, 64),
     "fps": 10.0,
 }
@@ -40,30 +40,30 @@ def test_manifest_field_by_field(iemocap_root):
     utts = prepare_iemocap(iemocap_root, report=report)
     s1 = iemocap_root / "Session1"
 
-    def u(split, dialog, pos, utt, speaker, side, label, text, start, end):
-        session = int(dialog[4])
+    def u(split, dialogue, pos, utt, speaker, side, label, text, start, end):
+        session = int(dialogue[4])
         sdir = iemocap_root / f"Session{session}"
         return Utterance(
             corpus="iemocap",
             split=split,
-            dialogue_id=dialog,
+            dialogue_id=dialogue,
             position=pos,
             utterance_id=utt,
             speaker=speaker,
             text=text,
             label=label,
             sentiment=None,
-            clip=os.path.abspath(sdir / "dialog" / "avi" / "DivX" / f"{dialog}.avi"),
+            clip=os.path.abspath(sdir / "dialog" / "avi" / "DivX" / f"{dialogue}.avi"),
             start=start,
             end=end,
             session=session,
             side=side,
-            audio=os.path.abspath(sdir / "sentences" / "wav" / dialog / f"{utt}.wav"),
+            audio=os.path.abspath(sdir / "sentences" / "wav" / dialogue / f"{utt}.wav"),
         )
 
     d1, d2 = "Ses01F_impro01", "Ses01M_impro01"
     # order = transcription order (EmoEvaluation lists F turns first); the _MXX0 line is skipped;
-    # speaker from the last group; the dialog letter's actor sits left; [LAUGHTER]/[BREATHING] removed
+    # speaker from the last group; the dialogue letter's actor sits left; [LAUGHTER]/[BREATHING] removed
     expected_s1 = [
         u("train", d1, 0, f"{d1}_F000", "Ses01F", "left", "neu", "Excuse me.", 1.5, 2.5),
         u("train", d1, 1, f"{d1}_M000", "Ses01M", "right", "fru", "Do you have your forms?", 3.0, 4.0),
@@ -84,9 +84,11 @@ def test_manifest_field_by_field(iemocap_root):
         "Ses05F_impro01_M001",
     ]
     assert set(report.clip_status.values()) == {FOUND} and set(report.audio_status.values()) == {FOUND}
-    assert report.sources["dev dialogs"] == d2
+    assert report.sources["dev dialogues"] == d2
     assert report.ignored == {"train": [], "dev": [], "test": []}
-    assert report.unlabelled_lines == dict.fromkeys({u.dialogue_id for u in utts}, 1)  # one _MXX0 per dialog
+    assert report.unlabelled_lines == dict.fromkeys(
+        {u.dialogue_id for u in utts}, 1
+    )  # one _MXX0 per dialogue
     assert any(n.startswith("4 transcription line(s) without a label skipped") for n in report.notes)
     assert validate(utts) == []
     assert (s1 / "dialog" / "EmoEvaluation" / "Categorical").is_dir()  # present, and ignored
@@ -96,8 +98,8 @@ def test_nested_copy_and_parent_root(tmp_path):
     top = make_iemocap_tree(
         tmp_path,
         sessions=(2,),
-        dialogs_per_session=1,
-        utterances_per_dialog=2,
+        dialogues_per_session=1,
+        utterances_per_dialogue=2,
         video=False,
         wavs=False,
         nested=True,
@@ -110,7 +112,12 @@ def test_nested_copy_and_parent_root(tmp_path):
 
 def test_missing_and_broken_media_are_reported(tmp_path):
     top = make_iemocap_tree(
-        tmp_path, sessions=(1,), dialogs_per_session=2, utterances_per_dialog=2, video_size=(64, 48), fps=5.0
+        tmp_path,
+        sessions=(1,),
+        dialogues_per_session=2,
+        utterances_per_dialogue=2,
+        video_size=(64, 48),
+        fps=5.0,
     )
     s1 = top / "Session1"
     (s1 / "sentences" / "wav" / "Ses01F_impro01" / "Ses01F_impro01_M000.wav").unlink()
@@ -131,18 +138,18 @@ def test_missing_and_broken_media_are_reported(tmp_path):
 
 def test_no_media_folders(tmp_path):
     top = make_iemocap_tree(
-        tmp_path, sessions=(5,), dialogs_per_session=1, utterances_per_dialog=2, video=False, wavs=False
+        tmp_path, sessions=(5,), dialogues_per_session=1, utterances_per_dialogue=2, video=False, wavs=False
     )
     report = PrepareReport("iemocap")
     utts = prepare_iemocap(top, report=report)
     assert set(report.clip_status.values()) == {NO_FOLDER} == set(report.audio_status.values())
     assert {u.split for u in utts} == {"test"}
-    assert report.sources["dev dialogs"].startswith("(none")
+    assert report.sources["dev dialogues"].startswith("(none")
 
 
 def test_annotation_errors_name_the_file(tmp_path):
     top = make_iemocap_tree(
-        tmp_path, sessions=(1,), dialogs_per_session=1, utterances_per_dialog=2, video=False, wavs=False
+        tmp_path, sessions=(1,), dialogues_per_session=1, utterances_per_dialogue=2, video=False, wavs=False
     )
     emo = top / "Session1" / "dialog" / "EmoEvaluation" / "Ses01F_impro01.txt"
     good = emo.read_text()
@@ -157,7 +164,7 @@ def test_annotation_errors_name_the_file(tmp_path):
 
 def test_labelled_turn_without_transcription_is_skipped_and_noted(tmp_path):
     top = make_iemocap_tree(
-        tmp_path, sessions=(1,), dialogs_per_session=1, utterances_per_dialog=3, video=False, wavs=False
+        tmp_path, sessions=(1,), dialogues_per_session=1, utterances_per_dialogue=3, video=False, wavs=False
     )
     trn = top / "Session1" / "dialog" / "transcriptions" / "Ses01F_impro01.txt"
     trn.write_text("".join(line + "\n" for line in trn.read_text().splitlines() if "_M000" not in line))
@@ -184,13 +191,13 @@ def test_units():
     assert clean_text("Yeah. [LAUGHTER]  okay [GARBAGE]") == "Yeah. okay"
     assert clean_text("[LAUGHTER]") == "[LAUGHTER]"
     full = [f"Ses0{s}{g}_impro{i:02d}" for s in range(1, 5) for g in "FM" for i in range(1, 16)]
-    assert len(full) == 120  # Sessions 1-4 of the real corpus have 120 dialogs
-    dev = choose_dev_dialogs(full)
+    assert len(full) == 120  # Sessions 1-4 of the real corpus have 120 dialogues
+    dev = choose_dev_dialogues(full)
     assert len(dev) == 20 and set(dev) <= set(full)
-    assert dev == choose_dev_dialogs(list(reversed(full)))  # input order does not matter
-    assert len(choose_dev_dialogs(full[:12])) == 2
-    assert dev != choose_dev_dialogs(full, seed=1)
-    assert choose_dev_dialogs(["a"]) == [] and len(choose_dev_dialogs(["a", "b"])) == 1
+    assert dev == choose_dev_dialogues(list(reversed(full)))  # input order does not matter
+    assert len(choose_dev_dialogues(full[:12])) == 2
+    assert dev != choose_dev_dialogues(full, seed=1)
+    assert choose_dev_dialogues(["a"]) == [] and len(choose_dev_dialogues(["a", "b"])) == 1
 
 
 def test_emo_evaluation_blocks(iemocap_root):
@@ -205,7 +212,7 @@ def test_emo_evaluation_blocks(iemocap_root):
     ]
 
 
-def test_left_right_halves_of_the_dialog_video(iemocap_root):
+def test_left_right_halves_of_the_dialogue_video(iemocap_root):
     utts = prepare_iemocap(iemocap_root)
     u = next(x for x in utts if x.side == "left")
     with av.open(u.clip) as c:

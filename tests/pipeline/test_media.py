@@ -224,7 +224,7 @@ def test_clip_shorter_than_15_frames(tmp_path, detector):
 
 
 def test_zero_length_span(tmp_path, detector):
-    clip = write_clip(tmp_path / "dialog.mp4", duration=3.0, size=(160, 120))
+    clip = write_clip(tmp_path / "dialogue.mp4", duration=3.0, size=(160, 120))
     row, problems = process_utterance(custom(clip, 1.5, 1.5), CFG, detector)
     check_row(row)
     assert row["has_video"] and row["scenes"].shape[0] == 1 and row["has_face"]
@@ -233,7 +233,7 @@ def test_zero_length_span(tmp_path, detector):
 
 
 def test_span_past_the_end_of_the_video(tmp_path, detector):
-    clip = write_clip(tmp_path / "dialog.mp4", duration=1.0, size=(160, 120))
+    clip = write_clip(tmp_path / "dialogue.mp4", duration=1.0, size=(160, 120))
     row, problems = process_utterance(custom(clip, 5.0, 6.0), CFG, detector)
     check_row(row)
     assert not row["has_audio"] and not row["has_video"]

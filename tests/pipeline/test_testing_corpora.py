@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.testing.av_files import write_clip, write_split_screen_video, write_truncated, write_wav
-from pipeline.testing.iemocap_tree import iemocap_dialog_turns, make_iemocap_tree
+from pipeline.testing.iemocap_tree import iemocap_dialogue_turns, make_iemocap_tree
 from pipeline.testing.meld_tree import MELD_EMOTIONS, format_srt_time, make_meld_tree
 from pipeline.testing.signals import LABEL_TONE_HZ
 
@@ -163,7 +163,12 @@ def test_meld_tree_old_encoding_uses_c1_and_lf(tmp_path):
 
 def test_iemocap_tree_files(tmp_path):
     top = make_iemocap_tree(
-        tmp_path, sessions=(1,), dialogs_per_session=2, utterances_per_dialog=3, video_size=(96, 64), fps=10
+        tmp_path,
+        sessions=(1,),
+        dialogues_per_session=2,
+        utterances_per_dialogue=3,
+        video_size=(96, 64),
+        fps=10,
     )
     s1 = top / "Session1"
     emo = (s1 / "dialog" / "EmoEvaluation" / "Ses01F_impro01.txt").read_text()
@@ -206,8 +211,8 @@ def test_tone_for_label_makes_pitch_follow_the_label(tmp_path):
     top = make_iemocap_tree(
         tmp_path / "i",
         sessions=(1,),
-        dialogs_per_session=1,
-        utterances_per_dialog=3,
+        dialogues_per_session=1,
+        utterances_per_dialogue=3,
         video=False,
         tone_for_label=True,
     )
@@ -216,7 +221,7 @@ def test_tone_for_label_makes_pitch_follow_the_label(tmp_path):
             pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32)
         code = next(
             t["label"]
-            for t in iemocap_dialog_turns("Ses01F_impro01", 3, seed=0, offset=0)
+            for t in iemocap_dialogue_turns("Ses01F_impro01", 3, seed=0, offset=0)
             if t["utt_id"] == wav_path.stem
         )
         assert abs(_pitch(pcm, 16000) - LABEL_TONE_HZ[code]) <= 2, wav_path.name

@@ -15,7 +15,7 @@ from pipeline.testing.features_h5 import random_rows, write_features
 from pipeline.text.embedder import DEFAULT_TEXT_MODEL, TextEmbedder
 from pipeline.utterance.process import MediaConfig
 from trainer.apply.export import export_model
-from trainer.dialog.fit import DialogTrainConfig, train_dialog
+from trainer.dialogue.fit import DialogueTrainConfig, train_dialogue
 
 DIMS = {"t": 384, "a": 300, "v": 600}
 
@@ -39,8 +39,8 @@ def run(tmp_path_factory):
     with h5py.File(features, "r+") as f:
         f.attrs["config"] = json.dumps(config)
     out = root / "run"
-    train_dialog(
-        DialogTrainConfig(
+    train_dialogue(
+        DialogueTrainConfig(
             features=str(features),
             out=str(out),
             seeds=2,

@@ -7,14 +7,14 @@ import shutil
 
 import torch
 
-from trainer.dialog.steps import compile_missing, compiled_or_eager
+from trainer.dialogue.steps import compile_missing, compiled_or_eager
 
 
 def test_no_c_compiler_means_eager_with_a_warning(monkeypatch, caplog):
     model = torch.nn.Linear(3, 2)
     monkeypatch.setattr(shutil, "which", lambda name: None)
     assert "C compiler" in compile_missing()
-    with caplog.at_level(logging.WARNING, logger="trainer.dialog.steps"):
+    with caplog.at_level(logging.WARNING, logger="trainer.dialogue.steps"):
         assert compiled_or_eager(model) is model
     assert "training eagerly" in caplog.text
 

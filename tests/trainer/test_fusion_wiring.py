@@ -1,4 +1,4 @@
-"""Eq. 6-7 wiring of trainer.dialog.model's attention fusion, checked where the XOR test cannot see it.
+"""Eq. 6-7 wiring of trainer.dialogue.model's attention fusion, checked where the XOR test cannot see it.
 
 The XOR task (tests/test_trainer_fit.py) is solved through Eq. 7 alone (F_A and F_V reach the head
 directly), so it passes with the fusion layers removed. Here:
@@ -21,16 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainer.dialog.model import AttentionFusionLayer, DialogModel, DialogModelConfig
+from trainer.dialogue.model import AttentionFusionLayer, DialogueModel, DialogueModelConfig
 
 torch.set_num_threads(1)
 
 
 def make_model(
     modalities: str, dims: dict[str, int], fusion: str = "attention", fusion_layers: int = 3, seed: int = 0
-) -> DialogModel:
+) -> DialogueModel:
     torch.manual_seed(seed)
-    config = DialogModelConfig(
+    config = DialogueModelConfig(
         dims=dims,
         n_classes=3,
         modalities=modalities,
@@ -41,7 +41,7 @@ def make_model(
         hidden=16,
         dropout=0.0,
     )
-    return DialogModel(config).eval()
+    return DialogueModel(config).eval()
 
 
 def make_inputs(dims: dict[str, int], batch: int = 2, length: int = 5, seed: int = 1):
@@ -53,7 +53,7 @@ def make_inputs(dims: dict[str, int], batch: int = 2, length: int = 5, seed: int
     return features, present, mask
 
 
-def wiring_faults(model: DialogModel, features, present, mask) -> list[str]:
+def wiring_faults(model: DialogueModel, features, present, mask) -> list[str]:
     """Run ``model`` once with hooks; list every way its fusion departs from Eq. 6-7 (empty: none)."""
     query_mod, key_mods = model.config.query, model.keys
     encoded, calls, layer_out, head_in = {}, {}, [], []
@@ -114,14 +114,14 @@ def rewired_forward(layer: AttentionFusionLayer, wiring, query, keys, padding, c
 
 
 def rewire(wiring):
-    def breakage(model: DialogModel) -> None:
+    def breakage(model: DialogueModel) -> None:
         for layer in model.fusion:
             layer.forward = functools.partial(rewired_forward, layer, wiring)
 
     return breakage
 
 
-def remove_fusion(model: DialogModel) -> None:
+def remove_fusion(model: DialogueModel) -> None:
     model.fusion = nn.ModuleList()
 
 
@@ -158,8 +158,8 @@ def derangement(n: int, g: torch.Generator) -> torch.Tensor:
 def retrieval_batch(g: torch.Generator, batch: int = 32, length: int = 6):
     """Text_i = [key of utterance pi(i) | payload_i | noise]; audio_j = key_j; label_i = payload_pi(i).
 
-    pi is a derangement per dialog, so the label is never in utterance i's own features, and each
-    dialog holds as many payloads 1 as 0, so pooling the other payloads (what text self-attention can
+    pi is a derangement per dialogue, so the label is never in utterance i's own features, and each
+    dialogue holds as many payloads 1 as 0, so pooling the other payloads (what text self-attention can
     do) predicts the label no better than 0.5 + 1 / (2 (length - 1)) = 0.6.
     """
     keys = F.normalize(torch.randn(batch, length, 4, generator=g), dim=-1) * 3.0
@@ -176,7 +176,7 @@ def retrieval_batch(g: torch.Generator, batch: int = 32, length: int = 6):
 
 def retrieval_accuracy(fusion: str, steps: int = 150) -> float:
     torch.manual_seed(0)
-    config = DialogModelConfig(
+    config = DialogueModelConfig(
         dims=RETRIEVAL_DIMS,
         n_classes=2,
         modalities="tav",
@@ -187,7 +187,7 @@ def retrieval_accuracy(fusion: str, steps: int = 150) -> float:
         hidden=32,
         dropout=0.0,
     )
-    model = DialogModel(config)
+    model = DialogueModel(config)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):

@@ -4,7 +4,7 @@ revisions are allowed.
 
 The pipeline is real (the ``live_models`` fixture in tests/conftest.py): the sample corpus's clips,
 extraction with random encoders and a tiny text model marked as fine-tuned with the past-only context,
-a causal and a bidirectional dialog model, each exported.
+a causal and a bidirectional dialogue model, each exported.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from cli import main
 from pipeline.testing.model_folders import copy_folder, replace_file
 from trainer.apply.export import ModelFolderError, export_model, load_model_folder
 from trainer.apply.model_folder import CHECKSUMS, write_checksums
-from trainer.dialog.data import load_split
-from trainer.dialog.fit import load_model, predict_probs
+from trainer.dialogue.data import load_split
+from trainer.dialogue.fit import load_model, predict_probs
 
 _copy, _replace = copy_folder, replace_file
 

@@ -58,9 +58,9 @@ def _with_meta(model_dir, tmp_path, change):
     [
         (lambda m: [m], "not a JSON object"),
         (lambda m: {k: v for k, v in m.items() if k != "class_names"}, "class_names"),
-        (lambda m: {**m, "class_names": m["class_names"][:2]}, "2 class_names for a dialog model of 3"),
+        (lambda m: {**m, "class_names": m["class_names"][:2]}, "2 class_names for a dialogue model of 3"),
         (lambda m: {**m, "dialog_model": {**m["dialog_model"], "hidden": 1 << 40}}, "hidden"),
-        (lambda m: {**m, "dialog_model": {**m["dialog_model"], "bogus": 1}}, "not a dialog-model config"),
+        (lambda m: {**m, "dialog_model": {**m["dialog_model"], "bogus": 1}}, "not a dialogue-model config"),
     ],
 )
 def test_a_bad_m2f_model_json_is_one_line(model_dir, tmp_path, change, message):

@@ -1,4 +1,4 @@
-"""trainer.dialog.data: padded dialog tensors, masks, class maps, on real generated features.h5 files."""
+"""trainer.dialogue.data: padded dialogue tensors, masks, class maps, on real generated features.h5 files."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from pipeline.store.features import read_split
 from pipeline.testing.features_h5 import random_rows, write_features
-from trainer.dialog.data import (
+from trainer.dialogue.data import (
     IGNORE,
     MELD_CLASSES,
     default_layers,
@@ -42,14 +42,14 @@ def meld_file(tmp_path):
     return write_features(tmp_path / "f.h5", "meld", lengths, labelled_rows(list(MELD_CLASSES)))
 
 
-def test_split_is_padded_per_dialog_and_maps_back_to_file_rows(meld_file):
+def test_split_is_padded_per_dialogue_and_maps_back_to_file_rows(meld_file):
     split = load_split(meld_file, "train", MELD_CLASSES)
     arrays = read_split(meld_file, "train")
     assert split.features["t"].shape == (3, 5, DIMS["t"])
     assert split.lengths.tolist() == [3, 1, 5]
     assert split.mask.sum(dim=1).tolist() == [3, 1, 5]
     assert not split.mask[1, 1:].any()
-    # every file row lands at its dialog and position
+    # every file row lands at its dialogue and position
     flat_t = split.features["t"].reshape(-1, DIMS["t"]).numpy()[split.flat_index]
     np.testing.assert_array_equal(flat_t, arrays.text_emb)
     flat_present = split.present["a"].reshape(-1).numpy()[split.flat_index]
@@ -115,14 +115,14 @@ def test_inspect_reports_dims_and_refuses_a_file_without_dev(tmp_path, meld_file
 
 
 def test_training_refuses_a_class_map_that_matches_no_label(tmp_path):
-    from trainer.dialog.config import DialogTrainConfig
-    from trainer.dialog.fit import train_dialog
+    from trainer.dialogue.config import DialogueTrainConfig
+    from trainer.dialogue.fit import train_dialogue
 
     path = write_features(
         tmp_path / "f.h5", "meld", {"train": [3], "dev": [2]}, labelled_rows(["hap", "xxx"])
     )
     with pytest.raises(ValueError, match=r"f\.h5: no train utterance has a label of the class map"):
-        train_dialog(
-            DialogTrainConfig(features=str(path), out=str(tmp_path / "run"), heads=1, progress=False)
+        train_dialogue(
+            DialogueTrainConfig(features=str(path), out=str(tmp_path / "run"), heads=1, progress=False)
         )
     assert not (tmp_path / "run").exists()

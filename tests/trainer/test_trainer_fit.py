@@ -1,4 +1,5 @@
-"""trainer.dialog.fit: learning a cross-modal label, dev-only selection, determinism, resume after SIGKILL."""
+"""trainer.dialogue.fit: learning a cross-modal label, dev-only selection, determinism, resume after
+SIGKILL."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ import pytest
 import torch
 
 from pipeline.testing.features_h5 import random_rows, write_features, xor_rows
-from trainer.dialog.config import DialogTrainConfig, resolve_config
-from trainer.dialog.data import IGNORE, MELD_CLASSES, load_split
-from trainer.dialog.fit import train_dialog
-from trainer.dialog.run_files import load_model, read_metrics
-from trainer.dialog.steps import predict_probs
+from trainer.dialogue.config import DialogueTrainConfig, resolve_config
+from trainer.dialogue.data import IGNORE, MELD_CLASSES, load_split
+from trainer.dialogue.fit import train_dialogue
+from trainer.dialogue.run_files import load_model, read_metrics
+from trainer.dialogue.steps import predict_probs
 
 DIMS = {"t": 8, "a": 8, "v": 8}
 SMALL = {
@@ -35,7 +36,7 @@ SMALL = {
 }
 
 
-def dialog_lengths(seed, counts=(("train", 60), ("dev", 20), ("test", 20))):
+def dialogue_lengths(seed, counts=(("train", 60), ("dev", 20), ("test", 20))):
     rng = np.random.default_rng(seed)
     return {split: rng.integers(3, 10, n).tolist() for split, n in counts}
 
@@ -43,7 +44,7 @@ def dialog_lengths(seed, counts=(("train", 60), ("dev", 20), ("test", 20))):
 @pytest.fixture(scope="module")
 def xor_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("xor") / "features.h5"
-    return write_features(path, "custom", dialog_lengths(0), xor_rows(DIMS, missing_rate=0.2))
+    return write_features(path, "custom", dialogue_lengths(0), xor_rows(DIMS, missing_rate=0.2))
 
 
 def accuracy_of(run_dir: Path, split: str = "test") -> float:
@@ -56,10 +57,10 @@ def test_fusion_learns_a_label_that_needs_two_modalities(xor_file, tmp_path):
     """Acceptance: label = sign(audio) XOR sign(visual); text is noise. Only the fused model can learn it."""
     acc = {}
     for mods in ("tav", "t", "a", "v"):
-        config = DialogTrainConfig(
+        config = DialogueTrainConfig(
             features=str(xor_file), out=str(tmp_path / mods), modalities=mods, epochs=25, patience=25, **SMALL
         )
-        (run,) = train_dialog(config)
+        (run,) = train_dialogue(config)
         acc[mods] = accuracy_of(run)
     assert acc["tav"] >= 0.9, acc
     for single in ("t", "a", "v"):
@@ -71,13 +72,13 @@ def test_epoch_is_selected_on_dev_and_early_stopping_works(tmp_path):
     path = write_features(
         tmp_path / "noise.h5",
         "sample",
-        dialog_lengths(1, (("train", 20), ("dev", 8), ("test", 8))),
+        dialogue_lengths(1, (("train", 20), ("dev", 8), ("test", 8))),
         random_rows(DIMS, ["joy", "anger", "neutral"]),
     )
-    config = DialogTrainConfig(
+    config = DialogueTrainConfig(
         features=str(path), out=str(tmp_path / "run"), modalities="a", epochs=40, patience=3, **SMALL
     )
-    (run,) = train_dialog(config)
+    (run,) = train_dialogue(config)
     metrics = read_metrics(run)
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "done" and status["stopped"] == "early_stopping"
@@ -106,8 +107,8 @@ def m2f_command() -> list[str]:
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(xor_file, tmp_path):
     epochs = 10
     options = dict(modalities="tav", epochs=epochs, patience=epochs, checkpoint_seconds=0, **SMALL)
-    reference_config = DialogTrainConfig(features=str(xor_file), out=str(tmp_path / "ref"), **options)
-    (reference,) = train_dialog(reference_config)
+    reference_config = DialogueTrainConfig(features=str(xor_file), out=str(tmp_path / "ref"), **options)
+    (reference,) = train_dialogue(reference_config)
 
     out = tmp_path / "killed"
     cmd = m2f_command() + [
@@ -153,7 +154,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(xor_file, tmp_path)
     status = json.loads(status_file.read_text())
     assert status["state"] == "training" and 3 <= status["epoch"] < epochs
 
-    (resumed,) = train_dialog(DialogTrainConfig(features=str(xor_file), out=str(out), **options))
+    (resumed,) = train_dialogue(DialogueTrainConfig(features=str(xor_file), out=str(out), **options))
     ref_rows, res_rows = read_metrics(reference), read_metrics(resumed)
     assert [r["epoch"] for r in res_rows] == list(range(1, epochs + 1))
     for a, b in zip(ref_rows, res_rows, strict=True):
@@ -163,22 +164,26 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(xor_file, tmp_path)
 
     # a finished seed is not trained again; other options are refused, not mixed in
     before = (resumed / "metrics.jsonl").read_text()
-    train_dialog(DialogTrainConfig(features=str(xor_file), out=str(out), **options))
+    train_dialogue(DialogueTrainConfig(features=str(xor_file), out=str(out), **options))
     assert (resumed / "metrics.jsonl").read_text() == before
     with pytest.raises(ValueError, match=r"different options \(lr"):
-        train_dialog(DialogTrainConfig(features=str(xor_file), out=str(out), **{**options, "lr": 1e-3}))
+        train_dialogue(DialogueTrainConfig(features=str(xor_file), out=str(out), **{**options, "lr": 1e-3}))
 
 
 @pytest.mark.parametrize("given", ["tav", "VAT", "text,audio,visual", ("visual", "text", "audio")])
 def test_modalities_take_letters_or_names(xor_file, tmp_path, given):
-    resolved = resolve_config(DialogTrainConfig(features=str(xor_file), out=str(tmp_path), modalities=given))
+    resolved = resolve_config(
+        DialogueTrainConfig(features=str(xor_file), out=str(tmp_path), modalities=given)
+    )
     assert resolved.train.modalities == "tav" and resolved.model_config().modalities == "tav"
     with pytest.raises(ValueError, match="--modalities"):
-        resolve_config(DialogTrainConfig(features=str(xor_file), out=str(tmp_path), modalities="text,smell"))
+        resolve_config(
+            DialogueTrainConfig(features=str(xor_file), out=str(tmp_path), modalities="text,smell")
+        )
 
 
 def test_run_directory_holds_what_a_reader_needs(xor_file, tmp_path):
-    config = DialogTrainConfig(
+    config = DialogueTrainConfig(
         features=str(xor_file),
         out=str(tmp_path / "run"),
         modalities="visual,audio",  # names as extract takes them; stored as letters in canonical order
@@ -187,7 +192,7 @@ def test_run_directory_holds_what_a_reader_needs(xor_file, tmp_path):
         seeds=2,
         **SMALL,
     )
-    runs = train_dialog(config)
+    runs = train_dialogue(config)
     assert [r.name for r in runs] == ["seed0", "seed1"]
     for run in runs:
         for name in (
@@ -219,7 +224,7 @@ def test_run_directory_holds_what_a_reader_needs(xor_file, tmp_path):
 @pytest.mark.gpu
 def test_cuda_fast_path(xor_file, tmp_path):
     options = dict(SMALL, threads=None)
-    config = DialogTrainConfig(
+    config = DialogueTrainConfig(
         features=str(xor_file),
         out=str(tmp_path / "gpu"),
         modalities="tav",
@@ -228,9 +233,9 @@ def test_cuda_fast_path(xor_file, tmp_path):
         device="cuda",
         **options,
     )
-    (run,) = train_dialog(config)
+    (run,) = train_dialogue(config)
     assert json.loads((run / "environment.json").read_text())["device"] == "cuda"
     assert accuracy_of(run) >= 0.9
     compiled = dataclasses.replace(config, out=str(tmp_path / "gpu_compiled"), epochs=3, compile=True)
-    (run,) = train_dialog(compiled)
+    (run,) = train_dialogue(compiled)
     assert json.loads((run / "status.json").read_text())["state"] == "done"

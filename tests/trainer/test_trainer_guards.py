@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from cli import main
 from pipeline.testing.features_h5 import write_features, xor_rows
-from trainer.dialog.config import DialogTrainConfig
-from trainer.dialog.data import FeaturesError
-from trainer.dialog.fit import TrainingDivergedError, train_dialog
+from trainer.dialogue.config import DialogueTrainConfig
+from trainer.dialogue.data import FeaturesError
+from trainer.dialogue.fit import TrainingDivergedError, train_dialogue
 from trainer.report.build import report
 
 DIMS = {"t": 8, "a": 4, "v": 6}
@@ -90,12 +90,14 @@ def _short(p):
     ],
     ids=["not-hdf5", "missing-audio", "1-d", "widths", "positions", "nan", "inf", "short"],
 )
-def test_train_dialog_refuses_a_malformed_features_file_in_one_line(features, tmp_path, break_file, expected):
+def test_train_dialogue_refuses_a_malformed_features_file_in_one_line(
+    features, tmp_path, break_file, expected
+):
     break_file(features)
     out = tmp_path / "run"
     with pytest.raises(FeaturesError) as e:
-        train_dialog(
-            DialogTrainConfig(features=str(features), out=str(out), heads=2, hidden=16, progress=False)
+        train_dialogue(
+            DialogueTrainConfig(features=str(features), out=str(out), heads=2, hidden=16, progress=False)
         )
     msg = str(e.value)
     assert str(features) in msg and "\n" not in msg and "m2f extract" in msg
@@ -110,7 +112,7 @@ def test_train_dialog_refuses_a_malformed_features_file_in_one_line(features, tm
 def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoints(features, tmp_path):
     """lr 30 on this file: epoch 1 is finite, the weights blow up after it (measured: NaN by epoch 2-3)."""
     out = tmp_path / "run"
-    config = DialogTrainConfig(
+    config = DialogueTrainConfig(
         features=str(features),
         out=str(out),
         lr=30.0,
@@ -123,7 +125,7 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoints(fea
         checkpoint_seconds=0,
     )
     with pytest.raises(TrainingDivergedError) as e:
-        train_dialog(config)
+        train_dialogue(config)
     msg = str(e.value)
     assert "not finite" in msg and "--lr" in msg and "\n" not in msg
     seed = out / "seed0"
@@ -144,8 +146,8 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoints(fea
 
 def test_report_warns_about_non_finite_probabilities(features, tmp_path, caplog):
     out = tmp_path / "run"
-    train_dialog(
-        DialogTrainConfig(
+    train_dialogue(
+        DialogueTrainConfig(
             features=str(features), out=str(out), epochs=1, heads=2, hidden=16, threads=1, progress=False
         )
     )

@@ -1,18 +1,18 @@
-"""trainer.dialog.model: every Table 2 configuration, masking of missing modalities and padding."""
+"""trainer.dialogue.model: every Table 2 configuration, masking of missing modalities and padding."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from trainer.dialog.model import DialogModel, DialogModelConfig
+from trainer.dialogue.model import DialogueModel, DialogueModelConfig
 
 DIMS = {"t": 8, "a": 4, "v": 12}
 
 
 def make_model(modalities="tav", fusion="attention", seed=0, **kw):
     torch.manual_seed(seed)
-    config = DialogModelConfig(
+    config = DialogueModelConfig(
         dims=DIMS,
         n_classes=3,
         modalities=modalities,
@@ -22,7 +22,7 @@ def make_model(modalities="tav", fusion="attention", seed=0, **kw):
         hidden=16,
         **kw,
     )
-    return DialogModel(config).eval()
+    return DialogueModel(config).eval()
 
 
 def make_inputs(batch=2, length=5, seed=1):
@@ -95,6 +95,6 @@ def test_padding_does_not_change_the_real_utterances():
 
 def test_impossible_shapes_are_refused_with_a_clear_message():
     with pytest.raises(ValueError, match="heads 3 does not divide"):
-        DialogModel(DialogModelConfig(dims=DIMS, n_classes=3, heads=3))
+        DialogueModel(DialogueModelConfig(dims=DIMS, n_classes=3, heads=3))
     with pytest.raises(ValueError, match="fusion"):
-        DialogModel(DialogModelConfig(dims=DIMS, n_classes=3, heads=2, fusion="sum"))
+        DialogueModel(DialogueModelConfig(dims=DIMS, n_classes=3, heads=2, fusion="sum"))

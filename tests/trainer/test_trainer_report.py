@@ -12,10 +12,10 @@ from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_su
 
 from cli import main
 from pipeline.testing.features_h5 import random_rows, write_features
-from trainer.dialog.config import DialogTrainConfig
-from trainer.dialog.data import MELD_CLASSES
-from trainer.dialog.fit import train_dialog
-from trainer.dialog.run_files import write_status
+from trainer.dialogue.config import DialogueTrainConfig
+from trainer.dialogue.data import MELD_CLASSES
+from trainer.dialogue.fit import train_dialogue
+from trainer.dialogue.run_files import write_status
 from trainer.report.build import report
 from trainer.report.paper import PAPER_RESULTS, paper_reference
 from trainer.report.summary import summarize_run
@@ -39,13 +39,13 @@ def meld_like(tmp_path_factory):
     rng = np.random.default_rng(3)
     lengths = {s: rng.integers(2, 8, n).tolist() for s, n in (("train", 24), ("dev", 10), ("test", 12))}
     path = write_features(root / "features.h5", "meld", lengths, random_rows(DIMS, list(MELD_CLASSES)))
-    text = train_dialog(
-        DialogTrainConfig(
+    text = train_dialogue(
+        DialogueTrainConfig(
             features=str(path), out=str(root / "text"), modalities="t", epochs=3, seeds=2, **SMALL
         )
     )
-    fused = train_dialog(
-        DialogTrainConfig(
+    fused = train_dialogue(
+        DialogueTrainConfig(
             features=str(path), out=str(root / "fused"), modalities="tav", epochs=2, fusion_layers=1, **SMALL
         )
     )

@@ -3,9 +3,9 @@
 Layout of ``MODEL_DIR``::
 
     README.md                       model card: dataset, modalities, dev/test weighted F1, date, version
-    m2f_model.json                  format, class names, dialog-model config, how features were made
+    m2f_model.json                  format, class names, dialogue-model config, how features were made
     label_map.json                  the run's label map (classes in index order, excluded raw labels)
-    dialog.safetensors              the dialog model's weights (the chosen seed's best.pt)
+    dialog.safetensors              the dialogue model's weights (the chosen seed's best.pt)
     encoders/<kind>.safetensors     audio, face, scene encoders (only when the model reads audio/visual)
     encoders/<kind>.json            their config (input contract) and training notes
     text_model/                     the text model folder: safetensors weights, tokenizer, m2f_text.json
@@ -40,7 +40,7 @@ from pipeline.shown import shown
 from pipeline.store.atomic import atomic_write_json, atomic_write_text
 from trainer.apply.model_folder import (
     CHECKSUMS,
-    DIALOG_WEIGHTS,
+    DIALOGUE_WEIGHTS,
     ENCODER_DIR,
     META,
     TEXT_DIR,
@@ -53,7 +53,7 @@ from trainer.apply.model_folder import (
     text_model_file,
     write_checksums,
 )
-from trainer.dialog.model import DialogModel, DialogModelConfig
+from trainer.dialogue.model import DialogueModel, DialogueModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -98,27 +98,27 @@ def _read_json(path: Path, name: Path | None = None) -> dict:
     return data
 
 
-#: Caps on the dialog model's settings (checked before any tensor is allocated).
-DIALOG_CAPS = {"n_classes": 1000, "fusion_layers": 64, "heads": 64, "hidden": 16384, "ff_mult": 16}
+#: Caps on the dialogue model's settings (checked before any tensor is allocated).
+DIALOGUE_CAPS = {"n_classes": 1000, "fusion_layers": 64, "heads": 64, "hidden": 16384, "ff_mult": 16}
 MAX_DIM, MAX_LAYERS = 1 << 16, 64
 
 
-def check_dialog_config(config: object, meta: dict, where: str) -> DialogModelConfig:
-    """The dialog-model config of ``m2f_model.json``: right types, sizes within caps, a name per class."""
+def check_dialogue_config(config: object, meta: dict, where: str) -> DialogueModelConfig:
+    """The dialogue-model config of ``m2f_model.json``: right types, sizes within caps, a name per class."""
     fail = f"{where}: dialog_model "
     if not isinstance(config, dict):
         raise ModelFolderError(f"{fail}is not a JSON object; export the model again")
     try:
-        cfg = DialogModelConfig.from_dict(config)
-        ints = {k: getattr(cfg, k) for k in DIALOG_CAPS}
+        cfg = DialogueModelConfig.from_dict(config)
+        ints = {k: getattr(cfg, k) for k in DIALOGUE_CAPS}
         ints.update({f"dims.{k}": v for k, v in dict(cfg.dims).items()})
         ints.update({f"layers.{k}": v for k, v in dict(cfg.layers).items()})
     except (TypeError, ValueError, AttributeError) as e:
         raise ModelFolderError(
-            f"{fail}is not a dialog-model config ({shown(e)}); export the model again"
+            f"{fail}is not a dialogue-model config ({shown(e)}); export the model again"
         ) from None
     caps = {
-        **DIALOG_CAPS,
+        **DIALOGUE_CAPS,
         **{k: MAX_DIM for k in ints if k.startswith("dims.")},
         **{k: MAX_LAYERS for k in ints if k.startswith("layers.")},
     }
@@ -147,7 +147,7 @@ def check_dialog_config(config: object, meta: dict, where: str) -> DialogModelCo
         )
     if len(names) != cfg.n_classes:
         raise ModelFolderError(
-            f"{where}: {len(names)} class_names for a dialog model of {cfg.n_classes} "
+            f"{where}: {len(names)} class_names for a dialogue model of {cfg.n_classes} "
             "classes; export the model again"
         )
     try:
@@ -160,7 +160,7 @@ def check_dialog_config(config: object, meta: dict, where: str) -> DialogModelCo
 # -- loading -----------------------------------------------------------------------------------------
 @dataclass
 class ExportedModel:
-    """A verified model folder with its dialog model built (see :func:`load_model_folder`).
+    """A verified model folder with its dialogue model built (see :func:`load_model_folder`).
 
     ``folder`` is the private copy of the verified bytes, the only place anything is read from after
     verification; ``origin`` the folder the user named (for messages). :meth:`close` removes the copy
@@ -169,7 +169,7 @@ class ExportedModel:
 
     folder: Path
     meta: dict
-    model: DialogModel
+    model: DialogueModel
     class_names: list[str]
     origin: Path | None = None
     checksums_sha256: str = ""
@@ -192,7 +192,7 @@ class ExportedModel:
 
     @property
     def modalities(self) -> str:
-        """Letters of the modalities the dialog model reads (``tav`` order)."""
+        """Letters of the modalities the dialogue model reads (``tav`` order)."""
         return self.model.config.modalities
 
     @property
@@ -259,7 +259,7 @@ def is_model_folder(path: Path) -> bool:
 
 
 def load_model_folder(folder: str | Path, device: str = "cpu") -> ExportedModel:
-    """Verify an exported folder once, copy its verified bytes privately, build its dialog model.
+    """Verify an exported folder once, copy its verified bytes privately, build its dialogue model.
 
     Everything (settings, weights, encoders, text model) is read from the private copy only
     (:func:`trainer.apply.model_folder.private_copy`), so a file changed after verification is never used.
@@ -283,13 +283,13 @@ def load_model_folder(folder: str | Path, device: str = "cpu") -> ExportedModel:
             )
         if not isinstance(meta.get("features"), dict):
             raise ModelFolderError(f"{where}: no features settings; export the model again")
-        cfg = check_dialog_config(meta.get("dialog_model"), meta, where)
-        model = DialogModel(cfg)
+        cfg = check_dialogue_config(meta.get("dialog_model"), meta, where)
+        model = DialogueModel(cfg)
         try:
-            model.load_state_dict(load_weights(copy / DIALOG_WEIGHTS, origin / DIALOG_WEIGHTS))
+            model.load_state_dict(load_weights(copy / DIALOGUE_WEIGHTS, origin / DIALOGUE_WEIGHTS))
         except RuntimeError as e:
             raise ModelFolderError(
-                f"{shown(origin / DIALOG_WEIGHTS)}: does not fit the dialog-model config "
+                f"{shown(origin / DIALOGUE_WEIGHTS)}: does not fit the dialogue-model config "
                 f"in {META} ({shown(str(e).splitlines()[0])}); export the model "
                 "again"
             ) from None
@@ -448,20 +448,20 @@ def _live_line(live: dict | None) -> str:
     if live["causal"]:
         return "causal: each prediction depends only on what was said up to its end (`m2f live`, `m2f serve`)"
     why = (
-        "a bidirectional dialog model"
+        "a bidirectional dialogue model"
         if not live["dialog_causal"]
         else "a text model that reads the next utterance"
     )
     return f"bidirectional ({why}): live use needs `--allow-revisions`"
 
 
-def context_text(dialog_model: dict) -> str:
-    """How the dialog model reads a conversation: order, speakers, and whether it is causal."""
-    order = {"relative": "relative positions"}.get(dialog_model.get("positions", "none"), "no positions")
-    speakers = {"same-other": "same/other speaker"}.get(dialog_model.get("speakers", "none"), "no speakers")
+def context_text(model_config: dict) -> str:
+    """How the dialogue model reads a conversation: order, speakers, and whether it is causal."""
+    order = {"relative": "relative positions"}.get(model_config.get("positions", "none"), "no positions")
+    speakers = {"same-other": "same/other speaker"}.get(model_config.get("speakers", "none"), "no speakers")
     reads = (
         "causal: each utterance from itself and earlier ones only"
-        if dialog_model.get("causal")
+        if model_config.get("causal")
         else "bidirectional: each utterance from the whole conversation"
     )
     return f"{order}, {speakers}; {reads}"
@@ -507,7 +507,7 @@ def model_card(meta: dict) -> str:
     lines = [
         f"# m2f model: {meta['dataset']}, {'+'.join(mods)}",
         "",
-        "An M2FNet dialog model (emotion of each utterance of a conversation) exported by `m2f export`.",
+        "An M2FNet dialogue model (emotion of each utterance of a conversation) exported by `m2f export`.",
         "",
         "| | |",
         "|---|---|",
@@ -524,7 +524,7 @@ def model_card(meta: dict) -> str:
         "```",
         "",
         "Prediction runs the same extraction as `m2f extract` with this folder's encoders, text model and",
-        "media settings, then the dialog model. A modality an utterance lacks (no clip, no audio) gets the",
+        "media settings, then the dialogue model. A modality an utterance lacks (no clip, no audio) gets the",
         "model's learned missing vector and is flagged in the output.",
         "",
         "## Files",
@@ -572,7 +572,7 @@ def export_model(
     """
     from pipeline import __version__
     from pipeline.store.features import read_attrs
-    from trainer.dialog.fit import load_model
+    from trainer.dialogue.fit import load_model
 
     run, out = Path(run), Path(out)
     if (out.exists() or out.is_symlink()) and not overwrite:
@@ -599,7 +599,7 @@ def export_model(
     tmp.chmod(0o755)
     try:
         files = ["dialog"]
-        save_weights(tmp / DIALOG_WEIGHTS, model.state_dict(), "m2f-dialog-1")
+        save_weights(tmp / DIALOGUE_WEIGHTS, model.state_dict(), "m2f-dialog-1")
         shutil.copyfile(seed_dir / "label_map.json", tmp / "label_map.json")
         if "a" in mods or "v" in mods:
             spec = (

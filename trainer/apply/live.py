@@ -4,10 +4,10 @@
 :func:`trainer.apply.export.load_model_folder`); each :class:`Conversation` keeps the features of its
 utterances so far. :meth:`Conversation.add` featurizes the new utterance only (its text with the
 context before it, its clip or audio through the same decoding and encoders as ``m2f extract``:
-:mod:`pipeline.utterance.featurize`), runs the dialog model over the conversation so far and returns the new
+:mod:`pipeline.utterance.featurize`), runs the dialogue model over the conversation so far and returns the new
 utterance's :class:`Prediction`.
 
-A model is **causal** when its dialog model was trained with ``m2f train-dialog --causal`` and its text
+A model is **causal** when its dialogue model was trained with ``m2f train-dialog --causal`` and its text
 model (if it reads text) was fine-tuned with ``--text-context past``: then an utterance's prediction
 depends only on what was said up to its end, and is the one ``m2f predict`` gives the finished
 conversation. A bidirectional model is refused unless ``allow_revisions=True``: its predictions would
@@ -35,8 +35,8 @@ import torch
 from pipeline.manifest import Dialogue, Utterance
 from pipeline.names import MODALITIES
 from trainer.apply.predict import LETTER
-from trainer.dialog.data import MODALITY_FIELDS
-from trainer.dialog.model import NO_SPEAKER
+from trainer.dialogue.data import MODALITY_FIELDS
+from trainer.dialogue.model import NO_SPEAKER
 
 CORPUS, SPLIT = "custom", "test"
 
@@ -121,7 +121,7 @@ class LiveModel:
         if not self.causal and not allow_revisions:
             name = exported.shown_name(".")
             raise LiveError(
-                f"{name} is a bidirectional model (dialog model without --causal, or a text model "
+                f"{name} is a bidirectional model (dialogue model without --causal, or a text model "
                 f"fine-tuned with the next utterance): its predictions would change once later utterances "
                 f"are known; export a model trained with `m2f extract --text-context past` and `m2f "
                 f"train-dialog --causal`, or pass --allow-revisions to predict from the past anyway"

@@ -36,7 +36,7 @@ from pipeline.shown import shown
 
 CHECKSUMS = "checksums.json"
 META = "m2f_model.json"
-DIALOG_WEIGHTS = "dialog.safetensors"
+DIALOGUE_WEIGHTS = "dialog.safetensors"
 ENCODER_DIR = "encoders"
 TEXT_DIR = "text_model"
 #: Suffixes of pickle-based formats: never part of an exported folder.
@@ -61,7 +61,7 @@ TEXT_MODEL_FILES = frozenset(
     }
 )
 SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
-TOP_FILES = frozenset({CHECKSUMS, META, DIALOG_WEIGHTS, "label_map.json", "README.md"})
+TOP_FILES = frozenset({CHECKSUMS, META, DIALOGUE_WEIGHTS, "label_map.json", "README.md"})
 ENCODER_FILES = frozenset(f"{k}.{s}" for k in ("audio", "face", "scene") for s in ("safetensors", "json"))
 #: Caps: one file, one JSON (or text) file, the number of files, and the whole folder.
 MAX_FILE_BYTES = 8 << 30

@@ -8,7 +8,7 @@ are featurized in memory, dialogue by dialogue, by :class:`pipeline.utterance.fe
 decoding and
 embedding functions of ``m2f extract``) with the model folder's encoders, text model and media settings,
 exactly as the run's features were made: no generated CSV, no media or features file. Large inputs are
-spread over worker processes (``workers``), each loading the models once. The dialog model then gives the
+spread over worker processes (``workers``), each loading the models once. The dialogue model then gives the
 class probabilities of every utterance with its dialogue as context.
 
 A modality the model reads but an utterance lacks (no clip, a clip without audio or without a face
@@ -48,7 +48,7 @@ from trainer.apply.export import ExportedModel, ModelFolderError, load_model_fol
 log = logging.getLogger(__name__)
 
 FORMATS = ("csv", "jsonl")
-#: Split every predicted utterance is put in (one split; the dialog model ignores splits).
+#: Split every predicted utterance is put in (one split; the dialogue model ignores splits).
 PREDICT_SPLIT = "test"
 CSV_COLUMNS = ("dialogue_id", "utterance_index", "speaker", "text", "clip", "start", "end", "split")
 LETTER = {"text": "t", "audio": "a", "visual": "v"}
@@ -152,7 +152,7 @@ def input_utterances(
     return utterances, base
 
 
-# -- featurizing and the dialog model -----------------------------------------------------------------
+# -- featurizing and the dialogue model -----------------------------------------------------------------
 def modalities_to_extract(model: ExportedModel, utterances: Sequence[Utterance]) -> tuple[str, ...]:
     """The model's modalities, without audio and visual when no utterance has a clip."""
     has_clip = any(u.clip for u in utterances)
@@ -276,9 +276,10 @@ def featurize(spec: FeaturizerSpec, utterances: Sequence[Utterance], workers: in
 
 
 def conversation_tensors(model: ExportedModel, arrays, modalities: tuple[str, ...]):
-    """The featurized rows as a :class:`~trainer.dialog.data.DialogSplit` with every modality the model reads;
+    """The featurized rows as a :class:`~trainer.dialogue.data.DialogueSplit` with every modality the model
+    reads;
     one that was not extracted is all missing (the model's learned vector)."""
-    from trainer.dialog.data import split_from_arrays
+    from trainer.dialogue.data import split_from_arrays
 
     letters = "".join(LETTER[m] for m in modalities)
     split = split_from_arrays(arrays, PREDICT_SPLIT, model.class_names, letters, where="the input")
@@ -397,7 +398,7 @@ def predict(
         Featurizing worker processes; 0 = this process; None = 0 for one dialogue or a few utterances,
         else 2 (:func:`resolve_workers`).
     device : str
-        ``cpu`` or ``cuda`` for extraction and the dialog model.
+        ``cpu`` or ``cuda`` for extraction and the dialogue model.
     work : path, optional
         Scratch folder (a copy of a CSV without a clip column); default a temporary folder, removed after.
     model : ExportedModel, optional
@@ -441,7 +442,7 @@ def predict(
             log.warning("... and %d more media or embedding problems", len(problems) - 20)
         seconds["extract"] = time.perf_counter() - t
         t = time.perf_counter()
-        from trainer.dialog.fit import predict_probs
+        from trainer.dialogue.fit import predict_probs
 
         split = conversation_tensors(model, arrays, modalities).to(device)
         probs = predict_probs(model.model, split, 64, device)

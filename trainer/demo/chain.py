@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 #: Two frames per utterance: the face's side shows in every frame, and the paper's 15 would multiply face
 #: detection and the visual encoders by 7.5 for one-second clips.
 DEMO_MEDIA = {"n_frames": 2}
-#: Dialogs per batch: 24 train dialogues give 3 steps per epoch (the default 16 gives 2). Training runs on
+#: Dialogues per batch: 24 train dialogues give 3 steps per epoch (the default 16 gives 2). Training runs on
 #: one thread: on a 2-core machine shared with other jobs, two threads made an epoch 4-8x slower.
 DEMO_BATCH = 8
 #: Dialogues per split of the generated corpus (6 utterances each).
@@ -40,7 +40,7 @@ def run_demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> P
     """
     from trainer.apply.export import export_model
     from trainer.demo.corpus import fusion_script
-    from trainer.dialog.fit import DialogTrainConfig, train_dialog
+    from trainer.dialogue.fit import DialogueTrainConfig, train_dialogue
     from trainer.report.build import report
 
     out = Path(out)
@@ -48,8 +48,8 @@ def run_demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> P
     runs = {"t": out / "text", "tav": out / "fused"}
     for modalities, run in runs.items():
         click.echo(f"== 3/6 train-dialog: modalities {modalities}, epoch chosen on dev -> {run}", err=True)
-        train_dialog(
-            DialogTrainConfig(
+        train_dialogue(
+            DialogueTrainConfig(
                 features=str(features),
                 out=str(run),
                 modalities=modalities,
@@ -77,7 +77,8 @@ def run_demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> P
 def demo_features(out: Path, cache: Path, workers: int) -> tuple[Path, Path, Path]:
     """Steps 1-2 of the demo into ``out`` (resumable): generate the corpus, fine-tune MiniLM, extract.
 
-    Returns the corpus CSV, the fine-tuned text model folder and the features.h5 (``bench/dialog_ablation.py``
+    Returns the corpus CSV, the fine-tuned text model folder and the features.h5
+    (``bench/dialogue_ablation.py``
     builds its corpus with this too).
     """
     from pipeline.extract import ExtractOptions, format_summary, run_extract

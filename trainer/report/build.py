@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainer.dialog.run_files import read_metrics, write_json
+from trainer.dialogue.run_files import read_metrics, write_json
 from trainer.report.plots import plot_confusion, plot_curves
 from trainer.report.summary import summarize_run
 from trainer.report.tables import comparison_table, render_markdown, table2

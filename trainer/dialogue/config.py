@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer.dialog.data import (
+from trainer.dialogue.data import (
     CLASS_MAP_CHOICES,
     default_layers,
     inspect_features,
@@ -15,10 +15,10 @@ from trainer.dialog.data import (
     preset_for_dataset,
     resolve_class_names,
 )
-from trainer.dialog.model import DialogModelConfig
+from trainer.dialogue.model import DialogueModelConfig
 
 #: Defaults of ``--positions`` / ``--speakers``. On the generated fusion corpus dev does not separate them
-#: from ``none`` (bench/RESULTS.md, dialog context ablation); these can use a conversation and start as the
+#: from ``none`` (bench/RESULTS.md, dialogue context ablation); these can use a conversation and start as the
 #: bag model (zero biases). To be revisited with the MELD text ablation.
 DEFAULT_POSITIONS = "relative"
 DEFAULT_SPEAKERS = "same-other"
@@ -38,7 +38,7 @@ RESUME_FREE_KEYS = (
 
 
 @dataclass(frozen=True)
-class DialogTrainConfig:
+class DialogueTrainConfig:
     """Options of ``m2f train-dialog`` (see its ``--help``). Immutable; resolved by :func:`resolve_config`."""
 
     features: str
@@ -72,9 +72,9 @@ class DialogTrainConfig:
 
 @dataclass(frozen=True)
 class ResolvedConfig:
-    """A :class:`DialogTrainConfig` with everything the file decides filled in."""
+    """A :class:`DialogueTrainConfig` with everything the file decides filled in."""
 
-    train: DialogTrainConfig
+    train: DialogueTrainConfig
     dataset: str
     class_map: str
     class_names: tuple[str, ...]
@@ -83,9 +83,9 @@ class ResolvedConfig:
     splits: tuple[str, ...]
     device: str
 
-    def model_config(self) -> DialogModelConfig:
+    def model_config(self) -> DialogueModelConfig:
         t = self.train
-        return DialogModelConfig(
+        return DialogueModelConfig(
             dims=dict(self.dims),
             n_classes=len(self.class_names),
             modalities=t.modalities,
@@ -127,7 +127,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_config(config: DialogTrainConfig) -> ResolvedConfig:
+def resolve_config(config: DialogueTrainConfig) -> ResolvedConfig:
     """Fill in what the features file decides: dataset preset, class names, N, widths, device.
 
     Raises

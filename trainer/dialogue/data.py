@@ -1,18 +1,18 @@
-"""Dialogs from a features.h5 split, as padded tensors with masks, and the class maps.
+"""Dialogues from a features.h5 split, as padded tensors with masks, and the class maps.
 
-A split is loaded once into dense ``(n_dialogs, max_len, D)`` tensors per modality (the whole split
+A split is loaded once into dense ``(n_dialogues, max_len, D)`` tensors per modality (the whole split
 fits in memory for MELD and IEMOCAP: MELD train at D = 1024 + 300 + 600 is ~0.9 GB padded, float32),
 moved to the training device once, and batched by indexing. Three masks travel with it:
 
-``mask``      (n_dialogs, L) bool: a real utterance (False = padding).
-``present``   per modality (n_dialogs, L) bool: the cache's ``has_*`` flag. The model replaces rows
+``mask``      (n_dialogues, L) bool: a real utterance (False = padding).
+``present``   per modality (n_dialogues, L) bool: the cache's ``has_*`` flag. The model replaces rows
               whose modality is missing with a learned embedding, so a zero vector is never
               mistaken for a signal.
-``labels``    (n_dialogs, L) int64: class index, or :data:`IGNORE` for padding and for utterances
+``labels``    (n_dialogues, L) int64: class index, or :data:`IGNORE` for padding and for utterances
               whose raw label is outside the class map (IEMOCAP ``xxx``, ``sur``, ...). Those
-              utterances stay in the dialog as context but count in neither loss nor metrics.
-``speakers``  (n_dialogs, L) int64: the speaker within the dialog, numbered by first appearance
-              (0, 1, ...); :data:`~trainer.dialog.model.NO_SPEAKER` for padding and an empty speaker name.
+              utterances stay in the dialogue as context but count in neither loss nor metrics.
+``speakers``  (n_dialogues, L) int64: the speaker within the dialogue, numbered by first appearance
+              (0, 1, ...); :data:`~trainer.dialogue.model.NO_SPEAKER` for padding and an empty speaker name.
               Only same-or-other counts (``m2f train-dialog --speakers same-other``), never the name.
 
 Class maps (which raw labels count, in which order) are trainer configuration, never decided at
@@ -33,7 +33,7 @@ import torch
 from pipeline.corpora.base import CLASS_MAPS, IEMOCAP_CLASSES, MELD_CLASSES  # noqa: F401  (re-exported)
 from pipeline.names import DATASETS, modality_letters, parse_modalities
 from pipeline.store.features import list_splits, read_attrs, read_split, validate_features
-from trainer.dialog.model import NO_SPEAKER
+from trainer.dialogue.model import NO_SPEAKER
 
 #: Label index of padding and of utterances outside the class map (``ignore_index`` of the loss).
 IGNORE = -100
@@ -112,19 +112,19 @@ def default_layers(preset: str) -> int:
 
 
 @dataclass
-class DialogSplit:
-    """One split as padded dialog tensors (see the module docstring).
+class DialogueSplit:
+    """One split as padded dialogue tensors (see the module docstring).
 
     Attributes
     ----------
-    features : dict letter -> Tensor (n_dialogs, L, D) float32
-    present : dict letter -> Tensor (n_dialogs, L) bool
-    mask : Tensor (n_dialogs, L) bool
-    labels : Tensor (n_dialogs, L) int64 (class index or :data:`IGNORE`)
-    speakers : Tensor (n_dialogs, L) int64 (speaker within the dialog, or ``NO_SPEAKER``)
-    lengths : ndarray (n_dialogs,) int64, on the host (batch trimming needs no device sync)
+    features : dict letter -> Tensor (n_dialogues, L, D) float32
+    present : dict letter -> Tensor (n_dialogues, L) bool
+    mask : Tensor (n_dialogues, L) bool
+    labels : Tensor (n_dialogues, L) int64 (class index or :data:`IGNORE`)
+    speakers : Tensor (n_dialogues, L) int64 (speaker within the dialogue, or ``NO_SPEAKER``)
+    lengths : ndarray (n_dialogues,) int64, on the host (batch trimming needs no device sync)
     utt_id, raw_label : ndarray (n_rows,) of str, file row order
-    flat_index : ndarray (n_rows,) int64, position of each file row in the flattened (n_dialogs * L)
+    flat_index : ndarray (n_rows,) int64, position of each file row in the flattened (n_dialogues * L)
     """
 
     name: str
@@ -140,7 +140,7 @@ class DialogSplit:
     excluded: dict[str, int] = field(default_factory=dict)
 
     @property
-    def n_dialogs(self) -> int:
+    def n_dialogues(self) -> int:
         return len(self.lengths)
 
     @property
@@ -152,9 +152,9 @@ class DialogSplit:
         """Utterances whose label is in the class map."""
         return int((self.labels != IGNORE).sum())
 
-    def to(self, device: torch.device | str) -> DialogSplit:
+    def to(self, device: torch.device | str) -> DialogueSplit:
         """A copy with every tensor on ``device``."""
-        return DialogSplit(
+        return DialogueSplit(
             name=self.name,
             features={k: v.to(device) for k, v in self.features.items()},
             present={k: v.to(device) for k, v in self.present.items()},
@@ -180,7 +180,7 @@ class DialogSplit:
         }
 
 
-def dialog_blocks(dialogue_id: np.ndarray) -> list[tuple[int, int]]:
+def dialogue_blocks(dialogue_id: np.ndarray) -> list[tuple[int, int]]:
     """``[(start, end), ...]`` of the contiguous dialogue blocks of a split (file row order)."""
     if len(dialogue_id) == 0:
         return []
@@ -211,8 +211,8 @@ def speaker_indices(speaker: np.ndarray, blocks: Sequence[tuple[int, int]]) -> n
 
 def load_split(
     path: str | Path, split: str, class_names: Sequence[str], modalities: str = "tav"
-) -> DialogSplit:
-    """Load a split of a features.h5 as padded dialog tensors (on the CPU).
+) -> DialogueSplit:
+    """Load a split of a features.h5 as padded dialogue tensors (on the CPU).
 
     Parameters
     ----------
@@ -237,25 +237,25 @@ def load_split(
 
 def split_from_arrays(
     arrays, split: str, class_names: Sequence[str], modalities: str = "tav", where: str = "the features"
-) -> DialogSplit:
+) -> DialogueSplit:
     """:func:`load_split` of rows already in memory (a :class:`pipeline.store.features.SplitArrays`, e.g. the
     rows ``m2f predict`` just featurized), in the same row order rules."""
-    blocks = dialog_blocks(arrays.dialogue_id)
+    blocks = dialogue_blocks(arrays.dialogue_id)
     if len({arrays.dialogue_id[s] for s, _ in blocks}) != len(blocks):
         raise ValueError(
             f"{where}: a dialogue is split over several blocks; the file breaks the "
             "cache format (rows sorted by dialogue then position); rebuild it with m2f extract"
         )
     lengths = np.array([e - s for s, e in blocks], dtype=np.int64)
-    n_dialogs, max_len = len(blocks), int(lengths.max(initial=0))
-    dialog_of_row = np.repeat(np.arange(n_dialogs), lengths)
-    pos_in_dialog = np.arange(len(arrays)) - np.repeat([s for s, _ in blocks], lengths)
-    flat_index = dialog_of_row * max_len + pos_in_dialog
+    n_dialogues, max_len = len(blocks), int(lengths.max(initial=0))
+    dialogue_of_row = np.repeat(np.arange(n_dialogues), lengths)
+    pos_in_dialogue = np.arange(len(arrays)) - np.repeat([s for s, _ in blocks], lengths)
+    flat_index = dialogue_of_row * max_len + pos_in_dialogue
 
     def scatter(values: np.ndarray, fill) -> torch.Tensor:
-        out = np.full((n_dialogs * max_len,) + values.shape[1:], fill, dtype=values.dtype)
+        out = np.full((n_dialogues * max_len,) + values.shape[1:], fill, dtype=values.dtype)
         out[flat_index] = values
-        return torch.from_numpy(out.reshape((n_dialogs, max_len) + values.shape[1:]))
+        return torch.from_numpy(out.reshape((n_dialogues, max_len) + values.shape[1:]))
 
     labels = encode_labels(arrays.label, class_names)
     features, present = {}, {}
@@ -264,7 +264,7 @@ def split_from_arrays(
         features[m] = scatter(np.asarray(getattr(arrays, emb_name), dtype=np.float32), 0.0)
         present[m] = scatter(np.asarray(getattr(arrays, flag_name), dtype=bool), False)
     excluded = Counter(str(x) for x, y in zip(arrays.label, labels, strict=True) if y == IGNORE)
-    return DialogSplit(
+    return DialogueSplit(
         name=split,
         features=features,
         present=present,
@@ -341,35 +341,35 @@ def inspect_features(path: str | Path) -> FeatureFileInfo:
 
 
 def batch_order(
-    n_dialogs: int,
+    n_dialogues: int,
     batch_size: int,
     generator: torch.Generator | None,
     lengths: np.ndarray | None = None,
     bucket: int = 50,
 ) -> list[torch.Tensor]:
-    """Dialog indices cut into batches (CPU tensors).
+    """Dialogue indices cut into batches (CPU tensors).
 
     Parameters
     ----------
-    n_dialogs, batch_size : int
+    n_dialogues, batch_size : int
     generator : torch.Generator or None
         Shuffle with it; None keeps file order (or length order, see ``lengths``).
     lengths : ndarray, optional
-        Dialog lengths. With a generator: dialogs are shuffled, sorted by length inside windows of
-        ``bucket * batch_size`` dialogs, cut into batches, and the batches shuffled, so a batch
-        holds dialogs of similar length (less padding) while the order stays random. Without a
-        generator: batches of length-sorted dialogs (for evaluation).
+        Dialogue lengths. With a generator: dialogues are shuffled, sorted by length inside windows of
+        ``bucket * batch_size`` dialogues, cut into batches, and the batches shuffled, so a batch
+        holds dialogues of similar length (less padding) while the order stays random. Without a
+        generator: batches of length-sorted dialogues (for evaluation).
     bucket : int
         Window size in batches for the length sort.
     """
     if generator is None:
         order = (
-            torch.arange(n_dialogs)
+            torch.arange(n_dialogues)
             if lengths is None
             else torch.from_numpy(np.argsort(lengths, kind="stable"))
         )
         return list(torch.split(order, batch_size))
-    order = torch.randperm(n_dialogs, generator=generator)
+    order = torch.randperm(n_dialogues, generator=generator)
     if lengths is None:
         return list(torch.split(order, batch_size))
     windows = torch.split(order, bucket * batch_size)

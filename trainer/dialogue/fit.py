@@ -1,4 +1,4 @@
-"""Training the dialog model: device, AMP, early stopping on dev, checkpoints, resume, seeds.
+"""Training the dialogue model: device, AMP, early stopping on dev, checkpoints, resume, seeds.
 
 Layout of a run directory (``m2f train-dialog --out RUN_DIR --seeds N``)::
 
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from pipeline.names import SPLITS
-from trainer.dialog.config import DialogTrainConfig, ResolvedConfig, resolve_config
-from trainer.dialog.data import DialogSplit, load_split
-from trainer.dialog.model import DialogModel
-from trainer.dialog.run_files import (
+from trainer.dialogue.config import DialogueTrainConfig, ResolvedConfig, resolve_config
+from trainer.dialogue.data import DialogueSplit, load_split
+from trainer.dialogue.model import DialogueModel
+from trainer.dialogue.run_files import (
     LoopState,
     check_resumable,
     environment_info,
@@ -46,17 +46,17 @@ from trainer.dialog.run_files import (
     write_predictions,
     write_status,
 )
-from trainer.dialog.steps import compiled_or_eager, make_optimizer, predict_probs, score, train_epoch
+from trainer.dialogue.steps import compiled_or_eager, make_optimizer, predict_probs, score, train_epoch
 
 __all__ = [
-    "DialogTrainConfig",
+    "DialogueTrainConfig",
     "TrainingDivergedError",
     "fit_seed",
     "load_model",
     "load_splits",
     "predict_probs",
     "read_metrics",
-    "train_dialog",
+    "train_dialogue",
 ]
 
 
@@ -64,7 +64,7 @@ class TrainingDivergedError(ValueError):
     """The training loss or the dev predictions became non-finite; the last good checkpoints are kept."""
 
 
-def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[str, DialogSplit]) -> dict:
+def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[str, DialogueSplit]) -> dict:
     """Train (or resume, or skip if finished) one seed in ``run_dir``; returns its final status.
 
     ``splits`` are on the training device already.
@@ -89,7 +89,7 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
     )
 
     torch.manual_seed(seed)
-    model = DialogModel(resolved.model_config()).to(device)
+    model = DialogueModel(resolved.model_config()).to(device)
     optimizer = make_optimizer(model, t.lr, t.weight_decay, device)
     state = LoopState()
     if (run_dir / "last.pt").exists():
@@ -192,7 +192,7 @@ def _diverged_message(run_dir: Path, state: LoopState, saved_epoch: int, train_l
     )
 
 
-def load_splits(resolved: ResolvedConfig) -> dict[str, DialogSplit]:
+def load_splits(resolved: ResolvedConfig) -> dict[str, DialogueSplit]:
     """train, dev (and test where present) on the training device."""
     names = [s for s in SPLITS if s in resolved.splits]
     return {
@@ -203,7 +203,7 @@ def load_splits(resolved: ResolvedConfig) -> dict[str, DialogSplit]:
     }
 
 
-def train_dialog(config: DialogTrainConfig) -> list[Path]:
+def train_dialogue(config: DialogueTrainConfig) -> list[Path]:
     """``m2f train-dialog``: train ``config.seeds`` seeds into ``<out>/seed<k>/``; returns their folders.
 
     Finished seeds are skipped and a killed seed resumes from its last epoch, so running the same

@@ -1,19 +1,19 @@
-"""The dialog-level M2FNet (docs/DESIGN.md section 3): modality transformers, attention fusion, classifier.
+"""The dialogue-level M2FNet (docs/DESIGN.md section 3): modality transformers, attention fusion, classifier.
 
-Per modality, N Transformer encoder layers over the utterances of a dialog, each wrapped in a skip
+Per modality, N Transformer encoder layers over the utterances of a dialogue, each wrapped in a skip
 connection (Eq. 5). Then m Multi-Head Attention Fusion layers (Eq. 6): in each, one attention with
 Q = V = text and K = audio, one with Q = V = text and K = visual; their outputs and the text input
 are concatenated and a fully connected layer maps them back to D_T; the next layer's "text" is this
 output while F_A and F_V stay fixed. Eq. 7 concatenates the fused text with F_A and F_V; Eq. 8 is two
 fully connected layers to the class logits.
 
-Decisions where the paper is silent (all options of :class:`DialogModelConfig`):
+Decisions where the paper is silent (all options of :class:`DialogueModelConfig`):
 
 * A missing modality (``has_* = False``) is replaced by a learned per-modality "missing" embedding
   before its encoder, so the zeros of the cache are never read as a signal.
 * Padding positions are excluded from every attention by key-padding masks.
 * Feed-forward width of the encoder layers = ``ff_mult * D``; classifier hidden width ``hidden``.
-* Order and speakers (options; the paper's encoders see neither, so a dialog is a bag of utterances):
+* Order and speakers (options; the paper's encoders see neither, so a dialogue is a bag of utterances):
   ``positions="relative"`` adds a learned bias to every attention score of the modality encoders by
   the clipped relative distance ``key - query`` (one value per layer, head and distance in
   ``[-relative_clip, relative_clip]``); ``speakers="same-other"`` adds a learned bias by whether the
@@ -42,7 +42,7 @@ NO_SPEAKER = -1
 
 
 @dataclass(frozen=True)
-class DialogModelConfig:
+class DialogueModelConfig:
     """Everything that defines the network's shape. Saved in every checkpoint.
 
     Parameters
@@ -97,7 +97,7 @@ class DialogModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> DialogModelConfig:
+    def from_dict(cls, d: dict) -> DialogueModelConfig:
         return cls(**d)
 
     @property
@@ -184,7 +184,7 @@ class EncoderLayer(nn.TransformerEncoderLayer):
 
 
 class ModalityEncoder(nn.Module):
-    """Eq. 5: N Transformer encoder layers over a dialog, each with a skip connection around it.
+    """Eq. 5: N Transformer encoder layers over a dialogue, each with a skip connection around it.
 
     With ``positions``/``speakers``, each layer adds learned per-head biases to its attention scores
     (``position_bias`` (N, heads, 2 * clip + 1), ``speaker_bias`` (N, heads, 3)); these and the causal
@@ -271,16 +271,16 @@ class AttentionFusionLayer(nn.Module):
         return self.dropout(self.project(torch.cat(parts, dim=-1)))
 
 
-class DialogModel(nn.Module):
-    """M2FNet's dialog-level network for any subset of modalities and either fusion.
+class DialogueModel(nn.Module):
+    """M2FNet's dialogue-level network for any subset of modalities and either fusion.
 
     ``forward(features, present, mask, speakers)`` takes dicts letter -> ``(B, L, D)`` / ``(B, L)``,
-    the ``(B, L)`` utterance mask and the ``(B, L)`` speaker indices within each dialog
+    the ``(B, L)`` utterance mask and the ``(B, L)`` speaker indices within each dialogue
     (:data:`NO_SPEAKER` for unknown; needed only with ``speakers="same-other"``), and returns logits
     ``(B, L, n_classes)`` (padding rows are garbage; the loss ignores them).
     """
 
-    def __init__(self, config: DialogModelConfig):
+    def __init__(self, config: DialogueModelConfig):
         super().__init__()
         config.validate()
         self.config = config
@@ -331,7 +331,7 @@ class DialogModel(nn.Module):
         pairs = None
         if config.attention_bias:
             if config.speakers != "none" and speakers is None:
-                raise ValueError("this dialog model reads speakers (speakers='same-other'); pass speakers")
+                raise ValueError("this dialogue model reads speakers (speakers='same-other'); pass speakers")
             pairs = pair_masks(mask, speakers if config.speakers != "none" else None, config.causal)
         encoded = {
             m: self.encoders[m](self.missing[m](features[m], present[m]), padding, pairs)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score
 
 from pipeline.metrics import weighted_f1
-from trainer.dialog.data import IGNORE, DialogSplit, batch_order
+from trainer.dialogue.data import IGNORE, DialogueSplit, batch_order
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def autocast_for(device: str) -> torch.autocast:
 def train_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    split: DialogSplit,
+    split: DialogueSplit,
     batch_size: int,
     generator: torch.Generator,
     device: str,
@@ -36,10 +36,10 @@ def train_epoch(
     max_batches: int | None = None,
     bucket: int = 0,
 ) -> float:
-    """One pass over ``split`` in shuffled dialog batches; returns the mean loss per scored utterance.
+    """One pass over ``split`` in shuffled dialogue batches; returns the mean loss per scored utterance.
 
     The loss is summed on the device and read once at the end (no per-step host sync).
-    ``bucket`` groups dialogs of similar length into a batch (see :func:`batch_order`; 0 = off);
+    ``bucket`` groups dialogues of similar length into a batch (see :func:`batch_order`; 0 = off);
     ``fixed_length`` keeps every batch at the split's full length (static shapes for
     ``torch.compile``); ``max_batches`` stops early (benchmarks).
     """
@@ -47,7 +47,7 @@ def train_epoch(
     total = torch.zeros((), device=device)
     count = torch.zeros((), device=device)
     lengths = split.lengths if bucket else None
-    batches = batch_order(split.n_dialogs, batch_size, generator, lengths, bucket)[:max_batches]
+    batches = batch_order(split.n_dialogues, batch_size, generator, lengths, bucket)[:max_batches]
     on_device = torch.cat(batches).to(device).split([len(b) for b in batches])  # one transfer per epoch
     for index, index_dev in zip(batches, on_device, strict=True):
         length = None if fixed_length else int(split.lengths[index.numpy()].max())
@@ -71,23 +71,23 @@ def train_epoch(
 
 
 @torch.no_grad()
-def predict_probs(model: torch.nn.Module, split: DialogSplit, batch_size: int, device: str) -> np.ndarray:
+def predict_probs(model: torch.nn.Module, split: DialogueSplit, batch_size: int, device: str) -> np.ndarray:
     """Class probabilities ``(n_rows, n_classes)`` in file row order (padding removed)."""
     model.eval()
     out = None
-    for index in batch_order(split.n_dialogs, batch_size, None, split.lengths):  # similar lengths together
+    for index in batch_order(split.n_dialogues, batch_size, None, split.lengths):  # similar lengths together
         length = int(split.lengths[index.numpy()].max())
         on_device = index.to(device)
         batch = split.batch(on_device, length)
         with autocast_for(device):
             logits = model(batch["features"], batch["present"], batch["mask"], batch["speakers"])
         if out is None:
-            out = torch.zeros(split.n_dialogs, split.max_len, logits.shape[-1], device=device)
+            out = torch.zeros(split.n_dialogues, split.max_len, logits.shape[-1], device=device)
         out[on_device, :length] = torch.softmax(logits.float(), dim=-1)
     return out.reshape(-1, out.shape[-1]).cpu().numpy()[split.flat_index]
 
 
-def score(split: DialogSplit, probs: np.ndarray) -> dict[str, float]:
+def score(split: DialogueSplit, probs: np.ndarray) -> dict[str, float]:
     """Weighted F1, accuracy and cross-entropy over the scored utterances of ``split``."""
     labels = split.labels.reshape(-1).cpu().numpy()[split.flat_index]
     keep = labels != IGNORE

@@ -1,21 +1,21 @@
-"""Ablation of the dialog model's context options (order, speakers, causality) on a features.h5, as JSON.
+"""Ablation of the dialogue model's context options (order, speakers, causality) on a features.h5, as JSON.
 
 Settings (``m2f train-dialog`` options; each with and without ``--causal``):
 
 ====================  ==============================================================
-none                  ``--positions none --speakers none`` (a dialog is a bag)
+none                  ``--positions none --speakers none`` (a dialogue is a bag)
 position              ``--positions relative --speakers none``
 position+speaker      ``--positions relative --speakers same-other``
 ====================  ==============================================================
 
-Per setting and seed, one ``train_dialog`` run (the epoch selected on dev weighted F1, as always);
+Per setting and seed, one ``train_dialogue`` run (the epoch selected on dev weighted F1, as always);
 per setting the dev and test weighted F1 as mean ± sample std over the seeds, and the per-seed
 figures. Choose defaults by the dev columns only.
 
 Usage::
 
-    python bench/dialog_ablation.py FEATURES_H5 [--modalities tav] [--seeds 3] [--jobs 2]
-    python bench/dialog_ablation.py --demo DIR [...]   # build the demo's generated fusion corpus and
+    python bench/dialogue_ablation.py FEATURES_H5 [--modalities tav] [--seeds 3] [--jobs 2]
+    python bench/dialogue_ablation.py --demo DIR [...]   # build the demo's generated fusion corpus and
                                                        # its features.h5 in DIR first (m2f demo steps 1-2)
 
 With ``--demo`` the training options default to the demo's (25 epochs, no early stop, batch 8); on
@@ -51,12 +51,12 @@ def run_one(features: str, out: str, setting: str, causal: bool, seed: int, opti
     """Train one seed of one setting; return its dev/test weighted F1 and selected epoch."""
     import warnings
 
-    from trainer.dialog.fit import DialogTrainConfig, train_dialog
+    from trainer.dialogue.fit import DialogueTrainConfig, train_dialogue
     from trainer.report.summary import summarize_seed
 
     warnings.filterwarnings("ignore")
     t0 = time.perf_counter()
-    config = DialogTrainConfig(
+    config = DialogueTrainConfig(
         features=features,
         out=out,
         seeds=1,
@@ -67,7 +67,7 @@ def run_one(features: str, out: str, setting: str, causal: bool, seed: int, opti
         **SETTINGS[setting],
         **options,
     )
-    (seed_dir,) = train_dialog(config)
+    (seed_dir,) = train_dialogue(config)
     summary = summarize_seed(seed_dir)
     return {
         "setting": setting,

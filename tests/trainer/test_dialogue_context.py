@@ -1,4 +1,4 @@
-"""Dialog context: relative positions, same/other speaker and the causal mask of the dialog model."""
+"""Dialogue context: relative positions, same/other speaker and the causal mask of the dialogue model."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from pipeline.testing.features_h5 import context_rows, random_rows, write_features
-from trainer.dialog.config import DialogTrainConfig, resolve_config
-from trainer.dialog.data import load_split, speaker_indices
-from trainer.dialog.fit import train_dialog
-from trainer.dialog.model import NO_SPEAKER, DialogModel, DialogModelConfig, pair_masks
-from trainer.dialog.run_files import load_model
+from trainer.dialogue.config import DialogueTrainConfig, resolve_config
+from trainer.dialogue.data import load_split, speaker_indices
+from trainer.dialogue.fit import train_dialogue
+from trainer.dialogue.model import NO_SPEAKER, DialogueModel, DialogueModelConfig, pair_masks
+from trainer.dialogue.run_files import load_model
 
 DIMS = {"t": 8, "a": 4, "v": 12}
 LENGTH = 6
@@ -26,7 +26,7 @@ def make_model(seed=0, modalities="tav", fusion="attention", randomize=True, **k
     """A small model in eval mode; ``randomize`` gives the (zero-initialised) context biases random values,
     as training would."""
     torch.manual_seed(seed)
-    config = DialogModelConfig(
+    config = DialogueModelConfig(
         dims=DIMS,
         n_classes=3,
         modalities=modalities,
@@ -36,7 +36,7 @@ def make_model(seed=0, modalities="tav", fusion="attention", randomize=True, **k
         hidden=16,
         **kw,
     )
-    model = DialogModel(config).eval()
+    model = DialogueModel(config).eval()
     if randomize:
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -77,7 +77,7 @@ def permutation_gap(model) -> float:
 
 @pytest.mark.parametrize("speakers", ["none", "same-other"])
 def test_without_positions_the_model_is_permutation_equivariant(speakers):
-    """positions=none: a dialog is a bag; permuting utterances (with their speakers) permutes the output."""
+    """positions=none: a dialogue is a bag; permuting utterances (with their speakers) permutes the output."""
     assert permutation_gap(make_model(positions="none", speakers=speakers)) < 1e-5
 
 
@@ -95,7 +95,7 @@ def test_the_speaker_signal_changes_the_output_when_speakers_are_swapped():
         with_speakers, features, present, mask, speakers
     )
     assert delta[0].abs().max() > 1e-3
-    assert delta[1].abs().max() == 0  # the other dialog's speakers did not change
+    assert delta[1].abs().max() == 0  # the other dialogue's speakers did not change
     renamed = torch.where(speakers == 0, 1, torch.where(speakers == 1, 0, speakers))  # names never count
     torch.testing.assert_close(
         run(with_speakers, features, present, mask, renamed),
@@ -193,7 +193,7 @@ def test_zero_context_biases_are_the_plain_model_and_old_checkpoints_load(tmp_pa
     old_config = plain.config.to_dict()
     for key in ("positions", "speakers", "causal", "relative_clip"):
         old_config.pop(key)
-    rebuilt = DialogModel(DialogModelConfig.from_dict(old_config))
+    rebuilt = DialogueModel(DialogueModelConfig.from_dict(old_config))
     rebuilt.load_state_dict(plain.state_dict())  # strict: same names
     assert rebuilt.config == plain.config
     biased = make_model(randomize=False, positions="relative", speakers="same-other")
@@ -203,7 +203,7 @@ def test_zero_context_biases_are_the_plain_model_and_old_checkpoints_load(tmp_pa
     torch.testing.assert_close(run(biased, *inputs), run(plain, *inputs), atol=1e-5, rtol=1e-5)
 
 
-def test_speakers_are_numbered_per_dialog_by_first_appearance(tmp_path):
+def test_speakers_are_numbered_per_dialogue_by_first_appearance(tmp_path):
     names = ["Ross", "Rachel", "Ross", "", "Monica", "Rachel", "Rachel", "Joey"]
 
     def rows(rng, n):
@@ -226,7 +226,7 @@ def test_options_are_recorded_in_the_run_config_and_round_trip(tmp_path):
         {"train": [4, 3, 5, 2], "dev": [3, 4]},
         random_rows(DIMS, ["joy", "anger"]),
     )
-    config = DialogTrainConfig(
+    config = DialogueTrainConfig(
         features=str(path),
         out=str(tmp_path / "run"),
         modalities="ta",
@@ -244,24 +244,24 @@ def test_options_are_recorded_in_the_run_config_and_round_trip(tmp_path):
     model_config = resolved.model_config()
     chosen = (model_config.positions, model_config.speakers, model_config.causal)
     assert chosen == ("relative", "same-other", True)
-    assert DialogModelConfig.from_dict(json.loads(json.dumps(model_config.to_dict()))) == model_config
-    (seed_dir,) = train_dialog(config)
+    assert DialogueModelConfig.from_dict(json.loads(json.dumps(model_config.to_dict()))) == model_config
+    (seed_dir,) = train_dialogue(config)
     saved = json.loads((seed_dir / "config.json").read_text())
     assert (saved["positions"], saved["speakers"], saved["causal"]) == ("relative", "same-other", True)
     assert saved["model"]["causal"] is True and saved["model"]["relative_clip"] == model_config.relative_clip
     model, _ = load_model(seed_dir / "best.pt")
     assert model.config == model_config
     with pytest.raises(ValueError, match="causal"):  # resuming with another setting is refused
-        train_dialog(dataclasses.replace(config, causal=False))
+        train_dialogue(dataclasses.replace(config, causal=False))
     with pytest.raises(ValueError, match="--positions 'absolute'"):
         resolve_config(dataclasses.replace(config, positions="absolute"))
 
 
-def test_train_dialog_help_names_the_config_defaults():
+def test_train_dialogue_help_names_the_config_defaults():
     from click.testing import CliRunner
 
     from cli import main
-    from trainer.dialog.config import DEFAULT_POSITIONS, DEFAULT_SPEAKERS
+    from trainer.dialogue.config import DEFAULT_POSITIONS, DEFAULT_SPEAKERS
 
     text = " ".join(CliRunner().invoke(main, ["train-dialog", "--help"]).output.split())
     assert f"[default: {DEFAULT_POSITIONS}]" in text and f"[default: {DEFAULT_SPEAKERS}]" in text
@@ -280,8 +280,8 @@ def context_accuracy(tmp_path, task: str, epochs: int, **options) -> float:
     if not path.exists():
         write_features(path, "custom", CONTEXT_LENGTHS, context_rows(DIMS, CONTEXT_LENGTHS, task))
     name = "-".join([task, *options.values()])
-    (run_dir,) = train_dialog(
-        DialogTrainConfig(
+    (run_dir,) = train_dialogue(
+        DialogueTrainConfig(
             features=str(path),
             out=str(tmp_path / name),
             modalities="t",

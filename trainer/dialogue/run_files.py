@@ -1,6 +1,6 @@
 """The files of one seed's run folder: JSON, status, metrics, predictions, checkpoints and resume state.
 
-The folder layout is described in :mod:`trainer.dialog.fit`. Every file is written through a temporary name
+The folder layout is described in :mod:`trainer.dialogue.fit`. Every file is written through a temporary name
 and an atomic rename.
 """
 
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from pipeline.store.atomic import atomic_torch_save, atomic_write_text, commit_tmp, tmp_path
-from trainer.dialog.config import RESUME_FREE_KEYS
-from trainer.dialog.data import IGNORE, DialogSplit
-from trainer.dialog.model import DialogModel, DialogModelConfig
+from trainer.dialogue.config import RESUME_FREE_KEYS
+from trainer.dialogue.data import IGNORE, DialogueSplit
+from trainer.dialogue.model import DialogueModel, DialogueModelConfig
 
 CHECKPOINT_FORMAT = 1
 
@@ -78,7 +78,7 @@ def write_status(run_dir: Path, state: str, **fields) -> None:
 
 
 def write_predictions(
-    path: Path, split: DialogSplit, probs: np.ndarray, class_names: tuple[str, ...]
+    path: Path, split: DialogueSplit, probs: np.ndarray, class_names: tuple[str, ...]
 ) -> None:
     """``utt_id, gold, predicted, p_<class>...`` for every scored utterance, file row order."""
     labels = split.labels.reshape(-1).cpu().numpy()[split.flat_index]
@@ -157,7 +157,7 @@ def save_last(
     atomic_torch_save(ckpt, run_dir / "last.pt")
 
 
-def save_model(path: Path, model: DialogModel, class_names: tuple[str, ...], epoch: int) -> None:
+def save_model(path: Path, model: DialogueModel, class_names: tuple[str, ...], epoch: int) -> None:
     """Save weights + model config + class names (a ``weights_only`` checkpoint)."""
     atomic_torch_save(
         {
@@ -171,9 +171,9 @@ def save_model(path: Path, model: DialogModel, class_names: tuple[str, ...], epo
     )
 
 
-def load_model(path: str | Path, device: str = "cpu") -> tuple[DialogModel, list[str]]:
-    """Rebuild a :class:`DialogModel` from ``best.pt`` (loaded with ``weights_only=True``)."""
+def load_model(path: str | Path, device: str = "cpu") -> tuple[DialogueModel, list[str]]:
+    """Rebuild a :class:`DialogueModel` from ``best.pt`` (loaded with ``weights_only=True``)."""
     ckpt = torch.load(path, map_location=device, weights_only=True)
-    model = DialogModel(DialogModelConfig.from_dict(ckpt["model_config"])).to(device)
+    model = DialogueModel(DialogueModelConfig.from_dict(ckpt["model_config"])).to(device)
     model.load_state_dict(ckpt["model"])
     return model, list(ckpt["class_names"])

@@ -1,0 +1,1 @@
+"""Training the dialogue-level model: options, data, the model, steps, the fit loop, run files."""
