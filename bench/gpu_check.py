@@ -206,7 +206,7 @@ def main() -> None:
 
     # 1. the CUDA tests (smoke: one file's, all skipped without CUDA: the command itself is checked)
     where = (
-        ["tests/trainer/test_trainer_fit.py"]
+        ["tests/trainer/dialogue/test_trainer_fit.py"]
         if smoke
         else ["tests/pipeline", "tests/trainer", "tests/integration"]
     )

@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_roberta(tmp_path_factory) -> Path:
-    """A tiny random RoBERTa folder (read-only for the tests): tests/pipeline/test_text*.py."""
+    """A tiny random RoBERTa folder (read-only for the tests): tests/pipeline/text/test_text*.py."""
     from pipeline.testing.text_model import make_tiny_roberta
 
     return make_tiny_roberta(tmp_path_factory.mktemp("tiny_roberta"))
@@ -60,7 +60,7 @@ LIVE_SMALL = {
 def live_models(tmp_path_factory, tiny_roberta):
     """The sample corpus extracted (random encoders, a tiny text model marked as fine-tuned with the
     past-only context), a causal and a bidirectional dialogue model trained on it, each exported:
-    ``(root, {"causal": folder, "bidirectional": folder})`` (tests/trainer/test_live.py, test_serve)."""
+    ``(root, {"causal": folder, "bidirectional": folder})`` (tests/trainer/apply/test_live.py, test_serve)."""
     import json
     import shutil
 

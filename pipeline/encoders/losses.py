@@ -23,7 +23,8 @@ unbiased column variance and covariance)::
     L_Var = sum_k (1/d) sum_j max(0, 1 - sqrt(Var(Z_k[:, j]) + eps))
     L_Cov = sum_k (1/d) sum_{i != j} C(Z_k)[i, j]^2
 
-The m2f default form, and why (each point is measured in ``tests/pipeline/test_encoder_losses_act.py``
+The m2f default form, and why (each point is measured in
+``tests/pipeline/encoders/test_encoder_losses_act.py``
 and ``docs/LOSSES.md``):
 
 * **Var and Cov on the projector output, before normalisation**, as VICReg does (``main_vicreg.py``

@@ -168,7 +168,7 @@ N_BATCHES = 150  # batches of 50 rows the writer appends; the kills land after 3
 _KILL_SCRIPT = textwrap.dedent("""
     import sys, numpy as np
     sys.path.insert(0, {root!r})
-    from tests.pipeline.test_cache import _rows
+    from tests.pipeline.store.test_cache import _rows
     from pipeline.store.cache import FeatureWriter
     w = FeatureWriter({path!r}, "meld", {{"k": 1}})
     done = w.done_ids()
@@ -186,7 +186,7 @@ _KILL_SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize(("after", "delay"), [(3, 0.0), (20, 0.013), (37, 0.031)])
 def test_survives_kill_9_while_writing(tmp_path, after, delay):
     """SIGKILL the writer mid-stream, restart: it resumes and the result equals an uninterrupted run."""
-    root = str(Path(__file__).resolve().parents[2])
+    root = str(Path(__file__).resolve().parents[3])
     path = tmp_path / "features.h5"
     script = tmp_path / "writer.py"
     script.write_text(_KILL_SCRIPT.format(root=root, path=str(path), n=N_BATCHES))
@@ -245,7 +245,7 @@ def test_a_second_live_writer_is_refused_until_the_first_closes_or_dies(tmp_path
             "-c",
             textwrap.dedent(f"""
         import sys, time
-        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[3])!r})
         from pipeline.store.cache import ShardedWriter
         w = ShardedWriter({str(path)!r})
         print("locked", flush=True)

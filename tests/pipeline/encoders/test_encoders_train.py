@@ -23,7 +23,7 @@ from pipeline.encoders.train import state_path_for, train_encoders
 from pipeline.testing.media_h5 import LABELS, write_media
 
 torch.set_num_threads(1)
-TESTS = Path(__file__).parents[1]
+TESTS = Path(__file__).parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pipeline.store.cache import DiskSpaceError, FeatureWriter, NonFiniteError, 
 from pipeline.store.features import validate_features
 from pipeline.store.locks import CacheLockedError, folder_lock
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _rows(ids, dialogue="d0"):

@@ -1,7 +1,7 @@
 """Eq. 9-13 against values worked out by hand (printed and m2f forms), gradient signs, semi-hard mining.
 
 That every term of the default form acts on typical batches is tested in
-tests/pipeline/test_encoder_losses_act.py.
+tests/pipeline/encoders/test_encoder_losses_act.py.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from pipeline.corpora.meld import normalize_text, parse_time, prepare_meld, read
 from pipeline.manifest import Utterance, read_jsonl, validate
 from pipeline.testing.meld_tree import make_meld_tree, meld_rows, write_meld_csv
 
-REAL_MELD = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "meld"
+REAL_MELD = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "meld"
 SMALL = {"n_dialogues": 2, "utterances_per_dialogue": 3, "duration": 0.4, "size": (64, 48)}
 
 
