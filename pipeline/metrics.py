@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
+from numpy.typing import ArrayLike
 
 
-def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence | int | None = None) -> float:
+def weighted_f1(y_true: ArrayLike, y_pred: ArrayLike, labels: Sequence | int | None = None) -> float:
     """Support-weighted F1 over ``labels`` (an int n means ``range(n)``), 0 where a class is never predicted.
 
     The paper's headline metric; equal to scikit-learn's ``f1_score(average="weighted")``.

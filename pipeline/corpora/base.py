@@ -62,7 +62,7 @@ def read_csv_rows(path: Path, utf8_fix: str) -> tuple[list[str], list[tuple[int,
                 header = [h.strip() for h in reader.fieldnames or []]
                 _check_header(path, header)
                 reader.fieldnames = header
-                rows = []
+                rows: list[tuple[int, dict]] = []
                 while True:
                     start = reader.line_num + 1
                     row = next(reader, None)

@@ -157,7 +157,7 @@ def _parse_row(csv_path: Path, line: int, row: dict, has_split: bool, labels: Co
     end = _float_or_none(row.get("end") or "", "end", where)
     if (start is None) != (end is None):
         raise CorpusError(f"{where}: give both start and end (seconds inside the clip) or neither.")
-    if start is not None and end <= start:
+    if start is not None and end is not None and end <= start:
         raise CorpusError(f"{where}: end {end} must be after start {start}.")
     split = None
     if has_split:

@@ -92,7 +92,8 @@ def parse_emo_evaluation(path: str | Path) -> list[EmoLine]:
         duplicate utterance id.
     """
     path = Path(path)
-    out, seen = [], {}
+    out: list[EmoLine] = []
+    seen: dict[str, int] = {}
     for lineno, line in enumerate(read_text_lenient(path).splitlines(), 1):
         if not line.startswith("["):
             continue
@@ -216,7 +217,8 @@ def read_dialogue(
     avi_dir = session_dir / "dialog" / "avi" / "DivX"
     wav_dir = session_dir / "sentences" / "wav" / dialogue
     clip, clip_status = _media_status(avi_dir / f"{dialogue}.avi", avi_dir)
-    out, unlabelled = [], 0
+    out: list[Utterance] = []
+    unlabelled = 0
     for utt_id, raw_text in transcript:
         e = labels.pop(utt_id, None)
         if e is None:

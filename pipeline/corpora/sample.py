@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         size = sum(p.stat().st_size for p in SAMPLE_DIR.rglob("*") if p.is_file())
         log.info("wrote %s (%.2f MB)", SAMPLE_DIR, size / 1e6)
         return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh = md5_tree(build_sample(tmp))
+    with tempfile.TemporaryDirectory() as fresh_dir:
+        fresh = md5_tree(build_sample(fresh_dir))
     bundled = md5_tree(SAMPLE_DIR)
     differ = sorted(k for k in fresh.keys() | bundled.keys() if fresh.get(k) != bundled.get(k))
     if differ:

@@ -102,7 +102,7 @@ def read_subtitles(path: str | Path) -> list[Cue]:
             f"{shown(path)}: not a subtitle file pysubs2 can read ({type(e).__name__}: "
             f"{shown(e)}); give an .srt or .vtt file saved as UTF-8"
         ) from None
-    cues = []
+    cues: list[Cue] = []
     for event in sorted((e for e in subs if not e.is_comment), key=lambda e: (e.start, e.end)):
         speaker, text = split_speaker(event.text)
         if not text:

@@ -6,6 +6,7 @@ target, so a reader (or a rerun after ``kill -9``) sees either the old file or t
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -110,6 +111,6 @@ def content_identity(path: str | Path, n_hex: int = 16) -> str:
         if path.is_dir():
             h.update(str(p.relative_to(path)).encode() + b"\0")
         with open(p, "rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
+            for block in iter(functools.partial(f.read, 1 << 20), b""):
                 h.update(block)
     return h.hexdigest()[:n_hex]

@@ -24,6 +24,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -35,6 +36,14 @@ from pipeline.store.h5rows import append_rows, concat_rows, is_ragged, read_grou
 from pipeline.store.locks import CacheError, acquire_lock
 
 _SHARD_RE = re.compile(r"^(?P<split>\w+)-(?P<n>\d{6})\.h5$")
+
+
+def _shard_name(path: Path) -> re.Match[str]:
+    """The match of a name :meth:`ShardedWriter.shards` returned (those all match ``_SHARD_RE``)."""
+    m = _SHARD_RE.match(path.name)
+    if m is None:
+        raise ValueError(f"{path} is not a shard file name")
+    return m
 
 
 def config_hash(config: Mapping) -> str:
@@ -155,7 +164,7 @@ class ShardedWriter:
         return self.path.exists() and not self.shards()
 
     # -- writing -----------------------------------------------------------------------------
-    def append(self, split: str, rows: Mapping[str, object]) -> Path | None:
+    def append(self, split: str, rows: Mapping[str, Any]) -> Path | None:
         """Write one batch of rows of ``split`` as a new shard (atomically). Returns its path."""
         if "utt_id" not in rows:
             raise ValueError("rows need an 'utt_id' field")
@@ -176,7 +185,7 @@ class ShardedWriter:
                     "missing instead of writing such a value"
                 )
         existing = self.shards()
-        last = max((int(_SHARD_RE.match(p.name)["n"]) for p in existing), default=-1)
+        last = max((int(_shard_name(p)["n"]) for p in existing), default=-1)
         final = self.shard_dir / f"{split}-{last + 1:06d}.h5"
         tmp = tmp_path(final)
         with h5py.File(tmp, "w") as f:
@@ -194,7 +203,7 @@ class ShardedWriter:
             memory. Without it, rows keep write order and are copied one shard at a time (for
             large files such as ``media.h5``, read by id).
         """
-        splits = {_SHARD_RE.match(p.name)["split"] for p in self.shards()}
+        splits = {_shard_name(p)["split"] for p in self.shards()}
         if self.path.exists():
             with h5py.File(self.path, "r") as f:
                 splits |= set(f)
@@ -278,8 +287,8 @@ class ShardedWriter:
             rows = {n: ([v[i] for i in index] if isinstance(v, list) else v[index]) for n, v in rows.items()}
             append_rows(out, rows)
 
-    def _collect(self, split: str) -> dict[str, object]:
-        parts: list[dict[str, object]] = []
+    def _collect(self, split: str) -> dict[str, Any]:
+        parts: list[dict[str, Any]] = []
         if self.path.exists():
             with h5py.File(self.path, "r") as f:
                 if split in f:
@@ -288,8 +297,8 @@ class ShardedWriter:
             with h5py.File(p, "r") as f:
                 parts.append(read_group(f))
         rows = parts[0]
-        for p in parts[1:]:
-            rows = {k: concat_rows(rows[k], p[k]) for k in rows}
+        for part in parts[1:]:
+            rows = {k: concat_rows(rows[k], part[k]) for k in rows}
         # keep the last row written for each id
         last = {u: i for i, u in enumerate(rows["utt_id"])}
         if len(last) < len(rows["utt_id"]):
@@ -322,7 +331,7 @@ class FeatureWriter(ShardedWriter):
             },
         )
 
-    def append(self, split: str, rows: Mapping[str, object]) -> Path | None:
+    def append(self, split: str, rows: Mapping[str, Any]) -> Path | None:
         missing = [k for k in FEATURE_FIELDS if k not in rows]
         extra = [k for k in rows if k not in FEATURE_FIELDS]
         if missing or extra:

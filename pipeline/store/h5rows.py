@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -25,7 +26,7 @@ def is_ragged(value) -> bool:
     return isinstance(value, list | tuple) and len(value) > 0 and isinstance(value[0], np.ndarray)
 
 
-def write_rows(group: h5py.Group, rows: Mapping[str, object]) -> None:
+def write_rows(group: h5py.Group, rows: Mapping[str, Any]) -> None:
     """Write row arrays into ``group``: str lists as utf-8, ragged lists as data + offsets."""
     for name, value in rows.items():
         if is_ragged(value):
@@ -52,9 +53,9 @@ def _create(group: h5py.Group, name: str, arr: np.ndarray) -> None:
         group.create_dataset(name, data=arr, chunks=True, compression="lzf")
 
 
-def read_group(group: h5py.Group, index: np.ndarray | None = None) -> dict[str, object]:
+def read_group(group: h5py.Group, index: np.ndarray | None = None) -> dict[str, Any]:
     """Read every field of ``group`` (optionally only rows ``index``); ragged fields as lists."""
-    out: dict[str, object] = {}
+    out: dict[str, Any] = {}
     for name, ds in group.items():
         if name.endswith(_OFFSETS):
             continue
@@ -78,7 +79,7 @@ def concat_rows(a, b):
     return np.concatenate([a, b], axis=0)
 
 
-def append_rows(group: h5py.Group, rows: Mapping[str, object]) -> None:
+def append_rows(group: h5py.Group, rows: Mapping[str, Any]) -> None:
     """Append row arrays to resizable datasets in ``group`` (created on first use)."""
     for name, value in rows.items():
         if isinstance(value, list):  # ragged: data + offsets
@@ -149,10 +150,10 @@ class RowReader:
         ds = self._g[name]
         return np.asarray(ds.asstr()[()], dtype=object) if h5py.check_string_dtype(ds.dtype) else ds[()]
 
-    def row(self, i: int, names: Sequence[str] | None = None) -> dict[str, object]:
+    def row(self, i: int, names: Sequence[str] | None = None) -> dict[str, Any]:
         """Fields of row ``i`` (all fields when ``names`` is None)."""
         names = names or [n for n in self._g if not n.endswith(_OFFSETS)]
-        out: dict[str, object] = {}
+        out: dict[str, Any] = {}
         for n in names:
             ds = self._g[n]
             if n in self._offsets:

@@ -105,7 +105,9 @@ class CacheLayout:
         :data:`pipeline.encoders.recipe_version.ENCODER_RECIPE_VERSION`).
         """
         if recipe is None:
-            from pipeline.encoders.recipe_version import ENCODER_RECIPE_VERSION as recipe
+            from pipeline.encoders.recipe_version import ENCODER_RECIPE_VERSION
+
+            recipe = ENCODER_RECIPE_VERSION
         return self.dataset_dir / "encoders" / media_key / f"{RECIPE_PREFIX}{int(recipe)}-{labels_key}"
 
     def text_model_dir(self, manifest_key: str, base_key: str) -> Path:

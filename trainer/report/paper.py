@@ -70,7 +70,7 @@ def paper_reference(dataset: str, class_map: str, modalities: str, fusion: str) 
     key = (dataset, modalities, None if len(modalities) == 1 else fusion)
     if key not in PAPER_RESULTS:
         return {"note": f"not reported by the paper ({dataset}, {input_name(modalities, fusion)})"}
-    ref = dict(PAPER_RESULTS[key])
+    ref: dict[str, object] = dict(PAPER_RESULTS[key])
     if key[1:] == ("tav", "attention"):
         ref["per_class_f1"] = PAPER_PER_CLASS_F1[dataset]
     return ref

@@ -51,7 +51,7 @@ def aggregate(per_seed: list[dict], class_names: Sequence[str]) -> dict | None:
         out[key], out[key + "_std"] = _mean_std([m[key] for m in per_seed])
     out["per_class"] = {}
     for c in class_names:
-        entry = {}
+        entry: dict[str, float | None] = {}
         for key in ("precision", "recall", "f1"):
             entry[key], entry[key + "_std"] = _mean_std([m["per_class"][c][key] for m in per_seed])
         entry["support"] = per_seed[0]["per_class"][c]["support"]
