@@ -123,4 +123,4 @@ def load_encoder_set(
                 f"{folder / (m + '.pt')} expects {encs[m].contract.image_size} px images but "
                 f"the media cache stores {size} px; retrain the encoders on this media cache"
             )
-    return EncoderSet(**encs, identity=encoder_identity(folder))
+    return EncoderSet(encs["audio"], encs["face"], encs["scene"], identity=encoder_identity(folder))

@@ -126,6 +126,9 @@ class LogMel(nn.Module):
 class ImageNorm(nn.Module):
     """uint8/float RGB ``(B, 3, S, S)`` in 0-255 -> normalised float."""
 
+    mean: torch.Tensor  # buffers (register_buffer), declared for the type checker
+    std: torch.Tensor
+
     def __init__(self, contract: InputContract):
         super().__init__()
         self.register_buffer("mean", torch.tensor(contract.mean).view(1, 3, 1, 1), persistent=False)

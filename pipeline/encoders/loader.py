@@ -85,7 +85,7 @@ class TrainLoader:
     ):
         self.workers = resolve_workers(cfg.num_workers, device)
         self.keys = _EpochKeys(steps)
-        self.loader = torch.utils.data.DataLoader(
+        self.loader: torch.utils.data.DataLoader | None = torch.utils.data.DataLoader(
             EpochBatches(train, encoder.contract, cfg, steps),
             batch_size=None,
             sampler=self.keys,
@@ -99,6 +99,8 @@ class TrainLoader:
     def epoch(self, epoch: int):
         """An iterator over epoch ``epoch``'s ``(x, y)`` batches."""
         self.keys.epoch = epoch
+        if self.loader is None:
+            raise RuntimeError("the loader is closed")
         return iter(self.loader)
 
     def close(self) -> None:

@@ -134,16 +134,21 @@ def _masked_bn(bn: nn.BatchNorm2d, x: torch.Tensor, keep: torch.Tensor) -> torch
     count = keep.sum() * x.shape[2]
     mean = (x * keep).sum(dim=(0, 2, 3)) / count
     var = (((x - mean[None, :, None, None]) ** 2) * keep).sum(dim=(0, 2, 3)) / count
+    tracked, running_mean, running_var = bn.num_batches_tracked, bn.running_mean, bn.running_var
+    if tracked is None or running_mean is None or running_var is None or bn.momentum is None:
+        raise ValueError("masked BatchNorm needs running statistics and a momentum (ResNet18's have both)")
     with torch.no_grad():
-        bn.num_batches_tracked += 1
-        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), bn.momentum)
+        tracked += 1
+        running_mean.lerp_(mean.to(running_mean.dtype), bn.momentum)
         unbiased = var * count / (count - 1).clamp_min(1)
-        bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), bn.momentum)
+        running_var.lerp_(unbiased.to(running_var.dtype), bn.momentum)
     scale = bn.weight / torch.sqrt(var + bn.eps)
     return (x - mean[None, :, None, None]) * scale[None, :, None, None] + bn.bias[None, :, None, None]
 
 
-def _masked_block(block: nn.Module, x: torch.Tensor, valid: torch.Tensor) -> _MapAndValid:
+def _masked_block(
+    block: torchvision.models.resnet.BasicBlock, x: torch.Tensor, valid: torch.Tensor
+) -> _MapAndValid:
     """A torchvision BasicBlock on a map whose time steps past ``valid`` are zero (and stay zero)."""
     out_valid = _halve(valid) if block.conv1.stride[-1] == 2 else valid
     out = block.conv1(x)
@@ -158,7 +163,7 @@ def _masked_block(block: nn.Module, x: torch.Tensor, valid: torch.Tensor) -> _Ma
     return block.relu(out + identity) * keep, out_valid
 
 
-def _masked_trunk(trunk: nn.Module, h: torch.Tensor, valid: torch.Tensor) -> _MapAndValid:
+def _masked_trunk(trunk: torchvision.models.ResNet, h: torch.Tensor, valid: torch.Tensor) -> _MapAndValid:
     """ResNet18's convolutional stages over log-mels whose frames past ``valid`` are padding.
 
     Every map is zeroed past its real time steps before it feeds a convolution, which is what the

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -124,7 +125,7 @@ class MediaSamples:
 
 def load_batch(
     samples: MediaSamples,
-    indices: Sequence[int],
+    indices: Sequence[int] | np.ndarray,
     contract: InputContract,
     train: bool,
     rng: np.random.Generator,
@@ -236,7 +237,7 @@ class TrainBatches(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        samples: MediaSamples,
+        samples: MediaSamples | SimpleNamespace,  # or its fields alone (EpochBatches, sent to workers)
         batches: list[np.ndarray],
         contract: InputContract,
         seed: int,

@@ -167,6 +167,7 @@ def train_encoder(
     """
     media_path, out_path = Path(media_path), Path(out_path)
     train = _open_split(media_path, "train", cfg.modality, cfg.classes, labels)
+    assert train is not None  # required=True: a missing split raises instead
     counts = train.label_counts()
     usable = [c for c, n in counts.items() if n >= 2]
     encoder = build_encoder(cfg.modality, seed=cfg.seed, **_contract(train, cfg))
@@ -375,9 +376,8 @@ def _probe_sets(train: MediaSamples, dev: MediaSamples | None, cfg: EncoderTrain
 
 def _probe(encoder: Encoder, probe_sets, cfg: EncoderTrainConfig, device: str) -> float:
     (fit_s, fit_i), (score_s, score_i) = probe_sets
-    kw = {"device": device, "batch_size": cfg.batch_size}
-    fx = embed_samples(encoder, fit_s, fit_i, **kw)
-    sx = embed_samples(encoder, score_s, score_i, **kw)
+    fx = embed_samples(encoder, fit_s, fit_i, device=device, batch_size=cfg.batch_size)
+    sx = embed_samples(encoder, score_s, score_i, device=device, batch_size=cfg.batch_size)
     return probe_weighted_f1(fx, fit_s.labels[fit_i], sx, score_s.labels[score_i], cfg.probe, cfg.seed)
 
 

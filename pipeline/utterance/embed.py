@@ -23,12 +23,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pipeline.manifest import Utterance, group_dialogues
+
+if TYPE_CHECKING:
+    from pipeline.encoders.network import Encoder
 
 AUDIO_DIM = 300
 VISUAL_DIM = 600
@@ -68,7 +72,7 @@ class FrontTimer:
         Where the seconds go (under ``name``).
     """
 
-    def __init__(self, encoder: torch.nn.Module, clock: StageClock, name: str = "mel"):
+    def __init__(self, encoder: Encoder, clock: StageClock, name: str = "mel"):
         self._t0 = 0.0
         self._handles = [
             encoder.front.register_forward_pre_hook(self._start),
@@ -111,9 +115,7 @@ def fit_to_contract(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def encode_images(
-    encoder: torch.nn.Module, images: np.ndarray, batch_size: int, device: str = "cpu"
-) -> np.ndarray:
+def encode_images(encoder: Encoder, images: np.ndarray, batch_size: int, device: str = "cpu") -> np.ndarray:
     """Run an image encoder over ``images`` ``(N, 3, S, S)`` uint8 in batches -> ``(N, D)`` float32."""
     dim = encoder.config.embed_dim
     if len(images) == 0:
@@ -126,7 +128,7 @@ def encode_images(
 
 
 def encode_waveforms(
-    encoder: torch.nn.Module, waveforms: Sequence[np.ndarray], batch_size: int, device: str = "cpu"
+    encoder: Encoder, waveforms: Sequence[np.ndarray], batch_size: int, device: str = "cpu"
 ) -> np.ndarray:
     """Audio encoder over 1-D waveforms -> ``(N, D)``, in the view the encoder was trained and selected on.
 
@@ -139,8 +141,8 @@ def encode_waveforms(
 
 
 def visual_embeddings(
-    face_encoder: torch.nn.Module,
-    scene_encoder: torch.nn.Module,
+    face_encoder: Encoder,
+    scene_encoder: Encoder,
     media: Sequence[dict],
     n_frames: int,
     batch_size: int,

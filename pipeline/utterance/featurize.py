@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -38,6 +39,12 @@ from pipeline.utterance.embed import (
     text_embeddings,
     visual_embeddings,
 )
+
+if TYPE_CHECKING:
+    from pipeline.encoders.checkpoint import EncoderSet
+    from pipeline.text.embedder import TextEmbedder
+
+_T = TypeVar("_T")
 
 #: the media row fields the embed step reads, per modality
 MEDIA_FIELDS = {
@@ -55,8 +62,8 @@ class FeatureModels:
     """
 
     modalities: tuple[str, ...]
-    text: object | None = None
-    encoders: object | None = None
+    text: TextEmbedder | None = None
+    encoders: EncoderSet | None = None
     device: str = "cpu"
     batch: int = 32
     n_frames: int = 15
@@ -103,16 +110,17 @@ def embed_utterances(
     n = len(utterances)
     if "text" in models.modalities:
         source = models.text_source or "the default text model"
+        text_model = _needed(models.text, "a text model")
 
         def text_part(idx: list[int]) -> tuple:
-            return text_embeddings(models.text, [utterances[i] for i in idx])
+            return text_embeddings(text_model, [utterances[i] for i in idx])
 
         text = clock.timed(
             "text",
             isolated_embeddings,
             text_part,
             n,
-            int(models.text.dim),
+            int(text_model.dim),
             1,
             group_indices(utterances),
             problems,
@@ -121,11 +129,12 @@ def embed_utterances(
             source,
         )
         text = finite_or_missing(text, utterances, "text", source, problems)
-    encs, singles = models.encoders, [[i] for i in range(n)]
+    singles = [[i] for i in range(n)]
     if "audio" in models.modalities:
-        has_audio = np.array([bool(m["has_audio"]) and len(m["waveform"]) > 0 for m in media])
+        encs, rows = _needed(models.encoders, "an encoder set"), _needed(media, "media rows")
+        has_audio = np.array([bool(m["has_audio"]) and len(m["waveform"]) > 0 for m in rows])
         waves = [
-            m["waveform"] if h else np.zeros(0, np.float32) for m, h in zip(media, has_audio, strict=True)
+            m["waveform"] if h else np.zeros(0, np.float32) for m, h in zip(rows, has_audio, strict=True)
         ]
 
         def audio_part(idx: list[int]) -> tuple:
@@ -151,12 +160,13 @@ def embed_utterances(
             timer.remove()
         audio = finite_or_missing(audio, utterances, "audio", models.encoders_source, problems)
     if "visual" in models.modalities:
+        encs, rows = _needed(models.encoders, "an encoder set"), _needed(media, "media rows")
 
         def visual_part(idx: list[int]) -> tuple:
             return visual_embeddings(
                 encs.face,
                 encs.scene,
-                [media[i] for i in idx],
+                [rows[i] for i in idx],
                 models.n_frames,
                 models.batch,
                 models.device,
@@ -314,6 +324,13 @@ def isolated_embeddings(
     return (emb, *flags)
 
 
+def _needed(value: _T | None, what: str) -> _T:
+    """``value``, which the modalities asked for need (the caller loads models and media to match them)."""
+    if value is None:
+        raise ValueError(f"{what} is needed for the modalities asked, and none was given")
+    return value
+
+
 def finite_or_missing(
     out: tuple, utterances: Sequence[Utterance], modality: str, source: str | None, problems: list[dict]
 ) -> tuple:
@@ -330,7 +347,7 @@ def finite_or_missing(
             f[i] = False
         problems.append(
             embed_problem(
-                utterances[i], modality, f"{modality} embedding is not finite (NaN or infinity)", source
+                utterances[int(i)], modality, f"{modality} embedding is not finite (NaN or infinity)", source
             )
         )
     return (emb, *flags)

@@ -277,14 +277,14 @@ def _process(
     row = empty_row(utt, cfg)
     problems: list[str] = []
     start, end = _span(utt)
-    clip_ok = _check_clip(utt, problems)
-    if clip_ok and start is not None and start == end:
+    clip = utt.clip if _check_clip(utt, problems) else None  # None: no clip, or one that does not open
+    if clip is not None and start is not None and start == end:
         problems.append(
             f"zero-length span [{start}, {end}] in {utt.clip}: kept the one frame at {start} s"
             + ("" if utt.audio else ", no audio")
             + " (check the corpus times)"
         )
-    audio_path = utt.audio if utt.audio is not None else (utt.clip if clip_ok else None)
+    audio_path = utt.audio if utt.audio is not None else clip
     if audio_path is not None:  # a separate per-utterance file (IEMOCAP wav) is used whole
         audio_span = (None, None) if utt.audio is not None else (start, end)
         _guarded(
@@ -295,13 +295,13 @@ def _process(
             lambda: _fill_audio(row, problems, audio_path, *audio_span, cfg),
         )
     frames = None
-    if clip_ok and video:
+    if clip is not None and video:
         frames = _guarded(
             "video decoding",
-            utt.clip,
+            clip,
             "visual marked missing",
             problems,
-            lambda: _fill_video(row, problems, utt, cfg, start, end),
+            lambda: _fill_video(row, problems, utt, clip, cfg, start, end),
         )
     if frames is not None and detector is not None:
         _guarded(
@@ -314,7 +314,7 @@ def _process(
     return row, problems
 
 
-def _guarded(stage: str, path: str, lost: str, problems: list[str], fill: Callable[[], object]):
+def _guarded(stage: str, path: str | None, lost: str, problems: list[str], fill: Callable[[], object]):
     """``fill()``, or None and a problem line when it raises; ``fill`` updates the row only at its end."""
     try:
         return fill()
@@ -380,10 +380,16 @@ def _fill_audio(
 
 
 def _fill_video(
-    row: dict, problems: list[str], utt: Utterance, cfg: MediaConfig, start: float | None, end: float | None
+    row: dict,
+    problems: list[str],
+    utt: Utterance,
+    clip: str,
+    cfg: MediaConfig,
+    start: float | None,
+    end: float | None,
 ) -> np.ndarray | None:
     try:
-        frames = decode_frames(utt.clip, cfg.n_frames, start, end, max_pixels=cfg.max_frame_pixels)
+        frames = decode_frames(clip, cfg.n_frames, start, end, max_pixels=cfg.max_frame_pixels)
     except TruncatedMedia as e:
         frames = e.partial
         problems.append(f"{e} (kept the {len(frames)} frames decoded before the break)")

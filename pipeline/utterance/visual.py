@@ -209,7 +209,7 @@ def weighted_face_embedding(
     array([-0.75, -0.25])
     """
     is_np = not isinstance(face_emb, torch.Tensor)
-    emb = torch.as_tensor(np.asarray(face_emb)) if is_np else face_emb
+    emb = face_emb if isinstance(face_emb, torch.Tensor) else torch.as_tensor(np.asarray(face_emb))
     if emb.ndim != 2:
         raise ValueError(f"face_emb must be (k, D), got shape {tuple(emb.shape)}")
     k, d = emb.shape
