@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 
@@ -174,6 +175,8 @@ def _packet_end(path: str, index: int, hint: float | None) -> float | None:
     with _open(path) as c:
         stream = c.streams[index]
         tb = stream.time_base
+        if tb is None:  # FFmpeg sets one on every demuxed stream
+            raise MediaError(f"stream {index} of {path} has no time base")
         for seek_to in [hint, None] if hint is not None else [None]:
             if seek_to is not None:
                 try:
@@ -228,7 +231,7 @@ def probe(path: str | Path) -> ClipInfo:
         v = c.streams.video[0] if c.streams.video else None
         a = c.streams.audio[0] if c.streams.audio else None
         dur = c.duration / av.time_base if c.duration is not None else None
-        info = {
+        info: dict[str, Any] = {
             "path": str(path),
             "duration": dur,
             "has_video": v is not None,

@@ -69,7 +69,7 @@ def decode_audio(
         if not c.streams.audio:
             raise MediaError(f"no audio stream in {path}")
         stream = c.streams.audio[0]
-        stream.thread_count = 1
+        stream.codec_context.thread_count = 1
         first, stream_end = _bounds(path, c, stream)
         t0, t1 = _resolve_span(path, "audio", _origin(c), first, stream_end, start, end)
         if t1 <= t0:

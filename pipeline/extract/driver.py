@@ -68,7 +68,7 @@ def run_extract(
     key = manifest_hash(selected)  # the features key: labels and text are in features.h5
     labels = training_labels(selected)  # what default encoders learn (the media key leaves labels out)
     media_cfg = media_config_dict(opts.media_config) if opts.needs_media else None
-    if opts.needs_media:
+    if media_cfg is not None:  # opts.needs_media
         check_given_encoders(opts, media_cfg)  # before hours of decoding, not after
     if opts.text_base is not None and "text" in opts.modalities:
         resolve_text_base(opts.text_base)  # a mistyped folder fails now, not after decoding the media
@@ -80,7 +80,7 @@ def run_extract(
     try:
         media_file = None
         mkey = key
-        if opts.needs_media:
+        if media_cfg is not None:  # opts.needs_media
             mkey = media_key(media_cfg, selected)
             if opts.encoders is None and cached_encoders(opts, mkey, labels)[1]:
                 check_trainable(opts, cached_encoders(opts, mkey, labels)[0])  # fail before decoding
@@ -91,6 +91,7 @@ def run_extract(
         if media_file is not None:
             check_input_contract(enc_spec, stored_media_config(media_file), opts.modalities, str(media_file))
         text_model = stage_text_model(opts, manifest)
+        txt_id: str | None
         if given_text_id is not None:
             txt_id = given_text_id
         else:

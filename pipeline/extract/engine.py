@@ -100,7 +100,8 @@ class Engine:
     """
 
     def __init__(self, opts: ExtractOptions, client=None):
-        self.opts, self._client, self._own = opts, client, []
+        self.opts, self._client = opts, client
+        self._own: list = []  # the client and cluster this engine started, closed in this order
         self._shared: set[str] = set()  # paths every worker must read, checked before the next task
         self._security = load_security(opts.security)  # a bad --security file fails before any work
 

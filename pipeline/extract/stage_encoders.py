@@ -75,6 +75,8 @@ def stage_encoders(
         logger.info("encoders: using cached %s", folder)
         return str(folder)
     check_trainable(opts, folder)
+    if media_path is None:  # the media stage runs first whenever media are needed
+        raise ExtractError("encoder training needs the media cache, and none was written")
     try:
         from pipeline.encoders.train import train_encoders
     except ImportError as e:

@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from typing import TypeVar, cast
 
 from pipeline.extract.options import EmbedSpec, ExtractError
 from pipeline.manifest import Utterance
@@ -25,6 +26,7 @@ from pipeline.utterance.embed import StageClock
 from pipeline.utterance.featurize import FeatureModels, embed_utterances
 
 #: Most objects (models, open media readers) one worker process keeps; the least recently used goes.
+_T = TypeVar("_T")
 MAX_CACHED = 6
 _MODELS: OrderedDict[tuple, object] = OrderedDict()
 _LOADS: dict[str, int] = {}  # model kind -> times built in this process (the test of "once per worker")
@@ -53,14 +55,14 @@ def text_model_key(text_id: str | None, device: str, batch: int) -> tuple:
     return ("text", text_id, device, batch)
 
 
-def cached_model(key: tuple, build: Callable[[], object]) -> object:
+def cached_model(key: tuple, build: Callable[[], _T]) -> _T:
     """The object ``build()`` returns, built once per process and kept under ``key`` (``key[0]`` = kind).
 
     At most :data:`MAX_CACHED` objects are kept; the least recently used one is dropped first.
     """
     if key in _MODELS:
         _MODELS.move_to_end(key)
-        return _MODELS[key]
+        return cast(_T, _MODELS[key])  # one key, one kind: what build() made when it was first asked
     obj = build()
     _LOADS[key[0]] = _LOADS.get(key[0], 0) + 1
     _keep(key, obj)
@@ -137,7 +139,7 @@ def media_partition(utterances: list[Utterance], media_cfg: dict, device: str) -
 
 def _media_reader(path: str, split: str) -> RowReader:
     mtime = os.stat(path).st_mtime_ns
-    return cached_model(("media", path, split, mtime), lambda: RowReader(path, split))  # type: ignore[return-value]
+    return cached_model(("media", path, split, mtime), lambda: RowReader(path, split))
 
 
 def _media_rows(path: str, utterances: Sequence[Utterance], names: Sequence[str]) -> list[dict]:
@@ -184,9 +186,12 @@ def embed_partition(utterances: list[Utterance], spec: EmbedSpec) -> dict:
     if models.media_fields:
         from pipeline.encoders.checkpoint import load_encoder_set
 
-        encoders_id = spec.encoders_id or weights_identity(spec.encoders)
+        encoders = spec.encoders
+        if encoders is None:
+            raise ExtractError(f"modalities {spec.modalities} need encoders, and the embed spec names none")
+        encoders_id = spec.encoders_id or weights_identity(encoders)
         models.encoders = cached_model(
-            ("encoders", encoders_id, spec.device), lambda: load_encoder_set(spec.encoders, spec.device)
+            ("encoders", encoders_id, spec.device), lambda: load_encoder_set(encoders, spec.device)
         )
         media = clock.timed("read", _media_rows, spec.media, utterances, models.media_fields)
     rows = embed_utterances(utterances, media, models, problems, clock)

@@ -83,7 +83,7 @@ def yuv420p_frame(yuv: np.ndarray, width: int, height: int):
     for plane, src in zip(frame.planes, sources, strict=True):
         padded = np.zeros((plane.buffer_size // plane.line_size, plane.line_size), np.uint8)
         padded[: src.shape[0], : src.shape[1]] = src
-        plane.update(padded)
+        plane.update(padded.tobytes())
     return frame
 
 
@@ -145,13 +145,13 @@ def encode_media(
             astream = container.add_stream("pcm_s16le" if avi else "aac", rate=sample_rate, layout=layout)
             if not avi:
                 astream.bit_rate = 64_000
-        if vstream is not None:
+        if vstream is not None and frames is not None:  # (vstream exists only with frames)
             for i in range(n_frames):
                 vf = yuv420p_frame(rgb_to_yuv420p(frames(i)), *size)
                 vf.pts = i
                 container.mux(vstream.encode(vf))
             container.mux(vstream.encode())
-        if astream is not None:
+        if astream is not None and audio is not None:  # (astream exists only with audio)
             _encode_audio(container, astream, audio, sample_rate, avi)
     return path
 

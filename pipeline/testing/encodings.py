@@ -10,6 +10,7 @@ import struct
 from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
@@ -75,9 +76,11 @@ def write_av(
     target = str(path) if isinstance(path, str | Path) else path
     frame = frame or (lambda i: face_frame(i, size))
     with av.open(target, "w", format=fmt) as c:
-        vs = as_ = None
+        vs: av.VideoStream | None = None
+        as_: av.AudioStream | None = None
         if vcodec:
-            vs = c.add_stream(vcodec, rate=Fraction(fps))
+            # the stream's kind follows from the codec name, known only at run time
+            vs = cast(av.VideoStream, c.add_stream(vcodec, rate=Fraction(fps)))
             vs.width, vs.height = size
             vs.pix_fmt = pix_fmt
             vs.codec_context.thread_count = 1
@@ -86,11 +89,14 @@ def write_av(
             if rotation is not None:
                 vs.set_display_rotation(rotation)
         if acodec:
-            as_ = c.add_stream(acodec, rate=sample_rate, layout="mono" if channels == 1 else "stereo")
+            as_ = cast(
+                av.AudioStream,
+                c.add_stream(acodec, rate=sample_rate, layout="mono" if channels == 1 else "stereo"),
+            )
             as_.codec_context.thread_count = 1
             as_.bit_rate = 64_000  # WMA has no default; ignored by PCM and lossless codecs
             as_.options = {"strict": "experimental"}  # FFmpeg's native vorbis/opus encoders
-        packets = []
+        packets: list[av.Packet] = []
         if vs is not None:
             for i in range(int(round(seconds * fps))):
                 vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame(i)), format="rgb24")

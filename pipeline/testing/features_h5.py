@@ -95,7 +95,7 @@ def context_rows(dims: Mapping[str, int], dialogue_lengths: Mapping[str, Sequenc
         start = 0
         for length in lengths:
             rows = np.arange(start, start + length)
-            for i in rows:
+            for i in range(start, start + length):
                 if task == "previous":
                     value = sign[max(i - 1, start)]
                 else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,7 @@ def write_media(
     rng = np.random.default_rng(seed)
     w = ShardedWriter(path, {"kind": "media"})
     for split, n in n_per_class.items():
-        rows = {
+        rows: dict[str, Any] = {
             k: []
             for k in (
                 "utt_id",

@@ -161,7 +161,7 @@ def write_meld_csv(path: str | Path, rows: Sequence[dict], *, old_encoding: bool
     text = buf.getvalue()
     # Timestamps contain a comma, so QUOTE_MINIMAL already quotes them, as the real files do.
     if old_encoding:
-        text = text.translate(str.maketrans(_TO_C1))
+        text = text.translate({ord(k): v for k, v in _TO_C1.items()})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text.encode("utf-8"))

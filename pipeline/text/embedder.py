@@ -17,6 +17,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -178,7 +179,7 @@ def model_identity(source: str, is_local: bool) -> str:
     for p in files:
         h.update(p.name.encode())
         with open(p, "rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
+            for block in iter(functools.partial(f.read, 1 << 20), b""):
                 h.update(block)
     return f"{folder.name}:{h.hexdigest()[:16]}"
 

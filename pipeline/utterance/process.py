@@ -72,6 +72,7 @@ from pipeline.utterance.audio import RESAMPLER, SILENCE_PEAK, is_silent
 from pipeline.utterance.visual import (
     FACE_MARGIN,
     FaceDetector,
+    FindsFaces,
     area_weights,
     crop_faces,
     crop_side,
@@ -225,7 +226,7 @@ def _span(utt: Utterance) -> tuple[float | None, float | None]:
 
 
 def process_utterance(
-    utt: Utterance, cfg: MediaConfig, detector: FaceDetector | None, video: bool = True
+    utt: Utterance, cfg: MediaConfig, detector: FindsFaces | None, video: bool = True
 ) -> tuple[dict, list[str]]:
     """Decode one utterance's media once and return ``(row, problems)``.
 
@@ -272,7 +273,7 @@ _REPORT = "if the file plays in a media player, please report this with the file
 
 
 def _process(
-    utt: Utterance, cfg: MediaConfig, detector: FaceDetector | None, video: bool = True
+    utt: Utterance, cfg: MediaConfig, detector: FindsFaces | None, video: bool = True
 ) -> tuple[dict, list[str]]:
     row = empty_row(utt, cfg)
     problems: list[str] = []
@@ -412,7 +413,7 @@ def _fill_faces(
     utt: Utterance,
     cfg: MediaConfig,
     frames: np.ndarray,
-    detector: FaceDetector,
+    detector: FindsFaces,
 ) -> None:
     h, w = frames.shape[1:3]
     shrink = max(1.0, max(h, w) / cfg.detect_max_side) if cfg.detect_max_side > 0 else 1.0

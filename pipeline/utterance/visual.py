@@ -21,6 +21,8 @@ ones, so on CPU the three MTCNN networks are converted to channels-last (same bo
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import cv2
 import numpy as np
 import torch
@@ -30,6 +32,12 @@ FACE_MARGIN = 0.2
 
 
 # ------------------------------------------------------------------------------------------ detection
+class FindsFaces(Protocol):
+    """What media processing asks of a detector: :meth:`FaceDetector.detect` (a timing wrapper has it too)."""
+
+    def detect(self, frames: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]: ...
+
+
 class FaceDetector:
     """MTCNN (facenet-pytorch) with ``keep_all=True``, loaded once and reused for many clips.
 
