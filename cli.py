@@ -898,7 +898,7 @@ def live_cmd(
         sys.stdout.flush()
 
     try:
-        if video is not None:
+        if video is not None and subtitles is not None:  # (both or neither: checked above)
             summary = replay(model, video, subtitles, write, speed=speed)
             click.echo(
                 f"replayed {summary['utterances']} utterances: lag p50 {summary['lag_p50_s']:.3f} s, "

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -61,7 +62,7 @@ class SplitArrays:
         return len(self.utt_id)
 
 
-def read_attrs(path: str | Path) -> dict[str, object]:
+def read_attrs(path: str | Path) -> dict[str, Any]:
     """File attributes of a features.h5, with ``config`` decoded from JSON."""
     with h5py.File(path, "r") as f:
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}

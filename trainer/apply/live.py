@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -324,14 +325,14 @@ def _parse_line(raw: str, base: Path) -> dict:
 
     try:
         item = json.loads(raw)
-    except ValueError as e:
+    except json.JSONDecodeError as e:
         raise LiveError(f"not JSON ({e.msg})") from None
     if not isinstance(item, dict):
         raise LiveError("each line must be a JSON object")
     unknown = set(item) - LINE_FIELDS
     if unknown:
         raise LiveError(f"unknown field(s) {sorted(unknown)}; expected some of {sorted(LINE_FIELDS)}")
-    out = {
+    out: dict[str, Any] = {
         "dialogue": str(item.get("dialogue", "0")),
         "speaker": str(item.get("speaker") or ""),
         "text": str(item.get("text") or ""),

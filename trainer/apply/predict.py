@@ -85,7 +85,7 @@ def csv_utterances(path: Path, work: Path) -> list[Utterance]:
             header = [h.strip() for h in next(csv.reader(f), [])]
         if header and "clip" not in header:
             path = _with_empty_clip_column(path, work / "no-clips" / path.name)
-        order = {}
+        order: dict[str, int] = {}
         for row in read_custom_csv(path):
             order.setdefault(row["dialogue_id"], len(order))
         utterances = prepare_custom(path)
@@ -241,6 +241,8 @@ def _worker_init(spec: FeaturizerSpec) -> None:
 
 
 def _worker_featurize(utterances: list[Utterance]) -> tuple[dict, list[dict]]:
+    if _WORKER_FEATURIZER is None:
+        raise RuntimeError("this worker process was not started with its featurizer")
     return _WORKER_FEATURIZER.featurize(utterances)
 
 
@@ -424,7 +426,7 @@ def predict(
         )
     seconds["load"] = time.perf_counter() - t0
     temp = work is None
-    work = Path(tempfile.mkdtemp(prefix="m2f-predict-")) if temp else Path(work)
+    work = Path(tempfile.mkdtemp(prefix="m2f-predict-")) if work is None else Path(work)
     try:
         if not input_path.exists():
             raise PredictError(

@@ -24,6 +24,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
+from typing import Literal, NoReturn, overload
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
@@ -86,6 +87,11 @@ class Conversations:
         for key in [k for k, c in self._items.items() if now - c.last_used > self.idle_s]:
             del self._items[key]
 
+    @overload
+    def get(self, key: str, create: Literal[True]) -> Conversation: ...
+    @overload
+    def get(self, key: str, create: bool = False) -> Conversation | None: ...
+
     def get(self, key: str, create: bool = False) -> Conversation | None:
         with self._lock:
             self._expire()
@@ -125,7 +131,7 @@ def make_app(
     cap = int(max_upload_mb * 1e6)
     uploads = Path(tempfile.mkdtemp(prefix="m2f-serve-"))  # mode 0700; each upload a fresh name in it
 
-    def fail(status: int, detail: str):
+    def fail(status: int, detail: str) -> NoReturn:
         raise HTTPException(status_code=status, detail=" ".join(str(detail).split())[:500])
 
     @app.exception_handler(HTTPException)
@@ -219,6 +225,7 @@ def make_app(
         check_id(dialogue)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         files: list[Path] = []
+        media: dict[str, Path]
         try:
             if kind == "application/json":
                 try:

@@ -129,7 +129,7 @@ def finetune_demo_text(corpus: Path, folder: Path) -> Path:
         torch.set_num_threads(threads)
 
 
-def predict_conversation(model: Path, corpus: Path, utterances, folder: Path) -> tuple[Path, Path]:
+def predict_conversation(model: Path, corpus: Path, utterances, folder: Path) -> tuple[Path, Path | None]:
     """Join the clips of ``utterances`` into ``folder/talk.mp4`` with ``talk.srt``, predict them, and
     print each prediction beside the emotion the corpus generated; return the predictions and
     timeline paths."""

@@ -97,6 +97,11 @@ class FusionUtterance:
         return f"clips/{self.dialogue_id}_{self.index}.mp4"
 
 
+def _rgb(values: np.ndarray) -> tuple[int, int, int]:
+    r, g, b = (int(x) for x in values)
+    return r, g, b
+
+
 def fusion_script(
     n_dialogues: dict[str, int], utterances_per_dialogue: int = 6, seed: int = 0
 ) -> list[FusionUtterance]:
@@ -135,7 +140,7 @@ def fusion_script(
                             float(rng.uniform(0.42, 0.58)),
                         ),
                         face_scale=float(rng.uniform(0.55, 0.65)),
-                        background=tuple(int(x) for x in rng.integers(20, 110, size=3)),
+                        background=_rgb(rng.integers(20, 110, size=3)),
                     )
                 )
     return out
@@ -214,10 +219,13 @@ def join_clips(
     frames: list[np.ndarray] = []
     audio: list[np.ndarray] = []
     spans = []
-    fps = size = None
+    fps: float | None = None
+    size: tuple[int, int] | None = None
     for clip in clips:
         with av.open(str(clip)) as c:
             stream = c.streams.video[0]
+            if stream.average_rate is None:
+                raise ValueError(f"{clip}: its video stream has no frame rate")
             rate, shape = float(stream.average_rate), (stream.width, stream.height)
             if fps is None:
                 fps, size = rate, shape
@@ -230,6 +238,8 @@ def join_clips(
         wave, _ = decode_audio(clip, sr=sample_rate)
         n = int(round(len(clip_frames) / fps * sample_rate))
         audio.append(np.pad(wave[:n], (0, max(0, n - len(wave)))))
+    if fps is None or size is None:
+        raise ValueError("no clips to join")
     encode_media(
         out,
         frames=frames.__getitem__,

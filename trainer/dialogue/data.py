@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -168,7 +169,7 @@ class DialogueSplit:
             excluded=dict(self.excluded),
         )
 
-    def batch(self, index: torch.Tensor, max_len: int | None = None) -> dict[str, object]:
+    def batch(self, index: torch.Tensor, max_len: int | None = None) -> dict[str, Any]:
         """Rows ``index`` (a LongTensor on the split's device), cut to ``max_len`` positions."""
         length = self.max_len if max_len is None else max_len
         return {

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -237,7 +238,8 @@ class ModalityEncoder(nn.Module):
             for layer in self.layers:
                 x = x + layer(x, src_key_padding_mask=padding)
             return x
-        for layer, mask in zip(self.layers, self.layer_masks(pairs, x.dtype), strict=True):
+        layers = cast(list[EncoderLayer], list(self.layers))  # ModuleList types its items as Module
+        for layer, mask in zip(layers, self.layer_masks(pairs, x.dtype), strict=True):
             x = x + layer.biased(x, mask)
         return x
 
@@ -341,7 +343,7 @@ class DialogueModel(nn.Module):
         if query:
             fused = encoded[query]
             keys = [encoded[k] for k in self.keys]
-            causal = pairs["distance"] > 0 if config.causal else None
+            causal = pairs["distance"] > 0 if pairs is not None and config.causal else None  # causal: pairs
             for layer in self.fusion:
                 fused = layer(fused, keys, padding, causal)
             final = torch.cat([fused] + keys, dim=-1)  # Eq. 7

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -84,6 +85,8 @@ def predict_probs(model: torch.nn.Module, split: DialogueSplit, batch_size: int,
         if out is None:
             out = torch.zeros(split.n_dialogues, split.max_len, logits.shape[-1], device=device)
         out[on_device, :length] = torch.softmax(logits.float(), dim=-1)
+    if out is None:
+        raise ValueError("the split has no dialogues to predict")
     return out.reshape(-1, out.shape[-1]).cpu().numpy()[split.flat_index]
 
 
@@ -126,4 +129,4 @@ def compiled_or_eager(model: torch.nn.Module) -> torch.nn.Module:
     if missing:
         logger.warning("--compile: %s; training eagerly instead", missing)
         return model
-    return torch.compile(model)
+    return cast(torch.nn.Module, torch.compile(model))  # an OptimizedModule, typed as any callable
