@@ -121,17 +121,17 @@ def assemble_context(
     if budget < 1:
         raise ValueError(f"max_length {max_length} leaves no room beside {layout.n_special} special tokens")
     target = list(utt_ids[position])
-    future = list(utt_ids[position + 1]) if future and position + 1 < len(utt_ids) else []
-    future = future[: max(0, budget - len(target))]
-    target = target[: budget - len(future)]
-    room = budget - len(target) - len(future)
+    after = list(utt_ids[position + 1]) if future and position + 1 < len(utt_ids) else []
+    after = after[: max(0, budget - len(target))]
+    target = target[: budget - len(after)]
+    room = budget - len(target) - len(after)
     past: list[int] = []
     for prev in reversed(utt_ids[:position]):
         if len(prev) > room:
             break
         past = list(prev) + past
         room -= len(prev)
-    return [*layout.prefix, *past, *layout.mid, *target, *layout.mid, *future, *layout.suffix]
+    return [*layout.prefix, *past, *layout.mid, *target, *layout.mid, *after, *layout.suffix]
 
 
 def build_context(dialogue: Dialogue, position: int, tokenizer, max_length: int) -> list[int]:

@@ -73,7 +73,7 @@ def build_examples(
         ex.ids.append(contexts[u.id])
         ex.utt_ids.append(u.id)
     for split, ex in out.items():
-        by_id = {u.id: u.label for u in utterances if u.split == split}
+        by_id = {u.id: u.label for u in utterances if u.split == split and u.label is not None}
         ex.labels = np.array([label_map[by_id[i]] for i in ex.utt_ids], dtype=np.int64)
     return out
 

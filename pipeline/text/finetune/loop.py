@@ -47,6 +47,7 @@ import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -213,6 +214,9 @@ def _finetune_text(
     torch.manual_seed(seed)
     tokenizer, model = load_text_model(source, for_classification=n_classes)
     resolve_defaults(cfg, model)
+    # resolve_defaults filled every field left None; these tell the type checker so
+    assert cfg.max_length is not None and cfg.epochs is not None and cfg.lr is not None
+    assert cfg.freeze_layers is not None and cfg.pooling is not None
     id2label = {i: lab for lab, i in sorted(label_map.items(), key=lambda kv: kv[1])}
     model.config.id2label = id2label
     model.config.label2id = {lab: i for i, lab in id2label.items()}
@@ -255,7 +259,7 @@ def _finetune_text(
     resume_dir = out_dir / "resume"
     state_path = resume_dir / "state.pt"
     best_dir = out_dir / "resume" / "best"
-    progress = {
+    progress: dict[str, Any] = {
         "epoch": 0,
         "step_in_epoch": 0,
         "global_step": 0,
@@ -318,6 +322,7 @@ def _finetune_text(
         )
 
     def evaluate_dev() -> None:
+        assert cfg.pooling is not None  # resolved above (a nested function does not see that narrowing)
         t = time.time()
         logits = predict(
             model, examples["dev"], cfg.eval_batch_size, pad_id, dev_t, dev_cache, cfg.pooling, layout
@@ -460,6 +465,7 @@ def _finish(
         "selection": "dev weighted F1 (test never used for selection)",
     }
     if eval_test and "test" in examples and len(examples["test"]):
+        assert cfg.pooling is not None  # training resolved it (resolve_defaults)
         device = torch.device(cfg.device)
         model = AutoModelForSequenceClassification.from_pretrained(best_dir, trust_remote_code=False)
         model = model.to(device)

@@ -96,6 +96,8 @@ def param_groups(model, cfg: FinetuneConfig) -> list[dict]:
     useful scale (measured on MELD: loss still at the majority-class level after 175 steps at 1e-4),
     which a short CPU budget cannot spare.
     """
+    if cfg.lr is None:
+        raise ValueError("param_groups needs the resolved configuration (resolve_defaults): lr is None")
     head = {id(p) for p in model.classifier.parameters()}
     groups = []
     for is_head in (False, True):
