@@ -58,7 +58,6 @@ from trainer.dialogue.model import DialogueModel, DialogueModelConfig
 log = logging.getLogger(__name__)
 
 MODEL_FORMAT = "m2f-model-1"
-MODALITY_NAMES = {"t": "text", "a": "audio", "v": "visual"}
 
 
 # -- safetensors -----------------------------------------------------------------------------------
@@ -469,10 +468,10 @@ def context_text(model_config: dict) -> str:
 
 def model_card(meta: dict) -> str:
     """The README.md of an exported folder."""
-    from pipeline.names import MODALITIES
+    from pipeline.names import MODALITIES, MODALITY_OF_LETTER
 
     src, feats, metrics = meta["source"], meta["features"], meta["metrics"]
-    mods = [MODALITY_NAMES[m] for m in meta["dialog_model"]["modalities"]]
+    mods = [MODALITY_OF_LETTER[m] for m in meta["dialog_model"]["modalities"]]
 
     def pct(split: str) -> str:
         m = metrics.get(split)

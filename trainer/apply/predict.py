@@ -40,7 +40,7 @@ import torch
 # after the package split).
 from pipeline.extract import ExtractError, ExtractOptions, format_summary, run_extract
 from pipeline.manifest import Utterance
-from pipeline.names import MODALITIES
+from pipeline.names import LETTER, MODALITIES
 from pipeline.shown import shown
 from pipeline.store.atomic import atomic_write_text
 from trainer.apply.export import ExportedModel, ModelFolderError, load_model_folder
@@ -51,7 +51,6 @@ FORMATS = ("csv", "jsonl")
 #: Split every predicted utterance is put in (one split; the dialogue model ignores splits).
 PREDICT_SPLIT = "test"
 CSV_COLUMNS = ("dialogue_id", "utterance_index", "speaker", "text", "clip", "start", "end", "split")
-LETTER = {"text": "t", "audio": "a", "visual": "v"}
 
 
 class PredictError(ValueError):
