@@ -29,7 +29,7 @@ from pipeline.encoders.augment import AudioAugment, augment_waveform, image_augm
 from pipeline.encoders.inputs import InputContract, audio_view, pad_waveforms
 from pipeline.store.h5rows import RowReader
 
-FLAG_OF = {"audio": "has_audio", "face": "has_face", "scene": "has_video"}
+FLAG_OF = {"audio": "has_audio", "face": "has_face", "scene": "has_visual"}
 FIELD_OF = {"audio": "waveform", "face": "faces", "scene": "scenes"}
 DEFAULT_AUDIO_AUGMENT = AudioAugment()
 

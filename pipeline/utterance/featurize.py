@@ -42,7 +42,7 @@ from pipeline.utterance.embed import (
 #: the media row fields the embed step reads, per modality
 MEDIA_FIELDS = {
     "audio": ("has_audio", "waveform"),
-    "visual": ("has_video", "has_face", "faces", "face_frame", "face_weight", "scenes"),
+    "visual": ("has_visual", "has_face", "faces", "face_frame", "face_weight", "scenes"),
 }
 
 

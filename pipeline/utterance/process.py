@@ -16,14 +16,14 @@ Where the media come from
   ``utt.audio`` (the utterance's own wav), when given, instead of the video.
 
 Faults never raise: each becomes a problem string naming the file and what happens, and the row is
-still returned with the matching flags (``has_audio``/``has_video``/``has_face`` False and empty
+still returned with the matching flags (``has_audio``/``has_visual``/``has_face`` False and empty
 arrays). Beyond the faults below, any exception inside a stage (audio, video, faces) is caught and
 reported the same way, marking that stage's modality missing (a video failure loses the faces too);
 an exception outside the stages gives the empty row. Only ``BaseException`` outside ``Exception``
 (Ctrl-C, exit) goes through. The decisions:
 
 =====================================  ==========================================================
-missing / zero-byte / unreadable clip  has_audio = has_video = False; "missing file: ..." etc.
+missing / zero-byte / unreadable clip  has_audio = has_visual = False; "missing file: ..." etc.
 no audio stream / no video stream      that modality False, the other one kept
 truncated data mid-stream              what decoded before the break is kept (flag True if any)
 truncated file that still opens        the data that is there is used; "truncated clip ..."
@@ -92,7 +92,7 @@ __all__ = [
 #: Row fields with a per-utterance length (stored as data + offsets).
 MEDIA_RAGGED = ("waveform", "scenes", "faces", "face_frame", "face_weight", "face_prob", "face_box")
 #: Boolean row fields.
-MEDIA_FLAGS = ("has_audio", "audio_cut", "has_video", "has_face")
+MEDIA_FLAGS = ("has_audio", "audio_cut", "has_visual", "has_face")
 #: Audio shorter than one log-mel analysis frame (400 samples at 16 kHz) carries no spectrum to embed.
 MIN_AUDIO_SECONDS = 0.025
 
@@ -207,7 +207,7 @@ def empty_row(utt: Utterance, cfg: MediaConfig) -> dict:
         "has_audio": False,
         "audio_cut": False,
         "scenes": np.zeros((0, 3, s, s), np.uint8),
-        "has_video": False,
+        "has_visual": False,
         "faces": np.zeros((0, 3, f, f), np.uint8),
         "face_frame": np.zeros(0, np.int16),
         "face_weight": np.zeros(0, np.float32),
@@ -238,14 +238,14 @@ def process_utterance(
     detector : FaceDetector or None
         None skips face detection (``has_face`` False, no problem reported for it).
     video : bool
-        False skips the frames altogether (``has_video`` False, no problem reported): for a model that
+        False skips the frames altogether (``has_visual`` False, no problem reported): for a model that
         reads audio and not video (``m2f live``), whose media row then costs the audio alone.
 
     Returns
     -------
     row : dict
         ``utt_id`` str, ``label`` str ("" if None), ``waveform`` float32 (n,), ``has_audio``,
-        ``audio_cut``, ``scenes`` uint8 (f, 3, S, S), ``has_video``, ``faces`` uint8 (k, 3, F, F),
+        ``audio_cut``, ``scenes`` uint8 (f, 3, S, S), ``has_visual``, ``faces`` uint8 (k, 3, F, F),
         ``face_frame`` int16 (k,), ``face_weight`` float32 (k,) (sums to 1 per frame),
         ``face_prob`` float32 (k,), ``face_box`` float32 (k, 4) (full-frame pixels, after the IEMOCAP
         half crop), ``has_face``.
@@ -396,7 +396,7 @@ def _fill_video(
             f"(< {cfg.n_frames}; all kept)"
         )
     frames = crop_side(frames, utt.side)
-    row.update(scenes=resize_scenes(frames, cfg.scene_size), has_video=True)
+    row.update(scenes=resize_scenes(frames, cfg.scene_size), has_visual=True)
     return frames
 
 
