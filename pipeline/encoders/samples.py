@@ -30,7 +30,6 @@ from pipeline.encoders.inputs import InputContract, audio_view, pad_waveforms
 from pipeline.store.h5rows import RowReader
 
 FLAG_OF = {"audio": "has_audio", "face": "has_face", "scene": "has_visual"}
-FIELD_OF = {"audio": "waveform", "face": "faces", "scene": "scenes"}
 DEFAULT_AUDIO_AUGMENT = AudioAugment()
 
 

@@ -30,9 +30,6 @@ import torch.nn.functional as F
 
 from pipeline.manifest import Utterance, group_dialogues
 
-AUDIO_DIM = 300
-VISUAL_DIM = 600
-
 
 @dataclass
 class StageClock:

@@ -55,7 +55,7 @@ from trainer.apply.model_folder import (
 )
 from trainer.dialogue.model import DialogueModel, DialogueModelConfig
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MODEL_FORMAT = "m2f-model-1"
 
@@ -606,14 +606,14 @@ def export_model(
                 if encoders == "random"
                 else find_encoders(feature_config["encoders"], features, encoders)
             )
-            log.info("export: encoders %s", spec)
+            logger.info("export: encoders %s", spec)
             if export_encoders(spec, tmp / ENCODER_DIR) != feature_config["encoders"]:
                 raise ModelFolderError(f"{spec}: not the encoders {feature_config['encoders']} of {features}")
             files.append("encoders")
         text_identity = None
         if "t" in mods:
             source = find_text_model(feature_config["text_model"], features, text_model)
-            log.info("export: text model %s", source)
+            logger.info("export: text model %s", source)
             export_text_model(source, tmp / TEXT_DIR)
             text_identity = check_text_identity(feature_config["text_model"], tmp / TEXT_DIR)
             files.append("text_model")
@@ -659,7 +659,7 @@ def export_model(
     if out.exists() or out.is_symlink():
         shutil.rmtree(out)  # a model folder (checked above), never a symlink
     tmp.rename(out)
-    log.info(
+    logger.info(
         "export: %s; sha256 of its checksums.json %s (give it with the folder: it identifies exactly "
         "these files)",
         out,

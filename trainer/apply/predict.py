@@ -45,12 +45,11 @@ from pipeline.shown import shown
 from pipeline.store.atomic import atomic_write_text
 from trainer.apply.export import ExportedModel, ModelFolderError, load_model_folder
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 FORMATS = ("csv", "jsonl")
 #: Split every predicted utterance is put in (one split; the dialogue model ignores splits).
 PREDICT_SPLIT = "test"
-CSV_COLUMNS = ("dialogue_id", "utterance_index", "speaker", "text", "clip", "start", "end", "split")
 
 
 class PredictError(ValueError):
@@ -415,7 +414,7 @@ def predict(
     loaded_here = model is None
     if model is None:
         model = load_model_folder(model_dir, device)
-        log.info(
+        logger.info(
             "model %s: sha256 of its checksums.json %s (integrity, not origin: compare it with the "
             "publisher's)",
             shown(model_dir),
@@ -436,9 +435,9 @@ def predict(
         t = time.perf_counter()
         arrays, problems = featurize(FeaturizerSpec.of(model, modalities, device), utterances, workers)
         for p in problems[:20]:
-            log.warning("%s: %s", shown(p.get("file") or p["utt_id"]), shown(p["problem"]))
+            logger.warning("%s: %s", shown(p.get("file") or p["utt_id"]), shown(p["problem"]))
         if len(problems) > 20:
-            log.warning("... and %d more media or embedding problems", len(problems) - 20)
+            logger.warning("... and %d more media or embedding problems", len(problems) - 20)
         seconds["extract"] = time.perf_counter() - t
         t = time.perf_counter()
         from trainer.dialogue.fit import predict_probs

@@ -79,7 +79,7 @@ from pipeline.text.finetune.state import (
     rng_states,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def _finetune_text(
@@ -234,7 +234,7 @@ def _finetune_text(
     if limit_train is not None:
         train = Examples(train.ids[:limit_train], train.labels[:limit_train], train.utt_ids[:limit_train])
     lengths = [len(x) for x in train.ids]
-    log.info(
+    logger.info(
         f"{len(train)} train / {len(examples['dev'])} dev inputs, mean {np.mean(lengths):.1f} tokens "
         f"(max {cfg.max_length}); contexts built in {time.time() - t0:.1f}s"
     )
@@ -279,7 +279,7 @@ def _finetune_text(
         restore_rng_states(state, dev_t.type)
         progress = json.loads(state["progress"])
         progress["stopped_early"] = False  # a new call brings a new budget
-        log.info(
+        logger.info(
             f"resuming at epoch {progress['epoch']} step {progress['step_in_epoch']} "
             f"(best dev wF1 so far {progress['best_dev_wf1']:.4f})"
         )
@@ -291,7 +291,7 @@ def _finetune_text(
         dev_cache = FrozenBottomCache(
             model, examples["dev"], cfg.freeze_layers, pad_id, dev_t, cfg.eval_batch_size
         )
-        log.info(
+        logger.info(
             f"frozen embeddings + {cfg.freeze_layers} layers run once: "
             f"{(train_cache.nbytes + dev_cache.nbytes) / 1e6:.0f} MB in {time.time() - t:.0f}s"
         )
@@ -334,7 +334,7 @@ def _finetune_text(
             "elapsed_s": round(time.time() - run_start, 1),
         }
         progress["history"].append(entry)
-        log.info(
+        logger.info(
             f"epoch {progress['epoch']} step {progress['global_step']}: dev wF1 {wf1:.4f} acc {acc:.4f} "
             f"(eval {time.time() - t:.0f}s, {entry['elapsed_s']:.0f}s in)"
         )
@@ -385,7 +385,7 @@ def _finetune_text(
             progress["running_loss"] = float(np.mean(losses[-50:]))
             over_budget = budget_s is not None and time.time() - run_start > budget_s
             if progress["global_step"] % 25 == 0:
-                log.info(
+                logger.info(
                     f"epoch {progress['epoch']} step {progress['step_in_epoch']}/{len(batches)} "
                     f"loss {progress['running_loss']:.4f} ({time.time() - run_start:.0f}s)"
                 )
@@ -393,7 +393,7 @@ def _finetune_text(
                 evaluate_dev()
                 if over_budget:
                     progress["stopped_early"] = True
-                    log.info(f"stopping: the {cfg.max_minutes} min budget is spent")
+                    logger.info(f"stopping: the {cfg.max_minutes} min budget is spent")
                 save_state()
                 if over_budget:
                     break
@@ -469,7 +469,7 @@ def _finish(
         ).argmax(1)
         meta["test_weighted_f1"] = weighted_f1(examples["test"].labels, pred, n_classes)
         meta["test_accuracy"] = float((pred == examples["test"].labels).mean())
-        log.info(
+        logger.info(
             f"selected model: test wF1 {meta['test_weighted_f1']:.4f} acc {meta['test_accuracy']:.4f} "
             f"({time.time() - t:.0f}s)"
         )
@@ -478,5 +478,7 @@ def _finish(
             continue
         shutil.copy2(p, out_dir / p.name)
     atomic_write_json(out_dir / META_FILE, meta, indent=2, sort_keys=False, ensure_ascii=True)
-    log.info(f"wrote {out_dir} (dev wF1 {meta['dev_weighted_f1']:.4f}, {train_s / 60:.1f} min of training)")
+    logger.info(
+        f"wrote {out_dir} (dev wF1 {meta['dev_weighted_f1']:.4f}, {train_s / 60:.1f} min of training)"
+    )
     return out_dir
