@@ -145,8 +145,12 @@ class RowReader:
 
     Examples
     --------
-    >>> with RowReader("cache/sample/x/media.h5", "train") as r:   # doctest: +SKIP
-    ...     first = r.row(0, ["utt_id", "waveform"])
+    >>> waves = [np.zeros(3, np.float32), np.ones(1, np.float32)]
+    >>> with h5py.File("media.h5", "w") as f:
+    ...     write_rows(f.create_group("train"), {"utt_id": ["a", "b"], "waveform": waves})
+    >>> with RowReader("media.h5", "train") as r:
+    ...     r.row(1, ["utt_id", "waveform"])
+    {'utt_id': 'b', 'waveform': array([1.], dtype=float32)}
     """
 
     def __init__(self, path: str | Path, split: str):

@@ -50,9 +50,13 @@ padded with empty (zero) frames.
 
 Examples
 --------
->>> cfg = MediaConfig()
+>>> from pipeline.corpora.sample import prepare_sample
+>>> utt = prepare_sample()[0]                      # a 1.5 s clip of the bundled sample corpus
+>>> cfg = MediaConfig(n_frames=2)
 >>> detector = FaceDetector(cfg)                  # once per process
 >>> row, problems = process_utterance(utt, cfg, detector)
+>>> bool(row["has_audio"]), bool(row["has_visual"]), row["scenes"].shape
+(True, True, (2, 3, 64, 64))
 """
 
 from __future__ import annotations
@@ -184,11 +188,9 @@ def stored_bytes(cfg: MediaConfig, seconds: float = 3.13, faces_per_frame: float
 
     Notes
     -----
-    Measured lzf ratios (h5py, the cache's chunked lzf): natural-image scene frames 0.95-0.98, face
-    crops 0.91-0.96, float32 audio 1.0 (no gain). With the defaults a typical MELD row (3.13 s,
-    2 faces per frame) is ~0.96 MB raw, ~0.92 MB stored: 13,708 utterances ~12.7 GB, within 15 GB;
-    the budget holds up to ~2.6 faces per frame on average. At 112/112 the same row would be
-    ~1.9 MB raw, ~1.75 MB stored (~24 GB): too much.
+    lzf gains little on frames and crops and nothing on float32 audio, so the stored size is close to
+    the raw one. The default sizes keep MELD's media.h5 within 15 GB; 112 px crops and frames would
+    not (figures: bench/RESULTS.md, "Media cache size").
     """
     n_audio = int(min(seconds, cfg.max_seconds) * cfg.sample_rate) * 4
     n_scene = cfg.n_frames * 3 * cfg.scene_size**2

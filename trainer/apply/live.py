@@ -15,10 +15,13 @@ change once later utterances are known.
 
 Examples
 --------
->>> with LiveModel.load("runs/meld/model") as model:
+Not run as a test: it needs a model folder exported from a causal run (``m2f export``) and a clip.
+
+>>> with LiveModel.load("runs/meld/model") as model:  # doctest: +SKIP
 ...     talk = model.conversation("call-42")
 ...     p = talk.add(speaker="Ann", text="I can't believe you did that!", clip="ann1.mp4")
 ...     p.predicted, p.probabilities["anger"]
+('anger', 0.71)
 """
 
 from __future__ import annotations

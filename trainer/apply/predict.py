@@ -219,7 +219,7 @@ def resolve_workers(workers: int | None, utterances: Sequence[Utterance]) -> int
 
     ``None`` (auto) picks 0 for one dialogue or a few utterances: a worker process imports torch and
     loads MTCNN, the encoders and the text model, which costs more than one conversation's work
-    (measured: 35 of 51 s for a 20-utterance conversation on 2 cores). Larger inputs get 2 processes.
+    (bench/RESULTS.md, "Predict latency"). Larger inputs get 2 processes.
     """
     if workers is not None:
         return workers

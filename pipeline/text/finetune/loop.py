@@ -12,16 +12,16 @@ over the target utterance's tokens, the default when lower layers are frozen).
 The recipe follows the base model (:func:`pipeline.text.finetune.recipe.resolve_defaults`): a
 RoBERTa/BERT-family base other than MiniLM (``roberta-large``, a local folder) is fine-tuned whole with
 the first-token head (EmoBERTa, the paper) on any device; the shipped MiniLM gets the CPU recipe below
-on ``device="cpu"``. The CPU recipe (measured on MELD in ``bench/RESULTS.md``: about 15 min of training
-on a shared 2-core CPU, 0.575 dev / 0.613 test weighted F1 of the classifier):
+on ``device="cpu"``. The CPU recipe (its cost and quality on MELD, and the recipes it was chosen
+from: ``bench/RESULTS.md``, "Text fine-tuning"):
 
-- context inputs capped at 64 tokens (MELD train contexts: mean 50.9 tokens; 71.7 at 96, 87.3 at 128);
+- context inputs capped at 64 tokens (most MELD contexts fit; fewer tokens per epoch than 96 or 128);
 - dynamic padding in length-bucketed batches (similar lengths together, shuffled at the batch level);
 - embeddings and the lowest layers frozen (MiniLM: 2 of 6) and their outputs computed once
   (:class:`pipeline.text.finetune.heads.FrozenBottomCache`), so a step runs only the top four
   layers and the head;
 - the new head at 10x the body's learning rate, target-token pooling, 2 epochs;
-- one torch thread (on a CPU shared with other busy processes it was 3-4x faster per step than two);
+- one torch thread (faster per step than two on a CPU shared with other busy processes);
 - a wall-clock budget (``max_minutes``): training stops cleanly at the budget and keeps the best
   checkpoint so far.
 
@@ -30,9 +30,11 @@ every ``checkpoint_every`` steps and at each evaluation; the same call after a k
 
 Examples
 --------
->>> from pipeline.corpora.meld import prepare_meld
->>> folder = finetune_text(prepare_meld("data/meld"), "models/minilm-meld")  # the CPU recipe
->>> TextEmbedder(str(folder)).embed(dialogues)
+Not run as a test: it needs the MELD corpus and minutes of training.
+
+>>> from pipeline.corpora.meld import prepare_meld  # doctest: +SKIP
+>>> folder = finetune_text(prepare_meld("data/meld"), "models/minilm-meld")  # doctest: +SKIP
+>>> TextEmbedder(str(folder)).embed(dialogues)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -164,7 +166,7 @@ def _finetune_text(
         runs only the trained layers.
     threads : int or None
         ``torch.set_num_threads`` for the run; ``None`` leaves it. On a CPU shared with other busy
-        processes 1 thread was 3-4x faster per step than 2 (measured here).
+        processes 1 thread is faster per step than 2 (bench/RESULTS.md, "Text fine-tuning").
 
     Returns
     -------
