@@ -55,14 +55,13 @@ from trainer.apply.model_folder import (
 )
 from trainer.dialogue.model import DialogueEnsemble, DialogueModel, DialogueModelConfig
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MODEL_FORMAT = "m2f-model-1"
 #: Most members an exported ensemble may hold (checked before any model is built).
 MAX_MEMBERS = 32
 #: Prefix of member ``i``'s tensors in the weights file of an ensemble.
 MEMBER_PREFIX = "member{}."
-MODALITY_NAMES = {"t": "text", "a": "audio", "v": "visual"}
 
 
 # -- safetensors -----------------------------------------------------------------------------------
@@ -557,10 +556,10 @@ def context_text(model_config: dict) -> str:
 
 def model_card(meta: dict) -> str:
     """The README.md of an exported folder."""
-    from pipeline.names import MODALITIES
+    from pipeline.names import MODALITIES, MODALITY_OF_LETTER
 
     src, feats, metrics = meta["source"], meta["features"], meta["metrics"]
-    mods = [MODALITY_NAMES[m] for m in meta["dialog_model"]["modalities"]]
+    mods = [MODALITY_OF_LETTER[m] for m in meta["dialog_model"]["modalities"]]
 
     def pct(split: str) -> str:
         m = metrics.get(split)
@@ -739,14 +738,14 @@ def export_model(
                 if encoders == "random"
                 else find_encoders(feature_config["encoders"], features, encoders)
             )
-            log.info("export: encoders %s", spec)
+            logger.info("export: encoders %s", spec)
             if export_encoders(spec, tmp / ENCODER_DIR) != feature_config["encoders"]:
                 raise ModelFolderError(f"{spec}: not the encoders {feature_config['encoders']} of {features}")
             files.append("encoders")
         text_identity = None
         if "t" in mods:
             source = find_text_model(feature_config["text_model"], features, text_model)
-            log.info("export: text model %s", source)
+            logger.info("export: text model %s", source)
             export_text_model(source, tmp / TEXT_DIR)
             text_identity = check_text_identity(feature_config["text_model"], tmp / TEXT_DIR)
             files.append("text_model")
@@ -809,7 +808,7 @@ def export_model(
     if out.exists() or out.is_symlink():
         shutil.rmtree(out)  # a model folder (checked above), never a symlink
     tmp.rename(out)
-    log.info(
+    logger.info(
         "export: %s; sha256 of its checksums.json %s (give it with the folder: it identifies exactly "
         "these files)",
         out,

@@ -81,7 +81,9 @@ def test_bad_ensemble_requests_fail_in_one_line(run, tmp_path):
         (lambda m: {k: v for k, v in m.items() if k != "ensemble"}, "does not fit"),
     ],
 )
-def test_an_ensemble_folder_whose_meta_disagrees_with_its_weights_is_refused(folders, tmp_path, edit, message):
+def test_an_ensemble_folder_whose_meta_disagrees_with_its_weights_is_refused(
+    folders, tmp_path, edit, message
+):
     import shutil
 
     folder = tmp_path / "model"
