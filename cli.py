@@ -699,6 +699,12 @@ def demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> None:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Model folder to create.")
 @click.option("--seed", type=int, default=None, help="Seed to export [default: the best on dev weighted F1].")
 @click.option(
+    "--seeds",
+    default=None,
+    help="Export an ensemble instead: `all` finished seeds or a comma list (e.g. 0,1,2); "
+    "predict, live and serve average their class probabilities.",
+)
+@click.option(
     "--encoders",
     default=None,
     help="Folder of the encoders the features were made with, if not in the features' cache.",
@@ -710,18 +716,30 @@ def demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> None:
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
 def export_cmd(
-    run: Path, out: Path, seed: int | None, encoders: str | None, text_model: str | None, overwrite: bool
+    run: Path,
+    out: Path,
+    seed: int | None,
+    seeds: str | None,
+    encoders: str | None,
+    text_model: str | None,
+    overwrite: bool,
 ) -> None:
     """Write a trained run as a self-contained model folder.
 
     OUT gets the dialogue model, encoders and text model as safetensors, the label map, the media and
     feature settings, checksums.json and a model card (README.md); `m2f predict --model OUT` uses it.
     """
-    from trainer.apply.export import ModelFolderError, export_model
+    from trainer.apply.export import ModelFolderError, export_model, parse_seeds
 
     try:
         path = export_model(
-            run, out, seed=seed, encoders=encoders, text_model=text_model, overwrite=overwrite
+            run,
+            out,
+            seed=seed,
+            encoders=encoders,
+            text_model=text_model,
+            overwrite=overwrite,
+            seeds=parse_seeds(seeds),
         )
     except ModelFolderError as e:
         raise one_line(e) from e

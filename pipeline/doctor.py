@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: below this much free space under the cache, extraction of a real corpus cannot finish (MELD's
-#: media.h5 alone is about 12.7 GB)
+#: media.h5 alone takes several GB: bench/RESULTS.md, "Media cache size")
 MIN_FREE_GB = 2.0
 REINSTALL = "reinstall from the lock: pip install --require-hashes -r requirements.lock"
 NATIVE = ("torch", "torchvision", "torchaudio", "av", "cv2", "h5py", "soxr", "facenet_pytorch")

@@ -23,7 +23,7 @@ from pipeline.names import DATASETS, SPLITS
 
 __all__ = ["DATASETS", "CorpusError", "PrepareReport", "prepare_corpus", "run_prepare", "summarize"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def prepare_corpus(
@@ -152,7 +152,7 @@ def run_prepare(dataset: str, root: Path | None, out: Path | None) -> list[Utter
     click.echo(summarize(utterances, report))
     problems = validate(utterances)
     for p in problems:
-        log.warning("manifest problem: %s", p)
+        logger.warning("manifest problem: %s", p)
     if out is not None:
         write_jsonl(utterances, out)
         click.echo(f"wrote {len(utterances)} utterances to {out}")

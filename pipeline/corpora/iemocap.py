@@ -36,7 +36,6 @@ from pathlib import Path
 
 from pipeline.corpora.base import (
     FOUND,
-    IEMOCAP_CLASSES,
     MISSING,
     NO_FOLDER,
     ZERO_BYTE,
@@ -53,9 +52,6 @@ SESSIONS = (1, 2, 3, 4, 5)
 TEST_SESSION = 5
 DEV_SEED = 2022
 DEV_DIALOGUES = 20
-
-#: The 6-class ERC codes (for reference; the reader keeps every code).
-ERC6 = IEMOCAP_CLASSES
 
 SUMMARY_RE = re.compile(r"^\[\s*(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*\]\s+(\S+)\s+(\w+)\s+\[[^\]]*\]\s*$")
 TRANSCRIPT_RE = re.compile(r"^(\S+)\s+\[([\d.]+)-([\d.]+)\]:\s*(.*?)\s*$")

@@ -305,6 +305,8 @@ def prepare_meld(
 
     Examples
     --------
+    Not run as a test: it needs the MELD corpus (``MELD.Raw``, 10 GB).
+
     >>> utts = prepare_meld("MELD.Raw")  # doctest: +SKIP
     >>> len(utts)  # doctest: +SKIP
     13708

@@ -30,7 +30,7 @@ from pipeline.testing.av_files import write_clip
 from pipeline.testing.meld_tree import MELD_CLIP_DIRS, MELD_SENTIMENT, format_srt_time, write_meld_csv
 from pipeline.testing.signals import LABEL_FACE_POS, LABEL_TONE_HZ
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SAMPLE_DIR = Path(__file__).with_name("sample_data")
 
@@ -171,16 +171,16 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(SAMPLE_DIR)
         tmp.rename(SAMPLE_DIR)
         size = sum(p.stat().st_size for p in SAMPLE_DIR.rglob("*") if p.is_file())
-        log.info("wrote %s (%.2f MB)", SAMPLE_DIR, size / 1e6)
+        logger.info("wrote %s (%.2f MB)", SAMPLE_DIR, size / 1e6)
         return 0
     with tempfile.TemporaryDirectory() as fresh_dir:
         fresh = md5_tree(build_sample(fresh_dir))
     bundled = md5_tree(SAMPLE_DIR)
     differ = sorted(k for k in fresh.keys() | bundled.keys() if fresh.get(k) != bundled.get(k))
     if differ:
-        log.error("sample_data differs from its generator: %s", ", ".join(differ))
+        logger.error("sample_data differs from its generator: %s", ", ".join(differ))
     else:
-        log.info("sample_data matches its generator")
+        logger.info("sample_data matches its generator")
     return 1 if differ else 0
 
 

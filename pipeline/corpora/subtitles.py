@@ -13,6 +13,9 @@ Cues left without text (pure markup, sound-only cues such as ``[music]`` are kep
 
 Examples
 --------
+>>> from pathlib import Path
+>>> vtt = "WEBVTT\\n\\n00:00.000 --> 00:01.500\\n<v Ann>Hello there, how are you?\\n"
+>>> _ = Path("talk.vtt").write_text(vtt)
 >>> cues = read_subtitles("talk.vtt")
 >>> cues[0]
 Cue(start=0.0, end=1.5, speaker='Ann', text='Hello there, how are you?')

@@ -34,14 +34,14 @@ take at most ``n * 3 * max_pixels`` bytes whatever the input, and a stream whose
 since the decoder itself would hold several frames of that size.
 
 Frames: PyAV was chosen over OpenCV because it gives exact timestamps, stream metadata and the
-audio from the same container; measured timings are in the module README section of the report
-(``bench`` numbers: see the media issue).
+audio from the same container.
 
 Errors: every failure caused by the file (missing, empty, unreadable, no such stream, span outside
 the media, non-finite samples, oversized frames) raises :class:`MediaError` whose message names the
 file and says what is wrong; :class:`TruncatedMedia` (a :class:`MediaError`) carries what was
 decoded before the data broke off.
 
-Modules: :mod:`pipeline.decode.container` (opening, probing, stream times and spans, the errors),
+Modules: :mod:`pipeline.decode.container` (opening, probing, stream times and spans, the errors;
+:func:`~pipeline.decode.container.open_span` is the opening sequence both decoders share),
 :mod:`pipeline.decode.waveform` (:func:`decode_audio`), :mod:`pipeline.decode.frames` (:func:`decode_frames`).
 """

@@ -1,16 +1,19 @@
 """Opening, probing, stream times and spans: what audio and frame decoding share.
 
 :class:`MediaError` / :class:`TruncatedMedia` (the errors every decode raises), :class:`ClipInfo` and
-:func:`probe` (metadata without decoding), a stream's first and end times (stated, or found from its
-packets), the file's time origin, span checks and the seek-and-retry used by both decoders.
+:func:`probe` (metadata without decoding), :func:`open_span` (a file opened at one stream with the
+span to decode resolved in its timestamps: the same steps for audio and frames) and
+:func:`decode_from` (the seek-and-retry both decoders use). Inside: a stream's first and end times
+(stated, or found from its packets), the file's time origin and the span checks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,9 +129,9 @@ def _bounds(path: str, c, stream) -> tuple[float, float]:
 
     The stated span is used unless the stream states none (Matroska/WebM, whose container duration
     may also count from 0 rather than from the first timestamp), the format allows timestamp
-    discontinuities (MPEG-PS/TS: FFmpeg *estimates* their durations, measured 40 % short on a small
-    MPEG-PS file), or the stated end lies well before the container's. Then the end is read from
-    the packets (:func:`_packet_end`).
+    discontinuities (MPEG-PS/TS: FFmpeg *estimates* their durations, which can be far too short),
+    or the stated end lies well before the container's. Then the end is read from the packets
+    (:func:`_packet_end`).
     """
     span = _stream_span(stream)
     container_end = None
@@ -195,7 +198,7 @@ def _packet_end(path: str, index: int, hint: float | None) -> float | None:
     return None
 
 
-def _decode_from(c, stream, t: float, first: float, counts: dict) -> Iterator:
+def decode_from(c, stream, t: float, first: float, counts: dict) -> Iterator:
     """Decoded frames of ``stream`` from a keyframe at or before ``t`` on.
 
     Seeks to ``t``; when the demuxer lands after it (MPEG-TS seeks by bytes, and with sparse
@@ -283,3 +286,63 @@ def _resolve_span(
         )
     t1 = stream_end if end is None else min(origin + end, stream_end)
     return t0, t1
+
+
+@dataclass(frozen=True)
+class OpenSpan:
+    """A media file opened at one stream, with the span to decode in the stream's timestamps.
+
+    Attributes
+    ----------
+    container : av.container.InputContainer
+        The open file (closed when :func:`open_span`'s block ends).
+    stream
+        Its first stream of the asked kind, decoding on one thread.
+    first : float
+        The stream's first presentation time (s).
+    t0, t1 : float
+        The span to decode (s); ``t1 <= t0`` for a zero-length span.
+    """
+
+    container: av.container.InputContainer
+    stream: object
+    first: float
+    t0: float
+    t1: float
+
+
+@contextlib.contextmanager
+def open_span(
+    path: str,
+    kind: str,
+    start: float | None,
+    end: float | None,
+    check_stream: Callable[[object], None] | None = None,
+) -> Iterator[OpenSpan]:
+    """Open ``path`` at its first ``kind`` stream (``"audio"`` or ``"video"``) and resolve the span.
+
+    The steps both decoders take, in this order: check the span's times, open the file, take the
+    stream (one decoding thread), call ``check_stream`` on it (e.g. refuse oversized frames before
+    anything is decoded), find the stream's first and end times (stated, or from its packets) and
+    place ``[start, end]`` (file time, from its first timestamp; None = the stream's ends) on them.
+
+    Raises
+    ------
+    MediaError
+        Invalid span times, a missing/empty/unreadable file, no such stream, or a span that starts
+        after the stream ends.
+    """
+    if kind not in ("audio", "video"):
+        raise ValueError(f"kind must be 'audio' or 'video', got {kind!r}")
+    _check_span(path, start, end)
+    with _open(path) as c:
+        streams = c.streams.audio if kind == "audio" else c.streams.video
+        if not streams:
+            raise MediaError(f"no {kind} stream in {path}")
+        stream = streams[0]
+        stream.codec_context.thread_count = 1
+        if check_stream is not None:
+            check_stream(stream)
+        first, stream_end = _bounds(path, c, stream)
+        t0, t1 = _resolve_span(path, kind, _origin(c), first, stream_end, start, end)
+        yield OpenSpan(c, stream, first, t0, t1)

@@ -13,16 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.decode.container import (
-    MediaError,
-    TruncatedMedia,
-    _bounds,
-    _check_span,
-    _decode_from,
-    _open,
-    _origin,
-    _resolve_span,
-)
+from pipeline.decode.container import MediaError, TruncatedMedia, decode_from, open_span
 
 #: Seek instead of decoding forward when the next wanted frame is more than this many seconds ahead.
 SEEK_GAP = 3.0
@@ -97,19 +88,18 @@ def decode_frames(
         The stream broke off; ``partial`` holds the frames (possibly fewer) decoded before the break.
     """
     path = str(path)
-    _check_span(path, start, end)
-    with _open(path) as c:
-        if not c.streams.video:
-            raise MediaError(f"no video stream in {path}")
-        stream = c.streams.video[0]
-        stream.thread_count = 1
-        fitter = _FrameFitter(path, max_pixels, max_source_pixels)
+    fitter = _FrameFitter(path, max_pixels, max_source_pixels)
+
+    def check_size(stream) -> None:
         fitter.check(stream.codec_context.width or 0, stream.codec_context.height or 0)
-        first, stream_end = _bounds(path, c, stream)
-        t0, t1 = _resolve_span(path, "video", _origin(c), first, stream_end, start, end)
+
+    with open_span(path, "video", start, end, check_size) as span:
+        t0, t1 = span.t0, span.t1
         targets = frame_targets(min(t0, t1), t1, n)
         tolerance = seek_tolerance * (t1 - t0) / n if t1 > t0 else 0.0
-        frames, error = _pick_frames(c, stream, first, targets, seek_gap, fitter, tolerance, stats)
+        frames, error = _pick_frames(
+            span.container, span.stream, span.first, targets, seek_gap, fitter, tolerance, stats
+        )
     if not frames:
         raise MediaError(f"no decodable video frame in {path}" + (f": {error}" if error else ""))
     out = np.stack(frames)
@@ -189,7 +179,7 @@ class _FrameCursor:
         self.counts = {"decoded": 0, "seeks": 0}
 
     def seek(self, t: float) -> None:
-        self._it = _decode_from(self.c, self.stream, t, self.first, self.counts)
+        self._it = decode_from(self.c, self.stream, t, self.first, self.counts)
         self.prev = self.cur = None
         self.prev_t = self.cur_t = -math.inf
 

@@ -7,16 +7,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.decode.container import (
-    MediaError,
-    TruncatedMedia,
-    _bounds,
-    _check_span,
-    _decode_from,
-    _open,
-    _origin,
-    _resolve_span,
-)
+from pipeline.decode.container import MediaError, TruncatedMedia, decode_from, open_span
 from pipeline.utterance.audio import centre_window, downmix, resample
 
 #: Decoded samples beyond this (full scale is 1.0; float formats may exceed it a little) are corrupt:
@@ -64,20 +55,15 @@ def decode_audio(
         The stream broke off; ``partial`` is ``(wave, cut)`` of what decoded before the break.
     """
     path = str(path)
-    _check_span(path, start, end)
-    with _open(path) as c:
-        if not c.streams.audio:
-            raise MediaError(f"no audio stream in {path}")
-        stream = c.streams.audio[0]
-        stream.codec_context.thread_count = 1
-        first, stream_end = _bounds(path, c, stream)
-        t0, t1 = _resolve_span(path, "audio", _origin(c), first, stream_end, start, end)
-        if t1 <= t0:
+    with open_span(path, "audio", start, end) as span:
+        if span.t1 <= span.t0:
             return np.zeros(0, np.float32), False
-        t0, t1, cut = centre_window(t0, t1, max_seconds)
+        t0, t1, cut = centre_window(span.t0, span.t1, max_seconds)
         counts: dict = {}
         try:
-            mono, rate, first_time, error = _decode_mono(c, stream, t0, t1, first, counts)
+            mono, rate, first_time, error = _decode_mono(
+                span.container, span.stream, t0, t1, span.first, counts
+            )
         finally:
             if stats is not None:
                 stats.update(decoded_seconds=counts.get("seconds", 0.0), seeks=counts.get("seeks", 0))
@@ -110,7 +96,7 @@ def _decode_mono(
     rate, first_time, error, seen = 0, None, None, False
     counts["seconds"] = 0.0
     try:
-        frames = _decode_from(c, stream, t0, first, counts) if t0 > first else c.decode(stream)
+        frames = decode_from(c, stream, t0, first, counts) if t0 > first else c.decode(stream)
         for frame in frames:
             seen = True
             rate = rate or frame.sample_rate

@@ -30,8 +30,7 @@ from pipeline.encoders.augment import AudioAugment, augment_waveform, image_augm
 from pipeline.encoders.inputs import InputContract, audio_view, pad_waveforms
 from pipeline.store.h5rows import RowReader
 
-FLAG_OF = {"audio": "has_audio", "face": "has_face", "scene": "has_video"}
-FIELD_OF = {"audio": "waveform", "face": "faces", "scene": "scenes"}
+FLAG_OF = {"audio": "has_audio", "face": "has_face", "scene": "has_visual"}
 DEFAULT_AUDIO_AUGMENT = AudioAugment()
 
 

@@ -50,7 +50,7 @@ from pipeline.names import ENCODER_KINDS
 from pipeline.store.atomic import atomic_torch_save
 from pipeline.store.locks import folder_lock
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 STATE_FORMAT = "m2f-encoder-train-state-1"
 _PART_NAMES = ("triplet", "var", "cov", "active", "margin")
@@ -139,7 +139,7 @@ def train_encoders(
             )
             target = out_dir / f"{m}.pt"
             if target.exists() and not overwrite:
-                log.info("%s exists; not retraining (pass overwrite=True / --overwrite)", target)
+                logger.info("%s exists; not retraining (pass overwrite=True / --overwrite)", target)
                 paths[m] = target
                 continue
             paths[m] = train_encoder(media_path, target, cfg, device=device, labels=labels)
@@ -184,7 +184,7 @@ def train_encoder(
             f"too little {cfg.modality} data in {media_path} to train (label counts {counts}; need at "
             "least 2 labels with >= 2 samples): the encoder keeps its seeded random weights"
         )
-        log.warning(note)
+        logger.warning(note)
         train.close()
         return save_encoder(
             encoder,
@@ -225,7 +225,7 @@ def _open_split(
                 f"{media_path} has no {split!r} split ({e}); encoders train on the train split "
                 "of the media cache: rebuild it with `m2f extract`"
             ) from e
-        log.warning(
+        logger.warning(
             f"{media_path} has no {split!r} split: model selection and the quality figure use a "
             "held-out fifth of train"
         )
@@ -265,11 +265,11 @@ def _fit(
             "best": _cpu_state(encoder),
             "untrained": untrained,
         }
-        log.info("%s: untrained probe %s wF1 %.4f", cfg.modality, cfg.probe, untrained)
+        logger.info("%s: untrained probe %s wF1 %.4f", cfg.modality, cfg.probe, untrained)
     else:
         encoder.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
-        log.info("%s: resuming after epoch %d from %s", cfg.modality, state["epoch"], state_path)
+        logger.info("%s: resuming after epoch %d from %s", cfg.modality, state["epoch"], state_path)
     steps = cfg.steps_per_epoch or max(1, math.ceil(len(train) / cfg.batch_size))
     loader = TrainLoader(train, encoder, cfg, device, steps)
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
@@ -283,7 +283,7 @@ def _fit(
             state.update(best_score=score, best_epoch=epoch, best=_cpu_state(encoder))
         state["epoch"] = epoch
         _save_state(state_path, state, encoder, opt, cfg)
-        log.info(
+        logger.info(
             "%s epoch %d/%d: loss %.4f, dev probe wF1 %s (%.1f s)",
             cfg.modality,
             epoch,

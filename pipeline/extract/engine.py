@@ -26,8 +26,8 @@ from pipeline.manifest import Utterance, group_dialogues
 logger = logging.getLogger(__name__)
 
 #: dask's nanny sets this for its workers; any explicit value turns off glibc's dynamic mmap threshold,
-#: so every large torch buffer is mmap'd and page-faulted afresh: CPU convolutions ran 2x slower
-#: (measured: 3.9 s vs 1.9 s of thread CPU time for the same encoder work).
+#: so every large torch buffer is mmap'd and page-faulted afresh: CPU convolutions run about twice as
+#: slow (bench/RESULTS.md, "Extraction (extract_throughput)").
 _DASK_TRIM = "MALLOC_TRIM_THRESHOLD_"
 
 

@@ -139,14 +139,3 @@ def write_problems(media_path: Path, out: Path) -> dict[str, int]:
                     counts[split] = counts.get(split, 0) + 1
     commit_tmp(tmp, out)
     return counts
-
-
-def problem_counts(path: Path) -> dict[str, int]:
-    """Utterances with problems per split, from a ``problems.jsonl`` (empty if there is none)."""
-    counts: dict[str, int] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                s = json.loads(line).get("split", "?")
-                counts[s] = counts.get(s, 0) + 1
-    return counts

@@ -29,14 +29,16 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.names import SPLITS
+from pipeline.names import MODALITIES, SPLITS
 from pipeline.store.h5rows import read_group
 
 SCHEMA_VERSION = 1
 STR_FIELDS = ("utt_id", "dialogue_id", "speaker", "label", "text")
 INT_FIELDS = ("position",)
-EMB_FIELDS = ("text_emb", "audio_emb", "visual_emb")
-FLAG_FIELDS = ("has_text", "has_audio", "has_visual", "has_face")
+#: Modality name -> its (embedding, present flag) datasets: ``"visual"`` -> ``"visual_emb", "has_visual"``.
+MODALITY_FIELDS = {m: (f"{m}_emb", f"has_{m}") for m in MODALITIES}
+EMB_FIELDS = tuple(emb for emb, _ in MODALITY_FIELDS.values())
+FLAG_FIELDS = (*(flag for _, flag in MODALITY_FIELDS.values()), "has_face")
 FEATURE_FIELDS = STR_FIELDS + INT_FIELDS + EMB_FIELDS + FLAG_FIELDS
 
 
@@ -174,7 +176,7 @@ def _split_problems(path: Path, split: str, g, widths: dict[str, tuple[int, str]
             f"{at('position', row, ids)}: positions of dialogue {dia[row]!r} do not rise "
             f"({pos[row]} after {pos[row - 1]})"
         )
-    for emb, flag in (("text_emb", "has_text"), ("audio_emb", "has_audio"), ("visual_emb", "has_visual")):
+    for emb, flag in MODALITY_FIELDS.values():
         e, h = g[emb][()], g[flag][()].astype(bool)
         finite = np.isfinite(e).all(axis=1)
         if not finite.all():

@@ -6,6 +6,9 @@ one concatenated dataset plus a ``<name>__offsets`` dataset of row boundaries. :
 writes a batch into a group once, :func:`append_rows` grows resizable datasets batch by batch (so a
 merge holds one part in memory), :func:`read_group` reads a group back (all rows or some), and
 :class:`RowReader` reads a finished file one row at a time (e.g. ``media.h5`` feeding a training loop).
+
+Both read a field renamed since (:data:`RENAMED_FIELDS`) under its current name, so a cache written
+before the rename stays usable, and a merge of old and new shards writes one column.
 """
 
 from __future__ import annotations
@@ -19,6 +22,20 @@ import numpy as np
 
 _STR = h5py.string_dtype("utf-8")
 _OFFSETS = "__offsets"  # suffix of the offsets dataset of a ragged field
+
+#: Fields renamed since files were first written with them: old name -> current name. ``media.h5``
+#: rows flagged the visual modality ``has_video`` before m2f named it ``has_visual`` as features.h5 does.
+RENAMED_FIELDS = {"has_video": "has_visual"}
+
+
+def current_names(group: h5py.Group) -> dict[str, str]:
+    """Current field name -> name stored in ``group``, for every field (offsets datasets left out).
+
+    A field stored under an old name of :data:`RENAMED_FIELDS` is listed under its new one, unless the
+    group also holds the new name (then both are listed as stored).
+    """
+    stored = [n for n in group if not n.endswith(_OFFSETS)]
+    return {(RENAMED_FIELDS[n] if RENAMED_FIELDS.get(n, n) not in group else n): n for n in stored}
 
 
 def is_ragged(value) -> bool:
@@ -54,21 +71,23 @@ def _create(group: h5py.Group, name: str, arr: np.ndarray) -> None:
 
 
 def read_group(group: h5py.Group, index: np.ndarray | None = None) -> dict[str, Any]:
-    """Read every field of ``group`` (optionally only rows ``index``); ragged fields as lists."""
+    """Read every field of ``group`` (optionally only rows ``index``); ragged fields as lists.
+
+    Fields come back under their current names (:data:`RENAMED_FIELDS`).
+    """
     out: dict[str, Any] = {}
-    for name, ds in group.items():
-        if name.endswith(_OFFSETS):
-            continue
+    for key, name in current_names(group).items():
+        ds = group[name]
         if name + _OFFSETS in group:
             off = group[name + _OFFSETS][()]
             rows = range(len(off) - 1) if index is None else index
             data = ds
-            out[name] = [data[off[i] : off[i + 1]] for i in rows]
+            out[key] = [data[off[i] : off[i + 1]] for i in rows]
         elif h5py.check_string_dtype(ds.dtype):
             vals = ds.asstr()[()]
-            out[name] = np.asarray(vals if index is None else vals[index], dtype=object)
+            out[key] = np.asarray(vals if index is None else vals[index], dtype=object)
         else:
-            out[name] = ds[()] if index is None else ds[()][index]
+            out[key] = ds[()] if index is None else ds[()][index]
     return out
 
 
@@ -123,12 +142,16 @@ class RowReader:
 
     Only the requested row is read from disk, so a many-GB file can feed a training loop.
     Use as a context manager, or call :meth:`close`. Not shared across processes: open one per
-    worker.
+    worker. Fields are named by their current names (:data:`RENAMED_FIELDS`).
 
     Examples
     --------
-    >>> with RowReader("cache/sample/x/media.h5", "train") as r:   # doctest: +SKIP
-    ...     first = r.row(0, ["utt_id", "waveform"])
+    >>> waves = [np.zeros(3, np.float32), np.ones(1, np.float32)]
+    >>> with h5py.File("media.h5", "w") as f:
+    ...     write_rows(f.create_group("train"), {"utt_id": ["a", "b"], "waveform": waves})
+    >>> with RowReader("media.h5", "train") as r:
+    ...     r.row(1, ["utt_id", "waveform"])
+    {'utt_id': 'b', 'waveform': array([1.], dtype=float32)}
     """
 
     def __init__(self, path: str | Path, split: str):
@@ -139,7 +162,9 @@ class RowReader:
             self._f.close()
             raise KeyError(f"{self.path} has no split {split!r}; it has {have}")
         self._g = self._f[split]
-        self._offsets = {n[: -len(_OFFSETS)]: self._g[n][()] for n in self._g if n.endswith(_OFFSETS)}
+        self._stored = current_names(self._g)
+        ragged = {key: name + _OFFSETS for key, name in self._stored.items() if name + _OFFSETS in self._g}
+        self._offsets = {key: self._g[off][()] for key, off in ragged.items()}
         self.utt_ids = self._g["utt_id"].asstr()[()]
 
     def __len__(self) -> int:
@@ -147,15 +172,15 @@ class RowReader:
 
     def column(self, name: str) -> np.ndarray:
         """A whole non-ragged column (e.g. ``label``)."""
-        ds = self._g[name]
+        ds = self._g[self._stored.get(name, name)]
         return np.asarray(ds.asstr()[()], dtype=object) if h5py.check_string_dtype(ds.dtype) else ds[()]
 
     def row(self, i: int, names: Sequence[str] | None = None) -> dict[str, Any]:
         """Fields of row ``i`` (all fields when ``names`` is None)."""
-        names = names or [n for n in self._g if not n.endswith(_OFFSETS)]
+        names = names or list(self._stored)
         out: dict[str, Any] = {}
         for n in names:
-            ds = self._g[n]
+            ds = self._g[self._stored.get(n, n)]
             if n in self._offsets:
                 off = self._offsets[n]
                 out[n] = ds[off[i] : off[i + 1]]

@@ -80,8 +80,9 @@ def folder_lock(folder: str | Path, name: str, doing: str) -> Iterator[Path]:
 
     Examples
     --------
-    >>> with folder_lock("cache/meld/encoders/ab12", ".train.lock", "training"):  # doctest: +SKIP
-    ...     ...
+    >>> with folder_lock("encoders", ".train.lock", "training") as folder:
+    ...     folder.name
+    'encoders'
     """
     folder = Path(folder)
     lock = acquire_lock(folder / name, doing)

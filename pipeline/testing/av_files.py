@@ -9,7 +9,7 @@ sounds come from :mod:`pipeline.testing.signals`.
 Examples
 --------
 >>> from pipeline.testing.av_files import write_clip
->>> path = write_clip("/tmp/x.mp4", duration=1.0, size=(160, 120), audio_channels=6)  # doctest: +SKIP
+>>> path = write_clip("x.mp4", duration=1.0, size=(160, 120), audio_channels=6)
 """
 
 from __future__ import annotations
@@ -137,8 +137,8 @@ def encode_media(
             if avi:
                 vstream.bit_rate = 400_000
             else:
-                # asm=0: with x264's SIMD code the bytes varied between processes (measured: ~10 of
-                # 25 sample clips differed over 5 builds); the C code gives identical bytes every time.
+                # asm=0: with x264's SIMD code the bytes can vary between processes (bench/RESULTS.md,
+                # "Demo and test suite"); the C code gives identical bytes every time.
                 vstream.options = {"crf": "30", "preset": "veryfast", "threads": "1", "x264-params": "asm=0"}
         if audio is not None:
             layout = _LAYOUTS[audio.shape[0]]

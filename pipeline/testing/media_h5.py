@@ -73,7 +73,7 @@ def write_media(
                 "waveform",
                 "has_audio",
                 "scenes",
-                "has_video",
+                "has_visual",
                 "faces",
                 "face_frame",
                 "face_weight",
@@ -96,7 +96,7 @@ def write_media(
                 if present
                 else np.zeros((0, 3, image_size, image_size), np.uint8)
             )
-            rows["has_video"].append(present)
+            rows["has_visual"].append(present)
             rows["faces"].append(
                 np.stack([synthetic_image(cls, rng, image_size) for _ in range(k)])
                 if k
@@ -106,7 +106,7 @@ def write_media(
             rows["face_weight"].append(np.full(k, 1.0, np.float32))
             rows["has_face"].append(k > 0)
         rows["has_audio"] = np.array(rows["has_audio"])
-        rows["has_video"] = np.array(rows["has_video"])
+        rows["has_visual"] = np.array(rows["has_visual"])
         rows["has_face"] = np.array(rows["has_face"])
         rows["utt_id"] = np.array(rows["utt_id"], dtype=object)
         rows["label"] = np.array(rows["label"], dtype=object)
@@ -154,7 +154,7 @@ def write_random_media(
         "label": np.array([labels[i % len(labels)] for i in range(n)], dtype=object),
         "waveform": [rng.normal(0, 0.1, clip).astype(np.float32) for _ in range(n)],
         "has_audio": np.ones(n, bool),
-        "has_video": np.ones(n, bool),
+        "has_visual": np.ones(n, bool),
         "has_face": np.ones(n, bool),
         "scenes": [img(n_frames) for _ in range(n)],
         "faces": [img(2) for _ in range(n)],

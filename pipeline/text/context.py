@@ -143,8 +143,14 @@ def build_context(dialogue: Dialogue, position: int, tokenizer, max_length: int)
 
     Examples
     --------
-    >>> ids = build_context(dialogue, 3, tokenizer, max_length=128)
-    >>> tokenizer.decode(ids)
+    >>> from transformers import AutoTokenizer
+    >>> from pipeline.manifest import Utterance
+    >>> from pipeline.text.shipped import shipped_model_dir
+    >>> tokenizer = AutoTokenizer.from_pretrained(shipped_model_dir())  # all-MiniLM-L6-v2's
+    >>> lines = [("Joey", "Hi"), ("Ross", "Hey"), ("Monica", "What?"), ("Ross", "Nothing.")]
+    >>> utts = [Utterance("custom", "dev", "d1", i, str(i), *line, "") for i, line in enumerate(lines)]
+    >>> dialogue = Dialogue("custom", "dev", "d1", tuple(utts))
+    >>> tokenizer.decode(build_context(dialogue, 2, tokenizer, max_length=128))
     '[CLS] joey : hi ross : hey [SEP] monica : what? [SEP] ross : nothing. [SEP]'
     """
     return assemble_context(

@@ -5,14 +5,19 @@ The embedding is the last hidden state of the first token (``pooling="cls"``, th
 model or a plain folder). Options: ``mean`` (masked mean over all tokens; the trained pooling of the
 shipped all-MiniLM-L6-v2 sentence model) and ``target`` (mean over the target utterance's tokens). A
 folder written by :func:`pipeline.text.finetune.loop.finetune_text` is embedded with the pooling and
-length it was trained with (its ``m2f_text.json``); measured on MELD (bench/RESULTS.md): frozen MiniLM
-first token 0.511 test wF1 vs mean 0.564 (utterance alone, logistic regression); fine-tuned on CPU
-with a first-token head 0.41 dev wF1 vs target 0.54-0.58.
+length it was trained with (its ``m2f_text.json``): the pooling matters, for the frozen MiniLM (mean
+beats the first token) and for a CPU fine-tune (a target head beats a first-token one); the figures
+are in bench/RESULTS.md, "Text fine-tuning".
 
 Examples
 --------
+>>> from pipeline.corpora.sample import prepare_sample
+>>> from pipeline.manifest import group_dialogues
+>>> dialogues = group_dialogues(prepare_sample())[:1]
 >>> embedder = TextEmbedder()                       # the shipped all-MiniLM-L6-v2, CPU
->>> vectors = embedder.embed(dialogues)             # {"meld/train/dia0_utt0": (384,) float32, ...}
+>>> vectors = embedder.embed(dialogues)             # utterance id -> (384,) float32
+>>> vectors["sample/train/dia0_utt0"].shape
+(384,)
 """
 
 from __future__ import annotations

@@ -34,9 +34,6 @@ from pipeline.manifest import Utterance, group_dialogues
 if TYPE_CHECKING:
     from pipeline.encoders.network import Encoder
 
-AUDIO_DIM = 300
-VISUAL_DIM = 600
-
 
 @dataclass
 class StageClock:
@@ -157,7 +154,7 @@ def visual_embeddings(
         The 300-d image extractors.
     media : sequence of dict
         Media rows with ``faces (k,3,F,F)``, ``face_frame (k,)``, ``face_weight (k,)``,
-        ``scenes (f,3,S,S)``, ``has_video``, ``has_face``.
+        ``scenes (f,3,S,S)``, ``has_visual``, ``has_face``.
     n_frames : int
         Frames sampled per utterance (the media config's ``n_frames``).
 
@@ -173,7 +170,7 @@ def visual_embeddings(
     n = len(media)
     d_face, d_scene = face_encoder.config.embed_dim, scene_encoder.config.embed_dim
     emb = np.zeros((n, d_face + d_scene), np.float32)
-    has_visual = np.array([bool(m["has_video"]) and len(m["scenes"]) > 0 for m in media], dtype=bool)
+    has_visual = np.array([bool(m["has_visual"]) and len(m["scenes"]) > 0 for m in media], dtype=bool)
     has_face = np.array([bool(m["has_face"]) and len(m["faces"]) > 0 for m in media], dtype=bool) & has_visual
     faces = [np.asarray(m["faces"]) for m in media]
     scenes = [np.asarray(m["scenes"]) for m in media]

@@ -3,23 +3,27 @@
 Two steps, each a function that every caller shares:
 
 1. **media**: :func:`pipeline.utterance.process.process_utterance` decodes one utterance (16 kHz audio,
-frames,
-   MTCNN faces, crops, area weights) into a media row. ``m2f extract`` stores these rows in
+   frames, MTCNN faces, crops, area weights) into a media row. ``m2f extract`` stores these rows in
    ``media.h5`` (its encoders train on them); the :class:`Featurizer` keeps them in memory.
 2. **embed**: :func:`embed_utterances` turns media rows and the text (with its dialogue context) into
-   the rows of ``features.h5`` (:func:`pipeline.utterance.embed.feature_rows`). The dask embed task calls it
-   on
-   rows read back from ``media.h5``; the :class:`Featurizer` on the rows it just decoded. So a model
-   applied to a new conversation sees exactly the features ``m2f extract`` would have written.
+   the rows of ``features.h5`` (:func:`pipeline.utterance.embed.feature_rows`). The dask embed task
+   calls it on rows read back from ``media.h5``; the :class:`Featurizer` on the rows it just decoded.
+   So a model applied to a new conversation sees exactly the features ``m2f extract`` would have
+   written.
 
 Failures never raise: an utterance whose media cannot be decoded, or whose embedding fails or is not
 finite, gets zeros with its ``has_*`` flags False and a problem line (a dict, as in ``problems.jsonl``).
 
 Examples
 --------
->>> models = FeatureModels(("text", "audio"), text=TextEmbedder(folder), encoders=load_encoder_set(enc))
->>> rows, problems = Featurizer(models, MediaConfig()).featurize(utterances)
->>> rows["text_emb"].shape, rows["has_audio"]
+The text model and the encoders of ``m2f extract``: the shipped MiniLM and a trained encoder set
+(not run as a test: a trained encoder set takes minutes to make).
+
+>>> encoders = load_encoder_set("cache/meld/encoders/<media key>/recipe2-<labels key>")  # doctest: +SKIP
+>>> models = FeatureModels(("text", "audio"), text=TextEmbedder(), encoders=encoders)  # doctest: +SKIP
+>>> rows, problems = Featurizer(models, MediaConfig()).featurize(utterances)  # doctest: +SKIP
+>>> rows["text_emb"].shape, rows["has_audio"]  # doctest: +SKIP
+((5, 384), array([ True,  True,  True,  True,  True]))
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ _T = TypeVar("_T")
 #: the media row fields the embed step reads, per modality
 MEDIA_FIELDS = {
     "audio": ("has_audio", "waveform"),
-    "visual": ("has_video", "has_face", "faces", "face_frame", "face_weight", "scenes"),
+    "visual": ("has_visual", "has_face", "faces", "face_frame", "face_weight", "scenes"),
 }
 
 

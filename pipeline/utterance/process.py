@@ -16,14 +16,14 @@ Where the media come from
   ``utt.audio`` (the utterance's own wav), when given, instead of the video.
 
 Faults never raise: each becomes a problem string naming the file and what happens, and the row is
-still returned with the matching flags (``has_audio``/``has_video``/``has_face`` False and empty
+still returned with the matching flags (``has_audio``/``has_visual``/``has_face`` False and empty
 arrays). Beyond the faults below, any exception inside a stage (audio, video, faces) is caught and
 reported the same way, marking that stage's modality missing (a video failure loses the faces too);
 an exception outside the stages gives the empty row. Only ``BaseException`` outside ``Exception``
 (Ctrl-C, exit) goes through. The decisions:
 
 =====================================  ==========================================================
-missing / zero-byte / unreadable clip  has_audio = has_video = False; "missing file: ..." etc.
+missing / zero-byte / unreadable clip  has_audio = has_visual = False; "missing file: ..." etc.
 no audio stream / no video stream      that modality False, the other one kept
 truncated data mid-stream              what decoded before the break is kept (flag True if any)
 truncated file that still opens        the data that is there is used; "truncated clip ..."
@@ -50,9 +50,13 @@ padded with empty (zero) frames.
 
 Examples
 --------
->>> cfg = MediaConfig()
+>>> from pipeline.corpora.sample import prepare_sample
+>>> utt = prepare_sample()[0]                      # a 1.5 s clip of the bundled sample corpus
+>>> cfg = MediaConfig(n_frames=2)
 >>> detector = FaceDetector(cfg)                  # once per process
 >>> row, problems = process_utterance(utt, cfg, detector)
+>>> bool(row["has_audio"]), bool(row["has_visual"]), row["scenes"].shape
+(True, True, (2, 3, 64, 64))
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ __all__ = [
 #: Row fields with a per-utterance length (stored as data + offsets).
 MEDIA_RAGGED = ("waveform", "scenes", "faces", "face_frame", "face_weight", "face_prob", "face_box")
 #: Boolean row fields.
-MEDIA_FLAGS = ("has_audio", "audio_cut", "has_video", "has_face")
+MEDIA_FLAGS = ("has_audio", "audio_cut", "has_visual", "has_face")
 #: Audio shorter than one log-mel analysis frame (400 samples at 16 kHz) carries no spectrum to embed.
 MIN_AUDIO_SECONDS = 0.025
 
@@ -185,11 +189,9 @@ def stored_bytes(cfg: MediaConfig, seconds: float = 3.13, faces_per_frame: float
 
     Notes
     -----
-    Measured lzf ratios (h5py, the cache's chunked lzf): natural-image scene frames 0.95-0.98, face
-    crops 0.91-0.96, float32 audio 1.0 (no gain). With the defaults a typical MELD row (3.13 s,
-    2 faces per frame) is ~0.96 MB raw, ~0.92 MB stored: 13,708 utterances ~12.7 GB, within 15 GB;
-    the budget holds up to ~2.6 faces per frame on average. At 112/112 the same row would be
-    ~1.9 MB raw, ~1.75 MB stored (~24 GB): too much.
+    lzf gains little on frames and crops and nothing on float32 audio, so the stored size is close to
+    the raw one. The default sizes keep MELD's media.h5 within 15 GB; 112 px crops and frames would
+    not (figures: bench/RESULTS.md, "Media cache size").
     """
     n_audio = int(min(seconds, cfg.max_seconds) * cfg.sample_rate) * 4
     n_scene = cfg.n_frames * 3 * cfg.scene_size**2
@@ -208,7 +210,7 @@ def empty_row(utt: Utterance, cfg: MediaConfig) -> dict:
         "has_audio": False,
         "audio_cut": False,
         "scenes": np.zeros((0, 3, s, s), np.uint8),
-        "has_video": False,
+        "has_visual": False,
         "faces": np.zeros((0, 3, f, f), np.uint8),
         "face_frame": np.zeros(0, np.int16),
         "face_weight": np.zeros(0, np.float32),
@@ -239,14 +241,14 @@ def process_utterance(
     detector : FaceDetector or None
         None skips face detection (``has_face`` False, no problem reported for it).
     video : bool
-        False skips the frames altogether (``has_video`` False, no problem reported): for a model that
+        False skips the frames altogether (``has_visual`` False, no problem reported): for a model that
         reads audio and not video (``m2f live``), whose media row then costs the audio alone.
 
     Returns
     -------
     row : dict
         ``utt_id`` str, ``label`` str ("" if None), ``waveform`` float32 (n,), ``has_audio``,
-        ``audio_cut``, ``scenes`` uint8 (f, 3, S, S), ``has_video``, ``faces`` uint8 (k, 3, F, F),
+        ``audio_cut``, ``scenes`` uint8 (f, 3, S, S), ``has_visual``, ``faces`` uint8 (k, 3, F, F),
         ``face_frame`` int16 (k,), ``face_weight`` float32 (k,) (sums to 1 per frame),
         ``face_prob`` float32 (k,), ``face_box`` float32 (k, 4) (full-frame pixels, after the IEMOCAP
         half crop), ``has_face``.
@@ -403,7 +405,7 @@ def _fill_video(
             f"(< {cfg.n_frames}; all kept)"
         )
     frames = crop_side(frames, utt.side)
-    row.update(scenes=resize_scenes(frames, cfg.scene_size), has_video=True)
+    row.update(scenes=resize_scenes(frames, cfg.scene_size), has_visual=True)
     return frames
 
 

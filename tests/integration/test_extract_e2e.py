@@ -112,7 +112,7 @@ def _media_rows(media: Path) -> dict[str, dict]:
     for split in splits:
         with RowReader(media, split) as r:
             for i, uid in enumerate(r.utt_ids):
-                out[uid] = r.row(i, ["has_audio", "has_video", "has_face", "audio_cut", "problems"])
+                out[uid] = r.row(i, ["has_audio", "has_visual", "has_face", "audio_cut", "problems"])
     return out
 
 
@@ -150,8 +150,8 @@ def test_meld_faults_are_flagged_in_features_and_problems(meld_run):
             }
     for uid, m in media.items():  # features flags are the media flags, and zeros go with False
         f = feats[uid]
-        assert f["has_audio"] == m["has_audio"] and f["has_visual"] == m["has_video"], uid
-        assert f["has_face"] == (m["has_face"] and m["has_video"]), uid
+        assert f["has_audio"] == m["has_audio"] and f["has_visual"] == m["has_visual"], uid
+        assert f["has_face"] == (m["has_face"] and m["has_visual"]), uid
         assert np.any(f["audio"] != 0) == f["has_audio"] and np.any(f["visual"] != 0) == f["has_visual"], uid
         assert np.any(f["visual"][:300] != 0) == f["has_face"], uid
     lines = [json.loads(x) for x in (res.media.parent / "problems.jsonl").read_text().splitlines()]

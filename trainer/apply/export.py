@@ -33,6 +33,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -53,12 +54,15 @@ from trainer.apply.model_folder import (
     text_model_file,
     write_checksums,
 )
-from trainer.dialogue.model import DialogueModel, DialogueModelConfig
+from trainer.dialogue.model import DialogueEnsemble, DialogueModel, DialogueModelConfig
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MODEL_FORMAT = "m2f-model-1"
-MODALITY_NAMES = {"t": "text", "a": "audio", "v": "visual"}
+#: Most members an exported ensemble may hold (checked before any model is built).
+MAX_MEMBERS = 32
+#: Prefix of member ``i``'s tensors in the weights file of an ensemble.
+MEMBER_PREFIX = "member{}."
 
 
 # -- safetensors -----------------------------------------------------------------------------------
@@ -169,7 +173,7 @@ class ExportedModel:
 
     folder: Path
     meta: dict
-    model: DialogueModel
+    model: DialogueModel | DialogueEnsemble
     class_names: list[str]
     origin: Path | None = None
     checksums_sha256: str = ""
@@ -284,9 +288,22 @@ def load_model_folder(folder: str | Path, device: str = "cpu") -> ExportedModel:
         if not isinstance(meta.get("features"), dict):
             raise ModelFolderError(f"{where}: no features settings; export the model again")
         cfg = check_dialogue_config(meta.get("dialog_model"), meta, where)
-        model = DialogueModel(cfg)
+        n_members = ensemble_size(meta.get("ensemble"), where)
+        state = load_weights(copy / DIALOGUE_WEIGHTS, origin / DIALOGUE_WEIGHTS)
+        model: DialogueModel | DialogueEnsemble
         try:
-            model.load_state_dict(load_weights(copy / DIALOGUE_WEIGHTS, origin / DIALOGUE_WEIGHTS))
+            if n_members:
+                model = DialogueEnsemble([DialogueModel(cfg) for _ in range(n_members)])
+                model.load_state_dict(
+                    {f"members.{k.replace('member', '', 1)}": v for k, v in state.items() if _is_member(k)}
+                )
+                if any(not _is_member(k) for k in state):
+                    raise RuntimeError(
+                        f"unexpected tensors {sorted(k for k in state if not _is_member(k))[:3]}"
+                    )
+            else:
+                model = DialogueModel(cfg)
+                model.load_state_dict(state)
         except RuntimeError as e:
             raise ModelFolderError(
                 f"{shown(origin / DIALOGUE_WEIGHTS)}: does not fit the dialogue-model config "
@@ -298,6 +315,29 @@ def load_model_folder(folder: str | Path, device: str = "cpu") -> ExportedModel:
         shutil.rmtree(copy, ignore_errors=True)
         raise
     return ExportedModel(copy, meta, model.eval().to(device), list(meta["class_names"]), origin, digest)
+
+
+def _is_member(key: str) -> bool:
+    """A tensor name of an ensemble's weights file: ``member<i>.<name>``."""
+    head, _, rest = key.partition(".")
+    return bool(rest) and head.startswith("member") and head[len("member") :].isdigit()
+
+
+def ensemble_size(ensemble: object, where: str) -> int:
+    """Members of the ensemble recorded in ``m2f_model.json`` (0 for a single model)."""
+    if ensemble is None:
+        return 0
+    seeds = ensemble.get("seeds") if isinstance(ensemble, dict) else None
+    if not (
+        isinstance(seeds, list)
+        and 2 <= len(seeds) <= MAX_MEMBERS
+        and all(type(x) is int for x in seeds)
+        and len(set(seeds)) == len(seeds)
+    ):
+        raise ModelFolderError(
+            f"{where}: ensemble is not a list of 2..{MAX_MEMBERS} distinct seeds; export the model again"
+        )
+    return len(seeds)
 
 
 # -- choosing the seed -------------------------------------------------------------------------------
@@ -325,6 +365,54 @@ def choose_seed(run: Path, seed: int | None = None) -> tuple[Path, dict]:
     if not done:
         raise ModelFolderError(f"{run}: no finished seed with best.pt yet; let `m2f train-dialog` finish")
     return max(done, key=lambda ds: (ds[1].get("dev", {}).get("weighted_f1", -1.0), -ds[1]["seed"]))
+
+
+def choose_seeds(run: Path, seeds: Literal["all"] | list[int]) -> list[tuple[Path, dict]]:
+    """The seed folders of an ensemble: every finished seed (``"all"``) or the seeds named, in seed order."""
+    from trainer.report.summary import seed_dirs, summarize_seed
+
+    try:
+        dirs = seed_dirs(run)
+    except FileNotFoundError as e:
+        raise ModelFolderError(str(e)) from None
+    done = [(d, summarize_seed(d)) for d in dirs]
+    done = sorted(
+        ((d, s) for d, s in done if s["state"] == "done" and (d / "best.pt").exists()),
+        key=lambda ds: ds[1]["seed"],
+    )
+    finished: list[int] = [s["seed"] for _, s in done]
+    if seeds != "all":
+        missing = sorted(set(seeds) - set(finished))
+        if missing:
+            raise ModelFolderError(
+                f"{run}: no finished seed {missing} (finished: {finished}); pick from those with --seeds"
+            )
+        done = [(d, s) for d, s in done if s["seed"] in set(seeds)]
+    if len(done) < 2:
+        raise ModelFolderError(
+            f"{run}: an ensemble needs two finished seeds or more (finished: {finished}); "
+            "train more with `m2f train-dialog --seeds N`, or export one with --seed"
+        )
+    if len(done) > MAX_MEMBERS:
+        raise ModelFolderError(f"{run}: {len(done)} seeds; an ensemble holds at most {MAX_MEMBERS}")
+    return done
+
+
+def parse_seeds(text: str | None) -> Literal["all"] | list[int] | None:
+    """``--seeds``: ``all`` or a comma list of seed numbers (None when not given)."""
+    if text is None:
+        return None
+    if text.strip() == "all":
+        return "all"
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ModelFolderError(
+            f"--seeds {shown(text)}: give `all` or a comma list of seeds, e.g. 0,1,2"
+        ) from None
+    if len(set(seeds)) != len(seeds) or len(seeds) < 2:
+        raise ModelFolderError(f"--seeds {shown(text)}: give two distinct seeds or more (or `all`)")
+    return seeds
 
 
 # -- finding the encoders and the text model -----------------------------------------------------------
@@ -469,10 +557,10 @@ def context_text(model_config: dict) -> str:
 
 def model_card(meta: dict) -> str:
     """The README.md of an exported folder."""
-    from pipeline.names import MODALITIES
+    from pipeline.names import MODALITIES, MODALITY_OF_LETTER
 
     src, feats, metrics = meta["source"], meta["features"], meta["metrics"]
-    mods = [MODALITY_NAMES[m] for m in meta["dialog_model"]["modalities"]]
+    mods = [MODALITY_OF_LETTER[m] for m in meta["dialog_model"]["modalities"]]
 
     def pct(split: str) -> str:
         m = metrics.get(split)
@@ -488,7 +576,18 @@ def model_card(meta: dict) -> str:
         ("context", context_text(meta["dialog_model"])),
         ("dev weighted F1", pct("dev")),
         ("test weighted F1", pct("test")),
-        ("run", f"`{src['run']}`, seed {src['seed']} ({src['chosen']}), best dev epoch {src['best_epoch']}"),
+        (
+            (
+                "run",
+                f"`{src['run']}`, seed {src['seed']} ({src['chosen']}), best dev epoch {src['best_epoch']}",
+            )
+            if "ensemble" not in meta
+            else (
+                "run",
+                f"`{src['run']}`, an ensemble of seeds {', '.join(map(str, src['seed']))} (the mean of their "
+                f"class probabilities; best dev epochs {', '.join(map(str, src['best_epoch']))})",
+            )
+        ),
         ("features", f"`{src['features']}`: {', '.join(m for m in MODALITIES if m in feats['modalities'])}"),
         ("text model", f"`{TEXT_DIR}/` ({meta['text_identity']})" if meta.get("text_identity") else "-"),
         ("live use", _live_line(meta.get("live"))),
@@ -513,7 +612,9 @@ def model_card(meta: dict) -> str:
         "|---|---|",
         *[f"| {k} | {_cell(v)} |" for k, v in rows],
         "",
-        "The F1 figures are the run's own, on its dev and test splits; other data may score differently.",
+        "The F1 figures are the run's own, on its dev and test splits"
+        + (" (the ensemble's: its mean probabilities scored)" if "ensemble" in meta else "")
+        + "; other data may score differently.",
         "",
         "## Use",
         "",
@@ -549,8 +650,10 @@ def export_model(
     encoders: str | None = None,
     text_model: str | None = None,
     overwrite: bool = False,
+    seeds: Literal["all"] | list[int] | None = None,
 ) -> Path:
-    """``m2f export``: write the model folder of one seed of ``run`` into ``out`` (see the module docs).
+    """``m2f export``: write the model folder of one seed of ``run``, or of an ensemble of its seeds, into
+    ``out`` (see the module docs).
 
     Parameters
     ----------
@@ -564,6 +667,10 @@ def export_model(
         Where to look first for the encoders / text model the features were made with.
     overwrite : bool
         Replace an existing ``out``.
+    seeds : ``"all"`` or list of int, optional
+        Export an ensemble of these finished seeds instead of one (``seed`` must then be None): their
+        weights go into one file, and loading averages their class probabilities
+        (:class:`trainer.dialogue.model.DialogueEnsemble`). The card gives the ensemble's dev/test figures.
 
     Raises
     ------
@@ -582,7 +689,10 @@ def export_model(
             f"{shown(out)}: --overwrite replaces only a folder written by `m2f export`, "
             "and this is not one; choose another --out or remove it yourself"
         )
-    seed_dir, summary = choose_seed(run, seed)
+    if seed is not None and seeds is not None:
+        raise ModelFolderError("give --seed (one model) or --seeds (an ensemble), not both")
+    members = choose_seeds(run, seeds) if seeds is not None else None
+    seed_dir, summary = members[0] if members else choose_seed(run, seed)
     config = _read_json(seed_dir / "config.json")
     features = Path(config["features"])
     if not features.is_file():
@@ -593,13 +703,35 @@ def export_model(
     feature_config = read_attrs(features)["config"]
     model, class_names = load_model(seed_dir / "best.pt")
     mods = model.config.modalities
+    weights, weights_kind = model.state_dict(), "m2f-dialog-1"
+    if members:
+        models = [model]
+        for member_dir, _ in members[1:]:
+            if _read_json(member_dir / "config.json").get("features") != config["features"]:
+                raise ModelFolderError(
+                    f"{member_dir}: trained on other features than {seed_dir}; not one run"
+                )
+            member, names = load_model(member_dir / "best.pt")
+            if list(names) != list(class_names):
+                raise ModelFolderError(f"{member_dir}: other classes than {seed_dir}; not one run")
+            models.append(member)
+        try:
+            DialogueEnsemble(models)  # the members must share one config
+        except ValueError as e:
+            raise ModelFolderError(f"{run}: {e}") from None
+        weights = {
+            MEMBER_PREFIX.format(i) + key: value
+            for i, member in enumerate(models)
+            for key, value in member.state_dict().items()
+        }
+        weights_kind = "m2f-dialog-ensemble-1"
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))  # new, never a planted one
     tmp.chmod(0o755)
     try:
         files = ["dialog"]
-        save_weights(tmp / DIALOGUE_WEIGHTS, model.state_dict(), "m2f-dialog-1")
+        save_weights(tmp / DIALOGUE_WEIGHTS, weights, weights_kind)
         shutil.copyfile(seed_dir / "label_map.json", tmp / "label_map.json")
         if "a" in mods or "v" in mods:
             spec = (
@@ -607,18 +739,26 @@ def export_model(
                 if encoders == "random"
                 else find_encoders(feature_config["encoders"], features, encoders)
             )
-            log.info("export: encoders %s", spec)
+            logger.info("export: encoders %s", spec)
             if export_encoders(spec, tmp / ENCODER_DIR) != feature_config["encoders"]:
                 raise ModelFolderError(f"{spec}: not the encoders {feature_config['encoders']} of {features}")
             files.append("encoders")
         text_identity = None
         if "t" in mods:
             source = find_text_model(feature_config["text_model"], features, text_model)
-            log.info("export: text model %s", source)
+            logger.info("export: text model %s", source)
             export_text_model(source, tmp / TEXT_DIR)
             text_identity = check_text_identity(feature_config["text_model"], tmp / TEXT_DIR)
             files.append("text_model")
         status = _read_json(seed_dir / "status.json")
+        metrics = {"dev": _metric(summary, "dev"), "test": _metric(summary, "test")}
+        if members:
+            from trainer.report.summary import ensemble_metrics
+
+            dirs = [d for d, _ in members]
+            metrics = {
+                split: _metric({split: ensemble_metrics(dirs, split)}, split) for split in ("dev", "test")
+            }
         text_context = "past"  # a model without text reads nothing ahead through it
         if "t" in mods:
             from pipeline.text.embedder import finetuned_settings
@@ -642,15 +782,24 @@ def export_model(
                 "text_context": text_context,
             },
             "files": files,
-            "metrics": {"dev": _metric(summary, "dev"), "test": _metric(summary, "test")},
+            "metrics": metrics,
             "source": {
                 "run": str(run.resolve()),
-                "seed": summary["seed"],
-                "best_epoch": status.get("best_epoch"),
-                "chosen": "--seed" if seed is not None else "best dev weighted F1",
+                "seed": [s["seed"] for _, s in members] if members else summary["seed"],
+                "best_epoch": (
+                    [_read_json(d / "status.json").get("best_epoch") for d, _ in members]
+                    if members
+                    else status.get("best_epoch")
+                ),
+                "chosen": "--seeds" if members else "--seed" if seed is not None else "best dev weighted F1",
                 "features": str(features.resolve()),
             },
         }
+        if members:
+            meta["ensemble"] = {
+                "seeds": [s["seed"] for _, s in members],
+                "combine": "mean of the members' class probabilities",
+            }
         atomic_write_json(tmp / META, meta)
         atomic_write_text(tmp / "README.md", model_card(meta))
         write_checksums(tmp)
@@ -660,7 +809,7 @@ def export_model(
     if out.exists() or out.is_symlink():
         shutil.rmtree(out)  # a model folder (checked above), never a symlink
     tmp.rename(out)
-    log.info(
+    logger.info(
         "export: %s; sha256 of its checksums.json %s (give it with the folder: it identifies exactly "
         "these files)",
         out,

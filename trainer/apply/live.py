@@ -15,10 +15,13 @@ change once later utterances are known.
 
 Examples
 --------
->>> with LiveModel.load("runs/meld/model") as model:
+Not run as a test: it needs a model folder exported from a causal run (``m2f export``) and a clip.
+
+>>> with LiveModel.load("runs/meld/model") as model:  # doctest: +SKIP
 ...     talk = model.conversation("call-42")
 ...     p = talk.add(speaker="Ann", text="I can't believe you did that!", clip="ann1.mp4")
 ...     p.predicted, p.probabilities["anger"]
+('anger', 0.71)
 """
 
 from __future__ import annotations
@@ -34,9 +37,8 @@ import numpy as np
 import torch
 
 from pipeline.manifest import Dialogue, Utterance
-from pipeline.names import MODALITIES
-from trainer.apply.predict import LETTER
-from trainer.dialogue.data import MODALITY_FIELDS
+from pipeline.names import LETTER, MODALITIES
+from pipeline.store.features import MODALITY_FIELDS
 from trainer.dialogue.model import NO_SPEAKER
 
 CORPUS, SPLIT = "custom", "test"
@@ -187,7 +189,7 @@ class LiveModel:
             rows, found = self.featurizer.featurize([new])
             problems += [p["problem"] for p in found]
             for m in self.featurizer.models.modalities:
-                emb_name, flag_name = MODALITY_FIELDS[LETTER[m]]
+                emb_name, flag_name = MODALITY_FIELDS[m]
                 vectors[LETTER[m]] = np.asarray(rows[emb_name][0], np.float32)
                 present[LETTER[m]] = bool(rows[flag_name][0])
         return vectors, present, problems

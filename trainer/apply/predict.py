@@ -40,18 +40,16 @@ import torch
 # after the package split).
 from pipeline.extract import ExtractError, ExtractOptions, format_summary, run_extract
 from pipeline.manifest import Utterance
-from pipeline.names import MODALITIES
+from pipeline.names import LETTER, MODALITIES
 from pipeline.shown import shown
 from pipeline.store.atomic import atomic_write_text
 from trainer.apply.export import ExportedModel, ModelFolderError, load_model_folder
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 FORMATS = ("csv", "jsonl")
 #: Split every predicted utterance is put in (one split; the dialogue model ignores splits).
 PREDICT_SPLIT = "test"
-CSV_COLUMNS = ("dialogue_id", "utterance_index", "speaker", "text", "clip", "start", "end", "split")
-LETTER = {"text": "t", "audio": "a", "visual": "v"}
 
 
 class PredictError(ValueError):
@@ -221,7 +219,7 @@ def resolve_workers(workers: int | None, utterances: Sequence[Utterance]) -> int
 
     ``None`` (auto) picks 0 for one dialogue or a few utterances: a worker process imports torch and
     loads MTCNN, the encoders and the text model, which costs more than one conversation's work
-    (measured: 35 of 51 s for a 20-utterance conversation on 2 cores). Larger inputs get 2 processes.
+    (bench/RESULTS.md, "Predict latency"). Larger inputs get 2 processes.
     """
     if workers is not None:
         return workers
@@ -418,7 +416,7 @@ def predict(
     loaded_here = model is None
     if model is None:
         model = load_model_folder(model_dir, device)
-        log.info(
+        logger.info(
             "model %s: sha256 of its checksums.json %s (integrity, not origin: compare it with the "
             "publisher's)",
             shown(model_dir),
@@ -439,9 +437,9 @@ def predict(
         t = time.perf_counter()
         arrays, problems = featurize(FeaturizerSpec.of(model, modalities, device), utterances, workers)
         for p in problems[:20]:
-            log.warning("%s: %s", shown(p.get("file") or p["utt_id"]), shown(p["problem"]))
+            logger.warning("%s: %s", shown(p.get("file") or p["utt_id"]), shown(p["problem"]))
         if len(problems) > 20:
-            log.warning("... and %d more media or embedding problems", len(problems) - 20)
+            logger.warning("... and %d more media or embedding problems", len(problems) - 20)
         seconds["extract"] = time.perf_counter() - t
         t = time.perf_counter()
         from trainer.dialogue.fit import predict_probs

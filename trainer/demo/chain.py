@@ -21,13 +21,14 @@ from pathlib import Path
 
 import click
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 #: Two frames per utterance: the face's side shows in every frame, and the paper's 15 would multiply face
 #: detection and the visual encoders by 7.5 for one-second clips.
 DEMO_MEDIA = {"n_frames": 2}
 #: Dialogues per batch: 24 train dialogues give 3 steps per epoch (the default 16 gives 2). Training runs on
-#: one thread: on a 2-core machine shared with other jobs, two threads made an epoch 4-8x slower.
+#: one thread: on a machine shared with other jobs two threads are slower (bench/RESULTS.md, "Demo and
+#: test suite").
 DEMO_BATCH = 8
 #: Dialogues per split of the generated corpus (6 utterances each).
 DEMO_DIALOGUES = {"train": 24, "dev": 6, "test": 6}

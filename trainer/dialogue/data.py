@@ -32,19 +32,12 @@ import numpy as np
 import torch
 
 from pipeline.corpora.base import CLASS_MAPS, IEMOCAP_CLASSES, MELD_CLASSES  # noqa: F401  (re-exported)
-from pipeline.names import DATASETS, modality_letters, parse_modalities
-from pipeline.store.features import list_splits, read_attrs, read_split, validate_features
+from pipeline.names import DATASETS, MODALITY_OF_LETTER, modality_letters, parse_modalities
+from pipeline.store.features import MODALITY_FIELDS, list_splits, read_attrs, read_split, validate_features
 from trainer.dialogue.model import NO_SPEAKER
 
 #: Label index of padding and of utterances outside the class map (``ignore_index`` of the loss).
 IGNORE = -100
-
-MODALITY_FIELDS = {
-    "t": ("text_emb", "has_text"),
-    "a": ("audio_emb", "has_audio"),
-    "v": ("visual_emb", "has_visual"),
-}
-MODALITY_NAMES = {"t": "text", "a": "audio", "v": "visual"}
 
 #: One class-map preset per dataset: the fixed maps of pipeline.corpora.base, and ``custom``.
 CLASS_MAP_CHOICES = DATASETS
@@ -261,7 +254,7 @@ def split_from_arrays(
     labels = encode_labels(arrays.label, class_names)
     features, present = {}, {}
     for m in normalize_modalities(modalities):
-        emb_name, flag_name = MODALITY_FIELDS[m]
+        emb_name, flag_name = MODALITY_FIELDS[MODALITY_OF_LETTER[m]]
         features[m] = scatter(np.asarray(getattr(arrays, emb_name), dtype=np.float32), 0.0)
         present[m] = scatter(np.asarray(getattr(arrays, flag_name), dtype=bool), False)
     excluded = Counter(str(x) for x, y in zip(arrays.label, labels, strict=True) if y == IGNORE)
@@ -335,7 +328,8 @@ def inspect_features(path: str | Path) -> FeatureFileInfo:
             "and dev (the epoch is selected on dev, never on test)"
         )
     with h5py.File(path, "r") as f:
-        dims = {m: int(f["train"][MODALITY_FIELDS[m][0]].shape[1]) for m in "tav"}
+        train = f["train"]
+        dims = {x: int(train[MODALITY_FIELDS[m][0]].shape[1]) for x, m in MODALITY_OF_LETTER.items()}
     return FeatureFileInfo(
         path=str(path), dataset=str(attrs.get("dataset", "custom")), splits=splits, dims=dims
     )

@@ -350,3 +350,34 @@ class DialogueModel(nn.Module):
         else:
             final = torch.cat([encoded[m] for m in config.modalities], dim=-1)
         return self.classifier(final)  # Eq. 8
+
+
+class DialogueEnsemble(nn.Module):
+    """Dialogue models of one run (its seeds) used as one: the mean of their class probabilities.
+
+    ``forward`` takes what :class:`DialogueModel` takes and returns the log of the members' mean
+    probabilities, so a softmax over its output (what prediction does with logits) gives that mean
+    exactly. The members share one config (:attr:`config`, the first member's); they differ in seed.
+    """
+
+    def __init__(self, members: list[DialogueModel]):
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        first = members[0].config.to_dict()
+        if any(m.config.to_dict() != first for m in members[1:]):
+            raise ValueError("ensemble members must share one config (the seeds of one run)")
+        self.members = nn.ModuleList(members)
+        self.config = members[0].config
+
+    def forward(
+        self,
+        features: dict[str, torch.Tensor],
+        present: dict[str, torch.Tensor],
+        mask: torch.Tensor,
+        speakers: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        probs = torch.stack(
+            [torch.softmax(m(features, present, mask, speakers).float(), dim=-1) for m in self.members]
+        ).mean(dim=0)
+        return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))

@@ -21,7 +21,7 @@ from trainer.report.tables import comparison_table, render_markdown, table2
 
 __all__ = ["report", "write_report"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def write_report(run_dir: str | Path) -> dict:
@@ -29,7 +29,7 @@ def write_report(run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     summary = summarize_run(run_dir)
     for warning in summary["warnings"]:
-        log.warning("%s", warning)
+        logger.warning("%s", warning)
     write_json(run_dir / "report.json", summary)
     (run_dir / "report.md").write_text(render_markdown(summary), encoding="utf-8")
     if summary["test"] is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pipeline.names import MODALITY_OF_LETTER
+
 #: Paper Table 2 (test; percent): (dataset, modalities, fusion or None for one modality) -> numbers.
 PAPER_RESULTS: dict[tuple[str, str, str | None], dict[str, float]] = {
     ("iemocap", "a", None): {"accuracy": 26.56, "weighted_f1": 21.79},
@@ -48,14 +50,13 @@ TABLE2_ROWS: tuple[tuple[str, str | None], ...] = (
     ("tv", "concat"),
     ("av", "concat"),
 )
-_LETTER_NAMES = {"t": "T", "a": "A", "v": "V"}
 
 
 def input_name(modalities: str, fusion: str | None) -> str:
     """Table 2's wording: ``audio only``, ``T+A+V concatenated``, ``T+A attention fusion``."""
     if len(modalities) == 1:
-        return {"t": "text", "a": "audio", "v": "visual"}[modalities] + " only"
-    letters = "+".join(_LETTER_NAMES[m] for m in modalities)
+        return MODALITY_OF_LETTER[modalities] + " only"
+    letters = "+".join(m.upper() for m in modalities)
     return f"{letters} " + ("concatenated" if fusion == "concat" else "attention fusion")
 
 

@@ -12,16 +12,16 @@ over the target utterance's tokens, the default when lower layers are frozen).
 The recipe follows the base model (:func:`pipeline.text.finetune.recipe.resolve_defaults`): a
 RoBERTa/BERT-family base other than MiniLM (``roberta-large``, a local folder) is fine-tuned whole with
 the first-token head (EmoBERTa, the paper) on any device; the shipped MiniLM gets the CPU recipe below
-on ``device="cpu"``. The CPU recipe (measured on MELD in ``bench/RESULTS.md``: about 15 min of training
-on a shared 2-core CPU, 0.575 dev / 0.613 test weighted F1 of the classifier):
+on ``device="cpu"``. The CPU recipe (its cost and quality on MELD, and the recipes it was chosen
+from: ``bench/RESULTS.md``, "Text fine-tuning"):
 
-- context inputs capped at 64 tokens (MELD train contexts: mean 50.9 tokens; 71.7 at 96, 87.3 at 128);
+- context inputs capped at 64 tokens (most MELD contexts fit; fewer tokens per epoch than 96 or 128);
 - dynamic padding in length-bucketed batches (similar lengths together, shuffled at the batch level);
 - embeddings and the lowest layers frozen (MiniLM: 2 of 6) and their outputs computed once
   (:class:`pipeline.text.finetune.heads.FrozenBottomCache`), so a step runs only the top four
   layers and the head;
 - the new head at 10x the body's learning rate, target-token pooling, 2 epochs;
-- one torch thread (on a CPU shared with other busy processes it was 3-4x faster per step than two);
+- one torch thread (faster per step than two on a CPU shared with other busy processes);
 - a wall-clock budget (``max_minutes``): training stops cleanly at the budget and keeps the best
   checkpoint so far.
 
@@ -30,9 +30,11 @@ every ``checkpoint_every`` steps and at each evaluation; the same call after a k
 
 Examples
 --------
->>> from pipeline.corpora.meld import prepare_meld
->>> folder = finetune_text(prepare_meld("data/meld"), "models/minilm-meld")  # the CPU recipe
->>> TextEmbedder(str(folder)).embed(dialogues)
+Not run as a test: it needs the MELD corpus and minutes of training.
+
+>>> from pipeline.corpora.meld import prepare_meld  # doctest: +SKIP
+>>> folder = finetune_text(prepare_meld("data/meld"), "models/minilm-meld")  # doctest: +SKIP
+>>> TextEmbedder(str(folder)).embed(dialogues)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ from pipeline.text.finetune.state import (
     rng_states,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def _finetune_text(
@@ -165,7 +167,7 @@ def _finetune_text(
         runs only the trained layers.
     threads : int or None
         ``torch.set_num_threads`` for the run; ``None`` leaves it. On a CPU shared with other busy
-        processes 1 thread was 3-4x faster per step than 2 (measured here).
+        processes 1 thread is faster per step than 2 (bench/RESULTS.md, "Text fine-tuning").
 
     Returns
     -------
@@ -238,7 +240,7 @@ def _finetune_text(
     if limit_train is not None:
         train = Examples(train.ids[:limit_train], train.labels[:limit_train], train.utt_ids[:limit_train])
     lengths = [len(x) for x in train.ids]
-    log.info(
+    logger.info(
         f"{len(train)} train / {len(examples['dev'])} dev inputs, mean {np.mean(lengths):.1f} tokens "
         f"(max {cfg.max_length}); contexts built in {time.time() - t0:.1f}s"
     )
@@ -283,7 +285,7 @@ def _finetune_text(
         restore_rng_states(state, dev_t.type)
         progress = json.loads(state["progress"])
         progress["stopped_early"] = False  # a new call brings a new budget
-        log.info(
+        logger.info(
             f"resuming at epoch {progress['epoch']} step {progress['step_in_epoch']} "
             f"(best dev wF1 so far {progress['best_dev_wf1']:.4f})"
         )
@@ -295,7 +297,7 @@ def _finetune_text(
         dev_cache = FrozenBottomCache(
             model, examples["dev"], cfg.freeze_layers, pad_id, dev_t, cfg.eval_batch_size
         )
-        log.info(
+        logger.info(
             f"frozen embeddings + {cfg.freeze_layers} layers run once: "
             f"{(train_cache.nbytes + dev_cache.nbytes) / 1e6:.0f} MB in {time.time() - t:.0f}s"
         )
@@ -339,7 +341,7 @@ def _finetune_text(
             "elapsed_s": round(time.time() - run_start, 1),
         }
         progress["history"].append(entry)
-        log.info(
+        logger.info(
             f"epoch {progress['epoch']} step {progress['global_step']}: dev wF1 {wf1:.4f} acc {acc:.4f} "
             f"(eval {time.time() - t:.0f}s, {entry['elapsed_s']:.0f}s in)"
         )
@@ -390,7 +392,7 @@ def _finetune_text(
             progress["running_loss"] = float(np.mean(losses[-50:]))
             over_budget = budget_s is not None and time.time() - run_start > budget_s
             if progress["global_step"] % 25 == 0:
-                log.info(
+                logger.info(
                     f"epoch {progress['epoch']} step {progress['step_in_epoch']}/{len(batches)} "
                     f"loss {progress['running_loss']:.4f} ({time.time() - run_start:.0f}s)"
                 )
@@ -398,7 +400,7 @@ def _finetune_text(
                 evaluate_dev()
                 if over_budget:
                     progress["stopped_early"] = True
-                    log.info(f"stopping: the {cfg.max_minutes} min budget is spent")
+                    logger.info(f"stopping: the {cfg.max_minutes} min budget is spent")
                 save_state()
                 if over_budget:
                     break
@@ -475,7 +477,7 @@ def _finish(
         ).argmax(1)
         meta["test_weighted_f1"] = weighted_f1(examples["test"].labels, pred, n_classes)
         meta["test_accuracy"] = float((pred == examples["test"].labels).mean())
-        log.info(
+        logger.info(
             f"selected model: test wF1 {meta['test_weighted_f1']:.4f} acc {meta['test_accuracy']:.4f} "
             f"({time.time() - t:.0f}s)"
         )
@@ -484,5 +486,7 @@ def _finish(
             continue
         shutil.copy2(p, out_dir / p.name)
     atomic_write_json(out_dir / META_FILE, meta, indent=2, sort_keys=False, ensure_ascii=True)
-    log.info(f"wrote {out_dir} (dev wF1 {meta['dev_weighted_f1']:.4f}, {train_s / 60:.1f} min of training)")
+    logger.info(
+        f"wrote {out_dir} (dev wF1 {meta['dev_weighted_f1']:.4f}, {train_s / 60:.1f} min of training)"
+    )
     return out_dir

@@ -46,7 +46,7 @@ class FinetuneConfig:
 
 
 def uses_minilm_recipe(base_model: str | None) -> bool:
-    """Whether ``base_model`` gets the measured MiniLM CPU recipe (top four layers, target pooling).
+    """Whether ``base_model`` gets the MiniLM CPU recipe (top four layers, target pooling).
 
     True for the shipped all-MiniLM-L6-v2 (``None`` or its folder) and any base named ``*MiniLM*``
     (hub id or folder name); every other base (RoBERTa, BERT, ...) is fine-tuned whole with the
@@ -93,8 +93,8 @@ def param_groups(model, cfg: FinetuneConfig) -> list[dict]:
     """AdamW groups: weight decay on matrices only; the new head at ``lr * head_lr_mult``.
 
     The head starts from random weights; at the body's rate it needs hundreds of steps just to reach a
-    useful scale (measured on MELD: loss still at the majority-class level after 175 steps at 1e-4),
-    which a short CPU budget cannot spare.
+    useful scale (on MELD the loss stayed at the majority-class level: bench/RESULTS.md, "Text
+    fine-tuning"), which a short CPU budget cannot spare.
     """
     if cfg.lr is None:
         raise ValueError("param_groups needs the resolved configuration (resolve_defaults): lr is None")

@@ -81,5 +81,5 @@ def test_sample_media_is_the_whole_clip_not_the_csv_times():
     cfg = MediaConfig()
     row, problems = process_utterance(utt, cfg, FaceDetector(cfg))
     assert problems == []
-    assert row["has_audio"] and row["has_video"] and row["has_face"]
+    assert row["has_audio"] and row["has_visual"] and row["has_face"]
     assert len(row["scenes"]) == cfg.n_frames

@@ -135,7 +135,7 @@ def test_face_and_audio_in_every_encoding(tmp_path, detector, name):
     )
     row, problems = process_utterance(utt, CFG, detector)
     assert problems == []
-    assert row["has_video"] and row["has_face"] and row["has_audio"]
+    assert row["has_visual"] and row["has_face"] and row["has_audio"]
     assert len(row["scenes"]) == CFG.n_frames and len(np.unique(row["face_frame"])) >= CFG.n_frames - 1
     idx = [bar_index(s, n) for s in row["scenes"]]
     assert idx == sorted(idx) and idx[0] <= n // 4 and idx[-1] >= n - n // 4 - 1, idx  # the whole clip

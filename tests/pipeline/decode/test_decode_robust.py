@@ -50,7 +50,7 @@ def custom(clip, start=None, end=None, audio=None) -> Utterance:
 
 def check_flags(row: dict) -> None:
     assert row["has_audio"] == (len(row["waveform"]) > 0)
-    assert row["has_video"] == (len(row["scenes"]) > 0)
+    assert row["has_visual"] == (len(row["scenes"]) > 0)
     assert row["has_face"] == (len(row["faces"]) > 0)
     assert np.isfinite(row["waveform"]).all()
 
@@ -82,7 +82,7 @@ def test_resolution_change_mid_stream_gives_frames_of_the_first_size(tmp_path, d
     assert frames[-1][:, 60:100].mean() > 30 and frames[0][:, :18].mean() > 30
     row, problems = process_utterance(custom(clip), CFG, detector)
     check_flags(row)
-    assert row["has_video"] and row["has_audio"] and row["has_face"], problems
+    assert row["has_visual"] and row["has_audio"] and row["has_face"], problems
     assert problems == []
 
 
@@ -230,7 +230,7 @@ def test_frames_too_small_for_mtcnn_keep_the_row(tmp_path, detector):
     clip = write_av(tmp_path / "tiny.mp4", seconds=0.5, size=(8, 8), frame=lambda i: gray(40, (8, 8)))
     row, problems = process_utterance(custom(clip), CFG, detector)  # MTCNN raised here before
     check_flags(row)
-    assert row["has_audio"] and row["has_video"] and not row["has_face"]
+    assert row["has_audio"] and row["has_visual"] and not row["has_face"]
     assert len(problems) == 1 and str(clip) in problems[0] and "too small" in problems[0], problems
 
 
@@ -245,7 +245,7 @@ def test_an_error_inside_a_stage_becomes_a_problem(tmp_path):
     clip = write_av(tmp_path / "ok.mp4", seconds=0.5)
     row, problems = process_utterance(custom(clip), CFG, BrokenDetector(CFG))
     check_flags(row)
-    assert row["has_audio"] and row["has_video"] and not row["has_face"]
+    assert row["has_audio"] and row["has_visual"] and not row["has_face"]
     assert len(problems) == 1
     assert problems[0].startswith(f"face detection failed on {clip}: RuntimeError: CUDA error: out of memory")
     assert "report" in problems[0]
@@ -268,5 +268,5 @@ def test_an_unexpected_error_anywhere_gives_an_empty_row(tmp_path):
     )  # a str time
     row, problems = process_utterance(bad, CFG, None)
     check_flags(row)
-    assert not (row["has_audio"] or row["has_video"] or row["has_face"])
+    assert not (row["has_audio"] or row["has_visual"] or row["has_face"])
     assert len(problems) == 2 and all(str(clip) in p and "TypeError" in p for p in problems), problems

@@ -76,5 +76,5 @@ def test_sideways_face_is_found_after_rotation(tmp_path, detector):
         end=None,
     )
     row, problems = process_utterance(utt, CFG, detector)
-    assert problems == [] and row["has_video"] and row["has_face"]
+    assert problems == [] and row["has_visual"] and row["has_face"]
     assert (row["face_frame"] >= 0).all() and len(np.unique(row["face_frame"])) == len(row["scenes"])

@@ -194,7 +194,7 @@ def test_visual_embedding_pools_over_decoded_frames_only():
         "face_frame": np.array([0, 1, 2], np.int16),
         "face_weight": np.ones(3, np.float32),
         "scenes": scenes,
-        "has_video": True,
+        "has_visual": True,
         "has_face": True,
     }
     emb, has_visual, has_face = visual_embeddings(face, scene, [row], n_frames=15, batch_size=8)

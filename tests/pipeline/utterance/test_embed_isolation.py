@@ -32,7 +32,7 @@ def _media_row(uid: str, waveform: np.ndarray, frames: int = 2) -> dict:
         "has_audio": len(waveform) > 0,
         "audio_cut": False,
         "scenes": rng.integers(0, 255, (frames, 3, S, S), dtype=np.uint8),
-        "has_video": frames > 0,
+        "has_visual": frames > 0,
         "faces": rng.integers(0, 255, (1, 3, S, S), dtype=np.uint8),
         "face_frame": np.zeros(1, np.int16),
         "face_weight": np.ones(1, np.float32),

@@ -17,7 +17,7 @@ def media_row(scenes: np.ndarray, faces: np.ndarray, face_frame: list[int]) -> d
         "faces": faces,
         "face_frame": np.array(face_frame, np.int16),
         "face_weight": np.full(len(faces), 1.0, np.float32) / np.bincount(face_frame)[face_frame],
-        "has_video": True,
+        "has_visual": True,
         "has_face": len(faces) > 0,
     }
 

@@ -85,7 +85,7 @@ def check_row(row: dict, cfg: MediaConfig = CFG) -> None:
     for name in MEDIA_FLAGS:
         assert isinstance(row[name], bool), name
     assert row["has_audio"] == (len(row["waveform"]) > 0)
-    assert row["has_video"] == (len(row["scenes"]) > 0)
+    assert row["has_visual"] == (len(row["scenes"]) > 0)
     assert row["has_face"] == (k > 0)
     assert len(row["scenes"]) <= cfg.n_frames
     for i in np.unique(row["face_frame"]):
@@ -101,7 +101,7 @@ def test_typical_clip_full_row(tmp_path, detector):
     check_row(row)
     assert problems == []
     assert row["utt_id"] == "meld/train/dia7_utt3" and row["label"] == "joy"
-    assert row["has_audio"] and row["has_video"] and row["has_face"] and not row["audio_cut"]
+    assert row["has_audio"] and row["has_visual"] and row["has_face"] and not row["audio_cut"]
     assert 3.0 * 16000 <= len(row["waveform"]) <= 3.03 * 16000  # the whole clip, not the CSV times
     assert row["scenes"].shape[0] == 15
     assert sorted(set(row["face_frame"].tolist())) == list(range(15))  # one face in every frame
@@ -128,13 +128,13 @@ def test_no_detector_skips_faces_silently(tmp_path):
     clip = write_clip(tmp_path / "c.mp4", duration=1.0, size=(160, 120))
     row, problems = process_utterance(meld(clip), CFG, None)
     check_row(row)
-    assert problems == [] and row["has_video"] and not row["has_face"]
+    assert problems == [] and row["has_visual"] and not row["has_face"]
 
 
 def test_missing_clip(tmp_path, detector):
     row, problems = process_utterance(meld(tmp_path / "dia1_utt1.mp4"), CFG, detector)
     check_row(row)
-    assert not row["has_audio"] and not row["has_video"] and not row["has_face"]
+    assert not row["has_audio"] and not row["has_visual"] and not row["has_face"]
     assert len(problems) == 1 and "missing file" in problems[0] and "dia1_utt1.mp4" in problems[0]
     assert "utterance kept" in problems[0]
     row, problems = process_utterance(meld(None), CFG, detector)
@@ -147,7 +147,7 @@ def test_zero_byte_clip(tmp_path, detector):
     clip.write_bytes(b"")
     row, problems = process_utterance(meld(clip), CFG, detector)
     check_row(row)
-    assert not row["has_audio"] and not row["has_video"]
+    assert not row["has_audio"] and not row["has_visual"]
     assert len(problems) == 1 and "zero-byte file" in problems[0] and str(clip) in problems[0]
 
 
@@ -157,7 +157,7 @@ def test_truncated_mp4(tmp_path, detector):
     row, problems = process_utterance(meld(clip), CFG, detector)
     check_row(row)
     # the mp4 index (moov) is written last, so half a file cannot be opened at all
-    assert not row["has_audio"] and not row["has_video"]
+    assert not row["has_audio"] and not row["has_visual"]
     assert len(problems) == 1 and "cannot open" in problems[0] and str(clip) in problems[0]
 
 
@@ -167,7 +167,7 @@ def test_truncated_avi_keeps_what_decoded(tmp_path, detector):
     row, problems = process_utterance(custom(clip, None, None), CFG, detector)
     check_row(row)
     # the AVI header promises 3 s; half the bytes hold about 1.5 s, which is kept and reported
-    assert row["has_video"] and len(row["scenes"]) == 15 and row["has_audio"]
+    assert row["has_visual"] and len(row["scenes"]) == 15 and row["has_audio"]
     assert 1.2 * 16000 < len(row["waveform"]) < 1.6 * 16000
     assert len(problems) == 1 and problems[0].startswith(f"truncated clip {clip}: its header promises 3.00 s")
 
@@ -176,7 +176,7 @@ def test_clip_without_audio_stream(tmp_path, detector):
     clip = write_clip(tmp_path / "v.mp4", duration=1.0, size=(160, 120), audio=False)
     row, problems = process_utterance(meld(clip), CFG, detector)
     check_row(row)
-    assert not row["has_audio"] and row["has_video"] and row["has_face"]
+    assert not row["has_audio"] and row["has_visual"] and row["has_face"]
     assert len(problems) == 1 and problems[0].startswith(f"no audio stream in {clip}")
 
 
@@ -184,7 +184,7 @@ def test_clip_without_video_stream(tmp_path, detector):
     clip = write_clip(tmp_path / "a.mp4", duration=1.0, video=False)
     row, problems = process_utterance(meld(clip), CFG, detector)
     check_row(row)
-    assert row["has_audio"] and not row["has_video"] and not row["has_face"]
+    assert row["has_audio"] and not row["has_visual"] and not row["has_face"]
     assert len(problems) == 1 and problems[0].startswith(f"no video stream in {clip}")
 
 
@@ -192,7 +192,7 @@ def test_silent_audio_is_marked_missing(tmp_path, detector):
     clip = write_clip(tmp_path / "s.mp4", duration=1.0, size=(160, 120), silent=True)
     row, problems = process_utterance(meld(clip), CFG, detector)
     check_row(row)
-    assert not row["has_audio"] and row["has_video"]
+    assert not row["has_audio"] and row["has_visual"]
     assert len(problems) == 1 and problems[0].startswith(f"silent audio in {clip}")
 
 
@@ -211,7 +211,7 @@ def test_no_face_in_any_frame(tmp_path, detector):
     clip = write_clip(tmp_path / "nf.mp4", duration=1.0, size=(160, 120), face=False)
     row, problems = process_utterance(meld(clip), CFG, detector)
     check_row(row)
-    assert row["has_video"] and row["scenes"].shape[0] == 15 and not row["has_face"]
+    assert row["has_visual"] and row["scenes"].shape[0] == 15 and not row["has_face"]
     assert len(problems) == 1 and problems[0] == f"no face in any of the 15 frames of {clip} (has_face False)"
 
 
@@ -219,7 +219,7 @@ def test_clip_shorter_than_15_frames(tmp_path, detector):
     clip = write_clip(tmp_path / "short.mp4", duration=8 / 24, fps=24, size=(160, 120))
     row, problems = process_utterance(meld(clip), CFG, detector)
     check_row(row)
-    assert row["has_video"] and row["scenes"].shape[0] == 8 and row["has_face"]
+    assert row["has_visual"] and row["scenes"].shape[0] == 8 and row["has_face"]
     assert len(problems) == 1 and problems[0].startswith(f"short clip {clip}: only 8 distinct frames")
 
 
@@ -227,7 +227,7 @@ def test_zero_length_span(tmp_path, detector):
     clip = write_clip(tmp_path / "dialogue.mp4", duration=3.0, size=(160, 120))
     row, problems = process_utterance(custom(clip, 1.5, 1.5), CFG, detector)
     check_row(row)
-    assert row["has_video"] and row["scenes"].shape[0] == 1 and row["has_face"]
+    assert row["has_visual"] and row["scenes"].shape[0] == 1 and row["has_face"]
     assert not row["has_audio"]
     assert len(problems) == 1 and problems[0].startswith(f"zero-length span [1.5, 1.5] in {clip}")
 
@@ -236,7 +236,7 @@ def test_span_past_the_end_of_the_video(tmp_path, detector):
     clip = write_clip(tmp_path / "dialogue.mp4", duration=1.0, size=(160, 120))
     row, problems = process_utterance(custom(clip, 5.0, 6.0), CFG, detector)
     check_row(row)
-    assert not row["has_audio"] and not row["has_video"]
+    assert not row["has_audio"] and not row["has_visual"]
     assert len(problems) == 2 and all("past the end" in p and str(clip) in p for p in problems)
 
 
@@ -245,7 +245,7 @@ def test_clip_many_minutes_long(tmp_path, detector):
     row, problems = process_utterance(meld(clip), CFG, detector)
     check_row(row)
     assert row["has_audio"] and row["audio_cut"] and len(row["waveform"]) == 10 * 16000
-    assert row["has_video"] and row["scenes"].shape[0] == 15
+    assert row["has_visual"] and row["scenes"].shape[0] == 15
     assert any(p.startswith(f"long audio in {clip}: kept the centre 10 s") for p in problems)
 
 
@@ -300,7 +300,7 @@ def test_iemocap_missing_video_keeps_the_wav(tmp_path, detector):
     )
     row, problems = process_utterance(utt, CFG, detector)
     check_row(row)
-    assert row["has_audio"] and not row["has_video"]
+    assert row["has_audio"] and not row["has_visual"]
     assert len(problems) == 1 and "missing.avi" in problems[0] and "visual marked missing" in problems[0]
 
 
