@@ -7,20 +7,29 @@ script reads (e.g. the features path, last line of ``m2f extract``).
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import logging
 import os
 import sys
+import types
+import typing
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
 
 from pipeline import __version__
-from pipeline.names import DATASETS, modality_letters, parse_modalities
+from pipeline.names import DATASETS, ENCODER_KINDS, modality_letters, parse_modalities
 from pipeline.shown import shown
 from pipeline.store.layout import CacheLayout
 
 #: the packages whose loggers print at the chosen level; every other logger prints warnings only
 _OUR_LOGGERS = ("pipeline", "trainer")
+#: the text fine-tuning settings (:class:`pipeline.text.finetune.recipe.FinetuneConfig`) given on the command
+#: line, as ``--text-<name>``
+_FINETUNE_CONFIG = "pipeline.text.finetune.recipe:FinetuneConfig"
+TEXT_OPTIONS = ("freeze_layers", "context", "pooling")
 
 
 def one_line(error: Exception) -> click.ClickException:
@@ -98,8 +107,152 @@ def _interrupted(kept: str) -> None:
     raise SystemExit(130)
 
 
+# --- options made from the config dataclasses --------------------------------------------------
+# A training command's options are the fields of its config dataclass that carry a ``help`` in their
+# metadata; the default is the field's, the type its annotation's, and the metadata may add ``choices``,
+# ``flag`` (e.g. ``"--compile/--no-compile"``) and ``path`` (a click.Path giving a Path). So a default or
+# a choice is written once, in the dataclass; the command turns the options back into fields with
+# :func:`config_values`.
+
+
+def cli_fields(config: type, names: Sequence[str] | None = None) -> list[dataclasses.Field]:
+    """The fields of the dataclass ``config`` that are options (a ``help`` in their metadata), in
+    field order, or ``names`` in that order."""
+    fields = {f.name: f for f in dataclasses.fields(config) if "help" in f.metadata}
+    return [fields[n] for n in names] if names is not None else list(fields.values())
+
+
+def _base_type(hint) -> type:
+    """``X`` of ``X | None``; the origin of a generic (``tuple`` of ``tuple[str, ...]``)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        hint = args[0]
+    return typing.get_origin(hint) or hint
+
+
+def _option_of(
+    config: type, field: dataclasses.Field, hint, prefix: str, help_prefix: str, help: str | None
+) -> click.Option:
+    """The click option of ``field``; ``option.config_field`` is ``(config, field.name)``."""
+    meta = field.metadata
+    kind = _base_type(hint)
+    text = help_prefix + (meta["help"] if help is None else help)
+    kw: dict = {"help": text or None}
+    if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+        kw["required"] = True
+    else:
+        kw["default"] = field.default
+    if kind is bool:
+        if "flag" not in meta:  # a --name/--no-name flag is boolean by its declaration
+            kw["is_flag"] = True
+    elif "choices" in meta:
+        kw["type"] = click.Choice(meta["choices"])
+    elif meta.get("path"):
+        kw["type"] = click.Path(path_type=Path)
+    elif kind in (int, float):
+        kw["type"] = kind
+    # str and tuple[str, ...] (a comma list, see config_values) stay click's default, text
+    decl = meta.get("flag") or "--" + (prefix + field.name).replace("_", "-")
+    option = click.Option([decl, prefix.replace("-", "_") + field.name], **kw)
+    option.config_field = (config, field.name)
+    return option
+
+
+@dataclasses.dataclass(frozen=True)
+class _ConfigOptions:
+    """A placeholder among a command's params: the options of a config dataclass, made when first used.
+
+    The dataclass is named ``"module:Class"`` and imported then (torch, for the training configs), so
+    ``m2f --help``, which needs only each command's first help line, does not import it.
+    """
+
+    config: str
+    names: Sequence[str] | None
+    prefix: str
+    help_prefix: str
+    help: dict[str, str]
+
+    def build(self) -> list[click.Option]:
+        module, _, name = self.config.partition(":")
+        config = getattr(importlib.import_module(module), name)
+        hints = typing.get_type_hints(config)
+        return [
+            _option_of(config, f, hints[f.name], self.prefix, self.help_prefix, self.help.get(f.name))
+            for f in cli_fields(config, self.names)
+        ]
+
+
+def config_options(
+    config: str,
+    names: Sequence[str] | None = None,
+    *,
+    prefix: str = "",
+    help_prefix: str = "",
+    help: dict[str, str] | None = None,
+):
+    """Decorator: here among the command's options, those of the fields of ``config`` (``"module:Class"``).
+
+    Parameters
+    ----------
+    config : str
+        The dataclass, as ``"package.module:Class"``; imported when the command's options are first
+        needed (the command must be made with ``cls=ConfigCommand``).
+    names : sequence of str, optional
+        Only these fields, in this order; default: every field with a ``help``, in field order.
+    prefix : str
+        Put before each option name (``"text-"``: ``--text-pooling`` for ``pooling``; the parameter is
+        ``text_pooling``).
+    help_prefix : str
+        Put before each help text.
+    help : dict, optional
+        Field name -> help text for this command instead of the field's.
+    """
+
+    def decorate(f):
+        marker = _ConfigOptions(config, names, prefix, help_prefix, help or {})
+        f.__dict__.setdefault("__click_params__", []).append(marker)
+        return f
+
+    return decorate
+
+
+class ConfigCommand(click.Command):
+    """A click command whose :func:`config_options` placeholders become options on first use."""
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        if any(isinstance(p, _ConfigOptions) for p in self._params):
+            self._params = [
+                o for p in self._params for o in (p.build() if isinstance(p, _ConfigOptions) else [p])
+            ]
+        return self._params
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._params = list(value)
+
+
+def config_values(config: type, options: dict, names: Sequence[str] | None = None, prefix: str = "") -> dict:
+    """Take the options :func:`config_options` made for ``config`` out of ``options``: field -> value.
+
+    A path given to a ``str`` field is passed as text, a comma list to a ``tuple`` field as a tuple
+    (None when empty).
+    """
+    hints = typing.get_type_hints(config)
+    values = {}
+    for f in cli_fields(config, names):
+        value = options.pop(prefix.replace("-", "_") + f.name)
+        kind = _base_type(hints[f.name])
+        if isinstance(value, Path) and kind is str:
+            value = str(value)
+        elif isinstance(value, str) and kind is tuple:
+            value = tuple(c.strip() for c in value.split(",") if c.strip()) if value else None
+        values[f.name] = value
+    return values
+
+
 # --- prepare (pipeline/corpora) --------------------------------------------------------------
-@main.command()
+@main.command("prepare")
 @click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Corpus format.")
 @click.option(
     "--root",
@@ -114,7 +267,7 @@ def _interrupted(kept: str) -> None:
     default=None,
     help="Write the manifest here as JSONL (default: print the summary only).",
 )
-def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
+def prepare_command(dataset: str, root: Path | None, out: Path | None) -> None:
     """Read a corpus; print its summary; write the manifest.
 
     Prints dialogues, utterances, labels and clips found / missing / zero-byte per split; with --out,
@@ -127,7 +280,7 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
 
 
 # --- extract (pipeline/extract/) ----------------------------------------------------------------
-@main.command()
+@main.command("extract", cls=ConfigCommand)
 @click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Corpus format.")
 @click.option("--root", type=click.Path(path_type=Path), default=None, help="Corpus folder (as for prepare).")
 @click.option(
@@ -170,12 +323,14 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
     "embedded by its first token. Default: the shipped all-MiniLM-L6-v2 (CPU recipe: top "
     "four layers, target-token pooling).",
 )
-@click.option(
-    "--text-context",
-    type=click.Choice(["full", "past"]),
-    default="full",
-    help="Context of the text model fine-tuned here: past + target + next utterance, or `past` "
-    "(no next utterance: causal, for live prediction; cached apart).",
+@config_options(
+    _FINETUNE_CONFIG,
+    ("context",),
+    prefix="text-",
+    help={
+        "context": "Context of the text model fine-tuned here: past + target + next utterance, or `past` "
+        "(no next utterance: causal, for live prediction; cached apart)."
+    },
 )
 @click.option(
     "--encoders",
@@ -199,7 +354,7 @@ def prepare(dataset: str, root: Path | None, out: Path | None) -> None:
     "tls_cert, tls_key) for the LocalCluster or a tls:// --scheduler. Default: the "
     "LocalCluster uses fresh temporary TLS certificates. See README.",
 )
-def extract(
+def extract_command(
     dataset: str,
     root: Path | None,
     modalities: str,
@@ -223,7 +378,7 @@ def extract(
     resumes where it stopped when the same command is run again. Problems per utterance go to
     problems.jsonl beside media.h5. The last line printed is the path of features.h5.
     """
-    _run_extract_command(
+    _run_extract(
         dataset=dataset,
         root=root,
         modalities=modalities,
@@ -242,7 +397,7 @@ def extract(
     )
 
 
-def _run_extract_command(**kw) -> None:
+def _run_extract(**kw) -> None:
     from pipeline.extract import ExtractError, ExtractOptions, format_summary, run_extract
     from pipeline.extract.options import default_workers, parse_list
     from pipeline.names import SPLITS
@@ -266,11 +421,11 @@ def _run_extract_command(**kw) -> None:
 
 
 # --- train-encoders (pipeline/encoders/train.py) ---------------------------------------------
-@main.command("train-encoders")
+@main.command("train-encoders", cls=ConfigCommand)
 @click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Corpus format.")
 @click.option(
     "--modality",
-    type=click.Choice(["audio", "face", "scene", "text", "all"]),
+    type=click.Choice([*ENCODER_KINDS, "text", "all"]),
     default="all",
     help="Which encoder to train; `all` = audio, face and scene; `text` fine-tunes the text model.",
 )
@@ -302,53 +457,9 @@ def _run_extract_command(**kw) -> None:
     help="Only for --modality text: hub id (e.g. roberta-large) or local folder of the model to "
     "fine-tune. Default: the shipped all-MiniLM-L6-v2.",
 )
-@click.option(
-    "--text-freeze-layers",
-    type=int,
-    default=None,
-    help="Only for --modality text: lowest layers kept frozen. Default: 0 (full fine-tuning), "
-    "but all except the top four for MiniLM on cpu.",
-)
-@click.option(
-    "--text-context",
-    type=click.Choice(["full", "past"]),
-    default="full",
-    help="Only for --modality text: with the next utterance, or `past` alone (causal).",
-)
-@click.option(
-    "--text-pooling",
-    type=click.Choice(["cls", "mean", "target"]),
-    default=None,
-    help="Only for --modality text: what the head and the embeddings read. Default: cls (first "
-    "token) when every layer trains, target otherwise.",
-)
+@config_options(_FINETUNE_CONFIG, TEXT_OPTIONS, prefix="text-", help_prefix="Only for --modality text: ")
 @click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"), help="Cache root folder.")
-@click.option(
-    "--epochs",
-    type=int,
-    default=None,
-    help="Epochs per encoder. Default: 60 audio / 100 visual on cuda (the paper), 5 on cpu.",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "cuda"]),
-    default="cpu",
-    help="cuda: bf16 autocast and batch 128 by default.",
-)
-@click.option("--batch-size", type=int, default=None, help="Batch size (default 32 on cpu, 128 on cuda).")
-@click.option(
-    "--steps-per-epoch",
-    type=int,
-    default=None,
-    help="Batches per epoch (default: one pass over the train samples).",
-)
-@click.option("--seed", type=int, default=0, help="Initial weights and sampling.")
-@click.option(
-    "--classes",
-    default=None,
-    help="Comma list of labels to train on (e.g. IEMOCAP's six). Default: every non-empty label.",
-)
-@click.option("--overwrite", is_flag=True, help="Retrain even if a checkpoint exists.")
+@config_options("pipeline.encoders.train_config:TrainEncodersConfig")
 @click.option(
     "--threads",
     type=int,
@@ -362,18 +473,9 @@ def train_encoders_command(
     out: Path | None,
     root: Path | None,
     text_base: str | None,
-    text_freeze_layers: int | None,
-    text_context: str,
-    text_pooling: str | None,
     cache: Path,
-    epochs: int | None,
-    device: str,
-    batch_size: int | None,
-    steps_per_epoch: int | None,
-    seed: int,
-    classes: str | None,
-    overwrite: bool,
     threads: int | None,
+    **options,
 ) -> None:
     """Triplet-train the audio, face, scene (or text) encoders.
 
@@ -382,54 +484,36 @@ def train_encoders_command(
     those stored in the media.h5 when it was decoded; after a label fix, `m2f extract` trains the
     default encoders on the corpus's current labels (the media is reused).
     """
+    from pipeline.encoders.train_config import TrainEncodersConfig
+    from pipeline.text.finetune.recipe import FinetuneConfig
+
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+    text = config_values(FinetuneConfig, options, TEXT_OPTIONS, prefix="text-")
+    run = config_values(TrainEncodersConfig, options)
+    layout = CacheLayout(cache, dataset)
     if modality == "text":
-        recipe = {
-            "epochs": epochs,
-            "freeze_layers": text_freeze_layers,
-            "pooling": text_pooling,
-            "context": text_context,
-        }
-        _train_text_model(
-            CacheLayout(cache, dataset),
-            root,
-            out,
-            device,
-            text_base,
-            {k: v for k, v in recipe.items() if v is not None},
-        )
+        recipe = FinetuneConfig(base_model=text_base, device=run["device"], **text)
+        if run["epochs"] is not None:
+            recipe = dataclasses.replace(recipe, epochs=run["epochs"])
+        _train_text_model(layout, root, out, recipe)
         return
     from pipeline.encoders.train import train_encoders
     from pipeline.extract.stage_encoders import labels_key, stored_labels
-    from pipeline.names import ENCODER_KINDS
     from pipeline.store.locks import CacheError
 
-    layout = CacheLayout(cache, dataset)
     media = media or _find_media(layout)
     # the labels stored in media.h5 (its manifest's at decoding time) are the ones trained on and keyed
     out = out or layout.encoders_dir(layout.media_key(media), labels_key(stored_labels(media)))
     mods = ENCODER_KINDS if modality == "all" else (modality,)
-    labels = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
     try:
-        paths = train_encoders(
-            media,
-            out,
-            modalities=mods,
-            epochs=epochs,
-            device=device,
-            seed=seed,
-            batch_size=batch_size,
-            steps_per_epoch=steps_per_epoch,
-            overwrite=overwrite,
-            classes=labels,
-        )
+        folder = train_encoders(TrainEncodersConfig(media=media, out=out, modalities=mods, **run))
     except (FileNotFoundError, ValueError, CacheError) as e:
         raise one_line(e) from e
-    for p in paths.values():
-        click.echo(str(p))
+    for m in mods:
+        click.echo(str(folder / f"{m}.pt"))
 
 
 def _find_media(layout: CacheLayout) -> Path:
@@ -442,32 +526,29 @@ def _find_media(layout: CacheLayout) -> Path:
     return found[0]
 
 
-def _train_text_model(
-    layout: CacheLayout, root: Path | None, out: Path | None, device: str, base: str | None, kw: dict
-) -> None:
-    """Fine-tune ``base`` into ``out``, or by default where ``m2f extract --text-base`` looks for it.
+def _train_text_model(layout: CacheLayout, root: Path | None, out: Path | None, recipe) -> None:
+    """Fine-tune ``recipe.base_model`` into ``out``, or by default where ``m2f extract --text-base`` looks.
 
     The default folder is keyed by the base and the corpus's cached manifest (written here if missing),
-    as extract keys it; with ``out`` the cache is left alone. ``kw`` go to ``finetune_text``.
+    as extract keys it; with ``out`` the cache is left alone. ``recipe`` is the run's ``FinetuneConfig``
+    (its ``out`` unset).
     """
     from pipeline.corpora import CorpusError, prepare_corpus
     from pipeline.extract import ExtractError
     from pipeline.extract.stage_prepare import load_manifest
-    from pipeline.extract.stage_text import finetune_default_text_model
+    from pipeline.extract.stage_text import finetune_default_text_model, resolve_text_base
     from pipeline.store.locks import CacheError
+    from pipeline.text.finetune.loop import finetune_text
 
     try:
         if out is None:
             _, manifest = load_manifest(layout, root)
-            path = finetune_default_text_model(layout, manifest, device=device, base=base, **kw)
+            path = finetune_default_text_model(layout, manifest, recipe)
         else:
-            from pipeline.extract.stage_text import resolve_text_base
-            from pipeline.text.finetune.loop import finetune_text
-
+            base = recipe.base_model
             source = resolve_text_base(base)[0] if base is not None else None
-            path = finetune_text(
-                prepare_corpus(layout.dataset, root), out, base_model=source, device=device, **kw
-            )
+            config = dataclasses.replace(recipe, out=out, base_model=source)
+            path = finetune_text(prepare_corpus(layout.dataset, root), config)
     except (CorpusError, ExtractError, CacheError, ValueError, OSError) as e:
         raise one_line(e) from e
     click.echo(str(path))
@@ -477,118 +558,9 @@ def _train_text_model(
 
 
 # --- train-dialog (trainer/dialogue/config.py, trainer/dialogue/fit.py) ---------------------------------
-@main.command("train-dialog")
-@click.option(
-    "--features", type=click.Path(path_type=Path), required=True, help="A features.h5 (m2f extract)."
-)
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Run folder; seeds go to OUT/seed<k>/. Rerunning the same command resumes a killed run.",
-)
-@click.option(
-    "--modalities",
-    default="tav",
-    help="Letters of `tav` (t text, a audio, v visual) or a comma list of text, audio, visual.",
-)
-@click.option(
-    "--fusion",
-    type=click.Choice(["attention", "concat"]),
-    default="attention",
-    help="Multi-head attention fusion (M2FNet) or plain concatenation.",
-)
-@click.option("--seeds", type=int, default=1, help="Number of seeds (repeats); report gives mean ± std.")
-@click.option("--first-seed", type=int, default=0, help="Seed of the first repeat.")
-@click.option("--epochs", type=int, default=100, help="Maximum epochs.")
-@click.option(
-    "--patience", type=int, default=15, help="Stop after this many epochs without a better dev wF1."
-)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@click.option("--lr", type=float, default=5e-4, help="AdamW learning rate.")
-@click.option("--weight-decay", type=float, default=5e-4, help="AdamW weight decay.")
-@click.option("--dropout", type=float, default=0.4)
-@click.option("--batch-size", type=int, default=16, help="Dialogues per batch.")
-@click.option(
-    "--bucket",
-    type=int,
-    default=50,
-    help="Batch dialogues of similar length: sort inside windows of BUCKET batches (0 = off).",
-)
-@click.option("--heads", type=int, default=4, help="Attention heads (must divide D_T, D_A, D_V).")
-@click.option(
-    "--layers",
-    type=int,
-    default=None,
-    help="Transformer layers per modality N_T = N_A = N_V [default: 5 for iemocap, else 1].",
-)
-@click.option("--fusion-layers", type=int, default=5, help="Attention fusion layers m.")
-@click.option("--hidden", type=int, default=256, help="Width of the classifier's hidden layer.")
-@click.option("--ff-mult", type=int, default=2, help="Encoder feed-forward width as a multiple of D.")
-@click.option(
-    "--positions",
-    type=click.Choice(["none", "relative"]),
-    default=None,
-    help="Utterance order in the modality encoders: a learned attention bias by relative distance "
-    "[default: relative].",
-)
-@click.option(
-    "--speakers",
-    type=click.Choice(["none", "same-other"]),
-    default=None,
-    help="A learned attention bias for same-speaker vs other-speaker pairs of utterances "
-    "[default: same-other].",
-)
-@click.option(
-    "--causal",
-    is_flag=True,
-    help="Each utterance attends only to itself and earlier ones (encoders and fusion): "
-    "predictions never use later utterances.",
-)
-@click.option(
-    "--class-map",
-    type=click.Choice(DATASETS),
-    default=None,
-    help="Which labels count [default: from the file's dataset attribute].",
-)
-@click.option("--compile/--no-compile", "compile_", default=False, help="torch.compile the model.")
-@click.option("--threads", type=int, default=None, help="CPU threads for torch [default: torch's choice].")
-@click.option("--progress/--no-progress", default=True, help="Show a tqdm bar with loss and dev wF1.")
-@click.option(
-    "--checkpoint-seconds",
-    type=float,
-    default=60.0,
-    help="Write the resume checkpoint (last.pt) at most this often; 0 = every epoch.",
-)
-def train_dialogue_cmd(
-    features: Path,
-    out: Path,
-    modalities: str,
-    fusion: str,
-    seeds: int,
-    first_seed: int,
-    epochs: int,
-    patience: int,
-    device: str,
-    lr: float,
-    weight_decay: float,
-    dropout: float,
-    batch_size: int,
-    heads: int,
-    layers: int | None,
-    fusion_layers: int,
-    hidden: int,
-    ff_mult: int,
-    positions: str | None,
-    speakers: str | None,
-    causal: bool,
-    class_map: str | None,
-    compile_: bool,
-    threads: int | None,
-    progress: bool,
-    bucket: int,
-    checkpoint_seconds: float,
-) -> None:
+@main.command("train-dialog", cls=ConfigCommand)
+@config_options("trainer.dialogue.config:DialogueTrainConfig")
+def train_dialog_command(**options) -> None:
     """Train the dialogue-level M2FNet on a features.h5.
 
     Writes RUN_DIR/seed<k>/ (config, environment, label map, metrics.jsonl, best.pt, predictions);
@@ -597,42 +569,16 @@ def train_dialogue_cmd(
     from trainer.dialogue.config import DialogueTrainConfig
     from trainer.dialogue.fit import train_dialogue
 
-    letters = modality_letters(_modalities(modalities))  # fit takes the letters form
-    config = DialogueTrainConfig(
-        features=str(features),
-        out=str(out),
-        modalities=letters,
-        fusion=fusion,
-        seeds=seeds,
-        first_seed=first_seed,
-        epochs=epochs,
-        patience=patience,
-        device=device,
-        lr=lr,
-        weight_decay=weight_decay,
-        dropout=dropout,
-        batch_size=batch_size,
-        heads=heads,
-        layers=layers,
-        fusion_layers=fusion_layers,
-        hidden=hidden,
-        ff_mult=ff_mult,
-        causal=causal,
-        class_map=class_map,
-        compile=compile_,
-        threads=threads,
-        progress=progress,
-        bucket=bucket,
-        checkpoint_seconds=checkpoint_seconds,
-        **{k: v for k, v in (("positions", positions), ("speakers", speakers)) if v is not None},
-    )
+    values = config_values(DialogueTrainConfig, options)
+    values["modalities"] = modality_letters(_modalities(values["modalities"]))  # fit takes the letters form
+    config = DialogueTrainConfig(**values)
     try:
-        dirs = train_dialogue(config)
+        out = train_dialogue(config)
     except (FileNotFoundError, ValueError) as e:
         raise one_line(e) from e
     except KeyboardInterrupt:
-        _interrupted(f"finished epochs are kept in {out} (last.pt at most --checkpoint-seconds old)")
-    click.echo(f"done: {len(dirs)} seed(s) in {out}; next: m2f report {out}")
+        _interrupted(f"finished epochs are kept in {config.out} (last.pt at most --checkpoint-seconds old)")
+    click.echo(f"done: {config.seeds} seed(s) in {out}; next: m2f report {out}")
 
 
 # --- end train-dialog ---
@@ -647,7 +593,7 @@ def train_dialogue_cmd(
     default=None,
     help="Also write the comparison table of all RUN_DIRS to this Markdown file.",
 )
-def report_cmd(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
+def report_command(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
     """Write metrics, plots and the paper's numbers for runs.
 
     Writes report.md, report.json, confusion.png and curves.png into each RUN_DIR and prints one
@@ -666,7 +612,7 @@ def report_cmd(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
 
 
 # --- demo (trainer/demo/chain.py) ------------------------------------------------------------------
-@main.command()
+@main.command("demo")
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -677,7 +623,7 @@ def report_cmd(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None:
 @click.option("--workers", type=int, default=2, help="Local dask worker processes.")
 @click.option("--seeds", type=int, default=2, help="Training repeats (mean ± std in the report).")
 @click.option("--epochs", type=int, default=25, help="Dialogue-model epochs per seed.")
-def demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> None:
+def demo_command(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> None:
     """Generate a corpus, train text-only and fused, predict.
 
     Generates 216 utterances whose emotion only text + audio + visual together decide, then extract ->
@@ -715,7 +661,7 @@ def demo(out: Path, cache: Path, workers: int, seeds: int, epochs: int) -> None:
     help="Folder of the text model the features were made with, if not in the features' cache.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
-def export_cmd(
+def export_command(
     run: Path,
     out: Path,
     seed: int | None,
@@ -793,7 +739,7 @@ def export_cmd(
     default=None,
     help="Scratch folder [default: a temporary folder, removed after].",
 )
-def predict_cmd(
+def predict_command(
     input_path: Path,
     model_dir: Path,
     out: Path,
@@ -888,7 +834,7 @@ def _live_model(model_dir: Path, device: str, allow_revisions: bool):
     help="Serve a bidirectional model too (its predictions would change with later utterances).",
 )
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Where the models run.")
-def live_cmd(
+def live_command(
     model_dir: Path,
     video: Path | None,
     subtitles: Path | None,
@@ -960,7 +906,7 @@ def live_cmd(
 )
 @click.option("--idle-minutes", type=float, default=30.0, help="A conversation idle this long is forgotten.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Where the models run.")
-def serve_cmd(
+def serve_command(
     model_dir: Path,
     host: str,
     port: int,
@@ -1003,7 +949,7 @@ def serve_cmd(
     default=Path("cache"),
     help="Cache root folder whose free space is checked.",
 )
-def doctor_cmd(cache: Path) -> None:
+def doctor_command(cache: Path) -> None:
     """Check this environment: one line per check; exit 1 when any fails.
 
     Python; torch, torchvision and torchaudio at m2f's pinned versions with their native libraries

@@ -51,7 +51,7 @@ def run_one(features: str, out: str, setting: str, causal: bool, seed: int, opti
     """Train one seed of one setting; return its dev/test weighted F1 and selected epoch."""
     import warnings
 
-    from trainer.dialogue.fit import DialogueTrainConfig, train_dialogue
+    from trainer.dialogue.fit import DialogueTrainConfig, seed_dirs, train_dialogue
     from trainer.report.summary import summarize_seed
 
     warnings.filterwarnings("ignore")
@@ -67,7 +67,8 @@ def run_one(features: str, out: str, setting: str, causal: bool, seed: int, opti
         **SETTINGS[setting],
         **options,
     )
-    (seed_dir,) = train_dialogue(config)
+    train_dialogue(config)
+    (seed_dir,) = seed_dirs(config)
     summary = summarize_seed(seed_dir)
     return {
         "setting": setting,

@@ -73,23 +73,28 @@ def run_one(
     from pipeline.encoders.checkpoint import load_checkpoint
     from pipeline.encoders.losses import LossConfig
     from pipeline.encoders.train import train_encoders
+    from pipeline.encoders.train_config import TrainEncodersConfig
 
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
     t0 = time.perf_counter()
-    paths = train_encoders(
-        media,
-        out,
-        modalities=(modality,),
-        epochs=epochs,
-        batch_size=batch_size,
-        steps_per_epoch=steps,
-        seed=seed,
-        overwrite=True,
-        loss=LossConfig(**SETTINGS[setting]),
-        **({"clip_seconds": 0.5} if modality == "audio" else {}),
+    folder = train_encoders(
+        TrainEncodersConfig(
+            media=media,
+            out=out,
+            modalities=(modality,),
+            epochs=epochs,
+            batch_size=batch_size,
+            steps_per_epoch=steps,
+            seed=seed,
+            overwrite=True,
+            overrides={
+                "loss": LossConfig(**SETTINGS[setting]),
+                **({"clip_seconds": 0.5} if modality == "audio" else {}),
+            },
+        )
     )
-    meta = load_checkpoint(paths[modality])["meta"]
+    meta = load_checkpoint(folder / f"{modality}.pt")["meta"]
     last = meta["history"][-1]
     return {
         "setting": setting,

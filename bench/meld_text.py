@@ -165,22 +165,25 @@ def stage_baseline(
 def stage_finetune(utterances, folder: Path, args, seed: int = 0) -> dict:
     """Fine-tune MiniLM with context (resumable); return its ``m2f_text.json`` figures."""
     from pipeline.text.finetune.loop import finetune_text
+    from pipeline.text.finetune.recipe import FinetuneConfig
     from pipeline.text.finetune.state import read_finetune_meta
 
     if not (folder / "m2f_text.json").exists():
         finetune_text(
             utterances,
-            folder,
-            max_length=args.max_length,
-            epochs=args.epochs,
-            freeze_layers=args.freeze_layers,
-            lr=args.lr,
-            head_lr_mult=args.head_lr_mult,
-            pooling=args.pooling,
-            context=args.text_context,
-            max_minutes=args.max_minutes,
-            threads=args.threads,
-            seed=seed,
+            FinetuneConfig(
+                out=folder,
+                max_length=args.max_length,
+                epochs=args.epochs,
+                freeze_layers=args.freeze_layers,
+                lr=args.lr,
+                head_lr_mult=args.head_lr_mult,
+                pooling=args.pooling,
+                context=args.text_context,
+                max_minutes=args.max_minutes,
+                threads=args.threads,
+                seed=seed,
+            ),
         )
     meta = read_finetune_meta(folder)
     return {

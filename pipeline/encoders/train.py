@@ -9,7 +9,7 @@ into the checkpoint's ``meta["quality"]``.
 
 Epochs: the paper trains up to 60 (audio) / 100 (visual) epochs; those are the defaults on CUDA. On CPU
 the default is :data:`~pipeline.encoders.train_config.CPU_EPOCHS` (5) so that a small corpus finishes in
-minutes; pass ``epochs`` to choose. One epoch = ``ceil(N_train / batch_size)`` batches unless
+minutes; set ``epochs`` to choose. One epoch = ``ceil(N_train / batch_size)`` batches unless
 ``steps_per_epoch`` says otherwise.
 
 Resume: after each epoch the full training state (weights, optimiser, best weights, history) is
@@ -22,7 +22,8 @@ Too little data (fewer than 2 labels with >= 2 samples, e.g. no faces at all): t
 encoder is saved with ``meta["trained"] = False`` and a note, and a warning is issued; extraction
 goes on.
 
-The settings are :class:`~pipeline.encoders.train_config.EncoderTrainConfig`; the batches come from
+The run's settings are :class:`~pipeline.encoders.train_config.TrainEncodersConfig`, one
+:class:`~pipeline.encoders.train_config.EncoderTrainConfig` per modality; the batches come from
 :class:`~pipeline.encoders.loader.TrainLoader`.
 """
 
@@ -32,7 +33,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ from pipeline.encoders.losses import extractor_loss, mine_semihard
 from pipeline.encoders.network import Encoder, build_encoder
 from pipeline.encoders.probe import embed_samples, probe_weighted_f1, subset
 from pipeline.encoders.samples import MediaSamples
-from pipeline.encoders.train_config import DEFAULT_BATCH, EncoderTrainConfig, default_epochs
+from pipeline.encoders.train_config import EncoderTrainConfig, TrainEncodersConfig
 from pipeline.names import ENCODER_KINDS
 from pipeline.store.atomic import atomic_torch_save
 from pipeline.store.locks import folder_lock
@@ -56,94 +57,50 @@ STATE_FORMAT = "m2f-encoder-train-state-1"
 _PART_NAMES = ("triplet", "var", "cov", "active", "margin")
 
 
-def train_encoders(
-    media_path: str | Path,
-    out_dir: str | Path,
-    modalities: Sequence[str] = ENCODER_KINDS,
-    epochs: int | None = None,
-    device: str = "cpu",
-    seed: int = 0,
-    batch_size: int | None = None,
-    steps_per_epoch: int | None = None,
-    overwrite: bool = False,
-    contract_overrides: dict[str, dict] | None = None,
-    labels: Mapping[str, str] | None = None,
-    **options,
-) -> dict[str, Path]:
-    """Train the extractors of ``modalities`` on ``media.h5`` and write ``<out_dir>/<modality>.pt``.
+def train_encoders(config: TrainEncodersConfig) -> Path:
+    """Train the extractors of ``config.modalities`` on ``config.media``; write ``<out>/<modality>.pt``.
 
     Parameters
     ----------
-    media_path : path-like
-        ``cache/<dataset>/media-<hash>/media.h5`` with ``train`` (and ideally ``dev``) splits.
-    out_dir : path-like
-        Folder of the checkpoints (``audio.pt``, ``face.pt``, ``scene.pt``).
-    modalities : sequence of str
-        Any of ``audio``, ``face``, ``scene``.
-    epochs : int, optional
-        Default: 60 audio / 100 visual on CUDA (the paper),
-        :data:`~pipeline.encoders.train_config.CPU_EPOCHS` on CPU.
-    device : str
-        ``cpu`` or ``cuda`` (bf16 autocast and batch 128 by default there).
-    seed : int
-        Initial weights and random streams.
-    batch_size : int, optional
-        Default 32 on CPU, 128 on CUDA.
-    steps_per_epoch : int, optional
-        Batches per epoch (default: one pass over the train samples).
-    overwrite : bool
-        Retrain even when ``<out_dir>/<modality>.pt`` exists.
-    contract_overrides : dict, optional
-        Per modality, overrides of the input contract, e.g. ``{"face": {"image_size": 64}}``.
-    labels : mapping of str to str, optional
-        Utterance id -> label for every train and dev row (the current manifest's); default: the
-        ``label`` column of ``media.h5`` (the manifest's at decoding time).
-    **options
-        Other :class:`EncoderTrainConfig` fields (``clip_seconds``, ``probe``, ``probe_max_train``,
-        ``loss``, ``classes``, ...).
+    config : TrainEncodersConfig
+        The run (frozen): media file, output folder, modalities, device and the recipe; each
+        modality's :class:`EncoderTrainConfig` is ``config.for_modality(m)``. A finished checkpoint is
+        kept unless ``config.overwrite``; a killed run resumes from ``<out>/.train-state/``.
 
     Returns
     -------
-    dict
-        Modality -> checkpoint path.
+    Path
+        The output folder ``config.out``, holding one ``<modality>.pt`` per modality.
 
     Raises
     ------
+    FileNotFoundError
+        ``config.media`` does not exist.
+    ValueError
+        An unknown modality, a missing train split, or a training state of other settings.
     pipeline.store.locks.CacheLockedError
-        Another run is training encoders into ``out_dir``.
+        Another run is training encoders into ``config.out``.
     """
-    media_path = Path(media_path)
+    media_path = Path(config.media)
     if not media_path.exists():
         raise FileNotFoundError(
             f"media file {media_path} does not exist; run `m2f extract` (media stage) "
             "first or pass the right --media path"
         )
-    unknown = [m for m in modalities if m not in ENCODER_KINDS]
+    unknown = [m for m in config.modalities if m not in ENCODER_KINDS]
     if unknown:
         raise ValueError(f"unknown modalities {unknown}; expected some of {ENCODER_KINDS}")
-    kind = torch.device(device).type
-    out_dir = Path(out_dir)
-    paths: dict[str, Path] = {}
+    out_dir = Path(config.out)
     # two runs on one corpus would train into the same folder with the same temporary names
     with folder_lock(out_dir, ".train-encoders.lock", f"training encoders into {out_dir}"):
-        for m in modalities:
-            cfg = EncoderTrainConfig(
-                modality=m,
-                epochs=epochs if epochs is not None else default_epochs(m, device),
-                batch_size=batch_size or DEFAULT_BATCH.get(kind, 32),
-                steps_per_epoch=steps_per_epoch,
-                seed=seed,
-                amp=(kind == "cuda"),
-                contract_overrides=dict((contract_overrides or {}).get(m, {})),
-                **options,
-            )
+        for m in config.modalities:
+            cfg = config.for_modality(m)
             target = out_dir / f"{m}.pt"
-            if target.exists() and not overwrite:
+            if target.exists() and not config.overwrite:
                 logger.info("%s exists; not retraining (pass overwrite=True / --overwrite)", target)
-                paths[m] = target
                 continue
-            paths[m] = train_encoder(media_path, target, cfg, device=device, labels=labels)
-    return paths
+            train_encoder(media_path, target, cfg, device=config.device, labels=config.labels)
+    return out_dir
 
 
 def state_path_for(out_path: Path) -> Path:

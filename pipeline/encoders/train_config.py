@@ -11,13 +11,17 @@ layout imports without torch): cached default encoders are keyed by it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from pipeline.encoders.augment import AudioAugment
 from pipeline.encoders.losses import LossConfig
 from pipeline.encoders.recipe_version import ENCODER_RECIPE_VERSION
+from pipeline.names import ENCODER_KINDS
 
 __all__ = [
     "CPU_EPOCHS",
@@ -25,6 +29,7 @@ __all__ = [
     "ENCODER_RECIPE_VERSION",
     "PAPER_EPOCHS",
     "EncoderTrainConfig",
+    "TrainEncodersConfig",
     "default_epochs",
 ]
 
@@ -114,3 +119,102 @@ class EncoderTrainConfig:
 def default_epochs(modality: str, device: str) -> int:
     """The paper's epochs on CUDA (60 audio, 100 visual); :data:`CPU_EPOCHS` on CPU."""
     return PAPER_EPOCHS[modality] if torch.device(device).type == "cuda" else CPU_EPOCHS
+
+
+#: The fields of :class:`EncoderTrainConfig` that :class:`TrainEncodersConfig` decides per modality.
+_PER_MODALITY = ("modality", "epochs", "batch_size", "steps_per_epoch", "seed", "amp", "classes")
+
+
+@dataclass(frozen=True)
+class TrainEncodersConfig:
+    """What :func:`pipeline.encoders.train.train_encoders` (``m2f train-encoders``) is told.
+
+    Immutable. One :class:`EncoderTrainConfig` per modality follows from it (:meth:`for_modality`).
+    Fields with a ``help`` in their metadata are ``m2f train-encoders`` options (``cli.py`` reads them).
+
+    Parameters
+    ----------
+    media : path-like
+        ``cache/<dataset>/media-<hash>/media.h5`` with ``train`` (and ideally ``dev``) splits.
+    out : path-like
+        Folder of the checkpoints (``audio.pt``, ``face.pt``, ``scene.pt``).
+    modalities : tuple of str
+        Any of ``audio``, ``face``, ``scene``.
+    epochs : int or None
+        None: 60 audio / 100 visual on CUDA (the paper), :data:`CPU_EPOCHS` on CPU.
+    device : {"cpu", "cuda"}
+        On CUDA: bf16 autocast and batch 128 by default.
+    batch_size : int or None
+        None: :data:`DEFAULT_BATCH` of the device type.
+    steps_per_epoch : int or None
+        Batches per epoch; None: one pass over the train samples.
+    seed : int
+        Initial weights and random streams.
+    classes : tuple of str or None
+        Labels to train on; None: every non-empty train label.
+    overwrite : bool
+        Retrain even when ``<out>/<modality>.pt`` exists.
+    labels : mapping of str to str or None
+        Utterance id -> label for every train and dev row (the current manifest's); None: the ``label``
+        column of ``media.h5`` (the manifest's at decoding time).
+    contract_overrides : mapping
+        Per modality, overrides of the input contract, e.g. ``{"face": {"image_size": 64}}``.
+    overrides : mapping
+        Other :class:`EncoderTrainConfig` fields, the same for every modality (``clip_seconds``,
+        ``probe``, ``probe_every``, ``loss``, ...); their defaults stay there.
+    """
+
+    media: str | Path
+    out: str | Path
+    modalities: tuple[str, ...] = ENCODER_KINDS
+    epochs: int | None = field(
+        default=None,
+        metadata={
+            "help": "Epochs per encoder. Default: 60 audio / 100 visual on cuda (the paper), 5 on cpu."
+        },
+    )
+    device: str = field(
+        default="cpu",
+        metadata={"help": "cuda: bf16 autocast and batch 128 by default.", "choices": ("cpu", "cuda")},
+    )
+    batch_size: int | None = field(
+        default=None, metadata={"help": "Batch size (default 32 on cpu, 128 on cuda)."}
+    )
+    steps_per_epoch: int | None = field(
+        default=None, metadata={"help": "Batches per epoch (default: one pass over the train samples)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Initial weights and sampling."})
+    classes: tuple[str, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "Comma list of labels to train on (e.g. IEMOCAP's six). Default: every non-empty label."
+        },
+    )
+    overwrite: bool = field(default=False, metadata={"help": "Retrain even if a checkpoint exists."})
+    labels: Mapping[str, str] | None = None
+    contract_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = {f.name for f in dataclasses.fields(EncoderTrainConfig)} - {"contract_overrides"}
+        wrong = sorted(k for k in self.overrides if k not in names or k in _PER_MODALITY)
+        if wrong:
+            raise ValueError(
+                f"overrides {wrong}: not EncoderTrainConfig fields set through overrides "
+                f"(the run's own fields are {list(_PER_MODALITY[1:])}; contract_overrides is per modality)"
+            )
+
+    def for_modality(self, modality: str) -> EncoderTrainConfig:
+        """The :class:`EncoderTrainConfig` of ``modality``: the device's defaults where None."""
+        kind = torch.device(self.device).type
+        return EncoderTrainConfig(
+            modality=modality,
+            epochs=self.epochs if self.epochs is not None else default_epochs(modality, self.device),
+            batch_size=self.batch_size or DEFAULT_BATCH.get(kind, 32),
+            steps_per_epoch=self.steps_per_epoch,
+            seed=self.seed,
+            amp=(kind == "cuda"),
+            classes=self.classes,
+            contract_overrides=dict(self.contract_overrides.get(modality, {})),
+            **self.overrides,
+        )

@@ -79,6 +79,7 @@ def stage_encoders(
         raise ExtractError("encoder training needs the media cache, and none was written")
     try:
         from pipeline.encoders.train import train_encoders
+        from pipeline.encoders.train_config import TrainEncodersConfig
     except ImportError as e:
         raise ExtractError(
             f"no trained encoders in {folder} (missing {missing}) and encoder training is not available "
@@ -90,12 +91,14 @@ def stage_encoders(
     )
     # triplets only over the corpus's standard classes (IEMOCAP's xxx/oth/sur are not emotions to learn)
     train_encoders(
-        media_path,
-        folder,
-        modalities=tuple(missing),
-        device=opts.device,
-        classes=CLASS_MAPS.get(opts.dataset),
-        labels=labels,
+        TrainEncodersConfig(
+            media=media_path,
+            out=folder,
+            modalities=tuple(missing),
+            device=opts.device,
+            classes=CLASS_MAPS.get(opts.dataset),
+            labels=labels,
+        )
     )
     check_encoder_dir(folder, "trained encoders")
     return str(folder)

@@ -9,16 +9,21 @@ so ``m2f extract`` then uses it instead of fine-tuning again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.extract.options import ExtractError, ExtractOptions
 from pipeline.extract.stage_prepare import manifest_hash
 from pipeline.manifest import Utterance
 from pipeline.store.atomic import atomic_write_json, content_identity
 from pipeline.store.layout import CacheLayout
+
+if TYPE_CHECKING:
+    from pipeline.text.finetune.recipe import FinetuneConfig
 
 logger = logging.getLogger(__name__)
 
@@ -75,37 +80,34 @@ def cached_text_model(
 
 
 def finetune_default_text_model(
-    layout: CacheLayout,
-    manifest: Sequence[Utterance],
-    device: str = "cpu",
-    base: str | None = None,
-    context: str = "full",
-    **finetune_kw,
+    layout: CacheLayout, manifest: Sequence[Utterance], config: FinetuneConfig | None = None
 ) -> Path:
-    """Fine-tune ``base`` (None: the shipped MiniLM) on train+dev into :func:`default_text_model_dir`.
+    """Fine-tune ``config.base_model`` (None: the shipped MiniLM) on train+dev into
+    :func:`default_text_model_dir`; return that folder.
 
-    ``finetune_kw`` go to :func:`pipeline.text.finetune.loop.finetune_text` (e.g. ``epochs``); the
-    recipe follows the base (:func:`pipeline.text.finetune.recipe.resolve_defaults`). The marker file
-    is written last, so a killed fine-tuning is never taken for a finished one. Returns the folder.
+    ``config`` is the run (:class:`pipeline.text.finetune.recipe.FinetuneConfig`, default: the recipe
+    that follows the base, :func:`pipeline.text.finetune.recipe.resolve_defaults`) with its ``out`` left
+    None: the folder is keyed by the base and ``config.context``. The marker file is written last, so a
+    killed fine-tuning is never taken for a finished one.
     """
     from pipeline.text.finetune.loop import finetune_text
+    from pipeline.text.finetune.recipe import FinetuneConfig
 
-    inputs = finetune_inputs(manifest)
-    key, base_key = finetune_key(manifest, context), text_base_key(base)
+    config = config or FinetuneConfig()
+    if config.out is not None:
+        raise ValueError(f"config.out={config.out}: the default text model's folder is the cache's")
+    base = config.base_model
+    key, base_key = finetune_key(manifest, config.context), text_base_key(base)
     source = resolve_text_base(base)[0] if base is not None else None
     out = finetune_text(
-        inputs,
-        layout.text_model_dir(key, base_key),
-        base_model=source,
-        device=device,
-        context=context,
-        **finetune_kw,
+        finetune_inputs(manifest),
+        dataclasses.replace(config, out=layout.text_model_dir(key, base_key), base_model=source),
     )
     atomic_write_json(
         layout.text_model_marker(key, base_key),
-        {"path": str(Path(out).resolve()), "base": source or "shipped all-MiniLM-L6-v2"},
+        {"path": str(out.resolve()), "base": source or "shipped all-MiniLM-L6-v2"},
     )
-    return Path(out).resolve()
+    return out.resolve()
 
 
 def given_text_model(opts: ExtractOptions) -> str | None:
@@ -200,9 +202,13 @@ def stage_text_model(opts: ExtractOptions, manifest: Sequence[Utterance]) -> str
         len(finetune_inputs(manifest)),
         default_text_model_dir(opts.layout, manifest, base, context),
     )
+    from pipeline.text.finetune.recipe import FinetuneConfig
+
     try:
         return str(
-            finetune_default_text_model(opts.layout, manifest, device=opts.device, base=base, context=context)
+            finetune_default_text_model(
+                opts.layout, manifest, FinetuneConfig(base_model=base, device=opts.device, context=context)
+            )
         )
     except OSError as e:  # a hub id that cannot be fetched, a folder that is no model
         if base is None:

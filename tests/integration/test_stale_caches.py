@@ -106,11 +106,13 @@ def test_label_fix_reuses_the_decoded_media_and_retrains_the_encoders_on_the_new
     )
     calls: list[tuple[Path, dict]] = []
 
-    def fake_train(media, out, modalities, labels=None, **kw):  # records what training would learn
-        calls.append((Path(out), dict(labels) if labels is not None else None))
+    def fake_train(config):  # records what training would learn
+        out, labels = Path(config.out), config.labels
+        calls.append((out, dict(labels) if labels is not None else None))
         sizes = {"face": {"image_size": 80}, "scene": {"image_size": 64}}  # the media's crop sizes
-        for i, kind in enumerate(modalities):
-            save_encoder(build_encoder(kind, seed=i, **sizes.get(kind, {})), Path(out) / f"{kind}.pt")
+        for i, kind in enumerate(config.modalities):
+            save_encoder(build_encoder(kind, seed=i, **sizes.get(kind, {})), out / f"{kind}.pt")
+        return out
 
     monkeypatch.setattr(train, "train_encoders", fake_train)
     opts = ExtractOptions("meld", root, modalities=("audio",), splits=SPLITS, cache=tmp_path / "c")

@@ -118,6 +118,7 @@ def finetune_demo_text(corpus: Path, folder: Path) -> Path:
 
     from pipeline.corpora import prepare_corpus
     from pipeline.text.finetune.loop import META_FILE, finetune_text
+    from pipeline.text.finetune.recipe import FinetuneConfig
 
     if (folder / META_FILE).exists():
         return folder
@@ -125,7 +126,9 @@ def finetune_demo_text(corpus: Path, folder: Path) -> Path:
     labels = {label: i for i, label in enumerate(sorted({u.label for u in utterances if u.label}))}
     threads = torch.get_num_threads()
     try:
-        return finetune_text(utterances, folder, label_map=labels, eval_test=False, threads=1)
+        return finetune_text(
+            utterances, FinetuneConfig(out=folder, label_map=labels, eval_test=False, threads=1)
+        )
     finally:
         torch.set_num_threads(threads)
 

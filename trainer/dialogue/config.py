@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -15,13 +15,15 @@ from trainer.dialogue.data import (
     preset_for_dataset,
     resolve_class_names,
 )
-from trainer.dialogue.model import DialogueModelConfig
+from trainer.dialogue.model import FUSIONS, POSITIONS, SPEAKERS, DialogueModelConfig
 
 #: Defaults of ``--positions`` / ``--speakers``. On the generated fusion corpus dev does not separate them
 #: from ``none`` (bench/RESULTS.md, dialogue context ablation); these can use a conversation and start as the
 #: bag model (zero biases). To be revisited with the MELD text ablation.
 DEFAULT_POSITIONS = "relative"
 DEFAULT_SPEAKERS = "same-other"
+#: ``device`` values: ``auto`` is CUDA when visible, else the CPU.
+DEVICES = ("auto", "cpu", "cuda")
 
 #: Options that may differ between a killed run and its resumption.
 RESUME_FREE_KEYS = (
@@ -37,37 +39,139 @@ RESUME_FREE_KEYS = (
 )
 
 
+def _option(help: str, **more) -> dict:
+    """Field metadata read by ``cli.py`` to build the ``m2f train-dialog`` option of that field."""
+    return {"help": help, **more}
+
+
 @dataclass(frozen=True)
 class DialogueTrainConfig:
-    """Options of ``m2f train-dialog`` (see its ``--help``). Immutable; resolved by :func:`resolve_config`."""
+    """Everything :func:`trainer.dialogue.fit.train_dialogue` (``m2f train-dialog``) is told.
 
-    features: str
-    out: str
-    modalities: str = "tav"
-    fusion: str = "attention"
-    seeds: int = 1
-    first_seed: int = 0
-    epochs: int = 100
-    patience: int = 15
-    device: str = "auto"
-    lr: float = 5e-4
-    weight_decay: float = 5e-4
-    dropout: float = 0.4
-    batch_size: int = 16
-    heads: int = 4
-    layers: int | None = None
-    fusion_layers: int = 5
-    hidden: int = 256
-    ff_mult: int = 2
-    positions: str = DEFAULT_POSITIONS
-    speakers: str = DEFAULT_SPEAKERS
-    causal: bool = False
-    class_map: str | None = None
-    compile: bool = False
-    threads: int | None = None
-    progress: bool = True
-    bucket: int = 50
-    checkpoint_seconds: float = 60.0
+    Immutable; resolved against the features file and the machine by :func:`resolve_config`. Each
+    field's default, choices and ``--help`` text live here once: ``cli.py`` builds the command's options
+    from the fields' metadata.
+
+    Parameters
+    ----------
+    features : str
+        A ``features.h5`` written by ``m2f extract``.
+    out : str
+        The run folder; seed ``k`` trains into ``<out>/seed<k>/``.
+    modalities : str
+        Letters of ``tav`` (or the comma form, normalised by :func:`resolve_config`).
+    fusion : {"attention", "concat"}
+        Multi-head attention fusion (M2FNet) or plain concatenation.
+    seeds, first_seed : int
+        Number of repeats and the seed of the first.
+    epochs, patience : int
+        Maximum epochs; stop after ``patience`` epochs without a better dev weighted F1.
+    device : {"auto", "cpu", "cuda"}
+        ``auto``: CUDA when visible.
+    lr, weight_decay, dropout, batch_size, bucket : float or int
+        AdamW settings, dropout, dialogues per batch, length-bucketing window in batches (0 = off).
+    heads, layers, fusion_layers, hidden, ff_mult : int or None
+        Model shape (:class:`trainer.dialogue.model.DialogueModelConfig`); ``layers=None``: 5 for IEMOCAP,
+        else 1.
+    positions, speakers : str
+        Attention biases by relative distance and by same/other speaker.
+    causal : bool
+        Each utterance attends only to itself and earlier ones.
+    class_map : str or None
+        Which labels count; None: the file's dataset.
+    compile : bool
+        ``torch.compile`` the model.
+    threads : int or None
+        ``torch.set_num_threads`` for the run; None leaves torch's choice.
+    progress : bool
+        Show a tqdm bar.
+    checkpoint_seconds : float
+        Write ``last.pt`` at most this often; 0 = every epoch.
+    """
+
+    features: str = field(metadata=_option("A features.h5 (m2f extract).", path=True))
+    out: str = field(
+        metadata=_option(
+            "Run folder; seeds go to OUT/seed<k>/. Rerunning the same command resumes a killed run.",
+            path=True,
+        )
+    )
+    modalities: str = field(
+        default="tav",
+        metadata=_option(
+            "Letters of `tav` (t text, a audio, v visual) or a comma list of text, audio, visual."
+        ),
+    )
+    fusion: str = field(
+        default="attention",
+        metadata=_option("Multi-head attention fusion (M2FNet) or plain concatenation.", choices=FUSIONS),
+    )
+    seeds: int = field(default=1, metadata=_option("Number of seeds (repeats); report gives mean ± std."))
+    first_seed: int = field(default=0, metadata=_option("Seed of the first repeat."))
+    epochs: int = field(default=100, metadata=_option("Maximum epochs."))
+    patience: int = field(
+        default=15, metadata=_option("Stop after this many epochs without a better dev wF1.")
+    )
+    device: str = field(default="auto", metadata=_option("", choices=DEVICES))
+    lr: float = field(default=5e-4, metadata=_option("AdamW learning rate."))
+    weight_decay: float = field(default=5e-4, metadata=_option("AdamW weight decay."))
+    dropout: float = field(default=0.4, metadata=_option(""))
+    batch_size: int = field(default=16, metadata=_option("Dialogues per batch."))
+    bucket: int = field(
+        default=50,
+        metadata=_option(
+            "Batch dialogues of similar length: sort inside windows of BUCKET batches (0 = off)."
+        ),
+    )
+    heads: int = field(default=4, metadata=_option("Attention heads (must divide D_T, D_A, D_V)."))
+    layers: int | None = field(
+        default=None,
+        metadata=_option("Transformer layers per modality N_T = N_A = N_V [default: 5 for iemocap, else 1]."),
+    )
+    fusion_layers: int = field(default=5, metadata=_option("Attention fusion layers m."))
+    hidden: int = field(default=256, metadata=_option("Width of the classifier's hidden layer."))
+    ff_mult: int = field(default=2, metadata=_option("Encoder feed-forward width as a multiple of D."))
+    positions: str = field(
+        default=DEFAULT_POSITIONS,
+        metadata=_option(
+            "Utterance order in the modality encoders: a learned attention bias by relative distance.",
+            choices=POSITIONS,
+        ),
+    )
+    speakers: str = field(
+        default=DEFAULT_SPEAKERS,
+        metadata=_option(
+            "A learned attention bias for same-speaker vs other-speaker pairs of utterances.",
+            choices=SPEAKERS,
+        ),
+    )
+    causal: bool = field(
+        default=False,
+        metadata=_option(
+            "Each utterance attends only to itself and earlier ones (encoders and fusion): "
+            "predictions never use later utterances."
+        ),
+    )
+    class_map: str | None = field(
+        default=None,
+        metadata=_option(
+            "Which labels count [default: from the file's dataset attribute].", choices=CLASS_MAP_CHOICES
+        ),
+    )
+    compile: bool = field(
+        default=False, metadata=_option("torch.compile the model.", flag="--compile/--no-compile")
+    )
+    threads: int | None = field(
+        default=None, metadata=_option("CPU threads for torch [default: torch's choice].")
+    )
+    progress: bool = field(
+        default=True,
+        metadata=_option("Show a tqdm bar with loss and dev wF1.", flag="--progress/--no-progress"),
+    )
+    checkpoint_seconds: float = field(
+        default=60.0,
+        metadata=_option("Write the resume checkpoint (last.pt) at most this often; 0 = every epoch."),
+    )
 
 
 @dataclass(frozen=True)

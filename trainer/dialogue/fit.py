@@ -56,6 +56,7 @@ __all__ = [
     "load_splits",
     "predict_probs",
     "read_metrics",
+    "seed_dirs",
     "train_dialogue",
 ]
 
@@ -203,11 +204,29 @@ def load_splits(resolved: ResolvedConfig) -> dict[str, DialogueSplit]:
     }
 
 
-def train_dialogue(config: DialogueTrainConfig) -> list[Path]:
-    """``m2f train-dialog``: train ``config.seeds`` seeds into ``<out>/seed<k>/``; returns their folders.
+def train_dialogue(config: DialogueTrainConfig) -> Path:
+    """Train ``config.seeds`` seeds of the dialogue model into ``config.out`` (``m2f train-dialog``).
 
     Finished seeds are skipped and a killed seed resumes from its last epoch, so running the same
-    command again completes an interrupted run.
+    call again completes an interrupted run.
+
+    Parameters
+    ----------
+    config : DialogueTrainConfig
+        Every setting of the run (frozen); resolved against the features file by :func:`resolve_config`.
+
+    Returns
+    -------
+    Path
+        The run folder ``config.out``: ``config.json`` and one ``seed<k>/`` per seed
+        (:func:`seed_dirs`).
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        A missing features file or split, a bad option, a resume with other settings.
+    TrainingDivergedError
+        The loss or the dev predictions became non-finite.
     """
     resolved = resolve_config(config)
     if config.threads:
@@ -223,10 +242,16 @@ def train_dialogue(config: DialogueTrainConfig) -> list[Path]:
     check_resumable(out, resolved.to_dict())
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", resolved.to_dict())
-    dirs = []
-    for k in range(config.seeds):
-        seed = config.first_seed + k
-        run_dir = out / f"seed{seed}"
+    for seed, run_dir in zip(seeds_of(config), seed_dirs(config), strict=True):
         fit_seed(resolved, seed, run_dir, splits)
-        dirs.append(run_dir)
-    return dirs
+    return out
+
+
+def seeds_of(config: DialogueTrainConfig) -> range:
+    """The seeds a run trains: ``first_seed``, ``first_seed + 1``, ... (``seeds`` of them)."""
+    return range(config.first_seed, config.first_seed + config.seeds)
+
+
+def seed_dirs(config: DialogueTrainConfig) -> list[Path]:
+    """The seed folders :func:`train_dialogue` writes under ``config.out``, in seed order."""
+    return [Path(config.out) / f"seed{seed}" for seed in seeds_of(config)]

@@ -33,21 +33,20 @@ Examples
 Not run as a test: it needs the MELD corpus and minutes of training.
 
 >>> from pipeline.corpora.meld import prepare_meld  # doctest: +SKIP
->>> folder = finetune_text(prepare_meld("data/meld"), "models/minilm-meld")  # doctest: +SKIP
+>>> config = FinetuneConfig(out="models/minilm-meld")  # doctest: +SKIP
+>>> folder = finetune_text(prepare_meld("data/meld"), config)  # doctest: +SKIP
 >>> TextEmbedder(str(folder)).embed(dialogues)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
-import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +56,8 @@ from pipeline.manifest import Utterance
 from pipeline.metrics import weighted_f1
 from pipeline.store.atomic import atomic_torch_save, atomic_write_json
 from pipeline.store.locks import folder_lock
-from pipeline.text.context import CONTEXTS, pad_batch, special_layout
-from pipeline.text.embedder import POOLINGS, load_text_model, resolve_model_source
+from pipeline.text.context import pad_batch, special_layout
+from pipeline.text.embedder import load_text_model, resolve_model_source
 from pipeline.text.finetune.examples import Examples, build_examples, default_label_map, epoch_batches
 from pipeline.text.finetune.heads import (
     FrozenBottomCache,
@@ -85,137 +84,56 @@ from pipeline.text.finetune.state import (
 logger = logging.getLogger(__name__)
 
 
-def _finetune_text(
-    utterances: Sequence[Utterance],
-    out_dir: str | os.PathLike,
-    base_model: str | None = None,
-    device: str = "cpu",
-    label_map: Mapping[str, int] | None = None,
-    max_length: int | None = None,
-    epochs: int | None = None,
-    batch_size: int = 32,
-    lr: float | None = None,
-    freeze_layers: int | None = None,
-    freeze_embeddings: bool = True,
-    max_minutes: float | None = None,
-    seed: int = 0,
-    evals_per_epoch: int = 2,
-    limit_train: int | None = None,
-    eval_test: bool = True,
-    threads: int | None = None,
-    cache_frozen: bool = True,
-    head_lr_mult: float = 10.0,
-    pooling: str | None = None,
-    context: str = "full",
-) -> Path:
+def finetune_text(utterances: Sequence[Utterance], config: FinetuneConfig) -> Path:
     """Fine-tune a text model for utterance emotion classification with context; return its folder.
 
     Parameters
     ----------
     utterances : sequence of Utterance
         A corpus manifest with ``train`` and ``dev`` splits (``test`` is only evaluated after
-        selection when ``eval_test``; it never influences the choice).
-    out_dir : path
-        Output folder; ends up holding ``config.json``, the weights, the tokenizer and
-        ``m2f_text.json``. A run killed half-way is resumed from ``out_dir/resume``.
-    base_model : str or None
-        Hub id (``roberta-large``) or local folder; ``None`` is the shipped all-MiniLM-L6-v2.
-    device : str
-        ``cpu`` or ``cuda``; on CUDA training runs under bf16/fp16 autocast.
-    label_map : mapping or None
-        Raw label -> class index; ``None`` is MELD's 7 classes or IEMOCAP's 6 (others dropped).
-    max_length : int or None
-        Tokens per context input (special tokens included); ``None``: 64 on CPU, 128 on CUDA.
-    epochs : int or None
-        ``None``: 2 on CPU, 5 on CUDA (EmoBERTa).
-    batch_size, lr : int, float or None
-        AdamW with linear warm-up (10% of the steps) and linear decay; ``lr=None`` chooses by model
-        size and freezing (:func:`resolve_defaults`).
-    freeze_layers : int or None
-        Lowest transformer layers kept frozen (with all embeddings); 0 trains every layer; ``None``:
-        all but the top four for MiniLM on CPU, none otherwise (:func:`resolve_defaults`).
-    freeze_embeddings : bool
-        Keep the word-embedding matrix frozen.
-    head_lr_mult : float
-        The (new, randomly initialised) classification head learns at ``lr * head_lr_mult``.
-    pooling : {"cls", "mean", "target"} or None
-        ``None``: ``cls`` when every layer trains (the paper, EmoBERTa), ``target`` when layers are
-        frozen (a first-token head on MiniLM's top two layers reached only 0.41 dev wF1 on MELD,
-        ``target`` 0.54; bench/RESULTS.md). What the head reads (:func:`head_logits`): the first
-        token (the paper's), the masked token mean (all-MiniLM-L6-v2's trained pooling) or the mean over
-        the target utterance's tokens.
-        Saved in ``m2f_text.json``; :class:`TextEmbedder` embeds a fine-tuned folder with the same
-        pooling by default.
-    context : {"full", "past", "none"}
-        The context input (:func:`pipeline.text.context.build_contexts`): ``past`` leaves out
-        the next utterance, for causal (live) use. Saved in ``m2f_text.json``; the folder is always
-        embedded with it.
-    max_minutes : float or None
-        Wall-clock budget for training (the time of earlier attempts of a resumed run counts);
-        training stops at the first step past it, evaluates, and keeps the best checkpoint.
-    seed : int
-        Seeds the head, dropout and batch order.
-    evals_per_epoch : int
-        Dev evaluations per epoch (selection points).
-    limit_train : int or None
-        Use only the first N training examples (quick trials and tests).
-    eval_test : bool
-        After selection, record the selected model's test weighted F1 in ``m2f_text.json``.
-    cache_frozen : bool
-        With ``freeze_layers > 0``, run the frozen embeddings and layers once over the train and dev
-        inputs and keep their outputs (float16, unpadded; :class:`FrozenBottomCache`), so each step
-        runs only the trained layers.
-    threads : int or None
-        ``torch.set_num_threads`` for the run; ``None`` leaves it. On a CPU shared with other busy
-        processes 1 thread is faster per step than 2 (bench/RESULTS.md, "Text fine-tuning").
+        selection when ``config.eval_test``; it never influences the choice).
+    config : FinetuneConfig
+        The run's settings (frozen): the output folder ``config.out``, the base model, the recipe
+        (``None`` fields follow the base and the device, :func:`resolve_defaults`) and the run-only
+        switches. A run killed half-way is resumed from ``config.out/resume`` by the same call.
 
     Returns
     -------
     Path
-        ``out_dir``, loadable by ``TextEmbedder(str(out_dir))``.
+        ``config.out``, holding ``config.json``, the weights, the tokenizer and ``m2f_text.json``;
+        loadable by ``TextEmbedder(str(folder))``.
 
     Raises
     ------
     ValueError
-        Missing train/dev examples or an unknown label map.
+        No ``config.out``, missing train/dev examples, an unknown label map, or a resume state of
+        other settings.
     pipeline.store.locks.CacheLockedError
-        Another run is fine-tuning into ``out_dir``.
+        Another run is fine-tuning into ``config.out``.
     """
+    if config.out is None:
+        raise ValueError("finetune_text needs config.out, the folder to write")
+    # two extracts of one corpus fine-tune into the same folder with the same temporary names
+    out = Path(config.out)
+    with folder_lock(out, ".finetune-text.lock", f"fine-tuning a text model in {out}"):
+        return _finetune_text(utterances, config)
+
+
+def _finetune_text(utterances: Sequence[Utterance], cfg: FinetuneConfig) -> Path:
     import torch
 
-    if pooling is not None and pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
-    if context not in CONTEXTS:
-        raise ValueError(f"unknown context {context!r}; expected one of {CONTEXTS}")
-    if threads is not None:
-        torch.set_num_threads(threads)
-    out_dir = Path(out_dir)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    source, _ = resolve_model_source(base_model)
-    label_map = dict(label_map) if label_map is not None else default_label_map(utterances)
+    source, _ = resolve_model_source(cfg.base_model)
+    label_map = dict(cfg.label_map) if cfg.label_map else default_label_map(utterances)
     n_classes = max(label_map.values()) + 1
-    cfg = FinetuneConfig(
-        base_model=source,
-        max_length=max_length,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        freeze_layers=freeze_layers,
-        freeze_embeddings=freeze_embeddings,
-        cache_frozen=cache_frozen,
-        head_lr_mult=head_lr_mult,
-        pooling=pooling,
-        context=context,
-        max_minutes=max_minutes,
-        seed=seed,
-        device=device,
-        evals_per_epoch=evals_per_epoch,
-        label_map=label_map,
-    )
+    cfg = dataclasses.replace(cfg, base_model=source, label_map=label_map)
 
-    torch.manual_seed(seed)
+    torch.manual_seed(cfg.seed)
     tokenizer, model = load_text_model(source, for_classification=n_classes)
-    resolve_defaults(cfg, model)
+    cfg = resolve_defaults(cfg, model)
     # resolve_defaults filled every field left None; these tell the type checker so
     assert cfg.max_length is not None and cfg.epochs is not None and cfg.lr is not None
     assert cfg.freeze_layers is not None and cfg.pooling is not None
@@ -223,7 +141,7 @@ def _finetune_text(
     model.config.id2label = id2label
     model.config.label2id = {lab: i for i, lab in id2label.items()}
     _freeze(model, cfg.freeze_embeddings, cfg.freeze_layers)
-    dev_t = torch.device(device)
+    dev_t = torch.device(cfg.device)
     model.to(dev_t)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     layout = special_layout(tokenizer)
@@ -237,8 +155,9 @@ def _finetune_text(
                 f"{sorted(label_map)}); fine-tuning needs train and dev splits"
             )
     train = examples["train"]
-    if limit_train is not None:
-        train = Examples(train.ids[:limit_train], train.labels[:limit_train], train.utt_ids[:limit_train])
+    if cfg.limit_train is not None:
+        n = cfg.limit_train
+        train = Examples(train.ids[:n], train.labels[:n], train.utt_ids[:n])
     lengths = [len(x) for x in train.ids]
     logger.info(
         f"{len(train)} train / {len(examples['dev'])} dev inputs, mean {np.mean(lengths):.1f} tokens "
@@ -352,7 +271,7 @@ def _finetune_text(
                 model,
                 tokenizer,
                 best_dir,
-                {"config": dataclasses.asdict(cfg), "dev_weighted_f1": wf1, "step": entry["step"]},
+                {"config": cfg.recorded(), "dev_weighted_f1": wf1, "step": entry["step"]},
             )
         model.train()
 
@@ -419,21 +338,12 @@ def _finetune_text(
         progress,
         examples,
         train_s,
-        eval_test,
         pad_id,
         n_classes,
         len(train),
         float(np.mean(lengths)),
         layout,
     )
-
-
-@functools.wraps(_finetune_text)
-def finetune_text(utterances: Sequence[Utterance], out_dir: str | os.PathLike, *args, **kwargs) -> Path:
-    # two extracts of one corpus fine-tune into the same folder with the same temporary names
-    out = Path(out_dir)
-    with folder_lock(out, ".finetune-text.lock", f"fine-tuning a text model in {out}"):
-        return _finetune_text(utterances, out_dir, *args, **kwargs)
 
 
 def _finish(
@@ -443,7 +353,6 @@ def _finish(
     progress: dict,
     examples: dict[str, Examples],
     train_s: float,
-    eval_test: bool,
     pad_id: int,
     n_classes: int,
     n_train: int,
@@ -455,7 +364,7 @@ def _finish(
     from transformers import AutoModelForSequenceClassification
 
     meta = {
-        "config": dataclasses.asdict(cfg),
+        "config": cfg.recorded(),
         "history": progress["history"],
         "dev_weighted_f1": progress["best_dev_wf1"],
         "selected_step": progress["best_step"],
@@ -466,7 +375,7 @@ def _finish(
         "pooling_for_embeddings": cfg.pooling,
         "selection": "dev weighted F1 (test never used for selection)",
     }
-    if eval_test and "test" in examples and len(examples["test"]):
+    if cfg.eval_test and "test" in examples and len(examples["test"]):
         assert cfg.pooling is not None  # training resolved it (resolve_defaults)
         device = torch.device(cfg.device)
         model = AutoModelForSequenceClassification.from_pretrained(best_dir, trust_remote_code=False)

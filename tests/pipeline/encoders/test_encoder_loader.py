@@ -12,7 +12,7 @@ from pipeline.encoders.loader import TrainLoader
 from pipeline.encoders.network import build_encoder
 from pipeline.encoders.samples import MediaSamples, TrainBatches, balanced_batches
 from pipeline.encoders.train import train_encoders
-from pipeline.encoders.train_config import EncoderTrainConfig
+from pipeline.encoders.train_config import EncoderTrainConfig, TrainEncodersConfig
 from pipeline.testing.media_h5 import write_media
 
 
@@ -56,10 +56,16 @@ def test_persistent_workers_repeat_each_epochs_batches(small_media):
 
 
 def test_probe_every_k_epochs_and_after_the_last(small_media, tmp_path):
-    paths = train_encoders(
-        small_media, tmp_path, modalities=("scene",), epochs=3, batch_size=8, steps_per_epoch=1, probe_every=2
+    config = TrainEncodersConfig(
+        small_media,
+        tmp_path,
+        modalities=("scene",),
+        epochs=3,
+        batch_size=8,
+        steps_per_epoch=1,
+        overrides={"probe_every": 2},
     )
-    meta = load_checkpoint(paths["scene"])["meta"]
+    meta = load_checkpoint(train_encoders(config) / "scene.pt")["meta"]
     probed = [h["dev_probe_wf1"] is not None for h in meta["history"]]
     assert probed == [False, True, True]
     assert meta["best_epoch"] in (0, 2, 3)

@@ -20,6 +20,7 @@ from pipeline.encoders.checkpoint import load_checkpoint, load_encoder
 from pipeline.encoders.probe import embed_samples, probe_weighted_f1, subset
 from pipeline.encoders.samples import MediaSamples
 from pipeline.encoders.train import state_path_for, train_encoders
+from pipeline.encoders.train_config import TrainEncodersConfig
 from pipeline.testing.media_h5 import LABELS, write_media
 
 torch.set_num_threads(1)
@@ -54,7 +55,11 @@ def reprobe(ckpt: Path, media_path: Path, meta: dict) -> float:
 
 
 def test_face_training_beats_the_untrained_encoder(media, tmp_path):
-    paths = train_encoders(media, tmp_path, modalities=("face",), epochs=4, batch_size=24, steps_per_epoch=20)
+    config = TrainEncodersConfig(
+        media, tmp_path, modalities=("face",), epochs=4, batch_size=24, steps_per_epoch=20
+    )
+    assert train_encoders(config) == tmp_path  # the folder returned is the one written
+    paths = {"face": tmp_path / "face.pt"}
     meta = load_checkpoint(paths["face"])["meta"]
     q = meta["quality"]
     assert meta["trained"] is True and q["metric"] == "dev weighted F1" and q["probe"] == "logreg"
@@ -82,18 +87,20 @@ def test_face_training_beats_the_untrained_encoder(media, tmp_path):
 def test_audio_and_scene_training_beat_the_untrained_encoder(media, tmp_path, modality):
     # 4 epochs of 10 steps, audio on 64 mel bands (a quarter of the default's cost: the label is a pitch,
     # which 64 bands keep): 29 s and 16 s on the 2-core machine; the gains were +0.17 and +0.30
-    over = {"audio": {"n_mels": 64}} if modality == "audio" else None
-    paths = train_encoders(
-        media,
-        tmp_path,
-        modalities=(modality,),
-        epochs=4,
-        batch_size=24,
-        steps_per_epoch=10,
-        clip_seconds=0.5,
-        contract_overrides=over,
+    over = {"audio": {"n_mels": 64}} if modality == "audio" else {}
+    folder = train_encoders(
+        TrainEncodersConfig(
+            media,
+            tmp_path,
+            modalities=(modality,),
+            epochs=4,
+            batch_size=24,
+            steps_per_epoch=10,
+            contract_overrides=over,
+            overrides={"clip_seconds": 0.5},
+        )
     )
-    q = load_checkpoint(paths[modality])["meta"]["quality"]
+    q = load_checkpoint(folder / f"{modality}.pt")["meta"]["quality"]
     assert q["trained"] >= q["untrained"] + 0.1, q
 
 
@@ -102,25 +109,30 @@ def test_too_little_data_saves_the_untrained_encoder_with_a_note(tmp_path, caplo
         tmp_path / "nf" / "media.h5", {"train": 3, "dev": 1}, seconds=0.2, image_size=16, faces=False
     )
     with caplog.at_level(logging.WARNING, logger="pipeline.encoders.train"):
-        paths = train_encoders(no_faces, tmp_path / "out", modalities=("face",), epochs=1)
+        folder = train_encoders(
+            TrainEncodersConfig(no_faces, tmp_path / "out", modalities=("face",), epochs=1)
+        )
     assert "too little face data" in caplog.text
-    meta = load_checkpoint(paths["face"])["meta"]
+    meta = load_checkpoint(folder / "face.pt")["meta"]
     assert meta["trained"] is False and "random weights" in meta["note"] and meta["quality"] is None
     one_each = write_media(tmp_path / "one" / "media.h5", {"train": 1, "dev": 1}, seconds=0.2, image_size=16)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="pipeline.encoders.train"):
-        paths = train_encoders(one_each, tmp_path / "out2", modalities=("audio",), epochs=1)
+        folder = train_encoders(
+            TrainEncodersConfig(one_each, tmp_path / "out2", modalities=("audio",), epochs=1)
+        )
     assert "too little audio data" in caplog.text
-    assert load_checkpoint(paths["audio"])["meta"]["train_counts"] == dict.fromkeys(LABELS, 1)
-    load_encoder(paths["audio"])  # a usable encoder all the same
+    assert load_checkpoint(folder / "audio.pt")["meta"]["train_counts"] == dict.fromkeys(LABELS, 1)
+    load_encoder(folder / "audio.pt")  # a usable encoder all the same
 
 
 RUN = """
 import sys, torch
 torch.set_num_threads(1)
 from pipeline.encoders.train import train_encoders
-train_encoders(sys.argv[1], sys.argv[2], modalities=("face",), epochs=8, batch_size=12, steps_per_epoch=2,
-               contract_overrides={"face": {"image_size": 16}})
+from pipeline.encoders.train_config import TrainEncodersConfig
+train_encoders(TrainEncodersConfig(sys.argv[1], sys.argv[2], modalities=("face",), epochs=8, batch_size=12,
+               steps_per_epoch=2, contract_overrides={"face": {"image_size": 16}}))
 """
 
 
@@ -154,9 +166,11 @@ def test_resume_after_sigkill_follows_the_uninterrupted_run(small_media, tmp_pat
         "contract_overrides": {"face": {"image_size": 16}},
     }
     with pytest.raises(ValueError, match="other settings"):
-        train_encoders(media, out, batch_size=16, **kw)
-    resumed = train_encoders(media, out, batch_size=12, **kw)["face"]
-    straight = train_encoders(media, tmp_path / "straight", batch_size=12, **kw)["face"]
+        train_encoders(TrainEncodersConfig(media, out, batch_size=16, **kw))
+    resumed = train_encoders(TrainEncodersConfig(media, out, batch_size=12, **kw)) / "face.pt"
+    straight = (
+        train_encoders(TrainEncodersConfig(media, tmp_path / "straight", batch_size=12, **kw)) / "face.pt"
+    )
     a, b = load_checkpoint(resumed), load_checkpoint(straight)
     hist_a, hist_b = a["meta"]["history"], b["meta"]["history"]
     assert [h["epoch"] for h in hist_a] == list(range(1, 9))
@@ -230,16 +244,18 @@ def test_cli_text_modality_fine_tunes_a_loadable_text_model(tmp_path):
 
 @pytest.mark.gpu
 def test_cuda_training_with_bf16_autocast(media, tmp_path):
-    paths = train_encoders(
-        media,
-        tmp_path,
-        modalities=("face", "audio"),
-        epochs=2,
-        device="cuda",
-        steps_per_epoch=10,
-        clip_seconds=0.5,
+    folder = train_encoders(
+        TrainEncodersConfig(
+            media,
+            tmp_path,
+            modalities=("face", "audio"),
+            epochs=2,
+            device="cuda",
+            steps_per_epoch=10,
+            overrides={"clip_seconds": 0.5},
+        )
     )
-    for p in paths.values():
+    for p in (folder / "face.pt", folder / "audio.pt"):
         meta = load_checkpoint(p)["meta"]
         assert meta["train_config"]["amp"] is True and meta["train_config"]["batch_size"] == 128
         assert np.isfinite(meta["history"][-1]["loss"])
@@ -249,9 +265,11 @@ def test_cuda_training_with_bf16_autocast(media, tmp_path):
 def test_without_a_dev_split_selection_uses_held_out_train(tmp_path, caplog):
     train_only = write_media(tmp_path / "m" / "media.h5", {"train": 5}, seconds=0.2, image_size=16)
     with caplog.at_level(logging.WARNING, logger="pipeline.encoders.train"):
-        paths = train_encoders(
-            train_only, tmp_path / "out", modalities=("scene",), epochs=1, batch_size=6, steps_per_epoch=1
+        folder = train_encoders(
+            TrainEncodersConfig(
+                train_only, tmp_path / "out", modalities=("scene",), epochs=1, batch_size=6, steps_per_epoch=1
+            )
         )
     assert "no 'dev' split" in caplog.text
-    q = load_checkpoint(paths["scene"])["meta"]["quality"]
+    q = load_checkpoint(folder / "scene.pt")["meta"]["quality"]
     assert q["metric"].startswith("weighted F1 on a held-out fifth") and q["n_probe_dev"] == 3

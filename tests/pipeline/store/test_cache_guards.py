@@ -201,15 +201,17 @@ def test_folder_lock_held_by_another_process_names_that_pid(tmp_path):
 def test_encoder_training_and_text_finetuning_hold_their_folder_lock(tmp_path):
     """Two extracts on one corpus would train into the same folder with the same temp names."""
     from pipeline.encoders.train import train_encoders
+    from pipeline.encoders.train_config import TrainEncodersConfig
     from pipeline.text.finetune.loop import finetune_text
+    from pipeline.text.finetune.recipe import FinetuneConfig
 
     media = tmp_path / "media.h5"
     media.write_bytes(b"")  # never read: the lock is checked first
     out = tmp_path / "encoders"
     with folder_lock(out, ".train-encoders.lock", "held"):
         with pytest.raises(CacheLockedError, match=r"training encoders into .*encoders.*pid \d+"):
-            train_encoders(media, out, modalities=("audio",))
+            train_encoders(TrainEncodersConfig(media, out, modalities=("audio",)))
     text_out = tmp_path / "text-model"
     with folder_lock(text_out, ".finetune-text.lock", "held"):
         with pytest.raises(CacheLockedError, match=r"fine-tuning a text model in .*text-model.*pid \d+"):
-            finetune_text([], text_out)
+            finetune_text([], FinetuneConfig(out=text_out))

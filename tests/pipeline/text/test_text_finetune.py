@@ -14,6 +14,7 @@ from pipeline.text.embedder import TextEmbedder, load_text_model
 from pipeline.text.finetune.examples import Examples, build_examples, default_label_map
 from pipeline.text.finetune.heads import FrozenBottomCache, predict
 from pipeline.text.finetune.loop import finetune_text
+from pipeline.text.finetune.recipe import FinetuneConfig
 from pipeline.text.finetune.state import META_FILE, read_finetune_meta
 
 torch.set_num_threads(1)
@@ -53,9 +54,11 @@ def keyword_corpus(n_train: int = 48, n_dev: int = 16, n_test: int = 16, seed: i
 def test_finetune_learns_keywords_and_writes_a_loadable_folder(tmp_path):
     # the shipped MiniLM (a random tiny model needs far more steps to learn anything)
     utts = keyword_corpus()
-    out = finetune_text(
-        utts, tmp_path / "ft", max_length=32, epochs=3, batch_size=8, lr=2e-4, evals_per_epoch=1, seed=0
+    config = FinetuneConfig(
+        out=tmp_path / "ft", max_length=32, epochs=3, batch_size=8, lr=2e-4, evals_per_epoch=1, seed=0
     )
+    out = finetune_text(utts, config)
+    assert out == tmp_path / "ft"  # the folder returned is the one written
     meta = read_finetune_meta(out)
     assert len(meta["history"]) == 3
     assert meta["dev_weighted_f1"] >= 0.9, meta["history"]
@@ -138,11 +141,11 @@ def test_budget_stop_then_resume_equals_an_uninterrupted_run(tiny_roberta, tmp_p
         "eval_test": False,
         "device": device,
     }
-    finetune_text(utts, tmp_path / "a", **kw)
-    finetune_text(utts, tmp_path / "b", max_minutes=0.0, **kw)  # stops after its first step
+    finetune_text(utts, FinetuneConfig(out=tmp_path / "a", **kw))
+    finetune_text(utts, FinetuneConfig(out=tmp_path / "b", max_minutes=0.0, **kw))  # stops after a step
     stopped = read_finetune_meta(tmp_path / "b")
     assert stopped["stopped_early"] and stopped["history"][-1]["step"] == 1
-    finetune_text(utts, tmp_path / "b", **kw)  # same call without the budget: resumes
+    finetune_text(utts, FinetuneConfig(out=tmp_path / "b", **kw))  # same call without the budget: resumes
     resumed = read_finetune_meta(tmp_path / "b")
     assert not resumed["stopped_early"] and resumed["history"][-1]["step"] == 6
     a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
@@ -153,7 +156,7 @@ def test_budget_stop_then_resume_equals_an_uninterrupted_run(tiny_roberta, tmp_p
     state = torch.load(tmp_path / "b" / "resume" / "state.pt", weights_only=True)
     assert ("cuda_rng" in state) == (device == "cuda")
     with pytest.raises(ValueError, match="different configuration"):
-        finetune_text(utts, tmp_path / "b", **{**kw, "lr": 5e-4})
+        finetune_text(utts, FinetuneConfig(out=tmp_path / "b", **{**kw, "lr": 5e-4}))
 
 
 def test_rng_states_round_trip_through_a_state_file(tmp_path):
@@ -200,10 +203,12 @@ def test_labels_default_maps_and_context_of_unlabelled_turns(tiny_roberta):
 def test_missing_dev_and_offline_hub_id_raise(tiny_roberta, tmp_path, monkeypatch):
     utts = [u for u in keyword_corpus(n_train=4, n_dev=1, n_test=0) if u.split == "train"]
     with pytest.raises(ValueError, match="no labelled dev"):
-        finetune_text(utts, tmp_path / "x", base_model=str(tiny_roberta), max_length=32, epochs=1)
+        finetune_text(
+            utts, FinetuneConfig(out=tmp_path / "x", base_model=str(tiny_roberta), max_length=32, epochs=1)
+        )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="local folder"):
-        finetune_text(utts, tmp_path / "y", base_model="m2f-test/not-a-model", epochs=1)
+        finetune_text(utts, FinetuneConfig(out=tmp_path / "y", base_model="m2f-test/not-a-model", epochs=1))
     with pytest.raises(FileNotFoundError, match="not a folder written by finetune_text"):
         read_finetune_meta(tmp_path)
 
@@ -215,15 +220,17 @@ def test_finetune_on_cuda_with_amp(tiny_roberta, tmp_path, freeze_layers):
     utts = keyword_corpus()
     out = finetune_text(
         utts,
-        tmp_path / "gpu",
-        base_model=str(tiny_roberta),
-        device="cuda",
-        max_length=32,
-        epochs=3,
-        batch_size=8,
-        lr=1e-3,
-        freeze_layers=freeze_layers,
-        evals_per_epoch=1,
+        FinetuneConfig(
+            out=tmp_path / "gpu",
+            base_model=str(tiny_roberta),
+            device="cuda",
+            max_length=32,
+            epochs=3,
+            batch_size=8,
+            lr=1e-3,
+            freeze_layers=freeze_layers,
+            evals_per_epoch=1,
+        ),
     )
     meta = json.loads((out / META_FILE).read_text())
     assert meta["config"]["device"] == "cuda" and len(meta["history"]) == 3
@@ -238,7 +245,7 @@ def test_finetune_on_cuda_with_amp(tiny_roberta, tmp_path, freeze_layers):
 
 
 def test_resolve_defaults_by_device_and_size(tiny_roberta):
-    from pipeline.text.finetune.recipe import FinetuneConfig, resolve_defaults
+    from pipeline.text.finetune.recipe import resolve_defaults
 
     _, minilm = load_text_model(None, for_classification=7)
     cpu = resolve_defaults(FinetuneConfig(device="cpu"), minilm)
@@ -252,7 +259,7 @@ def test_resolve_defaults_by_device_and_size(tiny_roberta):
 
 
 def test_recipe_follows_the_base_full_finetuning_and_cls_for_a_non_minilm_base(tiny_roberta):
-    from pipeline.text.finetune.recipe import FinetuneConfig, resolve_defaults, uses_minilm_recipe
+    from pipeline.text.finetune.recipe import resolve_defaults, uses_minilm_recipe
 
     _, model = load_text_model(str(tiny_roberta), for_classification=7)
     for device in ("cpu", "cuda"):  # the paper's recipe (EmoBERTa) on either device
@@ -279,14 +286,16 @@ def test_past_context_is_trained_recorded_and_embedded_with(tiny_roberta, tmp_pa
     utts = keyword_corpus(n_train=4, n_dev=2, n_test=1)
     out = finetune_text(
         utts,
-        tmp_path / "ft",
-        base_model=str(tiny_roberta),
-        max_length=32,
-        epochs=1,
-        batch_size=8,
-        evals_per_epoch=1,
-        eval_test=False,
-        context="past",
+        FinetuneConfig(
+            out=tmp_path / "ft",
+            base_model=str(tiny_roberta),
+            max_length=32,
+            epochs=1,
+            batch_size=8,
+            evals_per_epoch=1,
+            eval_test=False,
+            context="past",
+        ),
     )
     assert read_finetune_meta(out)["config"]["context"] == "past"
     emb = TextEmbedder(str(out))
@@ -297,3 +306,23 @@ def test_past_context_is_trained_recorded_and_embedded_with(tiny_roberta, tmp_pa
         ExtractOptions("sample", None, text_model=str(out), text_context="past")
     with pytest.raises(ExtractError, match="full or past"):
         ExtractOptions("sample", None, text_context="future")
+
+
+def test_the_config_is_frozen_and_resolving_it_returns_a_copy(tiny_roberta, tmp_path):
+    import dataclasses
+
+    from pipeline.text.finetune.recipe import resolve_defaults
+
+    config = FinetuneConfig(out=tmp_path, base_model=str(tiny_roberta))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3
+    _, model = load_text_model(str(tiny_roberta), for_classification=2)
+    resolved = resolve_defaults(config, model)
+    assert config.epochs is None and resolved.epochs == 2
+    # the run-only fields are not part of the recorded recipe (m2f_text.json keeps its keys)
+    assert not {"out", "limit_train", "eval_test", "threads"} & resolved.recorded().keys()
+    assert list(resolved.recorded())[:3] == ["base_model", "max_length", "epochs"]
+    with pytest.raises(ValueError, match="unknown pooling"):
+        FinetuneConfig(pooling="max")
+    with pytest.raises(ValueError, match="config.out"):
+        finetune_text([], FinetuneConfig())

@@ -245,7 +245,7 @@ def test_options_are_recorded_in_the_run_config_and_round_trip(tmp_path):
     chosen = (model_config.positions, model_config.speakers, model_config.causal)
     assert chosen == ("relative", "same-other", True)
     assert DialogueModelConfig.from_dict(json.loads(json.dumps(model_config.to_dict()))) == model_config
-    (seed_dir,) = train_dialogue(config)
+    seed_dir = train_dialogue(config) / "seed0"
     saved = json.loads((seed_dir / "config.json").read_text())
     assert (saved["positions"], saved["speakers"], saved["causal"]) == ("relative", "same-other", True)
     assert saved["model"]["causal"] is True and saved["model"]["relative_clip"] == model_config.relative_clip
@@ -280,22 +280,25 @@ def context_accuracy(tmp_path, task: str, epochs: int, **options) -> float:
     if not path.exists():
         write_features(path, "custom", CONTEXT_LENGTHS, context_rows(DIMS, CONTEXT_LENGTHS, task))
     name = "-".join([task, *options.values()])
-    (run_dir,) = train_dialogue(
-        DialogueTrainConfig(
-            features=str(path),
-            out=str(tmp_path / name),
-            modalities="t",
-            epochs=epochs,
-            patience=epochs,
-            heads=2,
-            hidden=32,
-            batch_size=8,
-            dropout=0.1,
-            lr=3e-3,
-            threads=1,
-            progress=False,
-            **options,
+    run_dir = (
+        train_dialogue(
+            DialogueTrainConfig(
+                features=str(path),
+                out=str(tmp_path / name),
+                modalities="t",
+                epochs=epochs,
+                patience=epochs,
+                heads=2,
+                hidden=32,
+                batch_size=8,
+                dropout=0.1,
+                lr=3e-3,
+                threads=1,
+                progress=False,
+                **options,
+            )
         )
+        / "seed0"
     )
     with open(run_dir / "predictions_test.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -20,7 +20,7 @@ import torch
 from pipeline.testing.features_h5 import random_rows, write_features, xor_rows
 from trainer.dialogue.config import DialogueTrainConfig, resolve_config
 from trainer.dialogue.data import IGNORE, MELD_CLASSES, load_split
-from trainer.dialogue.fit import train_dialogue
+from trainer.dialogue.fit import seed_dirs, train_dialogue
 from trainer.dialogue.run_files import load_model, read_metrics
 from trainer.dialogue.steps import predict_probs
 
@@ -60,7 +60,7 @@ def test_fusion_learns_a_label_that_needs_two_modalities(xor_file, tmp_path):
         config = DialogueTrainConfig(
             features=str(xor_file), out=str(tmp_path / mods), modalities=mods, epochs=25, patience=25, **SMALL
         )
-        (run,) = train_dialogue(config)
+        run = train_dialogue(config) / "seed0"
         acc[mods] = accuracy_of(run)
     assert acc["tav"] >= 0.9, acc
     for single in ("t", "a", "v"):
@@ -78,7 +78,7 @@ def test_epoch_is_selected_on_dev_and_early_stopping_works(tmp_path):
     config = DialogueTrainConfig(
         features=str(path), out=str(tmp_path / "run"), modalities="a", epochs=40, patience=3, **SMALL
     )
-    (run,) = train_dialogue(config)
+    run = train_dialogue(config) / "seed0"
     metrics = read_metrics(run)
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "done" and status["stopped"] == "early_stopping"
@@ -108,7 +108,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(xor_file, tmp_path)
     epochs = 10
     options = dict(modalities="tav", epochs=epochs, patience=epochs, checkpoint_seconds=0, **SMALL)
     reference_config = DialogueTrainConfig(features=str(xor_file), out=str(tmp_path / "ref"), **options)
-    (reference,) = train_dialogue(reference_config)
+    reference = train_dialogue(reference_config) / "seed0"
 
     out = tmp_path / "killed"
     cmd = m2f_command() + [
@@ -154,7 +154,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(xor_file, tmp_path)
     status = json.loads(status_file.read_text())
     assert status["state"] == "training" and 3 <= status["epoch"] < epochs
 
-    (resumed,) = train_dialogue(DialogueTrainConfig(features=str(xor_file), out=str(out), **options))
+    resumed = train_dialogue(DialogueTrainConfig(features=str(xor_file), out=str(out), **options)) / "seed0"
     ref_rows, res_rows = read_metrics(reference), read_metrics(resumed)
     assert [r["epoch"] for r in res_rows] == list(range(1, epochs + 1))
     for a, b in zip(ref_rows, res_rows, strict=True):
@@ -192,8 +192,12 @@ def test_run_directory_holds_what_a_reader_needs(xor_file, tmp_path):
         seeds=2,
         **SMALL,
     )
-    runs = train_dialogue(config)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3  # one frozen config in
+    assert train_dialogue(config) == tmp_path / "run"  # the run folder out
+    runs = seed_dirs(config)
     assert [r.name for r in runs] == ["seed0", "seed1"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "seed0", "seed1"]
     for run in runs:
         for name in (
             "config.json",
@@ -233,9 +237,9 @@ def test_cuda_fast_path(xor_file, tmp_path):
         device="cuda",
         **options,
     )
-    (run,) = train_dialogue(config)
+    run = train_dialogue(config) / "seed0"
     assert json.loads((run / "environment.json").read_text())["device"] == "cuda"
     assert accuracy_of(run) >= 0.9
     compiled = dataclasses.replace(config, out=str(tmp_path / "gpu_compiled"), epochs=3, compile=True)
-    (run,) = train_dialogue(compiled)
+    run = train_dialogue(compiled) / "seed0"
     assert json.loads((run / "status.json").read_text())["state"] == "done"

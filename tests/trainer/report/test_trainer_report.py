@@ -14,7 +14,7 @@ from cli import main
 from pipeline.testing.features_h5 import random_rows, write_features
 from trainer.dialogue.config import DialogueTrainConfig
 from trainer.dialogue.data import MELD_CLASSES
-from trainer.dialogue.fit import train_dialogue
+from trainer.dialogue.fit import seed_dirs, train_dialogue
 from trainer.dialogue.run_files import write_status
 from trainer.report.build import report
 from trainer.report.paper import PAPER_RESULTS, paper_reference
@@ -39,17 +39,15 @@ def meld_like(tmp_path_factory):
     rng = np.random.default_rng(3)
     lengths = {s: rng.integers(2, 8, n).tolist() for s, n in (("train", 24), ("dev", 10), ("test", 12))}
     path = write_features(root / "features.h5", "meld", lengths, random_rows(DIMS, list(MELD_CLASSES)))
-    text = train_dialogue(
-        DialogueTrainConfig(
-            features=str(path), out=str(root / "text"), modalities="t", epochs=3, seeds=2, **SMALL
-        )
+    text = DialogueTrainConfig(
+        features=str(path), out=str(root / "text"), modalities="t", epochs=3, seeds=2, **SMALL
     )
-    fused = train_dialogue(
-        DialogueTrainConfig(
-            features=str(path), out=str(root / "fused"), modalities="tav", epochs=2, fusion_layers=1, **SMALL
-        )
+    fused = DialogueTrainConfig(
+        features=str(path), out=str(root / "fused"), modalities="tav", epochs=2, fusion_layers=1, **SMALL
     )
-    return root, text, fused
+    train_dialogue(text)
+    train_dialogue(fused)
+    return root, seed_dirs(text), seed_dirs(fused)
 
 
 def read_pred(path):
