@@ -46,7 +46,7 @@ def test_an_option_of_a_field_is_made_from_the_field(command):
             made = getattr(param, "config_field", None) == (config, f.name)
             if not made:  # a command's own option (e.g. --media, found in the cache) for a required field
                 assert not has_default and "choices" not in f.metadata, (
-                    f"{command} --{param.name}: restates {config.__name__}.{f.name}; use config_options"
+                    f"{command} {param.opts[0]}: restates {config.__name__}.{f.name}; use config_options"
                 )
                 continue
             assert param.required == (not has_default)
