@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ from pipeline.encoders.checkpoint import load_checkpoint, load_encoder
 from pipeline.encoders.probe import embed_samples, probe_weighted_f1, subset
 from pipeline.encoders.samples import MediaSamples
 from pipeline.encoders.train import state_path_for, train_encoders
-from pipeline.encoders.train_config import TrainEncodersConfig
+from pipeline.encoders.train_config import CPU_EPOCHS, PAPER_EPOCHS, TrainEncodersConfig
 from pipeline.testing.media_h5 import LABELS, write_media
 
 torch.set_num_threads(1)
@@ -273,3 +274,19 @@ def test_without_a_dev_split_selection_uses_held_out_train(tmp_path, caplog):
     assert "no 'dev' split" in caplog.text
     q = load_checkpoint(folder / "scene.pt")["meta"]["quality"]
     assert q["metric"].startswith("weighted F1 on a held-out fifth") and q["n_probe_dev"] == 3
+
+
+def test_the_run_config_is_frozen_and_gives_each_modality_its_settings(tmp_path):
+    config = TrainEncodersConfig(tmp_path / "media.h5", tmp_path, seed=3, overrides={"clip_seconds": 0.5})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3
+    audio = config.for_modality("audio")
+    assert (audio.modality, audio.epochs, audio.batch_size, audio.amp) == ("audio", CPU_EPOCHS, 32, False)
+    assert (audio.seed, audio.clip_seconds, audio.contract_overrides) == (3, 0.5, {})
+    on_gpu = dataclasses.replace(config, device="cuda", contract_overrides={"face": {"image_size": 64}})
+    face = on_gpu.for_modality("face")
+    assert (face.epochs, face.batch_size, face.amp) == (PAPER_EPOCHS["face"], 128, True)
+    assert face.contract_overrides == {"image_size": 64}
+    for wrong in ({"epochs": 3}, {"contract_overrides": {}}, {"no_such_field": 1}):
+        with pytest.raises(ValueError, match="overrides"):
+            TrainEncodersConfig(tmp_path, tmp_path, overrides=wrong)
