@@ -226,8 +226,8 @@ def resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is visible; use --device cpu or auto")
-    if device not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device!r}: choose cpu, cuda or auto")
+    if device not in DEVICES:
+        raise ValueError(f"--device {device!r}: choose one of {', '.join(DEVICES)}")
     return device
 
 
