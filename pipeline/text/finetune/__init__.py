@@ -1,1 +1,4 @@
-"""EmoBERTa-style fine-tuning of the text model on the context input (public entry: ``finetune_text``)."""
+"""EmoBERTa-style fine-tuning of the text model on the context input.
+
+Public entry: ``loop.finetune_text(utterances, recipe.FinetuneConfig(out=...))`` -> the model folder.
+"""
