@@ -133,7 +133,7 @@ def _base_type(hint) -> type:
 def _option_of(
     config: type, field: dataclasses.Field, hint, prefix: str, help_prefix: str, help: str | None
 ) -> click.Option:
-    """The click option of ``field``; ``option.config_field`` is ``(config, field.name)``."""
+    """The click option of ``field`` of the dataclass ``config``."""
     meta = field.metadata
     kind = _base_type(hint)
     text = help_prefix + (meta["help"] if help is None else help)
@@ -153,9 +153,15 @@ def _option_of(
         kw["type"] = kind
     # str and tuple[str, ...] (a comma list, see config_values) stay click's default, text
     decl = meta.get("flag") or "--" + (prefix + field.name).replace("_", "-")
-    option = click.Option([decl, prefix.replace("-", "_") + field.name], **kw)
-    option.config_field = (config, field.name)
-    return option
+    return ConfigOption([decl, prefix.replace("-", "_") + field.name], (config, field.name), **kw)
+
+
+class ConfigOption(click.Option):
+    """A click option made from a field of a config dataclass: ``config_field`` is ``(class, name)``."""
+
+    def __init__(self, decls: list[str], config_field: tuple[type, str], **kw) -> None:
+        super().__init__(decls, **kw)
+        self.config_field = config_field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +224,8 @@ def config_options(
 
 class ConfigCommand(click.Command):
     """A click command whose :func:`config_options` placeholders become options on first use."""
+
+    _params: list  # click.Parameter, and _ConfigOptions until first use
 
     @property
     def params(self) -> list[click.Parameter]:

@@ -124,6 +124,7 @@ def _finetune_text(utterances: Sequence[Utterance], cfg: FinetuneConfig) -> Path
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    assert cfg.out is not None  # finetune_text checked it
     out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     source, _ = resolve_model_source(cfg.base_model)

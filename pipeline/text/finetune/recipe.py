@@ -93,7 +93,7 @@ class FinetuneConfig:
         Run-only: ``torch.set_num_threads`` for the run; ``None`` leaves it.
     """
 
-    out: str | os.PathLike | None = field(default=None, metadata=_run_only())
+    out: str | os.PathLike[str] | None = field(default=None, metadata=_run_only())
     base_model: str | None = None
     max_length: int | None = None
     epochs: int | None = None
