@@ -53,6 +53,7 @@ def reprobe(ckpt: Path, media_path: Path, meta: dict) -> float:
     return probe_weighted_f1(fit_x, tr.labels[ti], score_x, dev.labels[di], cfg["probe"], cfg["seed"])
 
 
+@pytest.mark.slow  # quality gain over 80 steps; quick: test_encoders_overfit.py
 def test_face_training_beats_the_untrained_encoder(media, tmp_path):
     paths = train_encoders(media, tmp_path, modalities=("face",), epochs=4, batch_size=24, steps_per_epoch=20)
     meta = load_checkpoint(paths["face"])["meta"]
@@ -124,6 +125,7 @@ train_encoders(sys.argv[1], sys.argv[2], modalities=("face",), epochs=8, batch_s
 """
 
 
+@pytest.mark.slow  # 3 trainings, one killed; quick kill -9 checks: the store writer, dialogue training
 def test_resume_after_sigkill_follows_the_uninterrupted_run(small_media, tmp_path):
     media = small_media
     out = tmp_path / "killed"
