@@ -213,6 +213,7 @@ def test_cli_without_media_names_what_to_do(tmp_path):
     assert res.exit_code == 2 and "--media PATH" in res.output
 
 
+@pytest.mark.slow  # a MiniLM fine-tuning; quick: test_text_overfit.py, the CLI of other modalities
 def test_cli_text_modality_fine_tunes_a_loadable_text_model(tmp_path):
     """`--modality text` fine-tunes the shipped MiniLM on the sample and writes a folder extract can use."""
     import json
