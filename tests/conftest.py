@@ -37,6 +37,31 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def face_detector():
+    """The session's one MTCNN, as a CPU FaceDetector with MediaConfig's defaults; for other batching or
+    shrinking settings: ``pipeline.testing.faces.shared_face_detector(cfg)`` (same networks)."""
+    from pipeline.testing.faces import shared_face_detector
+
+    return shared_face_detector()
+
+
+@pytest.fixture(scope="session")
+def make_utterance():
+    """The Utterance factory of :mod:`pipeline.testing.utterances` (every field defaulted)."""
+    from pipeline.testing.utterances import make_utterance
+
+    return make_utterance
+
+
+@pytest.fixture(scope="session")
+def save_encoder_set():
+    """The encoder-set factory of :mod:`pipeline.testing.encoder_sets`: ``save_encoder_set(folder, seed)``."""
+    from pipeline.testing.encoder_sets import save_encoder_set
+
+    return save_encoder_set
+
+
+@pytest.fixture(scope="session")
 def tiny_roberta(tmp_path_factory) -> Path:
     """A tiny random RoBERTa folder (read-only for the tests): tests/pipeline/text/test_text*.py."""
     from pipeline.testing.text_model import make_tiny_roberta

@@ -17,4 +17,10 @@ Each module is named after what it makes:
   (XOR), or random (dialogue-model tests and benchmark).
 - :mod:`~pipeline.testing.text_model`: a tiny random RoBERTa with its tokenizer, saved in Hugging Face
   format.
+- :mod:`~pipeline.testing.utterances`: manifest rows (``Utterance``) with every field defaulted.
+- :mod:`~pipeline.testing.encoder_sets`: encoder folders (audio, face, scene) with seeded random weights.
+- :mod:`~pipeline.testing.faces`: one MTCNN face detector per process, shared by the tests.
+
+``tests/conftest.py`` exposes the shared ones as fixtures (``face_detector``, ``make_utterance``,
+``save_encoder_set``).
 """

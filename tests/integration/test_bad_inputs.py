@@ -30,8 +30,6 @@ from pipeline.testing.features_h5 import write_features, xor_rows
 from pipeline.testing.signals import tone
 from pipeline.testing.text_model import make_tiny_roberta
 
-pytestmark = pytest.mark.slow
-
 REPO = Path(__file__).resolve().parents[2]
 HEADER = "dialogue_id,utterance_index,speaker,text,label,clip,start,end,split"
 TABLE: list[tuple[str, str, str, str]] = []  # input, exit code, message (stderr's last line), problem line

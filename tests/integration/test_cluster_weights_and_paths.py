@@ -11,21 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.encoders.checkpoint import save_encoder
-from pipeline.encoders.network import build_encoder
 from pipeline.extract import ExtractError, ExtractOptions, run_extract
 from pipeline.extract.cluster import check_workers_see, load_security
 from pipeline.extract.stage_prepare import load_manifest
 from pipeline.store.features import read_split
+from pipeline.testing.encoder_sets import save_encoder_set
 from pipeline.testing.meld_tree import make_meld_tree
-
-
-def _save_encoders(folder: Path, seed: int) -> None:
-    sizes = {"face": 80, "scene": 64}  # the media's crop sizes (MediaConfig defaults)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, kind in enumerate(("audio", "face", "scene")):
-        size = {"image_size": sizes[kind]} if kind in sizes else {}
-        save_encoder(build_encoder(kind, seed=seed + i, **size), folder / f"{kind}.pt")
 
 
 def _audio(features: Path) -> np.ndarray:
@@ -57,10 +48,9 @@ def test_local_cluster_refuses_clients_without_its_certificate(client):
     assert client.submit(os.getpid).result(timeout=30) != os.getpid()  # m2f's own client still works
 
 
-@pytest.mark.slow  # three runs (~90 s on the shared machine)
 def test_encoders_rewritten_in_place_are_reloaded_by_a_long_lived_worker(client, tmp_path):
     enc = tmp_path / "enc"
-    _save_encoders(enc, seed=0)
+    save_encoder_set(enc, seed=0)
 
     def run(folder: Path):
         opts = ExtractOptions(
@@ -75,7 +65,7 @@ def test_encoders_rewritten_in_place_are_reloaded_by_a_long_lived_worker(client,
         return run_extract(opts, client=client).features
 
     first = _audio(run(enc))
-    _save_encoders(enc, seed=10)  # e.g. `train-encoders --overwrite` into the same folder
+    save_encoder_set(enc, seed=10)  # e.g. `train-encoders --overwrite` into the same folder
     second = _audio(run(enc))
     shutil.copytree(enc, tmp_path / "fresh")
     fresh = _audio(run(tmp_path / "fresh"))  # a path the worker never saw: loaded from the new files
@@ -154,7 +144,6 @@ def _self_signed(folder: Path) -> Path:
     return sec
 
 
-@pytest.mark.slow  # starts a TLS LocalCluster and runs extract twice (~100 s on the shared machine)
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 def test_tls_local_cluster_end_to_end(client, tmp_path, caplog):
     import logging
@@ -196,42 +185,3 @@ def test_tls_local_cluster_end_to_end(client, tmp_path, caplog):
         client=client,
     )
     assert np.array_equal(_audio(res.features), _audio(plain.features))
-
-
-def test_cli_bad_security_file_is_one_line_before_any_work(tmp_path, monkeypatch):
-    from click.testing import CliRunner
-
-    from cli import main
-
-    monkeypatch.chdir(tmp_path)
-    Path("tls.yaml").write_text("tls_ca_file: ca.pem\n")
-    res = CliRunner().invoke(
-        main,
-        [
-            "extract",
-            "--dataset",
-            "sample",
-            "--modalities",
-            "a",
-            "--encoders",
-            "random",
-            "--cache",
-            "c",
-            "--security",
-            "tls.yaml",
-        ],
-    )
-    assert res.exit_code == 1 and res.exception is not None and not res.stdout.strip()
-    last = res.output.strip().splitlines()[-1]
-    assert last.startswith("Error: --security ") and "ca.pem does not exist" in last
-    assert not list(Path("c").glob("sample/media-*"))
-
-
-def test_bad_security_file_is_one_line(tmp_path):
-    bad = tmp_path / "s.yaml"
-    bad.write_text("tls_ca_file: missing.pem\n")
-    with pytest.raises(ExtractError, match="tls_ca_file .*missing.pem does not exist"):
-        load_security(bad)
-    bad.write_text("not_a_keyword: 1\n")
-    with pytest.raises(ExtractError, match="Unknown parameters"):
-        load_security(bad)

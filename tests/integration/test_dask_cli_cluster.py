@@ -1,8 +1,9 @@
 """A cluster as users start it: ``dask scheduler`` and ``dask worker`` processes, extract from a third folder.
 
 The scheduler and the workers listen on 127.0.0.1 only and run in folders of their own; ``m2f extract``
-runs in a third folder with a relative ``--cache``. Its features equal a LocalCluster run's, also when a
-worker process is killed mid-run. Every process is started in its own process group and killed at the end.
+runs in a third folder with a relative ``--cache``. Its features equal a LocalCluster run's. (A worker
+killed mid-run: the engine's kill -9 test, tests/integration/test_extract_e2e.py, on a LocalCluster.)
+Every process is started in its own process group and killed at the end.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -21,8 +21,6 @@ import pytest
 
 from pipeline.extract import ExtractOptions, run_extract
 from pipeline.text.embedder import DEFAULT_TEXT_MODEL
-
-pytestmark = pytest.mark.slow
 
 DASK = Path(sys.executable).with_name("dask")
 REPO = Path(__file__).resolve().parents[2]
@@ -187,28 +185,3 @@ def test_cli_from_a_third_folder_with_relative_cache_equals_local_cluster(schedu
     features = Path(res.stdout.strip().splitlines()[-1])
     assert features.is_relative_to(work / "relcache" / "sample")
     _assert_same(reference, features)
-
-
-def test_worker_process_killed_mid_run_completes_and_equals(scheduler, reference, tmp_path):
-    from distributed import Client
-
-    killed: list[int] = []
-
-    def kill_busy_worker(client, i):
-        if killed or i != 0:
-            return
-        busy = [addr for addr, tasks in client.processing().items() if tasks]
-        for pid in client.run(os.getpid, workers=busy[:1]).values():
-            os.kill(pid, signal.SIGKILL)  # the OS process of a worker (its nanny starts a new one)
-            killed.append(pid)
-
-    t0 = time.monotonic()
-    with Client(scheduler, timeout=60) as client:
-        res = run_extract(
-            ExtractOptions(cache=tmp_path / "cache", **ARGS), client=client, on_written=kill_busy_worker
-        )
-        assert killed, "no worker was busy when the first partition was written"
-        client.wait_for_workers(2, timeout=120)
-        assert killed[0] not in client.run(os.getpid).values()
-    assert time.monotonic() - t0 < 400
-    _assert_same(reference, res.features)

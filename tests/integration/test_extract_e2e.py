@@ -228,7 +228,6 @@ def test_default_encoders_are_the_ones_cached_for_this_media(meld_run, client):
     assert CacheLayout(opts.cache / "other", "meld").media_files() == []  # stopped before decoding
 
 
-@pytest.mark.slow
 def test_missing_default_encoders_are_trained_on_the_stored_media(meld_run, client, tmp_path):
     opts, ref = meld_run
     cache = tmp_path / "cache"
@@ -250,7 +249,6 @@ def test_missing_default_encoders_are_trained_on_the_stored_media(meld_run, clie
         assert load_checkpoint(folder / f"{m}.pt")["meta"]["train_config"]["classes"] == list(MELD_CLASSES)
 
 
-@pytest.mark.slow
 def test_worker_killed_mid_run_is_replaced_and_result_is_the_same(meld_tree, meld_run, client, tmp_path):
     _, ref = meld_run
     killed: list[int] = []

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from pipeline.store.cache import ShardedWriter
 from pipeline.store.features import read_split, validate_features
@@ -104,7 +103,6 @@ def _resumed_count(stderr: str, stage: str, total: int) -> int:
     return int(m[1])
 
 
-@pytest.mark.slow
 def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
     root = make_meld_tree(
         tmp_path / "corpus",

@@ -23,7 +23,6 @@ from pipeline.testing.av_files import write_truncated
 from trainer.apply.live import LiveModel
 from trainer.demo.corpus import join_clips
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 M2F = [sys.executable, "-m", "cli"]
 

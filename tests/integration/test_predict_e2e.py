@@ -24,8 +24,6 @@ from trainer.apply.predict import ExtractOptions, predict, run_extract
 from trainer.demo.corpus import join_clips
 from trainer.dialogue.fit import DialogueTrainConfig, train_dialogue
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):

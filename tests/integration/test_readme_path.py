@@ -10,13 +10,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from cli import main
 from pipeline.corpora.sample import prepare_sample
-
-pytestmark = pytest.mark.slow
 
 
 def _ok(args: list[str]) -> str:

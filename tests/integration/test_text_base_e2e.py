@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from cli import main
@@ -41,7 +40,6 @@ def _extract(cache: Path, *extra: str):
     )
 
 
-@pytest.mark.slow
 def test_extract_fine_tunes_a_local_base_and_writes_its_width_then_reuses_it(tiny_roberta, tmp_path):
     cache = tmp_path / "cache"
     res = _extract(cache, "--text-base", str(tiny_roberta))
@@ -70,11 +68,3 @@ def test_extract_fine_tunes_a_local_base_and_writes_its_width_then_reuses_it(tin
     assert f"text: using cached fine-tuned model {folder}" in again.stderr
     assert (folder / "m2f_text.json").stat().st_mtime_ns == stamp  # not fine-tuned again
     assert Path(again.stdout.strip().splitlines()[-1]) == features
-
-
-def test_text_base_and_text_model_exclude_each_other_and_a_missing_folder_is_one_line(tiny_roberta, tmp_path):
-    both = _extract(tmp_path / "c", "--text-base", str(tiny_roberta), "--text-model", str(tiny_roberta))
-    assert both.exit_code != 0 and "exclude each other" in both.output and "Traceback" not in both.output
-    missing = _extract(tmp_path / "c", "--text-base", str(tmp_path / "no-such-model"))
-    assert missing.exit_code != 0 and "--text-base" in missing.output and "does not exist" in missing.output
-    assert "Traceback" not in missing.output

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from cli import main
@@ -15,7 +14,6 @@ from pipeline.store.features import read_attrs
 from pipeline.store.layout import CacheLayout
 
 
-@pytest.mark.slow
 def test_train_encoders_text_then_extract_uses_that_model(tmp_path):
     cache = tmp_path / "cache"
     runner = CliRunner()

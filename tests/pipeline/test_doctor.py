@@ -58,6 +58,7 @@ def _broken_torchaudio(tmp_path: Path) -> dict:
     return {**os.environ, "PYTHONPATH": str(tmp_path / "shadow")}
 
 
+@pytest.mark.slow  # two fresh CLI processes; quick: test_native_import_failure_names_only_native_imports
 def test_broken_torchaudio_is_one_line_pointing_at_doctor(tmp_path):
     """torchaudio built for another torch (2.11.1 beside 2.11.0): one line, no traceback, exit 1."""
     env = _broken_torchaudio(tmp_path)

@@ -53,6 +53,7 @@ def test_sample_audio_pitch_follows_the_label():
         assert abs(int(np.argmax(spectrum)) - LABEL_TONE_HZ[u.label]) <= 2, u.id
 
 
+@pytest.mark.slow  # regenerates all 25 clips; quick: the bundled ones prepare, decode and carry their labels
 def test_sample_rebuilds_bit_for_bit(tmp_path):
     assert md5_tree(build_sample(tmp_path)) == md5_tree(SAMPLE_DIR)
 

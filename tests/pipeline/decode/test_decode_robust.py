@@ -27,8 +27,8 @@ MAX_PIXELS = 1280 * 720  # the documented default cap on decoded frames
 
 
 @pytest.fixture(scope="module")
-def detector():
-    return FaceDetector(CFG)
+def detector(face_detector):
+    return face_detector  # CFG's detection settings are MediaConfig's defaults
 
 
 def custom(clip, start=None, end=None, audio=None) -> Utterance:

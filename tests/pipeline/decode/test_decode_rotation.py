@@ -15,7 +15,7 @@ import torch
 from pipeline.decode.frames import decode_frames
 from pipeline.manifest import Utterance
 from pipeline.testing.encodings import face_frame, write_av
-from pipeline.utterance.process import FaceDetector, MediaConfig, process_utterance
+from pipeline.utterance.process import MediaConfig, process_utterance
 
 torch.set_num_threads(1)
 CFG = MediaConfig(n_frames=4)
@@ -51,8 +51,8 @@ def test_frames_come_back_upright(tmp_path, name, rotation):
 
 
 @pytest.fixture(scope="module")
-def detector():
-    return FaceDetector(CFG)
+def detector(face_detector):
+    return face_detector  # CFG's detection settings are MediaConfig's defaults
 
 
 def test_sideways_face_is_found_after_rotation(tmp_path, detector):

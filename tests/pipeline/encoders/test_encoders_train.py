@@ -55,6 +55,7 @@ def reprobe(ckpt: Path, media_path: Path, meta: dict) -> float:
     return probe_weighted_f1(fit_x, tr.labels[ti], score_x, dev.labels[di], cfg["probe"], cfg["seed"])
 
 
+@pytest.mark.slow  # quality gain over 80 steps; quick: test_encoders_overfit.py
 def test_face_training_beats_the_untrained_encoder(media, tmp_path):
     config = TrainEncodersConfig(
         media, tmp_path, modalities=("face",), epochs=4, batch_size=24, steps_per_epoch=20
@@ -137,6 +138,7 @@ train_encoders(TrainEncodersConfig(sys.argv[1], sys.argv[2], modalities=("face",
 """
 
 
+@pytest.mark.slow  # 3 trainings, one killed; quick kill -9 checks: the store writer, dialogue training
 def test_resume_after_sigkill_follows_the_uninterrupted_run(small_media, tmp_path):
     media = small_media
     out = tmp_path / "killed"
@@ -226,6 +228,7 @@ def test_cli_without_media_names_what_to_do(tmp_path):
     assert res.exit_code == 2 and "--media PATH" in res.output
 
 
+@pytest.mark.slow  # a MiniLM fine-tuning; quick: test_text_overfit.py, the CLI of other modalities
 def test_cli_text_modality_fine_tunes_a_loadable_text_model(tmp_path):
     """`--modality text` fine-tunes the shipped MiniLM on the sample and writes a folder extract can use."""
     import json

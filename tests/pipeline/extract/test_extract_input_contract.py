@@ -7,22 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.encoders.checkpoint import save_encoder
 from pipeline.encoders.inputs import InputContract
-from pipeline.encoders.network import build_encoder
 from pipeline.extract import ExtractError, ExtractOptions, run_extract
 from pipeline.extract.stage_encoders import contract_mismatches, labels_key, training_labels
 from pipeline.extract.stage_media import media_config_dict, media_key
 from pipeline.extract.stage_prepare import load_manifest, select
 from pipeline.store.cache import ShardedWriter
-
-SIZES = {"face": 80, "scene": 64}  # MediaConfig's default crop sizes
-
-
-def _save_encoders(folder, **audio_contract) -> None:
-    save_encoder(build_encoder("audio", seed=0, **audio_contract), folder / "audio.pt")
-    for i, kind in enumerate(("face", "scene")):
-        save_encoder(build_encoder(kind, seed=1 + i, image_size=SIZES[kind]), folder / f"{kind}.pt")
+from pipeline.testing.encoder_sets import save_encoder_set
 
 
 def _contracts(**audio) -> dict:
@@ -72,7 +63,7 @@ def test_cached_encoders_at_8_khz_stop_the_run_before_embedding_16_khz_media(tmp
         )
         w.finalize()
     encoders = layout.encoders_dir(key, labels_key(training_labels(selected)))
-    _save_encoders(encoders, sample_rate=8000)
+    save_encoder_set(encoders, sample_rate=8000)
     with pytest.raises(ExtractError) as err:
         run_extract(opts)
     msg = str(err.value)
@@ -82,7 +73,7 @@ def test_cached_encoders_at_8_khz_stop_the_run_before_embedding_16_khz_media(tmp
 
 
 def test_given_encoders_that_do_not_fit_stop_before_decoding(tmp_path):
-    _save_encoders(tmp_path / "enc", sample_rate=8000)
+    save_encoder_set(tmp_path / "enc", sample_rate=8000)
     opts = ExtractOptions(
         "sample",
         None,

@@ -20,17 +20,14 @@ from pipeline.extract.stage_prepare import manifest_hash, order_by_split, select
 from pipeline.manifest import Utterance
 from pipeline.store.cache import ShardedWriter
 from pipeline.store.h5rows import RowReader
+from pipeline.testing.utterances import make_dialogues
 from pipeline.utterance.embed import encode_images, encode_waveforms, feature_rows, fit_to_contract
 
 torch.set_num_threads(1)
 
 
 def _utts(split: str, dialogues: list[int]) -> list[Utterance]:
-    return [
-        Utterance("meld", split, str(d), p, str(p), "Ross", f"line {d}.{p}", "joy")
-        for d, n in enumerate(dialogues)
-        for p in range(n)
-    ]
+    return make_dialogues(dialogues, corpus="meld", split=split, speaker="Ross")
 
 
 def test_select_keeps_splits_in_order_and_limits_per_split():

@@ -51,6 +51,7 @@ def keyword_corpus(n_train: int = 48, n_dev: int = 16, n_test: int = 16, seed: i
     return out
 
 
+@pytest.mark.slow  # quality gain over 3 epochs; quick: test_text_overfit.py
 def test_finetune_learns_keywords_and_writes_a_loadable_folder(tmp_path):
     # the shipped MiniLM (a random tiny model needs far more steps to learn anything)
     utts = keyword_corpus()

@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 
 from pipeline.manifest import Utterance
+from pipeline.testing.utterances import make_utterance
 from pipeline.text.finetune.examples import default_label_map
 
 
 def _utt(split: str, pos: int, label: str) -> Utterance:
-    return Utterance("custom", split, "d", pos, str(pos), "Ann", "hi", label)
+    return make_utterance(split=split, position=pos, label=label)
 
 
 def test_custom_corpus_gets_its_train_labels_sorted():

@@ -12,6 +12,7 @@ from pipeline.extract.stage_media import rows_to_columns
 from pipeline.extract.tasks import embed_partition
 from pipeline.manifest import Utterance
 from pipeline.store.cache import ShardedWriter
+from pipeline.testing.utterances import make_utterance
 from pipeline.utterance.featurize import finite_or_missing, isolated_embeddings
 
 torch.set_num_threads(1)
@@ -20,7 +21,7 @@ S = 16  # stored crop size
 
 
 def _utt(d: str, p: int, text: str, split: str = "train") -> Utterance:
-    return Utterance("custom", split, d, p, str(p), "Ann", text, "joy", clip=f"/clips/{d}_{p}.mp4")
+    return make_utterance(split=split, dialogue_id=d, position=p, text=text, clip=f"/clips/{d}_{p}.mp4")
 
 
 def _media_row(uid: str, waveform: np.ndarray, frames: int = 2) -> dict:

@@ -21,7 +21,6 @@ from pipeline.testing.av_files import (
 from pipeline.utterance.process import (
     MEDIA_FLAGS,
     MEDIA_RAGGED,
-    FaceDetector,
     MediaConfig,
     process_utterance,
     stored_bytes,
@@ -32,8 +31,8 @@ CFG = MediaConfig()
 
 
 @pytest.fixture(scope="module")
-def detector():
-    return FaceDetector(CFG)
+def detector(face_detector):
+    return face_detector  # CFG's detection settings are MediaConfig's defaults
 
 
 def meld(clip) -> Utterance:

@@ -14,10 +14,8 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def mtcnn():
-    from facenet_pytorch import MTCNN
-
-    return MTCNN(keep_all=True, device="cpu")
+def mtcnn(face_detector):
+    return face_detector.mtcnn  # the facenet-pytorch MTCNN (keep_all=True) as the pipeline loads it
 
 
 def test_mtcnn_finds_the_astronaut(mtcnn):

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.testing.faces import shared_face_detector
 from pipeline.testing.signals import render_face_frame
 from pipeline.utterance.process import MediaConfig
 from pipeline.utterance.visual import (
@@ -103,7 +104,7 @@ def test_resize_scenes_and_crop_side():
 # ---------------------------------------------------------------------- MTCNN
 @pytest.fixture(scope="module")
 def detector():
-    return FaceDetector(MediaConfig(mtcnn_batch=2, detect_max_side=0))
+    return shared_face_detector(MediaConfig(mtcnn_batch=2, detect_max_side=0))
 
 
 def face_frames(n: int, size=(320, 240), face=True) -> np.ndarray:
@@ -132,7 +133,7 @@ def test_mtcnn_finds_the_face_in_each_frame_and_nothing_in_blank_frames(detector
 def test_detection_on_shrunk_frames_gives_full_resolution_boxes(detector):
     frames = face_frames(1, size=(640, 480))
     full = detector.detect(frames)[0][0][0]
-    shrunk = FaceDetector(MediaConfig(detect_max_side=320)).detect(frames)[0][0][0]
+    shrunk = shared_face_detector(MediaConfig(detect_max_side=320)).detect(frames)[0][0][0]
     assert np.allclose(full, shrunk, atol=12), (full, shrunk)
     with pytest.raises(ValueError, match="uint8"):
         detector.detect(frames.astype(np.float32))

@@ -305,6 +305,7 @@ def context_accuracy(tmp_path, task: str, epochs: int, **options) -> float:
     return float(np.mean([r["gold"] == r["predicted"] for r in rows]))
 
 
+@pytest.mark.slow  # quality gain over 2 trainings; quick: test_overfit.py with positions on
 def test_relative_positions_learn_a_label_that_is_the_previous_utterance(tmp_path):
     """The label is the previous utterance's text sign: the bag model stays near chance (a first utterance's
     label is its own sign), order learns it."""
@@ -313,6 +314,7 @@ def test_relative_positions_learn_a_label_that_is_the_previous_utterance(tmp_pat
     assert bag < 0.7 and ordered > 0.85, (bag, ordered)
 
 
+@pytest.mark.slow  # quality gain over 2 trainings; quick: test_overfit.py with speakers on
 def test_the_speaker_signal_learns_a_label_that_needs_whose_utterances(tmp_path):
     """The label contrasts the same speaker's utterances with the others': it needs the speaker signal."""
     blind = context_accuracy(tmp_path, "speaker", 40, positions="none", speakers="none")

@@ -202,6 +202,7 @@ def retrieval_accuracy(fusion: str, steps: int = 150) -> float:
         return float((model(features, present, mask).argmax(-1) == y).float().mean())
 
 
+@pytest.mark.slow  # quality gain, 2 x 150 steps; quick: the wiring checks above and test_overfit.py
 def test_a_retrieval_across_modalities_needs_the_attention_fusion():
     fused, concat = retrieval_accuracy("attention"), retrieval_accuracy("concat")
     assert fused > 0.9, fused

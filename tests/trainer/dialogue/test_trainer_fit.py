@@ -53,6 +53,7 @@ def accuracy_of(run_dir: Path, split: str = "test") -> float:
     return float(np.mean([r["gold"] == r["predicted"] for r in rows]))
 
 
+@pytest.mark.slow  # quality gain, 4 runs of 25 epochs; quick: test_overfit.py
 def test_fusion_learns_a_label_that_needs_two_modalities(xor_file, tmp_path):
     """Acceptance: label = sign(audio) XOR sign(visual); text is noise. Only the fused model can learn it."""
     acc = {}

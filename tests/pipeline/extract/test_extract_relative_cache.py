@@ -9,24 +9,14 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from pipeline.encoders.checkpoint import save_encoder
-from pipeline.encoders.network import build_encoder
 from pipeline.extract import ExtractOptions, make_local_cluster
 from pipeline.extract.stage_embed import make_embed_spec
 from pipeline.extract.stage_encoders import stage_encoders
 from pipeline.extract.stage_text import given_text_model, stage_text_model
 from pipeline.store.features import read_attrs, validate_features
+from pipeline.testing.encoder_sets import save_encoder_set
 from pipeline.testing.tls import security_file
 from pipeline.text.embedder import DEFAULT_TEXT_MODEL
-
-
-def _save_encoders(folder: Path) -> None:
-    sizes = {"face": 80, "scene": 64}  # the media's crop sizes (MediaConfig defaults)
-    for i, kind in enumerate(("audio", "face", "scene")):
-        save_encoder(
-            build_encoder(kind, seed=i, **({"image_size": sizes[kind]} if kind in sizes else {})),
-            folder / f"{kind}.pt",
-        )
 
 
 def test_what_workers_get_is_absolute_when_everything_was_given_relative(tmp_path, monkeypatch):
@@ -50,7 +40,7 @@ def test_what_workers_get_is_absolute_when_everything_was_given_relative(tmp_pat
     assert given_text_model(hub) == "org/not-a-local-folder"  # a hub id stays a hub id
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a whole extract run from another folder
 def test_relative_cache_text_model_and_encoders_from_another_folder(tmp_path, monkeypatch):
     """Workers run in folder A; the command runs in folder B with relative paths that exist only there."""
     from distributed import Client
@@ -65,7 +55,7 @@ def test_relative_cache_text_model_and_encoders_from_another_folder(tmp_path, mo
             assert client.run(os.getcwd) and set(client.run(os.getcwd).values()) == {str(tmp_path / "a")}
             monkeypatch.chdir(work)
             (work / "minilm").symlink_to(DEFAULT_TEXT_MODEL)
-            _save_encoders(work / "enc")
+            save_encoder_set(work / "enc")
             security_file(client.security, work / "tls")  # the cluster's TLS certificate, for the command
             res = CliRunner().invoke(
                 main,
