@@ -95,3 +95,22 @@ def test_an_ensemble_folder_whose_meta_disagrees_with_its_weights_is_refused(
     with pytest.raises(ModelFolderError, match=message) as info:
         load_model_folder(folder)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow  # loads three folders; quick: test_an_exported_ensemble_predicts_the_mean_of_its_members
+def test_the_live_api_averages_the_members_over_a_conversation(run, folders, tmp_path):
+    """The Python API (what `m2f live`, `m2f serve` and `m2f predict` run) on a real conversation: each
+    prediction of the ensemble is the mean of the two seeds' predictions."""
+    from trainer.apply.live import LiveModel
+
+    second = export_model(run, tmp_path / "seed1", seed=1)
+    models = [
+        LiveModel.load(f, allow_revisions=True) for f in (folders["ensemble"], folders["seed0"], second)
+    ]
+    talks = [m.conversation("d1") for m in models]
+    lines = [("A", "I can't believe you did that!"), ("B", "Sorry, I didn't mean it."), ("A", "Fine.")]
+    for speaker, text in lines:
+        ens, one, two = (talk.add(speaker=speaker, text=text).probabilities for talk in talks)
+        assert ens.keys() == one.keys() == two.keys()
+        for name in ens:
+            assert ens[name] == pytest.approx((one[name] + two[name]) / 2, abs=1e-5)
