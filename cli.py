@@ -20,7 +20,7 @@ from pathlib import Path
 import click
 
 from pipeline import __version__
-from pipeline.names import DATASETS, ENCODER_KINDS, modality_letters, parse_modalities
+from pipeline.names import DATASETS, DEVICES, ENCODER_KINDS, modality_letters, parse_modalities
 from pipeline.shown import shown
 from pipeline.store.layout import CacheLayout
 
@@ -313,7 +313,7 @@ def prepare_command(dataset: str, root: Path | None, out: Path | None) -> None:
 )
 @click.option(
     "--device",
-    type=click.Choice(["cpu", "cuda"]),
+    type=click.Choice(DEVICES),
     default="cpu",
     help="MTCNN, encoders and text model device; with cuda every worker uses the GPU, in larger batches.",
 )
@@ -740,7 +740,7 @@ def export_command(
     help="Featurizing worker processes; 0 = in this process [default: 0 for one conversation or a "
     "few utterances, else 2].",
 )
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu")
 @click.option(
     "--work",
     type=click.Path(path_type=Path),
@@ -841,7 +841,7 @@ def _live_model(model_dir: Path, device: str, allow_revisions: bool):
     is_flag=True,
     help="Serve a bidirectional model too (its predictions would change with later utterances).",
 )
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Where the models run.")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", help="Where the models run.")
 def live_command(
     model_dir: Path,
     video: Path | None,
@@ -913,7 +913,7 @@ def live_command(
     help="Conversations kept at once (the least recently used goes).",
 )
 @click.option("--idle-minutes", type=float, default=30.0, help="A conversation idle this long is forgotten.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Where the models run.")
+@click.option("--device", type=click.Choice(DEVICES), default="cpu", help="Where the models run.")
 def serve_command(
     model_dir: Path,
     host: str,

@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 DATASETS = ("meld", "iemocap", "sample", "custom")
+
+#: Where extraction, prediction and the live API run their models (``--device``); training adds ``auto``.
+DEVICES = ("cpu", "cuda")
 SPLITS = ("train", "dev", "test")
 MODALITIES = ("text", "audio", "visual")
 ENCODER_KINDS = ("audio", "face", "scene")

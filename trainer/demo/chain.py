@@ -16,12 +16,9 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
-
-logger = logging.getLogger(__name__)
 
 #: Two frames per utterance: the face's side shows in every frame, and the paper's 15 would multiply face
 #: detection and the visual encoders by 7.5 for one-second clips.

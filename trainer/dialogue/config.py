@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pipeline.names import DEVICES as EXTRACT_DEVICES
 from trainer.dialogue.data import (
     CLASS_MAP_CHOICES,
     default_layers,
@@ -23,7 +24,7 @@ from trainer.dialogue.model import FUSIONS, POSITIONS, SPEAKERS, DialogueModelCo
 DEFAULT_POSITIONS = "relative"
 DEFAULT_SPEAKERS = "same-other"
 #: ``device`` values: ``auto`` is CUDA when visible, else the CPU.
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", *EXTRACT_DEVICES)
 
 #: Options that may differ between a killed run and its resumption.
 RESUME_FREE_KEYS = (
