@@ -99,7 +99,7 @@ def embed_utterances(
     models : FeatureModels
     problems : list, optional
         Gets one dict per utterance and modality that failed (see
-        :func:`pipeline.extract.tasks.embed_problem`).
+        :func:`embed_problem`).
     clock : StageClock, optional
         Collects seconds per stage (text, encoders, mel).
 

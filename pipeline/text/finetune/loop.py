@@ -2,7 +2,7 @@
 
 The model (``roberta-large`` on a GPU, the shipped all-MiniLM-L6-v2 on a CPU, or any local folder) gets
 a sequence-classification head and is trained to classify the *target* utterance of each context input
-(:func:`pipeline.text.embedder.build_context`): train split for training, dev split for selection by
+(:func:`pipeline.text.context.build_context`): train split for training, dev split for selection by
 weighted F1 (never the test split). The result is a Hugging Face folder (model + tokenizer +
 ``m2f_text.json`` with the config, history and dev weighted F1) that :class:`TextEmbedder` loads as its
 ``model_name_or_path``; its embeddings are the fine-tuned encoder's last hidden states pooled as the
