@@ -35,7 +35,7 @@ def _imports(path: Path, top_level_only: bool = False, type_checking: bool = Tru
     imported (``top_level_only``); imports under ``if TYPE_CHECKING:`` unless ``type_checking`` is False."""
     tree = ast.parse(path.read_text(), filename=str(path))
 
-    def walk(nodes, depth):
+    def walk(nodes):
         for node in nodes:
             if not type_checking and isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
                 continue
@@ -46,9 +46,9 @@ def _imports(path: Path, top_level_only: bool = False, type_checking: bool = Tru
                 yield node.module, [a.name for a in node.names]
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and top_level_only:
                 continue
-            yield from walk(ast.iter_child_nodes(node), depth + 1)
+            yield from walk(ast.iter_child_nodes(node))
 
-    yield from walk(tree.body, 0)
+    yield from walk(tree.body)
 
 
 def test_every_module_name_is_used_once():

@@ -61,8 +61,6 @@ logger = logging.getLogger(__name__)
 MODEL_FORMAT = "m2f-model-1"
 #: Most members an exported ensemble may hold (checked before any model is built).
 MAX_MEMBERS = 32
-#: Prefix of member ``i``'s tensors in the weights file of an ensemble.
-MEMBER_PREFIX = "member{}."
 
 
 # -- safetensors -----------------------------------------------------------------------------------
@@ -294,16 +292,9 @@ def load_model_folder(folder: str | Path, device: str = "cpu") -> ExportedModel:
         try:
             if n_members:
                 model = DialogueEnsemble([DialogueModel(cfg) for _ in range(n_members)])
-                model.load_state_dict(
-                    {f"members.{k.replace('member', '', 1)}": v for k, v in state.items() if _is_member(k)}
-                )
-                if any(not _is_member(k) for k in state):
-                    raise RuntimeError(
-                        f"unexpected tensors {sorted(k for k in state if not _is_member(k))[:3]}"
-                    )
             else:
                 model = DialogueModel(cfg)
-                model.load_state_dict(state)
+            model.load_state_dict(state)  # strict: a missing or unexpected tensor is refused
         except RuntimeError as e:
             raise ModelFolderError(
                 f"{shown(origin / DIALOGUE_WEIGHTS)}: does not fit the dialogue-model config "
@@ -315,12 +306,6 @@ def load_model_folder(folder: str | Path, device: str = "cpu") -> ExportedModel:
         shutil.rmtree(copy, ignore_errors=True)
         raise
     return ExportedModel(copy, meta, model.eval().to(device), list(meta["class_names"]), origin, digest)
-
-
-def _is_member(key: str) -> bool:
-    """A tensor name of an ensemble's weights file: ``member<i>.<name>``."""
-    head, _, rest = key.partition(".")
-    return bool(rest) and head.startswith("member") and head[len("member") :].isdigit()
 
 
 def ensemble_size(ensemble: object, where: str) -> int:
@@ -341,11 +326,8 @@ def ensemble_size(ensemble: object, where: str) -> int:
 
 
 # -- choosing the seed -------------------------------------------------------------------------------
-def choose_seed(run: Path, seed: int | None = None) -> tuple[Path, dict]:
-    """The seed folder to export and its report summary (dev/test metrics from its predictions).
-
-    Default: the finished seed with the best dev weighted F1 (ties: the lowest seed).
-    """
+def _finished_seeds(run: Path) -> list[tuple[Path, dict]]:
+    """The seed folders of ``run`` that finished with a ``best.pt``, with their report summaries."""
     from trainer.report.summary import seed_dirs, summarize_seed
 
     try:
@@ -353,7 +335,15 @@ def choose_seed(run: Path, seed: int | None = None) -> tuple[Path, dict]:
     except FileNotFoundError as e:
         raise ModelFolderError(str(e)) from None
     done = [(d, summarize_seed(d)) for d in dirs]
-    done = [(d, s) for d, s in done if s["state"] == "done" and (d / "best.pt").exists()]
+    return [(d, s) for d, s in done if s["state"] == "done" and (d / "best.pt").exists()]
+
+
+def choose_seed(run: Path, seed: int | None = None) -> tuple[Path, dict]:
+    """The seed folder to export and its report summary (dev/test metrics from its predictions).
+
+    Default: the finished seed with the best dev weighted F1 (ties: the lowest seed).
+    """
+    done = _finished_seeds(run)
     if seed is not None:
         for d, s in done:
             if s["seed"] == seed:
@@ -369,17 +359,7 @@ def choose_seed(run: Path, seed: int | None = None) -> tuple[Path, dict]:
 
 def choose_seeds(run: Path, seeds: Literal["all"] | list[int]) -> list[tuple[Path, dict]]:
     """The seed folders of an ensemble: every finished seed (``"all"``) or the seeds named, in seed order."""
-    from trainer.report.summary import seed_dirs, summarize_seed
-
-    try:
-        dirs = seed_dirs(run)
-    except FileNotFoundError as e:
-        raise ModelFolderError(str(e)) from None
-    done = [(d, summarize_seed(d)) for d in dirs]
-    done = sorted(
-        ((d, s) for d, s in done if s["state"] == "done" and (d / "best.pt").exists()),
-        key=lambda ds: ds[1]["seed"],
-    )
+    done = sorted(_finished_seeds(run), key=lambda ds: ds[1]["seed"])
     finished: list[int] = [s["seed"] for _, s in done]
     if seeds != "all":
         missing = sorted(set(seeds) - set(finished))
@@ -716,14 +696,9 @@ def export_model(
                 raise ModelFolderError(f"{member_dir}: other classes than {seed_dir}; not one run")
             models.append(member)
         try:
-            DialogueEnsemble(models)  # the members must share one config
+            weights = DialogueEnsemble(models).state_dict()  # the members must share one config
         except ValueError as e:
             raise ModelFolderError(f"{run}: {e}") from None
-        weights = {
-            MEMBER_PREFIX.format(i) + key: value
-            for i, member in enumerate(models)
-            for key, value in member.state_dict().items()
-        }
         weights_kind = "m2f-dialog-ensemble-1"
 
     out.parent.mkdir(parents=True, exist_ok=True)
