@@ -218,7 +218,7 @@ def main() -> None:
     # 2. dialogue training throughput
     tt = [py, "bench/train_throughput.py", "--device", device]
     if smoke:
-        tt += ["--cpu-batches", "2", "--max-dialogues", "40"]
+        tt += ["--cpu-batches", "1", "--max-dialogues", "16"]  # one batch of 16 dialogues
     steps["train_throughput"] = run_step(tt, SMOKE_LIMIT_S if smoke else 60, parse="stdout")
     save()
     if smoke:
@@ -265,7 +265,7 @@ def main() -> None:
         str(work / "cache"),
     ]
     if smoke:
-        cmd += ["--workers", "2"]
+        cmd += ["--workers", "1"]
     step = run_step(cmd, SMOKE_LIMIT_S if smoke else 150)
     step["corpus"] = info
     if step["rc"] == 0:

@@ -129,7 +129,7 @@ def problems_of(path: Path) -> dict[str, list[str]]:
     return out
 
 
-def test_per_utterance_faults_are_isolated_and_a_corrected_csv_is_used(tmp_path, tiny_text):
+def test_per_utterance_faults_are_isolated_and_a_corrected_csv_is_used(tmp_path, tiny_text, dask_cli_cluster):
     corpus = tmp_path / "corpus"
     write_bad_clips(corpus)
     csv = write_csv(corpus / "corpus.csv")
@@ -145,8 +145,7 @@ def test_per_utterance_faults_are_isolated_and_a_corrected_csv_is_used(tmp_path,
         "random",
         "--text-model",
         str(tiny_text),
-        "--workers",
-        "1",
+        *dask_cli_cluster.cli_args(),  # the faults must not break a long-lived cluster's workers
         "--cache",
         str(tmp_path / "cache"),
     ]

@@ -22,7 +22,7 @@ def _run(args: list[str]) -> str:
 
 
 @pytest.mark.parametrize("dataset", ["meld", "iemocap"])
-def test_prepare_extract_train_report(dataset, tmp_path):
+def test_prepare_extract_train_report(dataset, tmp_path, dask_cli_cluster):
     if dataset == "meld":
         root = make_meld_tree(tmp_path / "corpus", n_dialogues=2, utterances_per_dialogue=3)
         classes = {"neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"}
@@ -50,8 +50,7 @@ def test_prepare_extract_train_report(dataset, tmp_path):
             "random",
             "--text-model",
             DEFAULT_TEXT_MODEL,
-            "--workers",
-            "2",
+            *dask_cli_cluster.cli_args(),  # a long-lived cluster; m2f's own LocalCluster: test_readme_path
         ]
     )
     features = out.strip().splitlines()[-1]

@@ -103,7 +103,7 @@ def _resumed_count(stderr: str, stage: str, total: int) -> int:
     return int(m[1])
 
 
-def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
+def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path, dask_cli_cluster):
     root = make_meld_tree(
         tmp_path / "corpus",
         n_dialogues=4,
@@ -112,7 +112,8 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
         size=(128, 96),
         duration=1.0,
     )
-    reference = _run(_command(root, tmp_path / "ref"))
+    # the uninterrupted run, on the session's warm cluster (the killed run and its rerun start their own)
+    reference = _run(_command(root, tmp_path / "ref") + dask_cli_cluster.cli_args())
     ref_path = Path(reference.stdout.strip().splitlines()[-1])
     n = len(read_split(ref_path, "dev"))
 

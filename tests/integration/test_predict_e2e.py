@@ -26,7 +26,7 @@ from trainer.dialogue.fit import DialogueTrainConfig, train_dialogue
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(tmp_path_factory, dask_cli_cluster):
     root = tmp_path_factory.mktemp("predict")
     result = run_extract(
         ExtractOptions(
@@ -35,8 +35,8 @@ def exported(tmp_path_factory):
             cache=root / "cache",
             encoders="random",
             text_model=DEFAULT_TEXT_MODEL,
-            workers=2,
             media_config={"n_frames": 4},
+            **dask_cli_cluster.options(),
         )
     )
     train_dialogue(

@@ -20,7 +20,7 @@ from pipeline.store.layout import CacheLayout
 TINY_HIDDEN = 32  # make_tiny_roberta's default width (all-MiniLM-L6-v2's would be 384)
 
 
-def _extract(cache: Path, *extra: str):
+def _extract(cache: Path, cluster, *extra: str):
     return CliRunner().invoke(
         main,
         [
@@ -33,16 +33,17 @@ def _extract(cache: Path, *extra: str):
             "text",
             "--encoders",
             "random",
-            "--workers",
-            "1",
+            *cluster.cli_args(),
             *extra,
         ],
     )
 
 
-def test_extract_fine_tunes_a_local_base_and_writes_its_width_then_reuses_it(tiny_roberta, tmp_path):
+def test_extract_fine_tunes_a_local_base_and_writes_its_width_then_reuses_it(
+    tiny_roberta, tmp_path, dask_cli_cluster
+):
     cache = tmp_path / "cache"
-    res = _extract(cache, "--text-base", str(tiny_roberta))
+    res = _extract(cache, dask_cli_cluster, "--text-base", str(tiny_roberta))
     assert res.exit_code == 0, res.output
     layout = CacheLayout(cache, "sample")
     _, manifest = load_manifest(layout, None)
@@ -63,7 +64,7 @@ def test_extract_fine_tunes_a_local_base_and_writes_its_width_then_reuses_it(tin
         assert arrays.has_text.all() and abs(arrays.text_emb).sum() > 0
     stamp = (folder / "m2f_text.json").stat().st_mtime_ns
 
-    again = _extract(cache, "--text-base", str(tiny_roberta))
+    again = _extract(cache, dask_cli_cluster, "--text-base", str(tiny_roberta))
     assert again.exit_code == 0, again.output
     assert f"text: using cached fine-tuned model {folder}" in again.stderr
     assert (folder / "m2f_text.json").stat().st_mtime_ns == stamp  # not fine-tuned again

@@ -14,7 +14,7 @@ from pipeline.store.features import read_attrs
 from pipeline.store.layout import CacheLayout
 
 
-def test_train_encoders_text_then_extract_uses_that_model(tmp_path):
+def test_train_encoders_text_then_extract_uses_that_model(tmp_path, dask_cli_cluster):
     cache = tmp_path / "cache"
     runner = CliRunner()
     res = runner.invoke(
@@ -55,8 +55,7 @@ def test_train_encoders_text_then_extract_uses_that_model(tmp_path):
             "dev",
             "--limit",
             "2",
-            "--workers",
-            "1",
+            *dask_cli_cluster.cli_args(),
         ],
     )
     assert res.exit_code == 0, res.output
