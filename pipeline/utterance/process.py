@@ -75,6 +75,7 @@ from pipeline.manifest import Utterance
 from pipeline.utterance.audio import RESAMPLER, SILENCE_PEAK, is_silent
 from pipeline.utterance.visual import (
     FACE_MARGIN,
+    MTCNN_FACTOR,
     FaceDetector,
     FindsFaces,
     area_weights,
@@ -148,6 +149,18 @@ class MediaConfig:
         (default 1280x720 = 921,600): the frames of one utterance take at most
         ``n_frames * 3 * max_frame_pixels`` bytes (41 MB) whatever the input (a 16k x 16k stream
         included); face boxes and crops are in these frames' pixels.
+    mtcnn_factor : float
+        Ratio between MTCNN's pyramid scales (facenet-pytorch's ``factor``; its default 0.709 puts
+        two scales per octave, 0.5 one). Smaller = fewer scales, a cheaper search and boxes that move
+        by a few pixels (bench/RESULTS.md, "Per-clip cost halved").
+    decode_skip_nonref : bool
+        Decode without the frames no other frame refers to (most B-frames) and take the nearest
+        decoded frame to each target, within one frame time
+        (:func:`pipeline.decode.frames.decode_frames` ``skip_nonref``; else a full decode).
+    scene_halving : bool
+        Halve the frame (2x2 pixel means) before the area resize of a scene frame whenever it is at
+        least 4x the scene size: a quarter of the work, scenes within 1 grey level on a 720p face
+        frame (:func:`~pipeline.utterance.visual.resize_scenes`).
     """
 
     n_frames: int = 15
@@ -164,6 +177,9 @@ class MediaConfig:
     silence_peak: float = SILENCE_PEAK
     resampler: str = RESAMPLER
     max_frame_pixels: int = MAX_FRAME_PIXELS
+    mtcnn_factor: float = MTCNN_FACTOR
+    decode_skip_nonref: bool = True
+    scene_halving: bool = True
 
     def __post_init__(self) -> None:
         if self.resampler != RESAMPLER:
@@ -392,7 +408,14 @@ def _fill_video(
     end: float | None,
 ) -> np.ndarray | None:
     try:
-        frames = decode_frames(clip, cfg.n_frames, start, end, max_pixels=cfg.max_frame_pixels)
+        frames = decode_frames(
+            clip,
+            cfg.n_frames,
+            start,
+            end,
+            max_pixels=cfg.max_frame_pixels,
+            skip_nonref=cfg.decode_skip_nonref,
+        )
     except TruncatedMedia as e:
         frames = e.partial
         problems.append(f"{e} (kept the {len(frames)} frames decoded before the break)")
@@ -405,7 +428,7 @@ def _fill_video(
             f"(< {cfg.n_frames}; all kept)"
         )
     frames = crop_side(frames, utt.side)
-    row.update(scenes=resize_scenes(frames, cfg.scene_size), has_visual=True)
+    row.update(scenes=resize_scenes(frames, cfg.scene_size, cfg.scene_halving), has_visual=True)
     return frames
 
 
