@@ -36,10 +36,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.utterance.process import FIELDS_BEFORE_ISSUE_20
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 #: The media settings before issue 20 item 6 (the other fields keep their defaults).
-OLD = {"mtcnn_factor": 0.709, "decode_skip_nonref": False, "scene_halving": False}
+OLD = FIELDS_BEFORE_ISSUE_20
 
 X264 = {"preset": "ultrafast", "threads": "1"}
 #: A part of the decode matrix: name -> write_av arguments.

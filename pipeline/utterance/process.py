@@ -86,6 +86,7 @@ from pipeline.utterance.visual import (
 )
 
 __all__ = [
+    "FIELDS_BEFORE_ISSUE_20",
     "MEDIA_FLAGS",
     "MEDIA_RAGGED",
     "FaceDetector",
@@ -106,6 +107,11 @@ logger = logging.getLogger(__name__)
 
 #: Corpora whose clip is the utterance itself: their start/end are not positions inside the clip.
 WHOLE_CLIP_CORPORA = ("meld", "sample")  # sample is MELD-layout: its CSV times are episode times
+
+
+#: Fields added to :class:`MediaConfig` by issue 20 item 6, with the behaviour before them: a recorded
+#: config (a model folder's) that lacks them was made that way (:meth:`MediaConfig.recorded`).
+FIELDS_BEFORE_ISSUE_20 = {"mtcnn_factor": 0.709, "decode_skip_nonref": False, "scene_halving": False}
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,18 @@ class MediaConfig:
     def to_dict(self) -> dict:
         """Plain dict of every setting (JSON-able), for the cache config."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def recorded(cls, d: dict | None) -> MediaConfig:
+        """The settings a recorded config ``d`` was made with (None: the defaults).
+
+        Fields ``d`` predates take their values from before they existed
+        (:data:`FIELDS_BEFORE_ISSUE_20`), so a model trained on older features is fed the same media.
+
+        >>> MediaConfig.recorded({"n_frames": 15}).mtcnn_factor
+        0.709
+        """
+        return cls(**{**FIELDS_BEFORE_ISSUE_20, **d}) if d else cls()
 
 
 def stored_bytes(cfg: MediaConfig, seconds: float = 3.13, faces_per_frame: float = 2.0) -> int:

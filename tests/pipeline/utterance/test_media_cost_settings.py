@@ -20,7 +20,7 @@ from pipeline.testing.av_files import write_clip
 from pipeline.testing.signals import render_face_frame
 from pipeline.testing.utterances import make_utterance
 from pipeline.utterance.embed import encode_images
-from pipeline.utterance.process import MediaConfig, process_utterance
+from pipeline.utterance.process import FIELDS_BEFORE_ISSUE_20, MediaConfig, process_utterance
 from pipeline.utterance.visual import FaceDetector, _shrink, resize_scenes
 
 torch.set_num_threads(1)
@@ -70,9 +70,16 @@ def test_scene_halving_is_close_to_the_direct_resize():
 
 @pytest.mark.parametrize("field", ["mtcnn_factor", "decode_skip_nonref", "scene_halving"])
 def test_each_setting_is_in_the_cache_config(field):
-    old = {"mtcnn_factor": 0.709, "decode_skip_nonref": False, "scene_halving": False}[field]
+    old = FIELDS_BEFORE_ISSUE_20[field]
     assert MediaConfig().to_dict()[field] != old
     assert dataclasses.replace(MediaConfig(), **{field: old}).to_dict()[field] == old
+
+
+def test_a_config_recorded_before_the_new_fields_keeps_the_old_behaviour():
+    before = {k: v for k, v in MediaConfig().to_dict().items() if k not in FIELDS_BEFORE_ISSUE_20}
+    cfg = MediaConfig.recorded(before)  # what a model folder exported before issue 20 item 6 records
+    assert {k: getattr(cfg, k) for k in FIELDS_BEFORE_ISSUE_20} == FIELDS_BEFORE_ISSUE_20
+    assert MediaConfig.recorded(MediaConfig().to_dict()) == MediaConfig() == MediaConfig.recorded(None)
 
 
 def test_cpu_encoders_are_channels_last_with_the_same_embeddings():
