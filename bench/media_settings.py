@@ -14,6 +14,8 @@ defaults, on the same clips, with the same random encoders (seed 0, the extracti
 * ``matrix``: 0.5 s clips in several codecs and containers of the decode matrix
   (tests/pipeline/decode/test_decode_matrix.py), 160x120 and one 1920x1080 60 fps;
 * ``corpus`` (with ``--corpus``): every clip under that folder (e.g. bench/extract_throughput.py's);
+* ``face_size_sweep``: MTCNN alone on frames with the face at 24 sizes (10-70 % of 720 px): the sizes
+  whose face is lost with each setting, and the largest shift of the best box (fraction of its height);
 * ``probe``: a dev-split linear probe (:func:`pipeline.encoders.probe.probe_weighted_f1`) on the
   visual embeddings of generated clips of 4 face classes (the face as is, mirrored, colour channels
   swapped, darkened), with random backgrounds, face sizes and positions; weighted F1 with each setting.
@@ -169,6 +171,48 @@ def make_probe(folder: Path, per_class: int, seed: int = 0) -> list:
     return out
 
 
+def face_size_sweep(old, new, n: int = 24) -> dict:
+    """MTCNN alone on ``n`` 1280x720 frames with the face at sizes from 10 % to 70 % of the height.
+
+    Which sizes lose their face (probability >= ``min_face_prob``) with each setting, and how far the
+    new best box moves from the old one, as a fraction of the face height.
+    """
+    from pipeline.testing.faces import shared_face_detector
+    from pipeline.testing.signals import render_face_frame
+    from pipeline.utterance.visual import select_faces
+
+    sizes = np.round(np.geomspace(0.1, 0.7, n), 4)
+    frames = np.stack(
+        [
+            render_face_frame(
+                i,
+                size=(1280, 720),
+                face=True,
+                face_scale=float(s),
+                face_pos=(0.3 + 0.2 * (i % 3), 0.5),
+                background=(40 + 5 * i, 60, 90),
+            )
+            for i, s in enumerate(sizes)
+        ]
+    )
+    best, missed = {}, {}
+    for name, cfg in (("old", old), ("new", new)):
+        found = shared_face_detector(cfg).detect(frames)
+        keep = [select_faces(b, p, cfg.min_face_prob, cfg.max_faces) for b, p in found]
+        missed[name] = [float(s) for s, k in zip(sizes, keep, strict=True) if len(k) == 0]
+        best[name] = [b[k[:1]] for (b, _), k in zip(found, keep, strict=True)]
+    shift = [
+        float(np.abs(a - b).max() / (a[0, 3] - a[0, 1]))
+        for a, b in zip(best["old"], best["new"], strict=True)
+        if len(a) and len(b)
+    ]
+    return {
+        "face_heights": [float(sizes[0]), float(sizes[-1])],
+        "missed": missed,
+        "max_box_shift": round(max(shift), 4),
+    }
+
+
 def run_media(utts: list, cfg) -> tuple[list[dict], float]:
     """Media rows of ``utts`` with ``cfg`` and the CPU seconds per clip."""
     from pipeline.testing.faces import shared_face_detector
@@ -280,6 +324,7 @@ def main() -> None:
         res = compare(utts, old, new, encs)
         res.pop("embeddings")
         result[name] = res
+    result["face_size_sweep"] = face_size_sweep(old, new)
     if args.probe_clips > 0:
         utts = make_probe(work / "probe", args.probe_clips)
         res = compare(utts, old, new, encs)
