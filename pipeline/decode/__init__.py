@@ -17,7 +17,10 @@ Everything goes through PyAV (FFmpeg inside the wheel), for audio and for frames
   the first frame within ``seek_tolerance`` of a bin width from the centre is taken, so a seek costs
   at most the part of one keyframe interval outside that window: the cost depends on the number of
   frames wanted and the keyframe interval, not on the clip's length. Only the chosen frames are
-  converted to RGB and kept (memory is flat in the clip's length).
+  converted to RGB and kept (memory is flat in the clip's length). With ``skip_nonref`` (the media stage's
+  default, ``MediaConfig.decode_skip_nonref``) the decoder skips the frames no other frame refers to
+  (most B-frames) and the nearest decoded frame is taken, within one frame time of each target; where
+  that fails, the span is decoded again in full.
 
 Time: the span ``[start, end]`` is in the file's own time, counted from its first timestamp (what
 a player shows as 0:00), not in raw timestamps: an MKV cut from a recording whose timestamps start

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -23,6 +24,9 @@ SEEK_TOLERANCE = 0.25
 MAX_FRAME_PIXELS = 1280 * 720
 #: Streams with larger frames are refused: 8K (7680x4320, 8192x4096) passes, 16k x 16k does not.
 MAX_SOURCE_PIXELS = 40_000_000
+#: With ``skip_nonref``, each picked frame must lie within this many frame times of its target, else the
+#: span is decoded again in full.
+SKIP_NONREF_REACH = 1.0
 
 
 def frame_targets(t0: float, t1: float, n: int) -> np.ndarray:
@@ -47,6 +51,7 @@ def decode_frames(
     stats: dict | None = None,
     max_pixels: int = MAX_FRAME_PIXELS,
     max_source_pixels: int = MAX_SOURCE_PIXELS,
+    skip_nonref: bool = False,
 ) -> np.ndarray:
     """Decode ``n`` upright RGB frames spread uniformly over the span (the whole video by default).
 
@@ -72,6 +77,13 @@ def decode_frames(
         Frames are scaled down (aspect kept) to at most this many pixels (width x height).
     max_source_pixels : int
         A stream whose frames have more pixels than this is refused (:class:`MediaError`).
+    skip_nonref : bool
+        Let the decoder skip the frames no other frame refers to (FFmpeg's ``skip_frame = NONREF``:
+        most B-frames, about half the frames of a typical H.264 clip) and take the nearest *decoded*
+        frame. When a picked frame is then more than :data:`SKIP_NONREF_REACH` frame times from its
+        target, fewer frames come back than targets, a frame has no timestamp or the decoding fails,
+        the span is decoded again without skipping (the result is then the same as with False).
+        ``stats`` gets ``skip_nonref``: True when the skipping result was kept.
 
     Returns
     -------
@@ -88,18 +100,19 @@ def decode_frames(
         The stream broke off; ``partial`` holds the frames (possibly fewer) decoded before the break.
     """
     path = str(path)
-    fitter = _FrameFitter(path, max_pixels, max_source_pixels)
-
-    def check_size(stream) -> None:
-        fitter.check(stream.codec_context.width or 0, stream.codec_context.height or 0)
-
-    with open_span(path, "video", start, end, check_size) as span:
-        t0, t1 = span.t0, span.t1
-        targets = frame_targets(min(t0, t1), t1, n)
-        tolerance = seek_tolerance * (t1 - t0) / n if t1 > t0 else 0.0
-        frames, error = _pick_frames(
-            span.container, span.stream, span.first, targets, seek_gap, fitter, tolerance, stats
+    if skip_nonref:
+        frames, times, targets, error, reach = _decode_picks(
+            path, n, start, end, seek_gap, seek_tolerance, stats, max_pixels, max_source_pixels, True
         )
+        if error is None and _within_reach(times, targets, reach):
+            if stats is not None:
+                stats["skip_nonref"] = True
+            return np.stack(frames)
+    frames, _, targets, error, _ = _decode_picks(
+        path, n, start, end, seek_gap, seek_tolerance, stats, max_pixels, max_source_pixels, False
+    )
+    if stats is not None:
+        stats["skip_nonref"] = False
     if not frames:
         raise MediaError(f"no decodable video frame in {path}" + (f": {error}" if error else ""))
     out = np.stack(frames)
@@ -107,6 +120,55 @@ def decode_frames(
         msg = f"video of {path} broke off ({len(frames)} of {len(targets)} frames): {error}"
         raise TruncatedMedia(msg, out)
     return out
+
+
+def _decode_picks(
+    path: str,
+    n: int,
+    start: float | None,
+    end: float | None,
+    seek_gap: float,
+    seek_tolerance: float,
+    stats: dict | None,
+    max_pixels: int,
+    max_source_pixels: int,
+    skip_nonref: bool,
+) -> tuple[list[np.ndarray], list[float | None], np.ndarray, Exception | None, float]:
+    """One decoding pass: (frames, their times, the targets, the error that ended it, the reach).
+
+    The reach is how far a frame may lie from its target for a skipping pass to be kept:
+    :data:`SKIP_NONREF_REACH` frame times, or the seek tolerance where that is larger (after a seek the
+    full pass also takes the first frame within it).
+    """
+    fitter = _FrameFitter(path, max_pixels, max_source_pixels)
+
+    def check_size(stream) -> None:
+        fitter.check(stream.codec_context.width or 0, stream.codec_context.height or 0)
+
+    with open_span(path, "video", start, end, check_size) as span:
+        if skip_nonref:
+            stream: Any = span.stream  # an av VideoStream (OpenSpan types it as object)
+            stream.codec_context.skip_frame = "NONREF"
+        t0, t1 = span.t0, span.t1
+        targets = frame_targets(min(t0, t1), t1, n)
+        tolerance = seek_tolerance * (t1 - t0) / n if t1 > t0 else 0.0
+        cursor = _FrameCursor(span.container, span.stream, span.first)
+        try:
+            frames, times, error = _pick_with(cursor, targets, seek_gap, fitter, tolerance)
+        finally:
+            if stats is not None:  # summed: a fallback's second pass adds its work to the first's
+                for k, v in cursor.counts.items():
+                    stats[k] = stats.get(k, 0) + v
+    return frames, times, targets, error, max(cursor.step * SKIP_NONREF_REACH, tolerance)
+
+
+def _within_reach(times: list[float | None], targets: np.ndarray, reach: float) -> bool:
+    """Whether every target got a frame with a timestamp at most ``reach`` seconds from it."""
+    if len(times) != len(targets):
+        return False
+    return all(
+        t is not None and abs(t - float(g)) <= reach + 1e-6 for t, g in zip(times, targets, strict=True)
+    )
 
 
 class _FrameFitter:
@@ -177,6 +239,7 @@ class _FrameCursor:
         self.prev_t = self.cur_t = -math.inf
         self._it: Iterator | None = None
         self.counts = {"decoded": 0, "seeks": 0}
+        self.untimed = False  # a frame without a timestamp was decoded (its time was guessed)
 
     def seek(self, t: float) -> None:
         self._it = decode_from(self.c, self.stream, t, self.first, self.counts)
@@ -191,34 +254,21 @@ class _FrameCursor:
         if frame is None:
             return False
         self.counts["decoded"] += 1
+        self.untimed = self.untimed or frame.time is None
         t = frame.time if frame.time is not None else self.cur_t + self.step
         self.prev, self.prev_t, self.cur, self.cur_t = self.cur, self.cur_t, frame, t
         return True
 
 
-def _pick_frames(
-    c,
-    stream,
-    first: float,
-    targets: np.ndarray,
-    seek_gap: float,
-    fitter: _FrameFitter,
-    tolerance: float = 0.0,
-    stats: dict | None = None,
-) -> tuple[list[np.ndarray], Exception | None]:
-    """The decoded frame nearest to each target time, each frame at most once."""
-    cursor = _FrameCursor(c, stream, first)
-    try:
-        return _pick_with(cursor, targets, seek_gap, fitter, tolerance)
-    finally:
-        if stats is not None:
-            stats.update(cursor.counts)
-
-
 def _pick_with(
     cursor: _FrameCursor, targets: np.ndarray, seek_gap: float, fitter: _FrameFitter, tolerance: float
-) -> tuple[list[np.ndarray], Exception | None]:
+) -> tuple[list[np.ndarray], list[float | None], Exception | None]:
+    """The decoded frame nearest to each target time, each frame at most once, with its time.
+
+    A time is None where the frame had no timestamp (its time was guessed from the frame rate).
+    """
     picked: list[np.ndarray] = []
+    times: list[float | None] = []
     last_t = None
     ended = False
     keyframe_gap = 0.0
@@ -243,10 +293,11 @@ def _pick_with(
             if best is None or (last_t is not None and best_t <= last_t):
                 continue
             picked.append(fitter(best))
+            times.append(None if cursor.untimed else best_t)
             last_t = best_t
     except (av.FFmpegError, MediaError) as e:  # a broken packet, or a frame over the size limit
-        return picked, e
-    return picked, None
+        return picked, times, e
+    return picked, times, None
 
 
 def _nearest(cursor: _FrameCursor, t: float):

@@ -84,8 +84,17 @@ class EncoderSet:
     random: bool = False
 
     def to(self, device: str | torch.device) -> EncoderSet:
+        """Move the encoders to ``device``; on CPU their conv weights go channels-last.
+
+        oneDNN's CPU convolutions are ~30 % faster on channels-last weights (ResNet18 at 112 px, one
+        thread) and give the same embeddings to float rounding (bench/RESULTS.md, "Per-clip cost
+        halved"); the conversion happens once, where extraction and prediction load their encoders.
+        """
+        cpu = torch.device(device).type == "cpu"
         for m in ENCODER_KINDS:
             getattr(self, m).to(device)
+            if cpu:
+                getattr(self, m).to(memory_format=torch.channels_last)
         return self
 
 
@@ -123,4 +132,6 @@ def load_encoder_set(
                 f"{folder / (m + '.pt')} expects {encs[m].contract.image_size} px images but "
                 f"the media cache stores {size} px; retrain the encoders on this media cache"
             )
-    return EncoderSet(encs["audio"], encs["face"], encs["scene"], identity=encoder_identity(folder))
+    return EncoderSet(encs["audio"], encs["face"], encs["scene"], identity=encoder_identity(folder)).to(
+        device
+    )

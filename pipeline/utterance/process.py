@@ -75,6 +75,7 @@ from pipeline.manifest import Utterance
 from pipeline.utterance.audio import RESAMPLER, SILENCE_PEAK, is_silent
 from pipeline.utterance.visual import (
     FACE_MARGIN,
+    MTCNN_FACTOR,
     FaceDetector,
     FindsFaces,
     area_weights,
@@ -85,6 +86,7 @@ from pipeline.utterance.visual import (
 )
 
 __all__ = [
+    "FIELDS_BEFORE_ISSUE_20",
     "MEDIA_FLAGS",
     "MEDIA_RAGGED",
     "FaceDetector",
@@ -105,6 +107,11 @@ logger = logging.getLogger(__name__)
 
 #: Corpora whose clip is the utterance itself: their start/end are not positions inside the clip.
 WHOLE_CLIP_CORPORA = ("meld", "sample")  # sample is MELD-layout: its CSV times are episode times
+
+
+#: Fields added to :class:`MediaConfig` by issue 20 item 6, with the behaviour before them: a recorded
+#: config (a model folder's) that lacks them was made that way (:meth:`MediaConfig.recorded`).
+FIELDS_BEFORE_ISSUE_20 = {"mtcnn_factor": 0.709, "decode_skip_nonref": False, "scene_halving": False}
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,18 @@ class MediaConfig:
         (default 1280x720 = 921,600): the frames of one utterance take at most
         ``n_frames * 3 * max_frame_pixels`` bytes (41 MB) whatever the input (a 16k x 16k stream
         included); face boxes and crops are in these frames' pixels.
+    mtcnn_factor : float
+        Ratio between MTCNN's pyramid scales (facenet-pytorch's ``factor``; its default 0.709 puts
+        two scales per octave, 0.5 one). Smaller = fewer scales, a cheaper search and boxes that move
+        by a few pixels (bench/RESULTS.md, "Per-clip cost halved").
+    decode_skip_nonref : bool
+        Decode without the frames no other frame refers to (most B-frames) and take the nearest
+        decoded frame to each target, within one frame time
+        (:func:`pipeline.decode.frames.decode_frames` ``skip_nonref``; else a full decode).
+    scene_halving : bool
+        Halve the frame (2x2 pixel means) before the area resize of a scene frame whenever it is at
+        least 4x the scene size: a quarter of the work, scenes within 1 grey level on a 720p face
+        frame (:func:`~pipeline.utterance.visual.resize_scenes`).
     """
 
     n_frames: int = 15
@@ -164,6 +183,9 @@ class MediaConfig:
     silence_peak: float = SILENCE_PEAK
     resampler: str = RESAMPLER
     max_frame_pixels: int = MAX_FRAME_PIXELS
+    mtcnn_factor: float = MTCNN_FACTOR
+    decode_skip_nonref: bool = True
+    scene_halving: bool = True
 
     def __post_init__(self) -> None:
         if self.resampler != RESAMPLER:
@@ -174,6 +196,18 @@ class MediaConfig:
     def to_dict(self) -> dict:
         """Plain dict of every setting (JSON-able), for the cache config."""
         return dataclasses.asdict(self)
+
+    @classmethod
+    def recorded(cls, d: dict | None) -> MediaConfig:
+        """The settings a recorded config ``d`` was made with (None: the defaults).
+
+        Fields ``d`` predates take their values from before they existed
+        (:data:`FIELDS_BEFORE_ISSUE_20`), so a model trained on older features is fed the same media.
+
+        >>> MediaConfig.recorded({"n_frames": 15}).mtcnn_factor
+        0.709
+        """
+        return cls(**{**FIELDS_BEFORE_ISSUE_20, **d}) if d else cls()
 
 
 def stored_bytes(cfg: MediaConfig, seconds: float = 3.13, faces_per_frame: float = 2.0) -> int:
@@ -392,7 +426,14 @@ def _fill_video(
     end: float | None,
 ) -> np.ndarray | None:
     try:
-        frames = decode_frames(clip, cfg.n_frames, start, end, max_pixels=cfg.max_frame_pixels)
+        frames = decode_frames(
+            clip,
+            cfg.n_frames,
+            start,
+            end,
+            max_pixels=cfg.max_frame_pixels,
+            skip_nonref=cfg.decode_skip_nonref,
+        )
     except TruncatedMedia as e:
         frames = e.partial
         problems.append(f"{e} (kept the {len(frames)} frames decoded before the break)")
@@ -405,7 +446,7 @@ def _fill_video(
             f"(< {cfg.n_frames}; all kept)"
         )
     frames = crop_side(frames, utt.side)
-    row.update(scenes=resize_scenes(frames, cfg.scene_size), has_visual=True)
+    row.update(scenes=resize_scenes(frames, cfg.scene_size, cfg.scene_halving), has_visual=True)
     return frames
 
 

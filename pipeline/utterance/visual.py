@@ -30,6 +30,8 @@ import torch
 
 #: Fraction of the (square) box side added on each side of a face crop.
 FACE_MARGIN = 0.2
+#: Ratio between MTCNN's pyramid scales (MediaConfig.mtcnn_factor); facenet-pytorch's default is 0.709.
+MTCNN_FACTOR = 0.5
 
 
 # ------------------------------------------------------------------------------------------ detection
@@ -46,8 +48,9 @@ class FaceDetector:
     ----------
     cfg : MediaConfig-like
         Reads ``mtcnn_batch`` (frames per MTCNN call), ``detect_max_side`` (frames are shrunk so
-        their longer side is at most this before detection; 0 = never shrink) and ``min_face_size``
-        (MTCNN's smallest face in pixels of the detection frame; default 20 when absent).
+        their longer side is at most this before detection; 0 = never shrink), ``min_face_size``
+        (MTCNN's smallest face in pixels of the detection frame; default 20 when absent) and
+        ``mtcnn_factor`` (the ratio between pyramid scales; :data:`MTCNN_FACTOR` when absent).
     device : str
         ``"cpu"`` or ``"cuda"``.
 
@@ -72,6 +75,7 @@ class FaceDetector:
             select_largest=False,
             device=torch.device(device),
             min_face_size=int(getattr(cfg, "min_face_size", 20)),
+            factor=float(getattr(cfg, "mtcnn_factor", MTCNN_FACTOR)),
         )
         if device == "cpu":  # channels-last max-pooling is faster on CPU, and exact
             for net in (self.mtcnn.pnet, self.mtcnn.rnet, self.mtcnn.onet):
@@ -97,11 +101,28 @@ class FaceDetector:
         if len(frames) == 0:
             return []
         small, scale = _shrink(frames, self.max_side)
+        planar = self._planar(small) if self.device == "cpu" else small
         out: list[tuple[np.ndarray, np.ndarray]] = []
         for i in range(0, len(small), self.batch):
-            boxes, probs = self.mtcnn.detect(small[i : i + self.batch])
+            boxes, probs = self.mtcnn.detect(planar[i : i + self.batch])
             out += [_as_arrays(b, p, scale) for b, p in zip(boxes, probs, strict=True)]
         return out
+
+    def _planar(self, small: np.ndarray) -> torch.Tensor:
+        """``small`` as an (N, H, W, 3) float32 view of planar (N, 3, H, W) memory, in a reused buffer.
+
+        facenet-pytorch permutes its input back to planar and converts it to float: on this view the
+        permute gives contiguous memory, where its pyramid's area resizes (adaptive average pooling)
+        run ~1.5x faster than on the interleaved layout, and the conversion is a no-op; the buffer
+        spares the page faults of a fresh 40 MB tensor per clip. The boxes are bit-identical.
+        """
+        n, h, w, _ = small.shape
+        buf = getattr(self, "_buffer", None)
+        if buf is None or buf.shape[0] < n or tuple(buf.shape[1:]) != (3, h, w):
+            buf = self._buffer = torch.empty((n, 3, h, w), dtype=torch.float32)
+        planar = buf[:n]
+        planar.copy_(torch.from_numpy(small).permute(0, 3, 1, 2))
+        return planar.permute(0, 2, 3, 1)
 
 
 def _shrink(frames: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
@@ -172,10 +193,20 @@ def crop_faces(frame: np.ndarray, boxes: np.ndarray, size: int, margin: float = 
     return out
 
 
-def resize_scenes(frames: np.ndarray, size: int) -> np.ndarray:
-    """Whole frames (f, H, W, 3) -> (f, 3, size, size) uint8 (``cv2.INTER_AREA``; aspect not kept)."""
+def resize_scenes(frames: np.ndarray, size: int, halving: bool = False) -> np.ndarray:
+    """Whole frames (f, H, W, 3) -> (f, 3, size, size) uint8 (``cv2.INTER_AREA``; aspect not kept).
+
+    ``halving``: a frame with even sides both at least ``4 * size`` is first halved (``INTER_AREA`` at
+    exactly 1/2: the rounded mean of each 2x2 block), so the general area resize reads a quarter of
+    the pixels. Not the same operator: the rounding of the half frame, and the pixels cut by a bin
+    edge weigh by half-pixel fractions; on a 720p face frame at most 1 grey level apart (mean 0.02),
+    on pixel noise up to 4 (mean 0.7).
+    """
     out = np.zeros((len(frames), 3, size, size), np.uint8)
     for i, f in enumerate(frames):
+        h, w = f.shape[:2]
+        if halving and h % 2 == 0 and w % 2 == 0 and min(h, w) >= 4 * size:
+            f = cv2.resize(f, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
         interp = cv2.INTER_AREA if min(f.shape[:2]) >= size else cv2.INTER_LINEAR
         out[i] = cv2.resize(f, (size, size), interpolation=interp).transpose(2, 0, 1)
     return out

@@ -190,7 +190,7 @@ class FeaturizerSpec:
         from pipeline.utterance.featurize import FeatureModels, Featurizer
         from pipeline.utterance.process import MediaConfig
 
-        cfg = MediaConfig(**(self.media_config or {}))
+        cfg = MediaConfig.recorded(self.media_config)  # an older model: the media settings it was made with
         models = FeatureModels(
             self.modalities,
             device=self.device,
