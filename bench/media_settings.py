@@ -38,12 +38,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.utterance.process import FIELDS_BEFORE_ISSUE_20
+from pipeline.utterance.process import MEDIA_FIELDS_BEFORE
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 #: The media settings before issue 20 item 6 (the other fields keep their defaults).
-OLD = FIELDS_BEFORE_ISSUE_20
+OLD = MEDIA_FIELDS_BEFORE
 
 X264 = {"preset": "ultrafast", "threads": "1"}
 #: A part of the decode matrix: name -> write_av arguments.

@@ -86,7 +86,7 @@ from pipeline.utterance.visual import (
 )
 
 __all__ = [
-    "FIELDS_BEFORE_ISSUE_20",
+    "MEDIA_FIELDS_BEFORE",
     "MEDIA_FLAGS",
     "MEDIA_RAGGED",
     "FaceDetector",
@@ -109,9 +109,9 @@ logger = logging.getLogger(__name__)
 WHOLE_CLIP_CORPORA = ("meld", "sample")  # sample is MELD-layout: its CSV times are episode times
 
 
-#: Fields added to :class:`MediaConfig` by issue 20 item 6, with the behaviour before them: a recorded
-#: config (a model folder's) that lacks them was made that way (:meth:`MediaConfig.recorded`).
-FIELDS_BEFORE_ISSUE_20 = {"mtcnn_factor": 0.709, "decode_skip_nonref": False, "scene_halving": False}
+#: Fields added to :class:`MediaConfig` with the cheaper media stage, and the behaviour before them: a
+#: recorded config (a model folder's) that lacks them was made that way (:meth:`MediaConfig.recorded`).
+MEDIA_FIELDS_BEFORE = {"mtcnn_factor": 0.709, "decode_skip_nonref": False, "scene_halving": False}
 
 
 @dataclass(frozen=True)
@@ -202,12 +202,12 @@ class MediaConfig:
         """The settings a recorded config ``d`` was made with (None: the defaults).
 
         Fields ``d`` predates take their values from before they existed
-        (:data:`FIELDS_BEFORE_ISSUE_20`), so a model trained on older features is fed the same media.
+        (:data:`MEDIA_FIELDS_BEFORE`), so a model trained on older features is fed the same media.
 
         >>> MediaConfig.recorded({"n_frames": 15}).mtcnn_factor
         0.709
         """
-        return cls(**{**FIELDS_BEFORE_ISSUE_20, **d}) if d else cls()
+        return cls(**{**MEDIA_FIELDS_BEFORE, **d}) if d else cls()
 
 
 def stored_bytes(cfg: MediaConfig, seconds: float = 3.13, faces_per_frame: float = 2.0) -> int:

@@ -20,7 +20,7 @@ from pipeline.testing.av_files import write_clip
 from pipeline.testing.signals import render_face_frame
 from pipeline.testing.utterances import make_utterance
 from pipeline.utterance.embed import encode_images
-from pipeline.utterance.process import FIELDS_BEFORE_ISSUE_20, MediaConfig, process_utterance
+from pipeline.utterance.process import MEDIA_FIELDS_BEFORE, MediaConfig, process_utterance
 from pipeline.utterance.visual import FaceDetector, _shrink, resize_scenes
 
 torch.set_num_threads(1)
@@ -70,15 +70,15 @@ def test_scene_halving_is_close_to_the_direct_resize():
 
 @pytest.mark.parametrize("field", ["mtcnn_factor", "decode_skip_nonref", "scene_halving"])
 def test_each_setting_is_in_the_cache_config(field):
-    old = FIELDS_BEFORE_ISSUE_20[field]
+    old = MEDIA_FIELDS_BEFORE[field]
     assert MediaConfig().to_dict()[field] != old
     assert dataclasses.replace(MediaConfig(), **{field: old}).to_dict()[field] == old
 
 
 def test_a_config_recorded_before_the_new_fields_keeps_the_old_behaviour():
-    before = {k: v for k, v in MediaConfig().to_dict().items() if k not in FIELDS_BEFORE_ISSUE_20}
+    before = {k: v for k, v in MediaConfig().to_dict().items() if k not in MEDIA_FIELDS_BEFORE}
     cfg = MediaConfig.recorded(before)  # what a model folder exported before issue 20 item 6 records
-    assert {k: getattr(cfg, k) for k in FIELDS_BEFORE_ISSUE_20} == FIELDS_BEFORE_ISSUE_20
+    assert {k: getattr(cfg, k) for k in MEDIA_FIELDS_BEFORE} == MEDIA_FIELDS_BEFORE
     assert MediaConfig.recorded(MediaConfig().to_dict()) == MediaConfig() == MediaConfig.recorded(None)
 
 
