@@ -327,3 +327,14 @@ def test_the_config_is_frozen_and_resolving_it_returns_a_copy(tiny_roberta, tmp_
         FinetuneConfig(pooling="max")
     with pytest.raises(ValueError, match="config.out"):
         finetune_text([], FinetuneConfig())
+
+
+def test_bad_recipe_settings_are_refused_before_any_training():
+    from pipeline.text.finetune.recipe import param_groups
+
+    with pytest.raises(ValueError, match="unknown context 'future'"):
+        FinetuneConfig(context="future")
+    with pytest.raises(ValueError, match="unknown pooling"):
+        FinetuneConfig(pooling="mean-of-max")
+    with pytest.raises(ValueError, match="lr is None"):  # an unresolved config never reaches the optimiser
+        param_groups(None, FinetuneConfig())
