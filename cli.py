@@ -20,9 +20,18 @@ from pathlib import Path
 import click
 
 from pipeline import __version__
-from pipeline.names import DATASETS, DEVICES, ENCODER_KINDS, modality_letters, parse_modalities
+from pipeline.names import (
+    DATASETS,
+    DEFAULT_DEVICE,
+    DEVICES,
+    ENCODER_KINDS,
+    MODALITIES,
+    SPLITS,
+    modality_letters,
+    parse_modalities,
+)
 from pipeline.shown import shown
-from pipeline.store.layout import CacheLayout
+from pipeline.store.layout import DEFAULT_CACHE, CacheLayout
 
 #: the packages whose loggers print at the chosen level; every other logger prints warnings only
 _OUR_LOGGERS = ("pipeline", "trainer")
@@ -293,11 +302,11 @@ def prepare_command(dataset: str, root: Path | None, out: Path | None) -> None:
 @click.option("--root", type=click.Path(path_type=Path), default=None, help="Corpus folder (as for prepare).")
 @click.option(
     "--modalities",
-    default="text,audio,visual",
+    default=",".join(MODALITIES),
     help="Letters of `tav` or a comma list of text, audio, visual. `text` alone needs no clips "
     "(MELD CSVs suffice).",
 )
-@click.option("--splits", default="train,dev,test", help="Comma list of splits to extract.")
+@click.option("--splits", default=",".join(SPLITS), help="Comma list of splits to extract.")
 @click.option(
     "--workers",
     type=int,
@@ -314,7 +323,7 @@ def prepare_command(dataset: str, root: Path | None, out: Path | None) -> None:
 @click.option(
     "--device",
     type=click.Choice(DEVICES),
-    default="cpu",
+    default=DEFAULT_DEVICE,
     help="MTCNN, encoders and text model device; with cuda every worker uses the GPU, in larger batches.",
 )
 @click.option(
@@ -346,7 +355,7 @@ def prepare_command(dataset: str, root: Path | None, out: Path | None) -> None:
     help="Folder with audio.pt, face.pt, scene.pt, or `random` (seeded random weights). Default: "
     "the encoders cached for this media, trained if missing.",
 )
-@click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"), help="Cache root folder.")
+@click.option("--cache", type=click.Path(path_type=Path), default=DEFAULT_CACHE, help="Cache root folder.")
 @click.option("--limit", type=int, default=None, help="At most N utterances per split (quick runs).")
 @click.option(
     "--partition-size",
@@ -466,7 +475,7 @@ def _run_extract(**kw) -> None:
     "fine-tune. Default: the shipped all-MiniLM-L6-v2.",
 )
 @config_options(_FINETUNE_CONFIG, TEXT_OPTIONS, prefix="text-", help_prefix="Only for --modality text: ")
-@click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"), help="Cache root folder.")
+@click.option("--cache", type=click.Path(path_type=Path), default=DEFAULT_CACHE, help="Cache root folder.")
 @config_options("pipeline.encoders.train_config:TrainEncodersConfig")
 @click.option(
     "--threads",
@@ -628,7 +637,7 @@ def report_command(run_dirs: tuple[Path, ...], compare_out: Path | None) -> None
     default=Path("runs/sample"),
     help="Demo folder: corpus, runs, model, predictions.",
 )
-@click.option("--cache", type=click.Path(path_type=Path), default=Path("cache"), help="Cache root folder.")
+@click.option("--cache", type=click.Path(path_type=Path), default=DEFAULT_CACHE, help="Cache root folder.")
 @click.option("--workers", type=int, default=2, help="Local dask worker processes.")
 @click.option("--seeds", type=int, default=2, help="Training repeats (mean ± std in the report).")
 @click.option("--epochs", type=int, default=25, help="Dialogue-model epochs per seed.")
@@ -741,7 +750,7 @@ def export_command(
     help="Featurizing worker processes; 0 = in this process [default: 0 for one conversation or a "
     "few utterances, else 2].",
 )
-@click.option("--device", type=click.Choice(DEVICES), default="cpu")
+@click.option("--device", type=click.Choice(DEVICES), default=DEFAULT_DEVICE)
 @click.option(
     "--work",
     type=click.Path(path_type=Path),
@@ -842,7 +851,7 @@ def _live_model(model_dir: Path, device: str, allow_revisions: bool):
     is_flag=True,
     help="Serve a bidirectional model too (its predictions would change with later utterances).",
 )
-@click.option("--device", type=click.Choice(DEVICES), default="cpu", help="Where the models run.")
+@click.option("--device", type=click.Choice(DEVICES), default=DEFAULT_DEVICE, help="Where the models run.")
 def live_command(
     model_dir: Path,
     video: Path | None,
@@ -914,7 +923,7 @@ def live_command(
     help="Conversations kept at once (the least recently used goes).",
 )
 @click.option("--idle-minutes", type=float, default=30.0, help="A conversation idle this long is forgotten.")
-@click.option("--device", type=click.Choice(DEVICES), default="cpu", help="Where the models run.")
+@click.option("--device", type=click.Choice(DEVICES), default=DEFAULT_DEVICE, help="Where the models run.")
 def serve_command(
     model_dir: Path,
     host: str,
@@ -955,7 +964,7 @@ def serve_command(
 @click.option(
     "--cache",
     type=click.Path(path_type=Path),
-    default=Path("cache"),
+    default=DEFAULT_CACHE,
     help="Cache root folder whose free space is checked.",
 )
 def doctor_command(cache: Path) -> None:

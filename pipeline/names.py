@@ -17,6 +17,8 @@ DATASETS = ("meld", "iemocap", "sample", "custom")
 
 #: Where extraction, prediction and the live API run their models (``--device``); training adds ``auto``.
 DEVICES = ("cpu", "cuda")
+#: The default of every ``--device`` but training's (``auto``).
+DEFAULT_DEVICE = DEVICES[0]
 SPLITS = ("train", "dev", "test")
 MODALITIES = ("text", "audio", "visual")
 ENCODER_KINDS = ("audio", "face", "scene")

@@ -7,8 +7,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.names import MODALITIES, SPLITS
-from pipeline.store.layout import CacheLayout
+from pipeline.names import DEFAULT_DEVICE, DEVICES, MODALITIES, SPLITS
+from pipeline.store.layout import DEFAULT_CACHE, CacheLayout
 
 
 class ExtractError(RuntimeError):
@@ -109,12 +109,12 @@ class ExtractOptions:
     splits: tuple[str, ...] = SPLITS
     workers: int = field(default_factory=default_workers)
     scheduler: str | None = None
-    device: str = "cpu"
+    device: str = DEFAULT_DEVICE
     text_model: str | None = None
     text_base: str | None = None
     text_context: str = "full"
     encoders: str | None = None
-    cache: Path = Path("cache")
+    cache: Path = DEFAULT_CACHE
     limit: int | None = None
     partition_size: int | None = None
     batch_size: int | None = None
@@ -129,7 +129,7 @@ class ExtractOptions:
         bad = [s for s in self.splits if s not in SPLITS]
         if bad or not self.splits:
             raise ExtractError(f"unknown splits {bad}; choose from {SPLITS}")
-        if self.device not in ("cpu", "cuda"):
+        if self.device not in DEVICES:
             raise ExtractError(f"device {self.device!r}: choose cpu or cuda")
         if self.text_model is not None and self.text_base is not None:
             raise ExtractError(

@@ -26,6 +26,8 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+#: The cache root of every command when none is given (relative to where it runs).
+DEFAULT_CACHE = Path("cache")
 MEDIA_PREFIX = "media-"
 RECIPE_PREFIX = "recipe"
 TEXT_MODEL_MARKER = "m2f-finetuned.json"
