@@ -581,7 +581,8 @@ def train_dialog_command(**options) -> None:
     """Train the dialogue-level M2FNet on a features.h5.
 
     Writes RUN_DIR/seed<k>/ (config, environment, label map, metrics.jsonl, best.pt, predictions);
-    the epoch is chosen on dev weighted F1, never on test. Rerun the same command to resume.
+    best.pt is chosen on dev (--select: best weighted F1, lowest loss, or the average of the last
+    epochs), never on test. Rerun the same command to resume.
     """
     from trainer.dialogue.config import DialogueTrainConfig
     from trainer.dialogue.fit import train_dialogue

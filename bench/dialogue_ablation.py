@@ -8,15 +8,23 @@ position              ``--positions relative --speakers none``
 position+speaker      ``--positions relative --speakers same-other``
 ====================  ==============================================================
 
-Per setting and seed, one ``train_dialogue`` run (the epoch selected on dev weighted F1, as always);
-per setting the dev and test weighted F1 as mean ± sample std over the seeds, and the per-seed
-figures. Choose defaults by the dev columns only.
+Per setting and seed, one ``train_dialogue`` run (the model selected on dev by ``--select``, by default
+the epoch of the best dev weighted F1); per setting the dev and test weighted F1 as mean ± sample std
+over the seeds, and the per-seed figures. Choose defaults by the dev columns only.
+
+``--selects wf1,loss,average`` repeats every setting under each model-selection rule (issue 19): the
+rows then also give the selected model's dev loss. The training path of a seed is the same under every
+rule when nothing stops early (the demo's default), so the rules differ only in the model they keep.
+Dev is not a neutral judge between rules: ``wf1`` keeps the epoch of the highest dev weighted F1 and
+``loss`` the epoch of the lowest dev loss, so each wins on its own dev figure by construction.
 
 Usage::
 
     python bench/dialogue_ablation.py FEATURES_H5 [--modalities tav] [--seeds 3] [--jobs 2]
     python bench/dialogue_ablation.py --demo DIR [...]   # build the demo's generated fusion corpus and
                                                        # its features.h5 in DIR first (m2f demo steps 1-2)
+    python bench/dialogue_ablation.py --demo DIR --settings position+speaker --causal off \
+        --selects wf1,loss,average                     # the selection rules compared (issue 19)
 
 With ``--demo`` the training options default to the demo's (25 epochs, no early stop, batch 8); on
 another file to ``m2f train-dialog``'s. Each run uses one torch thread; ``--jobs`` runs go in parallel.
@@ -47,8 +55,11 @@ SETTINGS: dict[str, dict] = {
 }
 
 
-def run_one(features: str, out: str, setting: str, causal: bool, seed: int, options: dict) -> dict:
-    """Train one seed of one setting; return its dev/test weighted F1 and selected epoch."""
+def run_one(
+    features: str, out: str, setting: str, causal: bool, seed: int, options: dict, select: str = "wf1"
+) -> dict:
+    """Train one seed of one setting under one ``--select`` rule; its dev/test weighted F1, the selected
+    model's dev loss, and the selected epoch (or the averaged ones)."""
     import warnings
 
     from trainer.dialogue.fit import DialogueTrainConfig, seed_dirs, train_dialogue
@@ -64,6 +75,7 @@ def run_one(features: str, out: str, setting: str, causal: bool, seed: int, opti
         threads=1,
         progress=False,
         causal=causal,
+        select=select,
         **SETTINGS[setting],
         **options,
     )
@@ -73,25 +85,41 @@ def run_one(features: str, out: str, setting: str, causal: bool, seed: int, opti
     return {
         "setting": setting,
         "causal": causal,
+        "select": select,
         "seed": seed,
         "best_epoch": summary["best_epoch"],
+        "averaged_epochs": summary["averaged_epochs"],
         "dev": summary["dev"]["weighted_f1"],
+        "dev_loss": _dev_loss(seed_dir),
         "test": summary.get("test", {}).get("weighted_f1"),
+        "epochs_trained": summary["epoch"],
         "seconds": round(time.perf_counter() - t0, 1),
     }
 
 
-def summarize(runs: list[dict]) -> dict:
-    """``{"<setting>[ causal]": {dev, dev_std, test, test_std, seeds}}`` (mean ± sample std over seeds)."""
+def _dev_loss(seed_dir: Path) -> float:
+    """Dev cross-entropy of the selected model, from its saved dev probabilities (as training scores it)."""
+    import numpy as np
+
+    from trainer.report.summary import read_probabilities
+
+    _, gold, probs, names = read_probabilities(seed_dir / "predictions_dev.csv")
+    index = np.array([names.index(g) for g in gold])
+    return float(-np.log(np.clip(probs[np.arange(len(gold)), index], 1e-12, None)).mean())
+
+
+def summarize(runs: list[dict], by_select: bool = False) -> dict:
+    """``{"<setting>[ causal][ --select S]": {dev, dev_std, test, test_std, seeds}}`` (mean ± sample std
+    over seeds); with ``by_select`` the rule is in the key and ``dev_loss`` (of the selected model) added."""
     out = {}
-    for key in dict.fromkeys((r["setting"], r["causal"]) for r in runs):
-        mine = [r for r in runs if (r["setting"], r["causal"]) == key]
+    for key in dict.fromkeys((r["setting"], r["causal"], r["select"]) for r in runs):
+        mine = [r for r in runs if (r["setting"], r["causal"], r["select"]) == key]
         entry = {"seeds": len(mine)}
-        for split in ("dev", "test"):
+        for split in ("dev", "test", "dev_loss") if by_select else ("dev", "test"):
             vals = [r[split] for r in mine if r[split] is not None]
             entry[split] = round(statistics.fmean(vals), 4) if vals else None
             entry[split + "_std"] = round(statistics.stdev(vals), 4) if len(vals) > 1 else None
-        out[key[0] + (" causal" if key[1] else "")] = entry
+        out[key[0] + (" causal" if key[1] else "") + (f" --select {key[2]}" if by_select else "")] = entry
     return out
 
 
@@ -117,6 +145,12 @@ def main() -> None:
     ap.add_argument("--modalities", default="tav", help="As m2f train-dialog --modalities (MELD text: t).")
     ap.add_argument("--settings", default=",".join(SETTINGS), help="Comma list of " + ", ".join(SETTINGS))
     ap.add_argument("--causal", choices=("both", "off", "on"), default="both")
+    ap.add_argument(
+        "--selects",
+        default="wf1",
+        help="Comma list of m2f train-dialog --select rules to run each setting under (wf1, loss, average).",
+    )
+    ap.add_argument("--average-last", type=int, default=None, help="As m2f train-dialog --average-last.")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--patience", type=int, default=None)
@@ -131,6 +165,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown settings {unknown}; choose from {list(SETTINGS)}")
     causal = {"both": (False, True), "off": (False,), "on": (True,)}[args.causal]
+    selects = [s for s in args.selects.split(",") if s]
     t0 = time.perf_counter()
     if args.demo is not None:
         from trainer.demo.chain import DEMO_BATCH
@@ -141,10 +176,20 @@ def main() -> None:
         features, defaults = args.features, {}
     given = {"epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size}
     options = {**defaults, **{k: v for k, v in given.items() if v is not None}, "modalities": args.modalities}
+    by_select = selects != ["wf1"]
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
         jobs = [
-            (str(features), str(out / f"{s}{'-causal' * c}" / f"seed{seed}"), s, c, seed, options)
+            (
+                str(features),
+                str(out / f"{s}{'-causal' * c}{f'-{sel}' * by_select}" / f"seed{seed}"),
+                s,
+                c,
+                seed,
+                {**options, "average_last": args.average_last} if sel == "average" else options,
+                sel,
+            )
+            for sel in selects
             for c in causal
             for s in settings
             for seed in range(args.seeds)
@@ -165,7 +210,8 @@ def main() -> None:
         "jobs": args.jobs,
         "cpu": platform.processor() or platform.machine(),
         "seconds": round(time.perf_counter() - t0, 1),
-        "settings": summarize(runs),
+        "selects": selects,
+        "settings": summarize(runs, by_select),
         "runs": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in runs],
     }
     print(json.dumps(result))

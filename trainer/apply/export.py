@@ -55,6 +55,7 @@ from trainer.apply.model_folder import (
     write_checksums,
 )
 from trainer.dialogue.model import DialogueEnsemble, DialogueModel, DialogueModelConfig
+from trainer.dialogue.selection import selection_text
 
 logger = logging.getLogger(__name__)
 
@@ -549,6 +550,10 @@ def model_card(meta: dict) -> str:
         return f"{100 * m['weighted_f1']:.2f} (accuracy {100 * m['accuracy']:.2f}, n = {m['n']})"
 
     media = feats.get("media") or {}
+    # folders exported before --select name the best dev epoch only
+    model_of_seed = (
+        f"model: {src['selected']}" if "selected" in src else f"best dev epoch {src['best_epoch']}"
+    )
     rows = [
         ("dataset", f"{meta['dataset']} (class map {meta['class_map']})"),
         ("classes", ", ".join(meta["class_names"])),
@@ -559,7 +564,7 @@ def model_card(meta: dict) -> str:
         (
             (
                 "run",
-                f"`{src['run']}`, seed {src['seed']} ({src['chosen']}), best dev epoch {src['best_epoch']}",
+                f"`{src['run']}`, seed {src['seed']} ({src['chosen']}), {model_of_seed}",
             )
             if "ensemble" not in meta
             else (
@@ -767,6 +772,12 @@ def export_model(
                     else status.get("best_epoch")
                 ),
                 "chosen": "--seeds" if members else "--seed" if seed is not None else "best dev weighted F1",
+                # the rule that made each seed's best.pt (m2f train-dialog --select)
+                "selected": (
+                    [selection_text(_read_json(d / "status.json")) for d, _ in members]
+                    if members
+                    else selection_text(status)
+                ),
                 "features": str(features.resolve()),
             },
         }

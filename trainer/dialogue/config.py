@@ -25,6 +25,17 @@ DEFAULT_POSITIONS = "relative"
 DEFAULT_SPEAKERS = "same-other"
 #: ``device`` values: ``auto`` is CUDA when visible, else the CPU.
 DEVICES = ("auto", *EXTRACT_DEVICES)
+#: ``--select``: which model of a seed becomes ``best.pt`` (always judged on dev, never on test). ``wf1``: the
+#: epoch of the best dev weighted F1; ``loss``: the epoch of the lowest dev cross-entropy; ``average``: the
+#: element-wise mean of the weights of the last ``--average-last`` epochs trained. Patience counts epochs
+#: without a better dev weighted F1 (``wf1``) or without a lower dev loss (``loss``, ``average``).
+SELECT_RULES = ("wf1", "loss", "average")
+#: ``--average-last`` when ``--select average`` is given without it.
+DEFAULT_AVERAGE_LAST = 5
+
+#: Options a run folder written before they existed lacks in its ``config.json``, with the value such a run
+#: had: resuming it with these values is resuming the same run.
+OLDER_RUN_VALUES = {"select": "wf1", "average_last": None}
 
 #: Options that may differ between a killed run and its resumption.
 RESUME_FREE_KEYS = (
@@ -66,7 +77,13 @@ class DialogueTrainConfig:
     seeds, first_seed : int
         Number of repeats and the seed of the first.
     epochs, patience : int
-        Maximum epochs; stop after ``patience`` epochs without a better dev weighted F1.
+        Maximum epochs; stop after ``patience`` epochs without a better dev score (the one ``select``
+        names: dev weighted F1 for ``wf1``, dev loss for ``loss`` and ``average``).
+    select : {"wf1", "loss", "average"}
+        Which model becomes ``best.pt``: the epoch of the best dev weighted F1, the epoch of the lowest
+        dev loss, or the mean of the weights of the last ``average_last`` epochs (:data:`SELECT_RULES`).
+    average_last : int or None
+        K of ``select="average"`` (None: :data:`DEFAULT_AVERAGE_LAST`); refused with another rule.
     device : {"auto", "cpu", "cuda"}
         ``auto``: CUDA when visible.
     lr, weight_decay, dropout, batch_size, bucket : float or int
@@ -111,7 +128,27 @@ class DialogueTrainConfig:
     first_seed: int = field(default=0, metadata=_option("Seed of the first repeat."))
     epochs: int = field(default=100, metadata=_option("Maximum epochs."))
     patience: int = field(
-        default=15, metadata=_option("Stop after this many epochs without a better dev wF1.")
+        default=15,
+        metadata=_option(
+            "Stop after this many epochs without a better dev score: dev wF1 for --select wf1, "
+            "a lower dev loss for loss and average."
+        ),
+    )
+    select: str = field(
+        default="wf1",
+        metadata=_option(
+            "The model kept as best.pt, judged on dev only: the epoch of the best dev weighted F1 (wf1), "
+            "of the lowest dev cross-entropy (loss), or the mean of the weights of the last "
+            "--average-last epochs trained (average).",
+            choices=SELECT_RULES,
+        ),
+    )
+    average_last: int | None = field(
+        default=None,
+        metadata=_option(
+            f"K of --select average: the last K epochs' weights are kept and averaged "
+            f"[default: {DEFAULT_AVERAGE_LAST}]; only with --select average."
+        ),
     )
     device: str = field(default="auto", metadata=_option("", choices=DEVICES))
     lr: float = field(default=5e-4, metadata=_option("AdamW learning rate."))
@@ -243,6 +280,7 @@ def resolve_config(config: DialogueTrainConfig) -> ResolvedConfig:
     config = dataclasses.replace(config, modalities=normalize_modalities(config.modalities))
     if config.seeds < 1 or config.epochs < 1 or config.batch_size < 1:
         raise ValueError("--seeds, --epochs and --batch-size must be at least 1")
+    config = _resolve_selection(config)
     info = inspect_features(config.features)
     preset = config.class_map or preset_for_dataset(info.dataset)
     if preset not in CLASS_MAP_CHOICES:
@@ -261,6 +299,26 @@ def resolve_config(config: DialogueTrainConfig) -> ResolvedConfig:
     )
     resolved.model_config().validate()
     return resolved
+
+
+def _resolve_selection(config: DialogueTrainConfig) -> DialogueTrainConfig:
+    """Check ``select`` and ``average_last`` together; fill in K for ``average``."""
+    if config.select not in SELECT_RULES:
+        raise ValueError(f"--select {config.select!r}: choose one of {', '.join(SELECT_RULES)}")
+    if config.select != "average":
+        if config.average_last is not None:
+            raise ValueError(
+                f"--average-last {config.average_last} goes with --select average only "
+                f"(given: --select {config.select}); drop it or choose --select average"
+            )
+        return config
+    k = DEFAULT_AVERAGE_LAST if config.average_last is None else config.average_last
+    if not 1 <= k <= config.epochs:
+        raise ValueError(
+            f"--average-last {k}: average 1 to --epochs ({config.epochs}) epochs' weights; "
+            "choose K in that range"
+        )
+    return dataclasses.replace(config, average_last=k)
 
 
 def _train_labels(path: str) -> list[str]:

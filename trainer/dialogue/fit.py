@@ -9,10 +9,13 @@ Layout of a run directory (``m2f train-dialog --out RUN_DIR --seeds N``)::
     RUN_DIR/seed<k>/status.json      {"state": "training" | "done", "epoch": ..., ...}
     RUN_DIR/seed<k>/metrics.jsonl    one line per finished epoch
     RUN_DIR/seed<k>/last.pt          model + optimizer + RNG + early-stopping state (resume point)
-    RUN_DIR/seed<k>/best.pt          the model of the best dev weighted-F1 epoch
+    RUN_DIR/seed<k>/best.pt          the selected model (``--select``; default: best dev weighted-F1 epoch)
+    RUN_DIR/seed<k>/average/epoch<NNNN>.pt   ``--select average`` only: the last K epochs' weights
     RUN_DIR/seed<k>/predictions_{dev,test}.csv   utt_id, gold, predicted, p_<class>...
 
-The epoch is selected on dev weighted F1, never on test. A killed run continues from ``last.pt``
+The model is selected on dev, never on test: by default the epoch of the best dev weighted F1; with
+``--select loss`` the epoch of the lowest dev loss; with ``--select average`` the mean of the weights of
+the last K epochs (:mod:`trainer.dialogue.selection`). A killed run continues from ``last.pt``
 when started again with the same options; because the batch order of epoch e is a function of
 (seed, e) and the dropout RNG state is checkpointed, a resumed run follows the same path as an
 uninterrupted one. Every file is written through a temporary name and an atomic rename.
@@ -46,6 +49,7 @@ from trainer.dialogue.run_files import (
     write_predictions,
     write_status,
 )
+from trainer.dialogue.selection import average_window, drop_window_after, improves, keep_in_window
 from trainer.dialogue.steps import compiled_or_eager, make_optimizer, predict_probs, score, train_epoch
 
 __all__ = [
@@ -95,7 +99,9 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
     state = LoopState()
     if (run_dir / "last.pt").exists():
         state = load_last(run_dir, model, optimizer, device)
-        keep_metrics_until(run_dir, state.epoch)
+    # epochs finished after the resume point (or before the first last.pt) are trained again
+    keep_metrics_until(run_dir, state.epoch)
+    drop_window_after(run_dir, state.epoch)
     write_json(run_dir / "environment.json", environment_info(device))
     step_model = compiled_or_eager(model) if t.compile else model
 
@@ -108,6 +114,9 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
             seed=seed,
             best_epoch=state.best_epoch,
             best_dev_weighted_f1=state.best_f1,
+            best_dev_loss=state.best_loss if math.isfinite(state.best_loss) else None,
+            select=t.select,
+            **({"average_last": t.average_last} if t.select == "average" else {}),
             **extra,
         )
 
@@ -140,19 +149,24 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
             raise TrainingDivergedError(message)
         dev = score(splits["dev"], dev_probs)
         state.epoch += 1
-        improved = dev["weighted_f1"] > state.best_f1
+        improved = improves(t.select, dev, state)
         if improved:
-            state.best_f1, state.best_epoch, state.bad_epochs = dev["weighted_f1"], state.epoch, 0
-            save_model(run_dir / "best.pt", model, resolved.class_names, state.epoch)
+            state.best_f1, state.best_loss = dev["weighted_f1"], dev["loss"]
+            state.best_epoch, state.bad_epochs = state.epoch, 0
         else:
             state.bad_epochs += 1
+        selected = improved and t.select != "average"  # this epoch's model is best.pt
+        if selected:
+            save_model(run_dir / "best.pt", model, resolved.class_names, state.epoch)
+        if t.select == "average":
+            keep_in_window(run_dir, model, resolved.class_names, state.epoch, t.average_last or 1)
         row = {
             "epoch": state.epoch,
             "train_loss": train_loss,
             "dev_loss": dev["loss"],
             "dev_weighted_f1": dev["weighted_f1"],
             "dev_accuracy": dev["accuracy"],
-            "best": improved,
+            "best": selected,
             "seconds": round(time.perf_counter() - started, 4),
         }
         with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
@@ -168,19 +182,25 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
         bar.set_postfix(loss=f"{train_loss:.4f}", dev_wF1=f"{dev['weighted_f1']:.4f}")
     bar.close()
 
+    averaged: dict = {}
+    if t.select == "average":
+        weights, epochs = average_window(run_dir, state.epoch, t.average_last or 1)
+        model.load_state_dict(weights)
+        save_model(run_dir / "best.pt", model, resolved.class_names, state.epoch, averaged_epochs=epochs)
+        averaged = {"averaged_epochs": [epochs[0], epochs[-1]]}
     best, _ = load_model(run_dir / "best.pt", device)
     for name in ("dev", "test"):
         if name in splits:
             probs = predict_probs(best, splits[name], max(t.batch_size, 64), device)
             write_predictions(run_dir / f"predictions_{name}.csv", splits[name], probs, resolved.class_names)
     stopped = "early_stopping" if state.bad_epochs >= t.patience else "max_epochs"
-    report_status("done", stopped=stopped)
+    report_status("done", stopped=stopped, **averaged)
     return json.loads(status_path.read_text())
 
 
 def _diverged_message(run_dir: Path, state: LoopState, saved_epoch: int, train_loss: float, lr: float) -> str:
     what = "training loss" if not math.isfinite(train_loss) else "dev predictions after the epoch"
-    kept = [f"best.pt (epoch {state.best_epoch})"] if state.best_epoch else []
+    kept = [f"best.pt (epoch {state.best_epoch})"] if (run_dir / "best.pt").exists() else []
     kept += [f"last.pt (epoch {saved_epoch})"] if saved_epoch else []
     if kept:
         kept_text = " and ".join(kept) + " are from before it, untouched"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import os
 import platform
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from pipeline.store.atomic import atomic_torch_save, atomic_write_text, commit_tmp, tmp_path
-from trainer.dialogue.config import RESUME_FREE_KEYS
+from trainer.dialogue.config import OLDER_RUN_VALUES, RESUME_FREE_KEYS
 from trainer.dialogue.data import IGNORE, DialogueSplit
 from trainer.dialogue.model import DialogueModel, DialogueModelConfig
 
@@ -99,20 +100,29 @@ def write_predictions(
 # -- resume state and checkpoints -----------------------------------------------------------------
 @dataclass
 class LoopState:
-    """Early-stopping state of one seed, saved in ``last.pt``."""
+    """Early-stopping state of one seed, saved in ``last.pt``.
+
+    ``best_epoch`` is the last epoch that improved the score ``--select`` stops on (dev weighted F1 for
+    ``wf1``, dev loss for ``loss`` and ``average``); ``best_f1`` and ``best_loss`` are that epoch's dev
+    weighted F1 and dev loss. A ``last.pt`` written before ``best_loss`` existed resumes with its default.
+    """
 
     epoch: int = 0  # epochs finished
     best_f1: float = -1.0
     best_epoch: int = 0
     bad_epochs: int = 0
+    best_loss: float = math.inf
 
 
 def check_resumable(run_dir: Path, config: dict) -> None:
-    """Refuse to resume a run folder whose ``config.json`` differs beyond :data:`RESUME_FREE_KEYS`."""
+    """Refuse to resume a run folder whose ``config.json`` differs beyond :data:`RESUME_FREE_KEYS`.
+
+    An option the folder's config predates counts with the value such runs had (:data:`OLDER_RUN_VALUES`).
+    """
     path = run_dir / "config.json"
     if not path.exists():
         return
-    old = json.loads(path.read_text(encoding="utf-8"))
+    old = {**OLDER_RUN_VALUES, **json.loads(path.read_text(encoding="utf-8"))}
     diff = sorted(
         k for k in set(old) | set(config) if k not in RESUME_FREE_KEYS and old.get(k) != config.get(k)
     )
@@ -157,8 +167,10 @@ def save_last(
     atomic_torch_save(ckpt, run_dir / "last.pt")
 
 
-def save_model(path: Path, model: DialogueModel, class_names: tuple[str, ...], epoch: int) -> None:
-    """Save weights + model config + class names (a ``weights_only`` checkpoint)."""
+def save_model(
+    path: Path, model: DialogueModel, class_names: tuple[str, ...], epoch: int, **extra: object
+) -> None:
+    """Save weights + model config + class names (a ``weights_only`` checkpoint); ``extra`` keys beside."""
     atomic_torch_save(
         {
             "format": CHECKPOINT_FORMAT,
@@ -166,6 +178,7 @@ def save_model(path: Path, model: DialogueModel, class_names: tuple[str, ...], e
             "model_config": model.config.to_dict(),
             "class_names": list(class_names),
             "epoch": epoch,
+            **extra,
         },
         path,
     )

@@ -59,8 +59,10 @@ def plot_curves(per_seed_metrics: dict[str, list[dict]], path: Path) -> None:
         ax_loss.plot(ep, [r["train_loss"] for r in rows], label=f"{seed} train")
         ax_loss.plot(ep, [r["dev_loss"] for r in rows], "--", label=f"{seed} dev")
         (line,) = ax_f1.plot(ep, [100 * r["dev_weighted_f1"] for r in rows], label=seed)
-        best = max(rows, key=lambda r: r["dev_weighted_f1"])
-        ax_f1.plot([best["epoch"]], [100 * best["dev_weighted_f1"]], "o", color=line.get_color())
+        selected = [r for r in rows if r.get("best")]  # best.pt came from the last one (--select wf1, loss)
+        if selected:
+            best = selected[-1]
+            ax_f1.plot([best["epoch"]], [100 * best["dev_weighted_f1"]], "o", color=line.get_color())
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_f1.set(xlabel="epoch", ylabel="dev weighted F1 (%)", title="dev weighted F1 (dot = selected epoch)")
     for ax in (ax_loss, ax_f1):

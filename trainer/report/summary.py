@@ -12,6 +12,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from pipeline.metrics import weighted_f1
+from trainer.dialogue.selection import selection_text
 from trainer.report.paper import paper_reference
 
 
@@ -160,6 +161,9 @@ def summarize_seed(seed_dir: Path) -> dict:
         "epochs": status.get("epochs"),
         "best_epoch": status.get("best_epoch"),
         "best_dev_weighted_f1_during_training": status.get("best_dev_weighted_f1"),
+        "select": status.get("select", "wf1"),
+        "averaged_epochs": status.get("averaged_epochs"),
+        "selected": selection_text(status),
         "stopped": status.get("stopped"),
         "reason": status.get("reason"),
         "warnings": [],
@@ -199,6 +203,7 @@ def summarize_run(run_dir: str | Path) -> dict:
         "modalities": config["modalities"],
         "fusion": config["fusion"],
         "features": config["features"],
+        "select": config.get("select", "wf1"),  # runs from before --select chose by dev weighted F1
         "seeds_planned": config.get("seeds", len(seeds)),
         "seeds_done": [s["seed"] for s in done],
         "test": aggregate([s["test"] for s in done if "test" in s], names),
@@ -220,6 +225,8 @@ def summarize_run(run_dir: str | Path) -> dict:
                 "batch_size",
                 "epochs",
                 "patience",
+                "select",
+                "average_last",
                 "heads",
                 "layers",
                 "fusion_layers",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from trainer.dialogue.selection import RULE_WORDS
 from trainer.report.paper import PAPER_RESULTS, TABLE2_ROWS, input_name
 
 
@@ -22,14 +23,13 @@ def _status_lines(summary: dict) -> list[str]:
         elif s["state"] != "done":
             best = s["best_dev_weighted_f1_during_training"]
             lines.append(
-                f"- seed {s['seed']}: **STILL TRAINING** (epoch {s['epoch']}/{s['epochs']}, best dev "
-                f"wF1 so far {_pct(best if best is not None and best >= 0 else None)} at epoch "
+                f"- seed {s['seed']}: **STILL TRAINING** (epoch {s['epoch']}/{s['epochs']}; so far "
+                f"{s['selected']}, dev wF1 {_pct(best if best is not None and best >= 0 else None)} at epoch "
                 f"{s['best_epoch']}); its test numbers are not in this report"
             )
         else:
             lines.append(
-                f"- seed {s['seed']}: done after {s['epoch']} epochs ({s['stopped']}), best dev epoch "
-                f"{s['best_epoch']}"
+                f"- seed {s['seed']}: done after {s['epoch']} epochs ({s['stopped']}); model: {s['selected']}"
             )
     missing = summary["seeds_planned"] - len(summary["per_seed"])
     if missing > 0:
@@ -49,7 +49,8 @@ def render_markdown(summary: dict) -> str:
         f"- modalities **{summary['modalities']}**, fusion **{summary['fusion']}**",
         f"- state: **{summary['state']}**; seeds finished {n} of {summary['seeds_planned']}"
         + (" (mean ± sample std over seeds)" if n > 1 else ""),
-        f"- epoch selected on dev weighted F1 (never test); features `{summary['features']}`",
+        f"- model of each seed: {RULE_WORDS.get(summary['select'], summary['select'])} "
+        f"(--select {summary['select']}, judged on dev, never test); features `{summary['features']}`",
         "",
     ]
     lines += [f"**WARNING**: {w}" for w in summary["warnings"]] + ([""] if summary["warnings"] else [])
@@ -97,11 +98,12 @@ def render_markdown(summary: dict) -> str:
 
 
 def comparison_table(summaries: Sequence[dict]) -> str:
-    """One Markdown table comparing runs (ablations), mean ± std over seeds, paper alongside."""
+    """One Markdown table comparing runs (ablations), mean ± std over seeds, paper alongside; ``select`` is
+    the rule that chose each seed's model (``m2f train-dialog --select``)."""
     lines = [
-        "| run | dataset | modalities | fusion | seeds | test wF1 | test acc | macro F1 | dev wF1 | "
+        "| run | dataset | modalities | fusion | select | seeds | test wF1 | test acc | macro F1 | dev wF1 | "
         "ensemble test wF1 | paper acc / wF1 | state |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         t, d, p = s["test"] or {}, s["dev"] or {}, s["paper"]
@@ -112,6 +114,7 @@ def comparison_table(summaries: Sequence[dict]) -> str:
             s["dataset"],
             s["modalities"],
             s["fusion"],
+            s["select"],
             str(len(s["seeds_done"])),
             _pct(t.get("weighted_f1"), t.get("weighted_f1_std")),
             _pct(t.get("accuracy"), t.get("accuracy_std")),

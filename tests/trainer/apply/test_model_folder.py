@@ -135,3 +135,33 @@ def test_cli_refuses_a_tampered_folder_in_one_line(model_dir, tmp_path):
     )
     assert res.exit_code == 1 and "sha256 does not match" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_an_averaged_model_is_what_export_packs_and_predict_loads(run, tmp_path):
+    """--select average: the exported weights are best.pt's, the mean of the kept epochs (issue 19)."""
+    from trainer.dialogue.fit import DialogueTrainConfig, train_dialogue
+
+    features = json.loads((run / "config.json").read_text())["features"]
+    config = DialogueTrainConfig(
+        features=features,
+        out=str(tmp_path / "averaged"),
+        epochs=3,
+        patience=3,
+        heads=2,
+        hidden=8,
+        fusion_layers=1,
+        progress=False,
+        threads=1,
+        select="average",
+        average_last=2,
+    )
+    seed_dir = train_dialogue(config) / "seed0"
+    kept = [torch.load(seed_dir / "average" / f"epoch{e:04d}.pt", weights_only=True)["model"] for e in (2, 3)]
+    folder = export_model(tmp_path / "averaged", tmp_path / "model")
+    loaded = load_model_folder(folder)
+    for name, value in loaded.model.state_dict().items():
+        mean = (kept[0][name].double() + kept[1][name].double()) / 2
+        torch.testing.assert_close(value.double(), mean, rtol=0, atol=1e-6)
+    card = (folder / "README.md").read_text()
+    assert "model: the mean of the weights of epochs 2-3 (--select average)" in card
+    assert json.loads((folder / "m2f_model.json").read_text())["source"]["selected"].startswith("the mean")

@@ -105,9 +105,12 @@ def m2f_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-c", "from cli import main; main()"]
 
 
-def test_killed_run_resumes_and_matches_an_uninterrupted_one(xor_file, tmp_path):
+@pytest.mark.parametrize("select", ["wf1", "loss", "average"])
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(xor_file, tmp_path, select):
+    """For every --select rule: the same history, best.pt and predictions as an uninterrupted run."""
     epochs = 10
-    options = dict(modalities="tav", epochs=epochs, patience=epochs, checkpoint_seconds=0, **SMALL)
+    rule = {"select": select, "average_last": 3 if select == "average" else None}
+    options = dict(modalities="tav", epochs=epochs, patience=epochs, checkpoint_seconds=0, **rule, **SMALL)
     reference_config = DialogueTrainConfig(features=str(xor_file), out=str(tmp_path / "ref"), **options)
     reference = train_dialogue(reference_config) / "seed0"
 
@@ -140,6 +143,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(xor_file, tmp_path)
         "--checkpoint-seconds",
         "0",
     ]
+    cmd += ["--select", select] + (["--average-last", "3"] if select == "average" else [])
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
@@ -162,6 +166,19 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(xor_file, tmp_path)
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["dev_weighted_f1"] == pytest.approx(b["dev_weighted_f1"], abs=1e-9)
     assert (reference / "predictions_test.csv").read_text() == (resumed / "predictions_test.csv").read_text()
+    ref_best, res_best = (torch.load(d / "best.pt", weights_only=True) for d in (reference, resumed))
+    assert ref_best["epoch"] == res_best["epoch"] and ref_best.get("averaged_epochs") == res_best.get(
+        "averaged_epochs"
+    )
+    for name, tensor in ref_best["model"].items():
+        torch.testing.assert_close(res_best["model"][name], tensor, rtol=0, atol=1e-6)
+    if select == "average":
+        assert res_best["averaged_epochs"] == [8, 9, 10]
+        assert sorted(p.name for p in (resumed / "average").iterdir()) == [
+            "epoch0008.pt",
+            "epoch0009.pt",
+            "epoch0010.pt",
+        ]
 
     # a finished seed is not trained again; other options are refused, not mixed in
     before = (resumed / "metrics.jsonl").read_text()
