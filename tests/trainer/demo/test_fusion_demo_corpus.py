@@ -88,3 +88,14 @@ def test_join_clips_streams_frames_instead_of_holding_them(tmp_path):
     n, end, growth_mb = out.stdout.split()
     assert int(n) == 8 and float(end) == pytest.approx(8.0)
     assert float(growth_mb) < 60, f"peak RSS grew {growth_mb} MB while joining: frames are held, not streamed"
+
+
+def test_join_clips_refuses_what_it_cannot_join_in_one_line(tmp_path):
+    from pipeline.testing.av_files import write_clip
+
+    with pytest.raises(ValueError, match="no clips to join"):
+        join_clips([], tmp_path / "none.mp4")
+    small = write_clip(tmp_path / "small.mp4", duration=0.3, size=(64, 48))
+    large = write_clip(tmp_path / "large.mp4", duration=0.3, size=(96, 64))
+    with pytest.raises(ValueError, match="the first clip is"):
+        join_clips([small, large], tmp_path / "mixed.mp4")
