@@ -51,6 +51,13 @@ def render_markdown(summary: dict) -> str:
         + (" (mean ± sample std over seeds)" if n > 1 else ""),
         f"- model of each seed: {RULE_WORDS.get(summary['select'], summary['select'])} "
         f"(--select {summary['select']}, judged on dev, never test); features `{summary['features']}`",
+    ]
+    if summary.get("head_residual"):
+        lines.append(
+            "- logits: the dialogue classifier's output + the fine-tuned text head's saved logits "
+            "(--head-residual; epoch 0 = the text head alone, scored on dev)"
+        )
+    lines += [
         "",
     ]
     lines += [f"**WARNING**: {w}" for w in summary["warnings"]] + ([""] if summary["warnings"] else [])
