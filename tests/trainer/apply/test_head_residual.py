@@ -206,10 +206,13 @@ def test_epoch_zero_is_the_head_and_selection_never_falls_below_it(residual_run)
     assert status["best_dev_weighted_f1"] >= rows[0]["dev_weighted_f1"]
     assert json.loads((residual_run / "config.json").read_text())["head_residual"] is True
     from trainer.report.build import report
+    from trainer.report.summary import summarize_run
+    from trainer.report.tables import comparison_table
 
     report([residual_run])
     text = (residual_run / "report.md").read_text()
     assert "--head-residual" in text and "head_residual True" in text
+    assert "| wf1 + head |" in comparison_table([summarize_run(residual_run)])
 
 
 def _write_text_csv(path, utterances):
