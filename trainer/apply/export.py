@@ -142,6 +142,12 @@ def check_dialogue_config(config: object, meta: dict, where: str) -> DialogueMod
             f"{fail}modalities {shown(cfg.modalities)!s:.40} are not letters of tav with "
             "a width each; export the model again"
         )
+    flags = {"causal": cfg.causal, "head_residual": cfg.head_residual}
+    for key, value in flags.items():
+        if type(value) is not bool:
+            raise ModelFolderError(
+                f"{fail}{key} = {shown(value)!s:.40} is not true or false; export the model again"
+            )
     names = meta.get("class_names")
     if not (
         isinstance(names, list) and all(isinstance(c, str) for c in names) and len(set(names)) == len(names)

@@ -307,3 +307,66 @@ def test_the_head_itself_is_kept_when_no_trained_epoch_beats_it_on_dev(extracted
     from trainer.dialogue.selection import selection_text
 
     assert "the text head itself" in selection_text(status)
+
+
+@pytest.mark.parametrize("pooling", ["target", "cls"])
+def test_a_bert_style_head_gives_its_logits_with_the_pooling_it_was_trained_with(tmp_path, pooling):
+    # BERT-style heads (MiniLM's CPU recipe: target pooling into dropout + classifier; cls: the pooler)
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from pipeline.text.embedder import DEFAULT_TEXT_MODEL
+
+    folder = tmp_path / "bert"
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(f"{DEFAULT_TEXT_MODEL}/{name}", folder / name)
+    classes = ["joy", "anger", "neutral"]
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    )
+    config.id2label = dict(enumerate(classes))
+    config.label2id = {c: i for i, c in enumerate(classes)}
+    BertForSequenceClassification(config).save_pretrained(folder)
+    recipe = {"max_length": 32, "pooling": pooling, "context": "full", "label_map": config.label2id}
+    (folder / "m2f_text.json").write_text(json.dumps({"config": recipe}))
+    embedder = TextEmbedder(str(folder))
+    assert embedder.classes == tuple(classes) and embedder.head_pooling == pooling
+    dialogues = group_dialogues(prepare_sample())[:2]
+    vectors, logits = embedder.embed_with_logits(dialogues)
+    tokenizer, model = load_text_model(str(folder), for_classification=3)
+    model.eval()
+    contexts = build_contexts(dialogues, tokenizer, embedder.max_length, embedder.context)
+    for utt_id, ids_list in contexts.items():
+        ids, mask = pad_batch([ids_list], tokenizer.pad_token_id)
+        pool = _pool_mask([ids_list], pooling, embedder.layout, "cpu")
+        with torch.no_grad():
+            direct = full_logits(model, torch.from_numpy(ids), torch.from_numpy(mask), pooling, pool)
+        np.testing.assert_allclose(logits[utt_id], direct[0].numpy(), atol=1e-5)
+    # a folder whose m2f_text.json names a head its weights lack is refused, not given a random head
+    from transformers import BertModel
+
+    headless = tmp_path / "headless"
+    shutil.copytree(folder, headless)
+    for p in headless.glob("*.safetensors"):
+        p.unlink()
+    BertModel(config).save_pretrained(headless)
+    with pytest.raises(ValueError, match="lack"):
+        TextEmbedder(str(headless))
+    assert vectors
+
+
+def test_a_model_folder_with_a_head_residual_that_is_not_a_boolean_is_refused(
+    residual_run, tiny_finetuned, tmp_path
+):
+    from pipeline.testing.model_folders import copy_folder, replace_file, rewrite_checksums
+    from trainer.apply.export import ModelFolderError, export_model, load_model_folder
+
+    model = export_model(residual_run, tmp_path / "model", text_model=str(tiny_finetuned))
+    bad = copy_folder(model, tmp_path / "bad")
+    meta = json.loads((bad / "m2f_model.json").read_text())
+    meta["dialog_model"]["head_residual"] = "yes"
+    replace_file(bad / "m2f_model.json", json.dumps(meta).encode())
+    rewrite_checksums(bad)
+    with pytest.raises(ModelFolderError, match="head_residual"):
+        load_model_folder(bad)
