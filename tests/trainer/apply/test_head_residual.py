@@ -370,3 +370,27 @@ def test_a_model_folder_with_a_head_residual_that_is_not_a_boolean_is_refused(
     rewrite_checksums(bad)
     with pytest.raises(ModelFolderError, match="head_residual"):
         load_model_folder(bad)
+
+
+def test_a_resumed_residual_run_follows_the_uninterrupted_path(extracted, tmp_path):
+    # a run stopped after epoch 2 (its last.pt holds epoch 0's scores as the best so far) and continued
+    _, features = extracted
+    options = dict(modalities="t", head_residual=True, patience=4, checkpoint_seconds=0, lr=2e-3, **SMALL)
+    reference = train_dialogue(
+        DialogueTrainConfig(features=str(features), out=str(tmp_path / "ref"), epochs=4, **options)
+    )
+    out = tmp_path / "resumed"
+    train_dialogue(DialogueTrainConfig(features=str(features), out=str(out), epochs=2, **options))
+    status_file = out / "seed0" / "status.json"
+    status_file.write_text(json.dumps({**json.loads(status_file.read_text()), "state": "training"}))
+    train_dialogue(DialogueTrainConfig(features=str(features), out=str(out), epochs=4, **options))
+    ref_rows, res_rows = read_metrics(reference / "seed0"), read_metrics(out / "seed0")
+    assert [r["epoch"] for r in res_rows] == [0, 1, 2, 3, 4]
+    for a, b in zip(ref_rows, res_rows, strict=True):
+        assert (
+            a["dev_weighted_f1"] == pytest.approx(b["dev_weighted_f1"], abs=1e-9) and a["best"] == b["best"]
+        )
+    ref_status = json.loads((reference / "seed0" / "status.json").read_text())
+    assert json.loads(status_file.read_text())["best_epoch"] == ref_status["best_epoch"]
+    for name in ("predictions_dev.csv", "predictions_test.csv"):
+        assert (reference / "seed0" / name).read_text() == (out / "seed0" / name).read_text()
