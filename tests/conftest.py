@@ -69,6 +69,29 @@ def tiny_roberta(tmp_path_factory) -> Path:
     return make_tiny_roberta(tmp_path_factory.mktemp("tiny_roberta"))
 
 
+@pytest.fixture(scope="session")
+def tiny_finetuned(tmp_path_factory, tiny_roberta) -> Path:
+    """The tiny RoBERTa fine-tuned (one epoch, seconds) on the sample corpus with the past-only context: a
+    real ``finetune_text`` folder with its classification head (MELD's 7 classes) and ``m2f_text.json``
+    (tests/trainer/apply/test_head_residual.py)."""
+    from pipeline.corpora.sample import prepare_sample
+    from pipeline.text.finetune.loop import finetune_text
+    from pipeline.text.finetune.recipe import FinetuneConfig
+
+    config = FinetuneConfig(
+        out=tmp_path_factory.mktemp("tiny_finetuned") / "ft",
+        base_model=str(tiny_roberta),
+        max_length=48,
+        epochs=1,
+        batch_size=8,
+        evals_per_epoch=1,
+        eval_test=False,
+        context="past",
+        threads=1,
+    )
+    return finetune_text(prepare_sample(), config)
+
+
 LIVE_SMALL = {
     "seeds": 1,
     "epochs": 3,

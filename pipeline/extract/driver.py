@@ -33,6 +33,7 @@ from pipeline.extract.stage_text import (
     given_text_model,
     resolve_text_base,
     stage_text_model,
+    text_head_classes,
     text_identity,
 )
 from pipeline.store.cache import config_hash
@@ -98,7 +99,8 @@ def run_extract(
             txt_id = text_identity(text_model) if "text" in opts.modalities else None
         result.encoders, result.text_model = enc_spec, text_model
         enc_id = encoder_identity(enc_spec)
-        config = feature_config(opts, key, media_cfg, enc_id, txt_id)
+        txt_classes = text_head_classes(text_model) if "text" in opts.modalities else None
+        config = feature_config(opts, key, media_cfg, enc_id, txt_id, txt_classes)
         spec = make_embed_spec(opts, media_file, enc_spec, text_model, media_cfg, enc_id, txt_id)
         result.embed_spec = spec
         engine.require_shared([layout.dataset_dir, *embed_inputs(spec)])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.extract.engine import Engine
@@ -22,9 +22,15 @@ def feature_config(
     media_cfg: dict | None,
     encoders_id: str | None,
     text_id: str | None,
+    text_classes: Sequence[str] | None = None,
 ) -> dict:
-    """Every option that changes the numbers of ``features.h5``; its hash names the folder."""
-    return {
+    """Every option that changes the numbers of ``features.h5``; its hash names the folder.
+
+    ``text_classes`` (the text model's head classes) adds ``text_logits``: a file with the head's logits
+    never shares a folder with one made before they were saved (whose config lacks the key), while the
+    key of a text model without a head is unchanged.
+    """
+    config = {
         "dataset": opts.dataset,
         "manifest": manifest_key,
         "splits": list(opts.splits),
@@ -34,6 +40,9 @@ def feature_config(
         "encoders": encoders_id,
         "text_model": text_id,
     }
+    if text_classes is not None:
+        config["text_logits"] = list(text_classes)
+    return config
 
 
 def make_embed_spec(
@@ -84,7 +93,9 @@ def stage_embed(
     """Encoders and text model over the selection -> ``features.h5`` (skip what is written)."""
     path = opts.layout.features_file(config_key)
     problems_log = opts.layout.features_problems(config_key)
-    with FeatureWriter(path, opts.dataset, config) as writer:  # holds the cache lock until the stage ends
+    with FeatureWriter(
+        path, opts.dataset, config, config.get("text_logits")
+    ) as writer:  # holds the cache lock until the stage ends
         write_jsonl(selected, opts.layout.features_manifest(config_key))  # what these features are made of
 
         def write(res: dict) -> None:

@@ -221,3 +221,15 @@ def text_identity(model: str | None) -> str:
     from pipeline.text.embedder import TextEmbedder
 
     return TextEmbedder(model, device="cpu").identity
+
+
+def text_head_classes(model: str | None) -> tuple[str, ...] | None:
+    """The classes of the text model's classification head (a folder fine-tuned by m2f), or None when it
+    has none (the shipped sentence model, a hub id, a plain folder): then no ``text_logits`` are written."""
+    from pipeline.text.embedder import head_classes, resolve_model_source
+
+    source, is_local = resolve_model_source(model)
+    try:
+        return head_classes(source) if is_local else None
+    except ValueError as e:
+        raise ExtractError(str(e)) from e

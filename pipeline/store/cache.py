@@ -31,7 +31,15 @@ import numpy as np
 
 from pipeline import __version__
 from pipeline.store.atomic import commit_tmp, stale_tmps, tmp_path
-from pipeline.store.features import EMB_FIELDS, FEATURE_FIELDS, FLAG_FIELDS, SCHEMA_VERSION, STR_FIELDS
+from pipeline.store.features import (
+    EMB_FIELDS,
+    FEATURE_FIELDS,
+    FLAG_FIELDS,
+    LOGITS_CLASSES,
+    LOGITS_FIELD,
+    SCHEMA_VERSION,
+    STR_FIELDS,
+)
 from pipeline.store.h5rows import append_rows, concat_rows, is_ragged, read_group, write_rows
 from pipeline.store.locks import CacheError, acquire_lock
 
@@ -318,9 +326,16 @@ class FeatureWriter(ShardedWriter):
         Corpus name, stored as a file attribute.
     config : mapping
         Every option that changes the numbers; stored as JSON.
+    text_classes : sequence of str, optional
+        The classes of the text model's head: every batch then carries ``text_logits`` ``(N, C)`` and
+        the merged file names the classes in that dataset's ``classes`` attribute; without it no batch
+        may carry them.
     """
 
-    def __init__(self, path: str | Path, dataset: str, config: Mapping):
+    def __init__(
+        self, path: str | Path, dataset: str, config: Mapping, text_classes: Sequence[str] | None = None
+    ):
+        self.text_classes = None if text_classes is None else tuple(text_classes)
         super().__init__(
             path,
             {
@@ -332,11 +347,19 @@ class FeatureWriter(ShardedWriter):
         )
 
     def append(self, split: str, rows: Mapping[str, Any]) -> Path | None:
-        missing = [k for k in FEATURE_FIELDS if k not in rows]
-        extra = [k for k in rows if k not in FEATURE_FIELDS]
+        fields = FEATURE_FIELDS + ((LOGITS_FIELD,) if self.text_classes is not None else ())
+        missing = [k for k in fields if k not in rows]
+        extra = [k for k in rows if k not in fields]
         if missing or extra:
             raise ValueError(f"feature rows: missing fields {missing}, unknown fields {extra}")
         typed = dict(rows)
+        if self.text_classes is not None:
+            typed[LOGITS_FIELD] = np.asarray(rows[LOGITS_FIELD], dtype=np.float32)
+            if typed[LOGITS_FIELD].shape != (len(rows["utt_id"]), len(self.text_classes)):
+                raise ValueError(
+                    f"{LOGITS_FIELD} must be (N, {len(self.text_classes)}) for the head's classes "
+                    f"{list(self.text_classes)}, got shape {typed[LOGITS_FIELD].shape}"
+                )
         for k in EMB_FIELDS:
             typed[k] = np.asarray(rows[k], dtype=np.float32)
             if typed[k].ndim != 2:
@@ -347,3 +370,14 @@ class FeatureWriter(ShardedWriter):
         for k in STR_FIELDS:
             typed[k] = np.asarray(["" if x is None else str(x) for x in rows[k]], dtype=object)
         return super().append(split, typed)
+
+    def _merge(self, tmp: Path, splits: set[str], order: Mapping[str, Sequence[str]] | None) -> None:
+        super()._merge(tmp, splits, order)
+        if self.text_classes is None:
+            return
+        with h5py.File(tmp, "r+") as f:  # still the temporary file: the rename publishes it whole
+            for split in f:
+                if LOGITS_FIELD in f[split]:
+                    f[split][LOGITS_FIELD].attrs.create(
+                        LOGITS_CLASSES, list(self.text_classes), dtype=h5py.string_dtype("utf-8")
+                    )

@@ -14,6 +14,10 @@ Layout of ``cache/<dataset>/<config-hash>/features.h5``, written by
     /<split>/audio_emb     (N, D_A) float32  zeros where has_audio is False
     /<split>/visual_emb    (N, D_V) float32  [face | scene]; face part zeros where has_face is False
     /<split>/has_text, has_audio, has_visual, has_face   (N,) bool
+    /<split>/text_logits   (N, C) float32  optional: the fine-tuned text model's head logits (same
+                           forward pass as text_emb), zeros where has_text is False; its attribute
+                           ``classes`` names the C head classes in order. Files written by a text model
+                           without a head, or before m2f saved them, have none.
 
 Read a finished file with plain h5py or with :func:`read_split`; :func:`validate_features` lists
 every way a file breaks the schema, one line per problem.
@@ -40,6 +44,8 @@ MODALITY_FIELDS = {m: (f"{m}_emb", f"has_{m}") for m in MODALITIES}
 EMB_FIELDS = tuple(emb for emb, _ in MODALITY_FIELDS.values())
 FLAG_FIELDS = (*(flag for _, flag in MODALITY_FIELDS.values()), "has_face")
 FEATURE_FIELDS = STR_FIELDS + INT_FIELDS + EMB_FIELDS + FLAG_FIELDS
+#: The optional field of a fine-tuned text model's head logits, and its attribute naming the classes.
+LOGITS_FIELD, LOGITS_CLASSES = "text_logits", "classes"
 
 
 @dataclass
@@ -59,6 +65,8 @@ class SplitArrays:
     has_audio: np.ndarray
     has_visual: np.ndarray
     has_face: np.ndarray
+    text_logits: np.ndarray | None = None
+    text_logits_classes: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.utt_id)
@@ -91,7 +99,22 @@ def read_split(path: str | Path, split: str) -> SplitArrays:
         if split not in f:
             raise KeyError(f"{path} has no split {split!r}; it has {sorted(f)}")
         rows = read_group(f[split])
-    return SplitArrays(**{k: rows[k] for k in FEATURE_FIELDS})
+        classes = logits_classes(f[split])
+    return SplitArrays(
+        **{k: rows[k] for k in FEATURE_FIELDS},
+        text_logits=rows.get(LOGITS_FIELD),
+        text_logits_classes=classes,
+    )
+
+
+def logits_classes(group: h5py.Group) -> tuple[str, ...] | None:
+    """The head classes of a split's ``text_logits`` (None when the split has none)."""
+    if LOGITS_FIELD not in group:
+        return None
+    names = group[LOGITS_FIELD].attrs.get(LOGITS_CLASSES)
+    if names is None:
+        return None
+    return tuple(x.decode() if isinstance(x, bytes) else str(x) for x in np.asarray(names).reshape(-1))
 
 
 def validate_features(path: str | Path) -> list[str]:
@@ -176,6 +199,8 @@ def _split_problems(path: Path, split: str, g, widths: dict[str, tuple[int, str]
             f"{at('position', row, ids)}: positions of dialogue {dia[row]!r} do not rise "
             f"({pos[row]} after {pos[row - 1]})"
         )
+    if LOGITS_FIELD in g:
+        problems += _logits_problems(g, n, at, ids)
     for emb, flag in MODALITY_FIELDS.values():
         e, h = g[emb][()], g[flag][()].astype(bool)
         finite = np.isfinite(e).all(axis=1)
@@ -186,3 +211,22 @@ def _split_problems(path: Path, split: str, g, widths: dict[str, tuple[int, str]
         if len(stray):
             problems.append(f"{at(emb, int(stray[0]), ids)}: non-zero rows where {flag} is False")
     return problems
+
+
+def _logits_problems(g, n: int, at, ids) -> list[str]:
+    """Problems of a split's optional ``text_logits`` (see :func:`validate_features`)."""
+    ds = g[LOGITS_FIELD]
+    classes = logits_classes(g)
+    if ds.ndim != 2 or ds.dtype.kind != "f" or ds.shape[0] != n:
+        return [f"{at(LOGITS_FIELD)}: shape {ds.shape}, dtype {ds.dtype}; expected float ({n}, classes)"]
+    if classes is None or len(classes) != ds.shape[1] or len(set(classes)) != len(classes):
+        return [f"{at(LOGITS_FIELD)}: attribute {LOGITS_CLASSES!r} does not name its {ds.shape[1]} classes"]
+    values = ds[()]
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        return [f"{at(LOGITS_FIELD, row, ids)}: not finite (NaN or inf)"]
+    stray = np.flatnonzero(~g["has_text"][()].astype(bool) & (values != 0).any(axis=1))
+    if len(stray):
+        return [f"{at(LOGITS_FIELD, int(stray[0]), ids)}: non-zero rows where has_text is False"]
+    return []

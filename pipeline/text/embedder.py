@@ -90,7 +90,16 @@ def resolve_model_source(model_name_or_path: str | os.PathLike | None) -> tuple[
     return src, False
 
 
-def load_text_model(model_name_or_path: str | os.PathLike | None, *, for_classification: int | None = None):
+class HeadMissingError(ValueError):
+    """A folder whose ``m2f_text.json`` names a classification head that its weights do not hold."""
+
+
+def load_text_model(
+    model_name_or_path: str | os.PathLike | None,
+    *,
+    for_classification: int | None = None,
+    trained_head: bool = False,
+):
     """Load ``(tokenizer, model)`` from a local folder or a hub id.
 
     Parameters
@@ -100,6 +109,9 @@ def load_text_model(model_name_or_path: str | os.PathLike | None, *, for_classif
     for_classification : int or None
         When given, load an ``AutoModelForSequenceClassification`` with this many labels (a new head
         where the checkpoint has none) instead of the bare ``AutoModel``.
+    trained_head : bool
+        With ``for_classification``: the folder must hold that head's weights (a fine-tuned folder);
+        a head that would be made new is refused (``ValueError``) instead.
 
     Raises
     ------
@@ -122,10 +134,17 @@ def load_text_model(model_name_or_path: str | os.PathLike | None, *, for_classif
             if for_classification is None:
                 model = AutoModel.from_pretrained(folder, trust_remote_code=False)
             else:
-                model = AutoModelForSequenceClassification.from_pretrained(
-                    folder, num_labels=for_classification, trust_remote_code=False
+                model, info = AutoModelForSequenceClassification.from_pretrained(
+                    folder, num_labels=for_classification, trust_remote_code=False, output_loading_info=True
                 )
-    except ShippedModelError:
+                if trained_head and (info.get("missing_keys") or info.get("mismatched_keys")):
+                    missing = sorted(info.get("missing_keys") or []) or info["mismatched_keys"]
+                    raise HeadMissingError(
+                        f"{src}: its m2f_text.json names a classification head of {for_classification} "
+                        f"classes, but the weights lack it ({', '.join(map(str, list(missing)[:3]))}); "
+                        "fine-tune the text model again"
+                    )
+    except (ShippedModelError, HeadMissingError):
         raise
     except (OSError, ValueError) as e:
         if is_local:
@@ -160,6 +179,35 @@ def finetuned_settings(folder: str | os.PathLike) -> dict:
         }
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{meta} is not a valid m2f_text.json ({e}); rerun the fine-tuning") from e
+
+
+def head_classes(folder: str | os.PathLike) -> tuple[str, ...] | None:
+    """The class names, in the order of its outputs, of the classification head of a folder written by
+    :func:`pipeline.text.finetune.loop.finetune_text` (its ``m2f_text.json`` ``label_map``); None for a
+    folder without one (the shipped sentence model, a hub model, a plain folder).
+
+    Raises
+    ------
+    ValueError
+        A ``label_map`` that is not names numbered 0..C-1 (the message says to fine-tune again).
+    """
+    meta = Path(folder) / "m2f_text.json"
+    if not meta.is_file():
+        return None
+    try:
+        label_map = json.loads(meta.read_text(encoding="utf-8"))["config"].get("label_map")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"{meta} is not a valid m2f_text.json ({e}); rerun the fine-tuning") from e
+    if not label_map:
+        return None
+    ok = isinstance(label_map, dict) and all(
+        isinstance(k, str) and type(v) is int for k, v in label_map.items()
+    )
+    if not ok or sorted(label_map.values()) != list(range(len(label_map))):
+        raise ValueError(
+            f"{meta}: label_map is not class names numbered 0..{len(label_map) - 1}; rerun the fine-tuning"
+        )
+    return tuple(name for name, _ in sorted(label_map.items(), key=lambda kv: kv[1]))
 
 
 #: Files of a model folder that no loader reads: extract's cache marker (it holds a path), documentation.
@@ -206,6 +254,34 @@ def pool_hidden(hidden, mask, pooling: str):
     raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
 
 
+def base_of(model):
+    """The bare transformer inside a ``*ForSequenceClassification`` model (``model.bert``, ``.roberta``)."""
+    return getattr(model, model.base_model_prefix)
+
+
+def head_logits(model, hidden, mask, pooling: str = "cls", pool_mask=None):
+    """The classification head on the last hidden states ``(B, T, H)``.
+
+    ``cls``: the model's own head (BERT-style: ``pooler`` on the first token, dropout, linear
+    ``classifier``; RoBERTa-style: its head reads the first token), i.e. ``model(ids).logits``.
+    ``mean`` / ``target``: the masked mean of all tokens / of the target's tokens (``pool_mask``)
+    goes where the first token went (BERT-style: straight into dropout + ``classifier``;
+    RoBERTa-style: as the head's only "token").
+    """
+    import torch
+
+    base = base_of(model)
+    bert_style = isinstance(model.classifier, torch.nn.Linear) and getattr(base, "pooler", None) is not None
+    if pooling == "cls":
+        if bert_style:
+            return model.classifier(model.dropout(base.pooler(hidden)))
+        return model.classifier(hidden)
+    pooled = pool_hidden(hidden, mask if pool_mask is None else pool_mask, pooling)
+    if bert_style:
+        return model.classifier(model.dropout(pooled))
+    return model.classifier(pooled[:, None, :])
+
+
 class TextEmbedder:
     """Utterance embeddings from a (fine-tuned) transformer over the context input.
 
@@ -236,6 +312,11 @@ class TextEmbedder:
         id), pooling, max length and context format.
     dim : int
         Embedding size (the model's hidden size).
+    classes : tuple of str or None
+        The class names of the folder's classification head in the order of its outputs (a folder
+        written by ``finetune_text``; :func:`head_classes`), or None for a model without one. With a
+        head, :meth:`embed_with_logits` also gives the head's logits, from the same forward pass, with
+        the pooling the head was trained with.
     """
 
     def __init__(
@@ -257,11 +338,22 @@ class TextEmbedder:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         source, is_local = resolve_model_source(model_name_or_path)
         self.source = source
-        self.tokenizer, model = load_text_model(source)
+        self.classes = head_classes(source) if is_local else None
+        if self.classes is None:
+            self.tokenizer, model = load_text_model(source)
+            encoder = model
+        else:  # the whole classifier: its body embeds, its head gives the logits of the same pass
+            self.tokenizer, model = load_text_model(
+                source, for_classification=len(self.classes), trained_head=True
+            )
+            encoder = base_of(model)
         self.layout = special_layout(self.tokenizer)
         self.model = model.eval().to(torch.device(device))
+        self.encoder = encoder
         self.device = device
         trained = finetuned_settings(source) if is_local else {}
+        #: the pooling the head was trained with (the embedding's may be overridden by ``pooling``)
+        self.head_pooling = trained.get("pooling", "cls")
         max_length = max_length or trained.get("max_length", 128)
         pooling = pooling or trained.get("pooling", "cls")
         if context is not None and "context" in trained and context != trained["context"]:
@@ -292,10 +384,19 @@ class TextEmbedder:
 
         One forward pass serves every pooling in ``poolings`` (default: this embedder's pooling).
         """
+        return self.embed_ids_with_logits(contexts, poolings, logits=False)[0]
+
+    def embed_ids_with_logits(
+        self, contexts: Sequence[Sequence[int]], poolings: Sequence[str] | None = None, logits: bool = True
+    ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """:meth:`embed_ids` and, for a model with a head (:attr:`classes`) when ``logits``, the head's
+        logits ``(N, C)`` float32 computed on the same last hidden states (None otherwise)."""
         import torch
 
         poolings = tuple(poolings or (self.pooling,))
         out = {p: np.zeros((len(contexts), self.dim), dtype=np.float32) for p in poolings}
+        with_logits = logits and self.classes is not None
+        scores = np.zeros((len(contexts), len(self.classes or ())), dtype=np.float32) if with_logits else None
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         with torch.inference_mode():
             for batch in length_sorted_batches([len(c) for c in contexts], self.batch_size):
@@ -303,17 +404,38 @@ class TextEmbedder:
                 ids, mask = pad_batch(seqs, pad_id)
                 ids_t = torch.from_numpy(ids).to(self.model.device)
                 mask_t = torch.from_numpy(mask).to(self.model.device)
-                hidden = self.model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+                hidden = self.encoder(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+
+                masks = dict.fromkeys((*poolings, self.head_pooling), mask_t)
+                if "target" in masks:
+                    target = target_mask_batch(seqs, self.layout, ids.shape[1])
+                    masks["target"] = torch.from_numpy(target).to(hidden.device)
                 for p in poolings:
-                    pmask = mask_t
-                    if p == "target":
-                        pmask = torch.from_numpy(target_mask_batch(seqs, self.layout, ids.shape[1]))
-                    out[p][batch] = pool_hidden(hidden, pmask.to(hidden.device), p).float().cpu().numpy()
-        return out
+                    out[p][batch] = pool_hidden(hidden, masks[p], p).float().cpu().numpy()
+                if scores is not None:
+                    head = head_logits(
+                        self.model, hidden, mask_t, self.head_pooling, masks[self.head_pooling]
+                    )
+                    scores[batch] = head.reshape(len(batch), -1).float().cpu().numpy()
+        return out, scores
 
     def embed(self, dialogues: Sequence[Dialogue]) -> dict[str, np.ndarray]:
         """Embed every utterance of ``dialogues`` with its context: ``utt_id -> (dim,) float32``."""
         return self.embed_poolings(dialogues, (self.pooling,))[self.pooling]
+
+    def embed_with_logits(
+        self, dialogues: Sequence[Dialogue]
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """:meth:`embed` and the head's logits per utterance (``utt_id -> (C,)``; empty without a head),
+        both from one forward pass."""
+        contexts = build_contexts(dialogues, self.tokenizer, self.max_length, self.context)
+        keys = list(contexts)
+        vectors, scores = self.embed_ids_with_logits([contexts[k] for k in keys])
+        emb = vectors[self.pooling]
+        return (
+            {k: emb[i] for i, k in enumerate(keys)},
+            {} if scores is None else {k: scores[i] for i, k in enumerate(keys)},
+        )
 
     def embed_poolings(
         self, dialogues: Sequence[Dialogue], poolings: Sequence[str] = POOLINGS
@@ -332,6 +454,12 @@ class TextEmbedder:
         gives that utterance in the finished dialogue too; with ``full`` the next utterance is not
         known yet, so it may differ from the finished dialogue's.
         """
+        return self.embed_last_with_logits(dialogue, logits=False)[0]
+
+    def embed_last_with_logits(
+        self, dialogue: Dialogue, logits: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """:meth:`embed_last` and the head's logits ``(C,)`` of the same pass (None without a head)."""
         if not dialogue.utterances:
             raise ValueError("an empty dialogue has no last utterance")
         if self.context == "none":
@@ -346,7 +474,8 @@ class TextEmbedder:
             ids = assemble_context(
                 toks, len(toks) - 1, self.layout, self.max_length, future=self.context == "full"
             )
-        return self.embed_ids([ids])[self.pooling][0]
+        vectors, scores = self.embed_ids_with_logits([ids], logits=logits)
+        return vectors[self.pooling][0], None if scores is None else scores[0]
 
     def describe(self) -> dict:
         """JSON-able description for a run's saved config."""
@@ -358,6 +487,7 @@ class TextEmbedder:
             "max_length": self.max_length,
             "batch_size": self.batch_size,
             "context": self.context,
+            "head_classes": None if self.classes is None else list(self.classes),
         }
 
     def __repr__(self) -> str:

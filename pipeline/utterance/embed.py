@@ -207,16 +207,34 @@ def text_embeddings(embedder, utterances: Sequence[Utterance]) -> tuple[np.ndarr
     Returns ``(emb (N, D_T), has_text (N,))``; an utterance the embedder returns nothing for, or with
     empty text, gets zeros and False.
     """
-    vecs = embedder.embed(group_dialogues(utterances))
+    emb, has, _ = text_features(embedder, utterances, logits=False)
+    return emb, has
+
+
+def text_features(
+    embedder, utterances: Sequence[Utterance], logits: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`text_embeddings` plus, for a text model with a classification head (``embedder.classes``)
+    when ``logits``, the head's logits ``(N, C)`` from the same forward pass (zeros where ``has_text`` is
+    False); None without a head."""
+    classes = getattr(embedder, "classes", None) if logits else None
+    dialogues = group_dialogues(utterances)
+    if classes is None:
+        vecs, scores = embedder.embed(dialogues), {}
+    else:
+        vecs, scores = embedder.embed_with_logits(dialogues)
     dim = int(embedder.dim)
     emb = np.zeros((len(utterances), dim), np.float32)
+    head = None if classes is None else np.zeros((len(utterances), len(classes)), np.float32)
     has = np.zeros(len(utterances), dtype=bool)
     for i, u in enumerate(utterances):
         v = vecs.get(u.id)
         if v is not None and u.text.strip():
             emb[i] = np.asarray(v, np.float32)
             has[i] = True
-    return emb, has
+            if head is not None:
+                head[i] = np.asarray(scores[u.id], np.float32)
+    return emb, has, head
 
 
 def feature_rows(
@@ -224,8 +242,13 @@ def feature_rows(
     text: tuple[np.ndarray, np.ndarray] | None,
     audio: tuple[np.ndarray, np.ndarray] | None,
     visual: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    text_logits: np.ndarray | None = None,
 ) -> dict[str, object]:
-    """Assemble the ``features.h5`` row batch; ``None`` for a modality that was not requested."""
+    """Assemble the ``features.h5`` row batch; ``None`` for a modality that was not requested.
+
+    ``text_logits``: the text model's head logits ``(N, C)`` (a fine-tuned text model), stored as the
+    optional ``text_logits`` field; None writes no such field.
+    """
     n = len(utterances)
     none2 = (np.zeros((n, 0), np.float32), np.zeros(n, bool))
     text_emb, has_text = text if text is not None else none2
@@ -245,4 +268,4 @@ def feature_rows(
         "has_audio": has_audio,
         "has_visual": has_visual,
         "has_face": has_face,
-    }
+    } | ({} if text_logits is None else {"text_logits": text_logits})

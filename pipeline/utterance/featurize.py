@@ -6,7 +6,8 @@ Two steps, each a function that every caller shares:
    frames, MTCNN faces, crops, area weights) into a media row. ``m2f extract`` stores these rows in
    ``media.h5`` (its encoders train on them); the :class:`Featurizer` keeps them in memory.
 2. **embed**: :func:`embed_utterances` turns media rows and the text (with its dialogue context) into
-   the rows of ``features.h5`` (:func:`pipeline.utterance.embed.feature_rows`). The dask embed task
+   the rows of ``features.h5`` (:func:`pipeline.utterance.embed.feature_rows`); a fine-tuned text model's
+   classification head gives its logits from the same forward pass (``text_logits``). The dask embed task
    calls it on rows read back from ``media.h5``; the :class:`Featurizer` on the rows it just decoded.
    So a model applied to a new conversation sees exactly the features ``m2f extract`` would have
    written.
@@ -40,7 +41,7 @@ from pipeline.utterance.embed import (
     StageClock,
     encode_waveforms,
     feature_rows,
-    text_embeddings,
+    text_features,
     visual_embeddings,
 )
 
@@ -112,19 +113,25 @@ def embed_utterances(
     problems = problems if problems is not None else []
     text = audio = visual = None
     n = len(utterances)
+    text_logits = None
     if "text" in models.modalities:
         source = models.text_source or "the default text model"
         text_model = _needed(models.text, "a text model")
+        dim = int(text_model.dim)
+        classes = getattr(text_model, "classes", None)
 
         def text_part(idx: list[int]) -> tuple:
-            return text_embeddings(text_model, [utterances[i] for i in idx])
+            emb, has, head = text_features(text_model, [utterances[i] for i in idx])
+            # a head's logits ride beside the embedding (one row, one forward pass): the isolation and
+            # finiteness checks below then treat them as one, and both are zeros where has_text is False
+            return (emb if head is None else np.concatenate([emb, head], axis=1)), has
 
         text = clock.timed(
             "text",
             isolated_embeddings,
             text_part,
             n,
-            int(text_model.dim),
+            dim + (len(classes) if classes is not None else 0),
             1,
             group_indices(utterances),
             problems,
@@ -133,6 +140,9 @@ def embed_utterances(
             source,
         )
         text = finite_or_missing(text, utterances, "text", source, problems)
+        if classes is not None:
+            text_logits = np.ascontiguousarray(text[0][:, dim:])
+            text = (np.ascontiguousarray(text[0][:, :dim]), *text[1:])
     singles = [[i] for i in range(n)]
     if "audio" in models.modalities:
         encs, rows = _needed(models.encoders, "an encoder set"), _needed(media, "media rows")
@@ -184,7 +194,7 @@ def embed_utterances(
         visual = finite_or_missing(visual, utterances, "visual", models.encoders_source, problems)
     if "mel" in clock.seconds:  # the encoders' time excludes the log-mel measured inside it
         clock.seconds["encoders"] -= clock.seconds["mel"]
-    return feature_rows(utterances, text, audio, visual)
+    return feature_rows(utterances, text, audio, visual, text_logits)
 
 
 def media_problem(u: Utterance, line: str) -> dict:

@@ -9,7 +9,8 @@ Layout of ``MODEL_DIR``::
     encoders/<kind>.safetensors     audio, face, scene encoders (only when the model reads audio/visual)
     encoders/<kind>.json            their config (input contract) and training notes
     text_model/                     the text model folder: safetensors weights, tokenizer, m2f_text.json
-                                    (only when the model reads text)
+                                    (only when the model reads text; with its classification head when
+                                    the dialogue model adds the head's logits, ``--head-residual``)
     checksums.json                  sha256 of every other file
 
 Loading (:func:`load_model_folder`) never unpickles and never runs code from the folder: it is verified
@@ -141,6 +142,12 @@ def check_dialogue_config(config: object, meta: dict, where: str) -> DialogueMod
             f"{fail}modalities {shown(cfg.modalities)!s:.40} are not letters of tav with "
             "a width each; export the model again"
         )
+    flags = {"causal": cfg.causal, "head_residual": cfg.head_residual}
+    for key, value in flags.items():
+        if type(value) is not bool:
+            raise ModelFolderError(
+                f"{fail}{key} = {shown(value)!s:.40} is not true or false; export the model again"
+            )
     names = meta.get("class_names")
     if not (
         isinstance(names, list) and all(isinstance(c, str) for c in names) and len(set(names)) == len(names)
@@ -287,6 +294,8 @@ def load_model_folder(folder: str | Path, device: str = "cpu") -> ExportedModel:
         if not isinstance(meta.get("features"), dict):
             raise ModelFolderError(f"{where}: no features settings; export the model again")
         cfg = check_dialogue_config(meta.get("dialog_model"), meta, where)
+        if cfg.head_residual:
+            residual_classes(copy / TEXT_DIR, list(meta["class_names"]), shown(origin / TEXT_DIR))
         n_members = ensemble_size(meta.get("ensemble"), where)
         state = load_weights(copy / DIALOGUE_WEIGHTS, origin / DIALOGUE_WEIGHTS)
         model: DialogueModel | DialogueEnsemble
@@ -307,6 +316,25 @@ def load_model_folder(folder: str | Path, device: str = "cpu") -> ExportedModel:
         shutil.rmtree(copy, ignore_errors=True)
         raise
     return ExportedModel(copy, meta, model.eval().to(device), list(meta["class_names"]), origin, digest)
+
+
+def residual_classes(text_folder: Path, class_names: list[str], where: str) -> tuple[str, ...]:
+    """The head classes of the text model a ``--head-residual`` dialogue model adds the logits of; a folder
+    without that head, or with other classes, is a one-line :class:`ModelFolderError`."""
+    from pipeline.text.embedder import head_classes
+    from trainer.dialogue.data import FeaturesError, head_order
+
+    try:
+        classes = head_classes(text_folder) if text_folder.is_dir() else None
+        if classes is None:
+            raise FeaturesError(f"{where} holds no text model with a classification head")
+        head_order(classes, class_names, where)
+    except ValueError as e:
+        raise ModelFolderError(
+            f"the dialogue model adds the text head's logits (--head-residual), but {shown(e)}; "
+            "export the model again"
+        ) from None
+    return classes
 
 
 def ensemble_size(ensemble: object, where: str) -> int:
@@ -559,6 +587,12 @@ def model_card(meta: dict) -> str:
         ("classes", ", ".join(meta["class_names"])),
         ("modalities", ", ".join(mods) + f" ({meta['dialog_model']['fusion']} fusion)"),
         ("context", context_text(meta["dialog_model"])),
+        (
+            "logits",
+            "the dialogue classifier's output + the text model's own head logits (`--head-residual`)"
+            if meta["dialog_model"].get("head_residual")
+            else "the dialogue classifier's output",
+        ),
         ("dev weighted F1", pct("dev")),
         ("test weighted F1", pct("test")),
         (
@@ -730,6 +764,15 @@ def export_model(
             export_text_model(source, tmp / TEXT_DIR)
             text_identity = check_text_identity(feature_config["text_model"], tmp / TEXT_DIR)
             files.append("text_model")
+        head_classes = None
+        if model.config.head_residual:  # the exported text model must give the logits it was trained on
+            head_classes = residual_classes(tmp / TEXT_DIR, list(class_names), str(source))
+            if list(head_classes) != list(feature_config.get("text_logits") or []):
+                raise ModelFolderError(
+                    f"{source}: its head's classes {list(head_classes)} are not those of the logits "
+                    f"{feature_config.get('text_logits')} in {features}; pass the text model the "
+                    "features were made with (--text-model)"
+                )
         status = _read_json(seed_dir / "status.json")
         metrics = {"dev": _metric(summary, "dev"), "test": _metric(summary, "test")}
         if members:
@@ -755,6 +798,8 @@ def export_model(
             "dialog_model": model.config.to_dict(),
             "features": {k: feature_config.get(k) for k in ("modalities", "media", "encoders", "text_model")},
             "text_identity": text_identity,
+            # --head-residual: the text head's classes, whose logits the dialogue model adds (by name)
+            "text_head_classes": None if head_classes is None else list(head_classes),
             # live use (trainer/apply/live.py): causal = every prediction depends on the past only
             "live": {
                 "causal": causal,

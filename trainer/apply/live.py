@@ -138,6 +138,16 @@ class LiveModel:
             from pipeline.text.embedder import TextEmbedder
 
             self.text = TextEmbedder(str(exported.text_model), device=device)
+        #: ``--head-residual``: the text head's logit column of each class (None: the model adds none)
+        self.residual_order = None
+        if exported.model.config.head_residual:
+            from trainer.dialogue.data import FeaturesError, head_order
+
+            classes = None if self.text is None else self.text.classes
+            try:
+                self.residual_order = head_order(classes, self.class_names, exported.shown_name("text_model"))
+            except FeaturesError as e:
+                raise LiveError(str(e)) from None
         media = tuple(m for m in self.modalities if m != "text")
         self.featurizer = None
         if media:  # the same featurizer m2f predict builds, for the media modalities (text: embed_last)
@@ -175,16 +185,28 @@ class LiveModel:
     # -- one utterance ---------------------------------------------------------------------------------
     def features(self, utterances: list[Utterance]) -> tuple[dict, dict, list[str]]:
         """Features of the last of ``utterances`` (the conversation so far): ``(letter -> vector,
-        letter -> present, problems)``."""
+        letter -> present, problems)``; with ``--head-residual`` the vectors also hold ``"residual"``, the
+        text head's logits in the class order (zeros where the text is missing, as extraction writes)."""
         new = utterances[-1]
         vectors, present, problems = {}, {}, []
         if self.text is not None:
             has = bool(new.text.strip())
             dialogue = Dialogue(CORPUS, SPLIT, new.dialogue_id, tuple(utterances))
-            vectors["t"] = self.text.embed_last(dialogue) if has else np.zeros(self.text.dim, np.float32)
+            logits = None
+            if has:  # one forward pass: the embedding and, with a head, its logits
+                vectors["t"], logits = self.text.embed_last_with_logits(
+                    dialogue, self.residual_order is not None
+                )
+            else:
+                vectors["t"] = np.zeros(self.text.dim, np.float32)
             present["t"] = has and bool(np.isfinite(vectors["t"]).all())
+            if logits is not None:
+                present["t"] = present["t"] and bool(np.isfinite(logits).all())
             if not present["t"]:
                 vectors["t"] = np.zeros(self.text.dim, np.float32)
+            if self.residual_order is not None:
+                head = logits if present["t"] and logits is not None else np.zeros(len(self.class_names))
+                vectors["residual"] = np.asarray(head, np.float32)[self.residual_order]
         if self.featurizer is not None:
             rows, found = self.featurizer.featurize([new])
             problems += [p["problem"] for p in found]
@@ -203,8 +225,11 @@ class LiveModel:
         present = {m: torch.tensor(conversation.present[m])[None].to(self.device) for m in self.letters}
         mask = torch.ones(1, n, dtype=torch.bool, device=self.device)
         speakers = torch.tensor([conversation.speaker_ids], dtype=torch.long, device=self.device)
+        residual = None
+        if self.residual_order is not None:
+            residual = torch.from_numpy(np.stack(conversation.residual))[None].to(self.device)
         with torch.inference_mode():
-            logits = self.model(features, present, mask, speakers)
+            logits = self.model(features, present, mask, speakers, residual)
         return torch.softmax(logits.float(), dim=-1)[0].cpu().numpy()
 
 
@@ -219,6 +244,7 @@ class Conversation:
         self.vectors: dict[str, list[np.ndarray]] = {m: [] for m in model.letters}
         self.present: dict[str, list[bool]] = {m: [] for m in model.letters}
         self.speaker_ids: list[int] = []
+        self.residual: list[np.ndarray] = []  # --head-residual: the text head's logits per utterance
         self._speakers: dict[str, int] = {}
         self.last_used = time.monotonic()
 
@@ -268,6 +294,8 @@ class Conversation:
             for m in self.model.letters:
                 self.vectors[m].append(vectors[m])
                 self.present[m].append(present[m])
+            if "residual" in vectors:
+                self.residual.append(vectors["residual"])
             name = utt.speaker.strip()
             self.speaker_ids.append(
                 self._speakers.setdefault(name, len(self._speakers)) if name else NO_SPEAKER

@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -247,7 +248,7 @@ def _worker_featurize(utterances: list[Utterance]) -> tuple[dict, list[dict]]:
 def featurize(spec: FeaturizerSpec, utterances: Sequence[Utterance], workers: int = 0):
     """Feature rows of every utterance (dialogue by dialogue, in input order): ``(SplitArrays, problems)``."""
     from pipeline.manifest import group_dialogues
-    from pipeline.store.features import FEATURE_FIELDS, SplitArrays
+    from pipeline.store.features import FEATURE_FIELDS, LOGITS_FIELD, SplitArrays
 
     dialogues = [list(d.utterances) for d in group_dialogues(utterances)]
     if workers <= 0:
@@ -264,7 +265,7 @@ def featurize(spec: FeaturizerSpec, utterances: Sequence[Utterance], workers: in
             initargs=(spec,),
         ) as pool:
             parts = list(pool.map(_worker_featurize, dialogues))
-    columns = {}
+    columns: dict[str, Any] = {}
     for k in FEATURE_FIELDS:
         values = [part[0][k] for part in parts]
         columns[k] = (
@@ -272,17 +273,27 @@ def featurize(spec: FeaturizerSpec, utterances: Sequence[Utterance], workers: in
             if isinstance(values[0], np.ndarray)
             else np.array([x for v in values for x in v], dtype=object)
         )
-    return SplitArrays(**columns), [p for part in parts for p in part[1]]
+    arrays = SplitArrays(**columns)
+    if parts and LOGITS_FIELD in parts[0][0]:  # a text model with a head: its logits, as extract saves them
+        from pipeline.text.embedder import head_classes
+
+        arrays.text_logits = np.concatenate([part[0][LOGITS_FIELD] for part in parts])
+        arrays.text_logits_classes = head_classes(spec.text_model) if spec.text_model else None
+    return arrays, [p for part in parts for p in part[1]]
 
 
 def conversation_tensors(model: ExportedModel, arrays, modalities: tuple[str, ...]):
     """The featurized rows as a :class:`~trainer.dialogue.data.DialogueSplit` with every modality the model
     reads;
     one that was not extracted is all missing (the model's learned vector)."""
-    from trainer.dialogue.data import split_from_arrays
+    from trainer.dialogue.data import FeaturesError, split_from_arrays
 
     letters = "".join(LETTER[m] for m in modalities)
-    split = split_from_arrays(arrays, PREDICT_SPLIT, model.class_names, letters, where="the input")
+    residual = bool(model.model.config.head_residual)  # the text head's logits, mapped by class name
+    try:
+        split = split_from_arrays(arrays, PREDICT_SPLIT, model.class_names, letters, "the input", residual)
+    except FeaturesError as e:
+        raise ModelFolderError(f"{model.shown_name('.')}: {e}") from None
     shape = split.mask.shape
     for m in model.modalities:
         if m not in split.features:

@@ -11,6 +11,7 @@ from pipeline.names import DEVICES as EXTRACT_DEVICES
 from trainer.dialogue.data import (
     CLASS_MAP_CHOICES,
     default_layers,
+    head_order,
     inspect_features,
     normalize_modalities,
     preset_for_dataset,
@@ -35,7 +36,7 @@ DEFAULT_AVERAGE_LAST = 5
 
 #: Options a run folder written before they existed lacks in its ``config.json``, with the value such a run
 #: had: resuming it with these values is resuming the same run.
-OLDER_RUN_VALUES = {"select": "wf1", "average_last": None}
+OLDER_RUN_VALUES = {"select": "wf1", "average_last": None, "head_residual": False}
 
 #: Options that may differ between a killed run and its resumption.
 RESUME_FREE_KEYS = (
@@ -95,6 +96,11 @@ class DialogueTrainConfig:
         Attention biases by relative distance and by same/other speaker.
     causal : bool
         Each utterance attends only to itself and earlier ones.
+    head_residual : bool
+        Final logits = the classifier's output + the fine-tuned text head's logits saved in the features
+        file (``text_logits``, mapped to the class map by name); the classifier's last layer starts at
+        zero, and the untrained model (the head itself) is scored on dev as epoch 0, which selection may
+        keep (``wf1``, ``loss``).
     class_map : str or None
         Which labels count; None: the file's dataset.
     compile : bool
@@ -190,6 +196,15 @@ class DialogueTrainConfig:
             "predictions never use later utterances."
         ),
     )
+    head_residual: bool = field(
+        default=False,
+        metadata=_option(
+            "Final logits = the dialogue classifier's output + the fine-tuned text head's logits saved by "
+            "m2f extract (text_logits); the classifier's last layer starts at zero, so the untrained model "
+            "predicts what the text head predicts, and it is scored on dev as epoch 0, which "
+            "--select wf1/loss may keep. Needs text and a features file made with a fine-tuned text model."
+        ),
+    )
     class_map: str | None = field(
         default=None,
         metadata=_option(
@@ -241,6 +256,7 @@ class ResolvedConfig:
             positions=t.positions,
             speakers=t.speakers,
             causal=t.causal,
+            head_residual=t.head_residual,
         )
 
     def to_dict(self) -> dict:
@@ -287,6 +303,13 @@ def resolve_config(config: DialogueTrainConfig) -> ResolvedConfig:
         raise ValueError(f"--class-map {preset!r}: choose one of {CLASS_MAP_CHOICES}")
     train_labels = _train_labels(info.path) if preset == "custom" else []
     names = resolve_class_names(preset, train_labels)
+    if config.head_residual:
+        if "t" not in config.modalities:
+            raise ValueError(
+                f"--head-residual adds the text head's logits, and --modalities {config.modalities} has no "
+                "text; add t or drop --head-residual"
+            )
+        head_order(info.text_logits_classes, names, str(info.path))  # one line when it cannot
     resolved = ResolvedConfig(
         train=config,
         dataset=info.dataset,

@@ -11,6 +11,9 @@ moved to the training device once, and batched by indexing. Three masks travel w
 ``labels``    (n_dialogues, L) int64: class index, or :data:`IGNORE` for padding and for utterances
               whose raw label is outside the class map (IEMOCAP ``xxx``, ``sur``, ...). Those
               utterances stay in the dialogue as context but count in neither loss nor metrics.
+``residual``  (n_dialogues, L, n_classes) float32, only for ``m2f train-dialog --head-residual``: the
+              fine-tuned text model's head logits saved at extraction (``text_logits``), their classes
+              put in the class map's order by name (:func:`head_order`).
 ``speakers``  (n_dialogues, L) int64: the speaker within the dialogue, numbered by first appearance
               (0, 1, ...); :data:`~trainer.dialogue.model.NO_SPEAKER` for padding and an empty speaker name.
               Only same-or-other counts (``m2f train-dialog --speakers same-other``), never the name.
@@ -33,7 +36,14 @@ import torch
 
 from pipeline.corpora.base import CLASS_MAPS, IEMOCAP_CLASSES, MELD_CLASSES  # noqa: F401  (re-exported)
 from pipeline.names import DATASETS, MODALITY_OF_LETTER, modality_letters, parse_modalities
-from pipeline.store.features import MODALITY_FIELDS, list_splits, read_attrs, read_split, validate_features
+from pipeline.store.features import (
+    MODALITY_FIELDS,
+    list_splits,
+    logits_classes,
+    read_attrs,
+    read_split,
+    validate_features,
+)
 from trainer.dialogue.model import NO_SPEAKER
 
 #: Label index of padding and of utterances outside the class map (``ignore_index`` of the loss).
@@ -132,6 +142,7 @@ class DialogueSplit:
     raw_label: np.ndarray
     flat_index: np.ndarray
     excluded: dict[str, int] = field(default_factory=dict)
+    residual: torch.Tensor | None = None
 
     @property
     def n_dialogues(self) -> int:
@@ -160,6 +171,7 @@ class DialogueSplit:
             raw_label=self.raw_label,
             flat_index=self.flat_index,
             excluded=dict(self.excluded),
+            residual=None if self.residual is None else self.residual.to(device),
         )
 
     def batch(self, index: torch.Tensor, max_len: int | None = None) -> dict[str, Any]:
@@ -171,6 +183,7 @@ class DialogueSplit:
             "mask": self.mask[index, :length],
             "labels": self.labels[index, :length],
             "speakers": self.speakers[index, :length],
+            "residual": None if self.residual is None else self.residual[index, :length],
         }
 
 
@@ -203,8 +216,37 @@ def speaker_indices(speaker: np.ndarray, blocks: Sequence[tuple[int, int]]) -> n
     return out
 
 
+def head_order(head_classes: Sequence[str] | None, class_names: Sequence[str], where: str) -> np.ndarray:
+    """Column of the text head's logits for each class of the class map, matched by name.
+
+    Raises
+    ------
+    FeaturesError
+        One line: ``where`` has no head logits (re-extract with a fine-tuned text folder), or the head's
+        classes are not the class map's.
+    """
+    if head_classes is None:
+        raise FeaturesError(
+            f"{where} holds no text_logits (the fine-tuned text head's logits), which --head-residual adds; "
+            "re-extract it with a fine-tuned text folder (m2f extract fine-tunes one by default; a "
+            "--text-model folder written by the fine-tuning works too), or drop --head-residual"
+        )
+    if sorted(head_classes) != sorted(class_names) or len(set(head_classes)) != len(head_classes):
+        raise FeaturesError(
+            f"{where}: the text head's classes {list(head_classes)} are not the class map's "
+            f"{list(class_names)}; --head-residual needs a text model fine-tuned on these classes "
+            "(choose the matching --class-map, or drop --head-residual)"
+        )
+    where_of = {name: i for i, name in enumerate(head_classes)}
+    return np.array([where_of[name] for name in class_names], dtype=np.int64)
+
+
 def load_split(
-    path: str | Path, split: str, class_names: Sequence[str], modalities: str = "tav"
+    path: str | Path,
+    split: str,
+    class_names: Sequence[str],
+    modalities: str = "tav",
+    head_residual: bool = False,
 ) -> DialogueSplit:
     """Load a split of a features.h5 as padded dialogue tensors (on the CPU).
 
@@ -218,6 +260,8 @@ def load_split(
         The class map; other raw labels become :data:`IGNORE`.
     modalities : str
         Which of ``t``, ``a``, ``v`` to load.
+    head_residual : bool
+        Also load the text head's logits as ``residual`` (in the class map's order).
 
     Raises
     ------
@@ -226,11 +270,18 @@ def load_split(
     ValueError
         If a dialogue is not one contiguous block (the file breaks the cache format).
     """
-    return split_from_arrays(read_split(path, split), split, class_names, modalities, where=f"{path}/{split}")
+    return split_from_arrays(
+        read_split(path, split), split, class_names, modalities, f"{path}/{split}", head_residual
+    )
 
 
 def split_from_arrays(
-    arrays, split: str, class_names: Sequence[str], modalities: str = "tav", where: str = "the features"
+    arrays,
+    split: str,
+    class_names: Sequence[str],
+    modalities: str = "tav",
+    where: str = "the features",
+    head_residual: bool = False,
 ) -> DialogueSplit:
     """:func:`load_split` of rows already in memory (a :class:`pipeline.store.features.SplitArrays`, e.g. the
     rows ``m2f predict`` just featurized), in the same row order rules."""
@@ -257,6 +308,10 @@ def split_from_arrays(
         emb_name, flag_name = MODALITY_FIELDS[MODALITY_OF_LETTER[m]]
         features[m] = scatter(np.asarray(getattr(arrays, emb_name), dtype=np.float32), 0.0)
         present[m] = scatter(np.asarray(getattr(arrays, flag_name), dtype=bool), False)
+    residual = None
+    if head_residual:
+        order = head_order(getattr(arrays, "text_logits_classes", None), class_names, where)
+        residual = scatter(np.asarray(arrays.text_logits, dtype=np.float32)[:, order], 0.0)
     excluded = Counter(str(x) for x, y in zip(arrays.label, labels, strict=True) if y == IGNORE)
     return DialogueSplit(
         name=split,
@@ -270,6 +325,7 @@ def split_from_arrays(
         raw_label=np.asarray(arrays.label, dtype=object),
         flat_index=flat_index,
         excluded=dict(excluded),
+        residual=residual,
     )
 
 
@@ -281,6 +337,8 @@ class FeatureFileInfo:
     dataset: str
     splits: tuple[str, ...]
     dims: dict[str, int]
+    #: the classes of the saved text head logits (``text_logits``), None when the file has none
+    text_logits_classes: tuple[str, ...] | None = None
 
 
 def check_features(path: str | Path) -> None:
@@ -330,8 +388,14 @@ def inspect_features(path: str | Path) -> FeatureFileInfo:
     with h5py.File(path, "r") as f:
         train = f["train"]
         dims = {x: int(train[MODALITY_FIELDS[m][0]].shape[1]) for x, m in MODALITY_OF_LETTER.items()}
+        per_split = {logits_classes(f[s]) for s in splits}
     return FeatureFileInfo(
-        path=str(path), dataset=str(attrs.get("dataset", "custom")), splits=splits, dims=dims
+        path=str(path),
+        dataset=str(attrs.get("dataset", "custom")),
+        splits=splits,
+        dims=dims,
+        # every split has the same head logits, or the file counts as having none
+        text_logits_classes=per_split.pop() if len(per_split) == 1 else None,
     )
 
 

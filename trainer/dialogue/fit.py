@@ -117,6 +117,7 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
             best_dev_loss=state.best_loss if math.isfinite(state.best_loss) else None,
             select=t.select,
             **({"average_last": t.average_last} if t.select == "average" else {}),
+            **({"head_residual": True} if t.head_residual else {}),
             **extra,
         )
 
@@ -124,6 +125,8 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
 
     from tqdm.auto import tqdm
 
+    if t.head_residual and state.epoch == 0:  # a fresh start (a resume from last.pt has epoch >= 1)
+        score_epoch_zero(run_dir, model, splits["dev"], resolved, state)
     bar = tqdm(total=t.epochs, initial=state.epoch, desc=f"seed {seed}", disable=not t.progress, leave=False)
     last_saved = time.perf_counter()
     saved_epoch = state.epoch  # the epoch last.pt holds
@@ -160,17 +163,7 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
             save_model(run_dir / "best.pt", model, resolved.class_names, state.epoch)
         if t.select == "average":
             keep_in_window(run_dir, model, resolved.class_names, state.epoch, t.average_last or 1)
-        row = {
-            "epoch": state.epoch,
-            "train_loss": train_loss,
-            "dev_loss": dev["loss"],
-            "dev_weighted_f1": dev["weighted_f1"],
-            "dev_accuracy": dev["accuracy"],
-            "best": selected,
-            "seconds": round(time.perf_counter() - started, 4),
-        }
-        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        append_metrics(run_dir, state.epoch, train_loss, dev, selected, time.perf_counter() - started)
         # last.pt holds model + optimizer (3x the weights): written at most every checkpoint_seconds, so
         # fast GPU epochs are not dominated by disk; a resume replays the few epochs since (deterministic)
         finishing = state.epoch >= t.epochs or state.bad_epochs >= t.patience
@@ -198,6 +191,46 @@ def fit_seed(resolved: ResolvedConfig, seed: int, run_dir: Path, splits: dict[st
     return json.loads(status_path.read_text())
 
 
+def score_epoch_zero(
+    run_dir: Path, model: DialogueModel, dev_split: DialogueSplit, resolved: ResolvedConfig, state: LoopState
+) -> None:
+    """``--head-residual``: score the untrained model (the text head itself) on dev as epoch 0.
+
+    Its dev scores start the early-stopping state, so a trained epoch must beat the head to be selected
+    (``--select wf1`` / ``loss``: ``best.pt`` is the head until one does, and the selected model is never
+    below the head on dev by the rule's own score); with ``average`` the epoch is recorded and sets the dev
+    loss to beat, but the mean of the last trained epochs is kept. Deterministic and drawing no random
+    numbers, so a killed run that restarts here follows the same path.
+    """
+    t = resolved.train
+    keep_metrics_until(run_dir, -1)  # a fresh start: no line of an earlier try survives
+    started = time.perf_counter()
+    dev_probs = predict_probs(model, dev_split, max(t.batch_size, 64), resolved.device)
+    dev = score(dev_split, dev_probs)
+    selected = improves(t.select, dev, state) and t.select != "average"
+    state.best_f1, state.best_loss, state.best_epoch = dev["weighted_f1"], dev["loss"], 0
+    if selected:
+        save_model(run_dir / "best.pt", model, resolved.class_names, 0, text_head_only=True)
+    append_metrics(run_dir, 0, None, dev, selected, time.perf_counter() - started)
+
+
+def append_metrics(
+    run_dir: Path, epoch: int, train_loss: float | None, dev: dict, selected: bool, seconds: float
+) -> None:
+    """One line of ``metrics.jsonl`` (``train_loss`` None for epoch 0, which is not trained)."""
+    row = {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "dev_loss": dev["loss"],
+        "dev_weighted_f1": dev["weighted_f1"],
+        "dev_accuracy": dev["accuracy"],
+        "best": selected,
+        "seconds": round(seconds, 4),
+    }
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def _diverged_message(run_dir: Path, state: LoopState, saved_epoch: int, train_loss: float, lr: float) -> str:
     what = "training loss" if not math.isfinite(train_loss) else "dev predictions after the epoch"
     kept = [f"best.pt (epoch {state.best_epoch})"] if (run_dir / "best.pt").exists() else []
@@ -217,9 +250,13 @@ def load_splits(resolved: ResolvedConfig) -> dict[str, DialogueSplit]:
     """train, dev (and test where present) on the training device."""
     names = [s for s in SPLITS if s in resolved.splits]
     return {
-        s: load_split(resolved.train.features, s, resolved.class_names, resolved.train.modalities).to(
-            resolved.device
-        )
+        s: load_split(
+            resolved.train.features,
+            s,
+            resolved.class_names,
+            resolved.train.modalities,
+            resolved.train.head_residual,
+        ).to(resolved.device)
         for s in names
     }
 

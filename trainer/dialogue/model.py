@@ -21,6 +21,10 @@ Decisions where the paper is silent (all options of :class:`DialogueModelConfig`
   head). Both start at zero (the bag model) and enter the attention as a float mask.
 * ``causal=True``: every utterance attends only to itself and earlier ones, in the encoders and in
   the fusion attentions, so its prediction never depends on later utterances.
+* ``head_residual=True`` (``m2f train-dialog --head-residual``): the final logits are the classifier's
+  output plus the fine-tuned text model's own head logits saved at extraction (``text_logits``, in the
+  class map's order), and the classifier's last layer starts at zero, so the untrained model predicts
+  exactly what the text head predicts and training learns a correction to it.
 * ``fusion="concat"`` concatenates the encoded modalities (Table 2's "T+A+V concatenated"); one
   modality skips fusion. Attention fusion needs text as its query unless no text is selected, in
   which case the first selected of audio, visual is the query (an extension; the paper has no A+V row).
@@ -74,8 +78,11 @@ class DialogueModelConfig:
         Each utterance attends only to itself and earlier utterances.
     relative_clip : int
         Relative distances beyond this share one bias.
+    head_residual : bool
+        Add the text head's logits (``forward``'s ``residual``) to the classifier's output; the last
+        classifier layer starts at zero. Needs text.
 
-    The defaults of the last four are the model before they existed, so older checkpoints (whose
+    The defaults of the last five are the model before they existed, so older checkpoints (whose
     config lacks them) load unchanged.
     """
 
@@ -93,6 +100,7 @@ class DialogueModelConfig:
     speakers: str = "none"
     causal: bool = False
     relative_clip: int = 8
+    head_residual: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -123,6 +131,11 @@ class DialogueModelConfig:
             raise ValueError(f"--speakers {self.speakers!r}: choose one of {SPEAKERS}")
         if self.relative_clip < 1:
             raise ValueError(f"relative_clip {self.relative_clip}: must be at least 1")
+        if self.head_residual and "t" not in self.modalities:
+            raise ValueError(
+                f"--head-residual adds the text head's logits, and modalities {self.modalities!r} have no "
+                "text; add t to --modalities or drop --head-residual"
+            )
         if self.n_classes < 2:
             raise ValueError(f"need at least 2 classes, got {self.n_classes}")
         for m in self.modalities:
@@ -276,9 +289,10 @@ class AttentionFusionLayer(nn.Module):
 class DialogueModel(nn.Module):
     """M2FNet's dialogue-level network for any subset of modalities and either fusion.
 
-    ``forward(features, present, mask, speakers)`` takes dicts letter -> ``(B, L, D)`` / ``(B, L)``,
-    the ``(B, L)`` utterance mask and the ``(B, L)`` speaker indices within each dialogue
-    (:data:`NO_SPEAKER` for unknown; needed only with ``speakers="same-other"``), and returns logits
+    ``forward(features, present, mask, speakers, residual)`` takes dicts letter -> ``(B, L, D)`` /
+    ``(B, L)``, the ``(B, L)`` utterance mask, the ``(B, L)`` speaker indices within each dialogue
+    (:data:`NO_SPEAKER` for unknown; needed only with ``speakers="same-other"``) and the ``(B, L,
+    n_classes)`` text head logits (needed only with ``head_residual``), and returns logits
     ``(B, L, n_classes)`` (padding rows are garbage; the loss ignores them).
     """
 
@@ -320,6 +334,10 @@ class DialogueModel(nn.Module):
             nn.Dropout(config.dropout),
             nn.Linear(config.hidden, config.n_classes),
         )
+        if config.head_residual:  # the untrained model is the text head itself
+            last = cast(nn.Linear, self.classifier[-1])
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(
         self,
@@ -327,8 +345,11 @@ class DialogueModel(nn.Module):
         present: dict[str, torch.Tensor],
         mask: torch.Tensor,
         speakers: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         config = self.config
+        if config.head_residual and residual is None:
+            raise ValueError("this dialogue model adds the text head's logits (head_residual); pass residual")
         padding = ~mask
         pairs = None
         if config.attention_bias:
@@ -349,7 +370,11 @@ class DialogueModel(nn.Module):
             final = torch.cat([fused] + keys, dim=-1)  # Eq. 7
         else:
             final = torch.cat([encoded[m] for m in config.modalities], dim=-1)
-        return self.classifier(final)  # Eq. 8
+        logits = self.classifier(final)  # Eq. 8
+        if config.head_residual:
+            assert residual is not None  # checked above
+            logits = logits.float() + residual.float()
+        return logits
 
 
 class DialogueEnsemble(nn.Module):
@@ -376,8 +401,12 @@ class DialogueEnsemble(nn.Module):
         present: dict[str, torch.Tensor],
         mask: torch.Tensor,
         speakers: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
         probs = torch.stack(
-            [torch.softmax(m(features, present, mask, speakers).float(), dim=-1) for m in self.members]
+            [
+                torch.softmax(m(features, present, mask, speakers, residual).float(), dim=-1)
+                for m in self.members
+            ]
         ).mean(dim=0)
         return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))

@@ -129,4 +129,9 @@ def selection_text(status: dict) -> str:
             f"(--select average; lowest dev loss so far at epoch {status.get('best_epoch')})"
         )
     score = "lowest dev loss" if select == "loss" else "best dev weighted F1"
-    return f"epoch {status.get('best_epoch')}, the {score} (--select {select})"
+    head = (
+        " (untrained: the text head itself, --head-residual)"
+        if status.get("head_residual") and status.get("best_epoch") == 0
+        else ""
+    )
+    return f"epoch {status.get('best_epoch')}{head}, the {score} (--select {select})"

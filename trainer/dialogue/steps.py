@@ -54,7 +54,9 @@ def train_epoch(
         length = None if fixed_length else int(split.lengths[index.numpy()].max())
         batch = split.batch(index_dev, length)
         with autocast_for(device):
-            logits = model(batch["features"], batch["present"], batch["mask"], batch["speakers"])
+            logits = model(
+                batch["features"], batch["present"], batch["mask"], batch["speakers"], batch.get("residual")
+            )
         labels = batch["labels"]
         loss_sum = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
@@ -81,7 +83,9 @@ def predict_probs(model: torch.nn.Module, split: DialogueSplit, batch_size: int,
         on_device = index.to(device)
         batch = split.batch(on_device, length)
         with autocast_for(device):
-            logits = model(batch["features"], batch["present"], batch["mask"], batch["speakers"])
+            logits = model(
+                batch["features"], batch["present"], batch["mask"], batch["speakers"], batch.get("residual")
+            )
         if out is None:
             out = torch.zeros(split.n_dialogues, split.max_len, logits.shape[-1], device=device)
         out[on_device, :length] = torch.softmax(logits.float(), dim=-1)

@@ -56,7 +56,9 @@ def plot_curves(per_seed_metrics: dict[str, list[dict]], path: Path) -> None:
         if not rows:
             continue
         ep = [r["epoch"] for r in rows]
-        ax_loss.plot(ep, [r["train_loss"] for r in rows], label=f"{seed} train")
+        # epoch 0 (--head-residual: the untrained model, scored on dev only) has no train loss
+        train = [r for r in rows if r.get("train_loss") is not None]
+        ax_loss.plot([r["epoch"] for r in train], [r["train_loss"] for r in train], label=f"{seed} train")
         ax_loss.plot(ep, [r["dev_loss"] for r in rows], "--", label=f"{seed} dev")
         (line,) = ax_f1.plot(ep, [100 * r["dev_weighted_f1"] for r in rows], label=seed)
         selected = [r for r in rows if r.get("best")]  # best.pt came from the last one (--select wf1, loss)

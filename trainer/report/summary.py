@@ -204,6 +204,7 @@ def summarize_run(run_dir: str | Path) -> dict:
         "fusion": config["fusion"],
         "features": config["features"],
         "select": config.get("select", "wf1"),  # runs from before --select chose by dev weighted F1
+        "head_residual": bool(config.get("head_residual", False)),  # runs from before it had none
         "seeds_planned": config.get("seeds", len(seeds)),
         "seeds_done": [s["seed"] for s in done],
         "test": aggregate([s["test"] for s in done if "test" in s], names),
@@ -227,6 +228,7 @@ def summarize_run(run_dir: str | Path) -> dict:
                 "patience",
                 "select",
                 "average_last",
+                "head_residual",
                 "heads",
                 "layers",
                 "fusion_layers",

@@ -51,6 +51,13 @@ def render_markdown(summary: dict) -> str:
         + (" (mean ± sample std over seeds)" if n > 1 else ""),
         f"- model of each seed: {RULE_WORDS.get(summary['select'], summary['select'])} "
         f"(--select {summary['select']}, judged on dev, never test); features `{summary['features']}`",
+    ]
+    if summary.get("head_residual"):
+        lines.append(
+            "- logits: the dialogue classifier's output + the fine-tuned text head's saved logits "
+            "(--head-residual; epoch 0 = the text head alone, scored on dev)"
+        )
+    lines += [
         "",
     ]
     lines += [f"**WARNING**: {w}" for w in summary["warnings"]] + ([""] if summary["warnings"] else [])
@@ -99,7 +106,8 @@ def render_markdown(summary: dict) -> str:
 
 def comparison_table(summaries: Sequence[dict]) -> str:
     """One Markdown table comparing runs (ablations), mean ± std over seeds, paper alongside; ``select`` is
-    the rule that chose each seed's model (``m2f train-dialog --select``)."""
+    the rule that chose each seed's model (``m2f train-dialog --select``), with ``+ head`` for a run whose
+    logits add the text head's (``--head-residual``)."""
     lines = [
         "| run | dataset | modalities | fusion | select | seeds | test wF1 | test acc | macro F1 | dev wF1 | "
         "ensemble test wF1 | paper acc / wF1 | state |",
@@ -114,7 +122,7 @@ def comparison_table(summaries: Sequence[dict]) -> str:
             s["dataset"],
             s["modalities"],
             s["fusion"],
-            s["select"],
+            s["select"] + (" + head" if s.get("head_residual") else ""),
             str(len(s["seeds_done"])),
             _pct(t.get("weighted_f1"), t.get("weighted_f1_std")),
             _pct(t.get("accuracy"), t.get("accuracy_std")),

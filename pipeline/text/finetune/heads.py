@@ -1,6 +1,7 @@
-"""Text fine-tuning, the forward pass: the classification head over pooled hidden states, the model
-split at a frozen layer (:func:`bottom_states` / :func:`top_logits`), the cache of the frozen layers'
-outputs (:class:`FrozenBottomCache`) and batched prediction.
+"""Text fine-tuning, the forward pass: the model split at a frozen layer (:func:`bottom_states` /
+:func:`top_logits`), the cache of the frozen layers' outputs (:class:`FrozenBottomCache`) and batched
+prediction. The classification head itself (:func:`head_logits`) lives in :mod:`pipeline.text.embedder`,
+which also reads it at extraction (the head's logits saved beside each embedding).
 """
 
 from __future__ import annotations
@@ -10,13 +11,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipeline.text.context import length_sorted_batches, pad_batch, target_mask_batch
-from pipeline.text.embedder import pool_hidden
+
+# the head is read where the text is embedded too (logits saved at extraction); re-exported here
+from pipeline.text.embedder import base_of, head_logits  # noqa: F401
 from pipeline.text.finetune.examples import Examples
-
-
-def base_of(model):
-    """The bare transformer inside a ``*ForSequenceClassification`` model (``model.bert``, ``.roberta``)."""
-    return getattr(model, model.base_model_prefix)
 
 
 def _attention_mask_4d(model, hidden, mask):
@@ -36,29 +34,6 @@ def bottom_states(model, ids, mask, n_layers: int):
         for layer in base.encoder.layer[:n_layers]:
             hidden = layer(hidden, mask4)
     return hidden
-
-
-def head_logits(model, hidden, mask, pooling: str = "cls", pool_mask=None):
-    """The classification head on the last hidden states ``(B, T, H)``.
-
-    ``cls``: the model's own head (BERT-style: ``pooler`` on the first token, dropout, linear
-    ``classifier``; RoBERTa-style: its head reads the first token), i.e. ``model(ids).logits``.
-    ``mean`` / ``target``: the masked mean of all tokens / of the target's tokens (``pool_mask``)
-    goes where the first token went (BERT-style: straight into dropout + ``classifier``;
-    RoBERTa-style: as the head's only "token").
-    """
-    import torch
-
-    base = base_of(model)
-    bert_style = isinstance(model.classifier, torch.nn.Linear) and getattr(base, "pooler", None) is not None
-    if pooling == "cls":
-        if bert_style:
-            return model.classifier(model.dropout(base.pooler(hidden)))
-        return model.classifier(hidden)
-    pooled = pool_hidden(hidden, mask if pool_mask is None else pool_mask, pooling)
-    if bert_style:
-        return model.classifier(model.dropout(pooled))
-    return model.classifier(pooled[:, None, :])
 
 
 def full_logits(model, ids, mask, pooling: str = "cls", pool_mask=None):

@@ -74,8 +74,21 @@ def test_keys_change_with_every_number_changing_option():
         feature_config(
             ExtractOptions("meld", None, limit=3), key, {"n_frames": 15}, "random-seed0", "minilm"
         ),
+        # a text model with a head: its logits are saved, never in a folder made before they were
+        feature_config(opts, key, {"n_frames": 15}, "random-seed0", "minilm", ("joy", "anger")),
     ):
         assert json.dumps(changed, sort_keys=True) != json.dumps(base, sort_keys=True)
+    # without a head the key is the one written before logits were saved (those caches are reused)
+    assert "text_logits" not in base and set(base) == {
+        "dataset",
+        "manifest",
+        "splits",
+        "limit",
+        "modalities",
+        "media",
+        "encoders",
+        "text_model",
+    }
 
 
 def test_options_and_lists_reject_bad_values():

@@ -103,6 +103,34 @@ def test_validate_features_names_the_row_of_a_nan(tmp_path):
     )
 
 
+def test_text_logits_go_with_the_head_classes_only_and_are_validated(tmp_path):
+    path = tmp_path / "features.h5"
+    with FeatureWriter(tmp_path / "plain.h5", "custom", {}) as w:  # no head: no logits accepted
+        with pytest.raises(ValueError, match="unknown fields.*text_logits"):
+            w.append("train", {**_rows(["u0"]), "text_logits": np.zeros((1, 2))})
+    with FeatureWriter(path, "custom", {}, text_classes=("joy", "anger")) as w:
+        with pytest.raises(ValueError, match="missing fields.*text_logits"):
+            w.append("train", _rows(["u0"]))
+        with pytest.raises(ValueError, match=r"\(N, 2\)"):
+            w.append("train", {**_rows(["u0"]), "text_logits": np.zeros((1, 3))})
+        with pytest.raises(NonFiniteError, match="text_logits"):
+            w.append("train", {**_rows(["u0"]), "text_logits": np.array([[0.0, np.nan]])})
+        logits = np.array([[1.0, -1.0], [0.5, 2.0]], np.float32)
+        w.append("train", {**_rows(["u0", "u1"]), "text_logits": logits})
+        w.append("dev", {**_rows(["v0"]), "text_logits": logits[:1]})
+        w.finalize()
+    assert validate_features(path) == []
+    from pipeline.store.features import read_split
+
+    train = read_split(path, "train")
+    assert train.text_logits_classes == ("joy", "anger")
+    np.testing.assert_array_equal(train.text_logits, logits)
+    with h5py.File(path, "a") as f:  # logits where the text is missing are a broken file
+        f["dev/has_text"][...] = np.zeros(1, bool)
+        f["dev/text_emb"][...] = np.zeros((1, 8))
+    assert any("dataset 'text_logits', row 0" in p for p in validate_features(path))
+
+
 def test_a_stale_merge_tmp_is_removed_under_the_lock(tmp_path):
     """A merge that died (full disk, segfault) leaves features.h5.tmp; the next writer removes it."""
     path = tmp_path / "media.h5"
