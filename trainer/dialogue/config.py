@@ -294,8 +294,8 @@ def resolve_config(config: DialogueTrainConfig) -> ResolvedConfig:
         On a missing file, missing splits, a bad option; messages say what to do.
     """
     config = dataclasses.replace(config, modalities=normalize_modalities(config.modalities))
-    if config.seeds < 1 or config.epochs < 1 or config.batch_size < 1:
-        raise ValueError("--seeds, --epochs and --batch-size must be at least 1")
+    if min(config.seeds, config.epochs, config.batch_size, config.patience) < 1:
+        raise ValueError("--seeds, --epochs, --batch-size and --patience must be at least 1")
     config = _resolve_selection(config)
     info = inspect_features(config.features)
     preset = config.class_map or preset_for_dataset(info.dataset)

@@ -139,6 +139,17 @@ def test_the_cli_refuses_average_last_without_average_in_one_line(tmp_path):
     ]
 
 
+def test_patience_zero_is_refused_before_any_training_in_one_line(tmp_path):
+    """--patience 0 used to train nothing and then fail loading a best.pt never written."""
+    args = ["train-dialog", "--features", str(tmp_path / "f.h5"), "--out", str(tmp_path / "run")]
+    result = CliRunner().invoke(main, [*args, "--patience", "0"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: --seeds, --epochs, --batch-size and --patience must be at least 1"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
 def test_average_fills_in_k_and_records_it(noise_file, tmp_path):
     config = DialogueTrainConfig(features=str(noise_file), out=str(tmp_path), select="average")
     resolved = resolve_config(config)
