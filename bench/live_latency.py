@@ -197,6 +197,35 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _load1() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
+
+
+def per_minute(
+    lat: list[tuple[float, float, float]], loads: list[tuple[float, float]], minutes: float
+) -> list:
+    """Latency p50/p95, the server's own time p50 and the highest 1-minute load, minute by minute (so a
+    slow hold shows whether it was slow from its start, or fell behind when the machine got busy)."""
+    rows = []
+    for k in range(int(np.ceil(minutes))):
+        xs = [(x, s) for t, x, s in lat if k * 60 <= t < (k + 1) * 60]
+        ls = [v for t, v in loads if k * 60 <= t < (k + 1) * 60]
+        if xs:
+            a, b = np.array([x for x, _ in xs]), np.array([s for _, s in xs])
+            rows.append(
+                {
+                    "minute": k,
+                    "n": len(xs),
+                    "p50": round(float(np.percentile(a, 50)), 3),
+                    "p95": round(float(np.percentile(a, 95)), 3),
+                    "server_p50": round(float(np.percentile(b, 50)), 3),
+                    "load_max": max(ls) if ls else None,
+                }
+            )
+    return rows
+
+
 def server(model: Path, clips: list[Path], minutes: float, every: float, conversations: int = 4) -> dict:
     """``m2f serve`` on loopback; ``conversations`` clients each posting one utterance every ``every`` s."""
     import requests
@@ -220,7 +249,8 @@ def server(model: Path, clips: list[Path], minutes: float, every: float, convers
                 time.sleep(0.5)
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("m2f serve did not start")
-        lat: list[tuple[float, float]] = []  # (time since start, latency)
+        lat: list[tuple[float, float, float]] = []  # (time since start, latency, server's own seconds)
+        loads: list[tuple[float, float]] = []  # (time since start, 1-minute load average)
         t_start = time.monotonic()
         stop = t_start + minutes * 60
         warm_rss: list[float] = []
@@ -240,7 +270,7 @@ def server(model: Path, clips: list[Path], minutes: float, every: float, convers
                         files={"clip": (clip.name, f, "video/mp4")},
                     )
                 r.raise_for_status()
-                lat.append((t0 - t_start, time.monotonic() - t0))
+                lat.append((t0 - t_start, time.monotonic() - t0, float(r.json()["seconds"])))
                 i += 1
                 next_at += every
 
@@ -249,6 +279,9 @@ def server(model: Path, clips: list[Path], minutes: float, every: float, convers
             t.start()
         time.sleep(min(60.0, minutes * 60 / 4))
         warm_rss.append(_rss_mb(proc.pid))
+        while any(t.is_alive() for t in threads):
+            loads.append((time.monotonic() - t_start, _load1()))
+            threads[0].join(timeout=15.0)
         for t in threads:
             t.join()
         end_rss = _rss_mb(proc.pid)
@@ -260,7 +293,9 @@ def server(model: Path, clips: list[Path], minutes: float, every: float, convers
         "every_s": every,
         "minutes": minutes,
         "requests": len(lat),
-        "latency_s": _stats([x for _, x in lat]),
+        "latency_s": _stats([x for _, x, _ in lat]),
+        "server_seconds": _stats([s for _, _, s in lat]),
+        "per_minute": per_minute(lat, loads, minutes),
         "rss_mb_after_warmup": warm_rss[0],
         "rss_mb_end": end_rss,
         "rss_growth": end_rss / warm_rss[0] - 1,
