@@ -17,6 +17,12 @@ from pipeline.testing.media_h5 import write_media
 
 torch.set_num_threads(1)
 
+#: Steps of the one-batch fit. 20 were enough on one CPU and left one of 9 samples nearest to another class on
+#: another (float rounding of other kernels moves the semi-hard triplets); at 30 the mean of the last 5
+#: triplet losses is 1-5 % of the first and every sample's nearest neighbour is of its class for encoder seeds
+#: 0-7 on the project's Intel VM.
+STEPS = 30
+
 
 def test_the_face_encoder_separates_one_batch(tmp_path):
     media = write_media(tmp_path / "media.h5", {"train": 3}, seconds=0.2, image_size=16)
@@ -28,7 +34,7 @@ def test_the_face_encoder_separates_one_batch(tmp_path):
     optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-3)
     encoder.train()
     triplet = []
-    for _ in range(20):
+    for _ in range(STEPS):
         z = encoder.project(x)
         a, p, n = mine_semihard(F.normalize(z.detach(), dim=-1), y)
         parts = extractor_loss(z[a], z[p], z[n])
@@ -36,7 +42,7 @@ def test_the_face_encoder_separates_one_batch(tmp_path):
         parts.total.backward()
         optimizer.step()
         triplet.append(parts.triplet.item())
-    assert triplet[-1] < 0.1 * triplet[0], triplet[::5]
+    assert np.mean(triplet[-5:]) < 0.1 * triplet[0], triplet[::5]
     with torch.no_grad():
         e = encoder(x)
     d = torch.cdist(e, e) + torch.eye(len(e)) * 10  # leave-one-out nearest neighbour
