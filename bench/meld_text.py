@@ -328,7 +328,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Fine-tuning context: with the next utterance, or past only (causal).",
     )
     p.add_argument(
-        "--train-args", default="", help="More train-dialog options, e.g. '--causal' or '--positions none'."
+        "--train-args",
+        default="",
+        help="More train-dialog options, given with '=' since they start with '--': "
+        "--train-args=--causal or --train-args='--positions none'.",
     )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument(
