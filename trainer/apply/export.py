@@ -29,6 +29,7 @@ encoders are rebuilt from their seed. A folder is used only if its identity matc
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from pipeline.shown import shown
@@ -367,10 +369,30 @@ def _finished_seeds(run: Path) -> list[tuple[Path, dict]]:
     return [(d, s) for d, s in done if s["state"] == "done" and (d / "best.pt").exists()]
 
 
+def dev_loss(seed_dir: Path) -> float:
+    """Mean dev cross-entropy of a seed's saved dev predictions (its labelled rows); inf when it has none."""
+    from trainer.report.summary import read_probabilities
+
+    _, gold, probs, names = read_probabilities(seed_dir / "predictions_dev.csv")
+    index = {c: i for i, c in enumerate(names)}
+    rows = [(k, index[g]) for k, g in enumerate(gold) if g in index]
+    if not rows:
+        return math.inf
+    p = probs[[k for k, _ in rows], [i for _, i in rows]]
+    return float(-np.mean(np.log(np.clip(p, 1e-12, 1.0))))
+
+
+def seed_rule(summary: dict) -> str:
+    """How the default seed of a run is chosen: by the run's own ``--select`` criterion, on dev."""
+    return "lowest dev loss" if summary.get("select") in ("loss", "average") else "best dev weighted F1"
+
+
 def choose_seed(run: Path, seed: int | None = None) -> tuple[Path, dict]:
     """The seed folder to export and its report summary (dev/test metrics from its predictions).
 
-    Default: the finished seed with the best dev weighted F1 (ties: the lowest seed).
+    Default: the finished seed that the run's own selection criterion prefers on dev (ties: the lowest
+    seed): the best dev weighted F1 for ``--select wf1``, the lowest dev cross-entropy of its saved dev
+    predictions for ``loss`` and ``average`` (whose models were kept by dev loss).
     """
     done = _finished_seeds(run)
     if seed is not None:
@@ -383,6 +405,8 @@ def choose_seed(run: Path, seed: int | None = None) -> tuple[Path, dict]:
         )
     if not done:
         raise ModelFolderError(f"{run}: no finished seed with best.pt yet; let `m2f train-dialog` finish")
+    if seed_rule(done[0][1]) == "lowest dev loss":
+        return min(done, key=lambda ds: (dev_loss(ds[0]), ds[1]["seed"]))
     return max(done, key=lambda ds: (ds[1].get("dev", {}).get("weighted_f1", -1.0), -ds[1]["seed"]))
 
 
@@ -681,7 +705,8 @@ def export_model(
     out : path
         The model folder to create; written under a temporary name and renamed when complete.
     seed : int, optional
-        Which seed; default the finished seed with the best dev weighted F1.
+        Which seed; default the finished seed its run's ``--select`` criterion prefers on dev
+        (:func:`choose_seed`).
     encoders, text_model : str, optional
         Where to look first for the encoders / text model the features were made with.
     overwrite : bool
@@ -816,7 +841,7 @@ def export_model(
                     if members
                     else status.get("best_epoch")
                 ),
-                "chosen": "--seeds" if members else "--seed" if seed is not None else "best dev weighted F1",
+                "chosen": "--seeds" if members else "--seed" if seed is not None else seed_rule(summary),
                 # the rule that made each seed's best.pt (m2f train-dialog --select)
                 "selected": (
                     [selection_text(_read_json(d / "status.json")) for d, _ in members]

@@ -182,3 +182,38 @@ def test_wf1_history_keeps_its_fields_and_selects_the_best_dev_wf1(noise_file, t
     status = json.loads((run / "status.json").read_text())
     assert status["select"] == "wf1" and status["best_epoch"] == int(np.argmax(f1)) + 1
     assert not (run / "average").exists()
+
+
+@pytest.mark.parametrize("select", ["loss", "wf1"])
+def test_export_picks_the_seed_its_run_rule_prefers_on_dev(noise_file, tmp_path, select):
+    """`m2f export RUN` without --seed: the lowest dev loss for --select loss (the saved predictions' cross-
+    entropy is the training's own best_dev_loss, to the CSV's rounding), the best dev wF1 for wf1. Seeds
+    3-5 of this file: the lowest dev loss (seed 3) and the best dev wF1 (seed 4) are different seeds."""
+    from trainer.apply.export import choose_seed, dev_loss
+
+    config = DialogueTrainConfig(
+        features=str(noise_file),
+        out=str(tmp_path / "run"),
+        modalities="a",
+        progress=False,
+        seeds=3,
+        first_seed=3,
+        epochs=6,
+        select=select,
+        **TINY,
+    )
+    run = train_dialogue(config)
+    seeds = range(3, 6)
+    status = {k: json.loads((run / f"seed{k}" / "status.json").read_text()) for k in seeds}
+    losses = {k: status[k]["best_dev_loss"] for k in seeds}
+    f1 = {k: status[k]["best_dev_weighted_f1"] for k in seeds}
+    by_loss, by_f1 = min(losses, key=lambda k: (losses[k], k)), max(f1, key=lambda k: (f1[k], -k))
+    chosen, summary = choose_seed(run)
+    if select == "loss":
+        for k in seeds:
+            assert dev_loss(run / f"seed{k}") == pytest.approx(losses[k], abs=1e-4)
+        assert by_loss != by_f1  # the two rules disagree here, so the test tells them apart
+        assert summary["seed"] == by_loss
+    else:
+        assert summary["seed"] == by_f1
+    assert chosen == run / f"seed{summary['seed']}"
