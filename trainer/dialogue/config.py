@@ -303,13 +303,6 @@ def resolve_config(config: DialogueTrainConfig) -> ResolvedConfig:
         raise ValueError(f"--class-map {preset!r}: choose one of {CLASS_MAP_CHOICES}")
     train_labels = _train_labels(info.path) if preset == "custom" else []
     names = resolve_class_names(preset, train_labels)
-    if config.head_residual:
-        if "t" not in config.modalities:
-            raise ValueError(
-                f"--head-residual adds the text head's logits, and --modalities {config.modalities} has no "
-                "text; add t or drop --head-residual"
-            )
-        head_order(info.text_logits_classes, names, str(info.path))  # one line when it cannot
     resolved = ResolvedConfig(
         train=config,
         dataset=info.dataset,
@@ -320,7 +313,9 @@ def resolve_config(config: DialogueTrainConfig) -> ResolvedConfig:
         splits=info.splits,
         device=resolve_device(config.device),
     )
-    resolved.model_config().validate()
+    resolved.model_config().validate()  # --head-residual without text is refused here, in one line
+    if config.head_residual:
+        head_order(info.text_logits_classes, names, str(info.path))  # one line when it cannot
     return resolved
 
 
