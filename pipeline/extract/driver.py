@@ -36,6 +36,7 @@ from pipeline.extract.stage_text import (
     text_head_classes,
     text_identity,
 )
+from pipeline.extract.tasks import warm_modules
 from pipeline.store.cache import config_hash
 
 
@@ -69,23 +70,26 @@ def run_extract(
     key = manifest_hash(selected)  # the features key: labels and text are in features.h5
     labels = training_labels(selected)  # what default encoders learn (the media key leaves labels out)
     media_cfg = media_config_dict(opts.media_config) if opts.needs_media else None
-    if media_cfg is not None:  # opts.needs_media
-        check_given_encoders(opts, media_cfg)  # before hours of decoding, not after
-    if opts.text_base is not None and "text" in opts.modalities:
-        resolve_text_base(opts.text_base)  # a mistyped folder fails now, not after decoding the media
+    mkey = key if media_cfg is None else media_key(media_cfg, selected)
     result = ExtractResult(features=Path(), manifest=manifest_file, media=None, summary={})
     engine = Engine(opts, client)
-    text_given = given_text_model(opts) if "text" in opts.modalities else None
-    # a given text model is loaded before the first task, so a bad one costs seconds, not the media stage
-    given_text_id = check_text_model(text_given) if text_given is not None else None
     try:
-        media_file = None
-        mkey = key
         if media_cfg is not None:  # opts.needs_media
-            mkey = media_key(media_cfg, selected)
+            if not layout.media_file(mkey).exists():
+                # media to decode: the cluster starts while the checks below load models (seconds)
+                engine.start_soon(warm_modules(opts.modalities, "media"))
+            check_given_encoders(opts, media_cfg)  # before hours of decoding, not after
+        if opts.text_base is not None and "text" in opts.modalities:
+            resolve_text_base(opts.text_base)  # a mistyped folder fails now, not after decoding the media
+        text_given = given_text_model(opts) if "text" in opts.modalities else None
+        # a given text model is loaded before the first task: a bad one costs seconds, not the media stage
+        given_text_id = check_text_model(text_given) if text_given is not None else None
+        media_file = None
+        if media_cfg is not None:  # opts.needs_media
             if opts.encoders is None and cached_encoders(opts, mkey, labels)[1]:
                 check_trainable(opts, cached_encoders(opts, mkey, labels)[0])  # fail before decoding
             engine.require_shared([*clip_folders(selected), layout.dataset_dir])
+            engine.warm_after(warm_modules(opts.modalities, "embed"))
             media_file = stage_media(engine, opts, selected, media_cfg, mkey, result, on_written)
             result.media, result.problems = media_file, layout.problems_file(mkey)
         enc_spec = stage_encoders(opts, media_file, mkey, labels)

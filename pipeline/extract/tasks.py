@@ -44,6 +44,37 @@ def _worker_setup() -> None:
         _THREADS_SET = True
 
 
+def warm_modules(modalities: Sequence[str], stage: str) -> list[str]:
+    """What the ``stage`` ("media" or "embed") tasks of a run with ``modalities`` import first.
+
+    For :func:`warm_worker`; the embed stage's media modules are the media stage's (already imported).
+    """
+    if stage == "media":
+        return ["pipeline.utterance.process", "facenet_pytorch", "pipeline.encoders.checkpoint"]
+    if "text" in modalities:
+        return ["pipeline.text.embedder", "transformers.modeling_utils", "transformers.models.auto"]
+    return []
+
+
+def warm_worker(modules: Sequence[str]) -> None:
+    """Set the worker's threads and import ``modules`` (run by ``Engine.start_soon`` on every worker).
+
+    The first task would import them anyway; importing them while the driver still checks its inputs,
+    or merges the last stage's output, takes that time off the stage (a few seconds: torch,
+    facenet-pytorch, torchvision, transformers).
+    """
+    import gc
+    import importlib
+
+    _worker_setup()
+    for name in modules:
+        importlib.import_module(name)
+    # what the imports made lives as long as the process: out of the cyclic collector's sight, it is not
+    # traversed again by each full collection, nor at exit (~0.6-0.9 s of a worker's close with torch,
+    # torchvision and transformers imported; bench/RESULTS.md)
+    gc.freeze()
+
+
 def _keep(key: tuple, obj: object) -> None:
     _MODELS[key] = obj
     while len(_MODELS) > MAX_CACHED:

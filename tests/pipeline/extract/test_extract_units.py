@@ -12,7 +12,7 @@ import torch
 from pipeline.encoders.checkpoint import load_encoder_set, save_encoder
 from pipeline.encoders.network import build_encoder
 from pipeline.extract import ExtractError, ExtractOptions, encoder_identity
-from pipeline.extract.engine import partition
+from pipeline.extract.engine import balance, partition, split_even
 from pipeline.extract.options import parse_list
 from pipeline.extract.stage_embed import feature_config
 from pipeline.extract.stage_media import rows_to_columns, write_problems
@@ -58,6 +58,42 @@ def test_partition_holds_whole_dialogues_of_one_split():
         for u in p:
             assert owner.setdefault((u.split, u.dialogue_id), i) == i
     assert [len(p) for p in parts] == [6, 4, 7, 2]
+
+
+def _whole_dialogues_of_one_split(parts, utts):
+    assert sorted(u.id for p in parts for u in p) == sorted(u.id for u in utts)
+    owner = {}
+    for i, p in enumerate(parts):
+        assert len({u.split for u in p}) == 1
+        for u in p:
+            assert owner.setdefault((u.split, u.dialogue_id), i) == i
+
+
+def test_split_even_cuts_whole_dialogues_into_about_equal_parts():
+    utts = _utts("dev", [4] * 50)  # the 200-clip bench: 50 dialogues of 4
+    parts = split_even(utts, 14)
+    _whole_dialogues_of_one_split(parts, utts)
+    assert len(parts) == 14
+    assert sorted(len(p) for p in parts) == [12] * 6 + [16] * 8
+    mixed = _utts("train", [3, 3, 3, 1, 7]) + _utts("dev", [2, 2])
+    _whole_dialogues_of_one_split(split_even(mixed, 4), mixed)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_balance_gives_every_worker_as_much_largest_first(workers):
+    utts = _utts("dev", [4] * 50)
+    before = partition(utts, 16)  # 13 partitions: on 2 workers one runs the 13th alone
+    parts = balance(before, utts, workers)
+    _whole_dialogues_of_one_split(parts, utts)
+    sizes = [len(p) for p in parts]
+    assert sizes == sorted(sizes, reverse=True)
+    assert len(parts) % workers == 0
+    # partitions dealt in turn to the workers (as dask does, each taking the next when free): even loads
+    loads = [sum(sizes[w::workers]) for w in range(workers)]
+    assert max(loads) - min(loads) <= 4  # at most one dialogue (13 partitions of 16 on 2: 104 vs 96)
+    assert max(sizes) <= 16
+    few = partition(utts[:8], 4)  # no more partitions than workers: kept
+    assert balance(few, utts[:8], 3) == sorted(few, key=len, reverse=True)
 
 
 def test_keys_change_with_every_number_changing_option():
