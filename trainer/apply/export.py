@@ -540,11 +540,25 @@ def export_text_model(source: str, out: Path) -> None:
         shutil.copyfile(folder / "m2f_text.json", out / "m2f_text.json")
 
 
-def check_text_identity(recorded: str, folder: Path) -> str:
-    """The copied folder's identity; raises if its settings (pooling, length, context) differ."""
+def check_text_identity(recorded: str, folder: Path, source: str | Path | None = None) -> str:
+    """The copied folder's identity; raises if its settings (pooling, length, context) differ.
+
+    Raises
+    ------
+    ModelFolderError
+        One line naming ``source`` (the folder it was copied from) when the copy cannot be loaded (a
+        broken ``m2f_text.json``, unreadable weights) or embeds with other settings.
+    """
     from pipeline.text.embedder import TextEmbedder
 
-    copied = TextEmbedder(str(folder)).identity
+    try:
+        copied = TextEmbedder(str(folder)).identity
+    except (ValueError, OSError) as e:
+        first = " ".join(str(e).split())[:300]
+        raise ModelFolderError(
+            f"{source or folder}: cannot be loaded as the run's text model ({first}); pass the text model "
+            "the features were made with (--text-model)"
+        ) from e
     if copied.split("|", 1)[1] != recorded.split("|", 1)[1]:
         raise ModelFolderError(
             f"{folder}: embeds as {copied!r}, but the run's features were made as "
@@ -787,7 +801,7 @@ def export_model(
             source = find_text_model(feature_config["text_model"], features, text_model)
             logger.info("export: text model %s", source)
             export_text_model(source, tmp / TEXT_DIR)
-            text_identity = check_text_identity(feature_config["text_model"], tmp / TEXT_DIR)
+            text_identity = check_text_identity(feature_config["text_model"], tmp / TEXT_DIR, source)
             files.append("text_model")
         head_classes = None
         if model.config.head_residual:  # the exported text model must give the logits it was trained on

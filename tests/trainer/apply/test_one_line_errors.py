@@ -67,3 +67,22 @@ def test_a_bad_m2f_model_json_is_one_line(model_dir, tmp_path, change, message):
     with pytest.raises(ModelFolderError, match=message) as err:
         load_model_folder(_with_meta(model_dir, tmp_path, change))
     assert "\n" not in str(err.value) and "m2f_model.json" in str(err.value)
+
+
+@pytest.mark.parametrize("broken", ["{not json", '{"pooling": "bogus", "max_length": 48}'])
+def test_export_of_a_text_model_with_a_broken_m2f_text_json_is_one_line(tmp_path, tiny_finetuned, broken):
+    """export's text check loads the copied folder: a broken m2f_text.json names the source, no traceback."""
+    import shutil
+
+    from pipeline.text.embedder import TextEmbedder
+    from trainer.apply.export import check_text_identity
+
+    recorded = TextEmbedder(str(tiny_finetuned)).identity
+    copy = tmp_path / "text_model"
+    shutil.copytree(tiny_finetuned, copy)
+    same = check_text_identity(recorded, copy, tiny_finetuned)  # the copy as it was: its settings agree
+    assert same.split("|", 1)[1] == recorded.split("|", 1)[1]
+    (copy / "m2f_text.json").write_text(broken, encoding="utf-8")
+    with pytest.raises(ModelFolderError, match=str(tiny_finetuned)) as err:
+        check_text_identity(recorded, copy, tiny_finetuned)
+    assert "\n" not in str(err.value)
