@@ -91,7 +91,7 @@ def make_local_cluster(n_workers: int, security=None):
 
     The workers are forked from a forkserver that imported torch, facenet-pytorch and m2f's worker modules
     once (:mod:`pipeline.extract.preload`), not spawned to import them each: on 2 cores the first tasks
-    start ~1.5 s sooner, and each worker's exit takes ~0.1 s instead of ~1 s (bench/RESULTS.md).
+    start ~1.5 s sooner, and the cluster closes in ~0.1 s instead of ~1.2 s (bench/RESULTS.md).
 
     Use this (not a bare ``LocalCluster``) to run the engine's tasks at full speed. For an external
     cluster (``--scheduler``) set ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_: null``
