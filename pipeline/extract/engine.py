@@ -234,8 +234,8 @@ class Engine:
             else:
                 n = local_worker_count(self.opts)
                 cluster = make_local_cluster(n, self._security)
+                self._own.append(cluster)  # closed by ``close`` even if the client cannot connect
                 self._client = Client(cluster)
-                self._own.append(cluster)
                 logger.info("started a LocalCluster: %d worker process(es), 1 thread each", n)
             self._own.insert(0, self._client)
         return self._client
@@ -262,8 +262,9 @@ class Engine:
             self._shared.clear()
 
     def close(self) -> None:
-        with suppress(BaseException):  # a failed start closes what it started below
-            self._wait_started()
+        if self._starting is not None:  # a start under way: wait, then close what it started below
+            self._starting.join()  # (a Ctrl-C here still stops the run)
+            self._starting, self._start_error = None, None  # a failed start left nothing but its error
         for obj in self._own:
             with suppress(Exception):
                 obj.close()
