@@ -36,3 +36,9 @@ def shown(value: object) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def brief(error: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line (whitespace runs become one space), cut to ``limit`` characters:
+    what a one-line error quotes of a library's multi-line message."""
+    return " ".join(str(error).split())[:limit]

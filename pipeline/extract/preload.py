@@ -16,15 +16,15 @@ it.
 from __future__ import annotations
 
 import gc
+import importlib
 
 try:
     import distributed  # noqa: F401
-    import facenet_pytorch  # noqa: F401
-    import torch  # noqa: F401
 
-    import pipeline.encoders.checkpoint  # noqa: F401
-    import pipeline.extract.tasks  # noqa: F401
-    import pipeline.utterance.process  # noqa: F401
+    from pipeline.extract.tasks import warm_modules
+
+    for name in warm_modules((), "media"):  # torch comes with them
+        importlib.import_module(name)
 except Exception:
     # a broken install (e.g. torchaudio built for another torch): the server would print a traceback;
     # each worker imports what it needs itself instead, and the driver reports the failure in one line

@@ -18,6 +18,7 @@ from pipeline.corpora.base import CLASS_MAPS
 from pipeline.extract.options import ExtractError, ExtractOptions
 from pipeline.manifest import Utterance
 from pipeline.names import ENCODER_KINDS
+from pipeline.shown import brief
 from pipeline.store.cache import config_hash
 
 logger = logging.getLogger(__name__)
@@ -161,9 +162,8 @@ def check_encoder_weights(folder: Path) -> None:
         try:
             encoder = load_encoder(path)
         except Exception as e:  # a foreign pickle, truncated bytes, wrong shapes: all mean "not usable"
-            first = " ".join(str(e).split())[:300]
             raise ExtractError(
-                f"--encoders: {path} cannot be loaded ({type(e).__name__}: {first}); "
+                f"--encoders: {path} cannot be loaded ({type(e).__name__}: {brief(e)}); "
                 "retrain it with `m2f train-encoders` or pass `--encoders random`"
             ) from e
         bad = [

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from pipeline.extract.options import ExtractError, ExtractOptions
 from pipeline.extract.stage_prepare import manifest_hash
 from pipeline.manifest import Utterance
+from pipeline.shown import brief
 from pipeline.store.atomic import atomic_write_json, content_identity
 from pipeline.store.layout import CacheLayout
 
@@ -146,9 +147,8 @@ def check_text_model(model: str) -> str:
     try:
         return text_identity(model)
     except Exception as e:  # missing files, a corrupt weights file, no network for a hub id
-        first = " ".join(str(e).split())[:300]
         raise ExtractError(
-            f"--text-model {model} cannot be loaded ({type(e).__name__}: {first}); pass a "
+            f"--text-model {model} cannot be loaded ({type(e).__name__}: {brief(e)}); pass a "
             "folder saved with save_pretrained, or a hub id in the local cache"
         ) from e
 

@@ -47,7 +47,8 @@ def _worker_setup() -> None:
 def warm_modules(modalities: Sequence[str], stage: str) -> list[str]:
     """What the ``stage`` ("media" or "embed") tasks of a run with ``modalities`` import first.
 
-    For :func:`warm_worker`; the embed stage's media modules are the media stage's (already imported).
+    For :func:`warm_worker`, and the media ones for the forkserver's preload
+    (:mod:`pipeline.extract.preload`); the embed stage's media modules are the media stage's.
     """
     if stage == "media":
         return ["pipeline.utterance.process", "facenet_pytorch", "pipeline.encoders.checkpoint"]

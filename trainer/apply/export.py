@@ -40,7 +40,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from pipeline.shown import shown
+from pipeline.shown import brief, shown
 from pipeline.store.atomic import atomic_write_json, atomic_write_text
 from trainer.apply.model_folder import (
     CHECKSUMS,
@@ -554,9 +554,8 @@ def check_text_identity(recorded: str, folder: Path, source: str | Path | None =
     try:
         copied = TextEmbedder(str(folder)).identity
     except (ValueError, OSError) as e:
-        first = " ".join(str(e).split())[:300]
         raise ModelFolderError(
-            f"{source or folder}: cannot be loaded as the run's text model ({first}); pass the text model "
+            f"{source or folder}: cannot be loaded as the run's text model ({brief(e)}); pass the text model "
             "the features were made with (--text-model)"
         ) from e
     if copied.split("|", 1)[1] != recorded.split("|", 1)[1]:
