@@ -18,6 +18,11 @@ rule when nothing stops early (the demo's default), so the rules differ only in 
 Dev is not a neutral judge between rules: ``wf1`` keeps the epoch of the highest dev weighted F1 and
 ``loss`` the epoch of the lowest dev loss, so each wins on its own dev figure by construction.
 
+``--holdout-dev`` compares the rules without test and without letting dev grade its own choice: the dev
+dialogues are cut into two seeded halves (:func:`dev_halves`), every run selects on one half and is scored
+on the other (both ways round); the JSON's ``dev`` is then the selecting half's figure and ``held_out_dev``
+the other half's, both the mean of the two ways round. Test is not read.
+
 Usage::
 
     python bench/dialogue_ablation.py FEATURES_H5 [--modalities tav] [--seeds 3] [--jobs 2]
@@ -25,6 +30,8 @@ Usage::
                                                        # its features.h5 in DIR first (m2f demo steps 1-2)
     python bench/dialogue_ablation.py --demo DIR --settings position+speaker --causal off \
         --selects wf1,loss,average                     # the selection rules compared (issue 19)
+    python bench/dialogue_ablation.py FEATURES_H5 --modalities t --settings position+speaker \
+        --causal off --selects wf1,loss,average --holdout-dev   # ... on held-out halves of dev
 
 With ``--demo`` the training options default to the demo's (25 epochs, no early stop, batch 8); on
 another file to ``m2f train-dialog``'s. Each run uses one torch thread; ``--jobs`` runs go in parallel.
@@ -37,6 +44,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -53,6 +61,47 @@ SETTINGS: dict[str, dict] = {
     "position": {"positions": "relative", "speakers": "none"},
     "position+speaker": {"positions": "relative", "speakers": "same-other"},
 }
+
+
+def dev_halves(features: Path, folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Two copies of ``features`` whose dev and test splits are the two halves of its dev dialogues.
+
+    The dev dialogues (in file order) are cut in two by a seeded permutation; ``half0.h5`` has dev := the
+    first half and test := the second, ``half1.h5`` the other way round. Train is copied as it is; the
+    original test split is not copied. Rows keep their order, so each dialogue stays one block.
+    """
+    import h5py
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with h5py.File(features, "r") as f:
+        dialogue = [x.decode() if isinstance(x, bytes) else str(x) for x in f["dev"]["dialogue_id"][()]]
+    ids = list(dict.fromkeys(dialogue))
+    if len(ids) < 2:
+        raise SystemExit(f"{features}: dev has {len(ids)} dialogue(s); --holdout-dev needs at least 2")
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    first = {ids[i] for i in perm[: len(ids) // 2]}
+    halves = (
+        np.array([i for i, d in enumerate(dialogue) if d in first]),
+        np.array([i for i, d in enumerate(dialogue) if d not in first]),
+    )
+    paths = (folder / "half0.h5", folder / "half1.h5")
+    for path, (select_rows, held_rows) in zip(paths, (halves, halves[::-1]), strict=True):
+        tmp = path.with_suffix(".tmp")
+        shutil.copyfile(features, tmp)
+        with h5py.File(tmp, "r+") as f:
+            dev = {k: (v[()], dict(v.attrs), v.dtype) for k, v in f["dev"].items()}
+            group_attrs = dict(f["dev"].attrs)
+            del f["dev"]
+            if "test" in f:
+                del f["test"]
+            for split, rows in (("dev", select_rows), ("test", held_rows)):
+                group = f.create_group(split)
+                group.attrs.update(group_attrs)
+                for name, (data, attrs, dtype) in dev.items():
+                    group.create_dataset(name, data=data[rows], dtype=dtype).attrs.update(attrs)
+        tmp.replace(path)
+    return paths
 
 
 def run_one(
@@ -108,14 +157,36 @@ def _dev_loss(seed_dir: Path) -> float:
     return float(-np.log(np.clip(probs[np.arange(len(gold)), index], 1e-12, None)).mean())
 
 
-def summarize(runs: list[dict], by_select: bool = False) -> dict:
+def join_halves(runs: list[dict]) -> list[dict]:
+    """One run per (setting, causal, rule, seed) from its two ``--holdout-dev`` halves: ``dev`` (the
+    selecting half), ``held_out_dev`` (the other half: the halves' ``test``), ``dev_loss`` and ``seconds``,
+    each the mean of the two ways round; ``test`` becomes None."""
+    joined: dict[tuple, list[dict]] = {}
+    for r in runs:
+        joined.setdefault((r["setting"], r["causal"], r["select"], r["seed"]), []).append(r)
+    out = []
+    for pair in joined.values():
+        row = {k: v for k, v in pair[0].items() if k not in ("best_epoch", "averaged_epochs")}
+        for k in ("dev", "dev_loss", "seconds"):
+            row[k] = statistics.fmean(r[k] for r in pair)
+        row["held_out_dev"] = statistics.fmean(r["test"] for r in pair)
+        row["test"] = None
+        row["best_epochs"] = [r["best_epoch"] for r in pair]
+        row["halves"] = len(pair)
+        out.append(row)
+    return out
+
+
+def summarize(runs: list[dict], by_select: bool = False, holdout: bool = False) -> dict:
     """``{"<setting>[ causal][ --select S]": {dev, dev_std, test, test_std, seeds}}`` (mean ± sample std
-    over seeds); with ``by_select`` the rule is in the key and ``dev_loss`` (of the selected model) added."""
+    over seeds); with ``by_select`` the rule is in the key and ``dev_loss`` (of the selected model) added;
+    with ``holdout`` (runs from :func:`join_halves`) ``held_out_dev`` replaces ``test``."""
     out = {}
+    second = "held_out_dev" if holdout else "test"
     for key in dict.fromkeys((r["setting"], r["causal"], r["select"]) for r in runs):
         mine = [r for r in runs if (r["setting"], r["causal"], r["select"]) == key]
         entry = {"seeds": len(mine)}
-        for split in ("dev", "test", "dev_loss") if by_select else ("dev", "test"):
+        for split in ("dev", second, "dev_loss") if by_select else ("dev", second):
             vals = [r[split] for r in mine if r[split] is not None]
             entry[split] = round(statistics.fmean(vals), 4) if vals else None
             entry[split + "_std"] = round(statistics.stdev(vals), 4) if len(vals) > 1 else None
@@ -151,6 +222,14 @@ def main() -> None:
         help="Comma list of m2f train-dialog --select rules to run each setting under (wf1, loss, average).",
     )
     ap.add_argument("--average-last", type=int, default=None, help="As m2f train-dialog --average-last.")
+    ap.add_argument(
+        "--head-residual", action="store_true", help="As m2f train-dialog --head-residual (text head logits)."
+    )
+    ap.add_argument(
+        "--holdout-dev",
+        action="store_true",
+        help="Select on one half of dev, score on the other (both ways round); test is not read.",
+    )
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--patience", type=int, default=None)
@@ -176,13 +255,20 @@ def main() -> None:
         features, defaults = args.features, {}
     given = {"epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size}
     options = {**defaults, **{k: v for k, v in given.items() if v is not None}, "modalities": args.modalities}
+    if args.head_residual:
+        options["head_residual"] = True
     by_select = selects != ["wf1"]
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
+        inputs = {"": Path(features)}
+        if args.holdout_dev:
+            inputs = dict(
+                zip(("/half0", "/half1"), dev_halves(Path(features), out / "dev-halves"), strict=True)
+            )
         jobs = [
             (
-                str(features),
-                str(out / f"{s}{'-causal' * c}{f'-{sel}' * by_select}" / f"seed{seed}"),
+                str(path),
+                str(out / f"{s}{'-causal' * c}{f'-{sel}' * by_select}" / f"seed{seed}{half}"),
                 s,
                 c,
                 seed,
@@ -193,6 +279,7 @@ def main() -> None:
             for c in causal
             for s in settings
             for seed in range(args.seeds)
+            for half, path in inputs.items()
         ]
         runs = []
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
@@ -203,6 +290,8 @@ def main() -> None:
                     flush=True,
                 )
                 runs.append(r)
+    if args.holdout_dev:
+        runs = join_halves(runs)
     result = {
         "features": str(features),
         "options": options,
@@ -211,7 +300,8 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "seconds": round(time.perf_counter() - t0, 1),
         "selects": selects,
-        "settings": summarize(runs, by_select),
+        "holdout_dev": args.holdout_dev,
+        "settings": summarize(runs, by_select, args.holdout_dev),
         "runs": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in runs],
     }
     print(json.dumps(result))
