@@ -94,3 +94,25 @@ def test_holdout_dev_end_to_end_never_reads_test(tmp_path):
         entry = result["settings"][f"position+speaker --select {rule}"]
         assert 0.0 <= entry["held_out_dev"] <= 1.0 and "test" not in entry
     assert all(r["halves"] == 2 and r["test"] is None for r in result["runs"])
+
+
+def test_without_holdout_dev_the_runs_report_test(tmp_path):
+    path = _features(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "dialogue_ablation.py"), str(path), "--modalities", "t",
+         "--settings", "position+speaker", "--causal", "off", "--seeds", "1", "--epochs", "2",
+         "--batch-size", "2", "--jobs", "1", "--head-residual"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    # the generated file has no text head logits: --head-residual reaches the trainer, which refuses it
+    assert proc.returncode != 0 and "text_logits" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "dialogue_ablation.py"), str(path), "--modalities", "t",
+         "--settings", "position+speaker", "--causal", "off", "--seeds", "1", "--epochs", "2",
+         "--batch-size", "2", "--jobs", "1"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    entry = result["settings"]["position+speaker"]
+    assert result["holdout_dev"] is False and 0.0 <= entry["test"] <= 1.0 and "held_out_dev" not in entry
