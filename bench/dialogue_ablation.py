@@ -73,9 +73,10 @@ def dev_halves(features: Path, folder: Path, seed: int = 0) -> tuple[Path, Path]
     import h5py
     import numpy as np
 
+    from pipeline.store.features import read_split
+
     folder.mkdir(parents=True, exist_ok=True)
-    with h5py.File(features, "r") as f:
-        dialogue = [x.decode() if isinstance(x, bytes) else str(x) for x in f["dev"]["dialogue_id"][()]]
+    dialogue = list(read_split(features, "dev").dialogue_id)
     ids = list(dict.fromkeys(dialogue))
     if len(ids) < 2:
         raise SystemExit(f"{features}: dev has {len(ids)} dialogue(s); --holdout-dev needs at least 2")

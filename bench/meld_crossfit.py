@@ -79,10 +79,6 @@ def extract(args, folder: Path, out: Path) -> str:
     return path
 
 
-def _strings(dataset) -> list[str]:
-    return [x.decode() if isinstance(x, bytes) else str(x) for x in dataset[()]]
-
-
 def compose(
     full: str,
     halves: list[str],
@@ -92,31 +88,32 @@ def compose(
     logits_as_emb: bool = False,
 ) -> Path:
     """A copy of ``full`` with out-of-fold train rows and dev/test rows from ``full`` or the halves' mean."""
+    from pipeline.store.features import read_split
+
     tmp = dest.with_suffix(".tmp")
     shutil.copyfile(full, tmp)
     with h5py.File(tmp, "r+") as f:
         for split in ("train", "dev", "test"):
-            group = f[split]
-            ids = _strings(group["utt_id"])
-            emb, logits = group["text_emb"][()], group["text_logits"][()]
-            per_half = []
-            for path in halves:
-                with h5py.File(path, "r") as h:
-                    if _strings(h[split]["utt_id"]) != ids:
+            rows = read_split(full, split)
+            emb, logits = rows.text_emb, rows.text_logits
+            if split == "train" or dev_test == "avg":
+                per_half = [read_split(path, split) for path in halves]
+                for path, half in zip(halves, per_half, strict=True):
+                    if list(half.utt_id) != list(rows.utt_id):
                         raise SystemExit(f"{path}: rows of {split} differ from {full}'s")
-                    per_half.append((h[split]["text_emb"][()], h[split]["text_logits"][()]))
-            if split == "train":
-                for i, dialogue in enumerate(_strings(group["dialogue_id"])):
-                    other = per_half[1] if dialogue in fold_ids[0] else per_half[0]  # did not see it
-                    emb[i], logits[i] = other[0][i], other[1][i]
-            elif dev_test == "avg":
-                emb = np.mean([h[0] for h in per_half], axis=0)
-                logits = np.mean([h[1] for h in per_half], axis=0)
-            has = group["has_text"][()][:, None]
+                if split == "train":  # each row from the half that did not see its dialogue
+                    seen_by_first = np.isin(rows.dialogue_id, list(fold_ids[0]))[:, None]
+                    emb = np.where(seen_by_first, per_half[1].text_emb, per_half[0].text_emb)
+                    logits = np.where(seen_by_first, per_half[1].text_logits, per_half[0].text_logits)
+                else:
+                    emb = np.mean([half.text_emb for half in per_half], axis=0)
+                    logits = np.mean([half.text_logits for half in per_half], axis=0)
+            has = rows.has_text[:, None]
             emb, logits = (
                 np.where(has, emb, 0).astype(np.float32),
                 np.where(has, logits, 0).astype(np.float32),
             )
+            group = f[split]
             group["text_logits"][...] = logits
             if logits_as_emb:
                 del group["text_emb"]

@@ -32,6 +32,16 @@ def _features(tmp_path: Path) -> Path:
     return write_features(tmp_path / "f.h5", "sample", lengths, rows)
 
 
+def _ablate(path: Path, *options: str) -> subprocess.CompletedProcess:
+    """bench/dialogue_ablation.py on ``path``: text, default setting, 1 seed of 2 epochs, + ``options``."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "bench" / "dialogue_ablation.py"), str(path), "--modalities", "t",
+         "--settings", "position+speaker", "--causal", "off", "--seeds", "1", "--epochs", "2",
+         "--batch-size", "2", "--jobs", "1", *options],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
 def test_dev_halves_split_dev_by_dialogue_both_ways_round_and_drop_test(tmp_path):
     path = _features(tmp_path)
     half0, half1 = _ablation().dev_halves(path, tmp_path / "halves")
@@ -81,12 +91,7 @@ def test_holdout_dev_end_to_end_never_reads_test(tmp_path):
     with h5py.File(path, "r+") as f:  # a test split that would break any run that read it
         f["test"]["text_emb"][...] = np.nan
     out = tmp_path / "runs"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "dialogue_ablation.py"), str(path), "--modalities", "t",
-         "--settings", "position+speaker", "--causal", "off", "--selects", "wf1,loss", "--seeds", "1",
-         "--epochs", "2", "--batch-size", "2", "--jobs", "1", "--holdout-dev", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    proc = _ablate(path, "--selects", "wf1,loss", "--holdout-dev", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["holdout_dev"] is True
@@ -98,20 +103,10 @@ def test_holdout_dev_end_to_end_never_reads_test(tmp_path):
 
 def test_without_holdout_dev_the_runs_report_test(tmp_path):
     path = _features(tmp_path)
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "dialogue_ablation.py"), str(path), "--modalities", "t",
-         "--settings", "position+speaker", "--causal", "off", "--seeds", "1", "--epochs", "2",
-         "--batch-size", "2", "--jobs", "1", "--head-residual"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    proc = _ablate(path, "--head-residual")
     # the generated file has no text head logits: --head-residual reaches the trainer, which refuses it
     assert proc.returncode != 0 and "text_logits" in proc.stderr
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "dialogue_ablation.py"), str(path), "--modalities", "t",
-         "--settings", "position+speaker", "--causal", "off", "--seeds", "1", "--epochs", "2",
-         "--batch-size", "2", "--jobs", "1"],
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    proc = _ablate(path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     entry = result["settings"]["position+speaker"]
